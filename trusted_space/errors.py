@@ -1,0 +1,92 @@
+"""The one exception tree of the ``trusted_space`` package.
+
+A refused policy decision is *not* an exception: the policy engine returns a ``Decision`` carrying
+its evaluation trace. Exceptions are for inputs that cannot be processed at all::
+
+    TrustedSpaceError
+     ├── ValidationError          input is malformed (bad USCC, bad policy JSON, schema mismatch)
+     │    └── SchemaValidationError   a DSP message does not validate against the 2025-1 schemas
+     ├── VerificationError        a token, credential, signature or proof does not verify.
+     │                            Deliberately uninformative: ``reason`` is kept for the ledger,
+     │                            ``str()`` is the same for every failure.
+     ├── NotFoundError            an id that is not known here
+     ├── ConflictError            a concurrent or illegal state change (wrong version, duplicate id)
+     │    └── IllegalTransitionError  a negotiation message not allowed in the current state
+     ├── GradeFloorError          a tier or policy looser than the data's security grade allows
+     ├── LimitExceededError       a counter or budget would go past its limit
+     └── StoreError               the durable store failed (converted from SQLAlchemy / sqlite3)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConflictError",
+    "GradeFloorError",
+    "IllegalTransitionError",
+    "LimitExceededError",
+    "NotFoundError",
+    "SchemaValidationError",
+    "StoreError",
+    "TrustedSpaceError",
+    "ValidationError",
+    "VerificationError",
+]
+
+
+class TrustedSpaceError(Exception):
+    """Base class of every error raised by ``trusted_space``."""
+
+
+class ValidationError(TrustedSpaceError, ValueError):
+    """Input is malformed; the message names what and where (row, field, path)."""
+
+
+class SchemaValidationError(ValidationError):
+    """A Dataspace Protocol message does not validate against the vendored 2025-1 schemas."""
+
+    def __init__(self, schema: str, errors: list[str]) -> None:
+        self.schema = schema
+        self.errors = errors
+        super().__init__(f"message does not validate against {schema}: " + "; ".join(errors[:5]))
+
+
+class VerificationError(TrustedSpaceError):
+    """Verification failed. The caller always sees the same message; ``reason`` is for the ledger.
+
+    Distinguishable failures would give an attacker an oracle (which check failed: signature,
+    audience, expiry, replay, revocation). Code that records the event reads ``reason``; code
+    that answers the caller uses ``str(error)`` only.
+    """
+
+    PUBLIC_MESSAGE = "verification failed"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(self.PUBLIC_MESSAGE)
+
+
+class NotFoundError(TrustedSpaceError, KeyError):
+    """An id that is not known to this node."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class ConflictError(TrustedSpaceError):
+    """A state change conflicts with the current state (stale version, duplicate id)."""
+
+
+class IllegalTransitionError(ConflictError):
+    """A negotiation message that the DSP state machine does not allow in the current state."""
+
+
+class GradeFloorError(ValidationError):
+    """A tier or policy is looser than the highest security grade of its fields allows."""
+
+
+class LimitExceededError(TrustedSpaceError):
+    """A counter or budget would go past its limit; nothing was changed."""
+
+
+class StoreError(TrustedSpaceError):
+    """The durable store failed; the transaction was rolled back."""
