@@ -1,0 +1,167 @@
+"""One shared suite for every Store backend (the in-memory twin and SQLite)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trusted_space.errors import ConflictError, LimitExceededError, NotFoundError, StoreError
+from trusted_space.events import decode_event, record_event
+from trusted_space.merkle import leaf_hash
+from trusted_space.store import MemoryStore, SQLiteStore, Store, open_store
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "n.db")
+    yield s
+    s.close()
+
+
+def test_put_get_versions(store: Store) -> None:
+    with store.transaction() as tx:
+        first = tx.put("dataset", "a", {"x": 1})
+        second = tx.put("dataset", "a", {"x": 2}, expect_version=1)
+    with store.transaction() as tx:
+        got = tx.require("dataset", "a")
+    assert (first.version, second.version, got.version) == (1, 2, 2)
+    assert got.body == {"x": 2}
+
+
+def test_stale_version_and_duplicate_insert_conflict(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert("agreement", "a1", {"signed": True})
+    with pytest.raises(ConflictError), store.transaction() as tx:
+        tx.insert("agreement", "a1", {"signed": False})
+    with pytest.raises(ConflictError), store.transaction() as tx:
+        tx.put("agreement", "a1", {"signed": False}, expect_version=7)
+    with store.transaction() as tx:
+        assert tx.require("agreement", "a1").body == {"signed": True}
+
+
+def test_missing_document_is_none_or_not_found(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.get("dataset", "nope") is None
+        with pytest.raises(NotFoundError):
+            tx.require("dataset", "nope")
+
+
+def test_failed_transaction_leaves_nothing(store: Store) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.transaction() as tx:
+        tx.put("negotiation", "n1", {"state": "REQUESTED"})
+        tx.increment("uses", "agr-1")
+        record_event(tx, "negotiation.transition", {"id": "n1"})
+        raise Boom
+    with store.transaction() as tx:
+        assert tx.get("negotiation", "n1") is None
+        assert tx.counter("uses", "agr-1") == 0
+        assert tx.log_size("events") == 0
+
+
+def test_scan_prefix_and_delete(store: Store) -> None:
+    with store.transaction() as tx:
+        for key in ["b:2", "a:1", "b:1", "c:1"]:
+            tx.put("replay", key, {"k": key})
+        assert [d.key for d in tx.scan("replay", "b:")] == ["b:1", "b:2"]
+        assert tx.delete("replay", "b:1") is True
+        assert tx.delete("replay", "b:1") is False
+        assert [d.key for d in tx.scan("replay")] == ["a:1", "b:2", "c:1"]
+
+
+def test_counter_limit_refuses_without_change(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.increment("uses", "agr", limit=2) == 1
+        assert tx.increment("uses", "agr", limit=2) == 2
+    with pytest.raises(LimitExceededError), store.transaction() as tx:
+        tx.increment("uses", "agr", limit=2)
+    with store.transaction() as tx:
+        assert tx.counter("uses", "agr") == 2
+        with pytest.raises(ValueError, match="backwards"):
+            tx.increment("uses", "agr", -1)
+
+
+def test_counter_exact_under_concurrency(store: Store) -> None:
+    limit, workers = 25, 16
+    allowed: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(5):
+            try:
+                with store.transaction() as tx:
+                    value = tx.increment("uses", "shared", limit=limit)
+                with lock:
+                    allowed.append(value)
+            except LimitExceededError:
+                pass
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(allowed) == list(range(1, limit + 1))
+
+
+@given(entries=st.lists(st.binary(max_size=64), max_size=20))
+def test_log_append_roundtrip_memory(entries: list[bytes]) -> None:
+    store = MemoryStore()
+    with store.transaction() as tx:
+        indices = [tx.log_append("events", e, leaf_hash(e)) for e in entries]
+        assert indices == list(range(len(entries)))
+        assert tx.log_entries("events", 0, len(entries) + 5) == entries
+        assert tx.log_leaf_hashes("events", 0, len(entries)) == [leaf_hash(e) for e in entries]
+
+
+def test_log_ranges_and_events(store: Store) -> None:
+    with store.transaction() as tx:
+        for i in range(5):
+            record_event(tx, "query.use", {"i": i})
+    with store.transaction() as tx:
+        entries = tx.log_entries("events", 1, 3)
+        assert [decode_event(1 + j, e).body["i"] for j, e in enumerate(entries)] == [1, 2]
+        assert tx.log_size("events") == 5
+        assert tx.log_size("other") == 0
+        with pytest.raises(ValueError):
+            tx.log_entries("events", 3, 1)
+
+
+def test_non_json_body_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError), store.transaction() as tx:
+        tx.put("dataset", "bad", {"x": float("nan")})
+
+
+def test_sqlite_durability_settings(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "d.db")
+    try:
+        assert store.pragma("journal_mode") == "wal"
+        assert store.pragma("synchronous") == 2  # FULL
+    finally:
+        store.close()
+
+
+def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    first = SQLiteStore(path)
+    with first.transaction() as tx:
+        tx.put("dataset", "kept", {"v": 1})
+        record_event(tx, "dataset.published", {"id": "kept"})
+    first.close()
+    second = open_store(f"sqlite:///{path}")
+    with second.transaction() as tx:
+        assert tx.require("dataset", "kept").body == {"v": 1}
+        assert tx.log_size("events") == 1
+    second.close()
+
+
+def test_open_store_rejects_unknown_url() -> None:
+    with pytest.raises(ValueError, match="unknown store URL"):
+        open_store("postgres://x")

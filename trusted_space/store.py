@@ -1,0 +1,511 @@
+"""The durable store every node runs on, behind one small interface.
+
+Everything a node must not lose goes through a :class:`Store` transaction: documents (datasets,
+policies, negotiations, agreements, consents, credentials, the replay cache), integer counters
+(policy ``count`` limits, metering, privacy budgets) and the append-only event logs behind the
+ledger. A transaction either commits whole or not at all, so a crash (``kill -9``) never leaves
+half a record, and a ledger entry is written in the same transaction as the state change it
+describes.
+
+Backends:
+
+- :class:`SQLiteStore`: SQLAlchemy 2 Core over SQLite in WAL mode with ``synchronous=FULL`` (an
+  acknowledged commit survives power loss) and a busy timeout. Every write transaction starts with
+  ``BEGIN IMMEDIATE``, which serialises writers: a counter checked and incremented inside one
+  transaction is exact even when many requests arrive at once. Only portable SQL is used so a
+  PostgreSQL backend can implement the same interface (``SELECT ... FOR UPDATE`` in place of
+  ``BEGIN IMMEDIATE``).
+- :class:`MemoryStore`: the in-memory twin for fast tests, with the same semantics (one lock
+  serialises transactions, an undo journal rolls back a failed one).
+
+One shared test suite (``tests/trusted_space/test_store.py``) runs against both.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from trusted_space.errors import ConflictError, LimitExceededError, NotFoundError, StoreError
+
+__all__ = [
+    "Document",
+    "MemoryStore",
+    "SQLiteStore",
+    "Store",
+    "Transaction",
+    "open_store",
+]
+
+
+@dataclass(frozen=True)
+class Document:
+    """A JSON document with an optimistic-concurrency version (1 on first write)."""
+
+    namespace: str
+    key: str
+    version: int
+    body: dict[str, Any]
+    updated_at: str
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _encode(body: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"document body is not JSON-serialisable: {exc}") from exc
+
+
+class Transaction(ABC):
+    """Operations inside one atomic transaction. Obtain one from :meth:`Store.transaction`."""
+
+    # -- documents -------------------------------------------------------------------------
+    @abstractmethod
+    def get(self, namespace: str, key: str) -> Document | None:
+        """Return the document or ``None`` when absent (absence is an answer, not a failure)."""
+
+    def require(self, namespace: str, key: str) -> Document:
+        """Return the document or raise :class:`NotFoundError`."""
+        doc = self.get(namespace, key)
+        if doc is None:
+            raise NotFoundError(f"no {namespace} with id {key!r}")
+        return doc
+
+    @abstractmethod
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        body: Mapping[str, Any],
+        *,
+        expect_version: int | None = None,
+    ) -> Document:
+        """Write a document.
+
+        Args:
+            namespace: the collection, e.g. ``"negotiation"``.
+            key: the id within the namespace.
+            body: a JSON-compatible mapping.
+            expect_version: ``None`` writes unconditionally; ``0`` requires that the document does
+                not exist yet; ``n`` requires that the stored version is ``n``. Otherwise
+                :class:`ConflictError` is raised and nothing is written.
+        """
+
+    def insert(self, namespace: str, key: str, body: Mapping[str, Any]) -> Document:
+        """Create a document that must not exist yet (:class:`ConflictError` if it does)."""
+        return self.put(namespace, key, body, expect_version=0)
+
+    @abstractmethod
+    def scan(self, namespace: str, prefix: str = "") -> list[Document]:
+        """All documents of a namespace whose key starts with ``prefix``, ordered by key."""
+
+    @abstractmethod
+    def delete(self, namespace: str, key: str) -> bool:
+        """Delete a document; return whether it existed."""
+
+    # -- counters --------------------------------------------------------------------------
+    @abstractmethod
+    def counter(self, namespace: str, key: str) -> int:
+        """Current value of a counter (0 when never incremented)."""
+
+    @abstractmethod
+    def increment(
+        self, namespace: str, key: str, delta: int = 1, *, limit: int | None = None
+    ) -> int:
+        """Add ``delta`` (≥ 0: counters never go backwards) and return the new value.
+
+        Raises:
+            LimitExceededError: the new value would exceed ``limit``; nothing is changed.
+        """
+
+    # -- append-only logs ------------------------------------------------------------------
+    @abstractmethod
+    def log_append(self, log: str, entry: bytes, leaf_hash: bytes) -> int:
+        """Append an entry and its RFC 6962 leaf hash; return its index (0-based)."""
+
+    @abstractmethod
+    def log_size(self, log: str) -> int:
+        """Number of entries in a log."""
+
+    @abstractmethod
+    def log_entries(self, log: str, start: int, end: int) -> list[bytes]:
+        """Entries with ``start <= index < end`` (clipped to the log's size)."""
+
+    @abstractmethod
+    def log_leaf_hashes(self, log: str, start: int, end: int) -> list[bytes]:
+        """Leaf hashes with ``start <= index < end`` (clipped to the log's size)."""
+
+
+class Store(ABC):
+    """A transactional store. ``with store.transaction() as tx: ...`` commits on success."""
+
+    @abstractmethod
+    def transaction(self) -> Any:
+        """Return a context manager yielding a :class:`Transaction`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources held by the backend."""
+
+
+def _check_delta(delta: int) -> None:
+    if delta < 0:
+        raise ValueError("counters never go backwards: delta must be >= 0")
+
+
+def _check_range(start: int, end: int) -> None:
+    if start < 0 or end < start:
+        raise ValueError(f"bad range [{start}, {end})")
+
+
+# ----------------------------------------------------------------------------------------------
+# In-memory twin
+# ----------------------------------------------------------------------------------------------
+
+
+class _MemoryTx(Transaction):
+    def __init__(self, store: MemoryStore) -> None:
+        self._s = store
+        self._undo: list[Any] = []
+
+    def get(self, namespace: str, key: str) -> Document | None:
+        return self._s._docs.get((namespace, key))
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        body: Mapping[str, Any],
+        *,
+        expect_version: int | None = None,
+    ) -> Document:
+        current = self._s._docs.get((namespace, key))
+        version = current.version if current else 0
+        if expect_version is not None and expect_version != version:
+            raise ConflictError(
+                f"{namespace} {key!r} is at version {version}, expected {expect_version}"
+            )
+        doc = Document(namespace, key, version + 1, json.loads(_encode(body)), _now())
+        self._undo.append(("doc", (namespace, key), current))
+        self._s._docs[(namespace, key)] = doc
+        return doc
+
+    def scan(self, namespace: str, prefix: str = "") -> list[Document]:
+        return sorted(
+            (d for (ns, k), d in self._s._docs.items() if ns == namespace and k.startswith(prefix)),
+            key=lambda d: d.key,
+        )
+
+    def delete(self, namespace: str, key: str) -> bool:
+        current = self._s._docs.pop((namespace, key), None)
+        if current is not None:
+            self._undo.append(("doc", (namespace, key), current))
+        return current is not None
+
+    def counter(self, namespace: str, key: str) -> int:
+        return self._s._counters.get((namespace, key), 0)
+
+    def increment(
+        self, namespace: str, key: str, delta: int = 1, *, limit: int | None = None
+    ) -> int:
+        _check_delta(delta)
+        old = self._s._counters.get((namespace, key), 0)
+        new = old + delta
+        if limit is not None and new > limit:
+            raise LimitExceededError(f"counter {namespace}/{key} at {old}: +{delta} > {limit}")
+        self._undo.append(("counter", (namespace, key), old))
+        self._s._counters[(namespace, key)] = new
+        return new
+
+    def log_append(self, log: str, entry: bytes, leaf_hash: bytes) -> int:
+        entries = self._s._logs.setdefault(log, [])
+        entries.append((bytes(entry), bytes(leaf_hash)))
+        self._undo.append(("log", log, None))
+        return len(entries) - 1
+
+    def log_size(self, log: str) -> int:
+        return len(self._s._logs.get(log, []))
+
+    def log_entries(self, log: str, start: int, end: int) -> list[bytes]:
+        _check_range(start, end)
+        return [e for e, _ in self._s._logs.get(log, [])[start:end]]
+
+    def log_leaf_hashes(self, log: str, start: int, end: int) -> list[bytes]:
+        _check_range(start, end)
+        return [h for _, h in self._s._logs.get(log, [])[start:end]]
+
+    def _rollback(self) -> None:
+        for kind, key, old in reversed(self._undo):
+            if kind == "doc":
+                if old is None:
+                    self._s._docs.pop(key, None)
+                else:
+                    self._s._docs[key] = old
+            elif kind == "counter":
+                self._s._counters[key] = old
+            else:
+                self._s._logs[key].pop()
+
+
+class MemoryStore(Store):
+    """In-memory twin of :class:`SQLiteStore`: same semantics, nothing survives the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._docs: dict[tuple[str, str], Document] = {}
+        self._counters: dict[tuple[str, str], int] = {}
+        self._logs: dict[str, list[tuple[bytes, bytes]]] = {}
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._lock:
+            tx = _MemoryTx(self)
+            try:
+                yield tx
+            except BaseException:
+                tx._rollback()
+                raise
+
+
+# ----------------------------------------------------------------------------------------------
+# SQLite (SQLAlchemy 2 Core)
+# ----------------------------------------------------------------------------------------------
+
+_meta = sa.MetaData()
+_documents = sa.Table(
+    "documents",
+    _meta,
+    sa.Column("namespace", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+_counters = sa.Table(
+    "counters",
+    _meta,
+    sa.Column("namespace", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+_log = sa.Table(
+    "log_entries",
+    _meta,
+    sa.Column("log", sa.String(64), primary_key=True),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("entry", sa.LargeBinary, nullable=False),
+    sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
+)
+
+
+class _SQLTx(Transaction):
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    def get(self, namespace: str, key: str) -> Document | None:
+        row = self._c.execute(
+            sa.select(_documents).where(
+                _documents.c.namespace == namespace, _documents.c.key == key
+            )
+        ).first()
+        if row is None:
+            return None
+        return Document(row.namespace, row.key, row.version, json.loads(row.body), row.updated_at)
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        body: Mapping[str, Any],
+        *,
+        expect_version: int | None = None,
+    ) -> Document:
+        encoded = _encode(body)
+        current = self.get(namespace, key)
+        version = current.version if current else 0
+        if expect_version is not None and expect_version != version:
+            raise ConflictError(
+                f"{namespace} {key!r} is at version {version}, expected {expect_version}"
+            )
+        now = _now()
+        if current is None:
+            self._c.execute(
+                _documents.insert().values(
+                    namespace=namespace, key=key, version=1, body=encoded, updated_at=now
+                )
+            )
+        else:
+            self._c.execute(
+                _documents.update()
+                .where(_documents.c.namespace == namespace, _documents.c.key == key)
+                .values(version=version + 1, body=encoded, updated_at=now)
+            )
+        return Document(namespace, key, version + 1, json.loads(encoded), now)
+
+    def scan(self, namespace: str, prefix: str = "") -> list[Document]:
+        query = sa.select(_documents).where(_documents.c.namespace == namespace)
+        if prefix:
+            # Range on the primary key instead of LIKE: no wildcard escaping, uses the index.
+            query = query.where(
+                _documents.c.key >= prefix, _documents.c.key < prefix + "\U0010ffff"
+            )
+        rows = self._c.execute(query.order_by(_documents.c.key)).all()
+        return [
+            Document(r.namespace, r.key, r.version, json.loads(r.body), r.updated_at) for r in rows
+        ]
+
+    def delete(self, namespace: str, key: str) -> bool:
+        result = self._c.execute(
+            _documents.delete().where(_documents.c.namespace == namespace, _documents.c.key == key)
+        )
+        return bool(result.rowcount)
+
+    def counter(self, namespace: str, key: str) -> int:
+        value = self._c.execute(
+            sa.select(_counters.c.value).where(
+                _counters.c.namespace == namespace, _counters.c.key == key
+            )
+        ).scalar()
+        return int(value or 0)
+
+    def increment(
+        self, namespace: str, key: str, delta: int = 1, *, limit: int | None = None
+    ) -> int:
+        _check_delta(delta)
+        old = self.counter(namespace, key)
+        new = old + delta
+        if limit is not None and new > limit:
+            raise LimitExceededError(f"counter {namespace}/{key} at {old}: +{delta} > {limit}")
+        if old == 0 and not self._counter_exists(namespace, key):
+            self._c.execute(_counters.insert().values(namespace=namespace, key=key, value=new))
+        else:
+            self._c.execute(
+                _counters.update()
+                .where(_counters.c.namespace == namespace, _counters.c.key == key)
+                .values(value=new)
+            )
+        return new
+
+    def _counter_exists(self, namespace: str, key: str) -> bool:
+        return (
+            self._c.execute(
+                sa.select(_counters.c.key).where(
+                    _counters.c.namespace == namespace, _counters.c.key == key
+                )
+            ).first()
+            is not None
+        )
+
+    def log_append(self, log: str, entry: bytes, leaf_hash: bytes) -> int:
+        index = self.log_size(log)
+        self._c.execute(
+            _log.insert().values(log=log, idx=index, entry=bytes(entry), leaf_hash=bytes(leaf_hash))
+        )
+        return index
+
+    def log_size(self, log: str) -> int:
+        value = self._c.execute(
+            sa.select(sa.func.max(_log.c.idx)).where(_log.c.log == log)
+        ).scalar()
+        return 0 if value is None else int(value) + 1
+
+    def _log_column(self, column: sa.Column[Any], log: str, start: int, end: int) -> list[bytes]:
+        _check_range(start, end)
+        rows = self._c.execute(
+            sa.select(column)
+            .where(_log.c.log == log, _log.c.idx >= start, _log.c.idx < end)
+            .order_by(_log.c.idx)
+        ).scalars()
+        return [bytes(v) for v in rows]
+
+    def log_entries(self, log: str, start: int, end: int) -> list[bytes]:
+        return self._log_column(_log.c.entry, log, start, end)
+
+    def log_leaf_hashes(self, log: str, start: int, end: int) -> list[bytes]:
+        return self._log_column(_log.c.leaf_hash, log, start, end)
+
+
+class SQLiteStore(Store):
+    """SQLite in WAL mode with ``synchronous=FULL``; the schema is created on first start.
+
+    Args:
+        path: the database file (created with its directory if missing).
+        busy_timeout_ms: how long a writer waits for another writer's lock before failing.
+        synchronous: ``"FULL"`` by default; ``"NORMAL"`` trades the last transactions on power
+            loss (not on process crash) for speed and must be asked for explicitly.
+    """
+
+    def __init__(
+        self, path: str | Path, *, busy_timeout_ms: int = 30_000, synchronous: str = "FULL"
+    ) -> None:
+        if synchronous not in ("FULL", "EXTRA", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL, EXTRA or NORMAL, not {synchronous!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine: Engine = sa.create_engine(
+            f"sqlite:///{self.path}",
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+            pool_size=8,
+            max_overflow=24,
+        )
+
+        @event.listens_for(self._engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(self._engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        try:
+            _meta.create_all(self._engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
+
+    def pragma(self, name: str) -> Any:
+        """Read a PRAGMA value (used by tests and ``/readyz`` to show the durability settings)."""
+        if not name.isidentifier():
+            raise ValueError(f"bad pragma name {name!r}")
+        with self._engine.connect() as conn:
+            return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        try:
+            with self._engine.begin() as conn:
+                yield _SQLTx(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store transaction failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def open_store(url: str) -> Store:
+    """Open a store from a URL: ``sqlite:///path/to/node.db`` or ``memory:``."""
+    if url == "memory:":
+        return MemoryStore()
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    raise ValueError(f"unknown store URL {url!r}: use sqlite:///PATH or memory:")
