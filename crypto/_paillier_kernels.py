@@ -1,0 +1,223 @@
+"""Raw-integer Paillier kernels that run in worker processes.
+
+Why a separate module: the hot paths (encryption, CRT decryption, obfuscator generation and the
+multi-exponentiations behind packed linear combinations) work on plain integers with ``gmpy2``
+rather than on ``phe`` objects, which are slow and carry floating exponents. Everything here takes
+and returns ``int`` (or lists of ``int``) so that it can cross a process boundary cheaply and
+without pickling any object of ours or of ``phe``; nothing here checks its inputs, because the
+public module :mod:`crypto.paillier` validates them before they get here.
+
+Notation: ``n`` the public modulus, ``n2 = n**2``, generator ``g = n + 1`` so that
+``g**m = 1 + m*n (mod n2)``; an obfuscator is ``r**n mod n2`` for a fresh uniform unit ``r``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+import gmpy2
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "bucket_block",
+    "bucket_blocks",
+    "crt_decrypt_many",
+    "encrypt_many",
+    "fixed_base_table",
+    "make_obfuscators",
+    "multiexp_powmod",
+    "multiexp_straus",
+]
+
+
+def _random_unit(n: int) -> int:
+    while True:
+        r = secrets.randbelow(n)
+        if r > 1 and gmpy2.gcd(r, n) == 1:
+            return r
+
+
+def make_obfuscators(n: int, count: int, p: int = 0, q: int = 0) -> list[int]:
+    """Return ``count`` fresh obfuscators ``r**n mod n**2``.
+
+    With the factors ``p`` and ``q`` (only the key owner has them) each power is computed modulo
+    ``p**2`` and ``q**2`` with the exponent reduced modulo ``p*(p-1)`` and ``q*(q-1)`` and then
+    recombined, which is about three times faster than the public computation.
+    """
+    n_m = gmpy2.mpz(n)
+    n2 = n_m * n_m
+    out: list[int] = []
+    if p and q:
+        p_m, q_m = gmpy2.mpz(p), gmpy2.mpz(q)
+        p2, q2 = p_m * p_m, q_m * q_m
+        ep, eq = n_m % (p_m * (p_m - 1)), n_m % (q_m * (q_m - 1))
+        q2_inv = gmpy2.invert(q2, p2)
+        for _ in range(count):
+            r = gmpy2.mpz(_random_unit(n))
+            xp = gmpy2.powmod(r % p2, ep, p2)
+            xq = gmpy2.powmod(r % q2, eq, q2)
+            out.append(int(xq + ((xp - xq) * q2_inv % p2) * q2))
+        return out
+    for _ in range(count):
+        out.append(int(gmpy2.powmod(_random_unit(n), n_m, n2)))
+    return out
+
+
+def encrypt_many(n: int, plaintexts: Sequence[int], obfuscators: Sequence[int]) -> list[int]:
+    """Encrypt residues ``0 <= m < n`` as ``(1 + m*n) * obfuscator mod n**2``."""
+    n_m = gmpy2.mpz(n)
+    n2 = n_m * n_m
+    return [int((1 + m * n_m) * o % n2) for m, o in zip(plaintexts, obfuscators, strict=True)]
+
+
+def crt_decrypt_many(p: int, q: int, ciphertexts: Sequence[int]) -> list[int]:
+    """Decrypt with the Chinese remainder theorem; returns residues modulo ``n``.
+
+    ``m_p = L_p(c**(p-1) mod p**2) * h_p mod p`` with ``h_p = L_p(g**(p-1) mod p**2)**-1 mod p``
+    and ``L_p(u) = (u - 1) / p``; likewise for ``q``; then recombine modulo ``n = p*q``.
+    """
+    p_m, q_m = gmpy2.mpz(p), gmpy2.mpz(q)
+    p2, q2 = p_m * p_m, q_m * q_m
+    n_m = p_m * q_m
+    g = n_m + 1
+    hp = gmpy2.invert((gmpy2.powmod(g, p_m - 1, p2) - 1) // p_m, p_m)
+    hq = gmpy2.invert((gmpy2.powmod(g, q_m - 1, q2) - 1) // q_m, q_m)
+    q_inv = gmpy2.invert(q_m, p_m)
+    out: list[int] = []
+    for c in ciphertexts:
+        c_m = gmpy2.mpz(c)
+        mp = (gmpy2.powmod(c_m % p2, p_m - 1, p2) - 1) // p_m * hp % p_m
+        mq = (gmpy2.powmod(c_m % q2, q_m - 1, q2) - 1) // q_m * hq % q_m
+        out.append(int(mq + ((mp - mq) * q_inv % p_m) * q_m))
+    return out
+
+
+def multiexp_powmod(n2: int, bases: Sequence[int], exponents: Sequence[int]) -> int:
+    """Reference product ``prod_j bases[j]**exponents[j] mod n2``: one ``powmod`` per term.
+
+    Negative exponents use the modular inverse of the base.
+    """
+    n2_m = gmpy2.mpz(n2)
+    acc = gmpy2.mpz(1)
+    for b, e in zip(bases, exponents, strict=True):
+        if e == 0:
+            continue
+        acc = acc * gmpy2.powmod(b, e, n2_m) % n2_m
+    return int(acc)
+
+
+def multiexp_straus(
+    n2: int, bases: Sequence[int], exponents: Sequence[int], window: int = 4
+) -> int:
+    """Simultaneous (Straus / Shamir) multi-exponentiation with shared squarings.
+
+    One chain of squarings serves every term; each term contributes a table lookup and one
+    multiplication per non-zero ``window``-bit digit. Negative exponents use the inverse base.
+    """
+    n2_m = gmpy2.mpz(n2)
+    size = 1 << window
+    mask = size - 1
+    tables: list[list[gmpy2.mpz]] = []
+    mags: list[int] = []
+    for b, e in zip(bases, exponents, strict=True):
+        if e == 0:
+            continue
+        base = gmpy2.mpz(b) if e > 0 else gmpy2.invert(gmpy2.mpz(b), n2_m)
+        row = [gmpy2.mpz(1), base]
+        for _ in range(2, size):
+            row.append(row[-1] * base % n2_m)
+        tables.append(row)
+        mags.append(abs(e))
+    if not mags:
+        return 1
+    top = (max(mags).bit_length() + window - 1) // window
+    acc = gmpy2.mpz(1)
+    for t in range(top - 1, -1, -1):
+        for _ in range(window):
+            acc = acc * acc % n2_m
+        shift = t * window
+        for row, mag in zip(tables, mags, strict=True):
+            d = (mag >> shift) & mask
+            if d:
+                acc = acc * row[d] % n2_m
+    return int(acc)
+
+
+def fixed_base_table(
+    n2: int, base: int, slots: int, slot_bits: int, windows: int, window: int
+) -> tuple[list[int], list[int]]:
+    """Powers ``base**(±2**(slot*slot_bits + t*window))`` for the fixed-base bucket method.
+
+    Returns ``(positive, negative)``, each indexed by ``slot * windows + t``.
+    """
+    n2_m = gmpy2.mpz(n2)
+    pos: list[int] = []
+    cur = gmpy2.mpz(base)
+    for _ in range(slots):
+        row = cur
+        for _t in range(windows):
+            pos.append(int(row))
+            for _ in range(window):
+                row = row * row % n2_m
+        for _ in range(slot_bits):
+            cur = cur * cur % n2_m
+    neg = [int(gmpy2.invert(v, n2_m)) for v in pos]
+    return pos, neg
+
+
+def bucket_block(
+    n2: int,
+    table: Sequence[int],
+    features: npt.NDArray[np.int64],
+    windows: int,
+    window: int,
+    slots: int,
+) -> int:
+    """One packed block ``prod_j E(w_j)**(sum_i x_ij * 2**(i*s))`` by the bucket method.
+
+    ``table`` is the flattened ``[sign][j][slot][t]`` list of :func:`fixed_base_table` outputs for
+    every term ``j``; ``features`` has shape ``(rows, terms)`` with ``rows <= slots``. Every
+    non-zero ``window``-bit digit ``d`` of ``|x_ij|`` multiplies its precomputed base into
+    bucket ``d`` (no squarings at all); the buckets are then folded as ``prod_d B_d**d`` with two
+    running products, i.e. ``2 * 2**window`` multiplications per block.
+    """
+    n2_m = gmpy2.mpz(n2)
+    rows, terms = features.shape
+    mask = (1 << window) - 1
+    neg = (features < 0).astype(np.int64)
+    mag = np.abs(features)
+    slot_idx = np.arange(rows, dtype=np.int64)[:, None]
+    term_idx = np.arange(terms, dtype=np.int64)[None, :]
+    base_idx = ((neg * terms + term_idx) * slots + slot_idx) * windows
+    buckets: list[gmpy2.mpz | None] = [None] * (mask + 1)
+    for t in range(windows):
+        digits = (mag >> (t * window)) & mask
+        nz = np.nonzero(digits)
+        for d, b in zip(digits[nz].tolist(), (base_idx[nz] + t).tolist(), strict=True):
+            cur = buckets[d]
+            base = table[b]
+            buckets[d] = gmpy2.mpz(base) if cur is None else cur * base % n2_m
+    running: gmpy2.mpz | None = None
+    acc: gmpy2.mpz | None = None
+    for d in range(mask, 0, -1):
+        bucket = buckets[d]
+        if bucket is not None:
+            running = bucket if running is None else running * bucket % n2_m
+        if running is not None:
+            acc = running if acc is None else acc * running % n2_m
+    return 1 if acc is None else int(acc)
+
+
+def bucket_blocks(
+    n2: int,
+    table: Sequence[int],
+    blocks: Sequence[npt.NDArray[np.int64]],
+    windows: int,
+    window: int,
+    slots: int,
+) -> list[int]:
+    """Apply :func:`bucket_block` to several blocks (one task for a worker process)."""
+    tab = [gmpy2.mpz(v) for v in table]
+    return [bucket_block(n2, tab, blk, windows, window, slots) for blk in blocks]
