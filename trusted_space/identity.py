@@ -261,8 +261,11 @@ class CompactJWS:
         if len(parts) != 3:
             raise VerificationError("segments")
         header = _canonical_object(_strict_b64(parts[0], "header"), "header")
-        if header.get("alg") != ALGORITHM:
-            raise VerificationError("alg")
+        alg = header.get("alg")
+        if alg != ALGORITHM:
+            if alg is None:
+                raise VerificationError("alg-missing")
+            raise VerificationError("alg-none" if alg == "none" else "alg-not-eddsa")
         if header.get("typ") != typ:
             raise VerificationError("typ")
         if set(header) != header_keys:
@@ -833,8 +836,10 @@ class Verifier:
         jws.require_signature(credential.public_key)
 
         claims = jws.payload
-        if set(claims) != _REQUEST_CLAIMS:
-            raise VerificationError("claims")
+        if set(claims) - _REQUEST_CLAIMS:
+            raise VerificationError("claims:extra")
+        if _REQUEST_CLAIMS - set(claims):
+            raise VerificationError("claims:missing")
         if _participant_claim(claims, "aud") != self.node_id:
             raise VerificationError("audience")
         iat, exp = _int_claim(claims, "iat"), _int_claim(claims, "exp")
