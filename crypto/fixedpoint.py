@@ -175,12 +175,12 @@ class FixedPoint:
             raise FixedPointOverflowError("NaN or infinity cannot be encoded")
         if bound is not None:
             _check_bound(arr, bound)
-        scaled = np.rint(np.ldexp(arr, self.frac_bits))
+        scaled = np.asarray(np.rint(np.ldexp(arr, self.frac_bits)))
         if scaled.size and not bool(np.max(np.abs(scaled)) < _TWO_63):
             raise FixedPointOverflowError(
                 f"value out of fixed-point range |x| < 2^{RING_BITS - 1 - self.frac_bits}"
             )
-        return scaled.astype(np.int64).view(np.uint64)
+        return np.asarray(scaled.astype(np.int64)).view(np.uint64)
 
     def decode(
         self,
@@ -210,7 +210,7 @@ class FixedPoint:
         if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= RING_BITS - 2:
             raise ParameterError("frac_bits must be an int in [0, 62]")
         signed = to_signed(values)
-        out = np.ldexp(signed.astype(np.float64), -bits)
+        out = np.asarray(np.ldexp(signed.astype(np.float64), -bits), dtype=np.float64)
         if bound is not None:
             _check_bound(out, bound)
         return out
@@ -235,7 +235,7 @@ def _as_real_array(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
         raise EncodingError("values cannot be converted to an array") from exc
     if arr.dtype.kind not in "biuf":
         raise EncodingError(f"cannot encode values of dtype {arr.dtype}")
-    return arr.astype(np.float64)
+    return np.asarray(arr.astype(np.float64))
 
 
 def _check_bound(arr: npt.NDArray[np.float64], bound: float) -> None:

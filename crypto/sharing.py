@@ -213,6 +213,15 @@ def _public(value: object) -> Ring:
     )
 
 
+def _broadcasts_to(public: tuple[int, ...], target: tuple[int, ...]) -> None:
+    try:
+        result = np.broadcast_shapes(target, public)
+    except ValueError as exc:
+        raise ParameterError("public value does not broadcast to the share's shape") from exc
+    if result != target:
+        raise ParameterError("public value does not broadcast to the share's shape")
+
+
 def _party(party: int, n_parties: int) -> None:
     if isinstance(n_parties, bool) or not isinstance(n_parties, int):
         raise ParameterError("n_parties must be an int")
@@ -349,8 +358,7 @@ def add_public(x: Ring, value: int | npt.ArrayLike, party: int) -> Ring:
     public = _public(value)
     if isinstance(party, bool) or not isinstance(party, int) or party < 0:
         raise ParameterError("party must be a non-negative int")
-    if np.broadcast_shapes(share_.shape, public.shape) != share_.shape:
-        raise ParameterError("public value does not broadcast to the share's shape")
+    _broadcasts_to(public.shape, share_.shape)
     if party != 0:
         return share_.copy()
     return np.asarray(np.add(share_, public, dtype=np.uint64))
@@ -368,8 +376,7 @@ def mul_public(x: Ring, value: int | npt.ArrayLike) -> Ring:
     """
     share_ = _ring(x)
     public = _public(value)
-    if np.broadcast_shapes(share_.shape, public.shape) != share_.shape:
-        raise ParameterError("public value does not broadcast to the share's shape")
+    _broadcasts_to(public.shape, share_.shape)
     return np.asarray(np.multiply(share_, public, dtype=np.uint64))
 
 
@@ -1062,15 +1069,15 @@ def beaver_multiply(
 
 
 def _floor_shift(x: Ring, frac_bits: int) -> Ring:
-    return np.right_shift(x.view(np.int64), frac_bits).view(np.uint64)
+    return np.asarray(np.right_shift(x.view(np.int64), frac_bits)).view(np.uint64)
 
 
 def _ceil_shift(x: Ring, frac_bits: int) -> Ring:
     """``ceil(signed(x) / 2^f)`` exactly (no overflow even at -2^63)."""
     low = np.bitwise_and(x, np.uint64((1 << frac_bits) - 1))
     out = _floor_shift(x, frac_bits).copy()
-    out += (low != 0).astype(np.uint64)
-    return out
+    out += np.asarray(low != 0).astype(np.uint64)
+    return np.asarray(out)
 
 
 def truncate_2pc(x: Ring, party: int, frac_bits: int) -> Ring:
