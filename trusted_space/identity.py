@@ -412,6 +412,7 @@ def verify_credential(
     if credential.issuer != operator_id:
         raise VerificationError("credential-issuer")
     if now is not None:
+        to_epoch(now)  # refuses a naive datetime with ValidationError
         if now < credential.not_before - skew:
             raise VerificationError("credential-not-yet-valid")
         if now >= credential.expires_at + skew:
@@ -505,7 +506,7 @@ class MemberDirectory:
         credential = verify_credential(
             token, self.operator_key, operator_id=self.operator_id, now=None
         )
-        if now >= credential.expires_at:
+        if to_epoch(now) >= to_epoch(credential.expires_at):
             raise VerificationError("credential-expired")
         if self.is_revoked(tx, credential.credential_id):
             raise VerificationError("revoked")

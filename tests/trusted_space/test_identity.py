@@ -583,3 +583,14 @@ def test_credential_byte_flips_never_verify(index: int, mask: int) -> None:
         verify_credential(
             raw.decode("latin-1"), OPERATOR_KEY.verify_key, operator_id=OPERATOR, now=NOW
         )
+
+
+def test_naive_datetimes_refused(world: World) -> None:
+    naive = datetime(2025, 6, 1, 12)
+
+    with pytest.raises(ValidationError):
+        world.token(now=naive)
+    with pytest.raises(ValidationError):
+        verify_credential(
+            world.bank_credential.token, OPERATOR_KEY.verify_key, operator_id=OPERATOR, now=naive
+        )
