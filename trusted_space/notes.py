@@ -67,7 +67,7 @@ MAX_SIGNATURES = 100
 """Go's sumdb/note refuses more than 100 signature lines; so do we (the spec asks for ≥ 16)."""
 
 _DASH = "\u2014"
-_DECIMAL = re.compile(r"0|[1-9][0-9]*\Z")
+_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")
 _HEX8 = re.compile(r"[0-9a-f]{8}\Z")
 _MAX_U63 = (1 << 63) - 1
 
