@@ -32,13 +32,21 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    """Decode unpadded base64url; :class:`ValidationError` on anything else."""
-    if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
+    """Decode unpadded base64url strictly; :class:`ValidationError` on anything else.
+
+    Strict means: only the base64url alphabet, no padding, and the text must be the one canonical
+    encoding of its bytes (no stray bits in the last character). A lenient decoder maps several
+    strings to the same bytes, so a modified token could still verify.
+    """
+    if not isinstance(text, str) or not text.isascii():
         raise ValidationError("not unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (ValueError, TypeError) as exc:
         raise ValidationError("not unpadded base64url") from exc
+    if b64url_encode(data) != text:
+        raise ValidationError("not the canonical unpadded base64url encoding")
+    return data
 
 
 @dataclass(frozen=True)

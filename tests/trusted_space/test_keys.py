@@ -44,7 +44,7 @@ def test_b64url_roundtrip(data: bytes) -> None:
 
 
 def test_b64url_rejects_padding_and_std_alphabet() -> None:
-    for bad in ["YQ==", "a+b/", "a b"]:
+    for bad in ["YQ==", "a+b/", "a b", "ab!cd", "YR", "Y"]:
         with pytest.raises(ValidationError):
             b64url_decode(bad)
 
