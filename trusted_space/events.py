@@ -7,7 +7,8 @@ what ``GET /ledger/entries`` returns, so a third party can recompute every leaf.
 
 Event kinds used across the product (``kind`` field): ``policy.decision``,
 ``negotiation.transition``, ``agreement.signed``, ``query.use``, ``consent.check``,
-``consent.registered``, ``credential.issued``, ``credential.revoked``, ``auth.refused``,
+``consent.registered``, ``consent.revoked``, ``consent.key_registered``,
+``credential.issued``, ``credential.revoked``, ``auth.refused``,
 ``dataset.published``, ``policy.published``, ``triple.consumed``, ``checkpoint.cosigned``.
 """
 
