@@ -108,7 +108,10 @@ def test_normalises_case_spaces_and_full_width() -> None:
         ("9144030071526726XO", "illegal character 'O' at position 18"),
         ("91440A0071526726XG", "illegal character 'A' at position 6"),
         ("9144030071526726XH", "check character (position 18) expected 'G', got 'H'"),
-        ("91440300715267260N", "organisation-code check character (position 17) expected 'X', got '0'"),
+        (
+            "91440300715267260N",
+            "organisation-code check character (position 17) expected 'X', got '0'",
+        ),
     ],
 )
 def test_bad_code_message_is_precise(code: str, message: str) -> None:
@@ -193,7 +196,10 @@ def test_column_error_names_the_row() -> None:
         ("123", "row 3 of column 'entity': a USCC has 18 characters, got 3"),
         ("91440300715I6726XG", "row 3 of column 'entity': illegal character 'I' at position 12"),
         (12, "row 3 of column 'entity': a USCC is a string"),
-        ("９144030071526726XG中", "row 3 of column 'entity': a USCC has 18 characters, got 19"),
+        (
+            "\uff19144030071526726XG\u4e2d",
+            "row 3 of column 'entity': a USCC has 18 characters, got 19",
+        ),
     ],
 )
 def test_column_error_kinds(bad: object, message: str) -> None:
@@ -205,5 +211,5 @@ def test_column_error_kinds(bad: object, message: str) -> None:
 
 
 def test_column_first_row_offset() -> None:
-    with pytest.raises(ValidationError, match="^row 2 of column"):
+    with pytest.raises(ValidationError, match=r"^row 2 of column"):
         validate_column(["bad"], first_row=2)
