@@ -195,7 +195,7 @@ class Ledger:
 
     def _read_leaf_hashes(self, start: int, end: int) -> list[bytes]:
         tx: Transaction
-        with self._store.transaction() as tx:
+        with self._store.transaction(readonly=True) as tx:
             return tx.log_leaf_hashes(self._log, start, end)
 
     @property
@@ -205,7 +205,7 @@ class Ledger:
 
     def size(self) -> int:
         tx: Transaction
-        with self._store.transaction() as tx:
+        with self._store.transaction(readonly=True) as tx:
             return tx.log_size(self._log)
 
     def _check_size(self, size: int) -> int:
@@ -221,7 +221,7 @@ class Ledger:
     def entries(self, start: int, end: int) -> list[bytes]:
         """Entry bytes with ``start <= index < end`` (clipped to the size)."""
         tx: Transaction
-        with self._store.transaction() as tx:
+        with self._store.transaction(readonly=True) as tx:
             return tx.log_entries(self._log, start, end)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
@@ -236,7 +236,7 @@ class Ledger:
 
     def checkpoints(self) -> list[str]:
         """Every checkpoint note this node published, oldest first."""
-        with self._store.transaction() as tx:
+        with self._store.transaction(readonly=True) as tx:
             docs = tx.scan(CHECKPOINT_NAMESPACE, f"{self._log}/")
         return [str(d.body["note"]) for d in docs]
 
@@ -383,7 +383,7 @@ class WitnessState:
 
     def latest(self, origin: str) -> Checkpoint | None:
         """The newest checkpoint cosigned for ``origin``, or ``None`` if never seen."""
-        with self._store.transaction() as tx:
+        with self._store.transaction(readonly=True) as tx:
             doc = tx.get(WITNESS_NAMESPACE, origin)
         if doc is None:
             return None
@@ -391,7 +391,7 @@ class WitnessState:
 
     def forks(self, origin: str) -> list[dict[str, Any]]:
         """Evidence of refused checkpoints: the cosigned note and the conflicting one, signed."""
-        with self._store.transaction() as tx:
+        with self._store.transaction(readonly=True) as tx:
             return [d.body for d in tx.scan(FORK_NAMESPACE, f"{origin}/")]
 
 

@@ -156,8 +156,13 @@ class Store(ABC):
     """A transactional store. ``with store.transaction() as tx: ...`` commits on success."""
 
     @abstractmethod
-    def transaction(self) -> Any:
-        """Return a context manager yielding a :class:`Transaction`."""
+    def transaction(self, *, readonly: bool = False) -> Any:
+        """Return a context manager yielding a :class:`Transaction`.
+
+        ``readonly=True`` promises that the block only reads: on SQLite it starts a deferred
+        transaction that does not take the writer lock (a consistent snapshot under WAL), so
+        readers never queue behind writers. Writing inside it fails with :class:`StoreError`.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the backend."""
@@ -272,7 +277,7 @@ class MemoryStore(Store):
         self._logs: dict[str, list[tuple[bytes, bytes]]] = {}
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
         with self._lock:
             tx = _MemoryTx(self)
             try:
@@ -476,7 +481,10 @@ class SQLiteStore(Store):
 
         @event.listens_for(self._engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            readonly = conn.info.get("ts_readonly", False)
+            conn.exec_driver_sql("BEGIN DEFERRED" if readonly else "BEGIN IMMEDIATE")
+            if readonly:
+                conn.exec_driver_sql("PRAGMA query_only=ON")
 
         try:
             _meta.create_all(self._engine)
@@ -491,10 +499,17 @@ class SQLiteStore(Store):
             return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
         try:
-            with self._engine.begin() as conn:
-                yield _SQLTx(conn)
+            with self._engine.connect() as conn:
+                conn.info["ts_readonly"] = readonly
+                try:
+                    with conn.begin():
+                        yield _SQLTx(conn)
+                finally:
+                    if readonly:
+                        conn.exec_driver_sql("PRAGMA query_only=OFF")
+                        conn.commit()
         except SQLAlchemyError as exc:
             raise StoreError(f"store transaction failed: {exc}") from exc
 

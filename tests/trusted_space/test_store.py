@@ -165,3 +165,29 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
 def test_open_store_rejects_unknown_url() -> None:
     with pytest.raises(ValueError, match="unknown store URL"):
         open_store("postgres://x")
+
+
+def test_readonly_transaction_reads_and_refuses_writes(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put("dataset", "r", {"v": 1})
+    with store.transaction(readonly=True) as tx:
+        assert tx.require("dataset", "r").body == {"v": 1}
+    if isinstance(store, SQLiteStore):
+        with pytest.raises(StoreError), store.transaction(readonly=True) as tx:
+            tx.put("dataset", "w", {"v": 2})
+        with store.transaction() as tx:  # the connection is writable again afterwards
+            tx.put("dataset", "w", {"v": 3})
+            assert tx.require("dataset", "w").body == {"v": 3}
+
+
+def test_sqlite_reader_does_not_wait_for_writer(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db", busy_timeout_ms=200)
+    try:
+        with store.transaction() as tx:
+            tx.put("dataset", "x", {"v": 1})
+        with store.transaction() as writer:
+            writer.put("dataset", "x", {"v": 2})
+            with store.transaction(readonly=True) as reader:
+                assert reader.require("dataset", "x").body == {"v": 1}  # snapshot, no lock wait
+    finally:
+        store.close()
