@@ -1051,8 +1051,8 @@ def evaluate(
     tx: Transaction,
     consent: ConsentChecker | None = None,
     now: datetime | None = None,
-    tier: str | None = None,
-    max_grade: int | None = None,
+    tier: str,
+    max_grade: int,
     partial_consent: Literal["deny", "exclude"] = "deny",
 ) -> Decision:
     """Decide ``request`` against ``policy`` inside ``tx``: evaluate, consume, record.
@@ -1070,7 +1070,8 @@ def evaluate(
         tx: the open store transaction.
         consent: the consent registry, needed when the policy has ``consent``.
         now: the instant to evaluate at (``dateTime``, consent); defaults to ``request.at``.
-        tier: the dataset's open tier; with ``max_grade``, re-applies the grade floor.
+        tier: the dataset's open tier. Required with ``max_grade`` so that the grade floor is
+            re-applied on every request, even if a policy was edited to allow more.
         max_grade: the highest security grade among the dataset's fields.
         partial_consent: when consent is held for only some entities: ``"deny"`` (default)
             refuses the request; ``"exclude"`` allows it for the consented entities only and
@@ -1326,8 +1327,8 @@ def decide(
     consent: ConsentChecker | None = None,
     *,
     now: datetime | None = None,
-    tier: str | None = None,
-    max_grade: int | None = None,
+    tier: str,
+    max_grade: int,
     partial_consent: Literal["deny", "exclude"] = "deny",
 ) -> Decision:
     """Open a transaction, :func:`evaluate` in it, and commit; return the decision.

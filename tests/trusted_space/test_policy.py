@@ -43,6 +43,9 @@ BANK = "did:web:bank-a.example"
 TAX = "did:web:tax.example"
 E1, E2, E3 = "91350100M000100Y43", "91110000802100433B", "9111000071093123XJ"
 
+# The loosest legal grade floor: tests that are not about floors pass it explicitly.
+OPEN: dict[str, Any] = {"tier": "unconditional", "max_grade": 1}
+
 
 class FakeConsent:
     """Consent held for the listed (entity, grantee, purpose) triples only."""
@@ -150,7 +153,7 @@ def test_operand_matrix(
     store = MemoryStore()
     policy = offer(constraint)
 
-    decision = decide(store, policy, request(**changes), ALL_CONSENT)
+    decision = decide(store, policy, request(**changes), ALL_CONSENT, **OPEN)
 
     assert decision.allowed is allowed
     body = ledger_body(store, decision)
@@ -172,7 +175,7 @@ def test_refusal_reason_names_value_and_allowed_values() -> None:
     store = MemoryStore()
     policy = offer(C("purpose", "isAnyOf", ["pre-loan-review", "risk-monitoring"]))
 
-    decision = decide(store, policy, request(purpose="marketing"))
+    decision = decide(store, policy, request(purpose="marketing"), **OPEN)
 
     assert decision.reason == (
         "purpose 'marketing' is not any of ['pre-loan-review', 'risk-monitoring']"
@@ -187,8 +190,8 @@ def test_prohibition_overrides_permission() -> None:
         prohibitions=(Rule((C("purpose", "eq", "marketing"),), uid="no-marketing"),),
     )
 
-    refused = decide(store, policy, request(purpose="marketing"))
-    allowed = decide(store, policy, request())
+    refused = decide(store, policy, request(purpose="marketing"), **OPEN)
+    allowed = decide(store, policy, request(), **OPEN)
 
     assert not refused.allowed and allowed.allowed
     assert (
@@ -216,8 +219,8 @@ def test_default_deny_without_permissions_and_when_none_applies() -> None:
         )
     )
 
-    d1 = decide(store, only_prohibition, request())
-    d2 = decide(store, two, request())
+    d1 = decide(store, only_prohibition, request(), **OPEN)
+    d2 = decide(store, two, request(), **OPEN)
 
     assert not d1.allowed and d1.trace[-1].rule == "default" and "default deny" in d1.reason
     assert not d2.allowed
@@ -241,7 +244,7 @@ def test_second_permission_grants_and_carries_its_duties() -> None:
         obligations=(Duty("delete", (C("deleteAfter", "eq", "P90D"),)),),
     )
 
-    decision = decide(store, policy, request())
+    decision = decide(store, policy, request(), **OPEN)
 
     assert decision.allowed and decision.permission_index == 1
     assert decision.reason == "allowed by permission[1] 'b'"
@@ -264,8 +267,8 @@ def test_consent_partial_deny_by_default_and_exclude_on_request() -> None:
     policy = offer(C("consent", "eq", "required"))
     req = request(entities=(E1, E2, E3))
 
-    denied = decide(store, policy, req, consent)
-    partial = decide(store, policy, req, consent, partial_consent="exclude")
+    denied = decide(store, policy, req, consent, **OPEN)
+    partial = decide(store, policy, req, consent, partial_consent="exclude", **OPEN)
 
     assert not denied.allowed and denied.refused_entities == (E2,)
     assert denied.permitted_entities == ()
@@ -281,8 +284,8 @@ def test_consent_without_registry_or_entities_is_refused() -> None:
     store = MemoryStore()
     policy = offer(C("consent", "eq", "required"))
 
-    no_registry = decide(store, policy, request())
-    no_entities = decide(store, policy, request(entities=()), ALL_CONSENT)
+    no_registry = decide(store, policy, request(), **OPEN)
+    no_entities = decide(store, policy, request(entities=()), ALL_CONSENT, **OPEN)
 
     assert not no_registry.allowed and "no consent registry" in no_registry.reason
     assert not no_entities.allowed and "names no entities" in no_entities.reason
@@ -298,7 +301,7 @@ def test_fully_consented_permission_preferred_over_partial() -> None:
         )
     )
 
-    decision = decide(store, policy, request(), consent, partial_consent="exclude")
+    decision = decide(store, policy, request(), consent, partial_consent="exclude", **OPEN)
 
     assert decision.allowed and decision.permission_index == 1 and not decision.partial
 
@@ -312,8 +315,8 @@ def test_agreement_is_bound_to_its_assignee_and_id() -> None:
         assignee=BANK,
     )
 
-    ok = decide(store, agreement, request())
-    other = decide(store, agreement, request(assignee="did:web:bank-b.example"))
+    ok = decide(store, agreement, request(), **OPEN)
+    other = decide(store, agreement, request(assignee="did:web:bank-b.example"), **OPEN)
 
     assert ok.allowed
     assert not other.allowed
@@ -324,8 +327,8 @@ def test_count_is_consumed_only_when_allowed() -> None:
     store = MemoryStore()
     policy = offer(C("count", "lteq", 2), C("purpose", "eq", "pre-loan-review"))
 
-    results = [decide(store, policy, request(purpose="x")).allowed]  # denied: not consumed
-    results += [decide(store, policy, request()).allowed for _ in range(3)]
+    results = [decide(store, policy, request(purpose="x"), **OPEN).allowed]  # denied: not consumed
+    results += [decide(store, policy, request(), **OPEN).allowed for _ in range(3)]
 
     assert results == [False, True, True, False]
     with store.transaction() as tx:
@@ -337,13 +340,13 @@ def test_evaluate_inside_callers_transaction_rolls_back_together() -> None:
     policy = offer(C("count", "lteq", 1))
 
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        assert evaluate(policy, request(), tx=tx).allowed
+        assert evaluate(policy, request(), tx=tx, **OPEN).allowed
         raise RuntimeError("the query failed afterwards")
 
     with store.transaction() as tx:
         assert tx.counter(COUNT_NAMESPACE, "urn:uuid:agreement-1") == 0
         assert tx.log_size(EVENT_LOG) == 0
-    assert decide(store, policy, request()).allowed
+    assert decide(store, policy, request(), **OPEN).allowed
 
 
 def test_count_exact_under_concurrency(tmp_path: Path) -> None:
@@ -356,7 +359,7 @@ def test_count_exact_under_concurrency(tmp_path: Path) -> None:
 
     def worker() -> None:
         barrier.wait()
-        outcome = decide(store, policy, request()).allowed
+        outcome = decide(store, policy, request(), **OPEN).allowed
         with lock:
             results.append(outcome)
 
