@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from connectors import demo as demo_module
+from connectors.demo import run as run_demo
 
 __all__ = ["app", "main"]
 
@@ -27,7 +27,7 @@ def demo(
     entities: int = typer.Option(1000, min=10, max=1_000_000, help="Applicants to score."),
 ) -> None:
     """Run the demonstration and print what ran, how fast, and how exact it was."""
-    ok = demo_module.run(entities=entities, json_output=json_output)
+    ok = run_demo(entities=entities, json_output=json_output)
     raise typer.Exit(code=0 if ok else 1)
 
 
