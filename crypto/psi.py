@@ -152,14 +152,14 @@ def _hash_to_u(base: hashlib._Hash, entity: bytes) -> bytes:
     """
     for counter in range(255):
         h = base.copy()
-        h.update(bytes((counter,)))
-        h.update(entity)
+        h.update(bytes((counter,)) + entity)
         digest = h.digest()
         for half in (digest[:32], digest[32:]):
             u = int.from_bytes(half, "little") & _TOP_BIT_CLEAR
             if u >= _P or u in _SMALL_ORDER_U:
                 continue
-            if gmpy2.jacobi((u * u * u + _A * u * u + u) % _P, _P) == 1:
+            # (u³ + A·u² + u | p): the Jacobi symbol reduces its argument mod p itself.
+            if gmpy2.jacobi(((u + _A) * u + 1) * u, _P) == 1:
                 return u.to_bytes(32, "little")
     raise EncodingError("could not hash an id to the curve")  # pragma: no cover - 2^-510
 
