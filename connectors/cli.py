@@ -21,8 +21,8 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def demo(
+@app.command("demo")
+def _demo(
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     entities: int = typer.Option(1000, min=10, max=1_000_000, help="Applicants to score."),
 ) -> None:
@@ -31,12 +31,12 @@ def demo(
     raise typer.Exit(code=0 if ok else 1)
 
 
-@app.command()
-def version() -> None:
+@app.command("version")
+def _version_command() -> None:
     """Print the version."""
-    from importlib.metadata import version as _version
+    from importlib.metadata import version
 
-    typer.echo(_version("trusted-space"))
+    typer.echo(version("trusted-space"))
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ class PackingError(CryptoError, ValueError):
 
 
 class SerializationError(CryptoError, ValueError):
-    """Bytes or JSON received from outside are malformed, truncated, oversized or of a wrong type."""
+    """Bytes or JSON from outside are malformed, truncated, oversized or of a wrong type."""
 
 
 class KeyMismatchError(CryptoError, ValueError):
