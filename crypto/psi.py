@@ -424,7 +424,7 @@ class PsiReceiver:
             raise SerializationError("PSI response repeats a point")
         matches: list[tuple[int, int]] = []
         for j, point in enumerate(_split(theirs)):
-            k = position_of.get(point)
+            k = position_of.pop(point, None)  # pop: a repeated sender value cannot match twice
             if k is not None:
                 matches.append((int(self._order[k]), j))
         matches.sort()

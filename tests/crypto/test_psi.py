@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import gmpy2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -341,3 +343,16 @@ def test_secret_scalar_is_not_in_repr_or_messages() -> None:
 def test_public_surface_is_declared() -> None:
     for name in psi.__all__:
         assert hasattr(psi, name)
+
+
+def test_repeated_sender_values_cannot_repeat_a_match() -> None:
+    sid = new_session_id()
+    receiver = PsiReceiver(["a1"], sid)
+    sender = PsiSender(["a1"], sid)
+    request = receiver.request()
+    response = sender.respond(request)
+    start = _request_body_start(sid) + 32
+    ours, theirs = _points(response, start, 2)
+    forged = psi._pack(2, 0, sid, (1, 2), hashlib.sha256(request).digest(), ours + theirs + theirs)
+
+    assert receiver.finish(forged).ids == ("a1",)
