@@ -9,7 +9,6 @@ and a real CT log audit path of 22 nodes).
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 
 import pytest
@@ -256,18 +255,10 @@ def test_every_inclusion_proof_up_to_256_verifies() -> None:
             verify_inclusion(LEAVES[i], i, n, TREE.inclusion_proof(i, n), ALL_ROOTS[n])
 
 
-def _consistency_pairs() -> list[tuple[int, int]]:
-    pairs = [(m, n) for n in range(1, 65) for m in range(0, n + 1)]
-    pairs += [(m, n) for n in range(65, 257) for m in range(0, n + 1, 7)]
-    pairs += [(m, 256) for m in range(257)] + [(m, 255) for m in range(256)]
-    return pairs
-
-
-def test_consistency_proofs_up_to_256_verify() -> None:
-    started = time.perf_counter()
-    for m, n in _consistency_pairs():
-        verify_consistency(m, n, TREE.consistency_proof(m, n), ALL_ROOTS[m], ALL_ROOTS[n])
-    assert time.perf_counter() - started < 20
+def test_every_consistency_proof_up_to_256_verifies() -> None:
+    for n in range(1, 257):
+        for m in range(0, n + 1):
+            verify_consistency(m, n, TREE.consistency_proof(m, n), ALL_ROOTS[m], ALL_ROOTS[n])
 
 
 def _flip(h: bytes, bit: int) -> bytes:
