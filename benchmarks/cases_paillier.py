@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from crypto.paillier import FixedPoint, PaillierEngine, generate_keypair
+from crypto.paillier import IntegerCodec, PaillierEngine, generate_keypair
 
 K = 20
 BASELINE_SAMPLE = 200
@@ -35,8 +35,8 @@ def _weighted_sum(quick: bool) -> dict[str, Any]:
     keygen_s = time.perf_counter() - t0
 
     with (
-        PaillierEngine(public, private, codec=FixedPoint(FRAC_BITS), workers=2) as analyst,
-        PaillierEngine(public, codec=FixedPoint(FRAC_BITS), workers=2) as provider,
+        PaillierEngine(public, private, codec=IntegerCodec(FRAC_BITS), workers=2) as analyst,
+        PaillierEngine(public, codec=IntegerCodec(FRAC_BITS), workers=2) as provider,
     ):
         layout = provider.weighted_sum_layout(WEIGHT_BOUND, FEATURE_BOUND, K)
         blocks = layout.blocks(n)

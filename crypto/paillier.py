@@ -10,7 +10,7 @@ orders of magnitude too slow for tens of thousands of entities.
 Threats and how they are handled here:
 
 * **Exponent leakage.** Every value is fixed point with one protocol-wide number of fractional
-  bits ``f`` (:class:`FixedPoint`). A fresh ciphertext has exponent ``-f``; a product of an
+  bits ``f`` (:class:`IntegerCodec`). A fresh ciphertext has exponent ``-f``; a product of an
   encrypted fixed-point weight by a fixed-point feature has exponent ``-2f``. Both are protocol
   constants, never data dependent; a loader is told which exponent to expect and refuses any other
   (:class:`~crypto.errors.SerializationError`).
@@ -86,7 +86,7 @@ __all__ = [
     "MAX_SERIALIZED_BYTES",
     "MIN_KEY_BITS",
     "CiphertextVector",
-    "FixedPoint",
+    "IntegerCodec",
     "ObfuscatorPool",
     "PackedCiphertexts",
     "PackingLayout",
@@ -329,8 +329,12 @@ def generate_keypair(bits: int = MIN_KEY_BITS) -> tuple[PaillierPublicKey, Paill
 
 
 @dataclass(frozen=True)
-class FixedPoint:
-    """Fixed-point codec with a protocol-wide number of fractional bits.
+class IntegerCodec:
+    """Fixed-point codec onto unbounded integers, for plaintexts in Z_n.
+
+    Unlike :class:`crypto.fixedpoint.FixedPoint`, which works in the 64-bit ring of the sharing
+    protocols, values here are Python integers limited only by the key's plaintext space, so
+    ``frac_bits`` may exceed 31 (the Paillier path uses 29 to 32 for errors below 1e-6).
 
     A real ``v`` is the integer ``round(v * 2**frac_bits)``; the exponent written next to a
     ciphertext is ``-frac_bits`` (fresh values) or ``-2 * frac_bits`` (weight times feature). The
@@ -523,7 +527,7 @@ class PackingLayout:
             raise ParameterError("layout sizes must be integers")
         if self.key_bits < MIN_KEY_BITS:
             raise ParameterError(f"key_bits must be at least {MIN_KEY_BITS}")
-        FixedPoint(self.frac_bits)
+        IntegerCodec(self.frac_bits)
         if self.terms < 1 or self.addends < 1 or self.guard_bits < 1 or self.margin_bits < 2:
             raise ParameterError("terms, addends, guard_bits must be >= 1, margin_bits >= 2")
         for bound in (self.value_bound, self.weight_bound):
@@ -771,7 +775,7 @@ class PaillierEngine:
         public_key: PaillierPublicKey,
         private_key: PaillierPrivateKey | None = None,
         *,
-        codec: FixedPoint | None = None,
+        codec: IntegerCodec | None = None,
         workers: int | None = None,
         obfuscators: ObfuscatorPool | None = None,
     ) -> None:
@@ -788,7 +792,7 @@ class PaillierEngine:
             raise KeyMismatchError("private key does not belong to the public key")
         self.public_key = public_key
         self.private_key = private_key
-        self.codec = codec if codec is not None else FixedPoint()
+        self.codec = codec if codec is not None else IntegerCodec()
         self.workers = (os.cpu_count() or 1) if workers is None else workers
         if self.workers < 0:
             raise ParameterError("workers must be >= 0")

@@ -23,7 +23,7 @@ from crypto.errors import (
 )
 from crypto.paillier import (
     CiphertextVector,
-    FixedPoint,
+    IntegerCodec,
     PackedCiphertexts,
     PackingLayout,
     PaillierEngine,
@@ -49,7 +49,7 @@ def other_keys() -> tuple[PaillierPublicKey, PaillierPrivateKey]:
 @pytest.fixture(scope="module")
 def engine(keys: tuple[PaillierPublicKey, PaillierPrivateKey]) -> Iterator[PaillierEngine]:
     pub, priv = keys
-    with PaillierEngine(pub, priv, codec=FixedPoint(F), workers=0) as eng:
+    with PaillierEngine(pub, priv, codec=IntegerCodec(F), workers=0) as eng:
         eng.prefill(64)
         yield eng
 
