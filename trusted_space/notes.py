@@ -237,9 +237,25 @@ def sign_note(text: str, name: str, key: SigningKey) -> str:
     return Note(text, (sig,)).format()
 
 
-def _matching(note: Note, verifier: NoteVerifier) -> list[NoteSignature]:
+def _open_signed_by(
+    message: str | bytes, verifier: NoteVerifier, sig_type: int, what: str
+) -> tuple[Note, list[NoteSignature]]:
+    """Parse a note and return it with the signature lines of ``verifier`` (at least one).
+
+    Raises:
+        VerificationError: wrong key type, malformed note, or no line from this key.
+    """
+    if verifier.sig_type != sig_type:
+        raise VerificationError(f"verifier is not a {what} key (type 0x{sig_type:02x})")
+    try:
+        note = parse_note(message)
+    except ValidationError as exc:
+        raise VerificationError(f"malformed note: {exc}") from exc
     kid = verifier.key_id
-    return [s for s in note.signatures if s.name == verifier.name and s.key_id == kid]
+    matching = [s for s in note.signatures if s.name == verifier.name and s.key_id == kid]
+    if not matching:
+        raise VerificationError(f"note has no {what} from {verifier.name}")
+    return note, matching
 
 
 def verify_note(message: str | bytes, verifier: NoteVerifier) -> Note:
@@ -251,15 +267,7 @@ def verify_note(message: str | bytes, verifier: NoteVerifier) -> Note:
     Raises:
         VerificationError: malformed note, no signature from this key, or a bad signature.
     """
-    if verifier.sig_type != SIG_ED25519:
-        raise VerificationError("verifier is not a note signing key (type 0x01)")
-    try:
-        note = parse_note(message)
-    except ValidationError as exc:
-        raise VerificationError(f"malformed note: {exc}") from exc
-    matching = _matching(note, verifier)
-    if not matching:
-        raise VerificationError(f"note has no signature from {verifier.name}")
+    note, matching = _open_signed_by(message, verifier, SIG_ED25519, "signature")
     body = note.text.encode("utf-8")
     for sig in matching:
         if not verifier.key.verify(sig.signature, body):
@@ -361,15 +369,7 @@ def verify_cosignature(message: str | bytes, cosigner: NoteVerifier) -> Cosignat
     Raises:
         VerificationError: malformed note, no cosignature from this key, or a bad one.
     """
-    if cosigner.sig_type != SIG_COSIGNATURE_V1:
-        raise VerificationError("verifier is not a cosigner key (type 0x04)")
-    try:
-        note = parse_note(message)
-    except ValidationError as exc:
-        raise VerificationError(f"malformed note: {exc}") from exc
-    matching = _matching(note, cosigner)
-    if not matching:
-        raise VerificationError(f"note has no cosignature from {cosigner.name}")
+    note, matching = _open_signed_by(message, cosigner, SIG_COSIGNATURE_V1, "cosignature")
     newest = -1
     for sig in matching:
         if len(sig.signature) != 8 + 64:
