@@ -62,6 +62,7 @@ import numpy as np
 import numpy.typing as npt
 import tenseal as ts
 
+from crypto._wire import read_header
 from crypto.errors import (
     DecryptionError,
     EncodingError,
@@ -551,16 +552,10 @@ class EncryptedVector:
             SerializationError: Malformed, truncated, oversized, trailing or inconsistent bytes.
             KeyMismatchError: The vector was encrypted under another context's key.
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise SerializationError("expected bytes")
-        buf = bytes(data)
-        if len(buf) > max_bytes:
-            raise SerializationError("encrypted vector exceeds the size limit")
-        if len(buf) < _VEC_HEADER.size:
-            raise SerializationError("truncated encrypted-vector header")
-        magic, version, layout, fp, length, scale_bits, n_chunks = _VEC_HEADER.unpack_from(buf)
-        if magic != _VEC_MAGIC:
-            raise SerializationError("not an encrypted vector (bad magic)")
+        buf, fields = read_header(
+            data, _VEC_HEADER, _VEC_MAGIC, max_bytes=max_bytes, what="encrypted vector"
+        )
+        _, version, layout, fp, length, scale_bits, n_chunks = fields
         if version != _VERSION:
             raise SerializationError(f"unsupported encrypted-vector version {version}")
         if layout not in (_LAYOUT_VECTOR, _LAYOUT_REPLICATED):
@@ -940,16 +935,10 @@ def _pack_context(tsctx: ts.Context, preset: CkksPreset, *, kind: int, secret: b
 def _unpack_context(
     data: bytes, *, expected_kind: int, max_bytes: int
 ) -> tuple[CkksPreset, ts.Context]:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise SerializationError("expected bytes")
-    buf = bytes(data)
-    if len(buf) > max_bytes:
-        raise SerializationError("context exceeds the size limit")
-    if len(buf) < _CTX_HEADER.size:
-        raise SerializationError("truncated context header")
-    magic, version, kind, n, scale_bits, n_primes = _CTX_HEADER.unpack_from(buf)
-    if magic != _CTX_MAGIC:
-        raise SerializationError("not a CKKS context (bad magic)")
+    buf, fields = read_header(
+        data, _CTX_HEADER, _CTX_MAGIC, max_bytes=max_bytes, what="CKKS context"
+    )
+    _, version, kind, n, scale_bits, n_primes = fields
     if version != _VERSION:
         raise SerializationError(f"unsupported context version {version}")
     if kind != expected_kind:

@@ -61,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from crypto._wire import read_header
 from crypto.errors import (
     CryptoError,
     EncodingError,
@@ -436,16 +437,8 @@ class _Unpacked:
 
 
 def _unpack(data: bytes, expected_kinds: tuple[int, ...], max_bytes: int) -> _Unpacked:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise SerializationError("expected bytes")
-    raw = bytes(data)
-    if len(raw) > max_bytes:
-        raise SerializationError("message exceeds the size limit")
-    if len(raw) < _HEADER.size:
-        raise SerializationError("truncated header")
-    magic, version, kind, party, n_parties, aux, tag_len, n_arrays = _HEADER.unpack_from(raw)
-    if magic != _MAGIC:
-        raise SerializationError("bad magic")
+    raw, fields = read_header(data, _HEADER, _MAGIC, max_bytes=max_bytes, what="share message")
+    _, version, kind, party, n_parties, aux, tag_len, n_arrays = fields
     if version != _VERSION:
         raise SerializationError(f"unsupported version {version}")
     if kind not in expected_kinds:
