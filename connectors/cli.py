@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from connectors.commands import catalog, ledger, node, query, space
 from connectors.demo import run as run_demo
 
 __all__ = ["app", "main"]
@@ -37,6 +38,10 @@ def _version_command() -> None:
     from importlib.metadata import version
 
     typer.echo(version("trusted-space"))
+
+
+for _group in (node, space, catalog, ledger, query):
+    _group.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,110 @@
+"""``create_app(settings)``: one FastAPI app per node, with the routers of its roles.
+
+=====================  =====================  ==============================================
+router                 mounted on             who may call
+=====================  =====================  ==============================================
+node                   every node             anyone (health, identity)
+dsp_catalog            every node             anyone (open tier) / members (their view)
+dsp_negotiation        provider, consumer     members (signed requests)
+dsp_transfer           provider, consumer     members; data pulls with a transfer token
+compute                provider, consumer     members (signed requests, policy-checked)
+ledger                 every node             anyone (proofs are public by design)
+management             every node             the node's staff (admin token)
+operator               operator               admin (admission), members, anyone (anchor)
+=====================  =====================  ==============================================
+
+Settings are read when this is called (at start), never at import. The runtime is built here so
+the app is complete as soon as it exists (in-process tests and API fuzzing drive it without a
+server); background jobs start with the ASGI lifespan and stop with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from connectors import __version__
+from connectors.background import Background
+from connectors.problems import BodySizeLimit, install_error_handlers
+from connectors.routers import (
+    compute,
+    dsp_catalog,
+    dsp_negotiation,
+    dsp_transfer,
+    ledger,
+    management,
+    node,
+    operator,
+)
+from connectors.runtime import NodeRuntime
+from connectors.settings import NodeSettings
+
+__all__ = ["create_app"]
+
+_DESCRIPTION = """\
+A connector node of a trusted data space: **data usable but not visible**.
+
+Raw records never leave their owner; only agreed results leave, only to whoever is entitled to
+them, and every use is written to this node's tamper-evident ledger.
+
+Authentication: member-to-member calls carry a `TS-Request` token signed for that one request
+(and the sender's `TS-Credential`); the node's own staff use `Authorization: Bearer <admin token>`
+on `/management`. Errors are `application/problem+json` (RFC 9457).
+"""
+
+
+def create_app(
+    settings: NodeSettings,
+    *,
+    runtime: NodeRuntime | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> FastAPI:
+    """Build the node's app.
+
+    Args:
+        settings: the node's settings (see :mod:`connectors.settings`).
+        runtime: an already built runtime (tests); default: built from ``settings``.
+        transport: httpx transport for the node's outgoing calls (tests).
+    """
+    rt = runtime if runtime is not None else NodeRuntime(settings, transport=transport)
+    background = Background(rt)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        background.start()
+        try:
+            yield
+        finally:
+            background.stop()
+
+    app = FastAPI(
+        title=f"trusted-space node {rt.id}",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.state.background = background
+    install_error_handlers(app)
+
+    def limit_for(path: str) -> int:
+        if path.startswith("/compute"):
+            return settings.max_compute_body_bytes
+        return settings.max_body_bytes
+
+    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+
+    app.include_router(node.router)
+    app.include_router(dsp_catalog.router)
+    app.include_router(ledger.router)
+    app.include_router(management.router)
+    if rt.roles & {"provider", "consumer"}:
+        app.include_router(dsp_negotiation.router)
+        app.include_router(dsp_transfer.router)
+        app.include_router(compute.router)
+    if rt.is_operator:
+        app.include_router(operator.router)
+    return app

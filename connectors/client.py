@@ -1,0 +1,237 @@
+"""HTTP clients: node-to-node calls signed per request, and the staff's admin client.
+
+**Signed calls.** Every request one node sends another carries two headers:
+
+- ``TS-Request``: a request token (:func:`trusted_space.identity.issue_request_token`) binding
+  issuer, audience (the receiving participant), method, path with query, a SHA-256 of the exact
+  body bytes, a unique ``jti`` and a lifetime of at most two minutes;
+- ``TS-Credential``: the sender's membership credential signed by the operator, so a receiver
+  that has not met the sender yet can verify it against the operator's key (nothing unverified is
+  stored).
+
+The body is serialised once, here, and those exact bytes are both hashed and sent, so the receiver
+hashes what the sender signed. Errors from the other node become :class:`PeerError` carrying its
+problem document; transport failures (refused connection, timeout) become :class:`NotReady`.
+
+**Admin calls.** The institution's own staff (CLI, scripts) call ``/management`` with the node's
+admin token as ``Authorization: Bearer``; :class:`AdminClient` reads it from the node directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from connectors.problems import NotReady, PeerError
+from trusted_space.identity import issue_request_token
+from trusted_space.keys import SigningKey
+
+__all__ = [
+    "CREDENTIAL_HEADER",
+    "REQUEST_HEADER",
+    "AdminClient",
+    "SignedClient",
+    "encode_json",
+    "raise_for_problem",
+]
+
+REQUEST_HEADER = "TS-Request"
+CREDENTIAL_HEADER = "TS-Credential"
+
+
+def encode_json(body: Any) -> bytes:
+    """Compact UTF-8 JSON, the one encoding used for signed bodies."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def raise_for_problem(response: httpx.Response, peer: str) -> httpx.Response:
+    """Return ``response`` if it is 2xx, else raise :class:`PeerError` with its problem body."""
+    if response.is_success:
+        return response
+    problem: dict[str, Any] | None = None
+    try:
+        doc = response.json()
+        problem = doc if isinstance(doc, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        problem = None
+    raise PeerError(peer, response.status_code, problem)
+
+
+class SignedClient:
+    """A node's client for calls to other nodes; signs every request.
+
+    Args:
+        participant_id: this node's participant id (the token's issuer).
+        key: this node's signing key.
+        credential: returns this node's current membership credential token (``None`` before
+            admission: requests then go without ``TS-Credential`` and only the operator, which
+            knows every member, accepts them).
+        timeout: seconds for connect/read.
+        transport: an httpx transport (tests pass an ASGI or mock transport).
+        clock: the current time (tests inject one).
+    """
+
+    def __init__(
+        self,
+        participant_id: str,
+        key: SigningKey,
+        credential: Callable[[], str | None],
+        *,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.participant_id = participant_id
+        self._key = key
+        self._credential = credential
+        self._clock = clock
+        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SignedClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def headers_for(self, audience: str, method: str, url: str, body: bytes) -> dict[str, str]:
+        """The two authentication headers for one request (exposed for tests of hostile input)."""
+        target = httpx.URL(url)
+        path = target.raw_path.decode("ascii")
+        token = issue_request_token(
+            self._key,
+            issuer=self.participant_id,
+            audience=audience,
+            method=method.upper(),
+            path=path,
+            body=body,
+            now=self._clock(),
+        )
+        headers = {REQUEST_HEADER: token}
+        credential = self._credential()
+        if credential:
+            headers[CREDENTIAL_HEADER] = credential
+        return headers
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        audience: str,
+        json_body: Any = None,
+        content: bytes | None = None,
+        content_type: str = "application/json",
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> httpx.Response:
+        """Send one signed request to ``audience`` at ``url``.
+
+        Args:
+            method: HTTP method.
+            url: full URL of the endpoint (query parameters may be given in ``params``).
+            audience: the receiving node's participant id.
+            json_body: a JSON-serialisable body (mutually exclusive with ``content``).
+            content: raw body bytes (e.g. ciphertexts), sent with ``content_type``.
+            content_type: media type of the body.
+            params: query parameters (they are part of the signed path).
+            headers: extra headers.
+            check: raise :class:`PeerError` on a non-2xx answer (default).
+
+        Raises:
+            PeerError: the peer answered with an error status (``check=True``).
+            NotReady: the peer could not be reached.
+        """
+        if json_body is not None and content is not None:
+            raise ValueError("give json_body or content, not both")
+        target = httpx.URL(url, params=params) if params else httpx.URL(url)
+        body = encode_json(json_body) if json_body is not None else (content or b"")
+        send_headers = dict(headers or {})
+        if body or method.upper() in {"POST", "PUT", "PATCH"}:
+            send_headers.setdefault("Content-Type", content_type)
+        send_headers.update(self.headers_for(audience, method, str(target), body))
+        try:
+            response = self._http.request(method, target, content=body, headers=send_headers)
+        except httpx.TransportError as exc:
+            raise NotReady(f"cannot reach {audience} at {target}: {exc}") from exc
+        return raise_for_problem(response, audience) if check else response
+
+    def get_json(self, url: str, *, audience: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self.request("GET", url, audience=audience, params=params).json()
+
+    def post_json(self, url: str, body: Any, *, audience: str) -> Any:
+        response = self.request("POST", url, audience=audience, json_body=body)
+        return response.json() if response.content else None
+
+
+class AdminClient:
+    """The institution's staff talking to their own node's ``/management`` (and friends).
+
+    Args:
+        base_url: the node's URL.
+        token: the node's admin token (see :meth:`from_dir`).
+        timeout: seconds.
+        transport: an httpx transport (tests).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    @classmethod
+    def from_dir(cls, base_url: str, node_dir: str | Path, **kwargs: Any) -> AdminClient:
+        """Read the admin token from ``<node_dir>/keys/admin.token``."""
+        token = (Path(node_dir) / "keys" / "admin.token").read_text(encoding="utf-8").strip()
+        return cls(base_url, token, **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request: :class:`PeerError` on an error status, :class:`NotReady` if down."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise NotReady(f"cannot reach {self.base_url}: {exc}") from exc
+        return raise_for_problem(response, self.base_url)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs).json()
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
+        response = self.request("POST", path, json=body, **kwargs)
+        return response.json() if response.content else None
+
+    def put(self, path: str, body: Any = None, **kwargs: Any) -> Any:
+        response = self.request("PUT", path, json=body, **kwargs)
+        return response.json() if response.content else None
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        response = self.request("DELETE", path, **kwargs)
+        return response.json() if response.content else None

@@ -1,0 +1,135 @@
+"""``trusted-space node init|serve|admit``: create a node directory, run it, admit it to a space."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from connectors.settings import NodeLayout, OperatorAnchor, init_node, load_settings
+from trusted_space.errors import ValidationError
+
+__all__ = ["fetch_anchor", "register", "serve"]
+
+node_app = typer.Typer(help="Create, run and admit a connector node.", no_args_is_help=True)
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def fetch_anchor(operator_url: str, *, timeout: float = 10.0) -> OperatorAnchor:
+    """Fetch the space's trust anchor from the operator (compare the fingerprint out of band)."""
+    url = operator_url.rstrip("/") + "/operator/identity"
+    try:
+        response = httpx.get(url, timeout=timeout)
+        response.raise_for_status()
+        return OperatorAnchor.from_json(response.json())
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ValidationError(f"cannot fetch the operator's identity from {url}: {exc}") from exc
+
+
+@node_app.command("init")
+def init(
+    name: Annotated[str, typer.Option(help="Participant id, e.g. tax-bureau.")],
+    role: Annotated[str, typer.Option(help="Roles, comma-separated: operator,provider,consumer.")],
+    directory: Annotated[Path, typer.Option("--dir", help="The node directory to create.")],
+    operator: Annotated[
+        str | None, typer.Option(help="The operator's URL (fetches the space's trust anchor).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 8700,
+    public_url: Annotated[
+        str, typer.Option(help="URL other nodes use (default http://host:port).")
+    ] = "",
+) -> None:
+    """Create a node directory: settings, keys (mode 0600), admin token, trust anchor."""
+    roles = [r.strip() for r in role.split(",") if r.strip()]
+    try:
+        anchor = fetch_anchor(operator) if operator and "operator" not in roles else None
+        settings = init_node(
+            directory,
+            name=name,
+            roles=roles,
+            host=host,
+            port=port,
+            public_url=public_url,
+            operator=anchor,
+        )
+    except (ValidationError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    layout = NodeLayout(settings.dir)
+    typer.echo(f"created node {settings.name} ({', '.join(settings.roles)}) in {layout.root}")
+    if layout.operator.exists():
+        got = OperatorAnchor.load(layout.operator)
+        typer.echo(f"operator {got.operator_id} key fingerprint {got.key.fingerprint}")
+    typer.echo(f"start it with: trusted-space node serve --dir {layout.root}")
+
+
+def serve(directory: Path, host: str | None = None, port: int | None = None) -> None:
+    """Run the node in the foreground until interrupted."""
+    import uvicorn
+
+    from connectors.app import create_app
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = load_settings(directory, **overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@node_app.command("serve")
+def _serve(
+    directory: Annotated[Path, typer.Option("--dir", help="The node directory.")],
+    host: Annotated[str | None, typer.Option(help="Listen address (overrides node.toml).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (overrides node.toml).")] = None,
+) -> None:
+    """Run the node (FastAPI under uvicorn); OpenAPI at /docs."""
+    try:
+        serve(directory, host, port)
+    except ValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@node_app.command("identity")
+def _identity(
+    directory: Annotated[Path, typer.Option("--dir", help="The node directory.")],
+) -> None:
+    """Print the node's settings summary and public key (no secrets)."""
+    settings = load_settings(directory)
+    from trusted_space.keys import SigningKey
+
+    key = SigningKey.load(settings.layout.node_key).verify_key
+    typer.echo(
+        json.dumps(
+            {
+                "id": settings.name,
+                "roles": settings.roles,
+                "url": settings.url,
+                "publicKey": key.to_b64(),
+                "fingerprint": key.fingerprint,
+            }
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``node`` to the main app."""
+    app.add_typer(node_app, name="node")

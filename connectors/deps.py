@@ -1,0 +1,117 @@
+"""Dependencies shared by the routers, as ``Annotated`` aliases.
+
+- ``RuntimeDep``: the node's :class:`~connectors.runtime.NodeRuntime`.
+- ``AdminDep``: the caller presented the node's admin token (``Authorization: Bearer``); the
+  institution's own staff only. Compared in constant time.
+- ``MemberDep``: the caller is a member of the space and signed this very request
+  (``TS-Request`` token, see :mod:`connectors.client`); the verified sender is returned. Runs
+  before the handler: signature, credential, audience, expiry, replay and body hash are checked
+  first, and every failure answers the same ``401``.
+- ``OptionalMemberDep``: as ``MemberDep`` when a ``TS-Request`` header is present, ``None`` for
+  an anonymous caller (the open-data catalog). A present but bad token is refused, never
+  downgraded to anonymous.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from connectors.client import CREDENTIAL_HEADER, REQUEST_HEADER
+from connectors.runtime import NodeRuntime
+from trusted_space.errors import VerificationError
+from trusted_space.identity import VerifiedRequest
+
+__all__ = [
+    "AdminDep",
+    "MemberDep",
+    "OptionalMemberDep",
+    "RuntimeDep",
+    "get_runtime",
+    "optional_member",
+    "request_target",
+    "require_admin",
+    "require_member",
+]
+
+
+def get_runtime(request: Request) -> NodeRuntime:
+    runtime: NodeRuntime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[NodeRuntime, Depends(get_runtime)]
+
+_admin_scheme = HTTPBearer(auto_error=False, description="The node's admin token (staff only).")
+_request_scheme = APIKeyHeader(
+    name=REQUEST_HEADER,
+    auto_error=False,
+    description="A request token signed by a member of the space for this one request.",
+)
+_credential_scheme = APIKeyHeader(
+    name=CREDENTIAL_HEADER,
+    auto_error=False,
+    description="The sender's membership credential, signed by the operator.",
+)
+
+
+def require_admin(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_scheme)],
+) -> None:
+    """Refuse unless the bearer token is the node's admin token."""
+    presented = "" if credentials is None else credentials.credentials
+    if not presented or not hmac.compare_digest(
+        presented.encode("utf-8", "replace"), runtime.admin_token.encode()
+    ):
+        raise VerificationError("admin-token")
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+
+
+def request_target(request: Request) -> str:
+    """The path and query exactly as sent (what the sender signed as ``htp``)."""
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    query: bytes = request.scope.get("query_string", b"")
+    target = raw + (b"?" + query if query else b"")
+    return target.decode("latin-1")
+
+
+async def require_member(
+    request: Request,
+    runtime: RuntimeDep,
+    token: Annotated[str | None, Depends(_request_scheme)],
+    credential: Annotated[str | None, Depends(_credential_scheme)],
+) -> VerifiedRequest:
+    """Verify the signed request before the handler runs (the body is read and hashed here)."""
+    body = await request.body()
+    return await run_in_threadpool(
+        runtime.authenticate,
+        token=token,
+        credential=credential,
+        body=body,
+        method=request.method,
+        path=request_target(request),
+    )
+
+
+MemberDep = Annotated[VerifiedRequest, Depends(require_member)]
+
+
+async def optional_member(
+    request: Request,
+    runtime: RuntimeDep,
+    token: Annotated[str | None, Depends(_request_scheme)],
+    credential: Annotated[str | None, Depends(_credential_scheme)],
+) -> VerifiedRequest | None:
+    if token is None:
+        return None
+    return await require_member(request, runtime, token, credential)
+
+
+OptionalMemberDep = Annotated[VerifiedRequest | None, Depends(optional_member)]

@@ -1,0 +1,325 @@
+"""Errors at the edge: RFC 9457 ``application/problem+json``, one stable ``type`` per kind.
+
+Every refusal says *why* in ``detail`` and never leaks *how* authentication failed: a
+:class:`~trusted_space.errors.VerificationError` always answers ``401`` with the same body, and the
+real reason goes to the ledger. Malformed input is a 4xx naming what was wrong; a 500 means a bug
+(it is logged with a correlation id, and the body says nothing else).
+
+Error tree of the connector layer (the core's tree is in :mod:`trusted_space.errors`)::
+
+    ConnectorError
+     ├── PolicyRefused     a policy decision said no: 403 with the evaluation trace
+     ├── PeerError         another node answered with an error (its problem document attached)
+     └── NotReady          the node lacks something to serve this (not admitted yet, no operator)
+
+Problem types (``https://w3id.org/trusted-space/problems/<slug>``):
+
+=====================  ======  ================================================================
+slug                   status  when
+=====================  ======  ================================================================
+invalid-request        422     the body or parameters do not match the operation's schema
+invalid-input          400     well-formed but invalid content (bad USCC, bad policy, ...)
+invalid-dsp-message    400     a DSP message that does not validate against the 2025-1 schemas
+grade-floor            400     a tier or policy looser than the data's security grade allows
+unauthorized           401     missing or failed authentication (one body for every cause)
+policy-refused         403     a usage policy refused the request; ``trace`` says which rule
+limit-exceeded         403     a count limit or privacy budget would be exceeded
+not-found              404     unknown id (or one this caller may not see)
+conflict               409     concurrent change or duplicate id
+illegal-transition     409     a negotiation message not allowed in the current state
+payload-too-large      413     the body exceeds the route's size limit
+not-ready              503     the node is not admitted to a space yet, or a peer is unreachable
+peer-error             502     a node this request depended on refused or failed
+store-unavailable      503     the durable store failed; nothing was written
+internal               500     a bug; the log has the details under ``instance``
+=====================  ======  ================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trusted_space.errors import (
+    ConflictError,
+    GradeFloorError,
+    IllegalTransitionError,
+    LimitExceededError,
+    NotFoundError,
+    SchemaValidationError,
+    StoreError,
+    TrustedSpaceError,
+    ValidationError,
+    VerificationError,
+)
+
+__all__ = [
+    "PROBLEM_BASE",
+    "PROBLEM_MEDIA_TYPE",
+    "BodySizeLimit",
+    "ConnectorError",
+    "NotReady",
+    "PeerError",
+    "PolicyRefused",
+    "install_error_handlers",
+    "problem",
+    "problem_for",
+]
+
+log = logging.getLogger("trusted_space.http")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://w3id.org/trusted-space/problems/"
+
+
+class ConnectorError(Exception):
+    """Base class of errors raised by the connector layer."""
+
+
+class PolicyRefused(ConnectorError):
+    """A policy decision refused a request; carries the decision's trace (JSON) and reason."""
+
+    def __init__(
+        self,
+        reason: str,
+        trace: Sequence[Mapping[str, Any]],
+        *,
+        participant: str | None = None,
+        decision_index: int | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.trace = [dict(step) for step in trace]
+        self.participant = participant
+        self.decision_index = decision_index
+
+
+class PeerError(ConnectorError):
+    """Another node refused or failed; ``problem`` is its problem document (when it sent one)."""
+
+    def __init__(self, peer: str, status: int, problem: Mapping[str, Any] | None = None) -> None:
+        self.peer = peer
+        self.status = status
+        self.problem = dict(problem or {})
+        detail = self.problem.get("detail") or self.problem.get("title") or f"HTTP {status}"
+        super().__init__(f"{peer} answered {status}: {detail}")
+
+
+class NotReady(ConnectorError):
+    """The node cannot serve this yet (not admitted, no operator anchor, peer unreachable)."""
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    """An RFC 9457 response; ``extensions`` become extra members (``trace``, DSP fields, ...)."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    body.update({k: v for k, v in extensions.items() if v is not None})
+    return JSONResponse(
+        body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=dict(headers or {})
+    )
+
+
+_HTTP_SLUGS = {
+    400: ("invalid-input", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("invalid-request", "Invalid request"),
+    429: ("too-many-requests", "Too many requests"),
+    503: ("not-ready", "Not ready"),
+}
+
+
+def problem_for(exc: BaseException) -> JSONResponse:
+    """Map an exception to its problem response (the table in the module docstring)."""
+    if isinstance(exc, VerificationError):
+        return problem(
+            401,
+            "unauthorized",
+            "Unauthorized",
+            VerificationError.PUBLIC_MESSAGE,
+            headers={"WWW-Authenticate": "TS-Request"},
+        )
+    if isinstance(exc, PolicyRefused):
+        return problem(
+            403,
+            "policy-refused",
+            "Refused by usage policy",
+            exc.reason,
+            trace=exc.trace,
+            participant=exc.participant,
+            decisionIndex=exc.decision_index,
+        )
+    if isinstance(exc, SchemaValidationError):
+        return problem(
+            400, "invalid-dsp-message", "Invalid DSP message", str(exc), errors=exc.errors[:20]
+        )
+    if isinstance(exc, GradeFloorError):
+        return problem(400, "grade-floor", "Looser than the security grade allows", str(exc))
+    if isinstance(exc, ValidationError):
+        return problem(400, "invalid-input", "Invalid input", str(exc))
+    if isinstance(exc, NotFoundError):
+        return problem(404, "not-found", "Not found", str(exc))
+    if isinstance(exc, IllegalTransitionError):
+        return problem(409, "illegal-transition", "Illegal negotiation transition", str(exc))
+    if isinstance(exc, ConflictError):
+        return problem(409, "conflict", "Conflict", str(exc))
+    if isinstance(exc, LimitExceededError):
+        return problem(403, "limit-exceeded", "Limit exceeded", str(exc))
+    if isinstance(exc, StoreError):
+        return problem(503, "store-unavailable", "Store unavailable", str(exc))
+    if isinstance(exc, PeerError):
+        return problem(
+            502,
+            "peer-error",
+            "A node this request depends on refused it",
+            str(exc),
+            peer=exc.peer,
+            peerStatus=exc.status,
+            peerProblem=exc.problem or None,
+        )
+    if isinstance(exc, NotReady):
+        return problem(503, "not-ready", "Not ready", str(exc))
+    if isinstance(exc, StarletteHTTPException):
+        slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return problem(
+            exc.status_code, slug, title, detail, headers=getattr(exc, "headers", None) or {}
+        )
+    if isinstance(exc, TrustedSpaceError):
+        return problem(400, "invalid-input", "Invalid input", str(exc))
+    incident = uuid.uuid4().hex
+    log.error("unhandled error, incident %s", incident, exc_info=exc)
+    return problem(
+        500,
+        "internal",
+        "Internal error",
+        "an internal error occurred; the node's log has the details",
+        instance=f"urn:trusted-space:incident:{incident}",
+    )
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors()[:20]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        out.append({"location": loc, "message": str(err.get("msg", ""))})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapping above on ``app`` (including request validation and 404/405)."""
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = _validation_errors(exc)
+        first = errors[0] if errors else {"location": "", "message": "invalid"}
+        return problem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"{first['location']}: {first['message']}",
+            errors=errors,
+        )
+
+    async def on_error(_: Request, exc: Exception) -> JSONResponse:
+        return problem_for(exc)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    for kind in (TrustedSpaceError, ConnectorError, StarletteHTTPException, HTTPException):
+        app.add_exception_handler(kind, on_error)
+    app.add_exception_handler(Exception, on_error)
+
+
+class BodySizeLimit:
+    """ASGI middleware refusing bodies over a limit with 413, before the app reads them.
+
+    ``limit_for(path)`` gives the limit of a path (``/compute`` routes carry ciphertext batches and
+    get a larger one). Both a declared ``Content-Length`` and the bytes actually streamed count.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", "/"))
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > limit:
+                    await self._refuse(scope, receive, send, limit)
+                    return
+        seen = 0
+        too_large = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    too_large = True
+                    raise _TooLarge
+            return message
+
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(scope, receive, send, limit)
+        except Exception:
+            if too_large and not started:
+                await self._refuse(scope, receive, send, limit)
+            else:
+                raise
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = problem(
+            413, "payload-too-large", "Payload too large", f"the body exceeds {limit} bytes"
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,286 @@
+"""One running node: the core's services wired to this node's store, keys and trust anchor.
+
+:class:`NodeRuntime` is what every router receives (``deps.RuntimeDep``). It owns:
+
+- ``store``: the node's durable store (SQLite by default), shared by every service;
+- ``key``: the node's Ed25519 key (request tokens, agreements, checkpoints);
+- ``ledger``: the node's Merkle log with signed checkpoints;
+- ``directory`` / ``verifier``: known members and the request-token check (``None`` until the
+  node has an operator anchor);
+- ``negotiator``: this participant's side of every contract negotiation;
+- ``consents``: data-subject authorisations held here;
+- ``authority`` and ``witness``: operator only — admission/revocation and checkpoint cosigning;
+- ``client``: the signed HTTP client for calls to other nodes;
+- ``peers``: participant id → URL, learned from the operator's participant registry.
+
+Authentication of member calls happens in :meth:`NodeRuntime.authenticate`: the replay-cache
+insert commits in its own transaction *before* any handler runs (a handler failure does not free
+the ``jti``), and a refusal is written to the ledger with its real reason in a fresh transaction,
+while the caller gets the same ``401`` whatever the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from connectors.client import SignedClient
+from connectors.problems import NotReady
+from connectors.settings import NodeSettings, OperatorAnchor
+from trusted_space.catalog import load_dataset
+from trusted_space.consent import ConsentRegistry
+from trusted_space.contracts import Negotiator
+from trusted_space.errors import NotFoundError, ValidationError, VerificationError
+from trusted_space.identity import (
+    MAX_TOKEN_LENGTH,
+    MemberDirectory,
+    OperatorAuthority,
+    VerifiedRequest,
+    Verifier,
+    record_refusal,
+)
+from trusted_space.keys import SigningKey, VerifyKey
+from trusted_space.ledger import Ledger, Witness
+from trusted_space.store import Store, open_store
+
+__all__ = ["PEER_NAMESPACE", "NodeRuntime"]
+
+log = logging.getLogger("trusted_space.node")
+
+PEER_NAMESPACE = "peer"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class NodeRuntime:
+    """A node's services, built once at start-up from its settings.
+
+    Args:
+        settings: the node's settings.
+        store: an already opened store (tests); default: open ``settings.store``.
+        transport: httpx transport for outgoing calls (tests pass an in-process one).
+        clock: the node's clock (tests inject one).
+    """
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        *,
+        store: Store | None = None,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.settings = settings
+        self.id = settings.name
+        self.roles = frozenset(settings.roles)
+        self.clock = clock
+        layout = settings.layout
+        self.key = SigningKey.load(layout.node_key)
+        self.admin_token = layout.admin_token.read_text(encoding="utf-8").strip()
+        self.store = store if store is not None else open_store(settings.store)
+        self.ledger = Ledger(self.store, self.key, settings.origin)
+        self.anchor: OperatorAnchor | None = (
+            OperatorAnchor.load(layout.operator) if layout.operator.exists() else None
+        )
+        self.authority: OperatorAuthority | None = None
+        self.witness: Witness | None = None
+        self.directory: MemberDirectory | None = None
+        self.verifier: Verifier | None = None
+        self.consents: ConsentRegistry | None = None
+        if self.is_operator:
+            self.authority = OperatorAuthority(self.id, self.key)
+            self.witness = Witness(
+                self.store, SigningKey.load(layout.witness_key), f"{self.id}/witness"
+            )
+        if self.anchor is not None:
+            self.directory = (
+                self.authority.directory
+                if self.authority is not None
+                else MemberDirectory(self.anchor.operator_id, self.anchor.key)
+            )
+            self.verifier = Verifier(self.id, self.directory)
+            self.consents = ConsentRegistry(self.anchor.operator_id, self.anchor.key)
+        self.negotiator = Negotiator(
+            self.id,
+            self.store,
+            self.key,
+            self.resolve_key,
+            callback_address=settings.url,
+            offer_check=self._offer_check,
+            clock=clock,
+        )
+        self.client = SignedClient(
+            self.id,
+            self.key,
+            self.credential_token,
+            timeout=settings.request_timeout,
+            transport=transport,
+            clock=clock,
+        )
+        if self.is_operator:
+            self._admit_self()
+
+    # -- roles ----------------------------------------------------------------------------------
+    @property
+    def is_operator(self) -> bool:
+        return "operator" in self.roles
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    def close(self) -> None:
+        self.client.close()
+        self.store.close()
+
+    # -- identity -------------------------------------------------------------------------------
+    def _admit_self(self) -> None:
+        """The operator is a member of its own space: it issues itself a credential once."""
+        assert self.authority is not None
+        with self.store.transaction() as tx:
+            try:
+                self.authority.directory.get(tx, self.id)
+                return
+            except NotFoundError:
+                pass
+            self.authority.issue(tx, self.id, self.roles, self.key.verify_key, now=self.clock())
+            tx.put(PEER_NAMESPACE, self.id, {"url": self.url, "roles": sorted(self.roles)})
+
+    def require_directory(self) -> MemberDirectory:
+        if self.directory is None:
+            raise NotReady(f"{self.id} has no operator anchor yet: it is not part of a space")
+        return self.directory
+
+    def credential_token(self) -> str | None:
+        """This node's own membership credential, once admitted."""
+        if self.directory is None:
+            return None
+        with self.store.transaction(readonly=True) as tx:
+            doc = tx.get("member", self.id)
+        return None if doc is None else str(doc.body["token"])
+
+    def install_credential(self, token: str) -> None:
+        """Store this node's own credential (from the operator's admission); verified first.
+
+        Raises:
+            VerificationError: it does not verify against the operator's key.
+            ValidationError: it names another participant or another key.
+        """
+        directory = self.require_directory()
+        with self.store.transaction() as tx:
+            credential = directory.add(tx, token, now=self.clock())
+            if credential.participant_id != self.id:
+                raise ValidationError(f"the credential is for {credential.participant_id!r}")
+            if credential.public_key.to_b64() != self.key.verify_key.to_b64():
+                raise ValidationError("the credential names another public key than this node's")
+
+    def resolve_key(self, participant_id: str) -> VerifyKey:
+        """A member's verify key, from its stored (verified) credential."""
+        directory = self.require_directory()
+        with self.store.transaction(readonly=True) as tx:
+            return directory.get(tx, participant_id).public_key
+
+    def authenticate(
+        self,
+        *,
+        token: str | None,
+        credential: str | None,
+        body: bytes,
+        method: str,
+        path: str,
+    ) -> VerifiedRequest:
+        """Verify a member's signed request; raise the one :class:`VerificationError` on failure.
+
+        ``credential`` (the ``TS-Credential`` header) is verified against the operator's key and
+        stored when it is newer than the one known; it never bypasses any check of the token.
+        """
+        now = self.clock()
+        directory = self.directory
+        verifier = self.verifier
+        try:
+            if directory is None or verifier is None:
+                raise VerificationError("no-operator-anchor")
+            if not token or len(token) > MAX_TOKEN_LENGTH:
+                raise VerificationError("missing-token")
+            if credential and len(credential) <= MAX_TOKEN_LENGTH:
+                self._learn_credential(directory, credential, now)
+            with self.store.transaction() as tx:
+                return verifier.verify_request(
+                    tx, token, body=body, method=method, path=path, now=now
+                )
+        except VerificationError as exc:
+            with self.store.transaction() as tx:
+                record_refusal(
+                    tx, exc, token=token, audience=self.id, method=method, path=path, now=now
+                )
+            log.info("refused %s %s: %s", method, path[:200], exc.reason)
+            raise
+
+    def _learn_credential(self, directory: MemberDirectory, token: str, now: datetime) -> None:
+        try:
+            with self.store.transaction() as tx:
+                directory.add(tx, token, now=now)
+        except VerificationError as exc:
+            if exc.reason != "credential-superseded":
+                raise
+
+    # -- peers ----------------------------------------------------------------------------------
+    def remember_peer(self, participant_id: str, url: str, roles: list[str] | None = None) -> None:
+        with self.store.transaction() as tx:
+            tx.put(PEER_NAMESPACE, participant_id, {"url": url.rstrip("/"), "roles": roles or []})
+
+    def peer_url(self, participant_id: str) -> str:
+        """Where a member is reached: the local registry, else the operator's, then cached.
+
+        Raises:
+            NotReady: unknown here and the operator does not know it either (or is unreachable).
+        """
+        if participant_id == self.id:
+            return self.url
+        with self.store.transaction(readonly=True) as tx:
+            doc = tx.get(PEER_NAMESPACE, participant_id)
+        if doc is not None:
+            return str(doc.body["url"])
+        if self.anchor is None:
+            raise NotReady(f"no URL known for {participant_id!r} and no operator to ask")
+        if participant_id == self.anchor.operator_id:
+            return self.anchor.url
+        info = self.client.get_json(
+            f"{self.anchor.url}/operator/participants/{participant_id}",
+            audience=self.anchor.operator_id,
+        )
+        url = str(info["url"])
+        self.remember_peer(participant_id, url, list(info.get("roles", [])))
+        return url
+
+    # -- hooks into the core ----------------------------------------------------------------
+    def _offer_check(self, offer: Mapping[str, Any]) -> None:
+        """A consumer may only request an offer this provider published for that dataset.
+
+        Raises:
+            ValidationError: unknown dataset, or an offer that differs from every published one
+                (a consumer cannot write its own terms).
+        """
+        target = str(offer.get("target", ""))
+        with self.store.transaction(readonly=True) as tx:
+            try:
+                published = load_dataset(tx, target)
+            except NotFoundError as exc:
+                raise ValidationError(f"offer.target: no dataset {target!r} here") from exc
+        requested = {k: v for k, v in offer.items() if k != "target"}
+        for candidate in published.offers:
+            if dict(candidate) == requested:
+                return
+        raise ValidationError(
+            f"offer {offer.get('@id')!r} is not an offer published for dataset {target!r}"
+        )
+
+    def transaction(self, *, readonly: bool = False) -> Any:
+        """Shorthand for ``self.store.transaction``."""
+        return self.store.transaction(readonly=readonly)
