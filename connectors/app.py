@@ -6,6 +6,7 @@ router                 mounted on             who may call
 node                   every node             anyone (health, identity)
 dsp_catalog            every node             anyone (open tier) / members (their view)
 dsp_negotiation        provider, consumer     members (signed requests)
+contracts_admin        provider, consumer     the node's staff (start/track negotiations)
 dsp_transfer           provider, consumer     members; data pulls with a transfer token
 compute                provider, consumer     members (signed requests, policy-checked)
 ledger                 every node             anyone (proofs are public by design)
@@ -31,6 +32,7 @@ from connectors.background import Background
 from connectors.problems import BodySizeLimit, install_error_handlers
 from connectors.routers import (
     compute,
+    contracts_admin,
     dsp_catalog,
     dsp_negotiation,
     dsp_transfer,
@@ -103,6 +105,7 @@ def create_app(
     app.include_router(management.router)
     if rt.roles & {"provider", "consumer"}:
         app.include_router(dsp_negotiation.router)
+        app.include_router(contracts_admin.router)
         app.include_router(dsp_transfer.router)
         app.include_router(compute.router)
     if rt.is_operator:
