@@ -20,9 +20,11 @@ DEFAULT_CHUNK_ROWS = 50_000
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Where a dataset's rows are: ``kind`` is ``csv``, ``parquet`` or ``sqlite``; ``table`` is
-    required for SQLite; ``path`` is absolute (relative paths are resolved against the node dir
-    when the spec is parsed from a request)."""
+    """Where a dataset's rows are.
+
+    ``kind`` is ``csv``, ``parquet`` or ``sqlite``; ``table`` is required for SQLite; ``path`` is
+    absolute (relative paths are resolved against the node dir when parsed from a request).
+    """
 
     kind: str
     path: str
