@@ -54,6 +54,7 @@ from trusted_space.errors import (
     IllegalTransitionError,
     LimitExceededError,
     NotFoundError,
+    RefusedError,
     SchemaValidationError,
     StoreError,
     TrustedSpaceError,
@@ -166,6 +167,16 @@ def problem_for(exc: BaseException) -> JSONResponse:
             headers={"WWW-Authenticate": "TS-Request"},
         )
     if isinstance(exc, PolicyRefused):
+        return problem(
+            403,
+            "policy-refused",
+            "Refused by usage policy",
+            exc.reason,
+            trace=exc.trace,
+            participant=exc.participant,
+            decisionIndex=exc.decision_index,
+        )
+    if isinstance(exc, RefusedError):
         return problem(
             403,
             "policy-refused",

@@ -20,6 +20,7 @@ from trusted_space import (
     notes,
     policy,
     store,
+    transport,
     uscc,
 )
 from trusted_space.errors import (
@@ -28,6 +29,7 @@ from trusted_space.errors import (
     IllegalTransitionError,
     LimitExceededError,
     NotFoundError,
+    RefusedError,
     SchemaValidationError,
     StoreError,
     TrustedSpaceError,
@@ -41,6 +43,7 @@ __all__ = [
     "IllegalTransitionError",
     "LimitExceededError",
     "NotFoundError",
+    "RefusedError",
     "SchemaValidationError",
     "StoreError",
     "TrustedSpaceError",
@@ -60,5 +63,6 @@ __all__ = [
     "notes",
     "policy",
     "store",
+    "transport",
     "uscc",
 ]

@@ -14,10 +14,14 @@ its evaluation trace. Exceptions are for inputs that cannot be processed at all:
      │    └── IllegalTransitionError  a negotiation message not allowed in the current state
      ├── GradeFloorError          a tier or policy looser than the data's security grade allows
      ├── LimitExceededError       a counter or budget would go past its limit
+     ├── RefusedError             a provider's policy refused a query (carries its trace); raised
+     │                            by protocol code so the refusal travels back to the analyst
      └── StoreError               the durable store failed (converted from SQLAlchemy / sqlite3)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "ConflictError",
@@ -25,6 +29,7 @@ __all__ = [
     "IllegalTransitionError",
     "LimitExceededError",
     "NotFoundError",
+    "RefusedError",
     "SchemaValidationError",
     "StoreError",
     "TrustedSpaceError",
@@ -86,6 +91,43 @@ class GradeFloorError(ValidationError):
 
 class LimitExceededError(TrustedSpaceError):
     """A counter or budget would go past its limit; nothing was changed."""
+
+
+class RefusedError(TrustedSpaceError):
+    """A provider refused a query on policy grounds; the decision's trace says which rule.
+
+    Inside the engine a refusal is a :class:`~trusted_space.policy.Decision`; this exception is
+    how protocol code stops a multi-party computation at the provider and carries the decision
+    back across the transport (HTTP 403 with the trace at the edge).
+    """
+
+    status = 403
+
+    def __init__(
+        self,
+        reason: str,
+        trace: list[dict[str, Any]] | None = None,
+        *,
+        participant: str | None = None,
+        decision_index: int | None = None,
+    ) -> None:
+        self.reason = reason
+        self.trace = list(trace or [])
+        self.participant = participant
+        self.decision_index = decision_index
+        super().__init__(reason)
+
+    @property
+    def problem(self) -> dict[str, Any]:
+        return {
+            "type": "https://w3id.org/trusted-space/problems/policy-refused",
+            "title": "Refused by usage policy",
+            "status": 403,
+            "detail": self.reason,
+            "trace": self.trace,
+            "participant": self.participant,
+            "decisionIndex": self.decision_index,
+        }
 
 
 class StoreError(TrustedSpaceError):
