@@ -7,6 +7,7 @@ policy decision is not an error but a :class:`trusted_space.policy.Decision` wit
 
 from trusted_space import (
     catalog,
+    compute,
     consent,
     contracts,
     dsp,
@@ -50,6 +51,7 @@ __all__ = [
     "ValidationError",
     "VerificationError",
     "catalog",
+    "compute",
     "consent",
     "contracts",
     "dsp",
