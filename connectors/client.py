@@ -20,7 +20,8 @@ admin token as ``Authorization: Bearer``; :class:`AdminClient` reads it from the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,27 @@ class SignedClient:
     def post_json(self, url: str, body: Any, *, audience: str) -> Any:
         response = self.request("POST", url, audience=audience, json_body=body)
         return response.json() if response.content else None
+
+    @contextmanager
+    def stream(
+        self, url: str, *, audience: str, headers: Mapping[str, str] | None = None
+    ) -> Iterator[httpx.Response]:
+        """A signed ``GET`` whose response body is read incrementally (large downloads).
+
+        Errors as :meth:`request`: :class:`PeerError` on a non-2xx answer (its body is read, it is
+        a small problem document), :class:`NotReady` when the peer cannot be reached.
+        """
+        target = httpx.URL(url)
+        send_headers = dict(headers or {})
+        send_headers.update(self.headers_for(audience, "GET", str(target), b""))
+        try:
+            with self._http.stream("GET", target, headers=send_headers) as response:
+                if not response.is_success:
+                    response.read()
+                    raise_for_problem(response, audience)
+                yield response
+        except httpx.TransportError as exc:
+            raise NotReady(f"cannot reach {audience} at {target}: {exc}") from exc
 
 
 class AdminClient:
