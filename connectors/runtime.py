@@ -80,6 +80,7 @@ class NodeRuntime:
         self.id = settings.name
         self.roles = frozenset(settings.roles)
         self.clock = clock
+        self.transport = transport  # plain (unsigned) calls reuse it, e.g. pushes to peers
         layout = settings.layout
         self.key = SigningKey.load(layout.node_key)
         self.admin_token = layout.admin_token.read_text(encoding="utf-8").strip()
