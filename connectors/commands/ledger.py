@@ -1,11 +1,109 @@
-"""Placeholder: the `ledger` commands are filled in by their own work."""
+"""``trusted-space ledger verify|checkpoint``: check a node's ledger from outside; witness it now.
+
+``verify`` needs nothing but the node's public URL (and, to trust nothing the node says, its
+ledger key with ``--vkey`` and the witness key with ``--witness-vkey``); it prints a table of
+checks, or JSON with ``--json``, and exits 1 if any check fails. The work is in
+:mod:`connectors.verify`.
+
+``checkpoint`` is for the node's own staff: sign a checkpoint now and submit it to the operator's
+witness (``POST /management/ledger/checkpoint`` with the admin token).
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+from pathlib import Path
+from typing import Annotated
 
-__all__ = ["register"]
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connectors.commands._common import admin_client
+from connectors.problems import NotReady, PeerError
+from connectors.verify import Report, verify_node
+
+__all__ = ["print_report", "register"]
+
+ledger_app = typer.Typer(help="Verify a node's tamper-evident ledger.", no_args_is_help=True)
+
+
+def print_report(report: Report, console: Console) -> None:
+    """The report as a table of checks, then the event kinds counted."""
+    table = Table(title=f"ledger of {report.node}", show_lines=False)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for check in report.checks:
+        mark = "[green]ok[/]" if check.ok else "[bold red]FAILED[/]"
+        table.add_row(check.name, mark, check.detail)
+    console.print(table)
+    if report.kinds:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items()))
+        console.print(f"events: {kinds}", highlight=False)
+    verdict = "[green]verified[/]" if report.ok else "[bold red]NOT verified[/]"
+    console.print(f"{verdict}: {report.size} entries", highlight=False)
+
+
+@ledger_app.command("verify")
+def _verify(
+    node: Annotated[str, typer.Option(help="The node's URL.")],
+    vkey: Annotated[
+        str | None,
+        typer.Option(help="The node's ledger verifier key (default: trust its /identity)."),
+    ] = None,
+    witness_vkey: Annotated[
+        list[str] | None,
+        typer.Option("--witness-vkey", help="A witness cosigner key (repeatable)."),
+    ] = None,
+    operator: Annotated[
+        str | None, typer.Option(help="The operator's URL (to fetch the witness key).")
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(min=0, max=10_000, help="Random entries to check inclusion proofs for.")
+    ] = 16,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds per HTTP call.")] = 60.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Download the whole log, recompute its root, check proofs and witnessed checkpoints."""
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        report = verify_node(
+            client,
+            node,
+            vkey=vkey,
+            witness_vkeys=witness_vkey or [],
+            operator=operator,
+            samples=samples,
+        )
+    if json_output:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        print_report(report, Console())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@ledger_app.command("checkpoint")
+def _checkpoint(
+    node_dir: Annotated[
+        Path | None, typer.Option("--node-dir", help="The node directory (URL and admin token).")
+    ] = None,
+    node: Annotated[str | None, typer.Option(help="The node's URL.")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the admin token.")] = None,
+) -> None:
+    """Sign a checkpoint now and have the operator's witness cosign it."""
+    try:
+        with admin_client(node, node_dir, token_file) as client:
+            result = client.post("/management/ledger/checkpoint")
+    except (PeerError, NotReady) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(result["note"], nl=False)
+    if not result["cosigned"]:
+        typer.echo("not cosigned: the operator's witness was unreachable or refused", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to ``app``."""
+    """Add ``ledger`` to the main app."""
+    app.add_typer(ledger_app, name="ledger")
