@@ -11,7 +11,10 @@ from typing import Annotated
 import httpx
 import typer
 
+from connectors.commands._common import admin_client
+from connectors.problems import NotReady, PeerError
 from connectors.settings import NodeLayout, OperatorAnchor, init_node, load_settings
+from connectors.space import admit
 from trusted_space.errors import ValidationError
 
 __all__ = ["fetch_anchor", "register", "serve"]
@@ -128,6 +131,43 @@ def _identity(
             }
         )
     )
+
+
+@node_app.command("admit")
+def _admit(
+    operator_dir: Annotated[
+        Path | None, typer.Option(help="The operator's node directory (URL and admin token).")
+    ] = None,
+    operator: Annotated[
+        str | None, typer.Option(help="The operator's URL (with --operator-token-file).")
+    ] = None,
+    operator_token_file: Annotated[
+        Path | None, typer.Option(help="File holding the operator's admin token.")
+    ] = None,
+    node: Annotated[str | None, typer.Option(help="The URL of the node to admit.")] = None,
+    node_dir: Annotated[
+        Path | None, typer.Option(help="The node's directory (URL and admin token).")
+    ] = None,
+    node_token_file: Annotated[
+        Path | None, typer.Option(help="File holding the node's admin token.")
+    ] = None,
+) -> None:
+    """Admit a node to the space: the operator issues its credential, the node installs it.
+
+    Needs both admin tokens (the two staffs together, or the owner of a local space). Calls GET
+    /identity on the node, POST /operator/participants on the operator, PUT
+    /management/credential on the node; prints the admitted id, roles and credential expiry.
+    """
+    try:
+        with (
+            admin_client(operator, operator_dir, operator_token_file) as op_admin,
+            admin_client(node, node_dir, node_token_file) as node_admin,
+        ):
+            result = admit(op_admin, node_admin)
+    except (PeerError, NotReady, ValidationError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(result))
 
 
 def register(app: typer.Typer) -> None:
