@@ -27,6 +27,7 @@ connector can ignore them and one of ours can check them before negotiating.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -166,13 +167,19 @@ def _list(value: object, path: str) -> list[Any]:
 
 @dataclass(frozen=True)
 class Field:
-    """A typed column with its security grade and optional personal-information category."""
+    """A typed column with its security grade and optional personal-information category.
+
+    ``impute_default`` (JSON ``imputeDefault``, numeric fields only) is the value the owner
+    publishes for joint queries that ask to ``impute`` an entity missing from its table; a query
+    that asks to impute a column without one is refused (never a silent zero).
+    """
 
     name: str
     type: FieldType
     grade: int
     description: str = ""
     pi_category: PiCategory | None = None
+    impute_default: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -190,6 +197,17 @@ class Field:
             object.__setattr__(
                 self, "pi_category", _enum(PiCategory, self.pi_category, f"{path}.piCategory")
             )
+        if self.impute_default is not None:
+            value = self.impute_default
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise ValidationError(f"{path}.imputeDefault: a finite number, got {value!r}")
+            if self.type not in (FieldType.INT, FieldType.FLOAT, FieldType.BOOL):
+                raise ValidationError(f"{path}.imputeDefault: only numeric fields have one")
+            object.__setattr__(self, "impute_default", float(value))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -200,11 +218,15 @@ class Field:
         }
         if self.pi_category is not None:
             out["piCategory"] = self.pi_category.value
+        if self.impute_default is not None:
+            out["imputeDefault"] = self.impute_default
         return out
 
     @classmethod
     def from_json(cls, doc: object, path: str = "field") -> Field:
-        d = _obj(doc, path, {"name", "type", "grade"}, {"description", "piCategory"})
+        d = _obj(
+            doc, path, {"name", "type", "grade"}, {"description", "piCategory", "imputeDefault"}
+        )
         try:
             return cls(
                 name=d["name"],
@@ -212,6 +234,7 @@ class Field:
                 grade=d["grade"],
                 description=d.get("description", ""),
                 pi_category=d.get("piCategory"),
+                impute_default=d.get("imputeDefault"),
             )
         except ValidationError as exc:
             raise ValidationError(f"{path}: {exc}") from exc

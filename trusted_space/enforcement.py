@@ -1,0 +1,462 @@
+"""The provider's enforcement point for joint computations: check, decide, record, then use.
+
+Why: a provider never trusts the analyst. Every protocol step that is about to touch a provider's
+rows (a joint score's partial, an aggregate, a training round, a PSI alignment feeding them) first
+calls :func:`authorize_use` at the provider's own node, with the *authenticated* sender as the
+analyst. Nothing is read from :class:`~trusted_space.compute.DataAccess` before it returns.
+
+Order of the checks (all inside one store transaction, so nothing is half-written):
+
+1. the agreement named for this provider exists here, was signed by this node as provider, its
+   negotiation is ``FINALIZED`` and the instant is inside its validity window
+   (:func:`~trusted_space.contracts.agreement_authorises`);
+2. its assignee is the authenticated sender and its target is the dataset used;
+3. the dataset exists here, and every requested column exists in its table, is numeric, is not
+   the key and is not grade 5 (important data never leaves, not even encrypted);
+4. the usage policy of the agreement, via :func:`trusted_space.policy.evaluate` (purpose,
+   computation kind and protocol, ``count``, ``minCohort``, consent per entity, grade floors).
+
+A failure of 1-3 is recorded as a ``policy.decision`` ledger entry with a trace built here (same
+body shape as the policy engine's); a failure of 4 is recorded by the engine itself. Either way
+the transaction is *committed* (the refusal is on the ledger) and only then
+:class:`~trusted_space.errors.RefusedError` is raised with the trace, so the refusal travels back
+to the analyst (403 with the trace at the HTTP edge; ``RemoteError.problem["trace"]`` in memory).
+
+On allow, in the same transaction: metering (:func:`trusted_space.metering.record_use`) and one
+``query.use`` ledger entry — query id, analyst, agreement, dataset, columns, protocol, kind,
+purpose, entity count and the SHA-256 of the canonical JSON array of the entity ids in request
+order (never the entities themselves, never a feature). After commit the node builds a receipt
+(:meth:`~trusted_space.ledger.Ledger.receipt` plus the node's ledger vkey and id) that the analyst
+can check with :func:`~trusted_space.ledger.verify_receipt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from trusted_space.catalog import TS_NAMESPACE, FieldType, PublishedDataset, load_dataset
+from trusted_space.compute import ComputeNode
+from trusted_space.contracts import (
+    SignedAgreement,
+    agreement_authorises,
+    load_agreement,
+    load_negotiation,
+)
+from trusted_space.errors import NotFoundError, RefusedError, ValidationError
+from trusted_space.events import canonical_json, record_event
+from trusted_space.metering import record_use
+from trusted_space.policy import (
+    COMPUTATIONS,
+    PROTOCOLS,
+    TraceStep,
+    UsageRequest,
+    evaluate,
+    from_odrl,
+    trace_digest,
+)
+from trusted_space.store import Transaction
+
+__all__ = [
+    "CONSENTS_EXTRA",
+    "NUMERIC_TYPES",
+    "OUTPUT_OF_KIND",
+    "UseGrant",
+    "UseRequest",
+    "authorize_use",
+    "entities_digest",
+]
+
+CONSENTS_EXTRA: Final = "consents"
+"""Key of the :class:`~trusted_space.consent.ConsentRegistry` in ``ComputeNode.extras``."""
+NUMERIC_TYPES: Final = frozenset({FieldType.INT, FieldType.FLOAT, FieldType.BOOL})
+"""Field types a joint computation may read (as float64)."""
+OUTPUT_OF_KIND: Final[Mapping[str, str]] = {
+    "score": "score",
+    "aggregate": "aggregate",
+    "train": "aggregate",
+}
+"""The policy ``output`` a computation kind releases (training releases gradient aggregates)."""
+
+
+def entities_digest(entities: Sequence[str]) -> str:
+    """SHA-256 (hex) of the canonical JSON array of entity ids, in request order."""
+    return hashlib.sha256(canonical_json(list(entities))).hexdigest()
+
+
+@dataclass(frozen=True)
+class UseRequest:
+    """One use of one provider dataset by one joint computation, as the provider's node sees it.
+
+    Attributes:
+        query_id: the analyst's query id (recorded, for receipts and audit).
+        analyst: the **authenticated** sender, filled by the operation from its call context —
+            never from a header.
+        agreement_id: the agreement the analyst names for this provider.
+        dataset_id: the dataset used.
+        columns: the columns read.
+        kind: ``score``, ``aggregate`` or ``train``.
+        purpose: the declared purpose.
+        protocol: ``paillier``, ``ckks`` or ``additive``.
+        entities: explicit entity ids (empty for a PSI cohort the provider does not learn).
+        cohort_size: the cohort size when known (aggregates; explicit lists default to their
+            length).
+        epsilon: differential-privacy budget this use asks for (charged by the caller).
+        output: the policy ``output`` released; defaults from ``kind`` (:data:`OUTPUT_OF_KIND`).
+    """
+
+    query_id: str
+    analyst: str
+    agreement_id: str
+    dataset_id: str
+    columns: tuple[str, ...]
+    kind: str
+    purpose: str
+    protocol: str
+    entities: tuple[str, ...] = ()
+    cohort_size: int | None = None
+    epsilon: float | None = None
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "entities", tuple(self.entities))
+        for name in ("query_id", "analyst", "agreement_id", "dataset_id", "purpose"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValidationError(f"UseRequest.{name} must be a non-empty string")
+        if self.kind not in COMPUTATIONS:
+            raise ValidationError(f"UseRequest.kind: {self.kind!r} not in {list(COMPUTATIONS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValidationError(
+                f"UseRequest.protocol: {self.protocol!r} not in {list(PROTOCOLS)}"
+            )
+        if not self.columns or not all(isinstance(c, str) and c for c in self.columns):
+            raise ValidationError("UseRequest.columns must be a non-empty list of names")
+        if len(set(self.columns)) != len(self.columns):
+            raise ValidationError("UseRequest.columns has duplicates")
+        if not all(isinstance(e, str) and e for e in self.entities):
+            raise ValidationError("UseRequest.entities must be non-empty strings")
+        if self.cohort_size is not None and (
+            isinstance(self.cohort_size, bool)
+            or not isinstance(self.cohort_size, int)
+            or self.cohort_size < 0
+        ):
+            raise ValidationError(f"UseRequest.cohort_size: bad value {self.cohort_size!r}")
+        if self.epsilon is not None and not (
+            isinstance(self.epsilon, int | float)
+            and not isinstance(self.epsilon, bool)
+            and self.epsilon > 0
+        ):
+            raise ValidationError(f"UseRequest.epsilon must be > 0, got {self.epsilon!r}")
+        if self.output is None:
+            object.__setattr__(self, "output", OUTPUT_OF_KIND[self.kind])
+
+    @property
+    def size(self) -> int:
+        """Entities used: the explicit list's length, else the cohort size (0 when unknown)."""
+        if self.entities:
+            return len(self.entities)
+        return self.cohort_size or 0
+
+
+@dataclass(frozen=True)
+class UseGrant:
+    """What an allowed use hands the protocol code.
+
+    Attributes:
+        dataset: the published dataset (table fields, tier, defaults).
+        decision_index: ledger index of the ``policy.decision`` entry.
+        use_index: ledger index of the ``query.use`` entry.
+        receipt: ``Ledger.receipt(use_index).to_json()`` plus ``vkey`` (the node's ledger
+            verifier key) and ``participant`` (the node's id) — what the analyst receives.
+        entities: the entities the use may touch, in request order.
+    """
+
+    dataset: PublishedDataset
+    decision_index: int
+    use_index: int
+    receipt: dict[str, Any]
+    entities: tuple[str, ...]
+
+
+def _strip_extensions(agreement: Mapping[str, Any]) -> dict[str, Any]:
+    """The ODRL part of a stored agreement (our validity/offer extensions removed)."""
+    return {k: v for k, v in agreement.items() if not k.startswith(TS_NAMESPACE)}
+
+
+class _Checks:
+    """Collects the pre-policy trace steps in the engine's :class:`TraceStep` form."""
+
+    def __init__(self, agreement_id: str) -> None:
+        self.agreement_id = agreement_id
+        self.steps: list[TraceStep] = []
+
+    def add(self, operand: str, expected: Any, seen: Any, ok: bool, message: str) -> bool:
+        self.steps.append(
+            TraceStep(
+                rule="agreement",
+                index=None,
+                rule_id=self.agreement_id,
+                left_operand=operand,
+                operator="eq",
+                right_operand=expected,
+                seen=seen,
+                outcome="satisfied" if ok else "violated",
+                blocking=not ok,
+                message=message,
+            )
+        )
+        return ok
+
+    @property
+    def failed(self) -> TraceStep | None:
+        return next((s for s in self.steps if s.outcome == "violated"), None)
+
+
+def _check_agreement(
+    tx: Transaction, node: ComputeNode, request: UseRequest, at: datetime, checks: _Checks
+) -> SignedAgreement | None:
+    try:
+        signed = load_agreement(tx, request.agreement_id)
+    except NotFoundError:
+        checks.add(
+            "agreement",
+            request.agreement_id,
+            None,
+            False,
+            f"agreement {request.agreement_id!r} is not known at {node.participant_id}",
+        )
+        return None
+    if not checks.add(
+        "assigner",
+        node.participant_id,
+        signed.assigner,
+        signed.assigner == node.participant_id,
+        f"agreement {signed.id!r} was granted by {signed.assigner!r}"
+        + ("" if signed.assigner == node.participant_id else f", not by {node.participant_id!r}"),
+    ):
+        return None
+    try:
+        state = load_negotiation(tx, signed.provider_pid).state
+    except NotFoundError:
+        state = None
+    finalized = state is not None and state.value == "FINALIZED"
+    checks.add(
+        "state",
+        "FINALIZED",
+        state.value if state is not None else None,
+        finalized,
+        f"the negotiation of agreement {signed.id!r} is "
+        f"{state.value if state is not None else 'unknown'}"
+        + ("" if finalized else ", not FINALIZED"),
+    )
+    if finalized and state is not None:
+        valid = agreement_authorises(signed, state, at)
+        window = [signed.valid_from.isoformat(), signed.valid_until.isoformat()]
+        checks.add(
+            "dateTime",
+            window,
+            at.astimezone(UTC).isoformat(),
+            valid,
+            f"{at.astimezone(UTC).isoformat()} is "
+            + ("inside" if valid else "outside")
+            + f" the agreement's validity window [{window[0]}, {window[1]})",
+        )
+    checks.add(
+        "assignee",
+        signed.assignee,
+        request.analyst,
+        signed.assignee == request.analyst,
+        f"the requester {request.analyst!r} "
+        + (
+            "is the agreement's assignee"
+            if signed.assignee == request.analyst
+            else f"is not the agreement's assignee {signed.assignee!r}"
+        ),
+    )
+    checks.add(
+        "target",
+        signed.target,
+        request.dataset_id,
+        signed.target == request.dataset_id,
+        f"dataset {request.dataset_id!r} "
+        + (
+            "is the agreement's target"
+            if signed.target == request.dataset_id
+            else f"is not the agreement's target {signed.target!r}"
+        ),
+    )
+    return signed
+
+
+def _check_dataset(
+    tx: Transaction, request: UseRequest, checks: _Checks
+) -> PublishedDataset | None:
+    try:
+        published = load_dataset(tx, request.dataset_id)
+    except NotFoundError:
+        checks.add(
+            "dataset", request.dataset_id, None, False, f"no dataset {request.dataset_id!r} here"
+        )
+        return None
+    table = published.dataset.table
+    names = {f.name: f for f in table.fields}
+    for column in request.columns:
+        field = names.get(column)
+        if field is None:
+            checks.add("column", column, None, False, f"dataset has no column {column!r}")
+        elif column == published.dataset.key_column:
+            checks.add("column", column, "key", False, f"{column!r} is the entity key")
+        elif field.type not in NUMERIC_TYPES:
+            checks.add("column", column, field.type.value, False, f"{column!r} is not numeric")
+        elif field.grade >= 5:
+            checks.add(
+                "column",
+                column,
+                field.grade,
+                False,
+                f"{column!r} has grade 5: important data never leaves, not even encrypted",
+            )
+        else:
+            checks.add("column", column, field.grade, True, f"{column!r} may be computed on")
+    return published
+
+
+def _record_refusal(
+    tx: Transaction, request: UseRequest, checks: _Checks, at: datetime
+) -> tuple[int, TraceStep]:
+    failed = checks.failed
+    if failed is None:  # pragma: no cover - called only on failure
+        raise ValueError("no failed check")
+    trace = tuple(checks.steps)
+    index = record_event(
+        tx,
+        "policy.decision",
+        {
+            "allowed": False,
+            "policy": None,
+            "target": request.dataset_id,
+            "agreement": request.agreement_id,
+            "assignee": request.analyst,
+            "purpose": request.purpose,
+            "query_kind": request.kind,
+            "output": request.output,
+            "at": at.astimezone(UTC).isoformat(),
+            "reason": failed.message,
+            "partial": False,
+            "refused_entities": [],
+            "uses": None,
+            "duties": [{"action": "log", "recipient": None, "after": None}],
+            "trace_digest": trace_digest(trace),
+            "trace": [s.to_json() for s in trace],
+        },
+    )
+    return index, failed
+
+
+def authorize_use(
+    node: ComputeNode, request: UseRequest, *, roles: frozenset[str] = frozenset()
+) -> UseGrant:
+    """Enforce the provider's policy for one use, record it, and return the grant with a receipt.
+
+    Args:
+        node: the provider's compute node (store, ledger, clock, ``extras["consents"]``).
+        request: the use, with ``analyst`` set to the authenticated sender.
+        roles: the sender's roles from its membership credential (for ``role`` constraints).
+
+    Returns:
+        The :class:`UseGrant`.
+
+    Raises:
+        RefusedError: refused (agreement, dataset, columns or policy); the refusal's
+            ``policy.decision`` entry is committed before this is raised.
+    """
+    at = node.clock()
+    registry = node.extras.get(CONSENTS_EXTRA)
+    refusal: RefusedError | None = None
+    grant: tuple[PublishedDataset, int, int, tuple[str, ...]] | None = None
+    with node.store.transaction() as tx:
+        checks = _Checks(request.agreement_id)
+        signed = _check_agreement(tx, node, request, at, checks)
+        published = _check_dataset(tx, request, checks) if signed is not None else None
+        if checks.failed is not None or signed is None or published is None:
+            index, failed = _record_refusal(tx, request, checks, at)
+            refusal = RefusedError(
+                failed.message,
+                [s.to_json() for s in checks.steps],
+                participant=node.participant_id,
+                decision_index=index,
+            )
+        else:
+            policy = from_odrl(_strip_extensions(signed.agreement))
+            decision = evaluate(
+                policy,
+                UsageRequest(
+                    assignee=request.analyst,
+                    purpose=request.purpose,
+                    query_kind=request.kind,
+                    output=str(request.output),
+                    at=at,
+                    roles=roles,
+                    protocol=request.protocol,
+                    agreement_id=request.agreement_id,
+                    cohort_size=request.cohort_size
+                    if request.cohort_size is not None
+                    else (len(request.entities) if request.entities else None),
+                    entities=request.entities,
+                ),
+                tx=tx,
+                consent=registry.checker(tx) if registry is not None else None,
+                tier=published.dataset.tier.value,
+                max_grade=published.dataset.max_grade,
+            )
+            if decision.ledger_index is None:  # pragma: no cover - evaluate always records
+                raise ValueError("policy decision was not recorded")
+            if not decision.allowed:
+                refusal = RefusedError(
+                    decision.reason,
+                    [s.to_json() for s in checks.steps] + decision.trace_json(),
+                    participant=node.participant_id,
+                    decision_index=decision.ledger_index,
+                )
+            else:
+                record_use(tx, request.agreement_id, request.analyst, request.kind)
+                use_index = record_event(
+                    tx,
+                    "query.use",
+                    {
+                        "query": request.query_id,
+                        "analyst": request.analyst,
+                        "agreement": request.agreement_id,
+                        "dataset": request.dataset_id,
+                        "columns": list(request.columns),
+                        "protocol": request.protocol,
+                        "kind": request.kind,
+                        "purpose": request.purpose,
+                        "entities": request.size,
+                        "entities_sha256": entities_digest(request.entities)
+                        if request.entities
+                        else None,
+                        "epsilon": request.epsilon,
+                        "decision": decision.ledger_index,
+                    },
+                    time=at,
+                )
+                grant = (
+                    published,
+                    decision.ledger_index,
+                    use_index,
+                    tuple(decision.permitted_entities),
+                )
+    if refusal is not None:
+        raise refusal
+    if grant is None:  # pragma: no cover - one of the two is always set
+        raise ValueError("no decision")
+    published_ds, decision_index, use_index, entities = grant
+    receipt = node.ledger.receipt(use_index).to_json()
+    receipt |= {"vkey": node.ledger.vkey, "participant": node.participant_id}
+    return UseGrant(published_ds, decision_index, use_index, receipt, entities)
