@@ -1,9 +1,127 @@
-"""Placeholder: filled in by the dsp_catalog work."""
+"""Contracts admin API: the institution's staff start and follow negotiations, read agreements.
+
+- ``POST /management/negotiations`` ``{"provider","datasetId","offerId"?}`` (consumer): request a
+  contract; ``201`` with this side's record. The provider agrees, this node countersigns and the
+  provider finalizes without further calls (:mod:`connectors.negotiation`).
+- ``GET /management/negotiations[?state=]``, ``GET /management/negotiations/{id}``: this node's
+  records (``id`` is this side's process id); ``agreementId`` once both parties have signed.
+- ``POST /management/negotiations/{id}/terminate`` ``{"reason"?}``: end it and tell the
+  counter-party; this side terminates even if the counter-party cannot be told
+  (``peerNotified`` says which).
+- ``GET /management/agreements``, ``GET /management/agreements/{id}``: signed agreements with
+  both public signatures, the state of their negotiation, and whether they authorise use now.
+
+Staff only (the node's admin token). Nothing here returns a key or a token.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-__all__ = ["router"]
+from fastapi import APIRouter, Body, Query
 
-router = APIRouter()
+from connectors import negotiation
+from connectors.deps import AdminDep, RuntimeDep
+from connectors.runtime import NodeRuntime
+from connectors.wire.dsp import (
+    AgreementView,
+    NegotiationCreate,
+    NegotiationView,
+    TerminateRequest,
+    agreement_view,
+    negotiation_view,
+)
+from trusted_space.contracts import (
+    AGREEMENT_NAMESPACE,
+    NEGOTIATION_NAMESPACE,
+    Negotiation,
+    NegotiationState,
+    SignedAgreement,
+    agreement_authorises,
+    load_agreement,
+    load_negotiation,
+)
+from trusted_space.errors import ValidationError
+from trusted_space.store import Transaction
+
+__all__ = ["TerminationView", "router"]
+
+router = APIRouter(prefix="/management", tags=["contracts"])
+
+
+class TerminationView(NegotiationView):
+    """A terminated negotiation, and whether the counter-party acknowledged the termination."""
+
+    peerNotified: bool
+
+
+@router.post("/negotiations", status_code=201, response_model=NegotiationView)
+def create_negotiation(
+    _: AdminDep, runtime: RuntimeDep, body: NegotiationCreate
+) -> NegotiationView:
+    """Request a contract from a provider for one of its datasets (this node is the consumer)."""
+    if "consumer" not in runtime.roles:
+        raise ValidationError(f"{runtime.id!r} is not a consumer: it cannot request contracts")
+    record = negotiation.start_negotiation(runtime, body.provider, body.datasetId, body.offerId)
+    return negotiation_view(record)
+
+
+@router.get("/negotiations", response_model=list[NegotiationView])
+def list_negotiations(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    state: Annotated[NegotiationState | None, Query(description="Only this state")] = None,
+) -> list[NegotiationView]:
+    """Every negotiation this node takes part in, as provider or consumer."""
+    with runtime.transaction(readonly=True) as tx:
+        records = [
+            Negotiation.from_json(doc.body, doc.version) for doc in tx.scan(NEGOTIATION_NAMESPACE)
+        ]
+    return [negotiation_view(r) for r in records if state is None or r.state is state]
+
+
+@router.get("/negotiations/{pid}", response_model=NegotiationView)
+def get_negotiation(_: AdminDep, runtime: RuntimeDep, pid: str) -> NegotiationView:
+    """One negotiation by this side's process id."""
+    with runtime.transaction(readonly=True) as tx:
+        return negotiation_view(load_negotiation(tx, pid))
+
+
+@router.post("/negotiations/{pid}/terminate", response_model=TerminationView)
+def terminate_negotiation(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    pid: str,
+    body: Annotated[TerminateRequest | None, Body()] = None,
+) -> TerminationView:
+    """Terminate a negotiation that is not FINALIZED or TERMINATED yet (409 otherwise)."""
+    reason = body.reason if body is not None and body.reason else "terminated by the staff"
+    record, notified = negotiation.terminate(
+        runtime, pid, reason=reason, code="terminated-by-staff"
+    )
+    return TerminationView(**negotiation_view(record).model_dump(), peerNotified=notified)
+
+
+def _agreement(runtime: NodeRuntime, tx: Transaction, signed: SignedAgreement) -> AgreementView:
+    pid = signed.provider_pid if signed.assigner == runtime.id else signed.consumer_pid
+    state = load_negotiation(tx, pid).state
+    return agreement_view(
+        signed, state, authorises=agreement_authorises(signed, state, runtime.clock())
+    )
+
+
+@router.get("/agreements", response_model=list[AgreementView])
+def list_agreements(_: AdminDep, runtime: RuntimeDep) -> list[AgreementView]:
+    """Every agreement signed by both parties with this node as one of them."""
+    with runtime.transaction(readonly=True) as tx:
+        return [
+            _agreement(runtime, tx, SignedAgreement.from_json(doc.body))
+            for doc in tx.scan(AGREEMENT_NAMESPACE)
+        ]
+
+
+@router.get("/agreements/{agreement_id}", response_model=AgreementView)
+def get_agreement(_: AdminDep, runtime: RuntimeDep, agreement_id: str) -> AgreementView:
+    """One signed agreement: its terms and both signatures (checkable with the public keys)."""
+    with runtime.transaction(readonly=True) as tx:
+        return _agreement(runtime, tx, load_agreement(tx, agreement_id))
