@@ -118,6 +118,15 @@ def _get(client: httpx.Client, url: str, **params: int) -> httpx.Response:
 def _why(exc: BaseException) -> str:
     if isinstance(exc, VerificationError):
         return exc.reason
+    if isinstance(exc, httpx.HTTPStatusError):
+        detail = ""
+        try:
+            doc = exc.response.json()
+            detail = str(doc.get("detail", "")) if isinstance(doc, dict) else ""
+        except ValueError:
+            pass
+        status = exc.response.status_code
+        return f"{exc.request.url.path} answered {status}" + (f": {detail}" if detail else "")
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -298,10 +307,10 @@ def verify_node(
         note = _get(client, f"{node}/ledger/checkpoint").text
         head = open_checkpoint(note, verifier)
     except _FETCH_ERRORS as exc:
-        report.add("checkpoint signature", False, _why(exc))
+        report.add("checkpoint", False, _why(exc))
         return report
     report.size, report.root = head.size, head.root.hex()
-    report.add("checkpoint signature", True, f"size {head.size}, root {head.root.hex()[:16]}…")
+    report.add("checkpoint", True, f"size {head.size}, root {head.root.hex()[:16]}…")
 
     try:
         witnesses, witness_source = _witness_keys(client, witness_vkeys, operator)
