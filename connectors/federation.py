@@ -109,10 +109,13 @@ def cosigned_version(tx: Transaction, note: str) -> str | None:
     return cosigned if same else None
 
 
-def _last_cosigned_size(runtime: NodeRuntime) -> int:
+def _last_cosigned(runtime: NodeRuntime) -> tuple[int, str | None]:
+    """Size and note of the newest cosigned checkpoint held here (``(0, None)`` if none)."""
     with runtime.transaction(readonly=True) as tx:
         docs = tx.scan(COSIGNED_NAMESPACE)
-    return int(docs[-1].body["size"]) if docs else 0
+    if not docs:
+        return 0, None
+    return int(docs[-1].body["size"]), str(docs[-1].body["note"])
 
 
 # -- catalog ---------------------------------------------------------------------------------
@@ -150,6 +153,9 @@ def push_catalog(runtime: NodeRuntime) -> bool:
 def submit_checkpoint(runtime: NodeRuntime) -> str | None:
     """Sign a checkpoint, have the operator's witness cosign it, keep the cosigned note.
 
+    When the log has not grown since the newest cosigned checkpoint, that one is returned
+    without a call (each cosignature is an entry in the operator's own ledger).
+
     Returns:
         The cosigned note, or ``None`` when there is no operator, it is unreachable, or its
         witness refused (the reason is logged).
@@ -161,9 +167,11 @@ def submit_checkpoint(runtime: NodeRuntime) -> str | None:
     if anchor is None:
         return None
     with _submit_lock:
+        last, last_note = _last_cosigned(runtime)
+        if last_note is not None and last == runtime.ledger.size():
+            return last_note  # nothing new to witness: spare the witness's log an entry
         note = runtime.ledger.checkpoint()
         head = open_checkpoint(note, runtime.ledger.verifier)
-        last = _last_cosigned_size(runtime)
         try:
             proof = runtime.ledger.consistency_proof(last, head.size) if last <= head.size else []
         except ValidationError:

@@ -410,6 +410,9 @@ def test_witness_cosigns_an_extending_history_and_refuses_a_fork(tmp_path: Path)
         second = federation.submit_checkpoint(tax.runtime)
         assert second is not None
         assert open_checkpoint(second, tax.runtime.ledger.vkey).size == head.size + 7
+        witnessed = space.operator.runtime.ledger.size()
+        assert federation.submit_checkpoint(tax.runtime) == second  # nothing new: no call
+        assert space.operator.runtime.ledger.size() == witnessed
 
         # a second history at the witnessed size: a fork, refused and kept as evidence
         origin = tax.runtime.ledger.origin
