@@ -40,6 +40,7 @@ Threats and decisions:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -124,15 +125,20 @@ def identity(runtime: RuntimeDep) -> OperatorIdentity:
 # -- admission and registry ----------------------------------------------------------------------
 
 
+_URL = re.compile(
+    r"https?://(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::(?P<port>[0-9]{1,5}))?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
+)
+
+
 def _check_url(url: str) -> str:
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ValidationError(f"url: not a URL: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValidationError("url: must be an absolute http(s) URL")
-    if parsed.query or parsed.fragment or parsed.userinfo:
-        raise ValidationError("url: no query, fragment or credentials allowed")
+    """An absolute http(s) URL with an ASCII host, optional port and path; nothing else."""
+    match = _URL.fullmatch(url)
+    if match is None or int(match.group("port") or 0) > 65535:
+        raise ValidationError(
+            "url: must be an absolute http(s) URL (ASCII host, optional port and path; "
+            "no query, fragment, credentials or spaces)"
+        )
     return url.rstrip("/")
 
 
@@ -266,7 +272,7 @@ def _push(runtime: NodeRuntime, token: str, targets: dict[str, str]) -> dict[str
             try:
                 response = http.post(f"{url}/identity/revocations", json={"token": token})
                 pushed[pid] = response.is_success
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):  # unreachable, or a URL httpx cannot use
                 pushed[pid] = False
     return pushed
 

@@ -139,6 +139,8 @@ def test_admission_issues_a_credential_and_registers_the_node(tmp_path: Path) ->
         ({"roles": ["wizard"]}, "roles"),
         ({"id": "Bad Id"}, "participant id"),
         ({"url": "ftp://example.org"}, "url"),
+        ({"url": "http://tax bureau"}, "url"),
+        ({"url": "http://tax.example.org/?next=evil"}, "url"),
     ],
 )
 def test_admission_refuses_bad_input(tmp_path: Path, override: dict[str, Any], needle: str) -> None:
