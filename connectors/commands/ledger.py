@@ -18,6 +18,7 @@ from typing import Annotated
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from connectors.commands._common import admin_client
@@ -37,13 +38,14 @@ def print_report(report: Report, console: Console) -> None:
     table.add_column("detail", overflow="fold")
     for check in report.checks:
         mark = "[green]ok[/]" if check.ok else "[bold red]FAILED[/]"
-        table.add_row(check.name, mark, check.detail)
+        table.add_row(escape(check.name), mark, escape(check.detail))
     console.print(table)
     if report.kinds:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items()))
-        console.print(f"events: {kinds}", highlight=False)
+        console.print(f"events: {escape(kinds)}", highlight=False)
     verdict = "[green]verified[/]" if report.ok else "[bold red]NOT verified[/]"
-    console.print(f"{verdict}: {report.size} entries", highlight=False)
+    size = "size unknown" if report.size is None else f"{report.size} entries"
+    console.print(f"{verdict}: {size}", highlight=False)
 
 
 @ledger_app.command("verify")

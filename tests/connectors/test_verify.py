@@ -150,6 +150,7 @@ def test_cli_prints_a_table_or_json_and_exits_by_the_verdict(
     )
     assert result.exit_code == 0, result.output
     assert "verified" in result.output and "merkle root" in result.output
+    assert "[trust-on-first-use" in result.output  # details are printed literally, not as markup
 
     sql(tax, "UPDATE log_entries SET entry = ? WHERE log = 'events' AND idx = 0", b"{}")
     result = runner.invoke(app, ["ledger", "verify", "--node", tax.url, "--json"])
