@@ -40,6 +40,7 @@ from connectors.routers import (
     management,
     node,
     operator,
+    transfers_admin,
 )
 from connectors.runtime import NodeRuntime
 from connectors.settings import NodeSettings
@@ -107,6 +108,7 @@ def create_app(
         app.include_router(dsp_negotiation.router)
         app.include_router(contracts_admin.router)
         app.include_router(dsp_transfer.router)
+        app.include_router(transfers_admin.router)
         app.include_router(compute.router)
     if rt.is_operator:
         app.include_router(operator.router)
