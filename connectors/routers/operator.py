@@ -77,6 +77,7 @@ from trusted_space.identity import (
     MembershipCredential,
     OperatorAuthority,
     check_participant_id,
+    record_refusal,
 )
 from trusted_space.keys import VerifyKey
 from trusted_space.ledger import Witness, open_checkpoint
@@ -414,7 +415,20 @@ def cosign(body: CosignRequest, runtime: RuntimeDep, sender: MemberDep) -> Any:
     verifier: NoteVerifier = parse_vkey(str(doc.body["ledgerVkey"]))
     if verifier.key != credential.public_key:
         raise ConflictError("the registered ledger key is not the member's current key")
-    open_checkpoint(body.checkpoint, verifier)  # VerificationError -> the same 401 as any
+    try:
+        open_checkpoint(body.checkpoint, verifier)
+    except VerificationError as exc:  # the caller gets the same 401 as any; the ledger the reason
+        with runtime.transaction() as tx:
+            record_refusal(
+                tx,
+                VerificationError(f"checkpoint from {sender.participant_id}: {exc.reason}"),
+                token=None,
+                audience=runtime.id,
+                method="POST",
+                path="/operator/witness/cosign",
+                now=runtime.clock(),
+            )
+        raise
     try:
         note = witness.cosign(
             body.checkpoint, verifier, body.proof_bytes(), now=int(runtime.clock().timestamp())

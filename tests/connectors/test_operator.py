@@ -436,6 +436,9 @@ def test_witness_cosigns_an_extending_history_and_refuses_a_fork(tmp_path: Path)
         )
         bad = signed(tax, "POST", cosign_url, "city-centre", {"checkpoint": stranger, "proof": []})
         assert bad.status_code == 401
+        op_ledger = space.operator.runtime.ledger
+        last = decode_event(0, op_ledger.entries(op_ledger.size() - 1, op_ledger.size())[0])
+        assert last.kind == "auth.refused" and "tax-bureau" in last.body["reason"]
         # a malformed proof element is a 422, not fork evidence
         malformed = signed(
             tax, "POST", cosign_url, "city-centre", {"checkpoint": forged, "proof": ["zz"]}
