@@ -1,0 +1,143 @@
+"""What a joint-score protocol implements: an analyst side, a provider side, an aggregation codec.
+
+Why: the message flow of a joint score (docs/protocols.md) is the same for every protocol — the
+analyst opens an aggregation at the operator and a session at each provider, sends the entity ids
+in blocks, each provider enforces its policy, computes its partial logit block by block and sends
+it to the aggregator, and the analyst takes and decodes the sums. Only the cryptography differs,
+so a protocol is three small objects behind these interfaces, registered by name
+(:mod:`trusted_space.protocols.registry`); the flow itself lives once in
+:mod:`trusted_space.protocols.score`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from trusted_space.compute import ComputeNode
+from trusted_space.query import ScoreQuery
+from trusted_space.transport import Transport
+
+__all__ = [
+    "AnalystSide",
+    "ProviderJob",
+    "ProviderSide",
+    "ScoreProtocol",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass
+class ProviderJob:
+    """One provider's part of one query, as its node established it (``analyst`` authenticated).
+
+    ``values`` holds the provider's feature blocks only while an interactive protocol needs them
+    (analyst-held additive); it never leaves the provider.
+    """
+
+    node: ComputeNode
+    query: str
+    analyst: str
+    operator: str
+    contributors: list[str]
+    mode: str
+    blocks: list[tuple[int, int]]
+    values: dict[int, FloatArray] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+
+
+class AnalystSide(ABC):
+    """The analyst's state for one query: keys, parameters, decoding."""
+
+    codec: str
+    """The aggregation codec (:data:`~trusted_space.protocols.operator.AGGREGATE_CODECS`)."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Public protocol parameters sent to providers and the aggregator."""
+
+    @abstractmethod
+    def material(self) -> bytes:
+        """Public key material (a Paillier public key, a CKKS public context, or nothing)."""
+
+    def weights_payload(self, provider: str, weights: FloatArray) -> bytes:
+        """Analyst-held mode: the provider's weights, encrypted (sent with ``score.run``)."""
+        return b""
+
+    def interact(
+        self,
+        transport: Transport,
+        analyst: str,
+        operator: str,
+        provider: str,
+        weights: FloatArray | None,
+        reply: Mapping[str, Any],
+        blocks: list[tuple[int, int]],
+    ) -> None:
+        """After a provider's ``score.run`` reply: any further rounds with it (additive)."""
+        return None
+
+    @abstractmethod
+    def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
+        """The providers' summed partial logits of one block, from the aggregator's sum."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (process pools)."""
+
+
+class ProviderSide(ABC):
+    """A provider's protocol state for one session, built from the analyst's public material."""
+
+    interactive: bool = False
+    """Whether the partial needs further rounds with the analyst (``score.beaver``)."""
+
+    def load_weights(self, payload: bytes, terms: int) -> Any:
+        """Analyst-held mode: parse the analyst's encrypted weights for ``terms`` columns."""
+        return None
+
+    def weighted_partial(self, job: ProviderJob, block: int, x: FloatArray, weights: Any) -> bytes:
+        """Analyst-held mode: the encrypted partial logits of one block (for the aggregator)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def plain_partial(self, job: ProviderJob, block: int, z: FloatArray) -> bytes:
+        """Party-held mode: one block of the plaintext partial, encrypted or masked."""
+
+    def reply_extras(self) -> dict[str, Any]:
+        """Extra header fields of the ``score.run`` reply (never per-entity values)."""
+        return {}
+
+    def interact(self, job: ProviderJob, block: int, payload: bytes) -> bytes:
+        """One interactive round (``score.beaver``); returns the reply payload."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (process pools)."""
+
+
+class ScoreProtocol(ABC):
+    """A joint-score protocol: builds its analyst and provider sides."""
+
+    name: str
+
+    def block_rows(self, query: ScoreQuery, terms: int) -> int:
+        """Entities per block for this query (each message stays under the size limit)."""
+        from trusted_space.protocols._common import DEFAULT_BLOCK_ROWS
+
+        return DEFAULT_BLOCK_ROWS
+
+    @abstractmethod
+    def analyst(
+        self, query: ScoreQuery, contributors: list[str], terms: Mapping[str, int]
+    ) -> AnalystSide:
+        """The analyst side for ``query`` (``terms``: columns per provider, analyst-held)."""
+
+    @abstractmethod
+    def provider(self, mode: str, params: Mapping[str, Any], material: bytes) -> ProviderSide:
+        """A provider side from the analyst's public parameters and material (validated)."""

@@ -1,0 +1,664 @@
+"""The joint score flow: provider operations and the analyst's driver, for every protocol.
+
+Message flow (details per protocol in docs/protocols.md)::
+
+    analyst ──aggregate.open──────────────▶ operator     codec, contributors, block sizes, key
+    analyst ──score.open───────────────────▶ provider P   query spec for P, public material
+    analyst ──score.entities (blocks)──────▶ P            entity ids, ≤ 65,536 per call
+    analyst ──score.run────────────────────▶ P            (analyst-held) encrypted weights
+        P: authorize_use → lookup → partial per block ──aggregate.add──▶ operator
+    analyst ◀──────────────────────────────── P            receipt, missing ids (never a partial)
+    analyst ⇄ score.beaver per block ⇄ P                   (additive analyst-held only)
+    analyst ──aggregate.take per block─────▶ operator     ◀── the sum over all providers, once
+
+The provider enforces before it reads: :func:`trusted_space.enforcement.authorize_use` runs in
+``score.run`` with the authenticated sender as analyst and the *whole* entity list (consent per
+entity, the ``query.use`` digest), and only then is :class:`~trusted_space.compute.DataAccess`
+touched. Its partial goes to the operator, never to the analyst; its reply carries its receipt,
+the count and ids of entities it does not hold, and (party-held additive) a 32-byte mask seed.
+
+Missing entities (not held, or a null in a used column): ``fail`` refuses the query listing them
+(a :class:`RefusedError` with a ``missing`` trace step, after the use was recorded — looking them
+up *is* a use); ``impute`` fills each such cell with the column's published ``imputeDefault`` and
+refuses if a needed column has none (never a silent zero).
+
+Party-held weights live in the provider's store (namespace ``model``), put there with
+:func:`store_party_weights` after joint training.
+
+Large vectors travel in blocks (:data:`~trusted_space.protocols._common.DEFAULT_BLOCK_ROWS`
+entities; no message above 64 MiB), so a million entities never need one giant message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+
+from trusted_space.compute import CallContext, ComputeNode, DataAccess
+from trusted_space.enforcement import UseRequest, authorize_use, entities_digest
+from trusted_space.errors import (
+    ConflictError,
+    NotFoundError,
+    RefusedError,
+    ValidationError,
+    VerificationError,
+)
+from trusted_space.events import canonical_json, decode_event, record_event
+from trusted_space.ledger import Receipt
+from trusted_space.protocols._common import (
+    MAX_BLOCK_ROWS,
+    block_ranges,
+    check_size,
+    decode_ids,
+    encode_ids,
+    header_float,
+    header_int,
+    header_participants,
+    header_str,
+)
+from trusted_space.protocols.base import FloatArray, ProviderJob, ProviderSide, ScoreProtocol
+from trusted_space.protocols.operator import add_to_aggregate, open_aggregation, take_aggregate
+from trusted_space.protocols.registry import get_score_protocol
+from trusted_space.query import ID_KINDS, MISSING_RULES, MODES, ScoreQuery, ScoreResult
+from trusted_space.store import Store
+from trusted_space.transport import Reply, Transport
+
+__all__ = [
+    "ENTITY_CHUNK",
+    "MAX_ENTITIES",
+    "MODEL_NAMESPACE",
+    "OPERATOR_EXTRA",
+    "ROLES_EXTRA",
+    "Aligner",
+    "check_use_receipt",
+    "load_party_weights",
+    "register_provider",
+    "run_score",
+    "store_party_weights",
+]
+
+MODEL_NAMESPACE: Final = "model"
+"""Provider store namespace of party-held weights (key: the model id)."""
+OPERATOR_EXTRA: Final = "operator"
+"""``ComputeNode.extras`` key of the space operator's id: a provider sends partials and fetches
+triples only there, whatever the analyst names (an analyst naming itself would get the partials)."""
+ROLES_EXTRA: Final = "roles"
+"""``ComputeNode.extras`` key of a callable ``participant id -> roles`` (from credentials)."""
+ENTITY_CHUNK: Final = 1 << 16
+MAX_ENTITIES: Final = 10_000_000
+_MISSING_LISTED: Final = 1000
+_SESSION_PREFIX: Final = "score/"
+
+Aligner = Callable[[str, str, str, Sequence[str]], Sequence[str]]
+"""``align(provider, agreement id, dataset id, candidates) -> ids the provider holds`` (PSI)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Party-held weights
+# ----------------------------------------------------------------------------------------------
+
+
+def store_party_weights(store: Store, model_id: str, weights: Mapping[str, float]) -> None:
+    """Store this provider's weights of a jointly trained model.
+
+    Namespace ``model`` (key: the model id); ledger ``model.stored`` with the columns and the
+    weights' SHA-256, never the weights.
+    """
+    if not isinstance(model_id, str) or not model_id:
+        raise ValidationError("model id must be a non-empty string")
+    if not weights:
+        raise ValidationError("no weights")
+    clean: dict[str, float] = {}
+    for column, w in weights.items():
+        if not isinstance(column, str) or not column:
+            raise ValidationError(f"weights: bad column name {column!r}")
+        if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w):
+            raise ValidationError(f"weights.{column}: expected a finite number")
+        clean[column] = float(w)
+    with store.transaction() as tx:
+        tx.put(MODEL_NAMESPACE, model_id, {"weights": clean})
+        record_event(
+            tx,
+            "model.stored",
+            {
+                "model": model_id,
+                "columns": list(clean),
+                "sha256": hashlib.sha256(canonical_json(clean)).hexdigest(),
+            },
+        )
+
+
+def load_party_weights(store: Store, model_id: str) -> dict[str, float]:
+    """The weights stored under ``model_id`` (:class:`NotFoundError` if none)."""
+    with store.transaction(readonly=True) as tx:
+        doc = tx.get(MODEL_NAMESPACE, model_id)
+    if doc is None:
+        raise NotFoundError(f"no model {model_id!r} here")
+    return {str(c): float(w) for c, w in doc.body["weights"].items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Provider operations
+# ----------------------------------------------------------------------------------------------
+
+
+def _choice(header: Mapping[str, Any], name: str, choices: Sequence[str]) -> str:
+    value = header.get(name)
+    if value not in choices:
+        raise ValidationError(f"header.{name}: expected one of {list(choices)}")
+    return str(value)
+
+
+def _columns(header: Mapping[str, Any]) -> list[str]:
+    value = header.get("columns")
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= 4096
+        or not all(isinstance(c, str) and c for c in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ValidationError("header.columns: expected a list of distinct column names")
+    return value
+
+
+def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    node = ctx.node
+    query = header_str(header, "query")
+    protocol = get_score_protocol(_choice(header, "protocol", ("paillier", "ckks", "additive")))
+    mode = _choice(header, "mode", MODES)
+    operator = header_str(header, "operator")
+    expected_operator = node.extras.get(OPERATOR_EXTRA)
+    if expected_operator is not None and operator != expected_operator:
+        raise ValidationError(f"header.operator: {operator!r} is not this space's operator")
+    contributors = list(header_participants(header, "contributors"))
+    if node.participant_id not in contributors:
+        raise ValidationError("header.contributors: does not include this provider")
+    spec = {
+        "query": query,
+        "protocol": protocol.name,
+        "mode": mode,
+        "purpose": header_str(header, "purpose"),
+        "agreement": header_str(header, "agreement"),
+        "dataset": header_str(header, "dataset"),
+        "idKind": _choice(header, "idKind", ID_KINDS),
+        "missing": _choice(header, "missing", MISSING_RULES),
+        "operator": operator,
+        "contributors": contributors,
+        "entities": header_int(header, "entities", 1, MAX_ENTITIES),
+        "block": header_int(header, "block", 1, MAX_BLOCK_ROWS),
+        "featureBound": header_float(header, "featureBound"),
+        "partialBound": header_float(header, "partialBound"),
+    }
+    weights: dict[str, float] | None = None
+    if mode == "analyst-held":
+        columns = _columns(header)
+    else:
+        weights = load_party_weights(node.store, header_str(header, "model"))
+        columns = list(weights)
+    params = header.get("params")
+    if not isinstance(params, dict):
+        raise ValidationError("header.params: expected an object")
+    side = protocol.provider(mode, params, payload)
+    state = node.sessions.open(ctx.sender, _SESSION_PREFIX + query)
+    if state:
+        side.close()
+        raise ConflictError(f"query {query!r} is already open here")
+    state.update(
+        {"spec": spec, "side": side, "columns": columns, "weights": weights, "entities": []}
+    )
+    return Reply({"query": query, "columns": len(columns)})
+
+
+def _session(ctx: CallContext, header: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    query = header_str(header, "query")
+    return query, ctx.node.sessions.get(ctx.sender, _SESSION_PREFIX + query)
+
+
+def _score_entities(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    _, state = _session(ctx, header)
+    spec = state["spec"]
+    entities: list[str] = state["entities"]
+    if "job" in state:
+        raise ConflictError("the query already ran")
+    offset = header_int(header, "offset", 0, MAX_ENTITIES)
+    count = header_int(header, "count", 1, ENTITY_CHUNK)
+    if offset != len(entities):
+        raise ConflictError(f"expected entities from offset {len(entities)}, got {offset}")
+    if offset + count > spec["entities"]:
+        raise ValidationError("more entities than the query declared")
+    entities.extend(decode_ids(payload, count, spec["idKind"]))
+    return Reply({"received": len(entities)})
+
+
+def _missing_refusal(
+    node: ComputeNode, missing: list[str], total: int, decision: int, what: str
+) -> RefusedError:
+    listed = missing[:_MISSING_LISTED]
+    message = f"{len(missing)} of {total} entities {what} at {node.participant_id}" + (
+        f" (first {_MISSING_LISTED} listed)" if len(missing) > len(listed) else ""
+    )
+    step = {
+        "rule": "missing",
+        "index": None,
+        "rule_id": None,
+        "left_operand": "entity",
+        "operator": "isAllOf",
+        "right_operand": "held",
+        "seen": len(missing),
+        "outcome": "violated",
+        "blocking": True,
+        "message": message,
+        "refused_entities": listed,
+    }
+    return RefusedError(message, [step], participant=node.participant_id, decision_index=decision)
+
+
+def _read(
+    node: ComputeNode,
+    state: dict[str, Any],
+    entities: list[str],
+    blocks: list[tuple[int, int]],
+    grant_dataset: Any,
+    decision: int,
+) -> tuple[list[FloatArray], list[str]]:
+    """Look up every block; apply the missing rule. Returns (blocks of values, missing ids)."""
+    spec = state["spec"]
+    columns: list[str] = state["columns"]
+    data: DataAccess | None = node.data
+    if data is None:
+        raise NotFoundError(f"{node.participant_id} holds no data")
+    values: list[FloatArray] = []
+    missing: list[str] = []
+    gaps = np.zeros(len(columns), dtype=bool)
+    for start, stop in blocks:
+        found, x = data.lookup(spec["dataset"], entities[start:stop], columns)
+        holes = np.isnan(x)
+        rows = ~found | holes.any(axis=1)
+        if rows.any():
+            missing.extend(entities[start + i] for i in np.flatnonzero(rows))
+            gaps |= holes.any(axis=0)
+        values.append(x)
+    if missing and spec["missing"] == "fail":
+        raise _missing_refusal(node, missing, len(entities), decision, "are not held")
+    if missing:
+        table = grant_dataset.dataset.table
+        defaults = [table.field(c).impute_default for c in columns]
+        lacking = [c for c, d, g in zip(columns, defaults, gaps, strict=True) if g and d is None]
+        if lacking:
+            raise _missing_refusal(
+                node,
+                missing,
+                len(entities),
+                decision,
+                f"are missing and column(s) {lacking} publish no imputeDefault",
+            )
+        fill = np.array([0.0 if d is None else d for d in defaults])
+        for x in values:
+            holes = np.isnan(x)
+            if holes.any():
+                x[holes] = np.broadcast_to(fill, x.shape)[holes]
+    return values, missing
+
+
+def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    node = ctx.node
+    query, state = _session(ctx, header)
+    spec = state["spec"]
+    entities: list[str] = state["entities"]
+    side: ProviderSide = state["side"]
+    if "job" in state:
+        raise ConflictError(f"query {query!r} already ran")
+    if len(entities) != spec["entities"]:
+        raise ValidationError(f"{len(entities)} of {spec['entities']} entities received")
+    state["job"] = None  # from here on the session cannot run again
+    close = True
+    try:
+        roles_of = node.extras.get(ROLES_EXTRA)
+        grant = authorize_use(
+            node,
+            UseRequest(
+                query_id=query,
+                analyst=ctx.sender,
+                agreement_id=spec["agreement"],
+                dataset_id=spec["dataset"],
+                columns=tuple(state["columns"]),
+                kind="score",
+                purpose=spec["purpose"],
+                protocol=spec["protocol"],
+                entities=tuple(entities),
+            ),
+            roles=frozenset(roles_of(ctx.sender)) if roles_of is not None else frozenset(),
+        )
+        blocks = block_ranges(len(entities), spec["block"])
+        values, missing = _read(node, state, entities, blocks, grant.dataset, grant.decision_index)
+        job = ProviderJob(
+            node, query, ctx.sender, spec["operator"], spec["contributors"], spec["mode"], blocks
+        )
+        if spec["mode"] == "analyst-held":
+            bound = spec["featureBound"]
+            for x in values:
+                if x.size and float(np.max(np.abs(x))) > bound:
+                    worst = state["columns"][int(np.argmax(np.max(np.abs(x), axis=0)))]
+                    raise ValidationError(
+                        f"column {worst!r} has values beyond the query's featureBound {bound}"
+                    )
+            if side.interactive:
+                job.values = dict(enumerate(values))
+                state["job"] = job
+                close = False
+            else:
+                weights = side.load_weights(payload, len(state["columns"]))
+                for b, x in enumerate(values):
+                    _send(job, b, x.shape[0], side.weighted_partial(job, b, x, weights))
+        else:
+            w = np.array(list(state["weights"].values()), dtype=np.float64)
+            bound = spec["partialBound"]
+            for b, x in enumerate(values):
+                z = x @ w
+                if z.size and float(np.max(np.abs(z))) > bound:
+                    raise ValidationError(
+                        f"a partial logit exceeds the query's partialBound {bound}"
+                    )
+                _send(job, b, z.shape[0], side.plain_partial(job, b, z))
+        reply = {
+            "query": query,
+            "receipt": grant.receipt,
+            "rows": len(entities),
+            "missing": len(missing),
+            **side.reply_extras(),
+        }
+        return Reply(reply, check_size(encode_ids(missing), "missing ids"))
+    finally:
+        if close:
+            side.close()
+            node.sessions.close(ctx.sender, _SESSION_PREFIX + query)
+
+
+def _send(job: ProviderJob, block: int, count: int, payload: bytes) -> None:
+    transport = job.node.transport
+    if transport is None:
+        raise ValidationError(f"{job.node.participant_id} has no transport to the operator")
+    add_to_aggregate(
+        transport,
+        job.operator,
+        query=job.query,
+        analyst=job.analyst,
+        contributors=job.contributors,
+        block=block,
+        count=count,
+        payload=check_size(payload, "partial block"),
+    )
+
+
+def _score_beaver(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    query, state = _session(ctx, header)
+    job: ProviderJob | None = state.get("job")
+    side: ProviderSide = state["side"]
+    if job is None or not side.interactive:
+        raise ConflictError(f"query {query!r} is not waiting for interactive rounds")
+    block = header_int(header, "block", 0, len(job.blocks) - 1)
+    if block in job.done:
+        raise ConflictError(f"block {block} was already computed")
+    job.done.add(block)
+    try:
+        out = side.interact(job, block, payload)
+    finally:
+        if len(job.done) == len(job.blocks):
+            side.close()
+            ctx.node.sessions.close(ctx.sender, _SESSION_PREFIX + query)
+    return Reply({"query": query, "block": block}, out)
+
+
+def register_provider(node: ComputeNode) -> None:
+    """Register ``score.open|entities|run|beaver`` on a provider's node (every protocol)."""
+    node.register("score.open", _score_open)
+    node.register("score.entities", _score_entities)
+    node.register("score.run", _score_run)
+    node.register("score.beaver", _score_beaver)
+
+
+# ----------------------------------------------------------------------------------------------
+# Analyst driver
+# ----------------------------------------------------------------------------------------------
+
+
+def check_use_receipt(
+    receipt: Mapping[str, Any],
+    *,
+    participant: str,
+    query: str,
+    analyst: str,
+    agreement: str,
+    dataset: str,
+    entities: Sequence[str],
+    vkey: str | None = None,
+) -> dict[str, Any]:
+    """Verify a provider's receipt and that its ``query.use`` entry is *this* use.
+
+    Args:
+        receipt: ``Receipt.to_json()`` plus ``vkey`` and ``participant``.
+        participant: the provider that must have signed it.
+        query: the query id the entry must name.
+        analyst: the analyst the entry must name.
+        agreement: the agreement the entry must name.
+        dataset: the dataset the entry must name.
+        entities: the entity list whose count and digest the entry must carry.
+        vkey: the provider's ledger vkey as the analyst knows it (from the operator's registry);
+            when ``None`` the receipt's own ``vkey`` is used (self-consistency only).
+
+    Returns:
+        The ``query.use`` event body.
+
+    Raises:
+        VerificationError: the signature, inclusion proof or entry does not match.
+    """
+    try:
+        parsed = Receipt.from_json(
+            {k: v for k, v in receipt.items() if k not in ("vkey", "participant")}
+        )
+        key = vkey if vkey is not None else str(receipt["vkey"])
+        parsed.verify(key)
+        event = decode_event(parsed.index, parsed.entry)
+    except (KeyError, ValueError, ValidationError) as exc:
+        raise VerificationError(f"malformed receipt from {participant}: {exc}") from exc
+    body = event.body
+    expected = {
+        "query": query,
+        "analyst": analyst,
+        "agreement": agreement,
+        "dataset": dataset,
+        "entities": len(entities),
+        "entities_sha256": entities_digest(entities),
+    }
+    if receipt.get("participant") != participant or event.kind != "query.use":
+        raise VerificationError(f"receipt from {participant} is not a query.use of {participant}")
+    wrong = [k for k, v in expected.items() if body.get(k) != v]
+    if wrong:
+        raise VerificationError(f"receipt from {participant} does not match the query: {wrong}")
+    return body
+
+
+def _own_partial(
+    query: ScoreQuery,
+    analyst_id: str,
+    data: DataAccess | None,
+    entities: list[str],
+    impute: Mapping[str, float] | None,
+) -> tuple[FloatArray, list[str]]:
+    columns = list(query.model.columns(analyst_id))
+    if not columns:
+        return np.zeros(len(entities)), []
+    if data is None or analyst_id not in query.datasets:
+        raise ValidationError("the model has analyst columns: pass analyst_data and its dataset")
+    found, x = data.lookup(query.datasets[analyst_id], entities, columns)
+    holes = np.isnan(x)
+    rows = ~found | holes.any(axis=1)
+    missing = [entities[i] for i in np.flatnonzero(rows)]
+    if missing:
+        if query.missing == "fail":
+            raise ValidationError(
+                f"{len(missing)} entities missing from the analyst's own data: {missing[:20]}"
+            )
+        defaults = dict(impute or {})
+        lacking = [c for j, c in enumerate(columns) if holes[:, j].any() and c not in defaults]
+        if lacking:
+            raise ValidationError(f"no impute default for the analyst's column(s) {lacking}")
+        fill = np.array([defaults.get(c, 0.0) for c in columns])
+        x[holes] = np.broadcast_to(fill, x.shape)[holes]
+    return x @ query.model.weights_of(analyst_id), missing
+
+
+def run_score(
+    transport: Transport,
+    analyst_id: str,
+    operator_id: str,
+    query: ScoreQuery,
+    *,
+    analyst_data: DataAccess | None = None,
+    protocol: ScoreProtocol | None = None,
+    align: Aligner | None = None,
+    analyst_impute: Mapping[str, float] | None = None,
+    provider_vkeys: Mapping[str, str] | None = None,
+) -> ScoreResult:
+    """Run a joint score as the analyst (see the module docstring for the flow).
+
+    Args:
+        transport: the analyst's transport.
+        analyst_id: the analyst's participant id (the identity its transport authenticates as).
+        operator_id: the space operator (aggregator and dealer).
+        query: the query.
+        analyst_data: the analyst's own data, for the model's analyst columns (computed here in
+            plaintext and added after decryption).
+        protocol: a protocol object (default: the registry's for ``query.protocol``); tests pass
+            one holding an existing key.
+        align: for a ``cohort`` query, the PSI alignment with one provider.
+        analyst_impute: impute defaults of the analyst's own columns.
+        provider_vkeys: providers' ledger vkeys, to verify receipts against known keys.
+
+    Returns:
+        The :class:`ScoreResult`.
+
+    Raises:
+        RemoteError: a provider or the operator refused (a policy refusal carries its trace in
+            ``problem["trace"]``).
+        VerificationError: a receipt does not verify or does not describe this use.
+    """
+    started = time.perf_counter()
+    proto = protocol or get_score_protocol(query.protocol)
+    if proto.name != query.protocol:
+        raise ValidationError(f"protocol object {proto.name!r} does not run {query.protocol!r}")
+    providers = list(query.providers)
+    missing: dict[str, list[str]] = {p: [] for p in providers}
+    entities = list(query.entities)
+    if query.cohort:
+        if align is None:
+            raise ValidationError("a cohort query needs an align function (PSI)")
+        held: dict[str, set[str]] = {}
+        for p in providers:
+            held[p] = set(align(p, query.agreements[p], query.datasets[p], entities))
+            missing[p] = [e for e in entities if e not in held[p]]
+        entities = [e for e in entities if all(e in held[p] for p in providers)]
+        if not entities:
+            raise ValidationError("the aligned cohort is empty")
+    timings: dict[str, float] = {"align": time.perf_counter() - started}
+    analyst_held = query.mode == "analyst-held"
+    terms = {p: len(query.model.columns(p)) for p in providers} if analyst_held else {}
+    blocks = block_ranges(len(entities), proto.block_rows(query, max(terms.values(), default=1)))
+    side = proto.analyst(query, providers, terms)
+    receipts: dict[str, dict[str, Any]] = {}
+    try:
+        timings["setup"] = time.perf_counter() - started - timings["align"]
+        material = side.material()
+        params = side.params()
+        open_aggregation(
+            transport,
+            operator_id,
+            query=query.id,
+            codec=side.codec,
+            contributors=providers,
+            counts=[stop - start for start, stop in blocks],
+            params=params,
+            material=material,
+        )
+        mark = time.perf_counter()
+        for p in providers:
+            header: dict[str, Any] = {
+                "query": query.id,
+                "protocol": query.protocol,
+                "mode": query.mode,
+                "purpose": query.purpose,
+                "agreement": query.agreements[p],
+                "dataset": query.datasets[p],
+                "idKind": query.id_kind,
+                "missing": query.missing,
+                "operator": operator_id,
+                "contributors": providers,
+                "entities": len(entities),
+                "block": blocks[0][1] - blocks[0][0],
+                "featureBound": query.feature_bound,
+                "partialBound": query.partial_bound,
+                "params": params,
+            }
+            if analyst_held:
+                header["columns"] = list(query.model.columns(p))
+            else:
+                header["model"] = query.model.id
+            transport.call(p, "score.open", header, check_size(material, "material"))
+            for start, stop in block_ranges(len(entities), ENTITY_CHUNK):
+                transport.call(
+                    p,
+                    "score.entities",
+                    {"query": query.id, "offset": start, "count": stop - start},
+                    encode_ids(entities[start:stop]),
+                )
+            weights = query.model.weights_of(p) if analyst_held else None
+            payload = side.weights_payload(p, weights) if weights is not None else b""
+            reply = transport.call(p, "score.run", {"query": query.id}, payload)
+            receipt = reply.header.get("receipt")
+            if not isinstance(receipt, dict):
+                raise VerificationError(f"{p} returned no receipt")
+            check_use_receipt(
+                receipt,
+                participant=p,
+                query=query.id,
+                analyst=analyst_id,
+                agreement=query.agreements[p],
+                dataset=query.datasets[p],
+                entities=entities,
+                vkey=(provider_vkeys or {}).get(p),
+            )
+            receipts[p] = receipt
+            count = reply.header.get("missing")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValidationError(f"{p}: reply.missing is not a count")
+            missing[p].extend(decode_ids(reply.payload, count, query.id_kind))
+            side.interact(transport, analyst_id, operator_id, p, weights, reply.header, blocks)
+        timings["providers"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        sums = [
+            side.decode(
+                b, stop - start, take_aggregate(transport, operator_id, query=query.id, block=b)
+            )
+            for b, (start, stop) in enumerate(blocks)
+        ]
+        timings["aggregate"] = time.perf_counter() - mark
+    finally:
+        side.close()
+    own, own_missing = _own_partial(query, analyst_id, analyst_data, entities, analyst_impute)
+    if own_missing:
+        missing[analyst_id] = own_missing
+    logits = query.model.intercept + np.concatenate(sums) + own
+    timings["total"] = time.perf_counter() - started
+    return ScoreResult(
+        query_id=query.id,
+        entities=tuple(entities),
+        logits=logits,
+        outputs=query.model.apply_link(logits),
+        missing={p: tuple(m) for p, m in missing.items() if m},
+        receipts=receipts,
+        timings=timings,
+    )

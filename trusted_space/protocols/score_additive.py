@@ -1,0 +1,216 @@
+"""The ``additive`` joint score: 2-party sharing over Z_2^64, Beaver triples from the operator.
+
+Fixed point: features and weights with ``f = 16`` fractional bits, products (and every value the
+aggregator sums) with ``2f = 32`` (:data:`~trusted_space.protocols._common.RING_FRAC_BITS`). No
+truncation is needed: the analyst reconstructs the total in the ring and divides by ``2^32``.
+
+Analyst-held mode, per provider ``P`` and block ``b`` of ``n`` entities (``k`` columns): the
+analyst's input is its weights ``w`` (its share of ``X`` is zero), ``P``'s input is ``X`` (its
+share of ``w`` is zero). Both fetch their own share of one matrix triple ``(A, B, C = A·B)`` from
+the operator's dealer (batch ``"<P>.<b>"`` of session ``<query>``, each share dealt once); the
+analyst sends ``(-A₀, w - B₀)`` in ``score.beaver``, ``P`` answers ``(X - A₁, -B₁)``; both open
+``D = X - A``, ``E = w - B`` (uniform: ``A``, ``B`` are known to neither) and finish their share
+of ``X·w``. ``P`` sends its share to the aggregator; the analyst keeps its own and adds the
+aggregator's sum. The analyst learns ``D`` (features masked by a one-time pad it does not hold)
+and the total; ``P`` learns ``E``; the operator sees uniform shares.
+
+Party-held mode: ``P`` computes its partial ``z`` in plaintext, masks it with a stream ``r`` from
+AES-CTR under a fresh 32-byte seed, sends ``z - r`` to the aggregator and the *seed* (never a
+per-entity value) to the analyst, who adds ``r`` to the aggregator's sum.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from crypto import sharing
+from crypto.fixedpoint import FixedPoint
+from trusted_space.errors import ValidationError
+from trusted_space.protocols._common import (
+    MAX_MESSAGE_BYTES,
+    RING_FRAC_BITS,
+    crypto_errors,
+    decode_ring,
+    encode_ring,
+    header_int,
+    mask_stream,
+    ring_from_bytes,
+    ring_to_bytes,
+)
+from trusted_space.protocols.base import (
+    AnalystSide,
+    FloatArray,
+    ProviderJob,
+    ProviderSide,
+    ScoreProtocol,
+)
+from trusted_space.protocols.operator import add_to_aggregate, fetch_triple
+from trusted_space.query import ScoreQuery
+from trusted_space.transport import Transport
+
+__all__ = ["FRAC_BITS", "AdditiveAnalyst", "AdditiveProvider", "AdditiveScore"]
+
+FRAC_BITS = 16
+"""Fractional bits of features and weights (their products carry ``2·FRAC_BITS``)."""
+
+
+def _batch(provider: str, block: int) -> str:
+    return f"{provider}.{block}"
+
+
+class AdditiveAnalyst(AnalystSide):
+    codec = "ring64"
+
+    def __init__(self, query: ScoreQuery) -> None:
+        self.query = query
+        self.codec_fp = FixedPoint(FRAC_BITS)
+        self._local: dict[int, np.ndarray[Any, np.dtype[np.uint64]]] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {"fracBits": FRAC_BITS}
+
+    def material(self) -> bytes:
+        return b""
+
+    def _accumulate(self, block: int, share: np.ndarray[Any, np.dtype[np.uint64]]) -> None:
+        current = self._local.get(block)
+        self._local[block] = share.copy() if current is None else np.add(current, share)
+
+    def interact(
+        self,
+        transport: Transport,
+        analyst: str,
+        operator: str,
+        provider: str,
+        weights: FloatArray | None,
+        reply: Mapping[str, Any],
+        blocks: list[tuple[int, int]],
+    ) -> None:
+        if self.query.mode == "party-held":
+            seed_hex = reply.get("maskSeed")
+            if not isinstance(seed_hex, str) or len(seed_hex) != 64:
+                raise ValidationError(f"{provider}: reply lacks its 32-byte mask seed")
+            seed = bytes.fromhex(seed_hex)
+            for b, (start, stop) in enumerate(blocks):
+                self._accumulate(b, mask_stream(seed, b, stop - start))
+            return
+        if weights is None:  # pragma: no cover - analyst-held always has weights
+            raise ValidationError("analyst-held additive needs weights")
+        k = weights.shape[0]
+        with crypto_errors("weights"):
+            w = self.codec_fp.encode(weights)
+        ledger = sharing.TripleLedger(0)
+        for b, (start, stop) in enumerate(blocks):
+            n = stop - start
+            triple = fetch_triple(
+                transport,
+                operator,
+                session=self.query.id,
+                batch=_batch(provider, b),
+                parties=[analyst, provider],
+                left=(n, k),
+                right=(k,),
+            )
+            with crypto_errors("beaver round"):
+                mine = sharing.beaver_mask(np.zeros((n, k), dtype=np.uint64), w, triple, ledger)
+            answer = transport.call(
+                provider, "score.beaver", {"query": self.query.id, "block": b}, mine.to_bytes()
+            )
+            with crypto_errors(f"{provider}'s beaver message"):
+                theirs = sharing.BeaverMessage.from_bytes(answer.payload)
+                if theirs.party != 1 or theirs.n_parties != 2:
+                    raise ValidationError(f"{provider}: beaver message of the wrong party")
+                opening = sharing.beaver_open([mine, theirs])
+                self._accumulate(b, sharing.beaver_finish(triple, opening))
+
+    def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
+        total = ring_from_bytes(payload, count)
+        local = self._local.get(block)
+        if local is not None:
+            if local.shape != (count,):
+                raise ValidationError(f"block {block}: local share of the wrong size")
+            total = np.add(total, local)
+        return decode_ring(total, RING_FRAC_BITS)
+
+
+class AdditiveProvider(ProviderSide):
+    def __init__(self, mode: str, params: Mapping[str, Any], material: bytes) -> None:
+        if material:
+            raise ValidationError("additive protocol takes no key material")
+        header_int(params, "fracBits", FRAC_BITS, FRAC_BITS)
+        self.mode = mode
+        self.interactive = mode == "analyst-held"
+        self.seed = secrets.token_bytes(32)
+        self.ledger = sharing.TripleLedger(1)
+        self.codec_fp = FixedPoint(FRAC_BITS)
+
+    def plain_partial(self, job: ProviderJob, block: int, z: FloatArray) -> bytes:
+        ring = encode_ring(z, RING_FRAC_BITS)
+        masked = np.subtract(ring, mask_stream(self.seed, block, ring.shape[0]), dtype=np.uint64)
+        return ring_to_bytes(masked)
+
+    def reply_extras(self) -> dict[str, Any]:
+        return {"maskSeed": self.seed.hex()} if self.mode == "party-held" else {}
+
+    def interact(self, job: ProviderJob, block: int, payload: bytes) -> bytes:
+        x = job.values.pop(block)
+        n, k = x.shape
+        node = job.node
+        if node.transport is None:
+            raise ValidationError(f"{node.participant_id} has no transport to the operator")
+        with crypto_errors("the analyst's beaver message"):
+            theirs = sharing.BeaverMessage.from_bytes(payload)
+            if theirs.party != 0 or theirs.n_parties != 2:
+                raise ValidationError("beaver message of the wrong party")
+            if theirs.d.shape != (n, k) or theirs.e.shape != (k,):
+                raise ValidationError("beaver message of the wrong shape")
+        triple = fetch_triple(
+            node.transport,
+            job.operator,
+            session=job.query,
+            batch=_batch(node.participant_id, block),
+            parties=[job.analyst, node.participant_id],
+            left=(n, k),
+            right=(k,),
+        )
+        with crypto_errors("beaver round"):
+            mine = sharing.beaver_mask(
+                self.codec_fp.encode(x), np.zeros(k, dtype=np.uint64), triple, self.ledger
+            )
+            opening = sharing.beaver_open([theirs, mine])
+            share = sharing.beaver_finish(triple, opening)
+        add_to_aggregate(
+            node.transport,
+            job.operator,
+            query=job.query,
+            analyst=job.analyst,
+            contributors=job.contributors,
+            block=block,
+            count=n,
+            payload=ring_to_bytes(share),
+        )
+        return mine.to_bytes()
+
+
+class AdditiveScore(ScoreProtocol):
+    """The ``additive`` protocol (no keys: the operator deals the correlated randomness)."""
+
+    name = "additive"
+
+    def block_rows(self, query: ScoreQuery, terms: int) -> int:
+        rows = super().block_rows(query, terms)
+        # One Beaver message carries n·k + k ring elements; keep it under half the limit.
+        fit = (MAX_MESSAGE_BYTES // 2) // (8 * max(terms, 1))
+        return max(1, min(rows, fit))
+
+    def analyst(
+        self, query: ScoreQuery, contributors: list[str], terms: Mapping[str, int]
+    ) -> AdditiveAnalyst:
+        return AdditiveAnalyst(query)
+
+    def provider(self, mode: str, params: Mapping[str, Any], material: bytes) -> AdditiveProvider:
+        return AdditiveProvider(mode, params, material)
