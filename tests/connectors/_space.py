@@ -128,9 +128,12 @@ class InProcessSpace:
         self.nodes[name] = node
         return node
 
-    def add(self, name: str, roles: list[str]) -> Node:
-        """A new node anchored to this space's operator (not admitted yet)."""
-        return self._start(name, roles, self.anchor)
+    def add(self, name: str, roles: list[str], *, anchored: bool = True) -> Node:
+        """A new node anchored to this space's operator (not admitted yet).
+
+        ``anchored=False`` makes a node that knows no operator at all (not part of any space).
+        """
+        return self._start(name, roles, self.anchor if anchored else None)
 
     def admit_direct(self, node: Node) -> None:
         """Admit ``node`` through the core API (no operator routes needed)."""
