@@ -619,11 +619,11 @@ def accept_request(
         ValidationError / SchemaValidationError: malformed request, zone dataset (400).
         NotFoundError: unknown agreement or one not granted to the sender, unknown dataset (404).
         PolicyRefused: the agreement is not in force, or the policy refused (403 with trace).
+        NotReady: no data source is registered for the dataset.
 
     Every refusal after the message checks is a ``policy.decision`` ledger entry (the engine's
     own for a policy refusal, one with a trace built here otherwise, in the same shape), committed
     before the error is raised.
-        NotReady: no data source is registered for the dataset.
     """
     body = parse_message(message, TransferMessage.REQUEST)
     if body["format"] != PULL_FORMAT:

@@ -446,6 +446,10 @@ def test_count_exhausted_after_one_use(
     assert first.status_code == 201 and second.status_code == 403
     assert "count" in second.json()["detail"]
     assert [d.body["allowed"] for d in events(world.tax, "policy.decision")] == [True, False]
+    # bank-a's node never asked for the first one, so it refused the start message: the
+    # provider's process ended there and its token with it.
+    record = provider_view(world, first.json()["providerPid"])
+    assert record["state"] == "TERMINATED" and "start message not delivered" in record["reason"]
 
 
 def test_expired_agreement_is_refused_with_its_window(
