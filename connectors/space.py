@@ -28,12 +28,12 @@ points at (a dataset published too openly is refused here, before any process st
 
 :func:`up` does what an operator and the institutions' staff would do by hand, over the same
 HTTP APIs: ``node init`` for each node (a directory that already holds the node is reused, with
-its keys, store and port), ``node serve`` as a separate process (its own session, so the whole
-process group can be signalled; output to ``<node dir>/logs/node.log``), the operator first,
-then admission of every other node (``GET /identity``, the operator's ``POST
-/operator/participants``, the node's ``PUT /management/credential``), ``/readyz``, and finally
-``POST /management/datasets`` for every dataset. ``<space dir>/space.json`` records node names,
-URLs, directories and process ids for :func:`down`.
+its keys, store and port), ``node serve`` as a separate process for each (its own session, so the
+whole process group can be signalled; output to ``<node dir>/logs/node.log``), all started at
+once, then admission of every other node by the operator (``GET /identity``, the operator's
+``POST /operator/participants``, the node's ``PUT /management/credential``), ``/readyz``, and
+finally ``POST /management/datasets`` for every dataset. ``<space dir>/space.json`` records node
+names, URLs, directories and process ids for :func:`down`.
 
 Threats and care taken: admin tokens are read from the node directories (mode 0600) and sent only
 to the node they belong to, over loopback by default; nothing secret is printed or written to
@@ -731,6 +731,52 @@ class RunningSpace:
         _wait_http(node, "/readyz", time.monotonic() + timeout)
         return node
 
+    def add_node(
+        self,
+        name: str,
+        roles: Sequence[str],
+        *,
+        datasets: Sequence[DatasetConfig] = (),
+        timeout: float = 60.0,
+    ) -> RunningNode:
+        """Create, start and admit one more node (a new participant joining the running space).
+
+        The node is recorded in ``space.json`` (so ``space down`` stops it) but not in the config
+        file. Its port is a free one.
+
+        Raises:
+            SpaceError: as for :func:`up`; the new node's process is stopped.
+            ValidationError: ``name`` or ``roles`` are not valid, or the name is taken.
+        """
+        if name in self.nodes:
+            raise ValidationError(f"the space already has a node {name!r}")
+        config = NodeConfig(
+            name=check_participant_id(name), roles=tuple(sorted(roles)), datasets=tuple(datasets)
+        )
+        if config.is_operator:
+            raise ValidationError("a space has exactly one operator")
+        settings = init_node(
+            self.dir / name,
+            name=name,
+            roles=list(config.roles),
+            host=self.config.host,
+            port=_free_port(self.config.host),
+            operator=OperatorAnchor.load(self.operator.layout.operator),
+        )
+        node = RunningNode(config, settings.dir, settings.url)
+        self.nodes[name] = node
+        try:
+            node.process = _spawn(node)
+            self.save()
+            _wait_http(node, "/healthz", time.monotonic() + timeout)
+            _admit_node(self.operator, node)
+            _wait_http(node, "/readyz", time.monotonic() + timeout)
+            _publish(node, lambda _: None)
+        except BaseException:
+            self.stop_node(name)
+            raise
+        return node
+
     def stop_node(self, name: str, *, timeout: float = 10.0) -> None:
         """Stop one node (SIGTERM to its process group, SIGKILL after ``timeout``)."""
         node = self.nodes[name]
@@ -866,6 +912,36 @@ def _prepare(config: SpaceConfig) -> list[RunningNode]:
     return out
 
 
+def _admit_node(operator: RunningNode, node: RunningNode) -> None:
+    """Admit ``node`` unless it already holds a credential (a reused directory)."""
+    with operator.admin() as op_admin, node.admin() as node_admin:
+        try:
+            if not node_admin.get("/identity").get("admitted"):
+                admit(op_admin, node_admin)
+        except (PeerError, NotReady) as exc:
+            raise SpaceError(
+                f"admission failed: {exc}", node=node.name, log_tail=node.log_tail()
+            ) from exc
+
+
+def _publish(node: RunningNode, step: Callable[[str], None]) -> None:
+    """Register the node's datasets that it does not hold yet."""
+    if not node.config.datasets:
+        return
+    with node.admin() as http:
+        for ds in node.config.datasets:
+            try:
+                if not _existing(http, ds.id):
+                    http.post("/management/datasets", ds.request_body())
+            except (PeerError, NotReady) as exc:
+                raise SpaceError(
+                    f"dataset {ds.id!r} ({ds.file.name}) was refused: {exc}",
+                    node=node.name,
+                    log_tail=node.log_tail(),
+                ) from exc
+            step(f"{node.name} published {ds.id}")
+
+
 def _existing(http: AdminClient, dataset_id: str) -> bool:
     try:
         http.get(f"/management/datasets/{quote(dataset_id, safe='')}")
@@ -890,9 +966,9 @@ def up(
         progress: called with a short description after each step (:func:`count_steps` of them).
 
     Raises:
-        SpaceError: a node could not be created, started, admitted or given its datasets; every
-            process started here has been stopped, and ``node``/``log_tail`` say what failed.
-        SpaceConfigError: a node directory exists with another identity.
+        SpaceError: a node could not be created, started, admitted or given its datasets (or a
+            node directory holds another node); every process started here has been stopped,
+            and ``node``/``log_tail`` say what failed.
     """
     step = progress or (lambda _: None)
     existing = read_space_file(config.dir) if (config.dir / SPACE_FILE).exists() else None
@@ -910,49 +986,25 @@ def up(
     space = RunningSpace(config, nodes)
     operator = nodes[0]
     try:
-        operator.process = _spawn(operator)
-        space.save()
-        step(f"started {operator.name}")
-        _wait_http(operator, "/healthz", time.monotonic() + timeout)
-        step(f"{operator.name} is up")
-        for node in nodes[1:]:
+        # Every process starts at once (a member needs only the anchor file to boot; it meets
+        # the operator at admission), which halves the wait on a small machine.
+        for node in nodes:
             node.process = _spawn(node)
             step(f"started {node.name}")
         space.save()
         deadline = time.monotonic() + timeout
-        for node in nodes[1:]:
+        for node in nodes:
             _wait_http(node, "/healthz", deadline)
             step(f"{node.name} is up")
-        with operator.admin() as op_admin:
-            for node in nodes[1:]:
-                with node.admin() as node_admin:
-                    try:
-                        if not node_admin.get("/identity").get("admitted"):
-                            admit(op_admin, node_admin)
-                    except (PeerError, NotReady) as exc:
-                        raise SpaceError(
-                            f"admission failed: {exc}", node=node.name, log_tail=node.log_tail()
-                        ) from exc
-                step(f"admitted {node.name}")
+        for node in nodes[1:]:
+            _admit_node(operator, node)
+            step(f"admitted {node.name}")
         deadline = time.monotonic() + timeout
         for node in nodes:
             _wait_http(node, "/readyz", deadline)
             step(f"{node.name} is ready")
         for node in nodes:
-            if not node.config.datasets:
-                continue
-            with node.admin() as http:
-                for ds in node.config.datasets:
-                    try:
-                        if not _existing(http, ds.id):
-                            http.post("/management/datasets", ds.request_body())
-                    except (PeerError, NotReady) as exc:
-                        raise SpaceError(
-                            f"dataset {ds.id!r} ({ds.file.name}) was refused: {exc}",
-                            node=node.name,
-                            log_tail=node.log_tail(),
-                        ) from exc
-                    step(f"{node.name} published {ds.id}")
+            _publish(node, step)
         space.save()
     except BaseException:
         space.stop()

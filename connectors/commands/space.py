@@ -35,14 +35,12 @@ space_app = typer.Typer(
 
 
 def _fail(exc: Exception, code: int) -> typer.Exit:
-    err = Console(stderr=True)
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    err.print(f"error: {exc}", style="bold red", markup=False)
     tail = getattr(exc, "log_tail", "")
     if tail:
-        err.print(
-            f"--- last lines of {getattr(exc, 'node', 'the node')}'s log ---", highlight=False
-        )
-        err.print(tail, highlight=False, markup=False)
+        err.print(f"--- last lines of {getattr(exc, 'node', 'the node')}'s log ---", markup=False)
+        err.print(tail, markup=False)
     return typer.Exit(code)
 
 
