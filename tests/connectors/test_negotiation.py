@@ -24,6 +24,7 @@ from connectors.commands.catalog import (
     follow_negotiation,
     print_catalog,
 )
+from connectors.federation import push_catalog
 from connectors.problems import PeerError
 from tests.connectors._space import InProcessSpace, Node
 from tests.connectors.test_dsp_catalog import catalog_offer, publish_dataset, signed
@@ -400,6 +401,22 @@ def test_cli_catalog_rows_anonymous_and_signed(
     console = Console(record=True, width=200)
     print_catalog(rows, console)
     assert "urn:uuid:ds-two" in console.export_text()
+
+
+def test_cli_federated_catalog_through_the_operator(
+    space: InProcessSpace, tax: Node, bank: Node
+) -> None:
+    publish_dataset(tax, "open", Tier.UNCONDITIONAL)
+    assert push_catalog(tax.runtime)
+    op = space.operator
+    anonymous = catalog_rows(fetch_catalog(op.url, federated=True, transport=space.transport))
+    assert [r["dataset"] for r in anonymous] == ["urn:uuid:ds-open"]
+    member = fetch_catalog(op.url, federated=True, signer=bank.runtime.client, audience=op.id)
+    assert {(r["provider"], r["dataset"]) for r in catalog_rows(member)} == {
+        ("tax-bureau", "urn:uuid:ds-open"),
+        ("tax-bureau", "urn:uuid:ds-tax"),
+        ("tax-bureau", "urn:uuid:ds-two"),
+    }
 
 
 def test_catalog_rows_of_a_federated_catalog() -> None:
