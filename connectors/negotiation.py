@@ -53,6 +53,7 @@ from connectors.runtime import NodeRuntime
 from trusted_space import dsp
 from trusted_space.catalog import TS_NAMESPACE, Caller, load_dataset, visible_datasets
 from trusted_space.contracts import (
+    NEGOTIATION_NAMESPACE,
     TERMINAL_STATES,
     MessageKind,
     Negotiation,
@@ -80,6 +81,7 @@ __all__ = [
     "endpoint_for",
     "fetch_dataset",
     "send",
+    "resume",
     "shutdown",
     "start_negotiation",
     "terminate",
@@ -497,6 +499,34 @@ def after_receipt(runtime: NodeRuntime, kind: MessageKind, ack: Mapping[str, Any
     name, step, role = entry
     pid = str(ack["providerPid"] if role is Role.PROVIDER else ack["consumerPid"])
     worker_for(runtime).submit(lambda: _run_step(runtime, pid, name, step))
+
+
+_OWED: dict[tuple[Role, NegotiationState], MessageKind] = {
+    (Role.PROVIDER, NegotiationState.REQUESTED): MessageKind.REQUEST,
+    (Role.PROVIDER, NegotiationState.ACCEPTED): MessageKind.ACCEPTED,
+    (Role.CONSUMER, NegotiationState.AGREED): MessageKind.AGREEMENT,
+    (Role.PROVIDER, NegotiationState.VERIFIED): MessageKind.VERIFICATION,
+}
+
+
+def resume(runtime: NodeRuntime) -> int:
+    """Schedule every automatic step this node still owes (call once at start).
+
+    Steps live in memory; a node that stopped between ACKing a message and taking its next step
+    would otherwise leave both sides waiting. Returns how many steps were scheduled.
+    """
+    with runtime.transaction(readonly=True) as tx:
+        records = [
+            Negotiation.from_json(doc.body, doc.version) for doc in tx.scan(NEGOTIATION_NAMESPACE)
+        ]
+    count = 0
+    for record in records:
+        kind = _OWED.get((record.role, record.state))
+        if kind is not None:
+            ack = {"providerPid": record.provider_pid, "consumerPid": record.consumer_pid}
+            after_receipt(runtime, kind, ack)
+            count += 1
+    return count
 
 
 def terminate(

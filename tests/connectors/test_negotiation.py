@@ -366,6 +366,20 @@ def test_terminate_with_unreachable_peer_terminates_locally(
     assert tax.runtime.negotiator.negotiation(consumer.provider_pid).state.value == "REQUESTED"
 
 
+def test_resume_takes_the_steps_a_restarted_node_still_owes(
+    tax: Node, bank: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = negotiation.after_receipt
+    monkeypatch.setattr(negotiation, "after_receipt", lambda *_: None)
+    consumer = negotiation.start_negotiation(bank.runtime, "tax-bureau", DATASET)
+    assert tax.runtime.negotiator.negotiation(consumer.provider_pid).state.value == "REQUESTED"
+    monkeypatch.setattr(negotiation, "after_receipt", real)
+    assert negotiation.resume(bank.runtime) == 0
+    assert negotiation.resume(tax.runtime) == 1
+    provider = negotiation.wait_for(tax.runtime, consumer.provider_pid, FINAL)
+    assert provider.state is NegotiationState.FINALIZED
+
+
 def test_wait_for_times_out_with_the_state(tax: Node, bank: Node, manual: None) -> None:
     consumer = negotiation.start_negotiation(bank.runtime, "tax-bureau", DATASET)
     with pytest.raises(TimeoutError, match="REQUESTED"):
