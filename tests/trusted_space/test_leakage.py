@@ -19,8 +19,11 @@ import pytest
 
 from crypto import ckks, paillier
 from crypto.errors import DecryptionError, SerializationError
+from crypto.fixedpoint import FixedPoint
+from crypto.sharing import BeaverMessage, TripleShare, beaver_finish, beaver_open
 from trusted_space.compute import ComputeNode, InMemoryData
 from trusted_space.protocols import register_operator, register_provider, run_score
+from trusted_space.protocols._common import ring_from_bytes
 from trusted_space.protocols.operator import fetch_triple
 from trusted_space.protocols.score import store_party_weights
 from trusted_space.protocols.score_additive import AdditiveScore
@@ -116,7 +119,9 @@ def _record(log: list[Message], receiver: str, handler: Handler) -> Handler:
     return wrapped
 
 
-def recorded_space(*, refuse: str | None = None, seed: int = 11) -> Recorded:
+def recorded_space(
+    *, refuse: str | None = None, seed: int = 11, k: dict[str, int] | None = None
+) -> Recorded:
     """Two providers with data and party-held weights; ``refuse``: that provider's offer is for
     another purpose than the query's."""
     rng = np.random.default_rng(seed)
@@ -130,14 +135,15 @@ def recorded_space(*, refuse: str | None = None, seed: int = 11) -> Recorded:
         spy = SpyData(space.providers[p].data)
         node.data = spy
         spies[p] = spy
-        x[p] = rng.uniform(-4, 4, (N, K[p]))
+        cols = (k or K)[p]
+        x[p] = rng.uniform(-4, 4, (N, cols))
         # Weights with many significant digits: an accidental match in other bytes is hopeless.
-        w[p] = rng.uniform(-1.5, 1.5, K[p]) + 1e-7 * rng.random(K[p])
+        w[p] = rng.uniform(-1.5, 1.5, cols) + 1e-7 * rng.random(cols)
         the_offer = offer(purpose="risk-monitoring" if p == refuse else PURPOSE)
         ds, ag = provide(
             space,
             p,
-            [f"c{j}" for j in range(K[p])],
+            [f"c{j}" for j in range(cols)],
             [f"ent-{i}" for i in range(N)],
             x[p],
             offer_doc=the_offer,
@@ -363,3 +369,80 @@ def test_a_policy_refusal_stops_the_query_before_any_data_is_used(
     assert not [m for m in rec.log if m.operation == "aggregate.add" and m.sender == "tax-bureau"]
     # Nothing was released to the analyst: the aggregation can never complete.
     assert not [m for m in rec.log if m.operation == "aggregate.take" and m.reply]
+
+
+def _dealer_attack(
+    y: npt.NDArray[np.uint64],
+    a: npt.NDArray[np.uint64],
+    b: int,
+    a1: npt.NDArray[np.uint64],
+    b1: int,
+    c1: npt.NDArray[np.uint64],
+) -> list[tuple[int, npt.NDArray[np.int64]]]:
+    """What an operator that deals the triple *and* receives the provider's share can solve.
+
+    With one column, the provider's bare share is ``C1 + (X - A)·B1 + A1·(w - B)``, so
+    ``y' = y - C1 + A·B1 + A1·B = X·B1 + A1·w``: guess the fixed-point weight, solve each feature,
+    keep the guesses under which every feature is small. Returns (weight, features) solutions.
+    """
+    u = np.uint64
+    known = np.subtract(y, c1, dtype=u)
+    known = np.add(known, np.multiply(a, u(b1), dtype=u), dtype=u)
+    known = np.add(known, np.multiply(a1, u(b), dtype=u), dtype=u)
+    shift = (b1 & -b1).bit_length() - 1  # B1 = 2^shift * odd
+    inverse = u(pow(b1 >> shift, -1, 2**64))
+    low = u((1 << shift) - 1)
+
+    def solve(i: int, w: npt.NDArray[np.uint64]) -> tuple[Any, Any]:
+        t = np.subtract(known[i], np.multiply(a1[i], w, dtype=u), dtype=u)
+        x = np.multiply(np.right_shift(t, u(shift)), inverse, dtype=u)
+        signed = np.right_shift(np.left_shift(x, u(shift)).view(np.int64), shift)
+        return (np.bitwise_and(t, low) == 0) & (np.abs(signed) < 2**20), signed
+
+    guesses = np.arange(-(2**18), 2**18, dtype=np.int64).view(u)
+    first, _ = solve(0, guesses)
+    found = []
+    for w in guesses[first]:
+        features = []
+        for i in range(len(known)):
+            fits, x = solve(i, np.array([w], dtype=u))
+            if not fits[0]:
+                break
+            features.append(int(x[0]))
+        else:
+            found.append((int(np.array([w], dtype=u).view(np.int64)[0]), np.array(features)))
+    return found
+
+
+def test_the_dealer_aggregator_cannot_unmask_a_providers_beaver_share() -> None:
+    """The operator deals the triples and sums the shares: the share it gets must be masked."""
+    rec = recorded_space(k={"tax-bureau": 3, "court": 1})
+    run_score(
+        rec.space.transport(ANALYST), ANALYST, OPERATOR, rec.query("additive", "analyst-held")
+    )
+    dealt = {}
+    for i, m in enumerate(rec.log):
+        if m.operation == "dealer.triple" and not m.reply and m.header["batch"] == "court.0":
+            dealt[m.sender] = TripleShare.from_bytes(rec.log[i + 1].payload)
+    t0, t1 = dealt[ANALYST], dealt["court"]
+    a = np.add(t0.a, t1.a, dtype=np.uint64)[:, 0]
+    b = int(np.add(t0.b, t1.b, dtype=np.uint64)[0])
+    add = next(
+        m for m in rec.to(OPERATOR) if m.operation == "aggregate.add" and m.sender == "court"
+    )
+    received = ring_from_bytes(add.payload, N)
+    # The provider's bare Beaver share, recomputed from the recorded round.
+    beaver = [
+        m for m in rec.log if m.operation == "score.beaver" and "court" in (m.sender, m.receiver)
+    ]
+    opening = beaver_open([BeaverMessage.from_bytes(m.payload) for m in beaver])
+    bare = beaver_finish(t1, opening)
+    args = (a, b, t1.a[:, 0], int(t1.b[0]), t1.c)
+    # Unmasked, the operator would recover the analyst's weight and every feature ...
+    solutions = _dealer_attack(bare, *args)
+    fixed = FixedPoint(16)
+    assert [w for w, _ in solutions] == fixed.encode(rec.w["court"]).view(np.int64).tolist()
+    assert solutions[0][1].tolist() == fixed.encode(rec.x["court"][:, 0]).view(np.int64).tolist()
+    # ... but what it actually receives is masked: the same attack finds nothing.
+    assert not np.array_equal(received, bare)
+    assert _dealer_attack(received, *args) == []

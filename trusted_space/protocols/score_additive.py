@@ -10,13 +10,22 @@ share of ``w`` is zero). Both fetch their own share of one matrix triple ``(A, B
 the operator's dealer (batch ``"<P>.<b>"`` of session ``<query>``, each share dealt once); the
 analyst sends ``(-A₀, w - B₀)`` in ``score.beaver``, ``P`` answers ``(X - A₁, -B₁)``; both open
 ``D = X - A``, ``E = w - B`` (uniform: ``A``, ``B`` are known to neither) and finish their share
-of ``X·w``. ``P`` sends its share to the aggregator; the analyst keeps its own and adds the
-aggregator's sum. The analyst learns ``D`` (features masked by a one-time pad it does not hold)
-and the total; ``P`` learns ``E``; the operator sees uniform shares.
+of ``X·w``. ``P`` sends its share to the aggregator *masked* with a stream only the analyst can
+remove (below); the analyst keeps its own share and adds the aggregator's sum. The analyst learns
+``D`` (features under a one-time pad it does not hold) and the total; ``P`` learns ``E``.
 
-Party-held mode: ``P`` computes its partial ``z`` in plaintext, masks it with a stream ``r`` from
-AES-CTR under a fresh 32-byte seed, sends ``z - r`` to the aggregator and the *seed* (never a
-per-entity value) to the analyst, who adds ``r`` to the aggregator's sum.
+Why the mask: the operator is both the dealer and the aggregator. It knows ``A``, ``B`` and ``P``'s
+triple share, so ``P``'s bare output share ``C₁ + D·B₁ + A₁·E`` would give it
+``X·B₁ + A₁·w`` per entity — with one column, a search over the (small, fixed-point) weight
+recovers both ``w`` and every feature (tests/trusted_space/test_leakage.py runs that attack).
+Masked with ``r`` it learns nothing.
+
+Party-held mode: ``P`` computes its partial ``z`` in plaintext and sends ``z - r`` to the
+aggregator.
+
+In both modes ``r`` is a stream from AES-256-CTR under a fresh 32-byte seed of ``P``'s, one
+stream per block; ``P`` gives the analyst only the seed (in its ``score.run`` reply, never a
+per-entity value) and the analyst adds ``r`` back to the aggregator's sum.
 """
 
 from __future__ import annotations
@@ -90,13 +99,16 @@ class AdditiveAnalyst(AnalystSide):
         reply: Mapping[str, Any],
         blocks: list[tuple[int, int]],
     ) -> None:
-        if self.query.mode == "party-held":
-            seed_hex = reply.get("maskSeed")
-            if not isinstance(seed_hex, str) or len(seed_hex) != 64:
-                raise ValidationError(f"{provider}: reply lacks its 32-byte mask seed")
+        seed_hex = reply.get("maskSeed")
+        if not isinstance(seed_hex, str) or len(seed_hex) != 64:
+            raise ValidationError(f"{provider}: reply lacks its 32-byte mask seed")
+        try:
             seed = bytes.fromhex(seed_hex)
-            for b, (start, stop) in enumerate(blocks):
-                self._accumulate(b, mask_stream(seed, b, stop - start))
+        except ValueError as exc:
+            raise ValidationError(f"{provider}: mask seed is not hex") from exc
+        for b, (start, stop) in enumerate(blocks):
+            self._accumulate(b, mask_stream(seed, b, stop - start))
+        if self.query.mode == "party-held":
             return
         if weights is None:  # pragma: no cover - analyst-held always has weights
             raise ValidationError("analyst-held additive needs weights")
@@ -154,7 +166,7 @@ class AdditiveProvider(ProviderSide):
         return ring_to_bytes(masked)
 
     def reply_extras(self) -> dict[str, Any]:
-        return {"maskSeed": self.seed.hex()} if self.mode == "party-held" else {}
+        return {"maskSeed": self.seed.hex()}
 
     def interact(self, job: ProviderJob, block: int, payload: bytes) -> bytes:
         x = job.values.pop(block)
@@ -183,6 +195,8 @@ class AdditiveProvider(ProviderSide):
             )
             opening = sharing.beaver_open([theirs, mine])
             share = sharing.beaver_finish(triple, opening)
+        # The dealer-aggregator knows the triple: hide the share from it (see module docs).
+        share = np.subtract(share, mask_stream(self.seed, block, n), dtype=np.uint64)
         add_to_aggregate(
             node.transport,
             job.operator,
