@@ -368,7 +368,9 @@ class _Parser:
     def node(self, raw: object, line: int, index: int) -> NodeConfig:
         if not isinstance(raw, dict):
             raise self.fail(line, f"node #{index + 1}: expected a [[node]] table")
-        self.check_keys(raw, {"name", "roles", "port", "settings", "dataset"}, line, "[[node]]")
+        allowed = {"name", "roles", "port", "settings", "dataset"}
+        label = raw.get("name") if isinstance(raw.get("name"), str) else None
+        self.check_keys(raw, allowed, line, f"node {label!r}" if label else f"node #{index + 1}")
         name = self.text(raw, "name", line, f"node #{index + 1}")
         try:
             check_participant_id(name)
@@ -763,6 +765,7 @@ class RunningSpace:
             port=_free_port(self.config.host),
             operator=OperatorAnchor.load(self.operator.layout.operator),
         )
+        settings.dir.chmod(0o700)
         node = RunningNode(config, settings.dir, settings.url)
         self.nodes[name] = node
         try:
@@ -862,6 +865,7 @@ def admit(operator: AdminClient, node: AdminClient) -> dict[str, Any]:
 def _prepare(config: SpaceConfig) -> list[RunningNode]:
     """Create (or reuse) every node directory; the operator's first, since it is the anchor."""
     config.dir.mkdir(parents=True, exist_ok=True)
+    config.dir.chmod(0o700)  # the node directories hold keys, tokens and the stores
     ordered = [config.operator, *(n for n in config.nodes if not n.is_operator)]
     index = {n.name: i for i, n in enumerate(config.nodes)}
     taken: set[int] = set()
@@ -908,6 +912,7 @@ def _prepare(config: SpaceConfig) -> list[RunningNode]:
                 node=node.name,
             )
         taken.add(settings.port)
+        layout.root.chmod(0o700)
         out.append(RunningNode(node, layout.root, settings.url))
     return out
 

@@ -100,7 +100,8 @@ def _up(
         )
     out = Console()
     out.print(table)
-    out.print(f"logs: {space.dir}/<node>/logs/node.log   state: {space.dir / SPACE_FILE}")
+    out.print(f"logs:  {space.dir}/<node>/logs/node.log", highlight=False)
+    out.print(f"state: {space.dir / SPACE_FILE}", highlight=False)
     out.print(f"stop with: trusted-space space down {config_path}", highlight=False)
 
 

@@ -102,7 +102,7 @@ def test_toml_syntax_error_line(space_dir: Path) -> None:
 
 def test_unknown_key_in_node(space_dir: Path) -> None:
     text = GOOD_HEAD + TAX + '\n[[node]]\nname = "court"\nrolls = ["provider"]  # <-\n'
-    fails_at(space_dir, text, "unknown key 'rolls'", "allowed:")
+    fails_at(space_dir, text, "node 'court': unknown key 'rolls'", "allowed:")
 
 
 def test_unknown_key_in_space(space_dir: Path) -> None:

@@ -82,7 +82,7 @@ def test_config_error_exit_2_names_the_line(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert f"{config}:13:" in result.stderr
-    assert "[[node]]: unknown key 'colour'" in result.stderr
+    assert "node 'bank-x': unknown key 'colour'" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
