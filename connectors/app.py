@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from connectors import __version__
+from connectors import __version__, negotiation
 from connectors.background import Background
 from connectors.problems import BodySizeLimit, install_error_handlers
 from connectors.routers import (
@@ -78,10 +78,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         background.start()
+        if rt.roles & {"provider", "consumer"}:
+            negotiation.resume(rt)  # steps a restarted node still owes its counter-parties
         try:
             yield
         finally:
             background.stop()
+            negotiation.shutdown(rt)
 
     app = FastAPI(
         title=f"trusted-space node {rt.id}",
