@@ -184,7 +184,7 @@ def test_accuracy_against_plaintext(
 )
 def test_additive_accuracy_property(n: int, ks: list[int], seed: int, mode: str) -> None:
     rng = np.random.default_rng(seed)
-    setup = make_setup(n, {f"prov-{i}": k for i, k in enumerate(ks)}, rng, bound=50.0)
+    setup = make_setup(n, {f"prov-{i}": k for i, k in enumerate(ks)}, rng, bound=8.0)
     result = run_score(
         setup.space.transport(ANALYST), ANALYST, OPERATOR, setup.query("additive", mode)
     )
