@@ -59,10 +59,13 @@ def restore(db: Path, copy: Path) -> None:
 def tamper(db: Path, index: int) -> None:
     conn = sqlite3.connect(db)
     try:
-        (entry,) = conn.execute("SELECT entry FROM log_entries WHERE idx = ?", (index,)).fetchone()
+        query = "SELECT entry FROM log_entries WHERE log = 'events' AND idx = ?"
+        (entry,) = conn.execute(query, (index,)).fetchone()
         forged = bytes(entry).replace(b'"time":"2', b'"time":"1', 1)
         assert forged != bytes(entry)
-        conn.execute("UPDATE log_entries SET entry = ? WHERE idx = ?", (forged, index))
+        conn.execute(
+            "UPDATE log_entries SET entry = ? WHERE log = 'events' AND idx = ?", (forged, index)
+        )
         conn.commit()
     finally:
         conn.close()
