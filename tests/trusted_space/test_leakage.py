@@ -245,7 +245,7 @@ def test_the_analyst_never_receives_a_providers_partial(
         run_replies = [m for m in to_analyst if m.sender == p and m.operation == "score.run"]
         assert len(run_replies) == 1
         reply = run_replies[0]
-        assert reply.payload == b""  # the missing-id list, empty here: never a partial
+        assert reply.payload == bytes(-(-N // 8))  # the missing-entity bitmap, all clear
         assert set(reply.header) <= {"query", "receipt", "rows", "missing", "maskSeed"}
         assert reply.header["missing"] == 0
         # No reply to the analyst, from anyone, carries a provider's partial in any plain form.
@@ -255,9 +255,9 @@ def test_the_analyst_never_receives_a_providers_partial(
         assert adds and all(m.receiver == OPERATOR for m in adds)
         # The operator sees ciphertexts or uniform shares, never a partial in the clear.
         assert leaked(rec.partial(p), rec.to(OPERATOR)) == []
-    # Per-entity payloads reach the analyst only as the aggregator's sums (and, additive
-    # analyst-held, the Beaver openings and its own triple shares).
-    allowed = {"aggregate.take"} | (
+    # Per-entity payloads reach the analyst only as the aggregator's sums, the missing bitmaps
+    # checked above (and, additive analyst-held, the Beaver openings and its own triple shares).
+    allowed = {"aggregate.take", "score.run"} | (
         {"score.beaver", "dealer.triple"}
         if (protocol, mode) == ("additive", "analyst-held")
         else set()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -144,7 +144,8 @@ class PaillierScore(ScoreProtocol):
             pass one to avoid generating keys repeatedly).
         key_bits: size of generated keys (at least 2048).
         frac_bits: fixed-point fractional bits (32: errors below 1e-6 for |x|, |w| ≤ 64).
-        workers: the analyst engine's worker processes (``None``: CPU count, ``0``: none).
+        workers: the analyst engine's worker processes (``None``: CPU count, ``0``: none;
+            ``"auto"``: a pool only for queries of at least 8,192 entities).
     """
 
     name = "paillier"
@@ -155,7 +156,7 @@ class PaillierScore(ScoreProtocol):
         *,
         key_bits: int = paillier.MIN_KEY_BITS,
         frac_bits: int = paillier.DEFAULT_FRAC_BITS,
-        workers: int | None = 0,
+        workers: int | Literal["auto"] | None = "auto",
     ) -> None:
         self.keypair = keypair
         self.key_bits = key_bits
@@ -189,7 +190,10 @@ class PaillierScore(ScoreProtocol):
                 value_bound=query.partial_bound,
                 addends=len(contributors),
             )
-        return PaillierAnalyst(keypair, layout, self.frac_bits, self.workers)
+        workers = self.workers
+        if workers == "auto":
+            workers = None if len(query.entities) >= _POOL_ROWS else 0
+        return PaillierAnalyst(keypair, layout, self.frac_bits, workers)
 
     def provider(self, mode: str, params: Mapping[str, Any], material: bytes) -> PaillierProvider:
         return PaillierProvider(mode, params, material)
