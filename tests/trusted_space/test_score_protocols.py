@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 
 from crypto import ckks, paillier
 from trusted_space.compute import ComputeNode, InMemoryData
-from trusted_space.errors import VerificationError
+from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.events import EVENT_LOG, decode_event
 from trusted_space.protocols import _common, register_operator, register_provider, run_score
 from trusted_space.protocols import score as score_module
+from trusted_space.protocols.align import register_align
 from trusted_space.protocols.base import ScoreProtocol
 from trusted_space.protocols.operator import fetch_triple, open_aggregation, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol
@@ -330,6 +331,27 @@ def test_cohort_scores_the_intersection() -> None:
     assert result.entities == tuple(scored)
     assert float(np.max(np.abs(result.logits - (-0.75 + setup.expected(scored))))) <= 1e-3
     assert result.missing["court"] == (setup.keys[2], setup.keys[5], "not-anywhere")
+
+
+def test_cohort_aligned_by_psi() -> None:
+    setup = make_setup(
+        10, {"tax-bureau": 2, "court": 1}, np.random.default_rng(12), holes={"tax-bureau": [0]}
+    )
+    for p in setup.agreements:
+        register_align(setup.space.providers[p].node)
+    candidates = ["unknown-1", *setup.keys[::-1]]
+    query = setup.query("additive", "analyst-held", entities=candidates, cohort=True)
+    result = run_score(setup.space.transport(ANALYST), ANALYST, OPERATOR, query)
+    scored = [k for k in setup.keys[::-1] if k != setup.keys[0]]
+    assert result.entities == tuple(scored)
+    assert float(np.max(np.abs(result.logits - (-0.75 + setup.expected(scored))))) <= 1e-3
+    assert result.missing == {
+        "tax-bureau": ("unknown-1", setup.keys[0]),
+        "court": ("unknown-1",),
+    }
+    party_held = setup.query("additive", "party-held", entities=candidates, cohort=True)
+    with pytest.raises(ValidationError, match="align function"):
+        run_score(setup.space.transport(ANALYST), ANALYST, OPERATOR, party_held)
 
 
 # -- refusals at the edge --------------------------------------------------------------------------

@@ -77,6 +77,7 @@ __all__ = [
     "ROLES_EXTRA",
     "Aligner",
     "check_use_receipt",
+    "psi_aligner",
     "load_party_weights",
     "register_provider",
     "run_score",
@@ -97,6 +98,36 @@ _SESSION_PREFIX: Final = "score/"
 
 Aligner = Callable[[str, str, str, Sequence[str]], Sequence[str]]
 """``align(provider, agreement id, dataset id, candidates) -> ids the provider holds`` (PSI)."""
+
+
+def psi_aligner(transport: Transport, query: ScoreQuery) -> Aligner:
+    """An :data:`Aligner` running :func:`trusted_space.protocols.align.align` (ECDH-PSI).
+
+    The provider authorises the alignment as a use of the query (its own ``query.use``), so a
+    cohort score is two uses of each agreement: alignment and score. Analyst-held mode only: the
+    provider's policy check at alignment names the columns, which the analyst knows only when it
+    holds the weights.
+    """
+    from trusted_space.protocols.align import align  # local: alignment is optional for scores
+
+    if query.mode != "analyst-held":
+        raise ValidationError("a party-held cohort score needs an align function")
+
+    def aligner(provider: str, agreement: str, dataset: str, ids: Sequence[str]) -> Sequence[str]:
+        return align(
+            transport,
+            provider,
+            query.id,
+            agreement,
+            dataset,
+            ids,
+            purpose=query.purpose,
+            kind="score",
+            protocol=query.protocol,
+            columns=query.model.columns(provider),
+        ).ids
+
+    return aligner
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,7 +582,8 @@ def run_score(
             plaintext and added after decryption).
         protocol: a protocol object (default: the registry's for ``query.protocol``); tests pass
             one holding an existing key.
-        align: for a ``cohort`` query, the PSI alignment with one provider.
+        align: for a ``cohort`` query, the alignment with one provider (default:
+            :func:`psi_aligner`).
         analyst_impute: impute defaults of the analyst's own columns.
         provider_vkeys: providers' ledger vkeys, to verify receipts against known keys.
 
@@ -571,8 +603,7 @@ def run_score(
     missing: dict[str, list[str]] = {p: [] for p in providers}
     entities = list(query.entities)
     if query.cohort:
-        if align is None:
-            raise ValidationError("a cohort query needs an align function (PSI)")
+        align = align or psi_aligner(transport, query)
         held: dict[str, set[str]] = {}
         for p in providers:
             held[p] = set(align(p, query.agreements[p], query.datasets[p], entities))
