@@ -85,6 +85,8 @@ def create_app(
         finally:
             background.stop()
             negotiation.shutdown(rt)
+            if runtime is None:  # we built it, so we close it (checkpoints the SQLite WAL)
+                rt.close()
 
     app = FastAPI(
         title=f"trusted-space node {rt.id}",

@@ -269,6 +269,20 @@ def test_ledger_refuses_to_sign_over_a_rewritten_store() -> None:
         fresh.checkpoint()
 
 
+def test_a_rotated_key_keeps_signing_and_still_refuses_a_rewritten_store() -> None:
+    store = MemoryStore()
+    Ledger(store, NODE_KEY, ORIGIN).checkpoint()
+    append(store, 3)
+    Ledger(store, NODE_KEY, ORIGIN).checkpoint()
+    rotated = Ledger(store, SigningKey.generate(), ORIGIN)  # re-admitted with a new key
+    append(store, 2)
+    note = rotated.checkpoint()
+    assert open_checkpoint(note, rotated.vkey).size == 5
+    store._logs[EVENT_LOG][0] = (b"forged", leaf_hash(b"forged"))
+    with pytest.raises(ConflictError):
+        Ledger(store, SigningKey.generate(), ORIGIN).checkpoint()
+
+
 # -- witness -----------------------------------------------------------------------------------
 
 
