@@ -140,9 +140,9 @@ def test_positions_select_the_right_values_and_receipt_records_the_use() -> None
 
 
 def test_the_provider_sees_no_analyst_id_nor_its_hash_unblinded() -> None:
-    keys = [f"e{i}" for i in range(50)]
+    keys = [f"enterprise-{i:06d}" for i in range(50)]
     space, ds, ag, _, recorder = _space(keys)
-    secret_ids = [f"applicant-{i:04d}" for i in range(30)] + ["e1", "e2"]
+    secret_ids = [f"applicant-{i:06d}" for i in range(30)] + keys[1:3]
     _align(space, ds, ag, secret_ids)
     session = bytes.fromhex(recorder.calls[0][4].header["session"])
     blobs = recorder.blobs()
