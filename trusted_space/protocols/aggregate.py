@@ -89,6 +89,7 @@ import math
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -1219,6 +1220,7 @@ def run_aggregate(
     paillier_keys: tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey] | None = None,
     ckks_context: ckks.SecretContext | None = None,
     workers: int = 0,
+    executor: Executor | None = None,
 ) -> AggregateResult:
     """As the analyst: run one aggregate and return it.
 
@@ -1230,6 +1232,8 @@ def run_aggregate(
         paillier_keys: the analyst's Paillier key pair (a fresh 2048-bit one if omitted).
         ckks_context: the analyst's CKKS secret context (a fresh one if omitted).
         workers: processes for the analyst's Paillier encryptions (0: in this process).
+        executor: a process pool for the analyst's PSI scalar multiplications
+            (:func:`crypto.psi.psi_executor`).
 
     Returns:
         The :class:`AggregateResult`.
@@ -1243,7 +1247,7 @@ def run_aggregate(
         return _run_explicit(transport, query)
     with crypto_errors("aggregate"):
         return _run_cohort(
-            transport, analyst_id, query, alignment, paillier_keys, ckks_context, workers
+            transport, analyst_id, query, alignment, paillier_keys, ckks_context, workers, executor
         )
 
 
@@ -1255,6 +1259,7 @@ def _run_cohort(
     paillier_keys: tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey] | None,
     ckks_context: ckks.SecretContext | None,
     workers: int,
+    executor: Executor | None,
 ) -> AggregateResult:
     aligned = alignment or align(
         transport,
@@ -1268,6 +1273,7 @@ def _run_cohort(
         protocol=query.protocol,
         columns=[query.column],
         epsilon=query.epsilon,
+        executor=executor,
     )
     if (aligned.provider, aligned.query_id, aligned.dataset_id) != (
         query.provider,
