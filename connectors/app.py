@@ -8,10 +8,11 @@ dsp_catalog            every node             anyone (open tier) / members (thei
 dsp_negotiation        provider, consumer     members (signed requests)
 contracts_admin        provider, consumer     the node's staff (start/track negotiations)
 dsp_transfer           provider, consumer     members; data pulls with a transfer token
-compute                provider, consumer     members (signed requests, policy-checked)
+compute                every node             members (signed requests, policy-checked)
 ledger                 every node             anyone (proofs are public by design)
 management             every node             the node's staff (admin token)
 operator               operator               admin (admission), members, anyone (anchor)
+queries_admin          consumer               the node's staff (run joint queries as analyst)
 =====================  =====================  ==============================================
 
 Settings are read when this is called (at start), never at import. The runtime is built here so
@@ -27,7 +28,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from connectors import __version__, negotiation
+from connectors import __version__, negotiation, queries
 from connectors.background import Background
 from connectors.problems import BodySizeLimit, install_error_handlers
 from connectors.routers import (
@@ -40,6 +41,7 @@ from connectors.routers import (
     management,
     node,
     operator,
+    queries_admin,
     transfers_admin,
 )
 from connectors.runtime import NodeRuntime
@@ -85,6 +87,7 @@ def create_app(
         finally:
             background.stop()
             negotiation.shutdown(rt)
+            queries.shutdown(rt)
             if runtime is None:  # we built it, so we close it (checkpoints the SQLite WAL)
                 rt.close()
 
@@ -99,7 +102,7 @@ def create_app(
     install_error_handlers(app)
 
     def limit_for(path: str) -> int:
-        if path.startswith("/compute"):
+        if path.startswith(("/compute", "/management/queries")):
             return settings.max_compute_body_bytes
         return settings.max_body_bytes
 
@@ -109,12 +112,14 @@ def create_app(
     app.include_router(dsp_catalog.router)
     app.include_router(ledger.router)
     app.include_router(management.router)
+    app.include_router(compute.router)
     if rt.roles & {"provider", "consumer"}:
         app.include_router(dsp_negotiation.router)
         app.include_router(contracts_admin.router)
         app.include_router(dsp_transfer.router)
         app.include_router(transfers_admin.router)
-        app.include_router(compute.router)
+    if "consumer" in rt.roles:
+        app.include_router(queries_admin.router)
     if rt.is_operator:
         app.include_router(operator.router)
     return app

@@ -1,0 +1,488 @@
+"""A joint score over local files, through a real space started for the occasion.
+
+``trusted-space local score --party bank=bank.csv --party tax=tax.csv --id uscc --model m.json``
+is how someone tries the product on their own files in one command, and how the benchmark
+measures it: nothing is simulated. :class:`LocalSpace` starts an operator and one node process per
+party (:func:`connectors.space.up`; the first party is the analyst, a consumer that also holds
+data; the others are providers), registers each file as a ``zone`` dataset (the id column at
+grade 1 and only the columns the model names, at grade 3), publishes an offer that permits a
+``score`` with every protocol for purpose ``local-trial``, negotiates an agreement with every
+provider over DSP (:func:`connectors.commands.catalog.follow_negotiation`), runs the query from
+the analyst's node (:class:`connectors.analyst.AnalystClient`) and finally stops every process.
+
+With ``missing="impute"`` each provider publishes its column means as ``imputeDefault`` (the
+owner's published default, computed from its own file here; never a silent zero).
+
+:func:`receipt_summary` turns a provider's receipt into what an auditor checks by hand: the
+signed checkpoint note, the node's ledger vkey (C2SP vkey form, as registered at the operator),
+the use entry's leaf index, the tree size, the inclusion path (hex) and the entry bytes (base64);
+:meth:`LocalSpace.verify_receipts` verifies each with :func:`trusted_space.ledger.verify_receipt`.
+
+Threats: the node directories (keys, admin tokens, stores) are created mode 0700 under the work
+directory, which is a fresh temporary directory unless one is given; the files are only read.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from connectors.analyst import AnalystClient, QueryProgress
+from connectors.commands.catalog import follow_negotiation
+from connectors.problems import ConnectorError
+from connectors.sources import SourceSpec, open_source
+from connectors.space import (
+    DatasetConfig,
+    NodeConfig,
+    RunningSpace,
+    SourceConfig,
+    SpaceConfig,
+    up,
+)
+from trusted_space.catalog import check_participant_id
+from trusted_space.errors import TrustedSpaceError, ValidationError
+from trusted_space.ledger import Receipt, open_checkpoint, verify_receipt
+from trusted_space.policy import PROTOCOLS
+from trusted_space.query import Model
+
+__all__ = [
+    "LOCAL_PURPOSE",
+    "OPERATOR_NAME",
+    "LocalParty",
+    "LocalSpace",
+    "LocalSpaceError",
+    "local_dataset",
+    "load_model",
+    "local_offer",
+    "output_column",
+    "parse_party",
+    "receipt_summary",
+    "write_scores",
+]
+
+LOCAL_PURPOSE: Final = "local-trial"
+OPERATOR_NAME: Final = "local-operator"
+_TABLE: Final = re.compile(r"[^A-Za-z0-9_]")
+
+
+class LocalSpaceError(ConnectorError):
+    """The local run could not be set up or did not finish (the message says which step)."""
+
+
+@dataclass(frozen=True)
+class LocalParty:
+    """One party of a local run: its participant id and its file (CSV or Parquet)."""
+
+    name: str
+    path: Path
+
+    @property
+    def kind(self) -> str:
+        return "parquet" if self.path.suffix.lower() in {".parquet", ".pq"} else "csv"
+
+    @property
+    def dataset_id(self) -> str:
+        return f"{self.name}-features"
+
+
+def parse_party(text: str) -> LocalParty:
+    """``NAME=FILE`` (``ValidationError`` if malformed or the file is missing)."""
+    name, sep, file = text.partition("=")
+    if not sep or not name or not file:
+        raise ValidationError(f"--party {text!r}: expected NAME=FILE")
+    check_participant_id(name, "--party")
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise ValidationError(f"--party {name}: no file at {file}")
+    return LocalParty(name, path)
+
+
+def local_offer(
+    protocols: Sequence[str] = PROTOCOLS, purpose: str = LOCAL_PURPOSE
+) -> dict[str, Any]:
+    """An ODRL offer permitting a joint score with ``protocols`` for ``purpose`` only."""
+    return {
+        "@id": f"urn:uuid:{uuid.uuid4()}",
+        "@type": "Offer",
+        "permission": [
+            {
+                "action": "use",
+                "constraint": [
+                    {"leftOperand": "purpose", "operator": "eq", "rightOperand": purpose},
+                    {
+                        "leftOperand": "computation",
+                        "operator": "isAnyOf",
+                        "rightOperand": ["score"],
+                    },
+                    {
+                        "leftOperand": "protocol",
+                        "operator": "isAnyOf",
+                        "rightOperand": list(protocols),
+                    },
+                    {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": ["score"]},
+                ],
+            }
+        ],
+    }
+
+
+def local_dataset(
+    party: LocalParty,
+    id_column: str,
+    columns: Sequence[str],
+    *,
+    id_kind: str = "opaque",
+    impute: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Dataset JSON publishing ``columns`` of the party's file in tier ``zone``."""
+    fields: list[dict[str, Any]] = [
+        {"name": id_column, "type": "string", "grade": 1, "description": "entity id"}
+    ]
+    for c in columns:
+        f: dict[str, Any] = {"name": c, "type": "float", "grade": 3}
+        if impute and c in impute:
+            f["imputeDefault"] = impute[c]
+        fields.append(f)
+    table = _TABLE.sub("_", party.path.stem) or "features"
+    if not table[0].isalpha():
+        table = f"t_{table}"
+    return {
+        "id": party.dataset_id,
+        "owner": party.name,
+        "title": f"{party.name}: {party.path.name}",
+        "description": "Published for a local trial: rows only feed joint computations.",
+        "tier": "zone",
+        "keyColumn": id_column,
+        "keyKind": id_kind,
+        "responsibility": {"id": "local-trial", "title": "Local trial"},
+        "resource": {"id": f"{party.name}-file", "title": party.path.name},
+        "table": {"name": table[:64], "fields": fields},
+    }
+
+
+def _check_file(party: LocalParty, id_column: str, columns: Sequence[str]) -> None:
+    source = open_source(SourceSpec(party.kind, str(party.path)))
+    present = set(source.column_names())
+    lacking = [c for c in (id_column, *columns) if c not in present]
+    if lacking:
+        raise ValidationError(f"{party.path}: no column(s) {lacking} (party {party.name})")
+
+
+def _read_ids(party: LocalParty, id_column: str) -> list[str]:
+    source = open_source(SourceSpec(party.kind, str(party.path)))
+    ids: list[str] = []
+    for chunk in source.chunks(id_column, [], numeric=False):
+        ids.extend(chunk.keys)
+    return ids
+
+
+def _means(party: LocalParty, id_column: str, columns: Sequence[str]) -> dict[str, float]:
+    source = open_source(SourceSpec(party.kind, str(party.path)))
+    sums = dict.fromkeys(columns, 0.0)
+    rows = 0
+    for chunk in source.chunks(id_column, list(columns)):
+        rows += len(chunk)
+        for c in columns:
+            sums[c] += float(chunk.columns[c].sum())
+    return {c: (s / rows if rows else 0.0) for c, s in sums.items()}
+
+
+def receipt_summary(receipt: dict[str, Any], vkey: str | None = None) -> dict[str, Any]:
+    """What an auditor needs to check a receipt by hand (see the module docstring)."""
+    parsed = Receipt.from_json(
+        {k: v for k, v in receipt.items() if k not in ("vkey", "participant")}
+    )
+    key = vkey or str(receipt["vkey"])
+    head = open_checkpoint(parsed.checkpoint, key)
+    return {
+        "participant": receipt.get("participant"),
+        "checkpoint": parsed.checkpoint,
+        "vkey": key,
+        "leafIndex": parsed.index,
+        "treeSize": head.size,
+        "inclusionPath": [p.hex() for p in parsed.proof],
+        "entry": base64.b64encode(parsed.entry).decode("ascii"),
+    }
+
+
+def output_column(link: Any) -> str:
+    """The name of the output column for a model link (JSON form)."""
+    if link == "logistic":
+        return "probability"
+    if isinstance(link, dict) and "scorecard" in link:
+        return "points"
+    return "score"
+
+
+def write_scores(path: Path, result: dict[str, Any]) -> int:
+    """Write ``id,logit,<probability|points|score>``; returns the rows written."""
+    column = output_column(result.get("link"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["id", "logit", column])
+        for e, z, y in zip(result["entities"], result["logits"], result["outputs"], strict=True):
+            out.writerow([e, repr(float(z)), repr(float(y))])
+    tmp.replace(path)
+    return len(result["entities"])
+
+
+@dataclass
+class LocalSpace:
+    """An operator, the analyst and the providers of a local run, as real node processes.
+
+    Args:
+        parties: the first is the analyst (consumer and provider), the others providers.
+        model: the model; parties without weights in it are left out.
+        id_column: the entity id column, in every file.
+        id_kind: ``opaque`` or ``uscc`` (USCCs are checked when the files are registered).
+        missing: ``fail`` or ``impute`` (providers publish their column means as defaults).
+        work_dir: where node directories go (a fresh temporary directory if ``None``, removed at
+            :meth:`stop` unless ``keep``).
+        keep: keep the work directory.
+    """
+
+    parties: Sequence[LocalParty]
+    model: Model
+    id_column: str
+    id_kind: str = "opaque"
+    missing: str = "fail"
+    work_dir: Path | None = None
+    keep: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    agreements: dict[str, str] = field(default_factory=dict)
+    space: RunningSpace | None = None
+    _made_dir: bool = False
+    _bound: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.parties) < 2:
+            raise ValidationError("a local score needs the analyst and at least one provider")
+        names = [p.name for p in self.parties]
+        if len(set(names)) != len(names):
+            raise ValidationError(f"party names repeat: {names}")
+        if OPERATOR_NAME in names:
+            raise ValidationError(f"{OPERATOR_NAME!r} is the operator's name; rename that party")
+        unknown = sorted(set(self.model.parties) - set(names))
+        if unknown:
+            raise ValidationError(f"the model has weights of {unknown}, which are not parties")
+        used = [p for p in self.parties[1:] if self.model.columns(p.name)]
+        if not used:
+            raise ValidationError("the model has no weights of any provider")
+        self.parties = [self.parties[0], *used]
+        for p in self.parties:
+            _check_file(p, self.id_column, self.model.columns(p.name))
+
+    @property
+    def analyst(self) -> LocalParty:
+        return self.parties[0]
+
+    @property
+    def providers(self) -> list[LocalParty]:
+        return list(self.parties[1:])
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _config(self, root: Path) -> SpaceConfig:
+        nodes = [NodeConfig(OPERATOR_NAME, ("operator",))]
+        for i, p in enumerate(self.parties):
+            columns = self.model.columns(p.name)
+            datasets: tuple[DatasetConfig, ...] = ()
+            if columns or i == 0:
+                impute = (
+                    _means(p, self.id_column, columns)
+                    if self.missing == "impute" and columns
+                    else None
+                )
+                doc = local_dataset(p, self.id_column, columns, id_kind=self.id_kind, impute=impute)
+                datasets = (
+                    DatasetConfig(
+                        file=p.path,
+                        dataset=doc,
+                        source=SourceConfig(p.kind, p.path),
+                        offers=(local_offer(),),
+                    ),
+                )
+            roles = ("consumer", "provider") if i == 0 else ("provider",)
+            nodes.append(NodeConfig(p.name, roles, datasets=datasets))
+        return SpaceConfig(
+            path=root / "space.toml",
+            name="local",
+            dir=root / "space",
+            host="127.0.0.1",
+            base_port=0,
+            nodes=tuple(nodes),
+        )
+
+    def start(
+        self, progress: Callable[[str], None] | None = None, *, timeout: float = 120.0
+    ) -> None:
+        """Start the nodes, publish the files and negotiate with every provider."""
+        step = progress or (lambda _: None)
+        if self.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="trusted-space-local-"))
+            self._made_dir = True
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        mark = time.perf_counter()
+        try:
+            self.space = up(self._config(self.work_dir), timeout=timeout, progress=step)
+        except (TrustedSpaceError, ConnectorError, OSError) as exc:
+            self._cleanup()
+            raise LocalSpaceError(f"starting the local space failed: {exc}") from exc
+        self.timings["spaceUp"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        try:
+            self._negotiate(step, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["negotiate"] = time.perf_counter() - mark
+
+    def _negotiate(self, step: Callable[[str], None], timeout: float) -> None:
+        assert self.space is not None
+        with self.space[self.analyst.name].admin(timeout=timeout) as client:
+            for p in self.providers:
+                view = follow_negotiation(client, p.name, p.dataset_id, timeout=timeout)
+                if view.get("state") != "FINALIZED" or not view.get("agreementId"):
+                    raise LocalSpaceError(
+                        f"the negotiation with {p.name} ended {view.get('state')}, not FINALIZED"
+                    )
+                self.agreements[p.name] = str(view["agreementId"])
+                step(f"agreement with {p.name}")
+
+    def client(self, **kw: Any) -> AnalystClient:
+        """An analyst client of the analyst's node."""
+        if self.space is None:
+            raise LocalSpaceError("the local space is not running")
+        node = self.space[self.analyst.name]
+        return AnalystClient.from_dir(node.dir, url=node.url, **kw)
+
+    def entities(self) -> list[str]:
+        """The analyst's ids, in file order (what a local score scores)."""
+        return _read_ids(self.analyst, self.id_column)
+
+    def score(
+        self,
+        protocol: str,
+        *,
+        entities: Sequence[str] | None = None,
+        cohort: bool = False,
+        progress: Callable[[QueryProgress], None] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run the score from the analyst's node; returns the result JSON."""
+        ids = list(entities) if entities is not None else self.entities()
+        datasets = {p.name: p.dataset_id for p in self.providers}
+        if self.model.columns(self.analyst.name):
+            datasets[self.analyst.name] = self.analyst.dataset_id
+        doc = {
+            "purpose": LOCAL_PURPOSE,
+            "protocol": protocol,
+            "mode": "analyst-held",
+            "model": self.model.to_json(),
+            "agreements": dict(self.agreements),
+            "datasets": datasets,
+            "entities": ids,
+            "cohort": cohort,
+            "idKind": self.id_kind,
+            "missing": self.missing,
+            "featureBound": self._feature_bound(),
+        }
+        mark = time.perf_counter()
+        with self.client(timeout=600.0) as client:
+            result = client.score_json(doc, progress=progress, timeout=timeout)
+        self.timings[f"query.{protocol}"] = time.perf_counter() - mark
+        return result
+
+    def _feature_bound(self) -> float:
+        """A power of two above every provider value the model reads (the protocols' bound).
+
+        The files are the user's own in a local run; a real analyst declares the bound instead.
+        """
+        if self._bound is not None:
+            return self._bound
+        worst = 1.0
+        for p in self.providers:
+            columns = list(self.model.columns(p.name))
+            source = open_source(SourceSpec(p.kind, str(p.path)))
+            for chunk in source.chunks(self.id_column, columns):
+                for c in columns:
+                    values = chunk.columns[c]
+                    if len(values):
+                        worst = max(worst, float(abs(values).max()))
+        self._bound = float(2 ** math.ceil(math.log2(worst * 1.01)))
+        return self._bound
+
+    def ledger_vkeys(self) -> dict[str, str]:
+        """Each provider's ledger vkey, as its node publishes it (``GET /identity``)."""
+        if self.space is None:
+            raise LocalSpaceError("the local space is not running")
+        out = {}
+        for p in self.providers:
+            with self.space[p.name].admin() as admin:
+                out[p.name] = str(admin.get("/identity")["ledgerVkey"])
+        return out
+
+    def verify_receipts(self, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Summaries of the providers' receipts, each verified against the node's own vkey.
+
+        Raises:
+            VerificationError: a receipt does not verify.
+        """
+        vkeys = self.ledger_vkeys()
+        out = {}
+        for provider, receipt in dict(result.get("receipts", {})).items():
+            summary = receipt_summary(receipt, vkeys.get(provider))
+            verify_receipt(
+                summary["checkpoint"],
+                summary["vkey"],
+                base64.b64decode(summary["entry"]),
+                summary["leafIndex"],
+                [bytes.fromhex(h) for h in summary["inclusionPath"]],
+            )
+            summary["verified"] = True
+            out[provider] = summary
+        return out
+
+    def node_pids(self) -> dict[str, int]:
+        """Process id of every running node."""
+        if self.space is None:
+            return {}
+        return {n: node.pid for n, node in self.space.nodes.items() if node.pid is not None}
+
+    def stop(self) -> None:
+        """Stop every node and remove the work directory (unless kept)."""
+        if self.space is not None:
+            self.space.stop()
+            self.space = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._made_dir and not self.keep and self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalSpace:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def load_model(path: Path) -> Model:
+    """A model file (``ValidationError`` naming the JSON path)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"{path}: not a readable JSON model ({exc})") from exc
+    return Model.from_json(doc)

@@ -1,0 +1,455 @@
+"""Joint queries run *from* the analyst's node: the node holds the keys and orchestrates.
+
+Why at the node: the analyst side of every protocol needs the node's identity (providers
+authenticate the signed calls and check that the agreement's assignee is the sender), its
+transport and its own data (a bank is also a data holder; its own partial is computed locally, in
+plaintext, after decryption). So the bank's staff and scripts do not run protocols themselves:
+they submit a query to their node's admin API (:mod:`connectors.routers.queries_admin`, used by
+:class:`connectors.analyst.AnalystClient`) and the node runs the driver
+(:func:`trusted_space.protocols.score.run_score`,
+:func:`trusted_space.protocols.aggregate.run_aggregate`) over its
+:class:`~connectors.compute_wiring.HttpTransport` in a background worker.
+
+A :class:`QueryRunner` per runtime keeps the jobs in memory: state, progress (stage and an
+estimated fraction, observed from the protocol's calls), and when done the result with the
+providers' receipts, or the error as a problem document (a provider's refusal keeps its trace).
+Receipts are checked by the driver against the providers' ledger keys as registered at the
+operator (``GET /operator/participants/{id}``), not only against the key a receipt carries.
+Keys generated for a query (Paillier pairs, CKKS secret contexts) live only inside the worker
+that runs it. Jobs do not survive a restart (the providers' ledgers keep the uses); at most
+:data:`KEEP_FINISHED` finished jobs are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from connectors.compute_wiring import compute_node
+from connectors.problems import ConnectorError, NotReady, PeerError, problem_for
+from connectors.runtime import NodeRuntime
+from connectors.wire.queries import (
+    AggregateRequest,
+    QueryView,
+    aggregate_query,
+    aggregate_result_json,
+)
+from trusted_space.catalog import load_dataset
+from trusted_space.compute import DataAccess
+from trusted_space.errors import ConflictError, NotFoundError, TrustedSpaceError, ValidationError
+from trusted_space.protocols._common import block_ranges
+from trusted_space.protocols.aggregate import AggregateQuery, run_aggregate
+from trusted_space.protocols.registry import get_score_protocol
+from trusted_space.protocols.score import ENTITY_CHUNK, run_score
+from trusted_space.query import ScoreQuery
+from trusted_space.transport import RemoteError, Reply, Transport
+
+__all__ = [
+    "KEEP_FINISHED",
+    "ProgressTransport",
+    "QueryJob",
+    "QueryRunner",
+    "prepare_score",
+    "provider_vkeys",
+    "runner_for",
+    "shutdown",
+]
+
+log = logging.getLogger("trusted_space.queries")
+
+KEEP_FINISHED: Final = 64
+"""Finished jobs kept in memory per node (oldest dropped first)."""
+_WORKERS: Final = 2
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryJob:
+    """One query this node runs as the analyst."""
+
+    id: str
+    kind: str
+    protocol: str
+    providers: tuple[str, ...]
+    entities: int
+    submitted_at: datetime
+    state: str = "queued"
+    stage: str = "queued"
+    fraction: float = 0.0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    finished: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def progress(self, stage: str, fraction: float | None = None) -> None:
+        """Record what the query is doing; fractions only grow and stay below 1 until done."""
+        with self._lock:
+            self.stage = stage
+            if fraction is not None:
+                self.fraction = max(self.fraction, min(0.99, max(0.0, fraction)))
+
+    def view(self, *, with_result: bool = True) -> QueryView:
+        with self._lock:
+            return QueryView(
+                id=self.id,
+                kind=self.kind,  # type: ignore[arg-type]
+                protocol=self.protocol,
+                providers=list(self.providers),
+                entities=self.entities,
+                state=self.state,  # type: ignore[arg-type]
+                stage=self.stage,
+                fraction=self.fraction,
+                submittedAt=self.submitted_at.isoformat(),
+                startedAt=None if self.started_at is None else self.started_at.isoformat(),
+                finishedAt=None if self.finished_at is None else self.finished_at.isoformat(),
+                result=self.result if with_result else None,
+                error=self.error,
+            )
+
+
+class ProgressTransport:
+    """A transport that reports each call to ``observe`` (before and after) and passes it on."""
+
+    def __init__(
+        self, inner: Transport, observe: Callable[[str, str, bool], None], sender: str
+    ) -> None:
+        self._inner = inner
+        self._observe = observe
+        self.sender = sender
+
+    def call(
+        self, peer: str, operation: str, header: Mapping[str, Any], payload: bytes = b""
+    ) -> Reply:
+        self._observe(peer, operation, False)
+        reply = self._inner.call(peer, operation, header, payload)
+        self._observe(peer, operation, True)
+        return reply
+
+
+_STAGES: Final = {
+    "align.open": "aligning with {peer} (PSI)",
+    "align.request": "aligning with {peer} (PSI)",
+    "align.response": "aligning with {peer} (PSI)",
+    "aggregate.open": "opening the aggregation at {peer}",
+    "score.open": "opening the query at {peer}",
+    "score.entities": "sending entity ids to {peer}",
+    "score.run": "computing at {peer}",
+    "score.beaver": "interactive rounds with {peer}",
+    "aggregate.take": "collecting the sums from {peer}",
+    "dealer.triple": "fetching Beaver triples from {peer}",
+    "stats.open": "sending the encrypted cohort to {peer}",
+    "stats.count": "checking the cohort size with {peer}",
+    "stats.release": "computing at {peer}",
+    "stats.fetch": "fetching the result from {peer}",
+    "stats.entities": "computing at {peer}",
+}
+
+
+class _CallCounter:
+    """Progress from the calls made, against the calls a query is expected to make."""
+
+    def __init__(self, job: QueryJob, expected: int) -> None:
+        self.job = job
+        self.expected = max(1, expected)
+        self.done = 0
+
+    def __call__(self, peer: str, operation: str, finished: bool) -> None:
+        stage = _STAGES.get(operation, f"{operation} at {{peer}}").format(peer=peer)
+        if finished:
+            self.done += 1
+        self.job.progress(stage, self.done / self.expected)
+
+
+def _expected_score_calls(query: ScoreQuery) -> int:
+    protocol = get_score_protocol(query.protocol)
+    terms = max((len(query.model.columns(p)) for p in query.providers), default=1)
+    blocks = len(block_ranges(len(query.entities), protocol.block_rows(query, max(terms, 1))))
+    chunks = math.ceil(len(query.entities) / ENTITY_CHUNK)
+    per_provider = 2 + chunks
+    if query.protocol == "additive" and query.mode == "analyst-held":
+        per_provider += blocks
+    if query.cohort:
+        per_provider += 3
+    return 1 + len(query.providers) * per_provider + blocks
+
+
+# -- preparing a score query ------------------------------------------------------------------
+
+
+def provider_vkeys(runtime: NodeRuntime, providers: Sequence[str]) -> dict[str, str]:
+    """The providers' ledger vkeys as registered at the operator (receipts are checked with them).
+
+    Raises:
+        NotReady: no operator anchor, or the operator cannot be reached.
+        PeerError: the operator does not know a provider.
+    """
+    anchor = runtime.anchor
+    if anchor is None:
+        raise NotReady(f"{runtime.id} has no operator anchor: it is not part of a space")
+    out: dict[str, str] = {}
+    for p in providers:
+        info = runtime.client.get_json(
+            f"{anchor.url}/operator/participants/{p}", audience=anchor.operator_id
+        )
+        vkey = info.get("ledgerVkey") if isinstance(info, dict) else None
+        if isinstance(vkey, str) and vkey:
+            out[p] = vkey
+    return out
+
+
+@dataclass(frozen=True)
+class _ScorePlan:
+    query: ScoreQuery
+    analyst_data: DataAccess | None
+    impute: dict[str, float]
+
+
+def prepare_score(runtime: NodeRuntime, doc: Mapping[str, Any]) -> _ScorePlan:
+    """Parse and check a score query before it is queued (``ValidationError`` naming the path).
+
+    The analyst's own columns (the model's weights for this node) must come from a dataset this
+    node published, named in ``datasets``; its published ``imputeDefault`` values are used for
+    ``impute``.
+    """
+    if "consumer" not in runtime.roles:
+        raise ValidationError(f"{runtime.id} is not a consumer: it does not run joint queries")
+    query = ScoreQuery.from_json(doc)
+    if runtime.id in query.agreements:
+        raise ValidationError(f"$.agreements.{runtime.id}: the analyst is not its own provider")
+    if query.cohort and query.mode == "party-held":
+        raise ValidationError(
+            "$.cohort: a PSI cohort needs the provider columns, which party-held mode does not name"
+        )
+    own = query.model.columns(runtime.id)
+    impute: dict[str, float] = {}
+    data: DataAccess | None = None
+    if own:
+        dataset_id = query.datasets.get(runtime.id)
+        if dataset_id is None:
+            raise ValidationError(
+                f"$.datasets.{runtime.id}: the model has columns of {runtime.id}; name the "
+                "dataset of this node that holds them"
+            )
+        with runtime.transaction(readonly=True) as tx:
+            try:
+                dataset = load_dataset(tx, dataset_id).dataset
+            except NotFoundError as exc:
+                raise ValidationError(
+                    f"$.datasets.{runtime.id}: no dataset {dataset_id!r} published here"
+                ) from exc
+        for column in own:
+            try:
+                f = dataset.table.field(column)
+            except ValidationError as exc:
+                raise ValidationError(f"$.model.weights.{runtime.id}.{column}: {exc}") from exc
+            if f.impute_default is not None:
+                impute[column] = f.impute_default
+        data = compute_node(runtime).data
+    return _ScorePlan(query, data, impute)
+
+
+# -- the runner -------------------------------------------------------------------------------
+
+
+def _problem_of(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, RemoteError):
+        return {**exc.problem, "peer": exc.peer, "peerStatus": exc.status}
+    if isinstance(exc, PeerError):
+        return {**exc.problem, "peer": exc.peer, "peerStatus": exc.status}
+    response = problem_for(exc)
+    doc: dict[str, Any] = json.loads(bytes(response.body))
+    return doc
+
+
+class QueryRunner:
+    """The analyst queries of one node: a small worker pool and the jobs it ran.
+
+    Args:
+        runtime: the node.
+        workers: queries run at once (more wait ``queued``).
+        keep: finished jobs kept.
+    """
+
+    def __init__(
+        self, runtime: NodeRuntime, *, workers: int = _WORKERS, keep: int = KEEP_FINISHED
+    ) -> None:
+        self.runtime = runtime
+        self.keep = keep
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=f"query-{runtime.id}"
+        )
+        self._jobs: OrderedDict[str, QueryJob] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- submission ------------------------------------------------------------------------
+    def _add(self, job: QueryJob, work: Callable[[QueryJob], dict[str, Any]]) -> QueryJob:
+        with self._lock:
+            if self._closed:
+                raise NotReady(f"{self.runtime.id} is shutting down")
+            if job.id in self._jobs:
+                raise ConflictError(f"query {job.id!r} was already submitted here")
+            self._jobs[job.id] = job
+            self._trim()
+            self._pool.submit(self._run, job, work)
+        return job
+
+    def _trim(self) -> None:
+        finished = [k for k, j in self._jobs.items() if j.finished.is_set()]
+        for k in finished[: max(0, len(finished) - self.keep)]:
+            del self._jobs[k]
+
+    def submit_score(self, doc: Mapping[str, Any]) -> QueryJob:
+        """Queue a score query (checked first: ``ValidationError`` naming the JSON path)."""
+        plan = prepare_score(self.runtime, doc)
+        query = plan.query
+        job = QueryJob(
+            id=query.id,
+            kind="score",
+            protocol=query.protocol,
+            providers=query.providers,
+            entities=len(query.entities),
+            submitted_at=self.runtime.clock(),
+        )
+        return self._add(job, lambda j: self._score(j, plan))
+
+    def submit_aggregate(self, body: AggregateRequest) -> QueryJob:
+        """Queue an aggregate (checked first)."""
+        if "consumer" not in self.runtime.roles:
+            raise ValidationError(f"{self.runtime.id} is not a consumer: it runs no queries")
+        anchor = self.runtime.anchor
+        if anchor is None:
+            raise NotReady(f"{self.runtime.id} has no operator anchor")
+        query = aggregate_query(body, anchor.operator_id)
+        job = QueryJob(
+            id=query.id,
+            kind="aggregate",
+            protocol=query.protocol,
+            providers=(query.provider,),
+            entities=len(query.cohort) + len(query.entities),
+            submitted_at=self.runtime.clock(),
+        )
+        return self._add(job, lambda j: self._aggregate(j, query))
+
+    # -- running ---------------------------------------------------------------------------
+    def _run(self, job: QueryJob, work: Callable[[QueryJob], dict[str, Any]]) -> None:
+        with job._lock:
+            job.state = "running"
+            job.stage = "starting"
+            job.started_at = self.runtime.clock()
+        try:
+            result = work(job)
+        except BaseException as exc:  # a job never raises into the pool
+            if isinstance(exc, TrustedSpaceError | ConnectorError):
+                log.info("query %s failed: %s", job.id, exc)
+            else:
+                log.exception("query %s failed", job.id)
+            error = _problem_of(exc)
+            with job._lock:
+                job.state, job.error = "failed", error
+                job.finished_at = self.runtime.clock()
+        else:
+            with job._lock:
+                job.state, job.stage, job.fraction, job.result = "done", "done", 1.0, result
+                job.finished_at = self.runtime.clock()
+        finally:
+            job.finished.set()
+
+    def _score(self, job: QueryJob, plan: _ScorePlan) -> dict[str, Any]:
+        runtime = self.runtime
+        query = plan.query
+        anchor = runtime.anchor
+        if anchor is None:
+            raise NotReady(f"{runtime.id} has no operator anchor")
+        job.progress("looking up the providers' ledger keys")
+        vkeys = provider_vkeys(runtime, query.providers)
+        node = compute_node(runtime)
+        if node.transport is None:  # pragma: no cover - always set by build_compute_node
+            raise NotReady("no transport")
+        transport = ProgressTransport(
+            node.transport, _CallCounter(job, _expected_score_calls(query)), runtime.id
+        )
+        job.progress("preparing keys")
+        result = run_score(
+            transport,
+            runtime.id,
+            anchor.operator_id,
+            query,
+            analyst_data=plan.analyst_data,
+            analyst_impute=plan.impute,
+            provider_vkeys=vkeys,
+        )
+        out = result.to_json()
+        out["protocol"] = query.protocol
+        out["link"] = query.model.link.to_json()
+        return out
+
+    def _aggregate(self, job: QueryJob, query: AggregateQuery) -> dict[str, Any]:
+        node = compute_node(self.runtime)
+        if node.transport is None:  # pragma: no cover
+            raise NotReady("no transport")
+        expected = 6 if query.cohort else 1
+        transport = ProgressTransport(node.transport, _CallCounter(job, expected), self.runtime.id)
+        job.progress("preparing keys")
+        result = run_aggregate(transport, self.runtime.id, query)
+        return aggregate_result_json(result)
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, query_id: str) -> QueryJob:
+        with self._lock:
+            job = self._jobs.get(query_id)
+        if job is None:
+            raise NotFoundError(f"no query {query_id!r} on this node")
+        return job
+
+    def jobs(self) -> list[QueryJob]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def wait(self, query_id: str, timeout: float) -> QueryJob:
+        """The job, after waiting up to ``timeout`` seconds for it to finish."""
+        job = self.get(query_id)
+        if timeout > 0:
+            job.finished.wait(timeout)
+        return job
+
+    def shutdown(self) -> None:
+        """Refuse new queries; queued ones are dropped, running ones finish in the background."""
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_runners: weakref.WeakKeyDictionary[NodeRuntime, QueryRunner] = weakref.WeakKeyDictionary()
+_runners_lock = threading.Lock()
+
+
+def runner_for(runtime: NodeRuntime) -> QueryRunner:
+    """The runtime's query runner, created on first use."""
+    with _runners_lock:
+        runner = _runners.get(runtime)
+        if runner is None:
+            runner = QueryRunner(runtime)
+            _runners[runtime] = runner
+        return runner
+
+
+def shutdown(runtime: NodeRuntime) -> None:
+    """Stop the runtime's runner (at app shutdown)."""
+    with _runners_lock:
+        runner = _runners.pop(runtime, None)
+    if runner is not None:
+        runner.shutdown()

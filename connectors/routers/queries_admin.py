@@ -1,0 +1,83 @@
+"""The analyst's query API: the bank's staff run joint queries from their own node (admin token).
+
+- ``POST /management/queries/score``: body = a score query (:mod:`trusted_space.query` JSON:
+  purpose, protocol, mode, model, agreements, datasets, entities, ...). It is checked at once
+  (``400`` naming the JSON path), then queued: ``202`` with the query's view and a ``Location``.
+- ``POST /management/queries/aggregate``: body = :class:`~connectors.wire.queries.AggregateRequest`;
+  same answers.
+- ``GET /management/queries/{id}[?wait=S]``: state (``queued``, ``running``, ``done``, ``failed``),
+  stage and estimated fraction; when done the result with the providers' receipts, when failed a
+  problem document (a provider's refusal keeps its ``trace`` and names it in ``peer``). ``wait``
+  holds the answer up to ``S`` seconds (at most 30) until the query finishes: a client polls with
+  few requests and learns the end at once.
+- ``GET /management/queries``: every query kept, without results.
+
+Mounted on consumer nodes only. Query bodies may be large (a million entity ids), so
+``/management/queries`` takes the larger compute body limit; it is still staff only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response
+from fastapi.responses import JSONResponse
+
+from connectors.deps import AdminDep, RuntimeDep
+from connectors.queries import QueryJob, runner_for
+from connectors.wire.queries import AggregateRequest, QueryView
+
+__all__ = ["MAX_WAIT_SECONDS", "router"]
+
+MAX_WAIT_SECONDS = 30.0
+
+router = APIRouter(prefix="/management/queries", tags=["queries"])
+
+
+def _accepted(job: QueryJob) -> Response:
+    view = job.view(with_result=False)
+    return JSONResponse(
+        view.model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/management/queries/{job.id}"},
+    )
+
+
+@router.post("/score", status_code=202, response_model=QueryView)
+def submit_score(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    body: Annotated[
+        dict[str, Any],
+        Body(description="A score query (trusted_space.query.ScoreQuery JSON)."),
+    ],
+) -> Response:
+    """Check and queue a joint score run by this node as the analyst."""
+    return _accepted(runner_for(runtime).submit_score(body))
+
+
+@router.post("/aggregate", status_code=202, response_model=QueryView)
+def submit_aggregate(_: AdminDep, runtime: RuntimeDep, body: AggregateRequest) -> Response:
+    """Check and queue an aggregate run by this node as the analyst."""
+    return _accepted(runner_for(runtime).submit_aggregate(body))
+
+
+@router.get("", response_model=list[QueryView])
+def list_queries(_: AdminDep, runtime: RuntimeDep) -> list[QueryView]:
+    """The queries this node keeps (results left out; read one query for its result)."""
+    return [job.view(with_result=False) for job in runner_for(runtime).jobs()]
+
+
+@router.get("/{query_id}", response_model=QueryView)
+def get_query(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    query_id: str,
+    wait: Annotated[
+        float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait for the end.")
+    ] = 0.0,
+) -> Response:
+    """One query: progress, then its result or error."""
+    job = runner_for(runtime).wait(query_id, wait)
+    # Results can hold millions of numbers: serialised once, without a second validation pass.
+    return JSONResponse(job.view().model_dump(mode="json"))
