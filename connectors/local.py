@@ -109,9 +109,14 @@ def parse_party(text: str) -> LocalParty:
 
 
 def local_offer(
-    protocols: Sequence[str] = PROTOCOLS, purpose: str = LOCAL_PURPOSE
+    protocols: Sequence[str] = PROTOCOLS,
+    purpose: str = LOCAL_PURPOSE,
+    kinds: Sequence[str] = ("score",),
 ) -> dict[str, Any]:
-    """An ODRL offer permitting a joint score with ``protocols`` for ``purpose`` only."""
+    """An ODRL offer permitting joint ``kinds`` with ``protocols`` for ``purpose`` only.
+
+    ``kinds`` are computations (``score``, ``aggregate``) and the matching outputs.
+    """
     return {
         "@id": f"urn:uuid:{uuid.uuid4()}",
         "@type": "Offer",
@@ -123,14 +128,14 @@ def local_offer(
                     {
                         "leftOperand": "computation",
                         "operator": "isAnyOf",
-                        "rightOperand": ["score"],
+                        "rightOperand": list(kinds),
                     },
                     {
                         "leftOperand": "protocol",
                         "operator": "isAnyOf",
                         "rightOperand": list(protocols),
                     },
-                    {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": ["score"]},
+                    {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": list(kinds)},
                 ],
             }
         ],
