@@ -1,0 +1,252 @@
+"""Joint-score benchmark through real nodes: ``python benchmarks/joint_bench.py --entities N
+--protocol P [--protocol P ...] [--cohort] [--json]``.
+
+For each protocol a fresh local space runs on loopback (:class:`connectors.local.LocalSpace`): an
+operator, a bank (the analyst, 4 features of its own) and 4 providers (4 features each: 20 in
+all), every node a separate ``node serve`` process. The synthetic data are written as files (the
+bank and two providers as CSV, two providers as Parquet, rows shuffled per file), registered,
+negotiated over DSP, and the query runs from the bank's node exactly as ``trusted-space query
+score`` runs it. Reported per protocol:
+
+- ``entities_per_s``: entities scored / seconds of the query at the analyst node (``query_s``,
+  submission to result, HTTP included; ``phases`` splits it: PSI ``align``, ``setup`` (keys),
+  ``providers`` (ids out, encrypted partials to the aggregator), ``aggregate`` (sums back));
+- ``psi_align_s`` with ``--cohort`` (providers hold 95% of the bank's ids plus others);
+- ``peak_rss_mb`` of every node process (``VmHWM``; worker processes alive at the end are added
+  as ``workers_rss_mb``);
+- ``plaintext_s``: numpy scoring of the same entities in this process, on matrices already in
+  memory (``plaintext_with_join_s`` adds reading the files and joining by id);
+- ``max_abs_error`` of the logits against that plaintext.
+
+Targets (docs/protocols.md), reported beside the figures, never asserted: 1M additive >= 200k/s,
+1M ckks >= 50k/s, 100k paillier >= 2k/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from connectors.local import LocalParty, LocalSpace
+from trusted_space.query import Model
+
+PROVIDERS = ("tax-bureau", "court", "social-insurance", "utilities")
+ANALYST = "bank"
+FEATURES_PER_PARTY = 4
+TARGETS = {"additive": "1M >= 200,000/s", "ckks": "1M >= 50,000/s", "paillier": "100k >= 2,000/s"}
+
+
+def _write_csv(path: Path, ids: list[str], names: list[str], x: np.ndarray) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["id", *names])
+        for e, row in zip(ids, x.tolist(), strict=True):
+            out.writerow([e, *(f"{v:.6f}" for v in row)])
+
+
+def _write_parquet(path: Path, ids: list[str], names: list[str], x: np.ndarray) -> None:
+    columns = {"id": pa.array(ids)}
+    for j, name in enumerate(names):
+        columns[name] = pa.array(np.round(x[:, j], 6))
+    pq.write_table(pa.table(columns), path)
+
+
+def make_data(
+    directory: Path, n: int, *, cohort: bool, seed: int = 5
+) -> tuple[list[LocalParty], Model, dict[str, Any]]:
+    """Files for the bank and the providers, and a logistic model over all 20 features."""
+    rng = np.random.default_rng(seed)
+    ids = [f"e{i:08d}" for i in range(n)]
+    truth: dict[str, Any] = {"ids": ids, "x": {}, "held": {}}
+    parties = []
+    weights: dict[str, dict[str, float]] = {}
+    for k, party in enumerate((ANALYST, *PROVIDERS)):
+        names = [f"{party.replace('-', '_')}_{j}" for j in range(FEATURES_PER_PARTY)]
+        x = np.clip(rng.normal(0, 1, (n, FEATURES_PER_PARTY)), -4, 4).round(6)
+        weights[party] = {
+            c: float(w) for c, w in zip(names, rng.normal(0, 0.5, len(names)), strict=True)
+        }
+        held = np.arange(n)
+        if cohort and party != ANALYST:
+            held = np.sort(rng.choice(n, size=int(n * 0.95), replace=False))
+        extra = [
+            f"x{party[:3]}{i:08d}" for i in range(n // 20 if cohort and party != ANALYST else 0)
+        ]
+        order = rng.permutation(len(held) + len(extra))
+        file_ids = np.array([ids[i] for i in held] + extra, dtype=object)[order]
+        file_x = np.vstack([x[held], rng.normal(0, 1, (len(extra), FEATURES_PER_PARTY))])[order]
+        kind = "parquet" if k >= 3 else "csv"
+        path = directory / f"{party}.{kind}"
+        writer = _write_parquet if kind == "parquet" else _write_csv
+        writer(path, list(file_ids), names, np.clip(file_x, -4, 4).round(6))
+        truth["x"][party] = x
+        truth["held"][party] = set(int(i) for i in held)
+        parties.append(LocalParty(party, path))
+    model = Model.from_json({"intercept": -1.0, "link": "logistic", "weights": weights})
+    return parties, model, truth
+
+
+def plaintext(model: Model, truth: dict[str, Any], entities: list[str]) -> tuple[np.ndarray, float]:
+    """Logits of ``entities`` with numpy on matrices already in memory, and the seconds taken."""
+    position = {e: i for i, e in enumerate(truth["ids"])}
+    rows = np.fromiter((position[e] for e in entities), dtype=np.int64, count=len(entities))
+    matrices = [(truth["x"][p], model.weights_of(p)) for p in model.parties]
+    start = time.perf_counter()
+    z = np.full(len(rows), model.intercept)
+    for x, w in matrices:
+        z += x[rows] @ w
+    model.apply_link(z)
+    return z, time.perf_counter() - start
+
+
+def plaintext_with_join(parties: list[LocalParty], model: Model, entities: list[str]) -> float:
+    """Seconds to read every file, join by id and score in plaintext (the no-privacy baseline)."""
+    start = time.perf_counter()
+    position = {e: i for i, e in enumerate(entities)}
+    z = np.full(len(entities), model.intercept)
+    for party in parties:
+        columns = list(model.columns(party.name))
+        if party.kind == "parquet":
+            table = pq.read_table(party.path, columns=["id", *columns])
+            keys = table.column("id").to_pylist()
+            x = np.column_stack([table.column(c).to_numpy() for c in columns])
+        else:
+            with party.path.open(encoding="utf-8", newline="") as handle:
+                reader = csv.reader(handle)
+                header = next(reader)
+                at = [header.index(c) for c in columns]
+                keys, rows = [], []
+                for record in reader:
+                    keys.append(record[0])
+                    rows.append([float(record[i]) for i in at])
+            x = np.asarray(rows)
+        pick = [(r, position[k]) for r, k in enumerate(keys) if k in position]
+        src, dst = (np.array(v, dtype=np.int64) for v in zip(*pick, strict=True))
+        z[dst] += x[src] @ model.weights_of(party.name)
+    model.apply_link(z)
+    return time.perf_counter() - start
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            out.append(child)
+            out.extend(_descendants(child))
+    return out
+
+
+def node_memory(pids: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Peak RSS of each node process, and the peak RSS of its worker processes still alive."""
+    return {
+        name: {
+            "peak_rss_mb": round(_status_kb(pid, "VmHWM") / 1024, 1),
+            "workers_rss_mb": round(
+                sum(_status_kb(c, "VmHWM") for c in _descendants(pid)) / 1024, 1
+            ),
+        }
+        for name, pid in pids.items()
+    }
+
+
+def run_protocol(
+    protocol: str, parties: list[LocalParty], model: Model, truth: dict[str, Any], args: Any
+) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"joint-bench-{protocol}-"))
+    local = LocalSpace(parties, model, "id", work_dir=work, keep=bool(args.keep))
+    record: dict[str, Any] = {"protocol": protocol, "n": args.entities, "features": 20}
+    with local:
+        local.start(timeout=300)
+        started = time.perf_counter()
+        result = local.score(protocol, entities=truth["ids"], cohort=args.cohort)
+        query_s = time.perf_counter() - started
+        record["peak_rss"] = node_memory(local.node_pids())
+        record["receipts_verified"] = len(local.verify_receipts(result))
+    entities = list(result["entities"])
+    expected, plain_s = plaintext(model, truth, entities)
+    logits = np.asarray(result["logits"])
+    record.update(
+        {
+            "scored": len(entities),
+            "query_s": round(query_s, 3),
+            "entities_per_s": round(len(entities) / query_s, 1),
+            "phases": {k: round(float(v), 3) for k, v in result["timings"].items()},
+            "psi_align_s": round(float(result["timings"].get("align", 0.0)), 3)
+            if args.cohort
+            else None,
+            "plaintext_s": round(plain_s, 6),
+            "plaintext_with_join_s": round(plaintext_with_join(parties, model, entities), 3),
+            "max_abs_error": float(np.max(np.abs(logits - expected))) if len(entities) else 0.0,
+            "space_up_s": round(local.timings.get("spaceUp", 0.0), 2),
+            "negotiate_s": round(local.timings.get("negotiate", 0.0), 2),
+            "target": TARGETS.get(protocol),
+        }
+    )
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entities", type=int, default=10_000)
+    parser.add_argument(
+        "--protocol", action="append", choices=("paillier", "ckks", "additive"), required=True
+    )
+    parser.add_argument("--cohort", action="store_true", help="align by PSI first")
+    parser.add_argument("--json", action="store_true", help="one JSON object per protocol")
+    parser.add_argument("--keep", action="store_true", help="keep the node directories")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="joint-bench-data-") as data_dir:
+        parties, model, truth = make_data(Path(data_dir), args.entities, cohort=args.cohort)
+        for protocol in args.protocol:
+            record = run_protocol(protocol, parties, model, truth, args)
+            if args.json:
+                print(json.dumps(record), flush=True)
+            else:
+                rss = ", ".join(
+                    f"{k} {v['peak_rss_mb']:.0f}" for k, v in record["peak_rss"].items()
+                )
+                print(
+                    f"{protocol:<9} n={record['scored']:>9,} {record['entities_per_s']:>11,.0f}/s "
+                    f"query {record['query_s']:.2f} s (plaintext {record['plaintext_s']:.4f} s, "
+                    f"with join {record['plaintext_with_join_s']:.2f} s) "
+                    f"err {record['max_abs_error']:.1e}"
+                    + (f" psi {record['psi_align_s']:.2f} s" if args.cohort else "")
+                    + f"\n          phases {record['phases']}\n          peak RSS MB: {rss}"
+                    f"\n          target {record['target']}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
