@@ -5,6 +5,7 @@ the data access over registered sources."""
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from connectors import negotiation
 from connectors.analyst import AnalystClient, QueryFailed, QueryProgress
+from connectors.cli import app as cli_app
+from connectors.commands import query as query_commands
 from connectors.compute_wiring import (
     COMPUTE_CONTENT_TYPE,
     HttpTransport,
@@ -444,3 +448,64 @@ def test_a_broken_source_does_not_leak_its_path(joint: Joint, tmp_path: Path) ->
         assert str(path) not in str(caught.value) and "court-features" in str(caught.value)
     finally:
         path.write_bytes(saved)
+
+
+# -- the CLI against the in-process analyst node ---------------------------------------------------
+
+
+def test_query_cli_scores_aggregates_and_reports(
+    joint: Joint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(query_commands, "analyst_client", lambda *_, **__: _analyst(joint))
+    ids = tmp_path / "ids.csv"
+    ids.write_text("entity,note\n" + "".join(f"{e},x\n" for e in joint.ids[:12]), encoding="utf-8")
+    model = tmp_path / "model.json"
+    model.write_text(
+        json.dumps({"intercept": INTERCEPT, "link": "identity", "weights": WEIGHTS}),
+        encoding="utf-8",
+    )
+    out = tmp_path / "scores.csv"
+    node = ["--node", "http://unused", "--token-file", str(ids)]
+    runner = CliRunner()
+    scored = runner.invoke(
+        cli_app,
+        [
+            "query", "score", *node, "--model", str(model), "--entities", str(ids),
+            "--protocol", "additive", "--purpose", PURPOSE, "--feature-bound", "8",
+            "--out", str(out), "--json",
+        ],
+    )  # fmt: skip
+    assert scored.exit_code == 0, scored.output
+    summary = json.loads(scored.stdout)
+    assert summary["entities"] == 12 and set(summary["receipts"]) == {"tax-bureau", "court"}
+    assert all(r["verifiedByNode"] and r["inclusionPath"] for r in summary["receipts"].values())
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "id,logit,score" and len(lines) == 13
+    logits = np.array([float(line.split(",")[1]) for line in lines[1:]])
+    assert float(np.max(np.abs(logits - joint.plaintext(joint.ids[:12])))) <= 1e-3
+
+    status = runner.invoke(cli_app, ["query", "status", summary["query"], *node])
+    assert status.exit_code == 0 and "done" in status.stdout
+
+    refused = runner.invoke(
+        cli_app,
+        [
+            "query", "score", *node, "--model", str(model), "--entities", str(ids),
+            "--protocol", "ckks", "--purpose", "marketing", "--feature-bound", "8",
+            "--out", str(tmp_path / "no.csv"),
+        ],
+    )  # fmt: skip
+    assert refused.exit_code == 1
+    assert "court" in refused.output and "purpose" in refused.output
+    assert not (tmp_path / "no.csv").exists()
+
+    counted = runner.invoke(
+        cli_app,
+        [
+            "query", "aggregate", *node, "--provider", "court", "--column", "judgments",
+            "--statistic", "count", "--protocol", "paillier", "--purpose", PURPOSE,
+            "--cohort", str(ids), "--json",
+        ],
+    )  # fmt: skip
+    assert counted.exit_code == 0, counted.output
+    assert json.loads(counted.stdout)["value"] == pytest.approx(12, abs=1e-6)
