@@ -166,17 +166,7 @@ def problem_for(exc: BaseException) -> JSONResponse:
             VerificationError.PUBLIC_MESSAGE,
             headers={"WWW-Authenticate": "TS-Request"},
         )
-    if isinstance(exc, PolicyRefused):
-        return problem(
-            403,
-            "policy-refused",
-            "Refused by usage policy",
-            exc.reason,
-            trace=exc.trace,
-            participant=exc.participant,
-            decisionIndex=exc.decision_index,
-        )
-    if isinstance(exc, RefusedError):
+    if isinstance(exc, PolicyRefused | RefusedError):
         return problem(
             403,
             "policy-refused",

@@ -163,7 +163,6 @@ class Source(ABC):
     def column_names(self) -> list[str]:
         """The columns the table has, in order."""
 
-    @abstractmethod
     def chunks(
         self,
         key_column: str,
@@ -175,8 +174,15 @@ class Source(ABC):
         """Yield the key column and ``columns`` in chunks of at most ``chunk_rows`` rows.
 
         ``numeric=True`` gives float64 arrays (a non-numeric cell is a ValidationError naming the
-        column and row); ``numeric=False`` gives object arrays of strings (raw-row transfer).
+        column and row); ``numeric=False`` gives object arrays of strings (raw-row transfer). The
+        request is checked here, before anything is read.
         """
+        wanted = self._check_request(key_column, columns, chunk_rows)
+        return self._read(wanted, chunk_rows, numeric)
+
+    @abstractmethod
+    def _read(self, wanted: list[str], chunk_rows: int, numeric: bool) -> Iterator[Chunk]:
+        """Read ``wanted`` (key column first, all checked to exist) in chunks."""
 
     # -- shared helpers -------------------------------------------------------------------------
     @property
@@ -320,21 +326,12 @@ class CsvSource(Source):
             self._header = names
         return list(self._header)
 
-    def chunks(
-        self,
-        key_column: str,
-        columns: Sequence[str],
-        *,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
-        numeric: bool = True,
-    ) -> Iterator[Chunk]:
-        wanted = self._check_request(key_column, columns, chunk_rows)
+    def _read(self, wanted: list[str], chunk_rows: int, numeric: bool) -> Iterator[Chunk]:
         header = self.column_names()
         positions = [header.index(name) for name in wanted]
-        width = len(header)
-        return self._read(key_column, list(columns), positions, width, chunk_rows, numeric)
+        return self._read_rows(wanted[0], wanted[1:], positions, len(header), chunk_rows, numeric)
 
-    def _read(
+    def _read_rows(
         self,
         key_column: str,
         columns: list[str],
@@ -408,17 +405,6 @@ class ParquetSource(Source):
             return list(parquet.schema_arrow.names)
         finally:
             parquet.close()
-
-    def chunks(
-        self,
-        key_column: str,
-        columns: Sequence[str],
-        *,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
-        numeric: bool = True,
-    ) -> Iterator[Chunk]:
-        wanted = self._check_request(key_column, columns, chunk_rows)
-        return self._read(wanted, chunk_rows, numeric)
 
     def _read(self, wanted: list[str], chunk_rows: int, numeric: bool) -> Iterator[Chunk]:
         parquet = self._file()
@@ -522,17 +508,6 @@ class SqliteSource(Source):
         finally:
             conn.close()
         return [str(row[1]) for row in rows]
-
-    def chunks(
-        self,
-        key_column: str,
-        columns: Sequence[str],
-        *,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
-        numeric: bool = True,
-    ) -> Iterator[Chunk]:
-        wanted = self._check_request(key_column, columns, chunk_rows)
-        return self._read(wanted, chunk_rows, numeric)
 
     def _read(self, wanted: list[str], chunk_rows: int, numeric: bool) -> Iterator[Chunk]:
         # Every name below is one of the table's own columns (checked) and quoted.
