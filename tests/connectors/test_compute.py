@@ -73,7 +73,11 @@ class Joint:
             "purpose": PURPOSE,
             "protocol": protocol,
             "mode": "analyst-held",
-            "model": {"intercept": INTERCEPT, "link": "logistic", "weights": WEIGHTS},
+            "model": {
+                "intercept": INTERCEPT,
+                "link": "logistic",
+                "weights": {p: dict(w) for p, w in WEIGHTS.items()},
+            },
             "agreements": dict(self.agreements),
             "datasets": {p: f"{p}-features" for p in COLUMNS},
             "entities": list(self.ids),
