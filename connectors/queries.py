@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from connectors.compute_wiring import compute_node
-from connectors.problems import ConnectorError, NotReady, PeerError, problem_for
+from connectors.problems import ConnectorError, NotReady, PeerError, problem, problem_for
 from connectors.runtime import NodeRuntime
 from connectors.wire.queries import (
     AggregateRequest,
@@ -45,7 +45,13 @@ from connectors.wire.queries import (
 )
 from trusted_space.catalog import load_dataset
 from trusted_space.compute import DataAccess
-from trusted_space.errors import ConflictError, NotFoundError, TrustedSpaceError, ValidationError
+from trusted_space.errors import (
+    ConflictError,
+    NotFoundError,
+    TrustedSpaceError,
+    ValidationError,
+    VerificationError,
+)
 from trusted_space.protocols._common import block_ranges
 from trusted_space.protocols.aggregate import AggregateQuery, run_aggregate
 from trusted_space.protocols.registry import get_score_protocol
@@ -269,7 +275,14 @@ def _problem_of(exc: BaseException) -> dict[str, Any]:
         return {**exc.problem, "peer": exc.peer, "peerStatus": exc.status}
     if isinstance(exc, PeerError):
         return {**exc.problem, "peer": exc.peer, "peerStatus": exc.status}
-    response = problem_for(exc)
+    if isinstance(exc, VerificationError):
+        # A provider's receipt failed the analyst's own check: the reason is for our staff (no
+        # oracle for anyone else: it never leaves this node).
+        response = problem(
+            502, "invalid-receipt", "A provider's receipt does not verify", exc.reason
+        )
+    else:
+        response = problem_for(exc)
     doc: dict[str, Any] = json.loads(bytes(response.body))
     return doc
 

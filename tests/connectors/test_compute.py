@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from connectors import negotiation
+from connectors import negotiation, queries
 from connectors.analyst import AnalystClient, QueryFailed, QueryProgress
 from connectors.cli import app as cli_app
 from connectors.commands import query as query_commands
@@ -513,3 +513,14 @@ def test_query_cli_scores_aggregates_and_reports(
     )  # fmt: skip
     assert counted.exit_code == 0, counted.output
     assert json.loads(counted.stdout)["value"] == pytest.approx(12, abs=1e-6)
+
+
+def test_a_receipt_under_another_key_fails_the_query(
+    joint: Joint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = joint.nodes["tax-bureau"].runtime.ledger.vkey
+    monkeypatch.setattr(queries, "provider_vkeys", lambda *_: {"court": wrong})
+    with _analyst(joint) as client, pytest.raises(QueryFailed) as caught:
+        client.score(joint.query_doc("additive"))
+    assert caught.value.problem["type"].endswith("/invalid-receipt")
+    assert "signature" in caught.value.problem["detail"]
