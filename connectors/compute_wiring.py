@@ -279,11 +279,17 @@ class HttpTransport:
     """
 
     def __init__(self, runtime: NodeRuntime) -> None:
-        self._runtime = runtime
+        # A weak reference: the cached compute node holds this transport and must not keep the
+        # runtime (its store, its client) alive after the node is gone.
+        self._runtime_ref = weakref.ref(runtime)
+        self.sender = runtime.id
 
     @property
-    def sender(self) -> str:
-        return self._runtime.id
+    def _runtime(self) -> NodeRuntime:
+        runtime = self._runtime_ref()
+        if runtime is None:
+            raise NotReady(f"node {self.sender} has shut down")
+        return runtime
 
     def url_for(self, peer: str, operation: str) -> str:
         """Where ``operation`` of ``peer`` is called."""
@@ -301,8 +307,9 @@ class HttpTransport:
         check_operation(operation)
         body = frame(header, payload)
         try:
-            url = self.url_for(peer, operation)
-            response = self._runtime.client.request(
+            runtime = self._runtime
+            url = f"{runtime.peer_url(peer).rstrip('/')}/compute/{operation}"
+            response = runtime.client.request(
                 "POST",
                 url,
                 audience=peer,
@@ -332,13 +339,15 @@ class HttpTransport:
 
 def roles_lookup(runtime: NodeRuntime) -> Callable[[str], frozenset[str]]:
     """``participant id -> roles`` from the stored, operator-signed credential (empty if none)."""
+    ref = weakref.ref(runtime)
 
     def roles(participant_id: str) -> frozenset[str]:
-        directory = runtime.directory
-        if directory is None:
+        node = ref()
+        directory = None if node is None else node.directory
+        if node is None or directory is None:
             return frozenset()
         try:
-            with runtime.transaction(readonly=True) as tx:
+            with node.transaction(readonly=True) as tx:
                 return frozenset(directory.get(tx, participant_id).roles)
         except NotFoundError:
             return frozenset()

@@ -299,7 +299,8 @@ class QueryRunner:
     def __init__(
         self, runtime: NodeRuntime, *, workers: int = _WORKERS, keep: int = KEEP_FINISHED
     ) -> None:
-        self.runtime = runtime
+        self._runtime_ref = weakref.ref(runtime)
+        self.node_id = runtime.id
         self.keep = keep
         self._pool = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"query-{runtime.id}"
@@ -307,6 +308,14 @@ class QueryRunner:
         self._jobs: OrderedDict[str, QueryJob] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+
+    @property
+    def runtime(self) -> NodeRuntime:
+        """The node (held weakly: the runner never keeps a closed node alive)."""
+        runtime = self._runtime_ref()
+        if runtime is None:
+            raise NotReady(f"node {self.node_id} has shut down")
+        return runtime
 
     # -- submission ------------------------------------------------------------------------
     def _add(self, job: QueryJob, work: Callable[[QueryJob], dict[str, Any]]) -> QueryJob:
