@@ -10,7 +10,9 @@ Why each exists:
   cosigned for it; the witness cosigns only an extension of that history. The cosigned notes are
   kept here (namespace :data:`COSIGNED_NAMESPACE`) and published on ``GET /ledger/cosignatures``,
   so an auditor can later check that today's log still extends every head the witness vouched
-  for (``trusted-space ledger verify``).
+  for (``trusted-space ledger verify``). The request names the size its proof starts from; if the
+  witness cosigned a later head whose answer never arrived (either side crashed, a timeout), it
+  says so (``witnessSize``) instead of reporting a fork, and the node proves again from there.
 - :func:`sync_revocations`: the operator pushes each new revocation list, but a node that was down
   misses the push; the periodic pull closes that gap (the list is signed and its sequence only
   grows, so a stale or forged answer is refused).
@@ -37,6 +39,7 @@ from trusted_space.errors import (
     TrustedSpaceError,
     ValidationError,
     VerificationError,
+    WitnessSizeError,
 )
 from trusted_space.ledger import open_checkpoint
 from trusted_space.notes import parse_note, parse_vkey, verify_cosignature, verify_note
@@ -177,7 +180,17 @@ def submit_checkpoint(runtime: NodeRuntime) -> str | None:
         except ValidationError:
             proof = []
         try:
-            cosigned = _cosign(runtime, note, proof)
+            try:
+                cosigned = _cosign(runtime, note, proof, last)
+            except WitnessSizeError as exc:
+                # The witness cosigned a later head whose answer never reached us (a crash or a
+                # timeout on either side): prove from the size it holds instead.
+                old = exc.witness_size
+                if old > head.size:
+                    raise
+                log.info("witness holds %s at size %d, not %d", head.origin, old, last)
+                proof = runtime.ledger.consistency_proof(old, head.size)
+                cosigned = _cosign(runtime, note, proof, old)
         except (NotReady, PeerError, ConflictError, VerificationError, NotFoundError) as exc:
             log.warning("checkpoint %d not cosigned: %s", head.size, exc)
             return None
@@ -194,20 +207,36 @@ def submit_checkpoint(runtime: NodeRuntime) -> str | None:
         return cosigned
 
 
-def _cosign(runtime: NodeRuntime, note: str, proof: list[bytes]) -> str:
+def _cosign(runtime: NodeRuntime, note: str, proof: list[bytes], old: int) -> str:
+    """Have the witness cosign ``note``; ``proof`` runs from size ``old``.
+
+    Raises:
+        WitnessSizeError: the witness last cosigned another size than ``old`` (its size is in
+            the error); other errors as the witness or the transport raise them.
+    """
     if runtime.witness is not None:  # the operator's own log: its witness is local
         return runtime.witness.cosign(
-            note, runtime.ledger.verifier, proof, now=int(runtime.clock().timestamp())
+            note,
+            runtime.ledger.verifier,
+            proof,
+            now=int(runtime.clock().timestamp()),
+            old_size=old,
         )
     anchor = runtime.anchor
     assert anchor is not None
     if runtime.credential_token() is None:
         raise NotReady(f"{runtime.id} is not admitted yet")
-    answer = runtime.client.post_json(
-        f"{anchor.url}/operator/witness/cosign",
-        {"checkpoint": note, "proof": [p.hex() for p in proof]},
-        audience=anchor.operator_id,
-    )
+    try:
+        answer = runtime.client.post_json(
+            f"{anchor.url}/operator/witness/cosign",
+            {"checkpoint": note, "proof": [p.hex() for p in proof], "old": old},
+            audience=anchor.operator_id,
+        )
+    except PeerError as exc:
+        size = exc.problem.get("witnessSize") if exc.status == 409 else None
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            raise WitnessSizeError(str(exc), witness_size=size) from exc
+        raise
     if not isinstance(answer, dict) or not isinstance(answer.get("note"), str):
         raise VerificationError("the witness answered without a note")
     return str(answer["note"])

@@ -11,7 +11,9 @@ its evaluation trace. Exceptions are for inputs that cannot be processed at all:
      │                            ``str()`` is the same for every failure.
      ├── NotFoundError            an id that is not known here
      ├── ConflictError            a concurrent or illegal state change (wrong version, duplicate id)
-     │    └── IllegalTransitionError  a negotiation message not allowed in the current state
+     │    ├── IllegalTransitionError  a negotiation message not allowed in the current state
+     │    └── WitnessSizeError    a consistency proof starts from another size than the witness's
+     │                            last cosigned one (a lost answer, not a fork: retry from it)
      ├── GradeFloorError          a tier or policy looser than the data's security grade allows
      ├── LimitExceededError       a counter or budget would go past its limit
      ├── RefusedError             a provider's policy refused a query (carries its trace); raised
@@ -35,6 +37,7 @@ __all__ = [
     "TrustedSpaceError",
     "ValidationError",
     "VerificationError",
+    "WitnessSizeError",
 ]
 
 
@@ -83,6 +86,19 @@ class ConflictError(TrustedSpaceError):
 
 class IllegalTransitionError(ConflictError):
     """A negotiation message that the DSP state machine does not allow in the current state."""
+
+
+class WitnessSizeError(ConflictError):
+    """The proof sent to a witness starts from another size than the one it last cosigned.
+
+    Happens when a cosignature was given but its answer never reached the node (the witness or
+    the node crashed, a timeout): the node still proves from an older size. Nothing is recorded
+    as a fork; the node retries with a proof from :attr:`witness_size`.
+    """
+
+    def __init__(self, message: str, *, witness_size: int) -> None:
+        self.witness_size = witness_size
+        super().__init__(message)
 
 
 class GradeFloorError(ValidationError):

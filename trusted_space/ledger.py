@@ -31,7 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trusted_space.errors import ConflictError, ValidationError, VerificationError
+from trusted_space.errors import (
+    ConflictError,
+    ValidationError,
+    VerificationError,
+    WitnessSizeError,
+)
 from trusted_space.events import EVENT_LOG, record_event
 from trusted_space.keys import SigningKey
 from trusted_space.merkle import (
@@ -432,6 +437,7 @@ class Witness:
         proof: Sequence[bytes] = (),
         *,
         now: int | None = None,
+        old_size: int | None = None,
     ) -> str:
         """Verify a node's checkpoint and return it with this witness's cosignature appended.
 
@@ -441,10 +447,17 @@ class Witness:
             proof: consistency proof from the last size this witness cosigned for the origin
                 (empty the first time, or when the size did not change).
             now: the cosignature time in POSIX seconds (default: the clock).
+            old_size: the size ``proof`` starts from, as the node believes the witness last
+                cosigned (as in C2SP ``tlog-witness``). When given and not the witness's size,
+                :class:`WitnessSizeError` is raised and nothing is recorded: the node lost an
+                earlier answer (a crash, a timeout) and retries from the witness's size. Without
+                it, the proof is taken to start from the witness's size, so a node that lost an
+                answer is reported as a fork.
 
         Raises:
             VerificationError: bad signature, or not consistent with the last cosigned
                 checkpoint (the evidence is stored, see :meth:`WitnessState.forks`).
+            WitnessSizeError: ``old_size`` is not the size this witness last cosigned.
             ConflictError: the checkpoint is older than one already cosigned (send a newer one).
         """
         head = open_checkpoint(note, origin_vkey)
@@ -452,14 +465,20 @@ class Witness:
         with self._store.transaction() as tx:
             doc = tx.get(WITNESS_NAMESPACE, head.origin)
             cosigned_note = ""
-            if doc is not None:
-                last = parse_checkpoint(str(doc.body["checkpoint"]))
-                if head.size < last.size:
-                    raise ConflictError(
-                        f"witness already cosigned {head.origin} at size {last.size}"
-                    )
-                if detect_fork(last, head, proof):
-                    cosigned_note = str(doc.body["note"])
+            last = None if doc is None else parse_checkpoint(str(doc.body["checkpoint"]))
+            witness_size = 0 if last is None else last.size
+            if head.size < witness_size:
+                raise ConflictError(
+                    f"witness already cosigned {head.origin} at size {witness_size}"
+                )
+            if old_size is not None and old_size != witness_size:
+                raise WitnessSizeError(
+                    f"the proof starts at size {old_size}, but this witness last cosigned "
+                    f"{head.origin} at size {witness_size}",
+                    witness_size=witness_size,
+                )
+            if doc is not None and last is not None and detect_fork(last, head, proof):
+                cosigned_note = str(doc.body["note"])
             if not cosigned_note:
                 tx.put(
                     WITNESS_NAMESPACE,

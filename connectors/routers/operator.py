@@ -35,7 +35,9 @@ Threats and decisions:
 - **Split views of a log**: the witness checks every checkpoint against the sender's *registered*
   ledger key and its last cosigned head; a bad signature is the usual indistinguishable ``401``, a
   history that does not extend the cosigned one is ``409`` and the evidence is kept
-  (``trusted_space.ledger.WitnessState.forks``).
+  (``trusted_space.ledger.WitnessState.forks``). A proof that starts from another size than the
+  witness's last cosigned one (the node never received an earlier answer: a crash, a timeout) is
+  ``409`` ``witness-size`` with ``witnessSize``, recorded as nothing, so the node can retry.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from trusted_space.errors import (
     NotFoundError,
     ValidationError,
     VerificationError,
+    WitnessSizeError,
 )
 from trusted_space.identity import (
     ROLES,
@@ -431,7 +434,19 @@ def cosign(body: CosignRequest, runtime: RuntimeDep, sender: MemberDep) -> Any:
         raise
     try:
         note = witness.cosign(
-            body.checkpoint, verifier, body.proof_bytes(), now=int(runtime.clock().timestamp())
+            body.checkpoint,
+            verifier,
+            body.proof_bytes(),
+            now=int(runtime.clock().timestamp()),
+            old_size=body.old,
+        )
+    except WitnessSizeError as exc:
+        return problem(
+            409,
+            "witness-size",
+            "The proof starts from another size than the witness's",
+            str(exc),
+            witnessSize=exc.witness_size,
         )
     except VerificationError:
         return problem(

@@ -86,6 +86,16 @@ class CosignRequest(BaseModel):
         max_length=128,
         description="consistency proof (hex hashes) from the size the witness last cosigned",
     )
+    old: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**62,
+        description=(
+            "the tree size the proof starts from (the size the node believes the witness last "
+            "cosigned); if it is not, the answer is 409 `witness-size` with `witnessSize`, "
+            "nothing is recorded as a fork, and the node retries with a proof from that size"
+        ),
+    )
 
     def proof_bytes(self) -> list[bytes]:
         return [bytes.fromhex(item) for item in self.proof]
