@@ -1,0 +1,1 @@
+"""Crash safety: real node processes killed with SIGKILL at random moments and restarted."""
