@@ -1,0 +1,800 @@
+"""The provider and operator sides of joint training: the operations other nodes call.
+
+The flow, what each party learns, and the bank's driver are in
+:mod:`trusted_space.protocols.train`; the two-party arithmetic in
+:mod:`trusted_space.protocols.train_mpc`. Here:
+
+- the operator's **dealer** (``train.deal``, :func:`register_train_dealer`): each party's
+  32-byte seed, dealt once per party, and the compute party's derived material, each batch of
+  each epoch dealt once (the dealt record is written to the operator's store before the bytes
+  leave; the seeds live in memory only, so after a restart the training is refused, never
+  re-dealt). Only the bank can open a dealer session, only the compute party fetches derived
+  material; the dealer never sees a row, a schedule or an opening.
+- the **provider** operations (:func:`register_train`): ``train.open`` (the spec and the cohort,
+  nothing read), ``train.epoch`` (``authorize_use`` for that epoch *before* anything is read;
+  at epoch 1 a sharing provider reads its columns and splits them ``(X - r, r)``: the seed of
+  ``r`` to the compute party (``train.share``), ``X - r`` back to the bank in parts
+  (``train.fetch``); the compute party reads its own and starts the epoch's program),
+  ``train.step`` (the compute party's rounds), ``train.reveal`` / ``train.weights`` /
+  ``train.finish`` (the release the model mode allows, and the ``train.model`` ledger entry),
+  ``train.abort``.
+
+Every header value comes from another node and is checked; a session belongs to the bank that
+opened it (a sharing provider or the compute party addresses it by naming the bank, and must be
+a party of it). The compute party refuses an epoch's rounds before that epoch's use was allowed
+here, and refuses to reveal twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from trusted_space.catalog import check_participant_id
+from trusted_space.compute import CallContext, ComputeNode
+from trusted_space.enforcement import UseRequest, authorize_use
+from trusted_space.errors import (
+    ConflictError,
+    NotFoundError,
+    RefusedError,
+    TrustedSpaceError,
+    ValidationError,
+)
+from trusted_space.events import record_event
+from trusted_space.protocols._common import decode_ids, header_float, header_int, header_str
+from trusted_space.protocols._parts import PART_BYTES, receive_part, reply_part
+from trusted_space.protocols.align import sender_roles
+from trusted_space.protocols.score import OPERATOR_EXTRA, store_party_weights
+from trusted_space.protocols.train import (
+    MAX_BATCH,
+    MAX_COLUMNS,
+    MAX_EPOCHS,
+    MAX_ROWS,
+    TrainParams,
+    check_weights,
+    dealer_spec,
+    weights_sha256,
+)
+from trusted_space.protocols.train_mpc import (
+    FRAC_BITS,
+    SEED_BYTES,
+    Exchange,
+    Layout,
+    Party,
+    batch_sizes,
+    dealer_correction,
+    decode_ring,
+    encode_ring,
+    expand,
+    layout_for,
+    material_share,
+    pack_messages,
+    unpack_messages,
+)
+from trusted_space.query import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.transport import Reply
+
+__all__ = [
+    "DEALER_NAMESPACE",
+    "TRAIN_OPERATIONS",
+    "register_train",
+    "register_train_dealer",
+]
+
+TRAIN_OPERATIONS: Final = (
+    "train.open",
+    "train.epoch",
+    "train.share",
+    "train.fetch",
+    "train.step",
+    "train.reveal",
+    "train.weights",
+    "train.finish",
+    "train.abort",
+)
+"""Operations a provider serves for training (:func:`register_train`)."""
+DEALER_NAMESPACE: Final = "train.dealer"
+"""Operator store namespace of training dealer sessions (key ``<analyst>/<session>``)."""
+_SESSION_PREFIX: Final = "train/"
+_DEALER_SESSION: Final = "#train-dealer"
+_DEALT_BYTES: Final = 8 * 1024 * 1024
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+def _block(
+    w: np.ndarray[Any, np.dtype[np.uint64]], bounds: tuple[int, int]
+) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    return np.ascontiguousarray(w[bounds[0] : bounds[1]])
+
+
+# ----------------------------------------------------------------------------------------------
+# The dealer (operator)
+# ----------------------------------------------------------------------------------------------
+
+
+def _dealer_spec(header: Mapping[str, Any]) -> dict[str, int]:
+    spec = header.get("spec")
+    if not isinstance(spec, dict):
+        raise ValidationError("header.spec: expected an object")
+    return {
+        "nTrain": header_int(spec, "nTrain", 1, MAX_ROWS),
+        "nValid": header_int(spec, "nValid", 0, MAX_ROWS),
+        "batch": header_int(spec, "batch", 1, MAX_BATCH),
+        "columns": header_int(spec, "columns", 2, MAX_COLUMNS),
+        "knots": header_int(spec, "knots", 2, 16),
+        "epochs": header_int(spec, "epochs", 1, MAX_EPOCHS),
+    }
+
+
+def _train_deal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """``train.deal``: a party's seed (once), or party 1's derived material (each batch once)."""
+    node = ctx.node
+    session = header_str(header, "session")
+    analyst = header_str(header, "analyst")
+    op = header_str(header, "op")
+    key = f"{analyst}/{session}"
+    if payload:
+        raise ValidationError("train.deal takes no payload")
+    if op == "seed":
+        value = header.get("parties")
+        if not isinstance(value, list) or len(value) != 2 or value[0] != analyst:
+            raise ValidationError("header.parties: [analyst, compute party]")
+        parties = [check_participant_id(p, "header.parties") for p in value]
+        if parties[0] == parties[1]:
+            raise ValidationError("header.parties: two distinct parties")
+        spec = _dealer_spec(header)
+        if ctx.sender not in parties:
+            raise ConflictError(f"{ctx.sender} is not a party of this training")
+        party = parties.index(ctx.sender)
+        with node.store.transaction() as tx:
+            doc = tx.get(DEALER_NAMESPACE, key)
+            if doc is None:
+                if party != 0:
+                    raise NotFoundError("no such training session at the dealer")
+                state = node.sessions.open(_DEALER_SESSION, key)
+                state["seeds"] = (secrets.token_bytes(SEED_BYTES), secrets.token_bytes(SEED_BYTES))
+                state["lock"] = threading.Lock()
+                body: dict[str, Any] = {"parties": parties, "spec": spec, "dealt": [], "next": {}}
+            else:
+                body = dict(doc.body)
+                if body["parties"] != parties or body["spec"] != spec:
+                    raise ConflictError("the training session exists with other parties or shapes")
+            if ctx.sender in body["dealt"]:
+                raise ConflictError(f"the seed of {ctx.sender} was already dealt")
+            try:
+                seeds = node.sessions.get(_DEALER_SESSION, key)["seeds"]
+            except NotFoundError as exc:
+                raise ConflictError("the dealer lost this training (restart); rerun") from exc
+            body["dealt"] = [*body["dealt"], ctx.sender]
+            tx.put(DEALER_NAMESPACE, key, body, expect_version=doc.version if doc else 0)
+            record_event(
+                tx, "train.dealt", {"session": session, "party": ctx.sender, "what": "seed"}
+            )
+        return Reply({"party": party}, seeds[party])
+    if op != "material":
+        raise ValidationError("header.op: 'seed' or 'material'")
+    with node.store.transaction(readonly=True) as tx:
+        doc = tx.get(DEALER_NAMESPACE, key)
+    if doc is None:
+        raise NotFoundError("no such training session at the dealer")
+    parties = doc.body["parties"]
+    spec = doc.body["spec"]
+    if ctx.sender != parties[1]:
+        raise ConflictError("only the compute party fetches derived material")
+    epoch = header_int(header, "epoch", 1, spec["epochs"])
+    sizes = batch_sizes(spec["nTrain"], spec["nValid"], spec["batch"])
+    first = header_int(header, "first", 0, len(sizes) - 1)
+    count = header_int(header, "count", 1, len(sizes) - first)
+    try:
+        state = node.sessions.get(_DEALER_SESSION, key)
+    except NotFoundError as exc:
+        raise ConflictError("the dealer lost this training (restart); rerun") from exc
+    layouts = [
+        layout_for(kind, rows, spec["columns"], spec["knots"])
+        for kind, rows in sizes[first : first + count]
+    ]
+    if sum(lay.derived_words for lay in layouts) * 8 > PART_BYTES:
+        raise ValidationError("too much material for one call; ask for fewer batches")
+    with state["lock"]:
+        with node.store.transaction() as tx:
+            current = tx.get(DEALER_NAMESPACE, key)
+            if current is None:  # pragma: no cover - read above
+                raise NotFoundError("no such training session at the dealer")
+            body = dict(current.body)
+            nexts = dict(body["next"])
+            if nexts.get(str(epoch), 0) != first:
+                raise ConflictError(
+                    f"epoch {epoch}: batches before {nexts.get(str(epoch), 0)} were dealt; "
+                    f"asked from {first}"
+                )
+            nexts[str(epoch)] = first + count
+            body["next"] = nexts
+            tx.put(DEALER_NAMESPACE, key, body, expect_version=current.version)
+            record_event(
+                tx,
+                "train.dealt",
+                {
+                    "session": session,
+                    "party": ctx.sender,
+                    "epoch": epoch,
+                    "first": first,
+                    "count": count,
+                },
+            )
+        parts = [
+            dealer_correction(state["seeds"], epoch, first + i, lay)
+            for i, lay in enumerate(layouts)
+        ]
+    return Reply({"epoch": epoch, "first": first, "count": count}, pack_messages(parts))
+
+
+def register_train_dealer(node: ComputeNode) -> None:
+    """Register ``train.deal`` on the operator's node (the training dealer)."""
+    node.register("train.deal", _train_deal)
+
+
+# ----------------------------------------------------------------------------------------------
+# Provider operations
+# ----------------------------------------------------------------------------------------------
+
+
+def _session_key(query: str) -> str:
+    return _SESSION_PREFIX + query
+
+
+def _state(
+    ctx: CallContext, header: Mapping[str, Any], analyst: str | None = None
+) -> dict[str, Any]:
+    query = header_str(header, "query")
+    state = ctx.node.sessions.get(analyst or ctx.sender, _session_key(query))
+    if "spec" not in state or "ids" not in state:
+        raise ConflictError(f"training {query!r} is not open here")
+    return state
+
+
+def _layout_header(header: Mapping[str, Any]) -> list[tuple[str, int]]:
+    value = header.get("layout")
+    if not isinstance(value, list) or not 2 <= len(value) <= 257:
+        raise ValidationError("header.layout: expected the column blocks of every party")
+    out: list[tuple[str, int]] = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise ValidationError("header.layout: expected objects {party, columns}")
+        party = check_participant_id(item.get("party"), "header.layout.party")
+        out.append((party, header_int(item, "columns", 0, MAX_COLUMNS)))
+    if len({p for p, _ in out}) != len(out):
+        raise ValidationError("header.layout: a party appears twice")
+    return out
+
+
+def _columns_header(header: Mapping[str, Any]) -> list[str]:
+    value = header.get("columns")
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= MAX_COLUMNS
+        or not all(isinstance(c, str) and c for c in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ValidationError("header.columns: expected a list of distinct column names")
+    return value
+
+
+def _train_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    node = ctx.node
+    query = header_str(header, "query")
+    key = _session_key(query)
+    if header.get("part", 0) == 0:
+        if header_str(header, "protocol") != "additive":
+            raise ValidationError("header.protocol: training runs on 'additive'")
+        operator = header_str(header, "operator")
+        expected_operator = node.extras.get(OPERATOR_EXTRA)
+        if expected_operator is not None and operator != expected_operator:
+            raise ValidationError(f"header.operator: {operator!r} is not this space's operator")
+        mode = header_str(header, "mode")
+        if mode not in MODES:
+            raise ValidationError(f"header.mode: one of {list(MODES)}")
+        id_kind = header_str(header, "idKind")
+        missing = header_str(header, "missing")
+        if id_kind not in ID_KINDS or missing not in MISSING_RULES:
+            raise ValidationError("header.idKind / header.missing: unknown value")
+        layout = _layout_header(header)
+        compute = header_str(header, "computeParty")
+        columns = _columns_header(header)
+        blocks = dict(layout)
+        if blocks.get(node.participant_id) != len(columns):
+            raise ValidationError("header.layout: this provider's block does not match columns")
+        if layout[0][0] != ctx.sender or layout[1][0] != compute or compute == ctx.sender:
+            raise ValidationError("header.layout: the bank first, then the compute party")
+        params = TrainParams.from_json(header.get("params"))
+        spec = {
+            "query": query,
+            "purpose": header_str(header, "purpose"),
+            "agreement": header_str(header, "agreement"),
+            "dataset": header_str(header, "dataset"),
+            "columns": columns,
+            "mode": mode,
+            "idKind": id_kind,
+            "missing": missing,
+            "operator": operator,
+            "compute": compute,
+            "layout": layout,
+            "params": params,
+            "entities": header_int(header, "entities", 2, MAX_ROWS),
+            "featureBound": header_float(header, "featureBound"),
+            "modelId": header_str(header, "modelId"),
+        }
+        state = node.sessions.open(ctx.sender, key)
+        if "spec" in state or "opening" in state:
+            raise ConflictError(f"training {query!r} is already open here")
+        state["opening"] = spec
+    else:
+        state = node.sessions.get(ctx.sender, key)
+        if "opening" not in state:
+            raise ConflictError(f"training {query!r} was not being opened")
+    spec = state["opening"]
+    data = receive_part(state, "ids", header, payload, max_total=129 * spec["entities"])
+    if data is None:
+        return Reply({"received": header.get("part", 0) + 1})
+    ids = decode_ids(data, spec["entities"], spec["idKind"])
+    if len(set(ids)) != len(ids):
+        raise ValidationError("payload: an entity appears twice")
+    state.update({"spec": state.pop("opening"), "ids": ids, "epoch": 0, "lock": threading.Lock()})
+    if spec["compute"] == node.participant_id:
+        d = 1 + sum(k for _, k in spec["layout"])
+        state.update({"x": np.zeros((len(ids), d), dtype=np.uint64), "shared": set()})
+    return Reply({"query": query, "entities": len(ids)})
+
+
+def _offsets(layout: Sequence[tuple[str, int]]) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    at = 1
+    for p, k in layout:
+        out[p] = (at, at + k)
+        at += k
+    return out
+
+
+def _missing_refusal(
+    node: ComputeNode, ids: Sequence[str], rows: IntArray, why: str, index: int
+) -> RefusedError:
+    listed = [ids[i] for i in rows[:1000]]
+    message = f"{len(rows)} of {len(ids)} entities {why} at {node.participant_id}"
+    step = {
+        "rule": "missing",
+        "index": None,
+        "rule_id": None,
+        "left_operand": "entity",
+        "operator": "isAllOf",
+        "right_operand": "held",
+        "seen": len(rows),
+        "outcome": "violated",
+        "blocking": True,
+        "message": message,
+        "refused_entities": listed,
+    }
+    return RefusedError(message, [step], participant=node.participant_id, decision_index=index)
+
+
+def _read_features(node: ComputeNode, state: dict[str, Any], grant: Any) -> FloatArray:
+    """The provider's columns for the cohort (after the use was allowed), missing rule applied."""
+    spec = state["spec"]
+    ids: list[str] = state["ids"]
+    if node.data is None:
+        raise NotFoundError(f"{node.participant_id} holds no data")
+    found, x = node.data.lookup(spec["dataset"], ids, spec["columns"])
+    holes = np.isnan(x)
+    bad = np.flatnonzero(~found | holes.any(axis=1))
+    if len(bad):
+        if spec["missing"] == "fail":
+            raise _missing_refusal(
+                node, ids, bad, "are not held or have nulls", grant.decision_index
+            )
+        table = grant.dataset.dataset.table
+        defaults = [table.field(c).impute_default for c in spec["columns"]]
+        unheld = bool((~found).any())
+        gaps = [unheld or bool(g) for g in np.asarray(holes.any(axis=0)).tolist()]
+        lacking = [
+            c for c, v, g in zip(spec["columns"], defaults, gaps, strict=True) if g and v is None
+        ]
+        if lacking:
+            raise _missing_refusal(
+                node,
+                ids,
+                bad,
+                f"are missing and {lacking} publish no imputeDefault",
+                grant.decision_index,
+            )
+        fill = np.array([0.0 if v is None else v for v in defaults])
+        x[holes] = np.broadcast_to(fill, x.shape)[holes]
+    bound = spec["featureBound"]
+    if x.size and float(np.max(np.abs(x))) > bound:
+        worst = spec["columns"][int(np.argmax(np.max(np.abs(x), axis=0)))]
+        raise ValidationError(
+            f"column {worst!r} has values beyond the query's featureBound {bound}"
+        )
+    return x
+
+
+def _train_epoch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    node = ctx.node
+    state = _state(ctx, header)
+    spec = state["spec"]
+    params: TrainParams = spec["params"]
+    epoch = header_int(header, "epoch", 1, params.epochs)
+    compute = spec["compute"] == node.participant_id
+    with state["lock"]:
+        if epoch != state["epoch"] + 1:
+            raise ConflictError(f"expected epoch {state['epoch'] + 1}, got {epoch}")
+        exchange = state.get("exchange")
+        if compute and exchange is not None and not exchange.done:
+            raise ConflictError(f"epoch {state['epoch']} has not finished")
+        if compute:
+            schedule = _schedule(state, payload, epoch)
+        elif payload:
+            raise ValidationError("train.epoch takes no payload here")
+        grant = authorize_use(
+            node,
+            UseRequest(
+                query_id=f"{spec['query']}#epoch-{epoch}",
+                analyst=ctx.sender,
+                agreement_id=spec["agreement"],
+                dataset_id=spec["dataset"],
+                columns=tuple(spec["columns"]),
+                kind="train",
+                purpose=spec["purpose"],
+                protocol="additive",
+                entities=tuple(state["ids"]),
+            ),
+            roles=sender_roles(node, ctx.sender),
+        )
+        state["epoch"] = epoch
+        out = b""
+        if epoch == 1:
+            values = encode_ring(_read_features(node, state, grant), FRAC_BITS)
+            start, stop = _offsets(spec["layout"])[node.participant_id]
+            if compute:
+                state["x"][:, start:stop] = values
+            else:
+                out = _share_features(ctx, state, values)
+        if compute:
+            _start_epoch(ctx, state, epoch, schedule)
+    reply_header = {"query": spec["query"], "epoch": epoch, "receipt": grant.receipt}
+    if out:
+        return reply_part(out, 0, reply_header)
+    return Reply(reply_header)
+
+
+def _share_features(ctx: CallContext, state: dict[str, Any], values: Any) -> bytes:
+    """Split ``values`` into ``(X - r, r)``: ``r``'s seed to the compute party, ``X - r`` back."""
+    node = ctx.node
+    spec = state["spec"]
+    if node.transport is None:
+        raise ValidationError(f"{node.participant_id} has no transport")
+    seed = secrets.token_bytes(SEED_BYTES)
+    n, k = values.shape
+    node.transport.call(
+        spec["compute"],
+        "train.share",
+        {"query": spec["query"], "analyst": ctx.sender, "rows": n, "columns": k},
+        seed,
+    )
+    masked = values - expand(seed, 0, 0, n * k).reshape(n, k)
+    out = np.ascontiguousarray(masked, dtype="<u8").tobytes()
+    state["shareOut"] = out
+    return out
+
+
+def _train_fetch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    state = _state(ctx, header)
+    data = state.get("shareOut")
+    if not isinstance(data, bytes):
+        raise ConflictError("no share is waiting to be fetched")
+    offset = header_int(header, "offset", 0, len(data))
+    reply = reply_part(data, offset)
+    if offset + len(reply.payload) >= len(data):
+        state["shareOut"] = None
+    return reply
+
+
+def _train_share(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """At the compute party: a provider's seed for its ``r`` (its share of that block is ``r``)."""
+    analyst = check_participant_id(header.get("analyst"), "header.analyst")
+    state = _state(ctx, header, analyst)
+    spec = state["spec"]
+    if spec["compute"] != ctx.node.participant_id:
+        raise ConflictError("this node is not the training's compute party")
+    blocks = dict(spec["layout"])
+    if ctx.sender not in blocks or ctx.sender in (analyst, ctx.node.participant_id):
+        raise ConflictError(f"{ctx.sender} is not a sharing provider of this training")
+    with state["lock"]:
+        if ctx.sender in state["shared"]:
+            raise ConflictError(f"{ctx.sender} already shared its features")
+        n = header_int(header, "rows", len(state["ids"]), len(state["ids"]))
+        k = header_int(header, "columns", blocks[ctx.sender], blocks[ctx.sender])
+        if len(payload) != SEED_BYTES:
+            raise ValidationError(f"payload: a {SEED_BYTES}-byte seed")
+        start, stop = _offsets(spec["layout"])[ctx.sender]
+        state["x"][:, start:stop] = expand(payload, 0, 0, n * k).reshape(n, k)
+        state["shared"].add(ctx.sender)
+    return Reply({"query": spec["query"], "received": len(state["shared"])})
+
+
+def _rows_array(values: Any, n: int, what: str) -> IntArray:
+    rows = np.asarray(values, dtype=np.uint64).astype(np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ValidationError(f"payload: {what} out of range")
+    return rows
+
+
+def _schedule(state: dict[str, Any], payload: bytes, epoch: int) -> tuple[IntArray, IntArray]:
+    """The epoch's training order and held-out rows from the bank (checked: a partition)."""
+    n = len(state["ids"])
+    messages = unpack_messages(payload, max_messages=2)
+    if len(messages) != 2:
+        raise ValidationError("payload: the epoch's order and the held-out rows")
+    order = _rows_array(messages[0], n, "order")
+    valid = _rows_array(messages[1], n, "held-out rows")
+    seen = np.zeros(n, dtype=np.int64)
+    np.add.at(seen, order, 1)
+    np.add.at(seen, valid, 1)
+    if len(order) == 0 or not np.all(seen == 1):
+        raise ValidationError("payload: order and held-out rows must partition the cohort")
+    if epoch > 1 and not np.array_equal(valid, state["valid"]):
+        raise ValidationError("payload: the held-out rows changed between epochs")
+    state["valid"] = valid
+    return order, valid
+
+
+def _dealer_material(
+    ctx: CallContext, state: dict[str, Any]
+) -> Callable[[int, int, Layout], dict[str, Any]]:
+    """The compute party's material source: its seed's stream plus the dealer's derived parts."""
+    node = ctx.node
+    spec = state["spec"]
+    analyst = ctx.sender
+    cache: dict[tuple[int, int], np.ndarray[Any, np.dtype[np.uint64]]] = {}
+
+    def material(epoch: int, batch: int, layout: Layout) -> dict[str, Any]:
+        if node.transport is None:
+            raise ValidationError(f"{node.participant_id} has no transport to the operator")
+        if (epoch, batch) not in cache:
+            cache.clear()
+            sizes = state["sizes"]
+            count = 0
+            total = 0
+            for kind, rows in sizes[batch:]:
+                words = layout_for(kind, rows, layout.columns, layout.knots).derived_words
+                if count and (total + words) * 8 > _DEALT_BYTES:
+                    break
+                count += 1
+                total += words
+            reply = node.transport.call(
+                spec["operator"],
+                "train.deal",
+                {
+                    "session": spec["query"],
+                    "analyst": analyst,
+                    "op": "material",
+                    "epoch": epoch,
+                    "first": batch,
+                    "count": count,
+                },
+            )
+            parts = unpack_messages(reply.payload, max_messages=count)
+            if len(parts) != count:
+                raise ValidationError("the dealer sent material for other batches")
+            for i, part in enumerate(parts):
+                cache[(epoch, batch + i)] = part
+        correction = cache.pop((epoch, batch))
+        return material_share(1, state["seed"], epoch, batch, layout, correction)
+
+    return material
+
+
+def _start_epoch(
+    ctx: CallContext, state: dict[str, Any], epoch: int, schedule: tuple[IntArray, IntArray]
+) -> None:
+    """At the compute party: build its party state (epoch 1) and the epoch's program."""
+    node = ctx.node
+    spec = state["spec"]
+    params: TrainParams = spec["params"]
+    order, valid = schedule
+    if epoch == 1:
+        others = {p for p, _ in spec["layout"][2:]}
+        if state["shared"] != others:
+            missing = sorted(others - state["shared"])
+            raise ConflictError(f"features of {missing} were not shared yet")
+        if node.transport is None:
+            raise ValidationError(f"{node.participant_id} has no transport to the operator")
+        d = state["x"].shape[1]
+        reply = node.transport.call(
+            spec["operator"],
+            "train.deal",
+            {
+                "session": spec["query"],
+                "analyst": ctx.sender,
+                "op": "seed",
+                "parties": [ctx.sender, node.participant_id],
+                "spec": dealer_spec(len(order), len(valid), params, d),
+            },
+        )
+        if len(reply.payload) != SEED_BYTES or reply.header.get("party") != 1:
+            raise ValidationError("the dealer sent no seed for party 1")
+        state["seed"] = reply.payload
+        state["sizes"] = batch_sizes(len(order), len(valid), params.batch_size)
+        state["party"] = Party(
+            1,
+            state["x"],
+            None,
+            params.sigmoid,
+            params.learning_rate,
+            params.l2,
+            _dealer_material(ctx, state),
+        )
+    elif len(order) + len(valid) != len(state["ids"]):  # pragma: no cover - _schedule checks
+        raise ValidationError("the schedule does not cover the cohort")
+    party: Party = state["party"]
+    state["exchange"] = Exchange(party.epoch(epoch, order, valid, params.batch_size))
+    state["seq"] = 0
+
+
+def _train_step(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """At the compute party: the bank's messages in, its own messages out (train_mpc rounds)."""
+    state = _state(ctx, header)
+    if state["spec"]["compute"] != ctx.node.participant_id:
+        raise ConflictError("this node is not the training's compute party")
+    with state["lock"]:
+        epoch = header_int(header, "epoch", 1, MAX_EPOCHS)
+        exchange: Exchange | None = state.get("exchange")
+        if exchange is None or epoch != state["epoch"]:
+            raise ConflictError(f"epoch {epoch} is not running here")
+        seq = header_int(header, "seq", 0, 1 << 40)
+        if seq != state["seq"]:
+            raise ConflictError(f"expected step {state['seq']}, got {seq}")
+        state["seq"] = seq + 1
+        messages = unpack_messages(payload, max_messages=8)
+        try:
+            replies = (exchange.start() if seq == 0 else []) + exchange.feed(messages)
+        except TrustedSpaceError:
+            raise
+        except (ValueError, TypeError) as exc:  # a malformed message from the bank
+            raise ValidationError(f"training step failed: {exc}") from exc
+    return Reply({"query": state["spec"]["query"], "done": exchange.done}, pack_messages(replies))
+
+
+def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """At the compute party: its share of the released weights (and, party-held, its own)."""
+    node = ctx.node
+    state = _state(ctx, header)
+    spec = state["spec"]
+    if spec["compute"] != node.participant_id:
+        raise ConflictError("this node is not the training's compute party")
+    with state["lock"]:
+        if state.get("revealed"):
+            raise ConflictError("the weights were already revealed")
+        exchange = state.get("exchange")
+        if exchange is None or not exchange.done:
+            raise ConflictError("the training has not finished an epoch")
+        epoch = header_int(header, "epoch", 1, state["epoch"])
+        party: Party = state["party"]
+        share = party.history[epoch]
+        state["revealed"] = True
+    offsets = _offsets(spec["layout"])
+    if spec["mode"] == "analyst-held":
+        if payload:
+            raise ValidationError("analyst-held: train.reveal takes no payload")
+        return Reply({"query": spec["query"], "epoch": epoch}, pack_messages([share]))
+    own = offsets[node.participant_id]
+    (theirs,) = unpack_messages(payload, max_messages=1)
+    if theirs.shape != (own[1] - own[0],):
+        raise ValidationError("payload: the bank's share of this provider's weights")
+    values = check_weights(decode_ring(theirs + _block(share, own)))
+    state["weights"] = dict(zip(spec["columns"], (float(v) for v in values), strict=True))
+    if node.transport is None:
+        raise ValidationError(f"{node.participant_id} has no transport")
+    for p, _ in spec["layout"][2:]:
+        node.transport.call(
+            p,
+            "train.weights",
+            {"query": spec["query"], "analyst": ctx.sender},
+            pack_messages([_block(share, offsets[p])]),
+        )
+    bank = offsets[spec["layout"][0][0]]
+    mine = np.concatenate([share[:1], _block(share, bank)])
+    return Reply({"query": spec["query"], "epoch": epoch}, pack_messages([mine]))
+
+
+def _train_weights(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """At a sharing provider (party-held): the compute party's share of its weights."""
+    analyst = check_participant_id(header.get("analyst"), "header.analyst")
+    state = _state(ctx, header, analyst)
+    spec = state["spec"]
+    if ctx.sender != spec["compute"] or spec["mode"] != "party-held":
+        raise ConflictError(f"{ctx.sender} sends no weights in this training")
+    if "shareC" in state:
+        raise ConflictError("the compute party's share already arrived")
+    (share,) = unpack_messages(payload, max_messages=1)
+    if share.shape != (len(spec["columns"]),):
+        raise ValidationError("payload: a share of this provider's weights")
+    state["shareC"] = share
+    return Reply({"query": spec["query"]})
+
+
+def _train_finish(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """At every provider: record the trained model by hash (party-held: store its weights)."""
+    node = ctx.node
+    state = _state(ctx, header)
+    spec = state["spec"]
+    compute = spec["compute"] == node.participant_id
+    if state["epoch"] < 1:
+        raise ConflictError("no epoch ran")
+    if spec["mode"] == "analyst-held":
+        if payload:
+            raise ValidationError("analyst-held: train.finish takes no payload")
+        digest = header_str(header, "modelSha256")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValidationError("header.modelSha256: 64 lower-case hex digits")
+        of = "model"
+    else:
+        if compute:
+            weights = state.get("weights")
+            if not isinstance(weights, dict):
+                raise ConflictError("the weights were not revealed yet")
+            if payload:
+                raise ValidationError("train.finish takes no payload at the compute party")
+        else:
+            share_c = state.get("shareC")
+            if share_c is None:
+                raise ConflictError("the compute party's share has not arrived")
+            (share_b,) = unpack_messages(payload, max_messages=1)
+            if share_b.shape != share_c.shape:
+                raise ValidationError("payload: the bank's share of this provider's weights")
+            values = check_weights(decode_ring(share_b + share_c))
+            weights = dict(zip(spec["columns"], (float(v) for v in values), strict=True))
+        store_party_weights(node.store, spec["modelId"], weights)
+        digest = weights_sha256(weights)
+        of = "weights"
+    with node.store.transaction() as tx:
+        index = record_event(
+            tx,
+            "train.model",
+            {
+                "query": spec["query"],
+                "analyst": ctx.sender,
+                "model": spec["modelId"],
+                "mode": spec["mode"],
+                "of": of,
+                "sha256": digest,
+                "epochs": state["epoch"],
+                "dataset": spec["dataset"],
+                "columns": list(spec["columns"]),
+            },
+        )
+    node.sessions.close(ctx.sender, _session_key(spec["query"]))
+    return Reply({"query": spec["query"], "sha256": digest, "ledgerIndex": index, "of": of})
+
+
+def _train_abort(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    query = header_str(header, "query")
+    ctx.node.sessions.close(ctx.sender, _session_key(query))
+    return Reply({"query": query})
+
+
+def register_train(node: ComputeNode) -> None:
+    """Register the provider's training operations (:data:`TRAIN_OPERATIONS`) on ``node``."""
+    node.register("train.open", _train_open)
+    node.register("train.epoch", _train_epoch)
+    node.register("train.share", _train_share)
+    node.register("train.fetch", _train_fetch)
+    node.register("train.step", _train_step)
+    node.register("train.reveal", _train_reveal)
+    node.register("train.weights", _train_weights)
+    node.register("train.finish", _train_finish)
+    node.register("train.abort", _train_abort)
