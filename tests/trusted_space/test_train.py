@@ -1,0 +1,472 @@
+"""Joint training over an in-memory space: the bank, two providers and the operator.
+
+Checks the flow end to end (model close to the plaintext reference with the same schedule, both
+model modes, receipts per epoch, the model recorded by hash at every node, party-held weights
+usable by a party-held score) and what travels (the label never reaches a provider, no feature
+block reaches another party in the clear, the operator sees shapes only), refusals by policy
+(before any read; mid-training by ``count``), and the dealer's one-time rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.trusted_space._joint import (
+    ANALYST,
+    OPERATOR,
+    PURPOSE,
+    Space,
+    build_space,
+    offer,
+    provide,
+)
+from trusted_space.compute import ComputeNode, InMemoryData
+from trusted_space.errors import ValidationError
+from trusted_space.events import decode_event
+from trusted_space.protocols.align import register_align
+from trusted_space.protocols.operator import register_operator
+from trusted_space.protocols.score import load_party_weights, register_provider, run_score
+from trusted_space.protocols.train import (
+    TrainParams,
+    TrainQuery,
+    auc,
+    model_sha256,
+    run_train,
+    train_plaintext,
+    weights_sha256,
+)
+from trusted_space.protocols.train_mpc import encode_ring
+from trusted_space.protocols.train_ops import register_train, register_train_dealer
+from trusted_space.query import Model, ScoreQuery
+from trusted_space.transport import RemoteError, Reply
+
+TAX, COURT = "tax-bureau", "court"  # court sorts first: it is the compute party
+N = 480
+
+
+class RecordingData:
+    """InMemoryData that counts reads."""
+
+    def __init__(self, inner: InMemoryData) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def columns(self, dataset_id: str) -> list[str]:
+        return self.inner.columns(dataset_id)
+
+    def lookup(self, dataset_id: str, entities: Sequence[str], columns: Sequence[str]) -> Any:
+        self.reads += 1
+        return self.inner.lookup(dataset_id, entities, columns)
+
+    def scan(
+        self, dataset_id: str, columns: Sequence[str], *, chunk_rows: int = 50_000
+    ) -> Iterator[Any]:
+        self.reads += 1
+        return self.inner.scan(dataset_id, columns, chunk_rows=chunk_rows)
+
+
+@dataclass
+class Message:
+    sender: str
+    receiver: str
+    operation: str
+    header: bytes
+    payload: bytes
+    reply_header: bytes
+    reply: bytes
+
+
+class Wire:
+    """Every call on the network, as the bytes that crossed it."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def wrap(self, pid: str, node: ComputeNode) -> Any:
+        def handler(sender: str, operation: str, header: dict[str, Any], payload: bytes) -> Reply:
+            reply = node.handle(sender, operation, header, payload)
+            self.messages.append(
+                Message(
+                    sender,
+                    pid,
+                    operation,
+                    json.dumps(header).encode(),
+                    payload,
+                    json.dumps(reply.header).encode(),
+                    reply.payload,
+                )
+            )
+            return reply
+
+        return handler
+
+    def received_by(self, pid: str) -> list[bytes]:
+        out: list[bytes] = []
+        for m in self.messages:
+            if m.receiver == pid:
+                out += [m.header, m.payload]
+            if m.sender == pid:
+                out += [m.reply_header, m.reply]
+        return out
+
+
+@dataclass
+class Setup:
+    space: Space
+    wire: Wire
+    keys: list[str]
+    x: dict[str, np.ndarray]
+    y: np.ndarray
+    datasets: dict[str, str]
+    agreements: dict[str, str]
+    bank: InMemoryData
+    data: dict[str, RecordingData]
+
+    def query(self, **kw: Any) -> TrainQuery:
+        params = kw.pop("params", TrainParams(epochs=2, batch_size=64, learning_rate=0.3))
+        return TrainQuery(
+            purpose=PURPOSE,
+            mode=kw.pop("mode", "analyst-held"),
+            agreements=kw.pop("agreements", self.agreements),
+            datasets={**self.datasets, ANALYST: "bank-ds"},
+            features={ANALYST: ("b0", "b1"), TAX: ("t0", "t1", "t2"), COURT: ("c0", "c1")},
+            label="y",
+            entities=tuple(kw.pop("entities", self.keys)),
+            params=params,
+            **kw,
+        )
+
+    def train(self, query: TrainQuery) -> Any:
+        return run_train(
+            self.space.transport(ANALYST),
+            ANALYST,
+            OPERATOR,
+            query,
+            analyst_data=self.bank,
+            analyst_store=self.space.analyst.node.store,
+        )
+
+    def design(self) -> np.ndarray:
+        """Features in the joint layout's order: the bank, the compute party, the other."""
+        return np.hstack([self.x[ANALYST], self.x[COURT], self.x[TAX]])
+
+    def events(self, pid: str, kind: str) -> list[dict[str, Any]]:
+        node = self.space.analyst.node if pid == ANALYST else self.space.providers[pid].node
+        ledger = node.ledger
+        out = []
+        for i, entry in enumerate(ledger.entries(0, ledger.size())):
+            event = decode_event(i, entry)
+            if event.kind == kind:
+                out.append(event.body)
+        return out
+
+
+def _setup(*, offers: dict[str, dict[str, Any]] | None = None, n: int = N) -> Setup:
+    rng = np.random.default_rng(11)
+    keys = [f"ent-{i:05d}" for i in range(n)]
+    x = {
+        ANALYST: rng.normal(size=(n, 2)),
+        TAX: rng.normal(size=(n, 3)),
+        COURT: rng.normal(size=(n, 2)) * 2,
+    }
+    z = x[ANALYST] @ [0.6, -0.4] + x[TAX] @ [0.9, 0.3, -0.6] + x[COURT] @ [0.4, 0.2] - 0.7
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    space = build_space((TAX, COURT))
+    wire = Wire()
+    register_operator(space.operator.node)
+    register_train_dealer(space.operator.node)
+    space.network.register(OPERATOR, wire.wrap(OPERATOR, space.operator.node))
+    datasets: dict[str, str] = {}
+    agreements: dict[str, str] = {}
+    data: dict[str, RecordingData] = {}
+    columns = {TAX: ["t0", "t1", "t2"], COURT: ["c0", "c1"]}
+    for p in (TAX, COURT):
+        party = space.providers[p]
+        register_provider(party.node)
+        register_align(party.node)
+        register_train(party.node)
+        doc = (offers or {}).get(p, offer(kinds=("score", "train")))
+        # each provider holds the cohort in its own order, plus a few entities the bank lacks
+        order = rng.permutation(n)
+        extra = [f"other-{p}-{i}" for i in range(5)]
+        ds, ag = provide(
+            space,
+            p,
+            columns[p],
+            [keys[i] for i in order] + extra,
+            np.vstack([x[p][order], rng.normal(size=(5, len(columns[p])))]),
+            offer_doc=doc,
+        )
+        datasets[p], agreements[p] = ds, str(ag)
+        data[p] = RecordingData(party.data)
+        party.node.data = data[p]
+        space.network.register(p, wire.wrap(p, party.node))
+    bank = InMemoryData()
+    bank.add("bank-ds", keys, ["b0", "b1", "y"], np.hstack([x[ANALYST], y[:, None]]))
+    space.network.register(ANALYST, wire.wrap(ANALYST, space.analyst.node))
+    return Setup(space, wire, keys, x, y, datasets, agreements, bank, data)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[Setup, Any, TrainQuery]:
+    setup = _setup()
+    query = setup.query(
+        params=TrainParams(epochs=3, batch_size=64, learning_rate=0.3, validation=0.15)
+    )
+    return setup, setup.train(query), query
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy and records
+# ----------------------------------------------------------------------------------------------
+
+
+def test_joint_model_equals_the_plaintext_reference(trained: tuple[Setup, Any, TrainQuery]) -> None:
+    setup, result, query = trained
+    plain = train_plaintext(setup.design(), setup.y, query.params, sigmoid=query.params.sigmoid)
+    model = result.model
+    joint = np.array([w for _, cols in model.weights for _, w in cols])
+    assert result.epochs_run == plain.epochs_run and result.best_epoch == plain.best_epoch
+    assert np.allclose(joint, plain.weights, atol=2e-3)
+    assert model.intercept == pytest.approx(plain.intercept, abs=2e-3)
+    assert np.allclose(result.losses, plain.losses, atol=1e-3)
+    exact = train_plaintext(setup.design(), setup.y, query.params)
+    z_joint = model.intercept + setup.design() @ joint
+    assert abs(auc(z_joint, setup.y) - auc(exact.logits(setup.design()), setup.y)) < 0.005
+    assert [p for p, _ in model.weights] == [ANALYST, COURT, TAX]
+    assert result.cohort == N and result.train_rows + result.valid_rows == N
+
+
+def test_every_epoch_is_a_use_with_a_receipt(trained: tuple[Setup, Any, TrainQuery]) -> None:
+    setup, result, query = trained
+    for p in (TAX, COURT):
+        uses = [u for u in setup.events(p, "query.use") if u["query"].startswith(query.id)]
+        assert [u["query"] for u in uses] == [query.id] + [
+            query.epoch_query(e) for e in range(1, result.epochs_run + 1)
+        ]
+        assert all(u["kind"] == "train" and u["protocol"] == "additive" for u in uses)
+        assert all(u["entities"] == N for u in uses[1:])
+        assert len(result.receipts[p]["epochs"]) == result.epochs_run
+        assert "align" in result.receipts[p]
+
+
+def test_the_model_is_recorded_by_hash_everywhere(trained: tuple[Setup, Any, TrainQuery]) -> None:
+    setup, result, query = trained
+    digest = model_sha256(result.model)
+    assert result.model_sha256 == digest
+    for pid in (ANALYST, TAX, COURT):
+        (record,) = [r for r in setup.events(pid, "train.model") if r["query"] == query.id]
+        assert record["sha256"] == digest and record["mode"] == "analyst-held"
+    assert Model.from_json(result.to_json()["model"]) == result.model
+
+
+def test_label_and_features_never_travel_in_the_clear(
+    trained: tuple[Setup, Any, TrainQuery],
+) -> None:
+    setup, _, _ = trained
+    wire = setup.wire
+    # The label: as ring words, as float64 bytes, as JSON — not in anything a provider or the
+    # operator received.
+    y = setup.y
+    windows = [y[i : i + 16] for i in range(0, N - 16, 37)]
+    label_forms = [encode_ring(w).tobytes() for w in windows] + [w.tobytes() for w in windows]
+    label_forms += [json.dumps([int(v) for v in w])[1:-1].encode() for w in windows]
+    for pid in (TAX, COURT, OPERATOR):
+        blobs = wire.received_by(pid)
+        assert blobs and not any(f in b for f in label_forms for b in blobs), pid
+    # A party's features (two consecutive rows, ring or float64) reach no one else.
+    for owner in (ANALYST, TAX, COURT):
+        x = setup.x[owner]
+        forms = [encode_ring(x[i : i + 2]).tobytes() for i in range(0, N - 2, 29)]
+        forms += [x[i : i + 2].tobytes() for i in range(0, N - 2, 29)]
+        forms += [
+            encode_ring(x[i : i + 8, j]).tobytes()
+            for i in range(0, N - 8, 29)
+            for j in range(x.shape[1])
+        ]
+        for pid in {ANALYST, TAX, COURT, OPERATOR} - {owner}:
+            assert not any(f in b for f in forms for b in wire.received_by(pid)), (owner, pid)
+    # The operator deals and sees shapes: it receives no payload and no entity id.
+    to_operator = [
+        m for m in wire.messages if m.receiver == OPERATOR and m.operation == "train.deal"
+    ]
+    assert to_operator and all(m.payload == b"" for m in to_operator)
+    assert not any(b"ent-" in m.header for m in to_operator)
+    assert {m.operation for m in wire.messages if m.receiver == OPERATOR} == {"train.deal"}
+
+
+def test_only_the_compute_party_talks_with_the_bank_per_round(
+    trained: tuple[Setup, Any, TrainQuery],
+) -> None:
+    setup, _, _ = trained
+    steps = [m for m in setup.wire.messages if m.operation == "train.step"]
+    assert steps and {(m.sender, m.receiver) for m in steps} == {(ANALYST, COURT)}
+    shares = [m for m in setup.wire.messages if m.operation == "train.share"]
+    assert [(m.sender, m.receiver, len(m.payload)) for m in shares] == [(TAX, COURT, 32)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Party-held mode
+# ----------------------------------------------------------------------------------------------
+
+
+def test_party_held_weights_stay_with_their_party_and_score() -> None:
+    setup = _setup(n=240)
+    query = setup.query(mode="party-held", model_id="credit-lr-1", entities=setup.keys[:240])
+    result = setup.train(query)
+    plain = train_plaintext(setup.design(), setup.y, query.params, sigmoid=query.params.sigmoid)
+    # the bank's model file holds its own weights and the intercept only
+    assert [p for p, _ in result.model.weights] == [ANALYST]
+    assert result.model.id == "credit-lr-1"
+    assert np.allclose(result.model.weights_of(ANALYST), plain.weights[:2], atol=2e-3)
+    stored = {
+        p: load_party_weights(setup.space.providers[p].node.store, "credit-lr-1")
+        for p in (TAX, COURT)
+    }
+    assert np.allclose(list(stored[COURT].values()), plain.weights[2:4], atol=2e-3)
+    assert np.allclose(list(stored[TAX].values()), plain.weights[4:], atol=2e-3)
+    for p in (TAX, COURT):
+        (record,) = [r for r in setup.events(p, "train.model") if r["query"] == query.id]
+        assert record["sha256"] == weights_sha256(stored[p]) == result.records[p]["sha256"]
+        # the weights themselves are in no message the bank received
+        w = encode_ring(np.array(list(stored[p].values())))
+        assert not any(w.tobytes() in b for b in setup.wire.received_by(ANALYST))
+    # a party-held score uses them
+    score = ScoreQuery(
+        purpose=PURPOSE,
+        protocol="additive",
+        mode="party-held",
+        model=result.model,
+        agreements=setup.agreements,
+        datasets={**setup.datasets, ANALYST: "bank-ds"},
+        entities=tuple(setup.keys[:50]),
+    )
+    scored = run_score(
+        setup.space.transport(ANALYST), ANALYST, OPERATOR, score, analyst_data=setup.bank
+    )
+    design = setup.design()[:50]
+    weights = np.concatenate(
+        [result.model.weights_of(ANALYST), list(stored[COURT].values()), list(stored[TAX].values())]
+    )
+    assert np.allclose(scored.logits, result.model.intercept + design @ weights, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Refusals and failures
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_policy_without_train_refuses_before_any_read() -> None:
+    setup = _setup(offers={COURT: offer(kinds=("score",))}, n=64)
+    with pytest.raises(RemoteError) as refused:
+        setup.train(setup.query(entities=setup.keys[:64]))
+    assert refused.value.status == 403 and refused.value.peer == COURT
+    assert any(step.get("left_operand") == "computation" for step in refused.value.problem["trace"])
+    assert setup.data[COURT].reads == 0
+    assert not setup.events(ANALYST, "train.model")
+
+
+def test_a_use_limit_stops_training_mid_way_and_nothing_is_released() -> None:
+    limited = offer(kinds=("score", "train"), count=3)  # alignment + two epochs
+    setup = _setup(offers={TAX: limited}, n=64)
+    query = setup.query(entities=setup.keys[:64], params=TrainParams(epochs=4, batch_size=32))
+    with pytest.raises(RemoteError) as refused:
+        setup.train(query)
+    assert refused.value.status == 403 and refused.value.peer == TAX
+    uses = [u for u in setup.events(TAX, "query.use") if u["query"].startswith(query.id)]
+    assert len(uses) == 3
+    for pid in (ANALYST, TAX, COURT):
+        assert not setup.events(pid, "train.model")
+    # the sessions were dropped: the compute party no longer knows the training
+    with pytest.raises(RemoteError) as gone:
+        setup.space.transport(ANALYST).call(
+            COURT, "train.step", {"query": query.id, "epoch": 3, "seq": 0}
+        )
+    assert gone.value.status == 404
+
+
+def test_the_bank_must_hold_the_label_and_the_compute_party_is_a_provider() -> None:
+    setup = _setup(n=32)
+    with pytest.raises(ValidationError, match="computeParty"):
+        setup.query(entities=setup.keys[:32], compute_party="city-operator")
+    with pytest.raises(ValidationError, match="bank's dataset"):
+        run_train(
+            setup.space.transport(ANALYST),
+            "someone-else",
+            OPERATOR,
+            setup.query(entities=setup.keys[:32]),
+            analyst_data=setup.bank,
+        )
+    bad = InMemoryData()
+    bad.add(
+        "bank-ds",
+        setup.keys,
+        ["b0", "b1", "y"],
+        np.hstack([setup.x[ANALYST], 2 * setup.y[:, None]]),
+    )
+    setup.bank = bad
+    with pytest.raises(ValidationError, match="0 or 1"):
+        setup.train(setup.query(entities=setup.keys[:32]))
+
+
+def test_dealer_deals_each_seed_and_batch_once() -> None:
+    setup = _setup(n=32)
+    bank = setup.space.transport(ANALYST)
+    compute = setup.space.transport(COURT)
+    spec = {"nTrain": 32, "nValid": 0, "batch": 16, "columns": 8, "knots": 6, "epochs": 2}
+    seed = {
+        "session": "s-1",
+        "analyst": ANALYST,
+        "op": "seed",
+        "parties": [ANALYST, COURT],
+        "spec": spec,
+    }
+    with pytest.raises(RemoteError) as early:  # only the bank opens a session
+        compute.call(OPERATOR, "train.deal", seed)
+    assert early.value.status == 404
+    assert len(bank.call(OPERATOR, "train.deal", seed).payload) == 32
+    with pytest.raises(RemoteError) as twice:
+        bank.call(OPERATOR, "train.deal", seed)
+    assert twice.value.status == 409
+    with pytest.raises(RemoteError):  # other shapes
+        compute.call(OPERATOR, "train.deal", {**seed, "spec": {**spec, "columns": 9}})
+    assert len(compute.call(OPERATOR, "train.deal", seed).payload) == 32
+    material = {
+        "session": "s-1",
+        "analyst": ANALYST,
+        "op": "material",
+        "epoch": 1,
+        "first": 0,
+        "count": 2,
+    }
+    with pytest.raises(RemoteError):  # party 0 derives everything from its seed
+        bank.call(OPERATOR, "train.deal", material)
+    assert compute.call(OPERATOR, "train.deal", material).header["count"] == 2
+    with pytest.raises(RemoteError) as again:
+        compute.call(OPERATOR, "train.deal", material)
+    assert again.value.status == 409
+
+
+def test_query_json_roundtrip_and_errors_name_the_path() -> None:
+    setup = _setup(n=16)
+    query = setup.query(
+        entities=setup.keys[:16], params=TrainParams(validation=0.2, knots=(-4.0, 0.0, 4.0))
+    )
+    assert TrainQuery.from_json(query.to_json()) == query
+    doc = query.to_json()
+    for change, path in [
+        ({"protocol": "ckks"}, "$.protocol"),
+        ({"params": {"epochs": 0}}, "$.params.epochs"),
+        ({"params": {"knots": [1, 0]}}, "$.params.knots"),
+        ({"label": "b0"}, "$.label"),
+        ({"features": {**doc["features"], TAX: []}}, f"$.features.{TAX}"),
+        ({"extra": 1}, "$"),
+    ]:
+        with pytest.raises(ValidationError, match=path.replace("$", r"\$")):
+            TrainQuery.from_json({**doc, **change})
