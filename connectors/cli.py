@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from connectors.commands import catalog, ledger, node, query, space
-from connectors.demo import run as run_demo
+from connectors.commands import catalog, demo, ledger, node, query, space
 
 __all__ = ["app", "main"]
 
@@ -22,16 +21,6 @@ app = typer.Typer(
 )
 
 
-@app.command("demo")
-def _demo(
-    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    entities: int = typer.Option(1000, min=10, max=1_000_000, help="Applicants to score."),
-) -> None:
-    """Run the demonstration and print what ran, how fast, and how exact it was."""
-    ok = run_demo(entities=entities, json_output=json_output)
-    raise typer.Exit(code=0 if ok else 1)
-
-
 @app.command("version")
 def _version_command() -> None:
     """Print the version."""
@@ -40,7 +29,7 @@ def _version_command() -> None:
     typer.echo(version("trusted-space"))
 
 
-for _group in (node, space, catalog, ledger, query):
+for _group in (node, space, catalog, ledger, query, demo):
     _group.register(app)
 
 

@@ -1,192 +1,1074 @@
-"""The demonstration behind ``make demo`` / ``trusted-space demo``.
+"""The demonstration behind ``make demo`` / ``trusted-space demo``: a whole data space, for real.
 
-Today it runs the crypto path of a joint pre-loan score in one process: a bank holds a logistic
-model over 20 features spread across four providers (market registration, tax, social insurance,
-court); each protocol computes every applicant's logit without the bank's weights or any provider's
-features being visible to another party, and the result is compared with float64 plaintext. The
-full space of connector processes replaces this once the connector and query layers exist.
+What a newcomer sees in two minutes is what a city would run: six connector nodes, each its own
+process with its own SQLite store, keys and ledger under ``demo-output/nodes/<name>/`` — the
+city's big-data centre (operator), market registration, the tax bureau, social insurance, the
+court (providers) and a bank (consumer, and provider of its own loan history). Nothing in the
+flow is simulated; the demo does what the institutions' staff would do, over the same HTTP APIs:
+
+1. **Data**: :mod:`connectors.demo_data` draws 20,000 enterprises (valid USCCs, seeded) and writes
+   each institution's table as its own file (CSV, Parquet, SQLite), rows shuffled per file.
+2. **Space**: it writes a space config (``demo-output/space/space.toml``, dataset descriptions and
+   ODRL offers beside it) and starts it with :func:`connectors.space.up`: a graded three-level
+   catalog with one ``unconditional`` dataset (the public registry), one ``conditional`` (court
+   records) and three ``zone`` datasets (tax, social insurance — consent required — and the
+   bank's own).
+3. **Catalog and contracts**: the bank reads the federated catalog at the operator, first as an
+   outsider (only the registry is visible) and then as a member (everything), and negotiates an
+   agreement for each provider's dataset (DSP 2025-1, node to node).
+4. **Consent**: applicants sign consents for the bank's pre-loan review with their own keys;
+   the social-insurance node registers them (one applicant never does).
+5. **Model**: the bank's logistic model. Until joint training is available it is fitted in
+   plaintext inside the generator on the bank's earlier borrowers (the summary says so); a model
+   on the bank's own columns only is fitted beside it, for comparison.
+6. **Pre-loan review**: the applicants are scored jointly with each protocol (``paillier``,
+   ``ckks``, ``additive``) from the bank's node, and each result is compared with float64
+   plaintext (largest logit error; AUC against what happened next). An aggregate (a histogram of
+   tax credit grades over the applicants, aligned by PSI) runs too.
+7. **Refusals**: a query for the wrong purpose (refused with the provider's policy trace) and a
+   query naming an applicant without consent (refused, naming the entity).
+8. **Audit**: every node submits a checkpoint to the operator's witness; every node's ledger is
+   verified from outside (:func:`connectors.verify.verify_node`), with its key as registered at
+   the operator and the witness key; every receipt of every result is verified with
+   :func:`trusted_space.ledger.verify_receipt`.
+9. **Report**: a short summary (JSON with ``--json``), ``demo-output/report.html`` (inline SVG
+   plots, :mod:`connectors.demo_report`), then every node is stopped (``--keep-running`` leaves
+   the space up until SIGINT/SIGTERM).
+
+Each step is a list of :class:`~connectors.verify.Check`; the run is ``ok`` only if every check
+passed, and the command exits 1 otherwise.
+
+Threats and care: the demo acts as every institution's staff, so it reads each node's admin token
+from that node's directory (mode 0600 under a 0700 directory) and sends it only to that node over
+loopback; the entities' consent keys live only in this process. The output directory is the
+demo's own: a previous run's nodes (from ``--keep-running`` killed without cleanup) are stopped
+through their ``space.json`` before their directories are replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
 
+import httpx
 import numpy as np
-import numpy.typing as npt
 
-from crypto import ckks, paillier, sharing
-from crypto.fixedpoint import FixedPoint
+from connectors.analyst import AnalystClient, QueryFailed
+from connectors.client import AdminClient
+from connectors.commands.catalog import FINAL_STATES, catalog_rows, fetch_catalog
+from connectors.demo_data import (
+    BANK,
+    COURT,
+    MARKET,
+    MODEL_COLUMNS,
+    PARTIES,
+    PROVIDERS,
+    SOCIAL,
+    TAX,
+    DemoData,
+    generate,
+    write_tables,
+)
+from connectors.demo_stats import auc, fit_logistic, roc_curve, sigmoid
+from connectors.local import receipt_summary, write_scores
+from connectors.problems import ConnectorError, NotReady
+from connectors.runtime import NodeRuntime
+from connectors.settings import load_settings
+from connectors.space import SPACE_FILE, RunningSpace, SpaceError, down, load_config, up
+from connectors.verify import Check, verify_node
+from trusted_space.consent import sign_consent
+from trusted_space.errors import TrustedSpaceError
+from trusted_space.keys import SigningKey
+from trusted_space.ledger import Receipt, verify_receipt
+from trusted_space.policy import PROTOCOLS
+from trusted_space.query import Model
 
-__all__ = ["ProtocolResult", "run"]
+__all__ = [
+    "DATASET_IDS",
+    "OPERATOR",
+    "PURPOSE",
+    "TOLERANCE",
+    "DemoOptions",
+    "DemoRun",
+    "run",
+    "space_files",
+]
 
-FloatArray = npt.NDArray[np.float64]
-PROVIDERS = ("market-registration", "tax-bureau", "social-insurance", "court")
-FEATURES_PER_PROVIDER = 5
-TOLERANCE = {"paillier": 1e-6, "ckks": 1e-3, "additive": 1e-3}
+OPERATOR: Final = "city-centre"
+PURPOSE: Final = "pre-loan-review"
+TOLERANCE: Final[Mapping[str, float]] = {"paillier": 1e-6, "ckks": 1e-3, "additive": 1e-3}
+"""Largest |logit - float64 logit| accepted per protocol (docs/protocols.md, Accuracy)."""
+DATASET_IDS: Final[Mapping[str, str]] = {
+    MARKET: "enterprise-registry",
+    TAX: "tax-credit",
+    SOCIAL: "social-insurance-contributions",
+    COURT: "court-enforcement",
+    BANK: "bank-loan-history",
+}
+_TIERS: Final = {
+    MARKET: "unconditional",
+    TAX: "zone",
+    SOCIAL: "zone",
+    COURT: "conditional",
+    BANK: "zone",
+}
+_CONSENT_SAMPLE: Final = 20
+_CONSENT_WORKERS: Final = 8
+"""Applicants named beside the one without consent in the consent-refusal query."""
+
+
+# -- catalog: datasets and offers ---------------------------------------------------------------
+
+
+def _field(name: str, kind: str, grade: int, description: str) -> dict[str, Any]:
+    return {"name": name, "type": kind, "grade": grade, "description": description}
+
+
+_USCC_FIELD: Final = _field("uscc", "string", 1, "unified social credit code (GB 32100-2015)")
+
+
+def _datasets() -> dict[str, dict[str, Any]]:
+    """Each party's dataset description (trusted_space.catalog Dataset JSON)."""
+    return {
+        MARKET: {
+            "id": DATASET_IDS[MARKET],
+            "title": "Enterprise registry (public)",
+            "description": "Registration facts every enterprise must publish: status, date of "
+            "establishment, capital, and whether it is on the abnormal-operation list. Open to "
+            "anyone, raw rows included.",
+            "keywords": ["registry", "public", "enterprise"],
+            "tier": "unconditional",
+            "keyColumn": "uscc",
+            "keyKind": "uscc",
+            "responsibility": {
+                "id": "market-entity-registration",
+                "title": "Registration of market entities",
+                "legalBasis": "Regulations on the Registration of Market Entities",
+            },
+            "resource": {"id": "registry", "title": "Register of market entities"},
+            "table": {
+                "name": "registry",
+                "description": "one row per enterprise",
+                "fields": [
+                    _USCC_FIELD,
+                    _field("status", "category", 1, "active, revoked or cancelled"),
+                    _field("established", "date", 1, "date of establishment"),
+                    _field("age_years", "float", 1, "years since establishment"),
+                    _field("registered_capital", "float", 1, "registered capital, 10k CNY"),
+                    _field("paid_in_ratio", "float", 1, "paid-in / registered capital"),
+                    _field("abnormal_operation", "int", 1, "1: on the abnormal-operation list"),
+                ],
+            },
+        },
+        TAX: {
+            "id": DATASET_IDS[TAX],
+            "title": "Tax credit and payments",
+            "description": "Tax credit grade, tax paid, growth and arrears per enterprise. "
+            "Computation only: rows never leave the tax bureau.",
+            "keywords": ["tax", "credit", "pre-loan"],
+            "tier": "zone",
+            "keyColumn": "uscc",
+            "keyKind": "uscc",
+            "responsibility": {
+                "id": "tax-administration",
+                "title": "Tax collection and credit rating",
+                "legalBasis": "Law on the Administration of Tax Collection",
+            },
+            "resource": {"id": "tax-records", "title": "Enterprise tax records"},
+            "table": {
+                "name": "tax_credit",
+                "description": "one row per enterprise, last fiscal year",
+                "fields": [
+                    _USCC_FIELD,
+                    _field("credit_grade", "category", 3, "tax credit grade A, B, M, C or D"),
+                    _field("credit_rank", "int", 3, "the grade as 0 (A) … 4 (D); M = 2"),
+                    _field("tax_paid", "float", 3, "tax paid, 10k CNY"),
+                    _field("log_tax_paid", "float", 3, "log10 of tax paid in CNY"),
+                    _field("tax_growth", "float", 3, "year-on-year growth of tax paid"),
+                    _field("tax_arrears", "int", 3, "1: tax in arrears"),
+                ],
+            },
+        },
+        SOCIAL: {
+            "id": DATASET_IDS[SOCIAL],
+            "title": "Social insurance contributions",
+            "description": "Insured staff, years of contributions and months in arrears. "
+            "Computation only, and only for enterprises that consented.",
+            "keywords": ["social insurance", "employment", "pre-loan"],
+            "tier": "zone",
+            "keyColumn": "uscc",
+            "keyKind": "uscc",
+            "responsibility": {
+                "id": "social-insurance-collection",
+                "title": "Collection of social insurance contributions",
+                "legalBasis": "Social Insurance Law",
+            },
+            "resource": {"id": "contributions", "title": "Employer contribution records"},
+            "table": {
+                "name": "contributions",
+                "description": "one row per employer",
+                "fields": [
+                    _USCC_FIELD,
+                    _field("insured_staff", "int", 3, "employees insured"),
+                    _field("log_insured_staff", "float", 3, "log10(1 + insured staff)"),
+                    _field("contribution_years", "float", 3, "years of continuous contributions"),
+                    _field("arrears_months", "int", 3, "months of contributions in arrears"),
+                ],
+            },
+        },
+        COURT: {
+            "id": DATASET_IDS[COURT],
+            "title": "Enforcement and litigation",
+            "description": "Dishonest-debtor listing, amounts under enforcement and lawsuits "
+            "as defendant. Raw rows only after an agreed contract.",
+            "keywords": ["court", "enforcement", "risk"],
+            "tier": "conditional",
+            "keyColumn": "uscc",
+            "keyKind": "uscc",
+            "responsibility": {
+                "id": "enforcement",
+                "title": "Enforcement of judgments",
+                "legalBasis": "Civil Procedure Law",
+            },
+            "resource": {"id": "enforcement-records", "title": "Enforcement records"},
+            "table": {
+                "name": "court_records",
+                "description": "one row per enterprise",
+                "fields": [
+                    _USCC_FIELD,
+                    _field("dishonest_debtor", "int", 1, "1: on the dishonest-debtor list"),
+                    _field("enforcement_amount", "float", 2, "amount under enforcement, 10k CNY"),
+                    _field("log_enforcement", "float", 2, "log10(1 + amount under enforcement)"),
+                    _field("lawsuits", "int", 2, "lawsuits as defendant, last 3 years"),
+                ],
+            },
+        },
+        BANK: {
+            "id": DATASET_IDS[BANK],
+            "title": "Bank loan history",
+            "description": "The bank's own loan history per enterprise. Computation only, for "
+            "the bank's own joint scoring.",
+            "keywords": ["bank", "loans"],
+            "tier": "zone",
+            "keyColumn": "uscc",
+            "keyKind": "uscc",
+            "responsibility": {
+                "id": "credit-business",
+                "title": "Credit business",
+                "legalBasis": "Commercial Banking Law",
+            },
+            "resource": {"id": "loan-book", "title": "Loan book"},
+            "table": {
+                "name": "loan_history",
+                "description": "one row per enterprise (zeros: never borrowed here)",
+                "fields": [
+                    _USCC_FIELD,
+                    _field("prior_loans", "int", 4, "earlier loans with the bank"),
+                    _field("max_overdue_days", "int", 4, "most days overdue, last 24 months"),
+                    _field("overdue_30", "int", 4, "1: ever 30+ days overdue"),
+                    _field("utilisation", "float", 4, "credit-line utilisation"),
+                ],
+            },
+        },
+    }
+
+
+def _offer_id(name: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'trusted-space-demo/offer/{name}')}"
+
+
+def _integer(value: int) -> dict[str, str]:
+    return {"@value": str(value), "@type": "xsd:integer"}
+
+
+def _constraint(left: str, operator: str, right: Any) -> dict[str, Any]:
+    return {"leftOperand": left, "operator": operator, "rightOperand": right}
+
+
+def _offers() -> dict[str, dict[str, Any]]:
+    """Each party's ODRL offer (one per dataset)."""
+    protocols = list(PROTOCOLS)
+    purposes = [PURPOSE, "risk-monitoring"]
+    return {
+        MARKET: {
+            "@id": _offer_id("open-registry"),
+            "@type": "Offer",
+            "profile": "urn:trusted-space:odrl-profile:1",
+            "permission": [{"action": "use", "duty": [{"action": "log"}]}],
+        },
+        TAX: {
+            "@id": _offer_id("tax-credit"),
+            "@type": "Offer",
+            "profile": "urn:trusted-space:odrl-profile:1",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        _constraint("purpose", "isAnyOf", purposes),
+                        _constraint("computation", "isAnyOf", ["score", "aggregate"]),
+                        _constraint("protocol", "isAnyOf", protocols),
+                        _constraint("output", "isAnyOf", ["score", "aggregate"]),
+                        _constraint("minCohort", "gteq", _integer(10)),
+                        _constraint("count", "lteq", _integer(100)),
+                    ],
+                    "duty": [{"action": "log"}],
+                }
+            ],
+            "prohibition": [
+                {"action": "use", "constraint": [_constraint("purpose", "eq", "marketing")]}
+            ],
+        },
+        SOCIAL: {
+            "@id": _offer_id("social-insurance"),
+            "@type": "Offer",
+            "profile": "urn:trusted-space:odrl-profile:1",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        _constraint("purpose", "eq", PURPOSE),
+                        _constraint("computation", "eq", "score"),
+                        _constraint("protocol", "isAnyOf", protocols),
+                        _constraint("output", "eq", "score"),
+                        _constraint("consent", "eq", "required"),
+                        _constraint("count", "lteq", _integer(100)),
+                    ],
+                    "duty": [{"action": "log"}, {"action": "notify"}],
+                }
+            ],
+        },
+        COURT: {
+            "@id": _offer_id("court-enforcement"),
+            "@type": "Offer",
+            "profile": "urn:trusted-space:odrl-profile:1",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        _constraint("purpose", "isAnyOf", purposes),
+                        _constraint("role", "eq", "consumer"),
+                        _constraint("computation", "isAnyOf", ["score", "aggregate"]),
+                        _constraint("protocol", "isAnyOf", protocols),
+                        _constraint("output", "isAnyOf", ["score", "aggregate"]),
+                        _constraint("retention", "lteq", "P90D"),
+                    ],
+                    "duty": [{"action": "log"}],
+                }
+            ],
+        },
+        BANK: {
+            "@id": _offer_id("bank-own-use"),
+            "@type": "Offer",
+            "profile": "urn:trusted-space:odrl-profile:1",
+            "permission": [
+                {
+                    "action": "use",
+                    "constraint": [
+                        _constraint("assignee", "eq", BANK),
+                        _constraint("purpose", "isAnyOf", purposes),
+                        _constraint("computation", "isAnyOf", ["score", "train"]),
+                        _constraint("output", "eq", "score"),
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string for these values
+
+
+def space_files(out: Path, sources: Mapping[str, tuple[str, Path, str | None]]) -> Path:
+    """Write the space config, dataset descriptions and offers under ``out/space``; its path.
+
+    The files are what a person would write to run the same space with ``trusted-space space
+    up demo-output/space/space.toml``; paths in it are relative to it.
+    """
+    root = out / "space"
+    (root / "datasets").mkdir(parents=True, exist_ok=True)
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    datasets, offers = _datasets(), _offers()
+    lines = [
+        "# The demo's space, written by `trusted-space demo` (docs/demo.md).",
+        "[space]",
+        'name = "demo"',
+        'dir = "../nodes"',
+        'host = "127.0.0.1"',
+        "base_port = 0",
+        "",
+        "[[node]]",
+        f"name = {_toml_string(OPERATOR)}",
+        'roles = ["operator"]',
+    ]
+    for party in (*PROVIDERS, BANK):
+        roles = '["consumer", "provider"]' if party == BANK else '["provider"]'
+        kind, path, table = sources[party]
+        dataset_file = root / "datasets" / f"{party}.json"
+        offer_file = root / "policies" / f"{party}.json"
+        dataset_file.write_text(json.dumps(datasets[party], indent=2) + "\n", encoding="utf-8")
+        offer_file.write_text(json.dumps(offers[party], indent=2) + "\n", encoding="utf-8")
+        relative = Path("..") / path.relative_to(out)
+        source = f"{{ kind = {_toml_string(kind)}, path = {_toml_string(str(relative))}"
+        source += f", table = {_toml_string(table)} }}" if table else " }"
+        lines += [
+            "",
+            "[[node]]",
+            f"name = {_toml_string(party)}",
+            f"roles = {roles}",
+            "",
+            "[[node.dataset]]",
+            f'file = "datasets/{party}.json"',
+            f"source = {source}",
+            f'offers = ["policies/{party}.json"]',
+        ]
+    config = root / "space.toml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return config
+
+
+# -- the run ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ProtocolResult:
-    protocol: str
-    entities: int
-    seconds: float
-    max_abs_logit_error: float
-    tolerance: float
-    ok: bool
-    what_the_bank_learns: str
-    what_each_provider_learns: str
+class DemoOptions:
+    """What to run.
+
+    Attributes:
+        entities: enterprises in the city.
+        applicants: applicants scored.
+        seed: the data's seed.
+        out: the output directory (node directories, data, report).
+        protocols: protocols to score with.
+        keep_running: leave the space up after the run, until SIGINT/SIGTERM.
+        timeout: seconds to wait for nodes, negotiations and each query.
+    """
+
+    entities: int = 20_000
+    applicants: int = 1_000
+    seed: int = 2025
+    out: Path = Path("demo-output")
+    protocols: tuple[str, ...] = tuple(PROTOCOLS)
+    keep_running: bool = False
+    timeout: float = 300.0
 
 
-def _synthetic(entities: int, seed_rng: np.random.Generator) -> tuple[list[FloatArray], FloatArray]:
-    """Standardised features per provider and the bank's weights (bounded, as a fitted model is)."""
-    blocks = [
-        np.clip(seed_rng.standard_normal((entities, FEATURES_PER_PROVIDER)), -6.0, 6.0)
-        for _ in PROVIDERS
-    ]
-    weights = seed_rng.uniform(-1.5, 1.5, FEATURES_PER_PROVIDER * len(PROVIDERS))
-    return blocks, weights
+@dataclass
+class DemoRun:
+    """The state and findings of one run (``summary()`` is what ``--json`` prints)."""
+
+    options: DemoOptions
+    say: Callable[[str], None]
+    checks: list[Check] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    nodes: dict[str, str] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    protocols: list[dict[str, Any]] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    ledgers: list[dict[str, Any]] = field(default_factory=list)
+    plots: dict[str, Any] = field(default_factory=dict)
+    space: RunningSpace | None = None
+    data: DemoData | None = None
+    _vkeys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def check(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(name, bool(ok), detail))
+        if not ok:
+            self.say(f"  FAILED: {name}: {detail}")
+        return ok
+
+    @contextlib.contextmanager
+    def step(self, name: str, label: str) -> Iterator[None]:
+        self.say(f"{label} …")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - started, 3)
+            self.say(f"  done in {self.timings[name]:.1f} s")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "what": "a pre-loan review of enterprises by a bank jointly with four government "
+            "departments, through a space of six connector nodes",
+            "outputDir": str(self.options.out.resolve()),
+            "nodes": dict(self.nodes),
+            **self.facts,
+            "protocols": self.protocols,
+            "refusals": self.refusals,
+            "ledgers": self.ledgers,
+            "timings": dict(self.timings),
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def node_dir(self, name: str) -> Path:
+        if self.space is None:
+            raise NotReady("the space is not running")
+        return self.space[name].dir
+
+    def admin(self, name: str) -> AdminClient:
+        if self.space is None:
+            raise NotReady("the space is not running")
+        return self.space[name].admin(timeout=self.options.timeout)
+
+    def analyst(self) -> AnalystClient:
+        return AnalystClient.from_dir(self.node_dir(BANK), timeout=self.options.timeout)
 
 
-def _split(weights: FloatArray) -> list[FloatArray]:
-    k = FEATURES_PER_PROVIDER
-    return [weights[i * k : (i + 1) * k] for i in range(len(PROVIDERS))]
+def _prepare_output(out: Path) -> None:
+    """Stop a previous run's nodes (if its space file says some run) and clear its files."""
+    nodes = out / "nodes"
+    if (nodes / SPACE_FILE).exists():
+        with contextlib.suppress(SpaceError, OSError):
+            down(nodes, timeout=5.0)
+    for child in ("nodes", "data", "space"):
+        shutil.rmtree(out / child, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
 
 
-def _paillier(blocks: list[FloatArray], weights: FloatArray) -> FloatArray:
-    public, private = paillier.generate_keypair(2048)
-    with paillier.PaillierEngine(public, private, workers=0) as bank:
-        enc_w = bank.encrypt(weights)
-        k = FEATURES_PER_PROVIDER
-        total: paillier.PackedCiphertexts | None = None
-        with paillier.PaillierEngine(public, workers=2) as provider_engine:
-            layout = provider_engine.weighted_sum_layout(
-                weight_bound=2.0, feature_bound=6.0, terms=k, addends=len(PROVIDERS)
-            )
-            for i, block in enumerate(blocks):
-                # What travels: the bank's encrypted weights for this provider's columns, as JSON.
-                wire = paillier.CiphertextVector(
-                    enc_w.values[i * k : (i + 1) * k], enc_w.key_id, enc_w.exponent
-                ).serialize()
-                received = paillier.CiphertextVector.load(
-                    wire, public, exponent=provider_engine.codec.exponent
+def _start(run: DemoRun) -> DemoData:
+    options = run.options
+    with run.step("data", f"generating {options.entities:,} enterprises (seed {options.seed})"):
+        data = generate(options.entities, applicants=options.applicants, seed=options.seed)
+        sources = write_tables(data, options.out / "data")
+        run.data = data
+        run.facts["data"] = {
+            "enterprises": data.n,
+            "applicants": len(data.applicants),
+            "trainingSet": len(data.train),
+            "seed": data.seed,
+            "defaultRate": round(float(data.labels.mean()), 4),
+            "applicantDefaultRate": round(float(data.labels[data.applicants].mean()), 4),
+            "files": {p: str(path) for p, (_, path, _) in sources.items()},
+        }
+    with run.step("spaceUp", "starting six nodes (operator, four departments, a bank)"):
+        config = load_config(space_files(options.out, sources))
+        run.space = up(config, timeout=options.timeout)
+        run.nodes = run.space.urls
+        run.check(
+            "space up",
+            len(run.nodes) == 6,
+            f"{len(run.nodes)} nodes running, each in its own process: {', '.join(run.nodes)}",
+        )
+    return data
+
+
+def _browse_and_negotiate(run: DemoRun) -> dict[str, str]:
+    """Read the federated catalog as an outsider and as the bank; negotiate every dataset."""
+    assert run.space is not None
+    operator_url = run.space.operator.url
+    agreements: dict[str, str] = {}
+    with run.step("catalog", "the bank browses the federated catalog"):
+        anonymous = catalog_rows(fetch_catalog(operator_url, federated=True))
+        runtime = NodeRuntime(load_settings(run.node_dir(BANK)))
+        try:
+            member = catalog_rows(
+                fetch_catalog(
+                    operator_url,
+                    federated=True,
+                    signer=runtime.client,
+                    audience=OPERATOR,
                 )
-                partial = provider_engine.packed_linear_combination(received, block, layout)
-                total = partial if total is None else provider_engine.add_packed(total, partial)
-        if total is None:
-            raise RuntimeError("no providers")
-        return bank.decrypt_packed(total)
-
-
-def _ckks(blocks: list[FloatArray], weights: FloatArray) -> FloatArray:
-    secret = ckks.SecretContext.generate()
-    public_bytes = secret.public_context().serialize()
-    partials = []
-    for block, w in zip(blocks, _split(weights), strict=True):
-        # Each provider receives only the public context (no secret key) and encrypted weights.
-        evaluator = ckks.PublicContext.load(public_bytes)
-        enc_w = evaluator.load_vector(ckks.encrypt_weights(secret, w).serialize())
-        partials.append(ckks.weighted_sum(evaluator, enc_w, block))
-    total = partials[0]
-    for p in partials[1:]:
-        total = ckks.add(total, p)
-    return secret.decrypt(total)
-
-
-def _additive(blocks: list[FloatArray], weights: FloatArray) -> FloatArray:
-    codec = FixedPoint(frac_bits=16)
-    x = np.hstack(blocks)
-    x_shares = sharing.share(codec.encode(x), 2)
-    w_shares = sharing.share(codec.encode(weights), 2)
-    dealer = sharing.TripleDealer(2)
-    batch = dealer.matmul_triple(x.shape, weights.shape)
-    z_shares = sharing.beaver_multiply(x_shares, w_shares, batch)
-    z = sharing.reconstruct(sharing.truncate(z_shares, codec.frac_bits))
-    return codec.decode(z)
-
-
-_PROTOCOLS: dict[str, tuple[Callable[[list[FloatArray], FloatArray], FloatArray], str, str]] = {
-    "paillier": (
-        _paillier,
-        "each applicant's total logit (one decryption per packed block of all providers' sum)",
-        "only ciphertexts of the bank's weights under the bank's 2048-bit key",
-    ),
-    "ckks": (
-        _ckks,
-        "each applicant's total logit, rounded before release",
-        "only a public CKKS context (no secret key) and encrypted weights",
-    ),
-    "additive": (
-        _additive,
-        "each applicant's total logit (reconstructed from two shares)",
-        "uniformly random shares of the weights and of the other parties' features",
-    ),
-}
-
-
-def run(*, entities: int = 1000, json_output: bool = False) -> bool:
-    """Run every protocol on the same synthetic applicants; print a summary; return success."""
-    rng = np.random.default_rng()
-    blocks, weights = _synthetic(entities, rng)
-    intercept = -1.2
-    plain_start = time.perf_counter()
-    expected = np.hstack(blocks) @ weights
-    plain_seconds = time.perf_counter() - plain_start
-
-    results: list[ProtocolResult] = []
-    for name, (fn, bank_learns, provider_learns) in _PROTOCOLS.items():
-        start = time.perf_counter()
-        logits = fn(blocks, weights)
-        seconds = time.perf_counter() - start
-        error = float(np.max(np.abs(logits - expected)))
-        results.append(
-            ProtocolResult(
-                protocol=name,
-                entities=entities,
-                seconds=round(seconds, 3),
-                max_abs_logit_error=error,
-                tolerance=TOLERANCE[name],
-                ok=error <= TOLERANCE[name],
-                what_the_bank_learns=bank_learns,
-                what_each_provider_learns=provider_learns,
             )
+            participants = runtime.client.get_json(
+                f"{operator_url}/operator/participants", audience=OPERATOR
+            )
+        finally:
+            runtime.close()
+        run._vkeys = {str(p["id"]): str(p["ledgerVkey"]) for p in participants}
+        with httpx.Client(timeout=30) as http:
+            run._vkeys[OPERATOR] = str(http.get(f"{operator_url}/identity").json()["ledgerVkey"])
+        seen_open = sorted(r["dataset"] for r in anonymous)
+        seen_member = sorted(r["dataset"] for r in member)
+        run.facts["catalog"] = {
+            "anonymous": [_catalog_row(r) for r in anonymous],
+            "member": [_catalog_row(r) for r in member],
+        }
+        run.check(
+            "catalog: an outsider sees only open data",
+            seen_open == [DATASET_IDS[MARKET]],
+            f"anonymous request to the operator lists {seen_open}",
         )
-    probabilities = 1.0 / (1.0 + np.exp(-(expected + intercept)))
-    summary: dict[str, Any] = {
-        "what": "joint pre-loan score: bank-held logistic model over 4 providers' features",
-        "entities": entities,
-        "features": int(weights.size),
-        "providers": list(PROVIDERS),
-        "plaintext_seconds": plain_seconds,
-        "mean_default_probability": float(probabilities.mean()),
-        "protocols": [asdict(r) for r in results],
-        "ok": all(r.ok for r in results),
-    }
-    if json_output:
-        print(json.dumps(summary, indent=2))
-    else:
-        _print_table(summary, results)
-    return bool(summary["ok"])
+        run.check(
+            "catalog: a member sees every tier",
+            set(DATASET_IDS.values()) <= set(seen_member),
+            f"the bank, signed, sees {len(seen_member)} datasets: "
+            + ", ".join(f"{r['dataset']} ({r['tier']})" for r in member),
+        )
+    with run.step("negotiate", "the bank negotiates an agreement for each dataset (DSP)"):
+        offers = _offers()
+        with run.admin(BANK) as bank:
+            started = {
+                p: bank.post(
+                    "/management/negotiations",
+                    {"provider": p, "datasetId": DATASET_IDS[p], "offerId": offers[p]["@id"]},
+                )
+                for p in PROVIDERS
+            }
+            deadline = time.monotonic() + run.options.timeout
+            views = dict(started)
+            while time.monotonic() < deadline and any(
+                v["state"] not in FINAL_STATES for v in views.values()
+            ):
+                time.sleep(0.1)
+                views = {
+                    p: v
+                    if v["state"] in FINAL_STATES
+                    else bank.get(f"/management/negotiations/{v['id']}")
+                    for p, v in views.items()
+                }
+        for p, view in views.items():
+            if run.check(
+                f"agreement with {p}",
+                view["state"] == "FINALIZED" and bool(view.get("agreementId")),
+                f"negotiation {view['state']}, agreement {view.get('agreementId')}",
+            ):
+                agreements[p] = str(view["agreementId"])
+        run.facts["agreements"] = agreements
+    return agreements
 
 
-def _print_table(summary: dict[str, Any], results: list[ProtocolResult]) -> None:
-    print(f"trusted-space demo: {summary['what']}")
-    print(
-        f"{summary['entities']} applicants, {summary['features']} features across "
-        f"{', '.join(summary['providers'])}\n"
+def _catalog_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("provider", "dataset", "title", "tier", "maxGrade")}
+
+
+def _consent(social: AdminClient, entity: str, now: datetime) -> None:
+    """The enterprise makes a key, has the node record it, and signs a consent for the bank."""
+    key = SigningKey.generate()
+    social.post(
+        "/management/consents/entity-keys",
+        {"entity": entity, "publicKey": key.verify_key.to_b64()},
     )
-    print(f"{'protocol':<10} {'seconds':>8} {'max |logit error|':>18} {'bound':>8}  result")
-    for r in results:
-        verdict = "ok" if r.ok else "FAILED"
-        print(
-            f"{r.protocol:<10} {r.seconds:>8.2f} {r.max_abs_logit_error:>18.2e} "
-            f"{r.tolerance:>8.0e}  {verdict}"
+    consent = sign_consent(
+        key,
+        issuer=entity,
+        entity=entity,
+        grantee=BANK,
+        purpose=PURPOSE,
+        not_before=now - timedelta(minutes=5),
+        expires_at=now + timedelta(days=90),
+        now=now,
+    )
+    social.post("/management/consents", {"token": consent.token})
+
+
+def _register_consents(run: DemoRun, data: DemoData) -> None:
+    """Each applicant signs a consent for the bank's pre-loan review with its own key."""
+    applicants = data.ids_at(data.applicants)
+    now = datetime.now(UTC)
+    with (
+        run.step("consents", f"{len(applicants):,} applicants sign their consent"),
+        run.admin(SOCIAL) as social,
+        ThreadPoolExecutor(max_workers=_CONSENT_WORKERS) as pool,
+    ):
+        list(pool.map(lambda entity: _consent(social, entity, now), applicants))
+        run.facts["consents"] = {
+            "registeredAt": SOCIAL,
+            "applicants": len(applicants),
+            "withoutConsent": data.ids[data.no_consent],
+        }
+
+
+def _fit(run: DemoRun, data: DemoData) -> tuple[Model, Model]:
+    """The bank's joint model and its bank-only model (plaintext fit on the training split)."""
+    with run.step("model", "fitting the bank's model (plaintext, on its earlier borrowers)"):
+        y = data.labels[data.train]
+        joint_x = np.hstack([data.matrix(p)[data.train] for p in PARTIES])
+        joint = fit_logistic(joint_x, y)
+        bank_only = fit_logistic(data.matrix(BANK)[data.train], y)
+        weights: dict[str, dict[str, float]] = {}
+        at = 0
+        for p in PARTIES:
+            cols = MODEL_COLUMNS[p]
+            weights[p] = {
+                c: round(float(w), 8)
+                for c, w in zip(cols, joint.weights[at : at + len(cols)], strict=True)
+            }
+            at += len(cols)
+        model = Model.from_json(
+            {"intercept": round(joint.intercept, 8), "link": "logistic", "weights": weights}
         )
-    print(f"{'plaintext':<10} {summary['plaintext_seconds']:>8.4f}")
-    print("\nWhat each party learns:")
-    for r in results:
-        print(f"  {r.protocol}: bank: {r.what_the_bank_learns}")
-        print(f"  {' ' * len(r.protocol)}  providers: {r.what_each_provider_learns}")
+        alone = Model.from_json(
+            {
+                "intercept": round(bank_only.intercept, 8),
+                "link": "logistic",
+                "weights": {
+                    BANK: {
+                        c: round(float(w), 8)
+                        for c, w in zip(MODEL_COLUMNS[BANK], bank_only.weights, strict=True)
+                    }
+                },
+            }
+        )
+        (run.options.out / "model.json").write_text(
+            json.dumps(model.to_json(), indent=2) + "\n", encoding="utf-8"
+        )
+        run.facts["model"] = {
+            "how": "plaintext logistic regression fitted by the bank inside the demo generator "
+            "on its earlier borrowers (joint training through the nodes is not available yet)",
+            "trainingSet": len(y),
+            "features": {p: list(MODEL_COLUMNS[p]) for p in PARTIES},
+            "file": str(run.options.out / "model.json"),
+        }
+    return model, alone
+
+
+def _plain_logits(model: Model, data: DemoData, rows: np.ndarray) -> np.ndarray:
+    z = np.full(len(rows), model.intercept)
+    for p in model.parties:
+        z += data.matrix(p, model.columns(p))[rows] @ model.weights_of(p)
+    return z
+
+
+def _verify_receipts(run: DemoRun, receipts: Mapping[str, Any]) -> dict[str, Any]:
+    """Every receipt against the provider's ledger key as registered at the operator."""
+    out: dict[str, Any] = {}
+    for label, receipt in receipts.items():
+        participant = str(receipt.get("participant") or label)
+        vkey = run._vkeys.get(participant, "")
+        try:
+            parsed = Receipt.from_json(
+                {k: v for k, v in dict(receipt).items() if k not in ("vkey", "participant")}
+            )
+            verify_receipt(parsed.checkpoint, vkey, parsed.entry, parsed.index, parsed.proof)
+            summary = receipt_summary(dict(receipt), vkey) | {"verified": True}
+        except (TrustedSpaceError, ValueError) as exc:
+            summary = {"participant": participant, "verified": False, "error": str(exc)}
+        out[label] = summary
+    return out
+
+
+def _score(run: DemoRun, data: DemoData, model: Model, alone: Model) -> None:
+    applicants = data.ids_at(data.applicants)
+    labels = data.labels[data.applicants]
+    plain = _plain_logits(model, data, data.applicants)
+    plain_bank = _plain_logits(alone, data, data.applicants)
+    auc_plain = auc(labels, plain)
+    auc_bank = auc(labels, plain_bank)
+    run.facts["auc"] = {
+        "bankAlone": round(auc_bank, 4),
+        "jointPlaintext": round(auc_plain, 4),
+        "groundTruth": round(auc(labels, data.truth_logit[data.applicants]), 4),
+    }
+    run.plots["labels"] = labels
+    run.plots["roc"] = {"bank alone": roc_curve(labels, plain_bank)}
+    run.plots["probabilities"] = sigmoid(plain)
+    run.check(
+        "government data improve the prediction",
+        auc_plain > auc_bank,
+        f"AUC on the applicants: {auc_plain:.3f} jointly vs {auc_bank:.3f} with the bank's own "
+        "data alone",
+    )
+    for protocol in run.options.protocols:
+        with (
+            run.step(
+                f"score.{protocol}", f"pre-loan review of {len(applicants):,} with {protocol}"
+            ),
+            run.analyst() as bank,
+        ):
+            query = bank.score_query(
+                model, applicants, protocol=protocol, purpose=PURPOSE, id_kind="uscc"
+            )
+            started = time.perf_counter()
+            result = bank.score_json(query, timeout=run.options.timeout)
+            seconds = time.perf_counter() - started
+        position = {e: i for i, e in enumerate(applicants)}
+        order = np.array([position[e] for e in result["entities"]], dtype=np.int64)
+        logits = np.asarray(result["logits"], dtype=np.float64)
+        error = float(np.max(np.abs(logits - plain[order]))) if len(order) else float("inf")
+        secure_auc = auc(labels[order], logits)
+        receipts = _verify_receipts(run, result.get("receipts", {}))
+        write_scores(run.options.out / f"scores-{protocol}.csv", result)
+        run.plots["roc"][f"joint, {protocol}"] = roc_curve(labels[order], logits)
+        run.protocols.append(
+            {
+                "protocol": protocol,
+                "entities": len(order),
+                "seconds": round(seconds, 3),
+                "entitiesPerSecond": round(len(order) / seconds, 1) if seconds else None,
+                "phases": {k: round(float(v), 3) for k, v in result.get("timings", {}).items()},
+                "maxAbsLogitError": error,
+                "tolerance": TOLERANCE[protocol],
+                "auc": round(secure_auc, 4),
+                "aucPlaintext": round(auc_plain, 4),
+                "query": result.get("query"),
+                "receipts": receipts,
+            }
+        )
+        run.check(
+            f"{protocol}: every applicant scored",
+            len(order) == len(applicants),
+            f"{len(order)} of {len(applicants)} scores",
+        )
+        run.check(
+            f"{protocol}: logits agree with float64",
+            error <= TOLERANCE[protocol],
+            f"max |logit error| {error:.2e} (bound {TOLERANCE[protocol]:.0e})",
+        )
+        run.check(
+            f"{protocol}: AUC equals the plaintext AUC (3 decimals)",
+            abs(secure_auc - auc_plain) < 5e-4,
+            f"{secure_auc:.4f} vs {auc_plain:.4f}",
+        )
+        run.check(
+            f"{protocol}: every receipt verifies",
+            set(receipts) == set(PROVIDERS) and all(r["verified"] for r in receipts.values()),
+            f"receipts from {', '.join(sorted(receipts))}, each checked against the provider's "
+            "ledger key as registered at the operator",
+        )
+
+
+def _aggregate(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> None:
+    applicants = data.ids_at(data.applicants)
+    edges = [-0.5, 0.5, 1.5, 2.5, 3.5, 4.5]
+    with (
+        run.step("aggregate", "aggregate: tax credit grades of the applicants (PSI cohort)"),
+        run.analyst() as bank,
+    ):
+        body = {
+            "provider": TAX,
+            "agreement": agreements[TAX],
+            "dataset": DATASET_IDS[TAX],
+            "column": "credit_rank",
+            "statistic": "histogram",
+            "protocol": "additive",
+            "purpose": PURPOSE,
+            "cohort": applicants,
+            "bins": edges,
+        }
+        view = bank.submit_aggregate(body)
+        result = bank.wait(view["id"], timeout=run.options.timeout)
+    expected, _ = np.histogram(
+        np.asarray(data.tables[TAX]["credit_rank"], dtype=np.float64)[data.applicants], edges
+    )
+    counts = [round(float(c), 6) for c in result.get("counts", [])]
+    receipts = _verify_receipts(
+        run, {f"{TAX}#{i}": r for i, r in enumerate(result.get("receipts", []))}
+    )
+    run.facts["aggregate"] = {
+        "what": "histogram of tax credit grades (A, B, M, C, D) over the applicants, cohort "
+        "aligned by PSI (the tax bureau never learns who applied)",
+        "protocol": "additive",
+        "cohortSize": result.get("cohortSize"),
+        "counts": dict(zip(["A", "B", "M", "C", "D"], counts, strict=False)),
+        "expected": dict(zip(["A", "B", "M", "C", "D"], expected.tolist(), strict=True)),
+        "receipts": receipts,
+    }
+    run.check(
+        "aggregate equals plaintext",
+        np.allclose(counts, expected, atol=1e-3) and result.get("cohortSize") == len(applicants),
+        f"counts {counts} vs {expected.tolist()}, cohort {result.get('cohortSize')}",
+    )
+    run.check(
+        "aggregate receipt verifies",
+        bool(receipts) and all(r["verified"] for r in receipts.values()),
+        f"{len(receipts)} receipt(s)",
+    )
+
+
+def _blocking(trace: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(s) for s in trace if s.get("blocking")]
+
+
+def _refusals(run: DemoRun, data: DemoData, model: Model) -> None:
+    def sub_model(provider: str) -> Model:
+        return Model.from_json(
+            {
+                "intercept": model.intercept,
+                "link": "logistic",
+                "weights": {
+                    BANK: dict(
+                        zip(model.columns(BANK), model.weights_of(BANK).tolist(), strict=True)
+                    ),
+                    provider: dict(
+                        zip(
+                            model.columns(provider),
+                            model.weights_of(provider).tolist(),
+                            strict=True,
+                        )
+                    ),
+                },
+            }
+        )
+
+    cases = [
+        (
+            "wrong purpose",
+            sub_model(TAX),
+            data.ids_at(data.applicants[:_CONSENT_SAMPLE]),
+            "marketing",
+            TAX,
+            None,
+        ),
+        (
+            "no consent",
+            sub_model(SOCIAL),
+            [*data.ids_at(data.applicants[:_CONSENT_SAMPLE]), data.ids[data.no_consent]],
+            PURPOSE,
+            SOCIAL,
+            data.ids[data.no_consent],
+        ),
+    ]
+    with run.step("refusals", "two queries the providers must refuse"), run.analyst() as bank:
+        for name, sub, entities, purpose, provider, entity in cases:
+            query = bank.score_query(
+                sub, entities, protocol="ckks", purpose=purpose, id_kind="uscc"
+            )
+            try:
+                bank.score_json(query, timeout=run.options.timeout)
+            except QueryFailed as refused:
+                blocking = _blocking(refused.trace)
+                refused_entities = sorted(
+                    {e for s in blocking for e in s.get("refused_entities", [])}
+                )
+                run.refusals.append(
+                    {
+                        "case": name,
+                        "purpose": purpose,
+                        "refusedBy": refused.peer,
+                        "detail": refused.problem.get("detail"),
+                        "blocking": blocking,
+                        "trace": refused.trace,
+                        "refusedEntities": refused_entities,
+                    }
+                )
+                ok = refused.peer == provider and bool(blocking)
+                if entity is not None:
+                    ok = ok and refused_entities == [entity]
+                run.check(
+                    f"refused: {name}",
+                    ok,
+                    f"{refused.peer} refused: "
+                    + "; ".join(str(s.get("message")) for s in blocking),
+                )
+            else:
+                run.check(f"refused: {name}", False, "the query was allowed")
+
+
+def _audit(run: DemoRun) -> None:
+    """Checkpoints to the witness, then every ledger verified from outside."""
+    assert run.space is not None
+    with run.step("audit", "checkpoints to the witness; every ledger verified from outside"):
+        names = [n for n in run.nodes if n != OPERATOR] + [OPERATOR]
+        for name in names:
+            with run.admin(name) as admin:
+                answer = admin.post("/management/ledger/checkpoint")
+            run.check(
+                f"{name}: checkpoint cosigned by the witness",
+                bool(answer.get("cosigned")),
+                "cosigned" if answer.get("cosigned") else "the witness did not cosign",
+            )
+        with httpx.Client(timeout=run.options.timeout) as http:
+            witness = str(
+                http.get(f"{run.space.operator.url}/operator/identity").json()["witnessVkey"]
+            )
+            for name, url in run.nodes.items():
+                report = verify_node(
+                    http, url, vkey=run._vkeys.get(name), witness_vkeys=[witness], samples=16
+                )
+                cosigned = len(http.get(f"{url}/ledger/cosignatures").json()["notes"])
+                run.ledgers.append(
+                    {
+                        "node": name,
+                        "ok": report.ok,
+                        "size": report.size,
+                        "root": report.root,
+                        "cosignedCheckpoints": cosigned,
+                        "keySource": "registered at the operator"
+                        if name != OPERATOR
+                        else "the operator's /identity",
+                        "events": report.kinds,
+                        "checks": [c.to_json() for c in report.checks],
+                    }
+                )
+                failed = [c.name for c in report.checks if not c.ok]
+                run.check(
+                    f"{name}: ledger verifies",
+                    report.ok and cosigned > 0,
+                    f"{report.size} entries, root recomputed, {cosigned} witnessed checkpoint(s)"
+                    if report.ok
+                    else f"failed: {', '.join(failed)}",
+                )
+
+
+def _serve_until_signalled(run: DemoRun) -> None:
+    """Print the node URLs as one JSON line and wait for SIGINT or SIGTERM."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        sys.stdout.flush()
+        print(json.dumps({"ready": True, "nodes": run.nodes}, separators=(",", ":")), flush=True)
+        run.say("the space keeps running: stop it with Ctrl-C (SIGINT) or SIGTERM")
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run(
+    options: DemoOptions,
+    *,
+    say: Callable[[str], None] | None = None,
+    ready: Callable[[DemoRun], None] | None = None,
+) -> DemoRun:
+    """Run the demonstration (see the module docstring); the space is stopped before returning.
+
+    Args:
+        options: what to run.
+        say: progress lines (default: stderr).
+        ready: with ``keep_running``, called once the run is complete and before waiting for a
+            signal (the CLI prints the summary there).
+
+    Returns:
+        The run: ``ok``, ``checks`` and ``summary()``. A step that fails with an error becomes a
+        failed check (the remaining steps are skipped); the space is stopped in any case.
+    """
+    from connectors.demo_report import write_report
+
+    speak = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    demo = DemoRun(options, speak)
+    started = time.perf_counter()
+    _prepare_output(options.out)
+    try:
+        data = _start(demo)
+        agreements = _browse_and_negotiate(demo)
+        if len(agreements) == len(PROVIDERS):
+            _register_consents(demo, data)
+            model, alone = _fit(demo, data)
+            _score(demo, data, model, alone)
+            _aggregate(demo, data, agreements)
+            _refusals(demo, data, model)
+        _audit(demo)
+    except (ConnectorError, TrustedSpaceError, httpx.HTTPError, OSError, ValueError) as exc:
+        demo.check("the run finished", False, f"{type(exc).__name__}: {exc}")
+    try:
+        demo.timings["total"] = round(time.perf_counter() - started, 3)
+        demo.facts["report"] = str(write_report(demo, options.out / "report.html"))
+        if options.keep_running and demo.space is not None:
+            if ready is not None:
+                ready(demo)
+            _serve_until_signalled(demo)
+    finally:
+        if demo.space is not None:
+            with demo.step("shutdown", "stopping every node"):
+                demo.space.stop()
+    return demo
