@@ -278,6 +278,10 @@ class AnalystClient:
         doc = query.to_json() if isinstance(query, ScoreQuery) else dict(query)
         return dict(self._http.post("/management/queries/score", doc))
 
+    def submit_train(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue a joint training (:class:`trusted_space.protocols.train.TrainQuery` JSON)."""
+        return dict(self._http.post("/management/queries/train", dict(doc)))
+
     def submit_aggregate(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Queue an aggregate (:class:`~connectors.wire.queries.AggregateRequest` JSON)."""
         return dict(self._http.post("/management/queries/aggregate", dict(body)))

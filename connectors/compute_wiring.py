@@ -22,8 +22,8 @@ real ones for a running node and registers the operations its roles serve:
   and cached per runtime, with ``extras`` = the consent registry, a roles lookup from stored
   (operator-signed) credentials, and the space's operator id (a provider sends partials and
   fetches triples only there, whatever an analyst names). Operations by role: the operator serves
-  the key-less aggregator and the Beaver dealer; a provider serves score, PSI alignment and
-  aggregate operations.
+  the key-less aggregator and the Beaver dealers (scores, training); a provider serves score, PSI
+  alignment, aggregate and training operations.
 
 Threats: the sender of every operation is the participant that signed the HTTP request (the
 router passes ``verified.participant_id``), never a header claim; the data interface exposes only
@@ -55,6 +55,7 @@ from trusted_space.protocols.aggregate import register_aggregate
 from trusted_space.protocols.align import register_align
 from trusted_space.protocols.operator import register_operator
 from trusted_space.protocols.score import OPERATOR_EXTRA, ROLES_EXTRA, register_provider
+from trusted_space.protocols.train_ops import register_train, register_train_dealer
 from trusted_space.store import Store
 from trusted_space.transport import RemoteError, Reply, check_operation, frame, unframe
 
@@ -374,10 +375,12 @@ def build_compute_node(runtime: NodeRuntime) -> ComputeNode:
     )
     if runtime.is_operator:
         register_operator(node)
+        register_train_dealer(node)
     if "provider" in runtime.roles:
         register_provider(node)
         register_align(node)
         register_aggregate(node)
+        register_train(node)
     return node
 
 

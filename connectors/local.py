@@ -115,8 +115,12 @@ def local_offer(
 ) -> dict[str, Any]:
     """An ODRL offer permitting joint ``kinds`` with ``protocols`` for ``purpose`` only.
 
-    ``kinds`` are computations (``score``, ``aggregate``) and the matching outputs.
+    ``kinds`` are computations (``score``, ``aggregate``, ``train``); the permitted outputs
+    match them (training releases aggregates: its weights).
     """
+    outputs = [
+        k for k in ("score", "aggregate") if k in kinds or (k == "aggregate" and "train" in kinds)
+    ]
     return {
         "@id": f"urn:uuid:{uuid.uuid4()}",
         "@type": "Offer",
@@ -135,7 +139,7 @@ def local_offer(
                         "operator": "isAnyOf",
                         "rightOperand": list(protocols),
                     },
-                    {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": list(kinds)},
+                    {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": outputs},
                 ],
             }
         ],
@@ -257,6 +261,8 @@ class LocalSpace:
         work_dir: where node directories go (a fresh temporary directory if ``None``, removed at
             :meth:`stop` unless ``keep``).
         keep: keep the work directory.
+        label: a label column the analyst also publishes (for ``local train``).
+        kinds: the computations the offers permit.
     """
 
     parties: Sequence[LocalParty]
@@ -266,6 +272,8 @@ class LocalSpace:
     missing: str = "fail"
     work_dir: Path | None = None
     keep: bool = False
+    label: str | None = None
+    kinds: tuple[str, ...] = ("score",)
     timings: dict[str, float] = field(default_factory=dict)
     agreements: dict[str, str] = field(default_factory=dict)
     space: RunningSpace | None = None
@@ -288,7 +296,14 @@ class LocalSpace:
             raise ValidationError("the model has no weights of any provider")
         self.parties = [self.parties[0], *used]
         for p in self.parties:
-            _check_file(p, self.id_column, self.model.columns(p.name))
+            _check_file(p, self.id_column, self._published(p))
+
+    def _published(self, party: LocalParty) -> list[str]:
+        """The columns a party publishes: its model columns (and the analyst's label)."""
+        columns = list(self.model.columns(party.name))
+        if self.label is not None and party is self.parties[0]:
+            columns.append(self.label)
+        return columns
 
     @property
     def analyst(self) -> LocalParty:
@@ -310,13 +325,15 @@ class LocalSpace:
                     if self.missing == "impute" and columns
                     else None
                 )
-                doc = local_dataset(p, self.id_column, columns, id_kind=self.id_kind, impute=impute)
+                doc = local_dataset(
+                    p, self.id_column, self._published(p), id_kind=self.id_kind, impute=impute
+                )
                 datasets = (
                     DatasetConfig(
                         file=p.path,
                         dataset=doc,
                         source=SourceConfig(p.kind, p.path),
-                        offers=(local_offer(),),
+                        offers=(local_offer(kinds=self.kinds),),
                     ),
                 )
             roles = ("consumer", "provider") if i == 0 else ("provider",)

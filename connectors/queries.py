@@ -348,6 +348,27 @@ class QueryRunner:
         )
         return self._add(job, lambda j: self._score(j, plan))
 
+    def submit_train(self, doc: Mapping[str, Any]) -> QueryJob:
+        """Queue a joint training (checked first: ``ValidationError`` naming the JSON path)."""
+        from connectors.training import prepare_train, train_job  # local: imports this module
+
+        query = prepare_train(self.runtime, doc)
+        job = QueryJob(
+            id=query.id,
+            kind="train",
+            protocol=query.protocol,
+            providers=query.providers,
+            entities=len(query.entities),
+            submitted_at=self.runtime.clock(),
+        )
+
+        def work(j: QueryJob) -> dict[str, Any]:
+            j.progress("looking up the providers' ledger keys")
+            vkeys = provider_vkeys(self.runtime, query.providers)
+            return train_job(self.runtime, query, vkeys, j.progress)
+
+        return self._add(job, work)
+
     def submit_aggregate(self, body: AggregateRequest) -> QueryJob:
         """Queue an aggregate (checked first)."""
         if "consumer" not in self.runtime.roles:

@@ -422,5 +422,7 @@ def local_score_command(
 
 def register(app: typer.Typer) -> None:
     """Add the ``query`` and ``local`` groups to ``app``."""
+    from connectors.commands import train  # noqa: F401 - adds ``query train`` and ``local train``
+
     app.add_typer(query_app, name="query")
     app.add_typer(local_app, name="local")

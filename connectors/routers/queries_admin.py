@@ -5,6 +5,9 @@
   (``400`` naming the JSON path), then queued: ``202`` with the query's view and a ``Location``.
 - ``POST /management/queries/aggregate``: body = :class:`~connectors.wire.queries.AggregateRequest`;
   same answers.
+- ``POST /management/queries/train``: body = a joint training
+  (:class:`trusted_space.protocols.train.TrainQuery` JSON; without ``entities`` every id of the
+  node's own dataset); same answers; the stage reports each epoch (and its held-out loss).
 - ``GET /management/queries/{id}[?wait=S]``: state (``queued``, ``running``, ``done``, ``failed``),
   stage and estimated fraction; when done the result with the providers' receipts, when failed a
   problem document (a provider's refusal keeps its ``trace`` and names it in ``peer``). ``wait``
@@ -54,6 +57,19 @@ def submit_score(
 ) -> Response:
     """Check and queue a joint score run by this node as the analyst."""
     return _accepted(runner_for(runtime).submit_score(body))
+
+
+@router.post("/train", status_code=202, response_model=QueryView)
+def submit_train(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    body: Annotated[
+        dict[str, Any],
+        Body(description="A joint training (trusted_space.protocols.train.TrainQuery JSON)."),
+    ],
+) -> Response:
+    """Check and queue a joint training run by this node as the bank (progress per epoch)."""
+    return _accepted(runner_for(runtime).submit_train(body))
 
 
 @router.post("/aggregate", status_code=202, response_model=QueryView)

@@ -111,7 +111,7 @@ class QueryView(BaseModel):
     """A query run by this node as the analyst."""
 
     id: str = Field(description="The query id.")
-    kind: Literal["score", "aggregate"]
+    kind: Literal["score", "aggregate", "train"]
     protocol: str
     providers: list[str]
     entities: int = Field(description="Entities named in the query (or candidate ids).")

@@ -783,6 +783,7 @@ def _train_finish(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
 
 def _train_abort(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     query = header_str(header, "query")
+    ctx.node.sessions.get(ctx.sender, _session_key(query))  # NotFoundError if none
     ctx.node.sessions.close(ctx.sender, _session_key(query))
     return Reply({"query": query})
 
