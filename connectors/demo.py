@@ -51,6 +51,7 @@ import contextlib
 import json
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -96,6 +97,7 @@ from trusted_space.policy import PROTOCOLS
 from trusted_space.query import Model
 
 __all__ = [
+    "BASE_PORT",
     "DATASET_IDS",
     "OPERATOR",
     "PURPOSE",
@@ -107,6 +109,7 @@ __all__ = [
 ]
 
 OPERATOR: Final = "city-centre"
+BASE_PORT: Final = 18800
 PURPOSE: Final = "pre-loan-review"
 TOLERANCE: Final[Mapping[str, float]] = {"paillier": 1e-6, "ckks": 1e-3, "additive": 1e-3}
 """Largest |logit - float64 logit| accepted per protocol (docs/protocols.md, Accuracy)."""
@@ -391,23 +394,37 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string for these values
 
 
+def _ports_free(host: str, first: int, count: int) -> bool:
+    for port in range(first, first + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def space_files(out: Path, sources: Mapping[str, tuple[str, Path, str | None]]) -> Path:
     """Write the space config, dataset descriptions and offers under ``out/space``; its path.
 
     The files are what a person would write to run the same space with ``trusted-space space
-    up demo-output/space/space.toml``; paths in it are relative to it.
+    up demo-output/space/space.toml``; paths in it are relative to it. The nodes listen on
+    :data:`BASE_PORT` + 0…5 (operator, market registration, tax, social insurance, court, bank)
+    when those ports are free, else on free ports.
     """
     root = out / "space"
     (root / "datasets").mkdir(parents=True, exist_ok=True)
     (root / "policies").mkdir(parents=True, exist_ok=True)
     datasets, offers = _datasets(), _offers()
+    # Fixed ports when they are free (the README's tour uses them), free ports otherwise.
+    base_port = BASE_PORT if _ports_free("127.0.0.1", BASE_PORT, len(PARTIES) + 1) else 0
     lines = [
         "# The demo's space, written by `trusted-space demo` (docs/demo.md).",
         "[space]",
         'name = "demo"',
         'dir = "../nodes"',
         'host = "127.0.0.1"',
-        "base_port = 0",
+        f"base_port = {base_port}",
         "",
         "[[node]]",
         f"name = {_toml_string(OPERATOR)}",
