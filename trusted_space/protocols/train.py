@@ -92,6 +92,7 @@ from trusted_space.uscc import validate_uscc
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_BATCH_CELLS",
     "MAX_COLUMNS",
     "MAX_EPOCHS",
     "MAX_ROWS",
@@ -116,6 +117,8 @@ MAX_EPOCHS: Final = 1000
 MAX_BATCH: Final = 8192
 MAX_ROWS: Final = 10_000_000
 MAX_COLUMNS: Final = 1024
+MAX_BATCH_CELLS: Final = 1 << 20
+"""Rows times columns of one batch: its first round's message stays under 8 MiB."""
 _MAX_WEIGHT: Final = 1e6
 _MAX_LOSS: Final = 1e6
 
@@ -497,6 +500,12 @@ class TrainQuery:
             raise _fail("$.label", "the label is not a feature")
         if total > MAX_COLUMNS:
             raise _fail("$.features", f"at most {MAX_COLUMNS - 1} columns in all")
+        if total * self.params.batch_size > MAX_BATCH_CELLS:
+            raise _fail(
+                "$.params.batchSize",
+                f"batch size times columns ({self.params.batch_size} * {total}) exceeds "
+                f"{MAX_BATCH_CELLS}: one round's message must stay small",
+            )
         compute = self.compute_party or sorted(agreements)[0]
         if compute not in agreements:
             raise _fail("$.computeParty", f"{compute!r} is not a provider of the query")

@@ -467,7 +467,10 @@ def _train_epoch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Re
             _start_epoch(ctx, state, epoch, schedule)
     reply_header = {"query": spec["query"], "epoch": epoch, "receipt": grant.receipt}
     if out:
-        return reply_part(out, 0, reply_header)
+        reply = reply_part(out, 0, reply_header)
+        if len(reply.payload) == len(out):
+            state["shareOut"] = None  # all of it is in this reply
+        return reply
     return Reply(reply_header)
 
 
