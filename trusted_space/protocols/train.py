@@ -44,6 +44,9 @@ No feature block, label, logit, gradient or intermediate weight is ever opened
 The plaintext reference (:func:`train_plaintext`) runs the same schedule (held-out split, epoch
 orders, zero initialisation, update rule, early stopping on the same loss) in float64 numpy, with
 the exact sigmoid by default or the protocol's approximation.
+
+The operations the providers and the operator serve are in
+:mod:`trusted_space.protocols.train_ops` (``register_train``, ``register_train_dealer``).
 """
 
 from __future__ import annotations
