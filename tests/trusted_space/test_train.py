@@ -470,3 +470,17 @@ def test_query_json_roundtrip_and_errors_name_the_path() -> None:
     ]:
         with pytest.raises(ValidationError, match=path.replace("$", r"\$")):
             TrainQuery.from_json({**doc, **change})
+
+
+def test_early_stopping_releases_the_best_epoch() -> None:
+    setup = _setup(n=240)
+    params = TrainParams(epochs=8, batch_size=32, learning_rate=0.3, validation=0.25, patience=1)
+    query = setup.query(entities=setup.keys[:240], params=params)
+    result = setup.train(query)
+    plain = train_plaintext(setup.design()[:240], setup.y[:240], params, sigmoid=params.sigmoid)
+    assert (result.epochs_run, result.best_epoch) == (plain.epochs_run, plain.best_epoch) == (4, 3)
+    joint = np.array([w for _, cols in result.model.weights for _, w in cols])
+    assert np.allclose(joint, plain.weights, atol=2e-3)  # epoch 3's, not the last epoch's
+    assert np.allclose(result.losses, plain.losses, atol=1e-3)
+    uses = [u for u in setup.events(TAX, "query.use") if u["query"].startswith(query.id)]
+    assert len(uses) == 1 + 4
