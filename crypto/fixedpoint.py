@@ -175,7 +175,8 @@ class FixedPoint:
             raise FixedPointOverflowError("NaN or infinity cannot be encoded")
         if bound is not None:
             _check_bound(arr, bound)
-        scaled = np.asarray(np.rint(np.ldexp(arr, self.frac_bits)))
+        with np.errstate(over="ignore"):  # a huge value scales to inf, refused just below
+            scaled = np.asarray(np.rint(np.ldexp(arr, self.frac_bits)))
         if scaled.size and not bool(np.max(np.abs(scaled)) < _TWO_63):
             raise FixedPointOverflowError(
                 f"value out of fixed-point range |x| < 2^{RING_BITS - 1 - self.frac_bits}"
