@@ -12,9 +12,12 @@ Backends:
 - :class:`SQLiteStore`: SQLAlchemy 2 Core over SQLite in WAL mode with ``synchronous=FULL`` (an
   acknowledged commit survives power loss) and a busy timeout. Every write transaction starts with
   ``BEGIN IMMEDIATE``, which serialises writers: a counter checked and incremented inside one
-  transaction is exact even when many requests arrive at once. Only portable SQL is used so a
-  PostgreSQL backend can implement the same interface (``SELECT ... FOR UPDATE`` in place of
-  ``BEGIN IMMEDIATE``).
+  transaction is exact even when many requests arrive at once. Writers of one process also queue
+  on a lock of their own before they take a connection: SQLite's busy handler polls with a
+  growing sleep, so under a few dozen concurrent writers an unlucky one could poll for the whole
+  busy timeout and fail with "database is locked" (a 503), and waiting writers held pooled
+  connections a writer's nested read needed. Only portable SQL is used so a PostgreSQL backend
+  can implement the same interface (``SELECT ... FOR UPDATE`` in place of ``BEGIN IMMEDIATE``).
 - :class:`MemoryStore`: the in-memory twin for fast tests, with the same semantics (one lock
   serialises transactions, an undo journal rolls back a failed one).
 
@@ -462,6 +465,8 @@ class SQLiteStore(Store):
             raise ValueError(f"synchronous must be FULL, EXTRA or NORMAL, not {synchronous!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout = busy_timeout_ms / 1000
+        self._writer = threading.Lock()  # this process's writers queue here, not in SQLite
         self._engine: Engine = sa.create_engine(
             f"sqlite:///{self.path}",
             connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
@@ -500,6 +505,20 @@ class SQLiteStore(Store):
 
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
+        if readonly:
+            with self._transaction(readonly=True) as tx:
+                yield tx
+            return
+        if not self._writer.acquire(timeout=self._busy_timeout):
+            raise StoreError(f"store busy: no write turn within {self._busy_timeout:g} s")
+        try:
+            with self._transaction(readonly=False) as tx:
+                yield tx
+        finally:
+            self._writer.release()
+
+    @contextmanager
+    def _transaction(self, *, readonly: bool) -> Iterator[Transaction]:
         try:
             with self._engine.connect() as conn:
                 conn.info["ts_readonly"] = readonly
