@@ -46,9 +46,11 @@ from trusted_space.uscc import generate_uscc
 
 __all__ = [
     "BANK",
+    "BANK_OUTCOMES",
     "COURT",
     "CREDIT_GRADES",
     "DEMO_DATE",
+    "LABEL",
     "MARKET",
     "MODEL_COLUMNS",
     "PARTIES",
@@ -67,6 +69,8 @@ MARKET: Final = "market-registration"
 TAX: Final = "tax-bureau"
 SOCIAL: Final = "social-insurance"
 COURT: Final = "court"
+BANK_OUTCOMES: Final = "bank-outcomes"
+LABEL: Final = "defaulted"
 PROVIDERS: Final = (MARKET, TAX, SOCIAL, COURT)
 PARTIES: Final = (BANK, *PROVIDERS)
 CREDIT_GRADES: Final = ("A", "B", "M", "C", "D")
@@ -115,7 +119,7 @@ class DemoData:
         truth_logit: the ground-truth default logit.
         labels: 1 if the enterprise defaults in the twelve months after :data:`DEMO_DATE`.
         applicants: indices of the enterprises applying for a loan (all active, none in ``train``).
-        train: indices of the bank's earlier borrowers whose outcome it knows (the training set).
+        train: indices of the bank's earlier applicants whose outcome it knows (training set).
         no_consent: index of one active enterprise that applies but never gave consent.
     """
 
@@ -155,7 +159,7 @@ def _usccs(rng: np.random.Generator, n: int) -> tuple[str, ...]:
 
 
 def generate(
-    n: int = 20_000, *, applicants: int = 1_000, seed: int = 2025, train: int | None = None
+    n: int = 20_000, *, applicants: int = 1_000, seed: int = 2025, train: int | None = 8_000
 ) -> DemoData:
     """Draw ``n`` enterprises, their five tables, the ground truth and the applicant split.
 
@@ -163,8 +167,8 @@ def generate(
         n: enterprises in the city (every government table holds a row for each).
         applicants: enterprises applying for a loan now (scored by the demo).
         seed: the seed; the same seed gives the same data, byte for byte.
-        train: earlier borrowers with a known outcome (default: all enterprises but the
-            applicants and the one without consent).
+        train: earlier applicants whose outcome the bank knows, drawn among the other
+            enterprises (at most all of them; ``None``: all of them).
 
     Raises:
         ValueError: sizes that do not fit (fewer than 100 enterprises, or applicants and training
@@ -268,9 +272,7 @@ def generate(
     applicant_rows = np.sort(chosen[:applicants]).astype(np.int64)
     no_consent = int(chosen[applicants])
     rest = np.setdiff1d(np.arange(n), chosen)
-    if train is not None:
-        if train > len(rest):
-            raise ValueError(f"train={train} but only {len(rest)} enterprises are left")
+    if train is not None and train < len(rest):
         rest = np.sort(rng.choice(rest, size=train, replace=False))
     tables: dict[str, dict[str, npt.NDArray[np.generic]]] = {
         MARKET: {
@@ -328,7 +330,10 @@ SOURCE_FILES: Final[Mapping[str, tuple[str, str]]] = {
     SOCIAL: ("csv", "social-insurance.csv"),
     COURT: ("sqlite", "court.sqlite"),
     BANK: ("parquet", "bank-loans.parquet"),
+    BANK_OUTCOMES: ("csv", "bank-outcomes.csv"),
 }
+"""Table → (source kind, file name). ``BANK_OUTCOMES`` is the bank's earlier applicants with the
+outcome of their loan (``LABEL``): its training set, which never leaves the bank."""
 
 
 def _cell(value: object) -> object:
@@ -386,19 +391,25 @@ def write_tables(data: DemoData, directory: Path) -> dict[str, tuple[str, Path, 
     """Write each party's table (CSV, Parquet or SQLite, in a shuffled row order).
 
     Rows are shuffled per file with the data's seed, so no two institutions' files line up by row:
-    only the USCC joins them (as in life).
+    only the USCC joins them (as in life). Besides the five parties' tables, the bank's training
+    set (:data:`BANK_OUTCOMES`: its earlier applicants, their bank columns and :data:`LABEL`).
 
     Returns:
-        party → (source kind, path, SQLite table name or ``None``).
+        table (party, or :data:`BANK_OUTCOMES`) → (source kind, path, SQLite table or ``None``).
     """
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(data.seed + 1)
     out: dict[str, tuple[str, Path, str | None]] = {}
-    for party in PARTIES:
+    for party in (*PARTIES, BANK_OUTCOMES):
         kind, name = SOURCE_FILES[party]
-        order = rng.permutation(data.n)
-        ids = [data.ids[int(i)] for i in order]
-        columns = {c: np.asarray(v)[order] for c, v in data.tables[party].items()}
+        if party == BANK_OUTCOMES:
+            rows = data.train[rng.permutation(len(data.train))]
+            columns = {c: np.asarray(v)[rows] for c, v in data.tables[BANK].items()}
+            columns[LABEL] = data.labels[rows]
+        else:
+            rows = rng.permutation(data.n)
+            columns = {c: np.asarray(v)[rows] for c, v in data.tables[party].items()}
+        ids = [data.ids[int(i)] for i in rows]
         path = directory / name
         table = None
         if kind == "csv":

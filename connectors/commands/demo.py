@@ -54,7 +54,15 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             highlight=False,
         )
     if "model" in summary:
-        p(f"model: {summary['model']['how']}", highlight=False)
+        m = summary["model"]
+        p(f"model: {m['how']}", highlight=False)
+        if "aucJoint" in m:
+            p(
+                f"training: {m['epochsRun']} epochs, {m['secondsPerEpoch']:.1f} s per epoch; "
+                f"AUC {m['aucJoint']:.3f} (plaintext training on the same schedule: "
+                f"{m['aucPlaintextReference']:.3f}); {m['receipts']} receipts verified",
+                highlight=False,
+            )
     if summary.get("protocols"):
         p("")
         p(f"{'protocol':<10}{'seconds':>9}{'per second':>12}{'max |logit err|':>17}{'AUC':>8}")
@@ -68,8 +76,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         a = summary["auc"]
         p(
             f"\nAUC on the applicants: bank alone {a['bankAlone']:.3f} -> jointly with "
-            f"government data {a['jointPlaintext']:.3f} (plaintext; ground truth "
-            f"{a['groundTruth']:.3f})",
+            f"government data {a['jointPlaintext']:.3f} (ground truth {a['groundTruth']:.3f})",
             highlight=False,
         )
     if "aggregate" in summary:

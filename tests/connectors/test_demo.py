@@ -93,6 +93,11 @@ def test_demo_runs_a_space_passes_every_check_and_stops_on_sigterm(tmp_path: Pat
         "zone",
     }
     assert set(summary["agreements"]) == set(PROVIDERS)
+    # The model was trained jointly through the nodes, as well as plaintext training would.
+    model = summary["model"]
+    assert model["epochsRun"] >= 1 and model["receipts"] >= len(PROVIDERS) * 2
+    assert abs(model["aucJoint"] - model["aucPlaintextReference"]) <= 0.005
+    assert model["maxWeightErrorVsPlaintext"] < 1e-3
     # Every protocol scored every applicant, close to float64, with verified receipts.
     assert [p["protocol"] for p in summary["protocols"]] == ["paillier", "ckks", "additive"]
     for p in summary["protocols"]:

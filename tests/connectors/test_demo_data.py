@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from connectors.demo_data import (
     BANK,
+    BANK_OUTCOMES,
+    LABEL,
     MODEL_COLUMNS,
     PARTIES,
     DemoData,
@@ -77,7 +79,8 @@ def test_tables_written_in_three_formats_read_back_by_the_sources(
 
     assert {kind for kind, _, _ in files.values()} == {"csv", "parquet", "sqlite"}
     position = {e: i for i, e in enumerate(data.ids)}
-    for party, (kind, path, table) in files.items():
+    for party in PARTIES:
+        kind, path, table = files[party]
         columns = list(MODEL_COLUMNS[party])
         source = open_source(SourceSpec(kind, str(path), table))
         keys: list[str] = []
@@ -89,6 +92,16 @@ def test_tables_written_in_three_formats_read_back_by_the_sources(
         assert sorted(rows.tolist()) == list(range(data.n))
         assert rows.tolist() != list(range(data.n))  # shuffled: only the USCC joins
         assert np.allclose(np.vstack(values), data.matrix(party)[rows])
+    # The bank's training set: its earlier applicants only, with their outcome.
+    kind, path, table = files[BANK_OUTCOMES]
+    source = open_source(SourceSpec(kind, str(path), table))
+    keys, labels = [], []
+    for chunk in source.chunks("uscc", [LABEL]):
+        keys.extend(chunk.keys)
+        labels.extend(chunk.columns[LABEL].tolist())
+    rows = np.array([position[k] for k in keys])
+    assert sorted(rows.tolist()) == data.train.tolist()
+    assert np.array_equal(np.array(labels), data.labels[rows])
 
 
 @given(
