@@ -15,9 +15,9 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -27,6 +27,7 @@ from trusted_space.errors import VerificationError
 from trusted_space.identity import VerifiedRequest
 
 __all__ = [
+    "OPTIONAL_MEMBER_OPENAPI",
     "AdminDep",
     "MemberDep",
     "OptionalMemberDep",
@@ -46,17 +47,28 @@ def get_runtime(request: Request) -> NodeRuntime:
 
 RuntimeDep = Annotated[NodeRuntime, Depends(get_runtime)]
 
-_admin_scheme = HTTPBearer(auto_error=False, description="The node's admin token (staff only).")
+# Each scheme has its own name in the OpenAPI document (the class name is the default, and two
+# APIKeyHeader schemes would collapse into one). The credential is not a scheme of its own: it
+# authenticates nothing without a request token, so it is documented as an optional header.
+_admin_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description="The node's admin token (staff only).",
+)
 _request_scheme = APIKeyHeader(
     name=REQUEST_HEADER,
     auto_error=False,
+    scheme_name=REQUEST_HEADER,
     description="A request token signed by a member of the space for this one request.",
 )
-_credential_scheme = APIKeyHeader(
-    name=CREDENTIAL_HEADER,
-    auto_error=False,
-    description="The sender's membership credential, signed by the operator.",
-)
+_CredentialHeader = Annotated[
+    str | None,
+    Header(
+        alias=CREDENTIAL_HEADER,
+        description="The sender's membership credential, signed by the operator (optional when "
+        "the receiver already knows the sender).",
+    ),
+]
 
 
 def require_admin(
@@ -86,7 +98,7 @@ async def require_member(
     request: Request,
     runtime: RuntimeDep,
     token: Annotated[str | None, Depends(_request_scheme)],
-    credential: Annotated[str | None, Depends(_credential_scheme)],
+    credential: _CredentialHeader = None,
 ) -> VerifiedRequest:
     """Verify the signed request before the handler runs (the body is read and hashed here)."""
     body = await request.body()
@@ -107,7 +119,7 @@ async def optional_member(
     request: Request,
     runtime: RuntimeDep,
     token: Annotated[str | None, Depends(_request_scheme)],
-    credential: Annotated[str | None, Depends(_credential_scheme)],
+    credential: _CredentialHeader = None,
 ) -> VerifiedRequest | None:
     if token is None:
         return None
@@ -115,3 +127,7 @@ async def optional_member(
 
 
 OptionalMemberDep = Annotated[VerifiedRequest | None, Depends(optional_member)]
+
+OPTIONAL_MEMBER_OPENAPI: dict[str, Any] = {"security": [{}]}
+"""``openapi_extra`` of a route taking ``OptionalMemberDep``: the empty security requirement says
+in the OpenAPI document that anonymous callers are served too (their own view)."""

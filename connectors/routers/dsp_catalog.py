@@ -27,7 +27,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
-from connectors.deps import OptionalMemberDep, RuntimeDep
+from connectors.deps import OPTIONAL_MEMBER_OPENAPI, OptionalMemberDep, RuntimeDep
 from connectors.problems import ConnectorError, problem_for
 from connectors.wire.dsp import ProtocolVersion, VersionResponse
 from trusted_space import dsp
@@ -101,6 +101,7 @@ def dspace_version() -> VersionResponse:
 @router.post(
     "/catalog/request",
     responses={200: {"description": "DSP Catalog", "content": _DSP_JSON}},
+    openapi_extra=OPTIONAL_MEMBER_OPENAPI,
 )
 def catalog_request(
     runtime: RuntimeDep,
@@ -122,6 +123,7 @@ def catalog_request(
 @router.get(
     "/catalog/datasets/{dataset_id:path}",
     responses={200: {"description": "DSP Dataset", "content": _DSP_JSON}},
+    openapi_extra=OPTIONAL_MEMBER_OPENAPI,
 )
 def catalog_dataset(runtime: RuntimeDep, verified: OptionalMemberDep, dataset_id: str) -> Any:
     """One DSP ``Dataset``; ``404`` when unknown or not visible to the caller (same answer)."""

@@ -49,7 +49,13 @@ import httpx
 from fastapi import APIRouter, Body, Response
 from fastapi.responses import JSONResponse
 
-from connectors.deps import AdminDep, MemberDep, OptionalMemberDep, RuntimeDep
+from connectors.deps import (
+    OPTIONAL_MEMBER_OPENAPI,
+    AdminDep,
+    MemberDep,
+    OptionalMemberDep,
+    RuntimeDep,
+)
 from connectors.federation import plain_client
 from connectors.problems import NotReady, problem
 from connectors.runtime import PEER_NAMESPACE, NodeRuntime
@@ -359,7 +365,7 @@ def _nested(catalog: dict[str, Any], member: bool) -> dict[str, Any] | None:
     return nested
 
 
-@router.post("/catalog/request")
+@router.post("/catalog/request", openapi_extra=OPTIONAL_MEMBER_OPENAPI)
 def federated_catalog(
     runtime: RuntimeDep,
     caller: OptionalMemberDep,
