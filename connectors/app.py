@@ -30,7 +30,7 @@ from fastapi import FastAPI
 
 from connectors import __version__, negotiation, queries
 from connectors.background import Background
-from connectors.problems import BodySizeLimit, install_error_handlers
+from connectors.problems import BodySizeLimit, document_problems, install_error_handlers
 from connectors.routers import (
     compute,
     contracts_admin,
@@ -122,4 +122,5 @@ def create_app(
         app.include_router(queries_admin.router)
     if rt.is_operator:
         app.include_router(operator.router)
+    document_problems(app)
     return app

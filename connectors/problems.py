@@ -65,11 +65,13 @@ from trusted_space.errors import (
 __all__ = [
     "PROBLEM_BASE",
     "PROBLEM_MEDIA_TYPE",
+    "PROBLEM_SCHEMA",
     "BodySizeLimit",
     "ConnectorError",
     "NotReady",
     "PeerError",
     "PolicyRefused",
+    "document_problems",
     "install_error_handlers",
     "problem",
     "problem_for",
@@ -255,6 +257,60 @@ def install_error_handlers(app: FastAPI) -> None:
     for kind in (TrustedSpaceError, ConnectorError, StarletteHTTPException, HTTPException):
         app.add_exception_handler(kind, on_error)
     app.add_exception_handler(Exception, on_error)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details; extension members depend on the type.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": PROBLEM_BASE + "<slug>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "trace": {"type": "array", "items": {"type": "object"}},
+        "errors": {"type": "array", "description": "what failed validation, where"},
+    },
+}
+_PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Describe every error answer of every operation as problem+json in the OpenAPI document.
+
+    The handlers installed by :func:`install_error_handlers` answer every 4xx and 5xx with a
+    problem document, whatever the route (request validation included, which FastAPI would
+    otherwise document as its own ``HTTPValidationError`` JSON). This says so in each operation:
+    every error code a route lists gets the problem content, and the ``4XX`` and ``5XX`` ranges are
+    declared, so clients and API fuzzers can hold the node to it.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for code, response in responses.items():
+                    if code[0] in "45":
+                        response["content"] = _PROBLEM_CONTENT
+                responses.setdefault(
+                    "4XX", {"description": "Refused (a problem document says why)"}
+                )["content"] = _PROBLEM_CONTENT
+                responses.setdefault(
+                    "5XX", {"description": "Not ready, or a node this depends on failed"}
+                )["content"] = _PROBLEM_CONTENT
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = PROBLEM_SCHEMA
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class BodySizeLimit:
