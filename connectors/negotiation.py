@@ -326,10 +326,17 @@ def fetch_dataset(runtime: NodeRuntime, provider_id: str, dataset_id: str) -> di
     """The provider's DSP ``Dataset`` as it shows it to this node (signed request).
 
     Raises:
-        NotFoundError: the provider has no such dataset, or does not show it to us.
+        NotFoundError: no such member, or the provider has no such dataset, or does not show it
+            to us.
         ValidationError: the answer is not that dataset, or not from that provider.
     """
-    url = f"{runtime.peer_url(provider_id).rstrip('/')}/catalog/datasets/{_segment(dataset_id)}"
+    try:
+        base = runtime.peer_url(provider_id)
+    except PeerError as exc:  # the operator knows no such member: the staff named a wrong one
+        if exc.status == 404:
+            raise NotFoundError(f"no member {provider_id!r} in this space") from exc
+        raise
+    url = f"{base.rstrip('/')}/catalog/datasets/{_segment(dataset_id)}"
     try:
         doc = runtime.client.get_json(url, audience=provider_id)
     except PeerError as exc:

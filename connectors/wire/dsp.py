@@ -57,7 +57,9 @@ class NegotiationCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: str = Field(min_length=2, max_length=63, description="The provider's participant id")
+    provider: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,62}$", description="The provider's participant id"
+    )
     datasetId: str = _ID
     offerId: str | None = Field(
         default=None,
