@@ -5,8 +5,11 @@ Why: a department's table has millions of rows (the finance zone this mirrors ho
 document would need gigabytes per query; every reader here streams, and a consumer of
 :meth:`Source.chunks` holds at most ``chunk_rows`` rows at a time.
 
-- CSV: the :mod:`csv` module over a text stream (UTF-8, optional BOM); the header line names the
-  columns; errors name the 1-based data row and the physical line.
+- CSV: :mod:`pyarrow.csv` (C++, about four times faster than the :mod:`csv` module) for numeric
+  reads of clean files; at the first cell it cannot take as-is (an empty or non-finite number, a
+  ragged row, an empty key, bad UTF-8) the read continues with the :mod:`csv` module over a text
+  stream from that row on, so the rules and every error message (the 1-based data row and the
+  physical line) are the row reader's. Text reads use the :mod:`csv` module only.
 - Parquet: :meth:`pyarrow.parquet.ParquetFile.iter_batches`, only the columns asked for.
 - SQLite: :mod:`sqlite3` in read-only URI mode (``file:...?mode=ro`` plus ``query_only``) with
   ``cursor.fetchmany``. The table name is checked as an identifier and quoted, and every column
@@ -18,6 +21,9 @@ field exists, numeric fields parse, the entity key is a canonical USCC where the
 and no key repeats. It streams too: duplicate detection keeps one 64-bit hash per row (16 MB for
 2 million rows) and confirms a suspected duplicate with a second pass, instead of a set of every
 key string.
+
+:meth:`Source.read_columns` reads a whole table's key column and numeric columns at once (the
+provider's column cache, :class:`connectors.compute_wiring.SourceData`, bounds how much it holds).
 
 Errors are :class:`~trusted_space.errors.ValidationError` (``csv.Error``, ``sqlite3.Error``,
 ``pyarrow`` errors and ``OSError`` are converted where they enter), and every message names the
@@ -41,6 +47,7 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
+import pyarrow.csv as pa_csv  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from trusted_space.catalog import Dataset, FieldType, KeyKind
@@ -54,6 +61,7 @@ __all__ = [
     "SOURCE_KINDS",
     "SOURCE_NAMESPACE",
     "Chunk",
+    "Columns",
     "CsvSource",
     "ParquetSource",
     "Source",
@@ -73,6 +81,8 @@ NUMERIC_TYPES: Final = frozenset({FieldType.INT, FieldType.FLOAT})
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_PATH = 4096
+_CSV_BLOCK_BYTES: Final = 4 << 20
+"""Bytes the Arrow CSV reader parses at a time when streaming (bounds its memory)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,43 @@ class Chunk:
         return len(self.keys)
 
 
+@dataclass(frozen=True)
+class Columns:
+    """A whole table in memory: the key column and numeric columns, in file order.
+
+    ``keys`` is a :class:`pyarrow.StringArray` (compact: one buffer, no Python string per row)
+    and ``values`` maps each column to a float64 array of the same length.
+    """
+
+    keys: Any
+    values: Mapping[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _Unclean(Exception):
+    """The fast reader met a row only the row-by-row reader can judge (and name)."""
+
+
+def _arrow_keys(keys: pa.Array) -> pa.Array:
+    """The key column as strings, or :class:`_Unclean` if a key is empty or null."""
+    keys = _as_strings(keys)
+    if keys.null_count or (len(keys) and pc.min(pc.binary_length(keys)).as_py() == 0):
+        raise _Unclean
+    return keys
+
+
+def _arrow_floats(values: pa.Array) -> np.ndarray:
+    """A float64 column as numpy, or :class:`_Unclean` on a null or non-finite value."""
+    if values.null_count:
+        raise _Unclean
+    out = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise _Unclean
+    return out
+
+
 class Source(ABC):
     """A table that is read, never loaded whole."""
 
@@ -183,6 +230,34 @@ class Source(ABC):
     @abstractmethod
     def _read(self, wanted: list[str], chunk_rows: int, numeric: bool) -> Iterator[Chunk]:
         """Read ``wanted`` (key column first, all checked to exist) in chunks."""
+
+    def read_columns(
+        self, key_column: str, columns: Sequence[str], *, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> Columns:
+        """The whole key column and ``columns`` as float64, in memory (same rules as ``chunks``).
+
+        Holds the whole table's requested columns at once: the caller bounds what it asks for.
+        """
+        wanted = self._check_request(key_column, columns, chunk_rows)
+        if key_column not in columns:
+            try:
+                return self._read_all(wanted)
+            except _Unclean:
+                pass  # the chunked reader judges (and names) the first bad row
+        keys: list[pa.Array] = []
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+        for chunk in self._read(wanted, chunk_rows, True):
+            keys.append(pa.array(chunk.keys, type=pa.string()))
+            for c in columns:
+                parts[c].append(np.asarray(chunk.columns[c], dtype=np.float64))
+        return Columns(
+            pa.concat_arrays(keys) if keys else pa.array([], type=pa.string()),
+            {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()},
+        )
+
+    def _read_all(self, wanted: list[str]) -> Columns:
+        """A fast whole-table read, or :class:`_Unclean` to let the chunked reader decide."""
+        raise _Unclean
 
     # -- shared helpers -------------------------------------------------------------------------
     @property
@@ -329,7 +404,74 @@ class CsvSource(Source):
     def _read(self, wanted: list[str], chunk_rows: int, numeric: bool) -> Iterator[Chunk]:
         header = self.column_names()
         positions = [header.index(name) for name in wanted]
+        if numeric and wanted[0] not in wanted[1:]:
+            return self._read_fast(wanted, positions, len(header), chunk_rows)
         return self._read_rows(wanted[0], wanted[1:], positions, len(header), chunk_rows, numeric)
+
+    def _arrow_options(self, wanted: list[str], block_bytes: int | None) -> dict[str, Any]:
+        read = pa_csv.ReadOptions(
+            column_names=self.column_names(),
+            skip_rows=1,
+            encoding="utf8",
+            **({"block_size": block_bytes} if block_bytes else {}),
+        )
+        types = {wanted[0]: pa.string(), **{c: pa.float64() for c in wanted[1:]}}
+        convert = pa_csv.ConvertOptions(
+            column_types=types,
+            include_columns=wanted,
+            null_values=[],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        )
+        parse = pa_csv.ParseOptions(newlines_in_values=True)
+        return {"read_options": read, "parse_options": parse, "convert_options": convert}
+
+    def _read_all(self, wanted: list[str]) -> Columns:
+        try:
+            table = pa_csv.read_csv(self.spec.path, **self._arrow_options(wanted, None))
+        except (pa.ArrowException, OSError) as exc:
+            raise _Unclean from exc
+        keys = _arrow_keys(table.column(wanted[0]).combine_chunks())
+        values = {c: _arrow_floats(table.column(c).combine_chunks()) for c in wanted[1:]}
+        return Columns(keys, values)
+
+    def _read_fast(
+        self, wanted: list[str], positions: list[int], width: int, chunk_rows: int
+    ) -> Iterator[Chunk]:
+        """Arrow batches re-cut to ``chunk_rows``; from the first unclean batch on, the rows."""
+        done = 0
+        pending: list[tuple[pa.Array, dict[str, np.ndarray]]] = []
+        held = 0
+        try:
+            try:
+                reader = pa_csv.open_csv(
+                    self.spec.path, **self._arrow_options(wanted, _CSV_BLOCK_BYTES)
+                )
+                batches = iter(reader)
+                while True:
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        break
+                    if batch.num_rows == 0:
+                        continue
+                    keys = _arrow_keys(batch.column(wanted[0]))
+                    cols = {c: _arrow_floats(batch.column(c)) for c in wanted[1:]}
+                    pending.append((keys, cols))
+                    held += len(keys)
+                    while held >= chunk_rows:
+                        chunk, pending, held = _cut(pending, held, chunk_rows, wanted[1:])
+                        yield chunk
+                        done += len(chunk)
+            except (pa.ArrowException, OSError) as exc:
+                raise _Unclean from exc
+        except _Unclean:
+            yield from self._read_rows(
+                wanted[0], wanted[1:], positions, width, chunk_rows, True, skip=done
+            )
+            return
+        if held:
+            yield _cut(pending, held, held, wanted[1:])[0]
 
     def _read_rows(
         self,
@@ -339,13 +481,16 @@ class CsvSource(Source):
         width: int,
         chunk_rows: int,
         numeric: bool,
+        *,
+        skip: int = 0,
     ) -> Iterator[Chunk]:
+        """Rows with the :mod:`csv` module, after the first ``skip`` rows (already read)."""
         with self._open() as handle:
             reader = csv.reader(handle)
             buffers: list[list[str]] = [[] for _ in positions]
             lines = array("q")
             row_number = 0
-            first_row = 1
+            first_row = skip + 1
             try:
                 next(reader, None)  # header
                 for record in reader:
@@ -357,6 +502,8 @@ class CsvSource(Source):
                             f"{self.label}: row {row_number} (line {reader.line_num}) has "
                             f"{len(record)} fields, the header has {width}"
                         )
+                    if row_number <= skip:
+                        continue
                     for buffer, position in zip(buffers, positions, strict=True):
                         buffer.append(record[position])
                     lines.append(reader.line_num)
@@ -382,6 +529,36 @@ class CsvSource(Source):
         convert = _floats if numeric else _texts
         parsed = {name: convert(values) for name, values in zip(columns, buffers[1:], strict=True)}
         return _assemble(self, key_column, buffers[0], parsed, first_row, lines)
+
+
+def _cut(
+    pending: list[tuple[pa.Array, dict[str, np.ndarray]]],
+    held: int,
+    rows: int,
+    columns: Sequence[str],
+) -> tuple[Chunk, list[tuple[pa.Array, dict[str, np.ndarray]]], int]:
+    """The first ``rows`` of the pending batches as one chunk, and what remains.
+
+    Pending keys stay Arrow strings until they are cut: only one chunk's keys become Python
+    strings at a time.
+    """
+    keys: list[str] = []
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    rest: list[tuple[pa.Array, dict[str, np.ndarray]]] = []
+    need = rows
+    for batch_keys, cols in pending:
+        if need <= 0:
+            rest.append((batch_keys, cols))
+            continue
+        take = min(need, len(batch_keys))
+        keys.extend(batch_keys.slice(0, take).to_pylist())
+        for c in columns:
+            parts[c].append(cols[c][:take])
+        if take < len(batch_keys):
+            rest.append((batch_keys.slice(take), {c: cols[c][take:] for c in columns}))
+        need -= take
+    values = {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
+    return Chunk(keys, values), rest, held - rows
 
 
 # -- Parquet -----------------------------------------------------------------------------------
@@ -420,6 +597,20 @@ class ParquetSource(Source):
             raise ValidationError(f"{self.label}: cannot read rows ({exc})") from exc
         finally:
             parquet.close()
+
+    def _read_all(self, wanted: list[str]) -> Columns:
+        try:
+            table = pq.read_table(self.spec.path, columns=wanted)
+        except (OSError, pa.ArrowException) as exc:
+            raise _Unclean from exc
+        keys = _arrow_keys(table.column(wanted[0]).combine_chunks())
+        values: dict[str, np.ndarray] = {}
+        for name in wanted[1:]:
+            column = self._numeric(name, table.column(name).combine_chunks())
+            if isinstance(column, _Bad):
+                raise _Unclean
+            values[name] = column
+        return Columns(keys, values)
 
     def _chunk(
         self, batch: pa.RecordBatch, wanted: list[str], first_row: int, numeric: bool
