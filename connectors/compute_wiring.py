@@ -6,12 +6,19 @@ against three small interfaces (a :class:`~trusted_space.compute.DataAccess`, a
 real ones for a running node and registers the operations its roles serve:
 
 - :class:`SourceData`: the node's *published* datasets, read from their registered sources
-  (:mod:`connectors.sources`, store namespace ``source``) in chunks. ``lookup`` keeps only a dict
-  of the wanted ids and the matching rows of the requested columns, so a 2-million-row table is
-  streamed, never held; ``scan`` streams too. A source that no longer reads cleanly (the file was
-  changed or removed after publication) is a :class:`~trusted_space.errors.StoreError` whose
-  message names the dataset only: the file path, row and cell stay in this node's log, because
-  the error travels back to another institution.
+  (:mod:`connectors.sources`, store namespace ``source``). A query's lookups are served from a
+  **column cache**: a dataset's key column (an Arrow string array) and its numeric columns
+  (float64), read once and matched with a vectorised hash lookup
+  (:func:`pyarrow.compute.index_in`), so repeated queries never re-parse a CSV. An entry is
+  checked at every use against the dataset's published version, its source spec and the file's
+  size, modification and change times (and an SQLite write-ahead log's), and is re-read when any
+  of them changed. The cache is bounded in bytes (:data:`DATA_CACHE_ENV`, default
+  :data:`DEFAULT_CACHE_BYTES`, least recently used first out); a dataset whose estimated size
+  (rows times (8 bytes per numeric column + 32)) is above the bound is never cached and is streamed
+  in chunks instead, holding only the wanted ids and their rows. A source that no longer reads
+  cleanly (the file was changed or removed after publication) is a
+  :class:`~trusted_space.errors.StoreError` whose message names the dataset only: the file path,
+  row and cell stay in this node's log, because the error travels back to another institution.
 - :class:`HttpTransport`: ``call(peer, operation, header, payload)`` is a signed
   ``POST {peer url}/compute/{operation}`` with the framed body
   (:func:`trusted_space.transport.frame`) through ``runtime.client``. A problem answer becomes a
@@ -35,18 +42,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from connectors.problems import NotReady, PeerError
 from connectors.runtime import NodeRuntime
-from connectors.sources import DEFAULT_CHUNK_ROWS, Chunk, Source, load_spec, open_source
+from connectors.sources import (
+    DEFAULT_CHUNK_ROWS,
+    SOURCE_NAMESPACE,
+    Chunk,
+    Source,
+    SourceSpec,
+    load_spec,
+    open_source,
+)
 from trusted_space.catalog import Dataset, FieldType, load_dataset
 from trusted_space.compute import ComputeNode
 from trusted_space.enforcement import CONSENTS_EXTRA, NUMERIC_TYPES
@@ -61,6 +81,9 @@ from trusted_space.transport import RemoteError, Reply, check_operation, frame, 
 
 __all__ = [
     "COMPUTE_CONTENT_TYPE",
+    "DATA_CACHE_ENV",
+    "DEFAULT_CACHE_BYTES",
+    "ColumnCache",
     "HttpTransport",
     "SourceData",
     "build_compute_node",
@@ -74,12 +97,103 @@ log = logging.getLogger("trusted_space.compute")
 COMPUTE_CONTENT_TYPE: Final = "application/octet-stream"
 """Media type of framed compute bodies, both ways."""
 
+DATA_CACHE_ENV: Final = "TS_DATA_CACHE_MB"
+"""Environment variable: the column cache's bound in MiB (``0`` disables the cache)."""
+DEFAULT_CACHE_BYTES: Final = 1 << 30
+"""The column cache's bound when :data:`DATA_CACHE_ENV` is not set (1 GiB)."""
+
 FloatArray = npt.NDArray[np.float64]
 _TRUE: Final = frozenset({"1", "true", "t", "yes", "y"})
 _FALSE: Final = frozenset({"0", "false", "f", "no", "n"})
 
 
 # -- data -------------------------------------------------------------------------------------
+
+
+def _cache_budget() -> int:
+    raw = os.environ.get(DATA_CACHE_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_CACHE_BYTES
+    try:
+        mib = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number of MiB; using the default", DATA_CACHE_ENV, raw)
+        return DEFAULT_CACHE_BYTES
+    return max(0, int(mib * (1 << 20)))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One dataset's columns in memory, valid while its ``stamp`` holds."""
+
+    stamp: tuple[Any, ...]
+    keys: Any  # pyarrow.StringArray, unique
+    values: Mapping[str, FloatArray]
+    nbytes: int
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class ColumnCache:
+    """Whole-dataset key and numeric columns, least recently used first out, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values())
+
+    def get(self, dataset_id: str, stamp: tuple[Any, ...]) -> _Entry | None:
+        """The entry, if it was made under ``stamp`` (a stale one is dropped)."""
+        with self._lock:
+            entry = self._entries.get(dataset_id)
+            if entry is None:
+                return None
+            if entry.stamp != stamp:
+                del self._entries[dataset_id]
+                return None
+            self._entries.move_to_end(dataset_id)
+            return entry
+
+    def put(self, dataset_id: str, entry: _Entry) -> None:
+        """Keep ``entry`` (if it fits at all), evicting the least recently used."""
+        with self._lock:
+            self._entries.pop(dataset_id, None)
+            if entry.nbytes > self.max_bytes:
+                return
+            while self._entries and (
+                sum(e.nbytes for e in self._entries.values()) + entry.nbytes > self.max_bytes
+            ):
+                self._entries.popitem(last=False)
+            self._entries[dataset_id] = entry
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    dataset: Dataset
+    spec: SourceSpec
+    version: int
+    rows: int | None
+
+
+def _file_stamp(path: str) -> tuple[int, ...]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1,)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class SourceData:
@@ -90,30 +204,53 @@ class SourceData:
             replaced or withdrawn dataset takes effect at once).
         participant_id: this node (named in errors sent back to peers).
         chunk_rows: rows per chunk read from a source.
+        cache_bytes: the column cache's bound (default: :data:`DATA_CACHE_ENV`, else
+            :data:`DEFAULT_CACHE_BYTES`; ``0`` streams every lookup).
     """
 
     def __init__(
-        self, store: Store, participant_id: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
+        self,
+        store: Store,
+        participant_id: str,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        cache_bytes: int | None = None,
     ) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be positive")
         self._store = store
         self._participant = participant_id
         self.chunk_rows = chunk_rows
+        self.cache = ColumnCache(_cache_budget() if cache_bytes is None else cache_bytes)
+        self._building: dict[str, threading.Lock] = {}
+        self._building_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _dataset(self, dataset_id: str) -> tuple[Dataset, Source]:
+    def _resolve(self, dataset_id: str) -> _Resolved:
         with self._store.transaction(readonly=True) as tx:
             published = load_dataset(tx, dataset_id)
             try:
                 spec = load_spec(tx, dataset_id)
             except NotFoundError as exc:
                 raise NotFoundError(f"dataset {dataset_id!r} has no source here") from exc
+            doc = tx.get(SOURCE_NAMESPACE, dataset_id)
+        rows = doc.body.get("rows") if doc is not None else None
+        return _Resolved(
+            published.dataset,
+            spec,
+            published.version,
+            rows if isinstance(rows, int) and not isinstance(rows, bool) else None,
+        )
+
+    def _open(self, dataset_id: str, spec: SourceSpec) -> Source:
         try:
-            source = open_source(spec)
+            return open_source(spec)
         except ValidationError as exc:
             raise self._unreadable(dataset_id, exc) from exc
-        return published.dataset, source
+
+    def _dataset(self, dataset_id: str) -> tuple[Dataset, Source]:
+        resolved = self._resolve(dataset_id)
+        return resolved.dataset, self._open(dataset_id, resolved.spec)
 
     def _unreadable(self, dataset_id: str, exc: Exception) -> StoreError:
         log.error("dataset %s cannot be read from its source: %s", dataset_id, exc)
@@ -123,12 +260,16 @@ class SourceData:
         )
 
     @staticmethod
-    def _check_columns(dataset: Dataset, columns: Sequence[str]) -> list[FieldType]:
-        numeric = {
+    def _numeric(dataset: Dataset) -> dict[str, FieldType]:
+        return {
             f.name: f.type
             for f in dataset.table.fields
             if f.type in NUMERIC_TYPES and f.name != dataset.key_column
         }
+
+    @classmethod
+    def _check_columns(cls, dataset: Dataset, columns: Sequence[str]) -> list[FieldType]:
+        numeric = cls._numeric(dataset)
         kinds = []
         for c in columns:
             if c not in numeric:
@@ -138,11 +279,14 @@ class SourceData:
             raise ValidationError(f"columns {list(columns)} name a column twice")
         return kinds
 
-    def _chunks(
-        self, dataset_id: str, columns: Sequence[str], chunk_rows: int
+    def _read_chunks(
+        self,
+        dataset_id: str,
+        dataset: Dataset,
+        source: Source,
+        columns: Sequence[str],
+        chunk_rows: int,
     ) -> Generator[tuple[list[str], FloatArray], None, None]:
-        """(keys, values) per chunk, values as float64 in ``columns`` order."""
-        dataset, source = self._dataset(dataset_id)
         kinds = self._check_columns(dataset, columns)
         booleans = FieldType.BOOL in kinds
         try:
@@ -152,6 +296,68 @@ class SourceData:
                 yield chunk.keys, _matrix(chunk, columns, kinds, booleans)
         except ValidationError as exc:
             raise self._unreadable(dataset_id, exc) from exc
+
+    def _chunks(
+        self, dataset_id: str, columns: Sequence[str], chunk_rows: int
+    ) -> Generator[tuple[list[str], FloatArray], None, None]:
+        """(keys, values) per chunk, values as float64 in ``columns`` order."""
+        dataset, source = self._dataset(dataset_id)
+        return self._read_chunks(dataset_id, dataset, source, columns, chunk_rows)
+
+    # -- the column cache ------------------------------------------------------------------
+    def _stamp(self, resolved: _Resolved) -> tuple[Any, ...]:
+        spec = resolved.spec
+        wal = _file_stamp(spec.path + "-wal") if spec.kind == "sqlite" else ()
+        return (
+            resolved.version,
+            json.dumps(spec.to_json(), sort_keys=True),
+            _file_stamp(spec.path),
+            wal,
+        )
+
+    def _cached(self, dataset_id: str, resolved: _Resolved) -> _Entry | None:
+        """The dataset's cached columns (read now if missing or stale); ``None`` if too big."""
+        stamp = self._stamp(resolved)
+        entry = self.cache.get(dataset_id, stamp)
+        if entry is not None:
+            return entry
+        names = list(self._numeric(resolved.dataset))
+        if resolved.rows is None or resolved.rows * (8 * len(names) + 32) > self.cache.max_bytes:
+            return None
+        with self._building_lock:
+            lock = self._building.setdefault(dataset_id, threading.Lock())
+        with lock:  # one reader per dataset; the others wait for its entry
+            entry = self.cache.get(dataset_id, stamp)
+            if entry is None:
+                entry = self._load(dataset_id, resolved, names, stamp)
+                self.cache.put(dataset_id, entry)
+        return entry
+
+    def _load(
+        self, dataset_id: str, resolved: _Resolved, names: list[str], stamp: tuple[Any, ...]
+    ) -> _Entry:
+        dataset = resolved.dataset
+        source = self._open(dataset_id, resolved.spec)
+        kinds = self._check_columns(dataset, names)
+        if FieldType.BOOL in kinds:
+            parts = list(self._read_chunks(dataset_id, dataset, source, names, self.chunk_rows))
+            keys = (
+                pa.concat_arrays([pa.array(k, type=pa.string()) for k, _ in parts])
+                if parts
+                else pa.array([], type=pa.string())
+            )
+            matrix = np.vstack([v for _, v in parts]) if parts else np.zeros((0, len(names)))
+            values = {c: np.ascontiguousarray(matrix[:, j]) for j, c in enumerate(names)}
+        else:
+            try:
+                columns = source.read_columns(dataset.key_column, names)
+            except ValidationError as exc:
+                raise self._unreadable(dataset_id, exc) from exc
+            keys, values = columns.keys, dict(columns.values)
+        if len(keys) and pc.count_distinct(keys).as_py() != len(keys):
+            raise self._unreadable(dataset_id, ValidationError("a key appears twice"))
+        nbytes = int(keys.nbytes) + sum(int(v.nbytes) for v in values.values())
+        return _Entry(stamp, keys, values, nbytes)
 
     # -- DataAccess ------------------------------------------------------------------------
     def columns(self, dataset_id: str) -> list[str]:
@@ -167,11 +373,35 @@ class SourceData:
     def lookup(
         self, dataset_id: str, entities: Sequence[str], columns: Sequence[str]
     ) -> tuple[npt.NDArray[np.bool_], FloatArray]:
-        """Rows for ``entities`` in that order, streaming the source once.
+        """Rows for ``entities`` in that order (found mask, values with NaN where not found).
 
-        Only a dict of the wanted ids and the output array are held; the scan stops as soon as
-        every wanted id was seen.
+        From the column cache when the dataset fits it; else one streaming pass over the
+        source that holds only the wanted ids and their rows and stops once every one was seen.
         """
+        resolved = self._resolve(dataset_id)
+        self._check_columns(resolved.dataset, columns)
+        entry = self._cached(dataset_id, resolved)
+        if entry is None:
+            return self._lookup_streaming(dataset_id, resolved, entities, columns)
+        wanted = pa.array(entities, type=pa.string())
+        position = pc.index_in(wanted, value_set=entry.keys).fill_null(-1)
+        rows = np.asarray(position.to_numpy(zero_copy_only=False), dtype=np.int64)
+        found = rows >= 0
+        out = np.full((len(entities), len(columns)), np.nan)
+        at = np.flatnonzero(found)
+        if at.size:
+            source_rows = rows[at]
+            for j, c in enumerate(columns):
+                out[at, j] = entry.values[c][source_rows]
+        return found, out
+
+    def _lookup_streaming(
+        self,
+        dataset_id: str,
+        resolved: _Resolved,
+        entities: Sequence[str],
+        columns: Sequence[str],
+    ) -> tuple[npt.NDArray[np.bool_], FloatArray]:
         first: dict[str, int] = {}
         repeats: list[tuple[int, int]] = []
         for i, e in enumerate(entities):
@@ -182,19 +412,21 @@ class SourceData:
         out = np.full((len(entities), len(columns)), np.nan)
         remaining = len(first)
         if remaining:
-            chunks = self._chunks(dataset_id, columns, self.chunk_rows)
+            unique = pa.array(list(first), type=pa.string())
+            target_of = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+            source = self._open(dataset_id, resolved.spec)
+            chunks = self._read_chunks(
+                dataset_id, resolved.dataset, source, columns, self.chunk_rows
+            )
             try:
                 for keys, values in chunks:
-                    rows: list[int] = []
-                    targets: list[int] = []
-                    for r, key in enumerate(keys):
-                        t = first.get(key)
-                        if t is not None:
-                            rows.append(r)
-                            targets.append(t)
-                    if not targets:
+                    hit = pc.index_in(pa.array(keys, type=pa.string()), value_set=unique)
+                    at = np.asarray(hit.fill_null(-1).to_numpy(zero_copy_only=False))
+                    rows = np.flatnonzero(at >= 0)
+                    if not rows.size:
                         continue
-                    if found[targets].any() or len(set(targets)) != len(targets):
+                    targets = target_of[at[rows]]
+                    if found[targets].any() or len(np.unique(targets)) != len(targets):
                         raise self._unreadable(
                             dataset_id, ValidationError("a key appears twice in the source")
                         )
@@ -205,8 +437,6 @@ class SourceData:
                         break
             finally:
                 chunks.close()
-        else:
-            self._check_columns(self._dataset(dataset_id)[0], columns)
         for i, j in repeats:
             found[i] = found[j]
             out[i] = out[j]
@@ -215,10 +445,29 @@ class SourceData:
     def scan(
         self, dataset_id: str, columns: Sequence[str], *, chunk_rows: int = DEFAULT_CHUNK_ROWS
     ) -> Iterator[tuple[list[str], FloatArray]]:
-        """Every row, in chunks of (keys, values)."""
+        """Every row, in chunks of (keys, values) (from the column cache when it holds it)."""
         if chunk_rows < 1:
             raise ValidationError("chunk_rows must be positive")
-        return self._chunks(dataset_id, columns, chunk_rows)
+        resolved = self._resolve(dataset_id)
+        self._check_columns(resolved.dataset, columns)
+        entry = self._cached(dataset_id, resolved)
+        if entry is None:
+            source = self._open(dataset_id, resolved.spec)
+            return self._read_chunks(dataset_id, resolved.dataset, source, columns, chunk_rows)
+        return _slices(entry, list(columns), chunk_rows)
+
+
+def _slices(
+    entry: _Entry, columns: list[str], chunk_rows: int
+) -> Iterator[tuple[list[str], FloatArray]]:
+    for start in range(0, len(entry), chunk_rows):
+        stop = min(start + chunk_rows, len(entry))
+        keys = entry.keys.slice(start, stop - start).to_pylist()
+        if columns:
+            values = np.column_stack([entry.values[c][start:stop] for c in columns])
+        else:
+            values = np.zeros((stop - start, 0))
+        yield keys, values
 
 
 def _matrix(
@@ -278,6 +527,10 @@ class HttpTransport:
     request is signed for ``peer`` (audience), so the receiver authenticates this node before the
     operation runs. Peer URLs come from ``runtime.peer_url`` (the operator's registry).
     """
+
+    max_concurrency: Final = 8
+    """Calls that may be in flight at once, from as many threads (httpx's client is thread-safe;
+    a query serves its providers concurrently up to this)."""
 
     def __init__(self, runtime: NodeRuntime) -> None:
         # A weak reference: the cached compute node holds this transport and must not keep the
