@@ -150,8 +150,8 @@ def decode_ids(payload: bytes, count: int, id_kind: str) -> list[str]:
     return ids
 
 
-def _lookup_table(values: Mapping[int, int]) -> npt.NDArray[np.int64]:
-    table = np.full(256, -1, dtype=np.int64)
+def _lookup_table(values: Mapping[int, int]) -> npt.NDArray[np.int8]:
+    table = np.full(256, -1, dtype=np.int8)
     for byte, value in values.items():
         table[byte] = value
     return table
@@ -162,8 +162,8 @@ _ORG_VALUE: Final = _lookup_table(
     {**{ord(str(d)): d for d in range(10)}, **{ord("A") + i: 10 + i for i in range(26)}}
 )
 _ORG_CHECK: Final = np.frombuffer(b"?123456789X0", dtype=np.uint8)  # index: 11 - (sum mod 11)
-_USCC_WEIGHTS: Final = np.array(USCC_WEIGHTS, dtype=np.int64)
-_ORG_WEIGHTS: Final = np.array(USCC_ORG_WEIGHTS, dtype=np.int64)
+_USCC_WEIGHTS: Final = tuple(USCC_WEIGHTS)
+_ORG_WEIGHTS: Final = tuple(USCC_ORG_WEIGHTS)
 
 
 def _canonical_usccs(payload: bytes, count: int) -> bool:
@@ -179,19 +179,22 @@ def _canonical_usccs(payload: bytes, count: int) -> bool:
     raw = np.frombuffer(payload + b"\n", dtype=np.uint8).reshape(count, width)
     if not bool((raw[:, 18] == ord("\n")).all()):
         return False
-    codes = raw[:, :18]
-    values = _USCC_VALUE[codes]
-    if bool((values < 0).any()):
+    # Column by column on int32 vectors: a few passes over n values each, no n-by-18 temporaries.
+    values = [_USCC_VALUE[raw[:, j]].astype(np.int32) for j in range(18)]
+    if any(bool((v < 0).any()) for v in values):
         return False
-    division = codes[:, 2:8]
-    if not bool(((division >= ord("0")) & (division <= ord("9"))).all()):
+    for j in range(2, 8):
+        if not bool((values[j] < 10).all()):
+            return False
+    total = np.zeros(count, dtype=np.int32)
+    for j, w in enumerate(_USCC_WEIGHTS):
+        total += values[j] * w
+    if not bool((values[17] == (31 - total % 31) % 31).all()):
         return False
-    expected = (31 - (values[:, :17] @ _USCC_WEIGHTS) % 31) % 31
-    if not bool((values[:, 17] == expected).all()):
-        return False
-    org = _ORG_VALUE[codes[:, 8:16]]
-    org_expected = _ORG_CHECK[11 - (org @ _ORG_WEIGHTS) % 11]
-    return bool((codes[:, 16] == org_expected).all())
+    org_total = np.zeros(count, dtype=np.int32)
+    for j, w in enumerate(_ORG_WEIGHTS):
+        org_total += _ORG_VALUE[raw[:, 8 + j]].astype(np.int32) * w
+    return bool((raw[:, 16] == _ORG_CHECK[11 - org_total % 11]).all())
 
 
 def ring_to_bytes(values: npt.NDArray[np.uint64]) -> bytes:
