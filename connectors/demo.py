@@ -546,6 +546,7 @@ class DemoRun:
     refusals: list[dict[str, Any]] = field(default_factory=list)
     ledgers: list[dict[str, Any]] = field(default_factory=list)
     plots: dict[str, Any] = field(default_factory=dict)
+    receipts: dict[str, int] = field(default_factory=dict)
     space: RunningSpace | None = None
     data: DemoData | None = None
     _vkeys: dict[str, str] = field(default_factory=dict)
@@ -581,6 +582,7 @@ class DemoRun:
             "protocols": self.protocols,
             "refusals": self.refusals,
             "ledgers": self.ledgers,
+            "receiptsChecked": dict(self.receipts),
             "timings": dict(self.timings),
             "checks": [c.to_json() for c in self.checks],
         }
@@ -888,6 +890,8 @@ def _verify_receipts(run: DemoRun, receipts: Mapping[str, Any]) -> dict[str, Any
         except (TrustedSpaceError, ValueError) as exc:
             summary = {"participant": participant, "verified": False, "error": str(exc)}
         out[label] = summary
+        run.receipts["checked"] = run.receipts.get("checked", 0) + 1
+        run.receipts["verified"] = run.receipts.get("verified", 0) + int(bool(summary["verified"]))
     return out
 
 
@@ -1081,6 +1085,11 @@ def _refusals(run: DemoRun, data: DemoData, model: Model) -> None:
                 bank.score_json(query, timeout=run.options.timeout)
             except QueryFailed as refused:
                 blocking = _blocking(refused.trace)
+                # The steps that name entities are the reason when there are any (the other
+                # permissions' steps say why they did not apply either).
+                reasons = [
+                    str(s.get("message")) for s in blocking if s.get("refused_entities")
+                ] or [str(s.get("message")) for s in blocking]
                 refused_entities = sorted(
                     {e for s in blocking for e in s.get("refused_entities", [])}
                 )
@@ -1090,6 +1099,7 @@ def _refusals(run: DemoRun, data: DemoData, model: Model) -> None:
                         "purpose": purpose,
                         "refusedBy": refused.peer,
                         "detail": refused.problem.get("detail"),
+                        "reasons": reasons,
                         "blocking": blocking,
                         "trace": refused.trace,
                         "refusedEntities": refused_entities,
@@ -1101,8 +1111,7 @@ def _refusals(run: DemoRun, data: DemoData, model: Model) -> None:
                 run.check(
                     f"refused: {name}",
                     ok,
-                    f"{refused.peer} refused: "
-                    + "; ".join(str(s.get("message")) for s in blocking),
+                    f"{refused.peer} refused: " + "; ".join(reasons),
                 )
             else:
                 run.check(f"refused: {name}", False, "the query was allowed")

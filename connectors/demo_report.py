@@ -339,7 +339,31 @@ def write_report(run: DemoRun, path: Path) -> Path:
             f"{a['groundTruth']:.3f}).</p>"
         )
     if "model" in facts:
-        sections.append(f"<p>Model: {_e(facts['model']['how'])}.</p>")
+        m = facts["model"]
+        sections.append(f"<h2>The model</h2><p>{_e(m['how'])}.</p>")
+        if "aucJoint" in m:
+            sections.append(
+                _table(
+                    [
+                        "epochs",
+                        "s per epoch",
+                        "AUC (joint training)",
+                        "AUC (plaintext, same schedule)",
+                        "largest weight difference",
+                        "receipts",
+                    ],
+                    [
+                        [
+                            m["epochsRun"],
+                            f"{m['secondsPerEpoch']:.2f}",
+                            f"{m['aucJoint']:.4f}",
+                            f"{m['aucPlaintextReference']:.4f}",
+                            f"{m['maxWeightErrorVsPlaintext']:.1e}",
+                            m["receipts"],
+                        ]
+                    ],
+                )
+            )
     sections.append(
         "<h2>Checks</h2>"
         + _table(
@@ -374,7 +398,8 @@ def write_report(run: DemoRun, path: Path) -> Path:
     for refusal in run.refusals:
         sections.append(
             f"<h2>Refused: {_e(refusal['case'])}</h2><p>{_e(refusal['refusedBy'])} refused: "
-            f"{_e(refusal['detail'])}</p><p>Blocking steps of its policy trace:</p><pre>"
+            f"{_e('; '.join(refusal['reasons']))}</p><p>Blocking steps of its policy trace:</p>"
+            "<pre>"
             + _e("\n".join(json.dumps(s, ensure_ascii=False) for s in refusal["blocking"]))
             + "</pre>"
         )
@@ -395,6 +420,13 @@ def write_report(run: DemoRun, path: Path) -> Path:
                     for entry in run.ledgers
                 ],
             )
+        )
+    checked = summary.get("receiptsChecked", {})
+    if checked:
+        sections.append(
+            f"<p>Receipts verified: {checked.get('verified', 0)} of {checked.get('checked', 0)} "
+            "(scores, aggregate, training), each against the provider's ledger key as "
+            "registered at the operator.</p>"
         )
     if run.protocols:
         first = run.protocols[0]

@@ -84,16 +84,17 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         counts = ", ".join(f"{g} {c:g}" for g, c in agg["counts"].items())
         p(f"aggregate: {agg['what']}: {counts}", highlight=False)
     for refusal in summary.get("refusals", []):
-        reasons = "; ".join(str(s.get("message")) for s in refusal["blocking"])
+        reasons = "; ".join(refusal["reasons"])
         p(f"refused ({refusal['case']}): {refusal['refusedBy']}: {reasons}", highlight=False)
     ledgers = summary.get("ledgers", [])
     if ledgers:
         good = sum(1 for entry in ledgers if entry["ok"])
         entries = sum(int(entry["size"] or 0) for entry in ledgers)
-        receipts = sum(len(r["receipts"]) for r in summary.get("protocols", []))
+        receipts = summary.get("receiptsChecked", {})
         p(
             f"ledgers: {good}/{len(ledgers)} verified from outside ({entries:,} entries, each "
-            f"witnessed by the operator); {receipts} receipts verified",
+            f"witnessed by the operator); receipts: {receipts.get('verified', 0)} of "
+            f"{receipts.get('checked', 0)} verified",
             highlight=False,
         )
     checks = summary.get("checks", [])
@@ -207,7 +208,14 @@ def default_credit_command(
             f"scored {d['scored']:,}",
             highlight=False,
         )
-        out.print(f"model: {summary['model']}", highlight=False)
+        m = summary["model"]
+        out.print(f"model: {m['how']}", highlight=False)
+        out.print(
+            f"training: {m['epochsRun']} epochs; AUC {m['aucJoint']:.4f} (plaintext training on "
+            f"the same schedule {m['aucPlaintextReference']:.4f}); {m['receiptsVerified']} "
+            "receipts verified",
+            highlight=False,
+        )
         out.print(f"\n{'protocol':<10}{'seconds':>9}{'max |logit err|':>17}{'AUC':>8}{'plain':>8}")
         for row in summary["protocols"]:
             out.print(

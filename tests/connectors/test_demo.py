@@ -119,6 +119,8 @@ def test_demo_runs_a_space_passes_every_check_and_stops_on_sigterm(tmp_path: Pat
     # Ledgers verified from outside and witnessed.
     assert {entry["node"] for entry in summary["ledgers"]} == set(summary["nodes"])
     assert all(e["ok"] and e["cosignedCheckpoints"] >= 1 for e in summary["ledgers"])
+    checked = summary["receiptsChecked"]
+    assert checked["verified"] == checked["checked"] >= 3 * len(PROVIDERS) + model["receipts"]
     # The report, and no node left running.
     report = (out / "report.html").read_text(encoding="utf-8")
     assert report.count("<svg") == 3 and "<script" not in report
