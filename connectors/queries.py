@@ -136,6 +136,12 @@ class ProgressTransport:
         self._observe = observe
         self.sender = sender
 
+    @property
+    def max_concurrency(self) -> int:
+        """The inner transport's (``observe`` must then be thread-safe: see _CallCounter)."""
+        value = getattr(self._inner, "max_concurrency", 1)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
     def call(
         self, peer: str, operation: str, header: Mapping[str, Any], payload: bytes = b""
     ) -> Reply:
@@ -152,7 +158,8 @@ _STAGES: Final = {
     "aggregate.open": "opening the aggregation at {peer}",
     "score.open": "opening the query at {peer}",
     "score.entities": "sending entity ids to {peer}",
-    "score.run": "computing at {peer}",
+    "score.run": "reading and checking at {peer}",
+    "score.block": "computing at {peer}",
     "score.beaver": "interactive rounds with {peer}",
     "aggregate.take": "collecting the sums from {peer}",
     "dealer.triple": "fetching Beaver triples from {peer}",
@@ -171,12 +178,15 @@ class _CallCounter:
         self.job = job
         self.expected = max(1, expected)
         self.done = 0
+        self._lock = threading.Lock()  # calls to several providers run in parallel
 
     def __call__(self, peer: str, operation: str, finished: bool) -> None:
         stage = _STAGES.get(operation, f"{operation} at {{peer}}").format(peer=peer)
-        if finished:
-            self.done += 1
-        self.job.progress(stage, self.done / self.expected)
+        with self._lock:
+            if finished:
+                self.done += 1
+            done = self.done
+        self.job.progress(stage, done / self.expected)
 
 
 def _expected_score_calls(query: ScoreQuery) -> int:
@@ -184,9 +194,9 @@ def _expected_score_calls(query: ScoreQuery) -> int:
     terms = max((len(query.model.columns(p)) for p in query.providers), default=1)
     blocks = len(block_ranges(len(query.entities), protocol.block_rows(query, max(terms, 1))))
     chunks = math.ceil(len(query.entities) / ENTITY_CHUNK)
-    per_provider = 2 + chunks
+    per_provider = 2 + chunks + blocks  # open, ids, run, then one call per block
     if query.protocol == "additive" and query.mode == "analyst-held":
-        per_provider += blocks
+        per_provider += blocks  # each round also fetches a triple share
     if query.cohort:
         per_provider += 3
     return 1 + len(query.providers) * per_provider + blocks

@@ -2,15 +2,17 @@
 
 Why: the message flow of a joint score (docs/protocols.md) is the same for every protocol — the
 analyst opens an aggregation at the operator and a session at each provider, sends the entity ids
-in blocks, each provider enforces its policy, computes its partial logit block by block and sends
-it to the aggregator, and the analyst takes and decodes the sums. Only the cryptography differs,
-so a protocol is three small objects behind these interfaces, registered by name
-(:mod:`trusted_space.protocols.registry`); the flow itself lives once in
+in blocks, each provider enforces its policy and reads its rows, then computes its partial logit
+block by block (one call per block: ``score.block``, or ``score.beaver`` for an interactive
+protocol) and sends it to the aggregator, and the analyst takes and decodes the sums. Only the
+cryptography differs, so a protocol is three small objects behind these interfaces, registered by
+name (:mod:`trusted_space.protocols.registry`); the flow itself lives once in
 :mod:`trusted_space.protocols.score`.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,8 +39,9 @@ FloatArray = npt.NDArray[np.float64]
 class ProviderJob:
     """One provider's part of one query, as its node established it (``analyst`` authenticated).
 
-    ``values`` holds the provider's feature blocks only while an interactive protocol needs them
-    (analyst-held additive); it never leaves the provider.
+    ``values`` holds the provider's feature blocks (party-held: its partial logits) from
+    ``score.run`` until each block is computed; it never leaves the provider. ``weights`` holds
+    the analyst's loaded (encrypted) weights in analyst-held mode.
     """
 
     node: ComputeNode
@@ -50,6 +53,25 @@ class ProviderJob:
     blocks: list[tuple[int, int]]
     values: dict[int, FloatArray] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
+    weights: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self, block: int) -> FloatArray:
+        """Take block ``block``'s values, once (a second claim of a block is refused).
+
+        Raises:
+            KeyError: the block was already claimed (or does not exist).
+        """
+        with self.lock:
+            if block in self.done:
+                raise KeyError(block)
+            self.done.add(block)
+            return self.values.pop(block)
+
+    @property
+    def finished(self) -> bool:
+        with self.lock:
+            return len(self.done) == len(self.blocks)
 
 
 class AnalystSide(ABC):
@@ -70,18 +92,34 @@ class AnalystSide(ABC):
         """Analyst-held mode: the provider's weights, encrypted (sent with ``score.run``)."""
         return b""
 
-    def interact(
+    interactive: bool = False
+    """Whether each block is an interactive round with the provider (``score.beaver``) rather
+    than one ``score.block`` call."""
+
+    def accept(
+        self, provider: str, reply: Mapping[str, Any], blocks: list[tuple[int, int]]
+    ) -> None:
+        """A provider's ``score.run`` reply header (e.g. its mask seed); called once per provider.
+
+        May be called from several threads at once (one per provider).
+        """
+        return None
+
+    def round(
         self,
         transport: Transport,
         analyst: str,
         operator: str,
         provider: str,
         weights: FloatArray | None,
-        reply: Mapping[str, Any],
-        blocks: list[tuple[int, int]],
+        block: int,
+        count: int,
     ) -> None:
-        """After a provider's ``score.run`` reply: any further rounds with it (additive)."""
-        return None
+        """One interactive round with ``provider`` for ``block`` (``interactive`` protocols).
+
+        May be called from several threads at once (one per provider).
+        """
+        raise NotImplementedError
 
     @abstractmethod
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
@@ -113,8 +151,11 @@ class ProviderSide(ABC):
         """Extra header fields of the ``score.run`` reply (never per-entity values)."""
         return {}
 
-    def interact(self, job: ProviderJob, block: int, payload: bytes) -> bytes:
-        """One interactive round (``score.beaver``); returns the reply payload."""
+    def interact(self, job: ProviderJob, block: int, x: FloatArray, payload: bytes) -> bytes:
+        """One interactive round (``score.beaver``) over block ``block``'s values ``x``.
+
+        Returns the reply payload.
+        """
         raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -33,8 +33,11 @@ entities; no message above 64 MiB), so a million entities never need one giant m
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
 import numpy as np
@@ -91,7 +94,8 @@ OPERATOR_EXTRA: Final = "operator"
 triples only there, whatever the analyst names (an analyst naming itself would get the partials)."""
 ROLES_EXTRA: Final = "roles"
 """``ComputeNode.extras`` key of a callable ``participant id -> roles`` (from credentials)."""
-ENTITY_CHUNK: Final = 1 << 16
+ENTITY_CHUNK: Final = 1 << 18
+"""Entity ids per ``score.entities`` call (at most 129 bytes each: 34 MB, under the limit)."""
 MAX_ENTITIES: Final = 10_000_000
 _MISSING_LISTED: Final = 1000
 _SESSION_PREFIX: Final = "score/"
@@ -294,49 +298,63 @@ def _read(
     node: ComputeNode,
     state: dict[str, Any],
     entities: list[str],
-    blocks: list[tuple[int, int]],
     grant_dataset: Any,
     decision: int,
-) -> tuple[list[FloatArray], npt.NDArray[np.bool_]]:
-    """Look up every block; apply the missing rule. Returns (blocks of values, missing mask)."""
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """One lookup of every entity; apply the missing rule. Returns (values, missing mask).
+
+    A single lookup for the whole list (then cut into blocks by the caller): a source that is
+    not cached is scanned once per query, never once per block.
+    """
     spec = state["spec"]
     columns: list[str] = state["columns"]
     data: DataAccess | None = node.data
     if data is None:
         raise NotFoundError(f"{node.participant_id} holds no data")
-    values: list[FloatArray] = []
-    mask = np.zeros(len(entities), dtype=bool)
-    gaps = np.zeros(len(columns), dtype=bool)
-    for start, stop in blocks:
-        found, x = data.lookup(spec["dataset"], entities[start:stop], columns)
-        holes = np.isnan(x)
-        mask[start:stop] = ~found | holes.any(axis=1)
-        gaps |= holes.any(axis=0)
-        values.append(x)
+    found, x = data.lookup(spec["dataset"], entities, columns)
+    holes = np.isnan(x)
+    mask = ~found | holes.any(axis=1)
+    if not mask.any():
+        return x, mask
     missing = [entities[i] for i in np.flatnonzero(mask)]
-    if missing and spec["missing"] == "fail":
+    if spec["missing"] == "fail":
         raise _missing_refusal(node, missing, len(entities), decision, "are not held")
-    if missing:
-        table = grant_dataset.dataset.table
-        defaults = [table.field(c).impute_default for c in columns]
-        lacking = [c for c, d, g in zip(columns, defaults, gaps, strict=True) if g and d is None]
-        if lacking:
-            raise _missing_refusal(
-                node,
-                missing,
-                len(entities),
-                decision,
-                f"are missing and column(s) {lacking} publish no imputeDefault",
-            )
-        fill = np.array([0.0 if d is None else d for d in defaults])
-        for x in values:
-            holes = np.isnan(x)
-            if holes.any():
-                x[holes] = np.broadcast_to(fill, x.shape)[holes]
-    return values, mask
+    gaps = [bool(g) for g in np.asarray(holes.any(axis=0), dtype=bool)]
+    table = grant_dataset.dataset.table
+    defaults = [table.field(c).impute_default for c in columns]
+    lacking = [c for c, d, g in zip(columns, defaults, gaps, strict=True) if g and d is None]
+    if lacking:
+        raise _missing_refusal(
+            node,
+            missing,
+            len(entities),
+            decision,
+            f"are missing and column(s) {lacking} publish no imputeDefault",
+        )
+    fill = np.array([0.0 if d is None else d for d in defaults])
+    x[holes] = np.broadcast_to(fill, x.shape)[holes]
+    return x, mask
+
+
+def _check_bound(values: FloatArray, bound: float, what: str, columns: Sequence[str]) -> None:
+    """Refuse values beyond the query's declared bound (checked once over all rows)."""
+    if not values.size:
+        return
+    largest = np.max(np.abs(values), axis=0)
+    if float(np.max(largest)) > bound:
+        if values.ndim == 2:
+            worst = columns[int(np.argmax(largest))]
+            raise ValidationError(f"column {worst!r} has values beyond the query's {what} {bound}")
+        raise ValidationError(f"a partial logit exceeds the query's {what} {bound}")
 
 
 def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """Enforce, read every entity once, and reply with the receipt and the missing bitmap.
+
+    The partials themselves are computed one block per call afterwards (``score.block``, or
+    ``score.beaver`` for an interactive protocol), so no single call's time grows with the query
+    (a million Paillier entities would outlast any request timeout in one call).
+    """
     node = ctx.node
     query, state = _session(ctx, header)
     spec = state["spec"]
@@ -365,37 +383,22 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
             ),
             roles=frozenset(roles_of(ctx.sender)) if roles_of is not None else frozenset(),
         )
+        x, missing = _read(node, state, entities, grant.dataset, grant.decision_index)
         blocks = block_ranges(len(entities), spec["block"])
-        values, missing = _read(node, state, entities, blocks, grant.dataset, grant.decision_index)
         job = ProviderJob(
             node, query, ctx.sender, spec["operator"], spec["contributors"], spec["mode"], blocks
         )
         if spec["mode"] == "analyst-held":
-            bound = spec["featureBound"]
-            for x in values:
-                if x.size and float(np.max(np.abs(x))) > bound:
-                    worst = state["columns"][int(np.argmax(np.max(np.abs(x), axis=0)))]
-                    raise ValidationError(
-                        f"column {worst!r} has values beyond the query's featureBound {bound}"
-                    )
-            if side.interactive:
-                job.values = dict(enumerate(values))
-                state["job"] = job
-                close = False
-            else:
-                weights = side.load_weights(payload, len(state["columns"]))
-                for b, x in enumerate(values):
-                    _send(job, b, x.shape[0], side.weighted_partial(job, b, x, weights))
+            _check_bound(x, spec["featureBound"], "featureBound", state["columns"])
+            if not side.interactive:
+                job.weights = side.load_weights(payload, len(state["columns"]))
+            job.values = {b: x[start:stop] for b, (start, stop) in enumerate(blocks)}
         else:
-            w = np.array(list(state["weights"].values()), dtype=np.float64)
-            bound = spec["partialBound"]
-            for b, x in enumerate(values):
-                z = x @ w
-                if z.size and float(np.max(np.abs(z))) > bound:
-                    raise ValidationError(
-                        f"a partial logit exceeds the query's partialBound {bound}"
-                    )
-                _send(job, b, z.shape[0], side.plain_partial(job, b, z))
+            z = x @ np.array(list(state["weights"].values()), dtype=np.float64)
+            _check_bound(z, spec["partialBound"], "partialBound", state["columns"])
+            job.values = {b: z[start:stop] for b, (start, stop) in enumerate(blocks)}
+        state["job"] = job
+        close = False
         reply = {
             "query": query,
             "receipt": grant.receipt,
@@ -407,8 +410,12 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
         return Reply(reply, np.packbits(missing).tobytes())
     finally:
         if close:
-            side.close()
-            node.sessions.close(ctx.sender, _SESSION_PREFIX + query)
+            _close(ctx, query, side)
+
+
+def _close(ctx: CallContext, query: str, side: ProviderSide) -> None:
+    side.close()
+    ctx.node.sessions.close(ctx.sender, _SESSION_PREFIX + query)
 
 
 def _send(job: ProviderJob, block: int, count: int, payload: bytes) -> None:
@@ -427,30 +434,55 @@ def _send(job: ProviderJob, block: int, count: int, payload: bytes) -> None:
     )
 
 
-def _score_beaver(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+def _job(
+    ctx: CallContext, header: Mapping[str, Any], interactive: bool
+) -> tuple[str, ProviderJob, ProviderSide, int, FloatArray]:
+    """The query's job and block ``header.block``, claimed (each block is computed once)."""
     query, state = _session(ctx, header)
     job: ProviderJob | None = state.get("job")
     side: ProviderSide = state["side"]
-    if job is None or not side.interactive:
-        raise ConflictError(f"query {query!r} is not waiting for interactive rounds")
+    if job is None or side.interactive != interactive:
+        what = "interactive rounds" if interactive else "blocks"
+        raise ConflictError(f"query {query!r} is not waiting for {what}")
     block = header_int(header, "block", 0, len(job.blocks) - 1)
-    if block in job.done:
-        raise ConflictError(f"block {block} was already computed")
-    job.done.add(block)
     try:
-        out = side.interact(job, block, payload)
+        values = job.claim(block)
+    except KeyError:
+        raise ConflictError(f"block {block} was already computed") from None
+    return query, job, side, block, values
+
+
+def _score_block(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """One block's partial, encrypted or masked, sent to the aggregator (non-interactive)."""
+    query, job, side, block, values = _job(ctx, header, interactive=False)
+    try:
+        if job.mode == "analyst-held":
+            partial = side.weighted_partial(job, block, values, job.weights)
+        else:
+            partial = side.plain_partial(job, block, values)
+        _send(job, block, values.shape[0], partial)
     finally:
-        if len(job.done) == len(job.blocks):
-            side.close()
-            ctx.node.sessions.close(ctx.sender, _SESSION_PREFIX + query)
+        if job.finished:
+            _close(ctx, query, side)
+    return Reply({"query": query, "block": block})
+
+
+def _score_beaver(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    query, job, side, block, values = _job(ctx, header, interactive=True)
+    try:
+        out = side.interact(job, block, values, payload)
+    finally:
+        if job.finished:
+            _close(ctx, query, side)
     return Reply({"query": query, "block": block}, out)
 
 
 def register_provider(node: ComputeNode) -> None:
-    """Register ``score.open|entities|run|beaver`` on a provider's node (every protocol)."""
+    """Register ``score.open|entities|run|block|beaver`` on a provider's node (every protocol)."""
     node.register("score.open", _score_open)
     node.register("score.entities", _score_entities)
     node.register("score.run", _score_run)
+    node.register("score.block", _score_block)
     node.register("score.beaver", _score_beaver)
 
 
@@ -469,6 +501,7 @@ def check_use_receipt(
     dataset: str,
     entities: Sequence[str],
     vkey: str | None = None,
+    entities_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Verify a provider's receipt and that its ``query.use`` entry is *this* use.
 
@@ -482,6 +515,8 @@ def check_use_receipt(
         entities: the entity list whose count and digest the entry must carry.
         vkey: the provider's ledger vkey as the analyst knows it (from the operator's registry);
             when ``None`` the receipt's own ``vkey`` is used (self-consistency only).
+        entities_sha256: :func:`~trusted_space.enforcement.entities_digest` of ``entities``,
+            when the caller already computed it (a query checks one receipt per provider).
 
     Returns:
         The ``query.use`` event body.
@@ -505,7 +540,7 @@ def check_use_receipt(
         "agreement": agreement,
         "dataset": dataset,
         "entities": len(entities),
-        "entities_sha256": entities_digest(entities),
+        "entities_sha256": entities_sha256 or entities_digest(entities),
     }
     if receipt.get("participant") != participant or event.kind != "query.use":
         raise VerificationError(f"receipt from {participant} is not a query.use of {participant}")
@@ -559,6 +594,35 @@ def _own_partial(
     return x @ query.model.weights_of(analyst_id), missing
 
 
+def _concurrency(transport: Transport) -> int:
+    """How many calls ``transport`` may carry at once (``max_concurrency``; default 1).
+
+    A transport that can be called from several threads (the connector's HTTP transport) says
+    so; the in-memory twin does not, so tests see one deterministic sequence of messages.
+    """
+    value = getattr(transport, "max_concurrency", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
+class _Blocks:
+    """Which blocks every provider has finished, so the analyst takes each sum as soon as it can."""
+
+    def __init__(self, blocks: int, providers: int) -> None:
+        self._left = [providers] * blocks
+        self._ready: queue.Queue[int | None] = queue.Queue()
+
+    def done(self, block: int) -> None:
+        self._left[block] -= 1  # one provider thread per provider; the GIL keeps this exact
+        if self._left[block] == 0:
+            self._ready.put(block)
+
+    def abort(self) -> None:
+        self._ready.put(None)
+
+    def next(self) -> int | None:
+        return self._ready.get()
+
+
 def run_score(
     transport: Transport,
     analyst_id: str,
@@ -572,6 +636,10 @@ def run_score(
     provider_vkeys: Mapping[str, str] | None = None,
 ) -> ScoreResult:
     """Run a joint score as the analyst (see the module docstring for the flow).
+
+    Providers are served concurrently when the transport allows it (``max_concurrency``), one
+    thread per provider; each block's sum is taken and decoded as soon as every provider has
+    sent its part of it, while the providers go on with later blocks.
 
     Args:
         transport: the analyst's transport.
@@ -632,7 +700,18 @@ def run_score(
             material=material,
         )
         mark = time.perf_counter()
-        for p in providers:
+        # Work every provider shares, done once: the id uploads and the digest receipts carry.
+        uploads = [
+            (start, stop, check_size(encode_ids(entities[start:stop]), "entity ids"))
+            for start, stop in block_ranges(len(entities), ENTITY_CHUNK)
+        ]
+        digest = entities_digest(entities)
+        weights = {p: query.model.weights_of(p) for p in providers} if analyst_held else {}
+        payloads = {p: side.weights_payload(p, w) for p, w in weights.items()}
+        progress = _Blocks(len(blocks), len(providers))
+        stop_event = threading.Event()
+
+        def serve(p: str) -> tuple[dict[str, Any], list[str]]:
             header: dict[str, Any] = {
                 "query": query.id,
                 "protocol": query.protocol,
@@ -655,16 +734,14 @@ def run_score(
             else:
                 header["model"] = query.model.id
             transport.call(p, "score.open", header, check_size(material, "material"))
-            for start, stop in block_ranges(len(entities), ENTITY_CHUNK):
+            for start, stop, ids in uploads:
                 transport.call(
                     p,
                     "score.entities",
                     {"query": query.id, "offset": start, "count": stop - start},
-                    encode_ids(entities[start:stop]),
+                    ids,
                 )
-            weights = query.model.weights_of(p) if analyst_held else None
-            payload = side.weights_payload(p, weights) if weights is not None else b""
-            reply = transport.call(p, "score.run", {"query": query.id}, payload)
+            reply = transport.call(p, "score.run", {"query": query.id}, payloads.get(p, b""))
             receipt = reply.header.get("receipt")
             if not isinstance(receipt, dict):
                 raise VerificationError(f"{p} returned no receipt")
@@ -677,25 +754,75 @@ def run_score(
                 dataset=query.datasets[p],
                 entities=entities,
                 vkey=(provider_vkeys or {}).get(p),
+                entities_sha256=digest,
             )
-            receipts[p] = receipt
-            missing[p].extend(_missing_ids(p, reply, entities))
-            side.interact(transport, analyst_id, operator_id, p, weights, reply.header, blocks)
-        timings["providers"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        sums = [
-            side.decode(
-                b, stop - start, take_aggregate(transport, operator_id, query=query.id, block=b)
-            )
-            for b, (start, stop) in enumerate(blocks)
-        ]
-        timings["aggregate"] = time.perf_counter() - mark
+            gone = _missing_ids(p, reply, entities)
+            side.accept(p, reply.header, blocks)
+            for b, (start, stop) in enumerate(blocks):
+                if stop_event.is_set():
+                    break
+                if side.interactive:
+                    side.round(
+                        transport, analyst_id, operator_id, p, weights.get(p), b, stop - start
+                    )
+                else:
+                    transport.call(p, "score.block", {"query": query.id, "block": b})
+                progress.done(b)
+            return receipt, gone
+
+        sums: dict[int, FloatArray] = {}
+        decode_s = 0.0
+        workers = min(len(providers), _concurrency(transport))
+        if workers == 1:
+            for p in providers:
+                receipts[p], gone = serve(p)
+                missing[p].extend(gone)
+            timings["providers"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            for b, (start, stop) in enumerate(blocks):
+                sums[b] = side.decode(
+                    b, stop - start, take_aggregate(transport, operator_id, query=query.id, block=b)
+                )
+            decode_s = time.perf_counter() - mark
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="score") as pool:
+                futures = {pool.submit(serve, p): p for p in providers}
+
+                def failed(done: Future[Any]) -> None:
+                    if done.exception() is not None:
+                        stop_event.set()
+                        progress.abort()
+
+                for future in futures:
+                    future.add_done_callback(failed)
+                try:
+                    while len(sums) < len(blocks) and not stop_event.is_set():
+                        ready = progress.next()
+                        if ready is None:
+                            break
+                        start, stop = blocks[ready]
+                        taken = time.perf_counter()
+                        sums[ready] = side.decode(
+                            ready,
+                            stop - start,
+                            take_aggregate(transport, operator_id, query=query.id, block=ready),
+                        )
+                        decode_s += time.perf_counter() - taken
+                finally:
+                    stop_event.set()
+                for future, p in futures.items():
+                    receipts[p], gone = future.result()  # re-raises a provider's failure
+                    missing[p].extend(gone)
+            if len(sums) < len(blocks):  # pragma: no cover - a failure re-raised above
+                raise ValidationError("the query ended before every block was summed")
+            timings["providers"] = time.perf_counter() - mark - decode_s
+        timings["aggregate"] = decode_s
     finally:
         side.close()
     own, own_missing = _own_partial(query, analyst_id, analyst_data, entities, analyst_impute)
     if own_missing:
         missing[analyst_id] = own_missing
-    logits = query.model.intercept + np.concatenate(sums) + own
+    logits = query.model.intercept + np.concatenate([sums[b] for b in range(len(blocks))]) + own
     timings["total"] = time.perf_counter() - started
     return ScoreResult(
         query_id=query.id,

@@ -31,6 +31,7 @@ per-entity value) and the analyst adds ``r`` back to the aggregator's sum.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,8 +77,11 @@ class AdditiveAnalyst(AnalystSide):
 
     def __init__(self, query: ScoreQuery) -> None:
         self.query = query
+        self.interactive = query.mode == "analyst-held"
         self.codec_fp = FixedPoint(FRAC_BITS)
         self._local: dict[int, np.ndarray[Any, np.dtype[np.uint64]]] = {}
+        self._ledger = sharing.TripleLedger(0)
+        self._lock = threading.Lock()  # providers are served from several threads
 
     def params(self) -> dict[str, Any]:
         return {"fracBits": FRAC_BITS}
@@ -86,18 +90,12 @@ class AdditiveAnalyst(AnalystSide):
         return b""
 
     def _accumulate(self, block: int, share: np.ndarray[Any, np.dtype[np.uint64]]) -> None:
-        current = self._local.get(block)
-        self._local[block] = share.copy() if current is None else np.add(current, share)
+        with self._lock:
+            current = self._local.get(block)
+            self._local[block] = share.copy() if current is None else np.add(current, share)
 
-    def interact(
-        self,
-        transport: Transport,
-        analyst: str,
-        operator: str,
-        provider: str,
-        weights: FloatArray | None,
-        reply: Mapping[str, Any],
-        blocks: list[tuple[int, int]],
+    def accept(
+        self, provider: str, reply: Mapping[str, Any], blocks: list[tuple[int, int]]
     ) -> None:
         seed_hex = reply.get("maskSeed")
         if not isinstance(seed_hex, str) or len(seed_hex) != 64:
@@ -108,40 +106,49 @@ class AdditiveAnalyst(AnalystSide):
             raise ValidationError(f"{provider}: mask seed is not hex") from exc
         for b, (start, stop) in enumerate(blocks):
             self._accumulate(b, mask_stream(seed, b, stop - start))
-        if self.query.mode == "party-held":
-            return
+
+    def round(
+        self,
+        transport: Transport,
+        analyst: str,
+        operator: str,
+        provider: str,
+        weights: FloatArray | None,
+        block: int,
+        count: int,
+    ) -> None:
         if weights is None:  # pragma: no cover - analyst-held always has weights
             raise ValidationError("analyst-held additive needs weights")
         k = weights.shape[0]
         with crypto_errors("weights"):
             w = self.codec_fp.encode(weights)
-        ledger = sharing.TripleLedger(0)
-        for b, (start, stop) in enumerate(blocks):
-            n = stop - start
-            triple = fetch_triple(
-                transport,
-                operator,
-                session=self.query.id,
-                batch=_batch(provider, b),
-                parties=[analyst, provider],
-                left=(n, k),
-                right=(k,),
+        triple = fetch_triple(
+            transport,
+            operator,
+            session=self.query.id,
+            batch=_batch(provider, block),
+            parties=[analyst, provider],
+            left=(count, k),
+            right=(k,),
+        )
+        with crypto_errors("beaver round"), self._lock:
+            mine = sharing.beaver_mask(
+                np.zeros((count, k), dtype=np.uint64), w, triple, self._ledger
             )
-            with crypto_errors("beaver round"):
-                mine = sharing.beaver_mask(np.zeros((n, k), dtype=np.uint64), w, triple, ledger)
-            answer = transport.call(
-                provider, "score.beaver", {"query": self.query.id, "block": b}, mine.to_bytes()
-            )
-            with crypto_errors(f"{provider}'s beaver message"):
-                theirs = sharing.BeaverMessage.from_bytes(answer.payload)
-                if theirs.party != 1 or theirs.n_parties != 2:
-                    raise ValidationError(f"{provider}: beaver message of the wrong party")
-                opening = sharing.beaver_open([mine, theirs])
-                self._accumulate(b, sharing.beaver_finish(triple, opening))
+        answer = transport.call(
+            provider, "score.beaver", {"query": self.query.id, "block": block}, mine.to_bytes()
+        )
+        with crypto_errors(f"{provider}'s beaver message"):
+            theirs = sharing.BeaverMessage.from_bytes(answer.payload)
+            if theirs.party != 1 or theirs.n_parties != 2:
+                raise ValidationError(f"{provider}: beaver message of the wrong party")
+            opening = sharing.beaver_open([mine, theirs])
+            self._accumulate(block, sharing.beaver_finish(triple, opening))
 
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
         total = ring_from_bytes(payload, count)
-        local = self._local.get(block)
+        with self._lock:
+            local = self._local.pop(block, None)
         if local is not None:
             if local.shape != (count,):
                 raise ValidationError(f"block {block}: local share of the wrong size")
@@ -168,8 +175,7 @@ class AdditiveProvider(ProviderSide):
     def reply_extras(self) -> dict[str, Any]:
         return {"maskSeed": self.seed.hex()}
 
-    def interact(self, job: ProviderJob, block: int, payload: bytes) -> bytes:
-        x = job.values.pop(block)
+    def interact(self, job: ProviderJob, block: int, x: FloatArray, payload: bytes) -> bytes:
         n, k = x.shape
         node = job.node
         if node.transport is None:

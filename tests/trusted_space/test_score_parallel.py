@@ -1,0 +1,141 @@
+"""Joint scores with providers served concurrently, one block per call.
+
+The in-memory transport declares no ``max_concurrency`` (its tests see one deterministic message
+order); here a wrapper declares one, so ``run_score`` serves every provider from its own thread
+and takes each block's sum as soon as all providers sent theirs. The results must be those of
+the sequential run, every block computed exactly once, a refusal must still end the query with
+the provider's trace, and a block cannot be computed twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crypto import ckks, paillier
+from trusted_space.protocols import _common, run_score
+from trusted_space.protocols.score_additive import AdditiveScore
+from trusted_space.protocols.score_ckks import CkksScore
+from trusted_space.protocols.score_paillier import PaillierScore
+from trusted_space.transport import RemoteError, Reply, Transport
+
+from ._joint import ANALYST, OPERATOR
+from .test_score_protocols import MODES, PROTOCOLS, TOLERANCE, calls, make_setup
+
+
+class Parallel:
+    """A transport that may be called from several threads (and records which ones did)."""
+
+    max_concurrency = 4
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.threads: set[int] = set()
+        self._lock = threading.Lock()
+
+    def call(
+        self, peer: str, operation: str, header: Mapping[str, Any], payload: bytes = b""
+    ) -> Reply:
+        with self._lock:
+            self.threads.add(threading.get_ident())
+        return self.inner.call(peer, operation, header, payload)
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey]:
+    return paillier.generate_keypair(2048)
+
+
+@pytest.fixture(scope="module")
+def context() -> ckks.SecretContext:
+    return ckks.SecretContext.generate()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_concurrent_providers_give_the_sequential_result(
+    protocol: str,
+    mode: str,
+    keys: tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey],
+    context: ckks.SecretContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 5)
+    rng = np.random.default_rng(17)
+    columns = {"tax-bureau": 3, "court": 2, "social-insurance": 1, "utilities": 2}
+    setup = make_setup(23, columns, rng)
+    proto = {
+        "paillier": PaillierScore(keys, workers=0),
+        "ckks": CkksScore(context),
+        "additive": AdditiveScore(),
+    }[protocol]
+    transport = Parallel(setup.space.transport(ANALYST))
+    result = run_score(transport, ANALYST, OPERATOR, setup.query(protocol, mode), protocol=proto)
+    expected = -0.75 + setup.expected()
+    assert float(np.max(np.abs(result.logits - expected))) <= TOLERANCE[protocol]
+    assert len(transport.threads) > 1  # the providers were served from their own threads
+    blocks = 1 if protocol == "ckks" else 5  # 23 entities in blocks of 5 (CKKS: of its slots)
+    per_block = (
+        "score.beaver" if (protocol, mode) == ("additive", "analyst-held") else "score.block"
+    )
+    for p in columns:
+        assert calls(setup.space, "aggregate.add", p) == blocks
+    assert calls(setup.space, per_block, ANALYST) == blocks * len(columns)
+    assert calls(setup.space, "aggregate.take", ANALYST) == blocks
+    assert set(result.receipts) == set(columns)
+
+
+def test_a_refusal_among_concurrent_providers_ends_the_query_with_its_trace() -> None:
+    from trusted_space.query import ScoreQuery
+
+    setup = make_setup(12, {"tax-bureau": 2, "court": 2, "utilities": 1}, np.random.default_rng(4))
+    query = setup.query("additive", "analyst-held")
+    doc = query.to_json()
+    doc["purpose"] = "risk-monitoring"  # no provider's offer permits it
+    with pytest.raises(RemoteError) as info:
+        run_score(
+            Parallel(setup.space.transport(ANALYST)),
+            ANALYST,
+            OPERATOR,
+            ScoreQuery.from_json(doc),
+        )
+    assert info.value.status == 403 and info.value.problem["trace"]
+    assert calls(setup.space, "aggregate.take") == 0  # nothing was released
+
+
+class Replaying:
+    """Sends every ``score.block`` call twice and keeps what the second one got."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.second: list[int] = []
+
+    def call(
+        self, peer: str, operation: str, header: Mapping[str, Any], payload: bytes = b""
+    ) -> Reply:
+        reply = self.inner.call(peer, operation, header, payload)
+        if operation == "score.block":
+            try:
+                self.inner.call(peer, operation, header, payload)
+                self.second.append(200)
+            except RemoteError as exc:
+                self.second.append(exc.status)
+        return reply
+
+
+def test_a_block_is_computed_once_and_the_session_ends_with_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 4)
+    setup = make_setup(10, {"court": 2}, np.random.default_rng(8))
+    transport = Replaying(setup.space.transport(ANALYST))
+    query = setup.query("additive", "party-held", id="urn:uuid:q-once")
+    result = run_score(transport, ANALYST, OPERATOR, query)
+    assert float(np.max(np.abs(result.logits - (-0.75 + setup.expected())))) <= 1e-3
+    # Blocks 0 and 1 again: refused (409); after the last block the session is gone (404).
+    assert transport.second == [409, 409, 404]
+    assert calls(setup.space, "aggregate.add", "court") == 3
