@@ -61,12 +61,15 @@ from trusted_space.contracts import NegotiationState
 from trusted_space.events import canonical_json, decode_event
 from trusted_space.identity import REQUEST_TYP
 from trusted_space.keys import SigningKey, b64url_decode, b64url_encode
+from trusted_space.protocols.train import TrainParams, train_plaintext
+from trusted_space.query import Model
 
 PURPOSE = "credit-review"
 N = 16
 LIMIT = 12 * 1024 * 1024  # the compute body limit of this space's nodes (default: 256 MiB)
-COLUMNS = {"bank-a": ["loans"], "tax-bureau": ["tax_paid", "employees"]}
+COLUMNS = {"bank-a": ["loans"], "tax-bureau": ["tax_paid", "employees"], "court": ["cases"]}
 WEIGHTS = {"bank-a": {"loans": 0.5}, "tax-bureau": {"tax_paid": -0.75, "employees": 0.25}}
+TRAIN = TrainParams(epochs=2, batch_size=8, learning_rate=0.3)
 INTERCEPT = 0.2
 FINAL = (NegotiationState.FINALIZED, NegotiationState.TERMINATED)
 
@@ -252,7 +255,12 @@ class Hostile:
     nodes: dict[str, Node]
     ids: list[str]
     values: dict[str, np.ndarray[Any, Any]]
-    agreement: str
+    label: np.ndarray[Any, Any]
+    agreements: dict[str, str]
+
+    @property
+    def agreement(self) -> str:
+        return self.agreements["tax-bureau"]
 
     @property
     def bank(self) -> Node:
@@ -260,7 +268,7 @@ class Hostile:
 
     def plaintext(self) -> np.ndarray[Any, Any]:
         z = np.full(len(self.ids), INTERCEPT)
-        for party, weights in WEIGHTS.items():
+        for party, weights in WEIGHTS.items():  # court's column is in no score
             z = z + self.values[party] @ np.array(list(weights.values()))
         return z
 
@@ -271,9 +279,20 @@ class Hostile:
             "mode": "analyst-held",
             "model": {"intercept": INTERCEPT, "link": "identity", "weights": WEIGHTS},
             "agreements": {"tax-bureau": self.agreement},
-            "datasets": {p: f"{p}-features" for p in COLUMNS},
+            "datasets": {p: f"{p}-features" for p in WEIGHTS},
             "entities": list(self.ids),
             "featureBound": 8.0,
+        }
+
+    def train_doc(self) -> dict[str, Any]:
+        return {
+            "purpose": PURPOSE,
+            "mode": "analyst-held",
+            "agreements": dict(self.agreements),
+            "datasets": {p: f"{p}-features" for p in COLUMNS},
+            "features": dict(COLUMNS),
+            "label": "default",
+            "params": {"epochs": 2, "batchSize": 8, "learningRate": 0.3},
         }
 
     def aggregate_doc(self, protocol: str) -> dict[str, Any]:
@@ -314,6 +333,17 @@ class Hostile:
         assert view["state"] == "done", view["error"]
         assert view["result"]["value"] == pytest.approx(10, abs=1e-6)
 
+    def check_model(self, view: dict[str, Any]) -> None:
+        """The jointly trained weights equal plaintext training on the same schedule."""
+        assert view["state"] == "done", view["error"]
+        model = Model.from_json(view["result"]["model"])
+        order = ("bank-a", "court", "tax-bureau")  # the bank, the compute party, the other
+        design = np.hstack([self.values[p] for p in order])
+        plain = train_plaintext(design, self.label, TRAIN, sigmoid=TRAIN.sigmoid)
+        joint = np.concatenate([model.weights_of(p) for p in order])
+        assert np.allclose(joint, plain.weights, atol=2e-3)
+        assert model.intercept == pytest.approx(plain.intercept, abs=2e-3)
+
 
 def _write(path: Path, ids: list[str], columns: list[str], values: np.ndarray[Any, Any]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -335,20 +365,25 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
             "bank-a": space.add("bank-a", ["consumer", "provider"]),
             "tax-bureau": space.add("tax-bureau", ["provider"]),
             "court": space.add("court", ["provider"]),
-            "registry": space.add("registry", ["consumer", "provider"]),
+            "registry": space.add("registry", ["consumer", "provider"]),  # an outsider to queries
+            "ghost": space.add("ghost", ["provider"]),  # revoked by the authentication test
         }
     with space:
         for node in nodes.values():
             space.admit_direct(node)
-        values = {}
+        values = {p: rng.uniform(-3, 3, (N, len(c))) for p, c in COLUMNS.items()}
+        logit = values["bank-a"] @ [0.6] + values["tax-bureau"] @ [-0.5, 0.3] - 0.2
+        label = (rng.random(N) < 1 / (1 + np.exp(-logit))).astype(float)
         for party, columns in COLUMNS.items():
-            values[party] = rng.uniform(-3, 3, (N, len(columns)))
+            published, table = columns, values[party]
+            if party == "bank-a":  # the bank also holds the label
+                published, table = [*columns, "default"], np.hstack([table, label[:, None]])
             path = root / f"{party}.csv"
-            _write(path, ids, columns, values[party])
+            _write(path, ids, published, table)
             body = {
-                "dataset": local_dataset(LocalParty(party, path), "entity", columns),
+                "dataset": local_dataset(LocalParty(party, path), "entity", published),
                 "source": {"kind": "csv", "path": str(path)},
-                "offers": [local_offer(purpose=PURPOSE, kinds=("score", "aggregate"))],
+                "offers": [local_offer(purpose=PURPOSE, kinds=("score", "aggregate", "train"))],
             }
             node = nodes[party]
             created = node.client.post(
@@ -356,16 +391,19 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
             )
             assert created.status_code == 201, created.text
         bank = nodes["bank-a"]
-        started = bank.client.post(
-            "/management/negotiations",
-            json={"provider": "tax-bureau", "datasetId": "tax-bureau-features"},
-            headers=bank.admin_headers,
-        )
-        assert started.status_code == 201, started.text
-        record = negotiation.wait_for(bank.runtime, started.json()["id"], FINAL)
-        signed = record.signed_agreement()
-        assert signed is not None
-        yield Hostile(space, space.hostile, nodes, ids, values, signed.id)
+        agreements = {}
+        for provider in ("tax-bureau", "court"):
+            started = bank.client.post(
+                "/management/negotiations",
+                json={"provider": provider, "datasetId": f"{provider}-features"},
+                headers=bank.admin_headers,
+            )
+            assert started.status_code == 201, started.text
+            record = negotiation.wait_for(bank.runtime, started.json()["id"], FINAL)
+            signed = record.signed_agreement()
+            assert signed is not None
+            agreements[provider] = signed.id
+        yield Hostile(space, space.hostile, nodes, ids, values, label, agreements)
         for node in space:
             negotiation.drain(node.runtime)
             negotiation.shutdown(node.runtime)
@@ -405,7 +443,7 @@ def _signing_input(header: dict[str, Any], claims: dict[str, Any]) -> str:
 
 @pytest.mark.timeout(60)
 def test_every_refusal_is_one_answer_and_the_ledger_keeps_the_reason(hostile: Hostile) -> None:
-    tax, bank, court = hostile.nodes["tax-bureau"], hostile.bank, hostile.nodes["court"]
+    tax, bank, ghost = hostile.nodes["tax-bureau"], hostile.bank, hostile.nodes["ghost"]
     url = f"{tax.url}/compute/score.open"
     body = b"TSF1\x00\x00\x00\x02{}"
     bank_client = bank.runtime.client
@@ -429,7 +467,7 @@ def test_every_refusal_is_one_answer_and_the_ledger_keeps_the_reason(hostile: Ho
     attempts: dict[str, dict[str, str]] = {
         "replay": valid,
         "expired": late.headers_for(tax.id, "POST", url, body),
-        "audience": bank_client.headers_for(court.id, "POST", url, body),
+        "audience": bank_client.headers_for(ghost.id, "POST", url, body),
         "body-hash": bank_client.headers_for(tax.id, "POST", url, body + b" "),
         "missing-token": {},
         "alg-none": {REQUEST_HEADER: none},
@@ -444,16 +482,16 @@ def test_every_refusal_is_one_answer_and_the_ledger_keeps_the_reason(hostile: Ho
         for reason, headers in attempts.items()
     }
     # a revoked member: the operator revokes it and pushes the list to every member
-    court_headers = court.runtime.client.headers_for(tax.id, "POST", url, body)
+    ghost_headers = ghost.runtime.client.headers_for(tax.id, "POST", url, body)
     operator = hostile.space.operator
     revoked = operator.client.post(
-        f"/operator/participants/{court.id}/revoke",
+        f"/operator/participants/{ghost.id}/revoke",
         json={"reason": "left the space"},
         headers=operator.admin_headers,
     )
     assert revoked.status_code == 200, revoked.text
     assert revoked.json()["pushed"][tax.id] is True
-    answers["revoked"] = tax.client.post("/compute/score.open", content=body, headers=court_headers)
+    answers["revoked"] = tax.client.post("/compute/score.open", content=body, headers=ghost_headers)
 
     reference = answers["replay"]
     assert reference.status_code == 401
@@ -474,10 +512,13 @@ QUERIES = [
     ("score", "additive"),
     ("aggregate", "paillier"),  # over a PSI cohort: align.* and stats.*
     ("aggregate", "additive"),
+    ("train", "additive"),  # two-party SGD: PSI, dealer seeds and material, shares, rounds
 ]
 EXPECTED = {
     "score": {"aggregate.open", "score.open", "score.entities", "score.run", "aggregate.add"},
     "aggregate": {"align.open", "align.request", "stats.open", "stats.release"},
+    "train": {"align.open", "align.request", "train.open", "train.epoch", "train.step"}
+    | {"train.deal", "train.share", "train.reveal", "train.finish"},
 }
 
 
@@ -492,12 +533,16 @@ REPORT: dict[str, Any] = {"sender": [], "member": [], "queries": 0}
 def _run(hostile: Hostile, kind: str, protocol: str) -> dict[str, Any]:
     if kind == "score":
         return hostile.run(kind, hostile.score_doc(protocol))
+    if kind == "train":
+        return hostile.run(kind, hostile.train_doc())
     return hostile.run(kind, hostile.aggregate_doc(protocol))
 
 
 def _check(hostile: Hostile, kind: str, view: dict[str, Any]) -> None:
     if kind == "score":
         hostile.check_score(view)
+    elif kind == "train":
+        hostile.check_model(view)
     else:
         hostile.check_count(view)
 
