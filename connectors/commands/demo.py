@@ -97,6 +97,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             f"{receipts.get('checked', 0)} verified",
             highlight=False,
         )
+    timings = {k: v for k, v in summary.get("timings", {}).items() if k != "total"}
+    if timings:
+        p("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), highlight=False)
     checks = summary.get("checks", [])
     passed = sum(1 for c in checks if c["ok"])
     for c in checks:
