@@ -569,7 +569,7 @@ class DemoRun:
             yield
         finally:
             self.timings[name] = round(time.perf_counter() - started, 3)
-            self.say(f"  done in {self.timings[name]:.1f} s")
+            self.say(f"  {name}: done in {self.timings[name]:.1f} s")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -1206,8 +1206,12 @@ def run(
         data = _start(demo)
         agreements = _browse_and_negotiate(demo)
         if len(agreements) == len(PROVIDERS):
-            _register_consents(demo, data)
-            model, alone = _train(demo, data, agreements)
+            # The applicants sign their consents while the bank trains its model: the two do
+            # not depend on each other, and both spend most of their time waiting on HTTP.
+            with ThreadPoolExecutor(max_workers=1) as background:
+                consents = background.submit(_register_consents, demo, data)
+                model, alone = _train(demo, data, agreements)
+                consents.result()
             _score(demo, data, model, alone)
             _aggregate(demo, data, agreements)
             _refusals(demo, data, model)
