@@ -39,7 +39,7 @@ import numpy.typing as npt
 from trusted_space.catalog import check_participant_id
 from trusted_space.errors import ValidationError
 from trusted_space.policy import PROTOCOLS
-from trusted_space.uscc import validate_uscc
+from trusted_space.uscc import all_canonical, validate_uscc
 
 __all__ = [
     "ID_KINDS",
@@ -281,8 +281,28 @@ def _check_entity(value: object, id_kind: str, path: str) -> str:
     return value
 
 
+def _all_clean(values: tuple[object, ...], id_kind: str) -> bool:
+    """Whether every value passes :func:`_check_entity` unchanged (checked over all at once)."""
+    if not values:
+        return True
+    if id_kind == "uscc":
+        return all_canonical(values)
+    if set(map(type, values)) != {str}:
+        return False
+    texts: tuple[str, ...] = values  # type: ignore[assignment]
+    joined = "".join(texts)  # printable: no newline; no surrounding spaces: strip is identity
+    return (
+        joined.isprintable()
+        and min(map(len, texts)) >= 1
+        and max(map(len, texts)) <= _MAX_ENTITY_ID
+        and sum(map(len, map(str.strip, texts))) == len(joined)
+    )
+
+
 def _check_entities(entities: Sequence[str], id_kind: str, path: str) -> tuple[str, ...]:
-    out = tuple(_check_entity(e, id_kind, f"{path}[{i}]") for i, e in enumerate(entities))
+    out = tuple(entities)
+    if not _all_clean(out, id_kind):  # one by one: names the first bad id, normalises USCCs
+        out = tuple(_check_entity(e, id_kind, f"{path}[{i}]") for i, e in enumerate(out))
     if len(set(out)) != len(out):
         seen: set[str] = set()
         for i, e in enumerate(out):

@@ -37,6 +37,7 @@ from trusted_space.errors import ValidationError
 
 __all__ = [
     "ALPHABET",
+    "all_canonical",
     "LENGTH",
     "WEIGHTS",
     "ORG_WEIGHTS",
@@ -287,6 +288,23 @@ def validate_column(
             ) from exc
         raise AssertionError("vectorised and scalar USCC checks disagree")  # pragma: no cover
     return texts
+
+
+def all_canonical(codes: Iterable[object], *, check_organisation_code: bool = True) -> bool:
+    """Whether every code is a valid USCC in the canonical form :func:`validate_uscc` returns.
+
+    Checked as array arithmetic over all codes at once: a million codes take a fraction of a
+    second (one by one, about ten). ``False`` says only that some code is not canonical or not
+    valid: validate them one by one to learn which and why.
+    """
+    texts = list(codes)
+    if not texts:
+        return True
+    if set(map(type, texts)) != {str}:
+        return False
+    # 18 characters of the (upper-case ASCII) code alphabet each: NFKC, strip and upper change
+    # nothing, so the code is its own normal form.
+    return _first_bad_row(texts, check_organisation_code) is None  # type: ignore[arg-type]
 
 
 def _first_bad_row(texts: list[str], check_org: bool) -> int | None:
