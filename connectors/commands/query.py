@@ -140,9 +140,9 @@ def _fail(exc: BaseException) -> typer.Exit:
     err = Console(stderr=True)
     if isinstance(exc, QueryFailed):
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        for step in exc.trace:
-            if step.get("outcome") not in (None, "satisfied"):
-                err.print(f"  refused by rule: {step.get('message') or step}", highlight=False)
+        blocking = [s for s in exc.trace if s.get("blocking")]
+        for step in blocking or [s for s in exc.trace if s.get("outcome") == "violated"]:
+            err.print(f"  refused by rule: {step.get('message') or step}", highlight=False)
     elif isinstance(exc, PeerError):
         detail = exc.problem.get("detail") or str(exc)
         err.print(f"[red]error:[/red] {detail}", markup=True, highlight=False)
