@@ -139,3 +139,29 @@ def test_a_block_is_computed_once_and_the_session_ends_with_the_last(
     # Blocks 0 and 1 again: refused (409); after the last block the session is gone (404).
     assert transport.second == [409, 409, 404]
     assert calls(setup.space, "aggregate.add", "court") == 3
+
+
+def test_a_ckks_session_pool_gives_the_in_process_partial(
+    context: ckks.SecretContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trusted_space.protocols import score_ckks
+
+    public = context.public_context().serialize()
+    w = np.array([0.5, -0.25, 1.0])
+    weights = ckks.encrypt_weights(context, w).serialize()
+    x = np.random.default_rng(2).uniform(-4, 4, (score_ckks._POOL_ROWS + 1000, 3))
+    results = []
+    for workers in ("1", "2"):
+        monkeypatch.setenv(score_ckks.WORKERS_ENV, workers)
+        side = score_ckks.CkksProvider("analyst-held", {"preset": context.preset.name}, public)
+        try:
+            loaded = side.load_weights(weights, 3)
+            results.append(
+                context.decrypt(context.load_vector(side.weighted_partial(None, 0, x, loaded)))
+            )  # type: ignore[arg-type]
+            assert (side._pool is None) == (workers == "1")
+        finally:
+            side.close()
+    for got in results:
+        assert got.shape == (x.shape[0],)
+        assert float(np.max(np.abs(got - x @ w))) <= 1e-4

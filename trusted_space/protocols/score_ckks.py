@@ -9,13 +9,22 @@ analyst decrypts the sums, and decryption rounds before release (Li-Micciancio m
 ``crypto.ckks``).
 
 Blocks are multiples of the preset's slot count, so every provider's ciphertexts line up.
+
+Where the provider's products run: in its own process by default. TenSEAL holds the GIL during
+ct*pt products, so only processes add cores; but :func:`crypto.ckks.weighted_sum` with
+``workers`` starts (spawns) a fresh pool per call, which costs seconds per block, and on a host
+that runs several nodes their own processes already fill the cores. A provider on a host of its
+own sets :data:`WORKERS_ENV` (e.g. ``4``): its session then keeps one pool for the whole query,
+started once, each worker loading the public context and the weights once.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any, Final
 
 from crypto import ckks
 from trusted_space.errors import ValidationError
@@ -29,9 +38,34 @@ from trusted_space.protocols.base import (
 )
 from trusted_space.query import ScoreQuery
 
-__all__ = ["CkksAnalyst", "CkksProvider", "CkksScore"]
+__all__ = ["WORKERS_ENV", "CkksAnalyst", "CkksProvider", "CkksScore"]
 
-_POOL_ROWS = 1 << 15  # blocks at least this large spread chunks over processes
+WORKERS_ENV: Final = "TS_CKKS_WORKERS"
+"""Environment variable: worker processes of a provider's CKKS session (default 1: in-process)."""
+_POOL_ROWS: Final = 1 << 15  # blocks at least this large spread over the session's pool
+
+
+def _workers() -> int:
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return 1
+    try:
+        return max(1, min(int(raw), os.cpu_count() or 1))
+    except ValueError:
+        return 1
+
+
+_POOL_STATE: dict[str, Any] = {}
+
+
+def _pool_init(context: bytes, weights: bytes) -> None:
+    ctx = ckks.PublicContext.load(context)
+    _POOL_STATE["ctx"] = ctx
+    _POOL_STATE["w"] = ctx.load_vector(weights)
+
+
+def _pool_task(x: FloatArray) -> bytes:
+    return ckks.weighted_sum(_POOL_STATE["ctx"], _POOL_STATE["w"], x).serialize()
 
 
 class CkksAnalyst(AnalystSide):
@@ -67,6 +101,9 @@ class CkksProvider(ProviderSide):
         if params.get("preset") != self.context.preset.name:
             raise ValidationError("params.preset: does not match the context")
         self.mode = mode
+        self.material = material
+        self.workers = _workers()
+        self._pool: ProcessPoolExecutor | None = None
 
     def load_weights(self, payload: bytes, terms: int) -> ckks.EncryptedVector:
         with crypto_errors("the analyst's encrypted weights"):
@@ -76,13 +113,40 @@ class CkksProvider(ProviderSide):
         return weights
 
     def weighted_partial(self, job: ProviderJob, block: int, x: FloatArray, weights: Any) -> bytes:
-        workers = min(8, os.cpu_count() or 1) if x.shape[0] >= _POOL_ROWS else 1
         with crypto_errors("ckks partial"):
-            return ckks.weighted_sum(self.context, weights, x, workers=workers).serialize()
+            if self.workers <= 1 or x.shape[0] < _POOL_ROWS:
+                return ckks.weighted_sum(self.context, weights, x).serialize()
+            return self._pooled(weights, x).serialize()
+
+    def _pooled(self, weights: ckks.EncryptedVector, x: FloatArray) -> ckks.EncryptedVector:
+        """The weighted sum over the session's pool, in slices of whole ciphertexts."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=get_context("spawn"),
+                initializer=_pool_init,
+                initargs=(self.material, weights.serialize()),
+            )
+        slots = self.context.preset.slots
+        per = slots * max(1, -(-x.shape[0] // (slots * 2 * self.workers)))
+        parts = [self._pool.submit(_pool_task, x[s : s + per]) for s in range(0, x.shape[0], per)]
+        loaded = [self.context.load_vector(f.result()) for f in parts]
+        return ckks.EncryptedVector(
+            chunks=tuple(c for v in loaded for c in v.chunks),
+            length=x.shape[0],
+            scale_bits=loaded[0].scale_bits,
+            fingerprint=loaded[0].fingerprint,
+            replicated=False,
+        )
 
     def plain_partial(self, job: ProviderJob, block: int, z: FloatArray) -> bytes:
         with crypto_errors("ckks partial"):
             return self.context.encrypt(z).serialize()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 class CkksScore(ScoreProtocol):

@@ -38,6 +38,10 @@ from trusted_space.query import ScoreQuery
 __all__ = ["PaillierAnalyst", "PaillierProvider", "PaillierScore"]
 
 _POOL_ROWS = 8192  # blocks at least this large use the engine's process pool
+_BLOCK_ROWS = 1 << 14
+"""Entities per block: one ``score.block`` call re-randomises ~630 packed ciphertexts (a full
+``r^n mod n^2`` each), seconds of work, so no call nears the request timeout whatever the query
+size, and the analyst decrypts each block while the providers compute the next."""
 
 
 def _layout_from(params: Mapping[str, Any]) -> paillier.PackingLayout:
@@ -149,6 +153,9 @@ class PaillierScore(ScoreProtocol):
     """
 
     name = "paillier"
+
+    def block_rows(self, query: ScoreQuery, terms: int) -> int:
+        return min(super().block_rows(query, terms), _BLOCK_ROWS)
 
     def __init__(
         self,
