@@ -47,6 +47,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -67,6 +68,7 @@ from connectors.sources import (
     load_spec,
     open_source,
 )
+from crypto.psi import psi_executor
 from trusted_space.catalog import Dataset, FieldType, load_dataset
 from trusted_space.compute import ComputeNode
 from trusted_space.enforcement import CONSENTS_EXTRA, NUMERIC_TYPES
@@ -83,6 +85,7 @@ __all__ = [
     "COMPUTE_CONTENT_TYPE",
     "DATA_CACHE_ENV",
     "DEFAULT_CACHE_BYTES",
+    "PSI_WORKERS_ENV",
     "ColumnCache",
     "HttpTransport",
     "SourceData",
@@ -101,6 +104,9 @@ DATA_CACHE_ENV: Final = "TS_DATA_CACHE_MB"
 """Environment variable: the column cache's bound in MiB (``0`` disables the cache)."""
 DEFAULT_CACHE_BYTES: Final = 1 << 30
 """The column cache's bound when :data:`DATA_CACHE_ENV` is not set (1 GiB)."""
+PSI_WORKERS_ENV: Final = "TS_PSI_WORKERS"
+"""Environment variable: worker processes for a provider's PSI scalar multiplications (default
+1: in-process; a provider with a host of its own sets its core count)."""
 
 FloatArray = npt.NDArray[np.float64]
 _TRUE: Final = frozenset({"1", "true", "t", "yes", "y"})
@@ -631,10 +637,32 @@ def build_compute_node(runtime: NodeRuntime) -> ComputeNode:
         register_train_dealer(node)
     if "provider" in runtime.roles:
         register_provider(node)
-        register_align(node)
+        register_align(node, executor=_psi_pool())
         register_aggregate(node)
         register_train(node)
     return node
+
+
+_psi_pools: dict[int, Executor] = {}
+
+
+def _psi_pool() -> Executor | None:
+    """The process's PSI worker pool when :data:`PSI_WORKERS_ENV` asks for one.
+
+    Shared by every node of the process; its workers start on first use.
+    """
+    raw = os.environ.get(PSI_WORKERS_ENV, "").strip()
+    try:
+        workers = int(raw) if raw else 1
+    except ValueError:
+        log.warning("%s=%r is not a number of workers; PSI runs in-process", PSI_WORKERS_ENV, raw)
+        return None
+    if workers < 2:
+        return None
+    with _nodes_lock:
+        if workers not in _psi_pools:
+            _psi_pools[workers] = psi_executor(workers)
+        return _psi_pools[workers]
 
 
 _nodes: weakref.WeakKeyDictionary[NodeRuntime, ComputeNode] = weakref.WeakKeyDictionary()

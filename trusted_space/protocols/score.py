@@ -33,11 +33,12 @@ entities; no message above 64 MiB), so a million entities never need one giant m
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Final
 
 import numpy as np
@@ -75,6 +76,8 @@ from trusted_space.transport import Reply, Transport
 __all__ = [
     "ENTITY_CHUNK",
     "MAX_ENTITIES",
+    "PSI_POOL_MIN_IDS",
+    "PSI_WORKERS_MAX",
     "MODEL_NAMESPACE",
     "OPERATOR_EXTRA",
     "ROLES_EXTRA",
@@ -97,6 +100,9 @@ ROLES_EXTRA: Final = "roles"
 ENTITY_CHUNK: Final = 1 << 18
 """Entity ids per ``score.entities`` call (at most 129 bytes each: 34 MB, under the limit)."""
 MAX_ENTITIES: Final = 10_000_000
+PSI_POOL_MIN_IDS: Final = 20_000
+"""Cohorts at least this large align on a pool of the analyst's cores (smaller: in-process)."""
+PSI_WORKERS_MAX: Final = 8
 _MISSING_LISTED: Final = 1000
 _SESSION_PREFIX: Final = "score/"
 
@@ -104,13 +110,16 @@ Aligner = Callable[[str, str, str, Sequence[str]], Sequence[str]]
 """``align(provider, agreement id, dataset id, candidates) -> ids the provider holds`` (PSI)."""
 
 
-def psi_aligner(transport: Transport, query: ScoreQuery) -> Aligner:
+def psi_aligner(
+    transport: Transport, query: ScoreQuery, *, executor: Executor | None = None
+) -> Aligner:
     """An :data:`Aligner` running :func:`trusted_space.protocols.align.align` (ECDH-PSI).
 
     The provider authorises the alignment as a use of the query (its own ``query.use``), so a
     cohort score is two uses of each agreement: alignment and score. Analyst-held mode only: the
     provider's policy check at alignment names the columns, which the analyst knows only when it
-    holds the weights.
+    holds the weights. ``executor``: a process pool for the analyst's scalar multiplications
+    (:func:`crypto.psi.psi_executor`), shared by the alignments with every provider.
     """
     from trusted_space.protocols.align import align  # local: alignment is optional for scores
 
@@ -129,9 +138,50 @@ def psi_aligner(transport: Transport, query: ScoreQuery) -> Aligner:
             kind="score",
             protocol=query.protocol,
             columns=query.model.columns(provider),
+            executor=executor,
         ).ids
 
     return aligner
+
+
+def _psi_pool(candidates: int) -> Executor | None:
+    """The analyst's PSI worker pool for a cohort this large (``None``: in-process)."""
+    workers = min(os.cpu_count() or 1, PSI_WORKERS_MAX)
+    if candidates < PSI_POOL_MIN_IDS or workers < 2:
+        return None
+    from crypto.psi import psi_executor  # local: alignment is optional for scores
+
+    return psi_executor(workers)
+
+
+def _align_all(
+    transport: Transport,
+    query: ScoreQuery,
+    providers: list[str],
+    entities: list[str],
+    align: Aligner | None,
+) -> dict[str, set[str]]:
+    """The ids each provider holds, aligning with every provider at once when the transport can.
+
+    The analyst's own share of the work (hashing and blinding its ids once per provider, then
+    the providers' points) is the larger one: it runs on a pool of this node's cores.
+    """
+    pool = None if align is not None else _psi_pool(len(entities))
+    try:
+        aligner = align or psi_aligner(transport, query, executor=pool)
+
+        def one(p: str) -> set[str]:
+            return set(aligner(p, query.agreements[p], query.datasets[p], entities))
+
+        workers = min(len(providers), _concurrency(transport))
+        if workers == 1:
+            return {p: one(p) for p in providers}
+        with ThreadPoolExecutor(workers, thread_name_prefix="align") as threads:
+            futures = {p: threads.submit(one, p) for p in providers}
+            return {p: f.result() for p, f in futures.items()}
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -671,10 +721,8 @@ def run_score(
     missing: dict[str, list[str]] = {p: [] for p in providers}
     entities = list(query.entities)
     if query.cohort:
-        align = align or psi_aligner(transport, query)
-        held: dict[str, set[str]] = {}
+        held = _align_all(transport, query, providers, entities, align)
         for p in providers:
-            held[p] = set(align(p, query.agreements[p], query.datasets[p], entities))
             missing[p] = [e for e in entities if e not in held[p]]
         entities = [e for e in entities if all(e in held[p] for p in providers)]
         if not entities:
