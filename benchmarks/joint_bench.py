@@ -3,17 +3,22 @@
 
 For each protocol a fresh local space runs on loopback (:class:`connectors.local.LocalSpace`): an
 operator, a bank (the analyst, 4 features of its own) and 4 providers (4 features each: 20 in
-all), every node a separate ``node serve`` process. The synthetic data are written as files (the
-bank and two providers as CSV, two providers as Parquet, rows shuffled per file), registered,
+all; ``--providers N`` for fewer), every node a separate ``node serve`` process. The synthetic
+data are written as files (the bank and two providers as CSV, two providers as Parquet, rows
+shuffled per file), registered,
 negotiated over DSP, and the query runs from the bank's node exactly as ``trusted-space query
 score`` runs it. Reported per protocol:
 
 - ``entities_per_s``: entities scored / seconds of the query at the analyst node (``query_s``,
   submission to result, HTTP included; ``phases`` splits it: PSI ``align``, ``setup`` (keys),
   ``providers`` (ids out, encrypted partials to the aggregator), ``aggregate`` (sums back));
+- ``api_s``: the part of ``query_s`` outside the driver's phases: submitting the query (the id
+  list as JSON, checked at the node) and fetching the result (ids, logits and outputs as JSON);
 - ``psi_align_s`` with ``--cohort`` (providers hold 95% of the bank's ids plus others);
 - ``peak_rss_mb`` of every node process (``VmHWM``; worker processes alive at the end are added
   as ``workers_rss_mb``);
+- ``cpu_s``: CPU seconds each node process (with its reaped worker processes) and this client
+  spent during the query, to see where the work goes when the cores are shared;
 - ``plaintext_s``: numpy scoring of the same entities in this process, on matrices already in
   memory (``plaintext_with_join_s`` adds reading the files and joining by id);
 - ``max_abs_error`` of the logits against that plaintext.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import tempfile
 import time
@@ -64,7 +70,7 @@ def _write_parquet(path: Path, ids: list[str], names: list[str], x: np.ndarray) 
 
 
 def make_data(
-    directory: Path, n: int, *, cohort: bool, seed: int = 5
+    directory: Path, n: int, *, cohort: bool, seed: int = 5, providers: int = len(PROVIDERS)
 ) -> tuple[list[LocalParty], Model, dict[str, Any]]:
     """Files for the bank and the providers, and a logistic model over all 20 features."""
     rng = np.random.default_rng(seed)
@@ -72,7 +78,7 @@ def make_data(
     truth: dict[str, Any] = {"ids": ids, "x": {}, "held": {}}
     parties = []
     weights: dict[str, dict[str, float]] = {}
-    for k, party in enumerate((ANALYST, *PROVIDERS)):
+    for k, party in enumerate((ANALYST, *PROVIDERS[:providers])):
         names = [f"{party.replace('-', '_')}_{j}" for j in range(FEATURES_PER_PARTY)]
         x = np.clip(rng.normal(0, 1, (n, FEATURES_PER_PARTY)), -4, 4).round(6)
         weights[party] = {
@@ -166,6 +172,30 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and of its reaped children (``/proc/<pid>/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    live = sum(_cpu_seconds_alone(c) for c in _descendants(pid))
+    return ticks / os.sysconf("SC_CLK_TCK") + live
+
+
+def _cpu_seconds_alone(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def node_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each node process (live worker processes included)."""
+    return {name: _cpu_seconds(pid) for name, pid in pids.items()}
+
+
 def node_memory(pids: dict[str, int]) -> dict[str, dict[str, float]]:
     """Peak RSS of each node process, and the peak RSS of its worker processes still alive."""
     return {
@@ -184,13 +214,26 @@ def run_protocol(
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"joint-bench-{protocol}-"))
     local = LocalSpace(parties, model, "id", work_dir=work, keep=bool(args.keep))
-    record: dict[str, Any] = {"protocol": protocol, "n": args.entities, "features": 20}
+    record: dict[str, Any] = {
+        "protocol": protocol,
+        "n": args.entities,
+        "providers": args.providers,
+        "features": FEATURES_PER_PARTY * (1 + args.providers),
+    }
     with local:
-        local.start(timeout=300)
+        local.start(timeout=900)
+        pids = local.node_pids()
+        cpu_before = node_cpu(pids)
+        client_before = time.process_time()
         started = time.perf_counter()
         result = local.score(protocol, entities=truth["ids"], cohort=args.cohort)
         query_s = time.perf_counter() - started
-        record["peak_rss"] = node_memory(local.node_pids())
+        cpu_after = node_cpu(pids)
+        record["cpu_s"] = {
+            **{k: round(cpu_after[k] - cpu_before[k], 2) for k in pids},
+            "client": round(time.process_time() - client_before, 2),
+        }
+        record["peak_rss"] = node_memory(pids)
         record["receipts_verified"] = len(local.verify_receipts(result))
     entities = list(result["entities"])
     expected, plain_s = plaintext(model, truth, entities)
@@ -201,6 +244,7 @@ def run_protocol(
             "query_s": round(query_s, 3),
             "entities_per_s": round(len(entities) / query_s, 1),
             "phases": {k: round(float(v), 3) for k, v in result["timings"].items()},
+            "api_s": round(query_s - float(result["timings"].get("total", 0.0)), 3),
             "psi_align_s": round(float(result["timings"].get("align", 0.0)), 3)
             if args.cohort
             else None,
@@ -222,11 +266,20 @@ def main() -> int:
         "--protocol", action="append", choices=("paillier", "ckks", "additive"), required=True
     )
     parser.add_argument("--cohort", action="store_true", help="align by PSI first")
+    parser.add_argument(
+        "--providers",
+        type=int,
+        default=len(PROVIDERS),
+        choices=range(1, len(PROVIDERS) + 1),
+        help="providers besides the bank (default 4: 20 features in all)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per protocol")
     parser.add_argument("--keep", action="store_true", help="keep the node directories")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="joint-bench-data-") as data_dir:
-        parties, model, truth = make_data(Path(data_dir), args.entities, cohort=args.cohort)
+        parties, model, truth = make_data(
+            Path(data_dir), args.entities, cohort=args.cohort, providers=args.providers
+        )
         for protocol in args.protocol:
             record = run_protocol(protocol, parties, model, truth, args)
             if args.json:
@@ -241,7 +294,9 @@ def main() -> int:
                     f"with join {record['plaintext_with_join_s']:.2f} s) "
                     f"err {record['max_abs_error']:.1e}"
                     + (f" psi {record['psi_align_s']:.2f} s" if args.cohort else "")
-                    + f"\n          phases {record['phases']}\n          peak RSS MB: {rss}"
+                    + f"\n          phases {record['phases']} api {record['api_s']} s"
+                    + f"\n          peak RSS MB: {rss}"
+                    + f"\n          CPU s during the query: {record['cpu_s']}"
                     f"\n          target {record['target']}",
                     flush=True,
                 )
