@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from crypto import ckks, paillier
+from trusted_space.errors import ValidationError
 from trusted_space.protocols import _common, run_score
 from trusted_space.protocols.score_additive import AdditiveScore
 from trusted_space.protocols.score_ckks import CkksScore
@@ -165,3 +166,33 @@ def test_a_ckks_session_pool_gives_the_in_process_partial(
     for got in results:
         assert got.shape == (x.shape[0],)
         assert float(np.max(np.abs(got - x @ w))) <= 1e-4
+
+
+def test_the_analysts_own_columns_are_read_alongside_the_providers() -> None:
+    from trusted_space.compute import InMemoryData
+
+    from .test_score_protocols import _named
+
+    rng = np.random.default_rng(5)
+    setup = make_setup(25, {"tax-bureau": 2, "court": 1}, rng)
+    own_x = rng.uniform(-3, 3, (25, 2))
+    own_w = np.array([0.3, -0.7])
+    own = InMemoryData()
+    own.add("ds-own", setup.keys, [name for name, _ in _named(ANALYST, own_w)], own_x)
+    setup.datasets[ANALYST] = "ds-own"
+    query = setup.query("additive", "analyst-held", own=own_w, intercept=1.0)
+    transport = Parallel(setup.space.transport(ANALYST))
+    result = run_score(transport, ANALYST, OPERATOR, query, analyst_data=own)
+    expected = 1.0 + setup.expected() + own_x @ own_w
+    assert float(np.max(np.abs(result.logits - expected))) <= 1e-3
+    # An entity missing from the analyst's own data still fails the query ("fail" rule).
+    short = InMemoryData()
+    short.add("ds-own", setup.keys[1:], [name for name, _ in _named(ANALYST, own_w)], own_x[1:])
+    with pytest.raises(ValidationError, match="missing from the analyst's own data"):
+        run_score(
+            Parallel(setup.space.transport(ANALYST)),
+            ANALYST,
+            OPERATOR,
+            setup.query("additive", "analyst-held", own=own_w, id="urn:uuid:q-short"),
+            analyst_data=short,
+        )

@@ -820,6 +820,7 @@ def run_score(
 
         sums: dict[int, FloatArray] = {}
         decode_s = 0.0
+        own_future: Future[tuple[FloatArray, list[str]]] | None = None
         workers = min(len(providers), _concurrency(transport))
         if workers == 1:
             for p in providers:
@@ -833,8 +834,12 @@ def run_score(
                 )
             decode_s = time.perf_counter() - mark
         else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="score") as pool:
+            with ThreadPoolExecutor(workers + 1, thread_name_prefix="score") as pool:
                 futures = {pool.submit(serve, p): p for p in providers}
+                # The analyst's own partial needs nobody: it is read while the providers work.
+                own_future = pool.submit(
+                    _own_partial, query, analyst_id, analyst_data, entities, analyst_impute
+                )
 
                 def failed(done: Future[Any]) -> None:
                     if done.exception() is not None:
@@ -867,7 +872,10 @@ def run_score(
         timings["aggregate"] = decode_s
     finally:
         side.close()
-    own, own_missing = _own_partial(query, analyst_id, analyst_data, entities, analyst_impute)
+    if own_future is None:
+        own, own_missing = _own_partial(query, analyst_id, analyst_data, entities, analyst_impute)
+    else:
+        own, own_missing = own_future.result()
     if own_missing:
         missing[analyst_id] = own_missing
     logits = query.model.intercept + np.concatenate([sums[b] for b in range(len(blocks))]) + own
