@@ -360,7 +360,7 @@ class SourceData:
             except ValidationError as exc:
                 raise self._unreadable(dataset_id, exc) from exc
             keys, values = columns.keys, dict(columns.values)
-        if len(keys) and pc.count_distinct(keys).as_py() != len(keys):
+        if len(keys) and len(keys.dictionary_encode().dictionary) != len(keys):
             raise self._unreadable(dataset_id, ValidationError("a key appears twice"))
         nbytes = int(keys.nbytes) + sum(int(v.nbytes) for v in values.values())
         return _Entry(stamp, keys, values, nbytes)

@@ -74,6 +74,7 @@ from trusted_space.store import Store
 from trusted_space.transport import Reply, Transport
 
 __all__ = [
+    "BLOCKS_IN_FLIGHT",
     "ENTITY_CHUNK",
     "MAX_ENTITIES",
     "PSI_POOL_MIN_IDS",
@@ -100,6 +101,8 @@ ROLES_EXTRA: Final = "roles"
 ENTITY_CHUNK: Final = 1 << 18
 """Entity ids per ``score.entities`` call (at most 129 bytes each: 34 MB, under the limit)."""
 MAX_ENTITIES: Final = 10_000_000
+BLOCKS_IN_FLIGHT: Final = 2
+"""Blocks the analyst keeps in flight per provider when its transport allows concurrent calls."""
 PSI_POOL_MIN_IDS: Final = 20_000
 """Cohorts at least this large align on a pool of the analyst's cores (smaller: in-process)."""
 PSI_WORKERS_MAX: Final = 8
@@ -806,9 +809,11 @@ def run_score(
             )
             gone = _missing_ids(p, reply, entities)
             side.accept(p, reply.header, blocks)
-            for b, (start, stop) in enumerate(blocks):
+
+            def block(b: int) -> None:
                 if stop_event.is_set():
-                    break
+                    return
+                start, stop = blocks[b]
                 if side.interactive:
                     side.round(
                         transport, analyst_id, operator_id, p, weights.get(p), b, stop - start
@@ -816,12 +821,21 @@ def run_score(
                 else:
                     transport.call(p, "score.block", {"query": query.id, "block": b})
                 progress.done(b)
+
+            if streams == 1 or len(blocks) == 1:
+                for b in range(len(blocks)):
+                    block(b)
+            else:  # a block in flight while the next one's messages travel
+                with ThreadPoolExecutor(streams, thread_name_prefix=f"score-{p}") as lanes:
+                    for done in [lanes.submit(block, b) for b in range(len(blocks))]:
+                        done.result()
             return receipt, gone
 
+        workers = min(len(providers), _concurrency(transport))
+        streams = BLOCKS_IN_FLIGHT if workers > 1 else 1
         sums: dict[int, FloatArray] = {}
         decode_s = 0.0
         own_future: Future[tuple[FloatArray, list[str]]] | None = None
-        workers = min(len(providers), _concurrency(transport))
         if workers == 1:
             for p in providers:
                 receipts[p], gone = serve(p)

@@ -165,6 +165,7 @@ class AdditiveProvider(ProviderSide):
         self.interactive = mode == "analyst-held"
         self.seed = secrets.token_bytes(32)
         self.ledger = sharing.TripleLedger(1)
+        self._ledger_lock = threading.Lock()  # blocks may arrive on several threads
         self.codec_fp = FixedPoint(FRAC_BITS)
 
     def plain_partial(self, job: ProviderJob, block: int, z: FloatArray) -> bytes:
@@ -196,9 +197,10 @@ class AdditiveProvider(ProviderSide):
             right=(k,),
         )
         with crypto_errors("beaver round"):
-            mine = sharing.beaver_mask(
-                self.codec_fp.encode(x), np.zeros(k, dtype=np.uint64), triple, self.ledger
-            )
+            with self._ledger_lock:
+                mine = sharing.beaver_mask(
+                    self.codec_fp.encode(x), np.zeros(k, dtype=np.uint64), triple, self.ledger
+                )
             opening = sharing.beaver_open([theirs, mine])
             share = sharing.beaver_finish(triple, opening)
         # The dealer-aggregator knows the triple: hide the share from it (see module docs).
