@@ -196,3 +196,37 @@ def test_the_analysts_own_columns_are_read_alongside_the_providers() -> None:
             setup.query("additive", "analyst-held", own=own_w, id="urn:uuid:q-short"),
             analyst_data=short,
         )
+
+
+def test_a_job_ends_when_its_blocks_are_computed_not_when_they_are_claimed() -> None:
+    from trusted_space.protocols.base import ProviderJob
+
+    job = ProviderJob(None, "q", "a", "o", ["p"], "analyst-held", [(0, 5), (5, 8)])  # type: ignore[arg-type]
+    job.values = {0: np.zeros((5, 1)), 1: np.zeros((3, 1))}
+    job.claim(0)
+    job.claim(1)
+    with pytest.raises(KeyError):
+        job.claim(1)
+    assert job.complete(1) is False  # block 0 is still being computed on another thread
+    assert job.complete(0) is True
+
+
+def test_pooled_paillier_blocks_in_flight_finish_before_the_session_closes(
+    keys: tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trusted_space.protocols import score_paillier
+
+    # Full blocks of 6 use the provider's process pool, the last block of 2 does not, so the
+    # small last block usually finishes first while a pooled one is still running.
+    monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 6)
+    monkeypatch.setattr(score_paillier, "_POOL_ROWS", 6)
+    setup = make_setup(20, {"tax-bureau": 2, "court": 1}, np.random.default_rng(12))
+    result = run_score(
+        Parallel(setup.space.transport(ANALYST)),
+        ANALYST,
+        OPERATOR,
+        setup.query("paillier", "analyst-held"),
+        protocol=PaillierScore(keys, workers=0),
+    )
+    assert float(np.max(np.abs(result.logits - (-0.75 + setup.expected())))) <= 1e-6

@@ -53,6 +53,7 @@ class ProviderJob:
     blocks: list[tuple[int, int]]
     values: dict[int, FloatArray] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
+    completed: set[int] = field(default_factory=set)
     weights: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,10 +69,15 @@ class ProviderJob:
             self.done.add(block)
             return self.values.pop(block)
 
-    @property
-    def finished(self) -> bool:
+    def complete(self, block: int) -> bool:
+        """Record block ``block`` as computed; whether every block now is.
+
+        Claimed is not computed: with blocks on several threads, the last block claimed may
+        finish before an earlier one, whose work must not be torn down under it.
+        """
         with self.lock:
-            return len(self.done) == len(self.blocks)
+            self.completed.add(block)
+            return len(self.completed) == len(self.blocks)
 
 
 class AnalystSide(ABC):

@@ -514,9 +514,11 @@ def _score_block(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Re
         else:
             partial = side.plain_partial(job, block, values)
         _send(job, block, values.shape[0], partial)
-    finally:
-        if job.finished:
-            _close(ctx, query, side)
+    except BaseException:
+        _close(ctx, query, side)  # a claimed block cannot run again: the query is over
+        raise
+    if job.complete(block):
+        _close(ctx, query, side)
     return Reply({"query": query, "block": block})
 
 
@@ -524,9 +526,11 @@ def _score_beaver(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
     query, job, side, block, values = _job(ctx, header, interactive=True)
     try:
         out = side.interact(job, block, values, payload)
-    finally:
-        if job.finished:
-            _close(ctx, query, side)
+    except BaseException:
+        _close(ctx, query, side)  # a claimed block cannot run again: the query is over
+        raise
+    if job.complete(block):
+        _close(ctx, query, side)
     return Reply({"query": query, "block": block}, out)
 
 
