@@ -180,7 +180,8 @@ class _FuzzedSpace:
         return {
             "profile": os.environ.get("HYPOTHESIS_PROFILE", "ci"),
             "operations": {
-                self.nodes[role].id: len(self.nodes[role].app.openapi()["paths"]) for role in ROLES
+                self.nodes[role].id: sum(map(len, self.nodes[role].app.openapi()["paths"].values()))
+                for role in ROLES
             },
             "requests": dict(self.requests),
             "answers": dict(self.answers),
