@@ -230,3 +230,21 @@ def test_pooled_paillier_blocks_in_flight_finish_before_the_session_closes(
         protocol=PaillierScore(keys, workers=0),
     )
     assert float(np.max(np.abs(result.logits - (-0.75 + setup.expected())))) <= 1e-6
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ckks_blocks_computed_at_once_on_one_context(
+    context: ckks.SecretContext, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # Three blocks of 4,096 per provider, two in flight: TenSEAL contexts are shared state.
+    monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 4096)
+    setup = make_setup(9000, {"tax-bureau": 3, "court": 2}, np.random.default_rng(3))
+    for _ in range(2):
+        result = run_score(
+            Parallel(setup.space.transport(ANALYST)),
+            ANALYST,
+            OPERATOR,
+            setup.query("ckks", mode, id=f"urn:uuid:q-ckks-{mode}-{_}"),
+            protocol=CkksScore(context),
+        )
+        assert float(np.max(np.abs(result.logits - (-0.75 + setup.expected())))) <= 1e-3

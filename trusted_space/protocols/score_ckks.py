@@ -21,6 +21,7 @@ started once, each worker loading the public context and the weights once.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -104,6 +105,10 @@ class CkksProvider(ProviderSide):
         self.material = material
         self.workers = _workers()
         self._pool: ProcessPoolExecutor | None = None
+        # One TenSEAL operation on the context at a time: the weighted sum switches the
+        # context's auto-rescaling off and back on, so two blocks computed at once on two
+        # threads would rescale each other's products (TenSEAL holds the GIL meanwhile anyway).
+        self._context_lock = threading.Lock()
 
     def load_weights(self, payload: bytes, terms: int) -> ckks.EncryptedVector:
         with crypto_errors("the analyst's encrypted weights"):
@@ -115,22 +120,27 @@ class CkksProvider(ProviderSide):
     def weighted_partial(self, job: ProviderJob, block: int, x: FloatArray, weights: Any) -> bytes:
         with crypto_errors("ckks partial"):
             if self.workers <= 1 or x.shape[0] < _POOL_ROWS:
-                return ckks.weighted_sum(self.context, weights, x).serialize()
+                with self._context_lock:
+                    return ckks.weighted_sum(self.context, weights, x).serialize()
             return self._pooled(weights, x).serialize()
 
     def _pooled(self, weights: ckks.EncryptedVector, x: FloatArray) -> ckks.EncryptedVector:
         """The weighted sum over the session's pool, in slices of whole ciphertexts."""
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=get_context("spawn"),
-                initializer=_pool_init,
-                initargs=(self.material, weights.serialize()),
-            )
+        with self._context_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=get_context("spawn"),
+                    initializer=_pool_init,
+                    initargs=(self.material, weights.serialize()),
+                )
+            pool = self._pool
         slots = self.context.preset.slots
         per = slots * max(1, -(-x.shape[0] // (slots * 2 * self.workers)))
-        parts = [self._pool.submit(_pool_task, x[s : s + per]) for s in range(0, x.shape[0], per)]
-        loaded = [self.context.load_vector(f.result()) for f in parts]
+        parts = [pool.submit(_pool_task, x[s : s + per]) for s in range(0, x.shape[0], per)]
+        results = [f.result() for f in parts]
+        with self._context_lock:
+            loaded = [self.context.load_vector(raw) for raw in results]
         return ckks.EncryptedVector(
             chunks=tuple(c for v in loaded for c in v.chunks),
             length=x.shape[0],
@@ -140,7 +150,7 @@ class CkksProvider(ProviderSide):
         )
 
     def plain_partial(self, job: ProviderJob, block: int, z: FloatArray) -> bytes:
-        with crypto_errors("ckks partial"):
+        with crypto_errors("ckks partial"), self._context_lock:
             return self.context.encrypt(z).serialize()
 
     def close(self) -> None:
