@@ -18,6 +18,7 @@ protocol exponent, the key id and membership in ``Z*_{n²}``.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -108,14 +109,16 @@ class PaillierProvider(ProviderSide):
             raise ValidationError(f"params.layout: not a layout for {mode} mode")
         self.codec = paillier.IntegerCodec(self.frac_bits)
         self._engines: dict[bool, paillier.PaillierEngine] = {}
+        self._lock = threading.Lock()  # blocks may arrive on several threads
 
     def _engine(self, rows: int) -> paillier.PaillierEngine:
         pooled = rows >= _POOL_ROWS
-        if pooled not in self._engines:
-            self._engines[pooled] = paillier.PaillierEngine(
-                self.public_key, codec=self.codec, workers=None if pooled else 0
-            )
-        return self._engines[pooled]
+        with self._lock:  # one engine (one process pool) per kind, never two
+            if pooled not in self._engines:
+                self._engines[pooled] = paillier.PaillierEngine(
+                    self.public_key, codec=self.codec, workers=None if pooled else 0
+                )
+            return self._engines[pooled]
 
     def load_weights(self, payload: bytes, terms: int) -> paillier.CiphertextVector:
         with crypto_errors("the analyst's encrypted weights"):
@@ -136,7 +139,9 @@ class PaillierProvider(ProviderSide):
             return self._engine(z.shape[0]).encrypt_packed(z, self.layout).serialize()
 
     def close(self) -> None:
-        for engine in self._engines.values():
+        with self._lock:
+            engines = list(self._engines.values())
+        for engine in engines:
             engine.close()
 
 
