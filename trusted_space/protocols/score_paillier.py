@@ -115,9 +115,11 @@ class PaillierProvider(ProviderSide):
         pooled = rows >= _POOL_ROWS
         with self._lock:  # one engine (one process pool) per kind, never two
             if pooled not in self._engines:
-                self._engines[pooled] = paillier.PaillierEngine(
+                engine = paillier.PaillierEngine(
                     self.public_key, codec=self.codec, workers=None if pooled else 0
                 )
+                engine.executor  # noqa: B018 - the engine makes its pool lazily: make it here, once
+                self._engines[pooled] = engine
             return self._engines[pooled]
 
     def load_weights(self, payload: bytes, terms: int) -> paillier.CiphertextVector:
