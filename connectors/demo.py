@@ -154,6 +154,24 @@ def _field(name: str, kind: str, grade: int, description: str) -> dict[str, Any]
 _USCC_FIELD: Final = _field("uscc", "string", 1, "unified social credit code (GB 32100-2015)")
 
 
+_BANK_RESPONSIBILITY = {
+    "id": "credit-business",
+    "title": "Credit business",
+    "legalBasis": "Commercial Banking Law",
+}
+
+
+def _loan_fields() -> list[dict[str, Any]]:
+    """The bank's loan-history fields, shared by its scoring and its training datasets."""
+    return [
+        _USCC_FIELD,
+        _field("prior_loans", "int", 4, "earlier loans with the bank"),
+        _field("max_overdue_days", "int", 4, "most days overdue, last 24 months"),
+        _field("overdue_30", "int", 4, "1: ever 30+ days overdue"),
+        _field("utilisation", "float", 4, "credit-line utilisation"),
+    ]
+
+
 def _datasets() -> dict[str, dict[str, Any]]:
     """Each party's dataset description (trusted_space.catalog Dataset JSON)."""
     return {
@@ -279,21 +297,13 @@ def _datasets() -> dict[str, dict[str, Any]]:
             "tier": "zone",
             "keyColumn": "uscc",
             "keyKind": "uscc",
-            "responsibility": {
-                "id": "credit-business",
-                "title": "Credit business",
-                "legalBasis": "Commercial Banking Law",
-            },
+            "responsibility": _BANK_RESPONSIBILITY,
             "resource": {"id": "loan-book", "title": "Loan book"},
             "table": {
                 "name": "loan_history",
                 "description": "one row per enterprise (zeros: never borrowed here)",
                 "fields": [
-                    _USCC_FIELD,
-                    _field("prior_loans", "int", 4, "earlier loans with the bank"),
-                    _field("max_overdue_days", "int", 4, "most days overdue, last 24 months"),
-                    _field("overdue_30", "int", 4, "1: ever 30+ days overdue"),
-                    _field("utilisation", "float", 4, "credit-line utilisation"),
+                    *_loan_fields(),
                 ],
             },
         },
@@ -307,21 +317,13 @@ def _datasets() -> dict[str, dict[str, Any]]:
             "tier": "zone",
             "keyColumn": "uscc",
             "keyKind": "uscc",
-            "responsibility": {
-                "id": "credit-business",
-                "title": "Credit business",
-                "legalBasis": "Commercial Banking Law",
-            },
+            "responsibility": _BANK_RESPONSIBILITY,
             "resource": {"id": "loan-book", "title": "Loan book"},
             "table": {
                 "name": "loan_outcomes",
                 "description": "one row per earlier borrower",
                 "fields": [
-                    _USCC_FIELD,
-                    _field("prior_loans", "int", 4, "earlier loans with the bank"),
-                    _field("max_overdue_days", "int", 4, "most days overdue, last 24 months"),
-                    _field("overdue_30", "int", 4, "1: ever 30+ days overdue"),
-                    _field("utilisation", "float", 4, "credit-line utilisation"),
+                    *_loan_fields(),
                     _field(LABEL, "int", 4, "1: defaulted within twelve months"),
                 ],
             },
