@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import typer
@@ -9,7 +10,7 @@ import typer
 from connectors.client import AdminClient
 from connectors.settings import load_settings
 
-__all__ = ["admin_client"]
+__all__ = ["admin_client", "check_choices"]
 
 
 def admin_client(node: str | None, node_dir: Path | None, token_file: Path | None) -> AdminClient:
@@ -27,3 +28,10 @@ def admin_client(node: str | None, node_dir: Path | None, token_file: Path | Non
     if url is None or token_path is None:
         raise typer.BadParameter("give --node-dir, or --node with --token-file")
     return AdminClient(url, token_path.read_text(encoding="utf-8").strip())
+
+
+def check_choices(choices: Iterable[tuple[str, Sequence[str], str]]) -> None:
+    """Refuse an option value outside its allowed set: ``(value, allowed, "--option")`` triples."""
+    for value, allowed, name in choices:
+        if value not in allowed:
+            raise typer.BadParameter(f"{name} {value!r}: one of {', '.join(allowed)}")

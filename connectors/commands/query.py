@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from connectors.analyst import AnalystClient, QueryFailed, QueryProgress
+from connectors.commands._common import check_choices
 from connectors.local import (
     LocalSpace,
     LocalSpaceError,
@@ -204,14 +205,14 @@ def score_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Score entities with a model, jointly with the providers, through your node."""
-    for value, allowed, name in (
-        (protocol, _PROTOCOLS, "--protocol"),
-        (missing, MISSING_RULES, "--missing"),
-        (mode, MODES, "--mode"),
-        (id_kind, ID_KINDS, "--id-kind"),
-    ):
-        if value not in allowed:
-            raise typer.BadParameter(f"{name} {value!r}: one of {', '.join(allowed)}")
+    check_choices(
+        (
+            (protocol, _PROTOCOLS, "--protocol"),
+            (missing, MISSING_RULES, "--missing"),
+            (mode, MODES, "--mode"),
+            (id_kind, ID_KINDS, "--id-kind"),
+        )
+    )
     try:
         ids = read_ids(entities, id_column)
         parsed = load_model(model)
@@ -358,13 +359,13 @@ def local_score_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Score the analyst's ids over local files through a real local space, then stop it."""
-    for value, allowed, name in (
-        (protocol, _PROTOCOLS, "--protocol"),
-        (missing, MISSING_RULES, "--missing"),
-        (id_kind, ID_KINDS, "--id-kind"),
-    ):
-        if value not in allowed:
-            raise typer.BadParameter(f"{name} {value!r}: one of {', '.join(allowed)}")
+    check_choices(
+        (
+            (protocol, _PROTOCOLS, "--protocol"),
+            (missing, MISSING_RULES, "--missing"),
+            (id_kind, ID_KINDS, "--id-kind"),
+        )
+    )
     err = Console(stderr=True)
     started = time.perf_counter()
     try:

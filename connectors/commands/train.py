@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from connectors.commands._common import check_choices
 from connectors.commands.query import (
     _ERRORS,
     JsonOpt,
@@ -165,13 +166,13 @@ def train_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Train a logistic regression jointly with the providers, through your node."""
-    for value, allowed, name in (
-        (mode, MODES, "--mode"),
-        (missing, MISSING_RULES, "--missing"),
-        (id_kind, ID_KINDS, "--id-kind"),
-    ):
-        if value not in allowed:
-            raise typer.BadParameter(f"{name} {value!r}: one of {', '.join(allowed)}")
+    check_choices(
+        (
+            (mode, MODES, "--mode"),
+            (missing, MISSING_RULES, "--missing"),
+            (id_kind, ID_KINDS, "--id-kind"),
+        )
+    )
     try:
         params = _params(epochs, batch_size, learning_rate, l2, validation, patience, seed)
         chosen = _features(features)
@@ -245,13 +246,13 @@ def local_train_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Train over local files through a real local space (first party = the bank), then stop."""
-    for value, allowed, name in (
-        (mode, MODES, "--mode"),
-        (missing, MISSING_RULES, "--missing"),
-        (id_kind, ID_KINDS, "--id-kind"),
-    ):
-        if value not in allowed:
-            raise typer.BadParameter(f"{name} {value!r}: one of {', '.join(allowed)}")
+    check_choices(
+        (
+            (mode, MODES, "--mode"),
+            (missing, MISSING_RULES, "--missing"),
+            (id_kind, ID_KINDS, "--id-kind"),
+        )
+    )
     err = Console(stderr=True)
     started = time.perf_counter()
     try:
