@@ -88,7 +88,16 @@ from trusted_space.protocols.train_mpc import (
     pack_messages,
     unpack_messages,
 )
-from trusted_space.query import ID_KINDS, MISSING_RULES, MODES, Link, Model
+from trusted_space.query import (  # the query file's strict JSON checks, shared
+    ID_KINDS,
+    MISSING_RULES,
+    MODES,
+    Link,
+    Model,
+    _fail,
+    _number,
+    _obj,
+)
 from trusted_space.store import Store
 from trusted_space.transport import RemoteError, Reply, Transport
 from trusted_space.uscc import validate_uscc
@@ -136,19 +145,6 @@ Progress = Callable[[str, float], None]
 # ----------------------------------------------------------------------------------------------
 
 
-def _fail(path: str, message: str) -> ValidationError:
-    return ValidationError(f"{path}: {message}")
-
-
-def _number(value: object, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(path, f"expected a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise _fail(path, f"expected a finite number, got {value!r}")
-    return number
-
-
 def _integer(value: object, path: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _fail(path, f"expected an integer in [{low}, {high}], got {value!r}")
@@ -159,17 +155,6 @@ def _text(value: object, path: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 512:
         raise _fail(path, f"expected a non-empty string, got {value!r}")
     return value
-
-
-def _obj(value: object, path: str, required: set[str], optional: set[str]) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(path, f"expected an object, got {type(value).__name__}")
-    keys = set(value)
-    if missing := sorted(required - keys):
-        raise _fail(path, f"missing {', '.join(missing)}")
-    if unknown := sorted(keys - required - optional):
-        raise _fail(path, f"unknown member {', '.join(map(str, unknown))}")
-    return dict(value)
 
 
 @dataclass(frozen=True)
