@@ -1,0 +1,516 @@
+"""The decision point: :func:`evaluate` a request against a policy, :func:`decide` and record it.
+
+A refusal is a :class:`~trusted_space.policy.decision.Decision` with ``allowed=False`` and the
+trace that explains it, not an exception. ``count`` is consumed with a store counter that has a
+hard limit, in the same transaction as the decision's ledger entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from trusted_space.errors import LimitExceededError, ValidationError
+from trusted_space.events import record_event
+from trusted_space.policy.decision import (
+    ConsentChecker,
+    Decision,
+    DutyDue,
+    Outcome,
+    TraceStep,
+    UsageRequest,
+    rule_label,
+    trace_digest,
+)
+from trusted_space.policy.grades import floor_steps
+from trusted_space.policy.model import Constraint, Duty, Policy
+from trusted_space.policy.vocabulary import COUNT_NAMESPACE, RightOperand
+from trusted_space.store import Store, Transaction
+
+__all__ = ["decide", "evaluate"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, tuple | list | frozenset | set):
+        return repr(list(value))
+    return repr(value)
+
+
+def _compare_set(operator: str, seen: Any, right: RightOperand) -> bool:
+    """Set semantics: a scalar ``seen`` is a one-element set; ``None`` matches nothing."""
+    values: set[str] = set() if seen is None else ({seen} if isinstance(seen, str) else set(seen))
+    rset = set(right) if isinstance(right, tuple) else {right}
+    if operator == "eq":
+        return bool(values & rset) if not isinstance(seen, str) else seen == right
+    if operator == "neq":
+        return not (values & rset)
+    if operator == "isAnyOf":
+        return bool(values & rset)
+    if operator == "isNoneOf":
+        return not (values & rset)
+    return rset <= values  # isAllOf
+
+
+_SET_WORDS: Final = {
+    "eq": ("is", "is not"),
+    "neq": ("is not", "is"),
+    "isAnyOf": ("is one of", "is not any of"),
+    "isNoneOf": ("is none of", "is one of"),
+    "isAllOf": ("include all of", "do not include all of"),
+}
+_ORDER_WORDS: Final = {
+    "lt": ("is before", "is not before"),
+    "lteq": ("is at or before", "is after"),
+    "gt": ("is after", "is not after"),
+    "gteq": ("is at or after", "is before"),
+}
+
+
+def _ordered(operator: str, seen: Any, right: Any) -> bool:
+    if operator == "lt":
+        return bool(seen < right)
+    if operator == "lteq":
+        return bool(seen <= right)
+    if operator == "gt":
+        return bool(seen > right)
+    return bool(seen >= right)
+
+
+@dataclass
+class _Ctx:
+    request: UsageRequest
+    now: datetime
+    tx: Transaction
+    consent: ConsentChecker | None
+    partial_consent: str
+
+
+def _step(
+    rule: str,
+    index: int | None,
+    rule_id: str | None,
+    c: Constraint,
+    seen: Any,
+    outcome: Outcome,
+    message: str,
+    refused: Sequence[str] = (),
+) -> TraceStep:
+    return TraceStep(
+        rule=rule,
+        index=index,
+        rule_id=rule_id,
+        left_operand=c.left_operand,
+        operator=c.operator,
+        right_operand=list(c.right_operand)
+        if isinstance(c.right_operand, tuple)
+        else c.right_operand,
+        seen=seen,
+        outcome=outcome,
+        blocking=False,
+        message=message,
+        refused_entities=tuple(refused),
+    )
+
+
+def _check(c: Constraint, ctx: _Ctx, rule: str, index: int, rule_id: str | None) -> TraceStep:
+    req, lo, op = ctx.request, c.left_operand, c.operator
+
+    def done(seen: Any, outcome: Outcome, msg: str, refused: Sequence[str] = ()) -> TraceStep:
+        return _step(rule, index, rule_id, c, seen, outcome, msg, refused)
+
+    if lo in ("assignee", "purpose", "computation", "protocol", "output", "role"):
+        value: Any = {
+            "assignee": req.assignee,
+            "purpose": req.purpose,
+            "computation": req.query_kind,
+            "protocol": req.protocol,
+            "output": req.output,
+            "role": sorted(req.roles),
+        }[lo]
+        holds = _compare_set(op, value, c.right_operand)
+        word = _SET_WORDS[op][0 if holds else 1]
+        if lo == "role":
+            msg = f"roles {_fmt(value)} {word} {_fmt(c.right_operand)}"
+        elif value is None:
+            msg = f"{lo} (none given) {word} {_fmt(c.right_operand)}"
+        else:
+            msg = f"{lo} {value!r} {word} {_fmt(c.right_operand)}"
+        return done(value, "satisfied" if holds else "violated", msg)
+
+    if lo == "dateTime":
+        limit = datetime.fromisoformat(str(c.right_operand))
+        holds = _ordered(op, ctx.now, limit)
+        word = _ORDER_WORDS[op][0 if holds else 1]
+        stamp = ctx.now.isoformat()
+        msg = f"dateTime {stamp} {word} {c.right_operand}"
+        return done(stamp, "satisfied" if holds else "violated", msg)
+
+    if lo == "minCohort":
+        if req.query_kind != "aggregate" and req.output != "aggregate":
+            return done(req.cohort_size, "not_applicable", "minCohort applies to aggregates only")
+        k = int(c.right_operand)  # type: ignore[arg-type]
+        if req.cohort_size is None:
+            return done(None, "violated", f"aggregate names no cohort size; minimum is {k}")
+        holds = _ordered(op, req.cohort_size, k)
+        relation = ">=" if op == "gteq" else ">"
+        msg = (
+            f"cohort size {req.cohort_size} {relation} {k}"
+            if holds
+            else f"cohort size {req.cohort_size} is below the minimum ({relation} {k})"
+        )
+        return done(req.cohort_size, "satisfied" if holds else "violated", msg)
+
+    if lo == "count":
+        n = int(c.right_operand)  # type: ignore[arg-type]
+        limit_n = n if op == "lteq" else n - 1
+        if req.agreement_id is None:
+            return done(None, "violated", "count needs an agreement id; the request names none")
+        use = ctx.tx.counter(COUNT_NAMESPACE, req.agreement_id) + 1
+        if use <= limit_n:
+            msg = f"use {use} of agreement {req.agreement_id!r} is within count {op} {n}"
+            return done(use, "satisfied", msg)
+        msg = f"use {use} of agreement {req.agreement_id!r} exceeds count {op} {n}"
+        return done(use, "violated", msg)
+
+    if lo == "consent":
+        entities = list(req.entities)
+        if not entities:
+            return done(
+                {"entities": 0, "consented": 0},
+                "violated",
+                "consent is required but the request names no entities to check",
+            )
+        if ctx.consent is None:
+            return done(
+                {"entities": len(entities), "consented": 0},
+                "violated",
+                "consent is required but no consent registry is available",
+            )
+        missing = ctx.consent.missing_consents(entities, req.assignee, req.purpose, ctx.now)
+        missing_set = set(missing)
+        refused = [e for e in entities if e in missing_set]
+        seen = {"entities": len(entities), "consented": len(entities) - len(refused)}
+        if not refused:
+            msg = f"consent held for all {len(entities)} entities for purpose {req.purpose!r}"
+            return done(seen, "satisfied", msg)
+        if len(refused) == len(entities):
+            msg = f"no consent for any of the {len(entities)} entities for {req.purpose!r}"
+            return done(seen, "violated", msg, refused)
+        msg = (
+            f"consent missing for {len(refused)} of {len(entities)} entities "
+            f"for purpose {req.purpose!r}: {refused}"
+        )
+        return done(seen, "partial", msg, refused)
+
+    # retention: not a condition on the request, a duty on the consumer.
+    msg = f"results must be deleted within {c.right_operand}"
+    return done(None, "not_applicable", msg)
+
+
+def _mark(step: TraceStep) -> TraceStep:
+    return replace(step, blocking=True)
+
+
+def evaluate(
+    policy: Policy,
+    request: UsageRequest,
+    *,
+    tx: Transaction,
+    consent: ConsentChecker | None = None,
+    now: datetime | None = None,
+    tier: str,
+    max_grade: int,
+    partial_consent: Literal["deny", "exclude"] = "deny",
+) -> Decision:
+    """Decide ``request`` against ``policy`` inside ``tx``: evaluate, consume, record.
+
+    Every constraint of every rule is evaluated (a complete trace, not just the first failure).
+    When the request is allowed and the granting permission has ``count``, one use is consumed
+    with ``tx.increment(COUNT_NAMESPACE, agreement_id, limit=N)``; then the decision is appended
+    to the ledger as a ``policy.decision`` event. All of this is in ``tx``: if the caller's
+    transaction fails, the use and the entry vanish together. Calling this *is* deciding: there
+    is no way to get a decision that is not on the ledger.
+
+    Args:
+        policy: the provider's policy (or agreement) for the dataset.
+        request: the request as the provider's node established it.
+        tx: the open store transaction.
+        consent: the consent registry, needed when the policy has ``consent``.
+        now: the instant to evaluate at (``dateTime``, consent); defaults to ``request.at``.
+        tier: the dataset's open tier. Required with ``max_grade`` so that the grade floor is
+            re-applied on every request, even if a policy was edited to allow more.
+        max_grade: the highest security grade among the dataset's fields.
+        partial_consent: when consent is held for only some entities: ``"deny"`` (default)
+            refuses the request; ``"exclude"`` allows it for the consented entities only and
+            lists the others in ``refused_entities``.
+
+    Returns:
+        The :class:`Decision`, with ``ledger_index`` set.
+
+    Raises:
+        ValidationError: ``tier``/``max_grade``/``partial_consent`` is not a known value.
+    """
+    if partial_consent not in ("deny", "exclude"):
+        raise ValidationError(
+            f"partial_consent must be 'deny' or 'exclude', not {partial_consent!r}"
+        )
+    instant = now or request.at
+    if instant.tzinfo is None:
+        raise ValidationError("now must be time-zone aware")
+    ctx = _Ctx(request, instant, tx, consent, partial_consent)
+    steps: list[TraceStep] = []
+    blockers: list[int] = []
+
+    for s in floor_steps(request, tier, max_grade):
+        if s.outcome == "violated":
+            blockers.append(len(steps))
+        steps.append(s)
+
+    if policy.kind == "Agreement":
+        for lo, expected, seen in (
+            ("assignee", policy.assignee, request.assignee),
+            ("agreement", policy.uid, request.agreement_id),
+        ):
+            ok = seen == expected
+            msg = f"{lo} {seen!r} " + (
+                "matches the agreement" if ok else f"is not the agreement's {expected!r}"
+            )
+            if not ok:
+                blockers.append(len(steps))
+            steps.append(
+                TraceStep(
+                    "agreement",
+                    None,
+                    policy.uid,
+                    lo,
+                    "eq",
+                    expected,
+                    seen,
+                    "satisfied" if ok else "violated",
+                    False,
+                    msg,
+                )
+            )
+
+    prohibited_reason: str | None = None
+    for i, rule in enumerate(policy.prohibitions):
+        rsteps = [_check(c, ctx, "prohibition", i, rule.uid) for c in rule.constraints]
+        applies = all(s.outcome == "satisfied" for s in rsteps)
+        start = len(steps)
+        steps.extend(rsteps)
+        if applies:
+            if not rsteps:
+                steps.append(
+                    TraceStep(
+                        "prohibition",
+                        i,
+                        rule.uid,
+                        "",
+                        "",
+                        None,
+                        None,
+                        "satisfied",
+                        False,
+                        "prohibition without constraints: always applies",
+                    )
+                )
+            blockers.extend(range(start, len(steps)))
+            if prohibited_reason is None:
+                why = " and ".join(s.message for s in steps[start:])
+                prohibited_reason = f"prohibited by {rule_label('prohibition', i, rule.uid)}: {why}"
+
+    granted: int | None = None
+    granted_partial: TraceStep | None = None
+    failures: list[str] = []
+    perm_blockers: list[int] = []
+    candidates: list[tuple[int, TraceStep | None]] = []
+    for i, rule in enumerate(policy.permissions):
+        start = len(steps)
+        rsteps = [_check(c, ctx, "permission", i, rule.uid) for c in rule.constraints]
+        steps.extend(rsteps)
+        bad = [start + j for j, s in enumerate(rsteps) if s.outcome == "violated"]
+        part = next((s for s in rsteps if s.outcome == "partial"), None)
+        if part is not None and partial_consent == "deny":
+            bad.append(start + rsteps.index(part))
+            bad.sort()
+        if bad:
+            perm_blockers.extend(bad)
+            failures.append(
+                (
+                    rule_label("permission", i, rule.uid) + ": "
+                    if len(policy.permissions) > 1
+                    else ""
+                )
+                + steps[bad[0]].message
+            )
+        else:
+            candidates.append((i, part))
+    if candidates:
+        granted, granted_partial = min(candidates, key=lambda c: (c[1] is not None, c[0]))
+
+    reason: str
+    if blockers and steps[blockers[0]].rule in ("floor", "agreement"):
+        reason = steps[blockers[0]].message
+    elif prohibited_reason is not None:
+        reason = prohibited_reason
+    elif granted is None:
+        if not policy.permissions:
+            msg = f"policy {policy.uid!r} has no permission: default deny"
+            steps.append(
+                TraceStep("default", None, None, "", "", None, None, "violated", False, msg)
+            )
+            blockers.append(len(steps) - 1)
+            reason = msg
+        else:
+            blockers.extend(perm_blockers)
+            reason = "; ".join(failures)
+            if len(policy.permissions) > 1:
+                reason = "no permission applies: " + reason
+    else:
+        reason = f"allowed by {rule_label('permission', granted, policy.permissions[granted].uid)}"
+
+    allowed = not blockers and granted is not None
+    uses: int | None = None
+    if allowed and granted is not None:
+        rule = policy.permissions[granted]
+        count = next((c for c in rule.constraints if c.left_operand == "count"), None)
+        if count is not None and request.agreement_id is not None:
+            n = int(count.right_operand)  # type: ignore[arg-type]
+            limit_n = n if count.operator == "lteq" else n - 1
+            try:
+                uses = tx.increment(COUNT_NAMESPACE, request.agreement_id, limit=limit_n)
+            except LimitExceededError:
+                allowed = False
+                msg = (
+                    f"count {count.operator} {n} for agreement {request.agreement_id!r} "
+                    "was exhausted by a concurrent request"
+                )
+                blockers.append(len(steps))
+                steps.append(_step("count", granted, rule.uid, count, None, "violated", msg))
+                reason = msg
+            else:
+                steps.append(
+                    _step(
+                        "count",
+                        granted,
+                        rule.uid,
+                        count,
+                        uses,
+                        "satisfied",
+                        f"use {uses} of {limit_n} recorded for agreement {request.agreement_id!r}",
+                    )
+                )
+
+    refused: tuple[str, ...] = ()
+    permitted: tuple[str, ...] = tuple(request.entities)
+    partial = False
+    if granted_partial is not None:
+        refused = granted_partial.refused_entities
+    elif not allowed:
+        refused = next((s.refused_entities for s in steps if s.refused_entities), ())
+    if allowed and refused:
+        partial = True
+        gone = set(refused)
+        permitted = tuple(e for e in request.entities if e not in gone)
+        reason += f" for {len(permitted)} of {len(request.entities)} entities"
+        reason += f" (excluded: {list(refused)})"
+    if not allowed:
+        permitted = ()
+
+    blocked = set(blockers)
+    trace = tuple(_mark(s) if k in blocked else s for k, s in enumerate(steps))
+    duties = _duties(policy, granted) if allowed else (DutyDue("log"),)
+    digest = trace_digest(trace)
+    decision = Decision(
+        allowed=allowed,
+        policy_uid=policy.uid,
+        reason=reason,
+        trace=trace,
+        duties=duties,
+        permission_index=granted if allowed else None,
+        partial=partial,
+        refused_entities=refused,
+        permitted_entities=permitted,
+        uses=uses,
+        trace_digest=digest,
+    )
+    index = record_event(
+        tx,
+        "policy.decision",
+        {
+            "allowed": allowed,
+            "policy": policy.uid,
+            "target": policy.target,
+            "agreement": request.agreement_id,
+            "assignee": request.assignee,
+            "purpose": request.purpose,
+            "query_kind": request.query_kind,
+            "output": request.output,
+            "at": ctx.now.astimezone(UTC).isoformat(),
+            "reason": reason,
+            "partial": partial,
+            "refused_entities": list(refused),
+            "uses": uses,
+            "duties": [d.to_json() for d in duties],
+            "trace_digest": digest,
+            "trace": decision.trace_json(),
+        },
+    )
+    return replace(decision, ledger_index=index)
+
+
+def _duties(policy: Policy, granted: int | None) -> tuple[DutyDue, ...]:
+    out: list[DutyDue] = [DutyDue("log")]
+    sources: list[Duty] = list(policy.obligations)
+    retention: list[str] = []
+    if granted is not None:
+        rule = policy.permissions[granted]
+        sources.extend(rule.duties)
+        retention = [
+            str(c.right_operand) for c in rule.constraints if c.left_operand == "retention"
+        ]
+    for d in sources:
+        if d.action == "notify":
+            due = DutyDue("notify", recipient=policy.assigner)
+        elif d.action == "delete":
+            due = DutyDue("delete", after=str(d.constraints[0].right_operand))
+        else:
+            continue
+        if due not in out:
+            out.append(due)
+    for after in retention:
+        due = DutyDue("delete", after=after)
+        if due not in out:
+            out.append(due)
+    return tuple(out)
+
+
+def decide(
+    store: Store,
+    policy: Policy,
+    request: UsageRequest,
+    consent: ConsentChecker | None = None,
+    *,
+    now: datetime | None = None,
+    tier: str,
+    max_grade: int,
+    partial_consent: Literal["deny", "exclude"] = "deny",
+) -> Decision:
+    """Open a transaction, :func:`evaluate` in it, and commit; return the decision.
+
+    The ``count`` consumption and the ledger entry commit together or not at all. See
+    :func:`evaluate` for the arguments.
+    """
+    with store.transaction() as tx:
+        return evaluate(
+            policy,
+            request,
+            tx=tx,
+            consent=consent,
+            now=now,
+            tier=tier,
+            max_grade=max_grade,
+            partial_consent=partial_consent,
+        )

@@ -1,0 +1,172 @@
+"""The policy vocabulary: operands, operators, query kinds, tiers, and the constraint checks.
+
+What a constraint may say (``LEFT_OPERANDS``: which operators and right operands each operand
+takes) is data here, so the parser, the evaluator and ``docs/policies.md`` read one table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal
+
+from trusted_space.errors import ValidationError
+
+__all__ = [
+    "COMPUTATIONS",
+    "COUNT_NAMESPACE",
+    "DUTY_ACTIONS",
+    "LEFT_OPERANDS",
+    "ODRL_PROFILE",
+    "OPERATORS",
+    "OUTPUT_KINDS",
+    "PROTOCOLS",
+    "QUERY_KINDS",
+    "TIERS",
+    "XSD_INTEGER",
+    "check_constraint",
+    "path_error",
+]
+
+ODRL_PROFILE: Final = "urn:trusted-space:odrl-profile:1"
+"""Profile IRI exported with every policy: our left operands are defined by this profile."""
+
+COUNT_NAMESPACE: Final = "policy.count"
+"""Store counter namespace for ``count`` (key: the agreement id)."""
+
+OPERATORS: Final = ("eq", "neq", "isAnyOf", "isNoneOf", "isAllOf", "lt", "lteq", "gt", "gteq")
+QUERY_KINDS: Final = ("score", "aggregate", "train", "transfer")
+"""Values of ``computation``: the three joint computations, plus ``transfer`` (raw-row pull)."""
+COMPUTATIONS: Final = ("score", "aggregate", "train")
+PROTOCOLS: Final = ("paillier", "ckks", "additive")
+OUTPUT_KINDS: Final = ("score", "aggregate", "raw")
+TIERS: Final = ("unconditional", "conditional", "zone")
+DUTY_ACTIONS: Final = ("log", "notify", "delete")
+
+_SET_OPS: Final = ("eq", "neq", "isAnyOf", "isNoneOf")
+_TIME_OPS: Final = ("lt", "lteq", "gt", "gteq")
+
+_DURATION_RE: Final = re.compile(
+    r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$"
+)
+XSD_INTEGER: Final = ("xsd:integer", "http://www.w3.org/2001/XMLSchema#integer")
+
+
+@dataclass(frozen=True)
+class _OperandSpec:
+    operators: tuple[str, ...]
+    value: Literal["string", "enum", "datetime", "int", "duration", "required"]
+    values: tuple[str, ...] = ()
+    in_prohibition: bool = True
+    unique: bool = False
+
+
+LEFT_OPERANDS: Final[Mapping[str, _OperandSpec]] = {
+    "assignee": _OperandSpec((*_SET_OPS,), "string"),
+    "role": _OperandSpec((*_SET_OPS, "isAllOf"), "string"),
+    "purpose": _OperandSpec((*_SET_OPS,), "string"),
+    "dateTime": _OperandSpec(_TIME_OPS, "datetime"),
+    "count": _OperandSpec(("lt", "lteq"), "int", in_prohibition=False, unique=True),
+    "computation": _OperandSpec((*_SET_OPS,), "enum", QUERY_KINDS),
+    "protocol": _OperandSpec((*_SET_OPS,), "enum", PROTOCOLS),
+    "output": _OperandSpec((*_SET_OPS,), "enum", OUTPUT_KINDS),
+    "minCohort": _OperandSpec(("gt", "gteq"), "int", in_prohibition=False, unique=True),
+    "consent": _OperandSpec(("eq",), "required", in_prohibition=False, unique=True),
+    "retention": _OperandSpec(("lteq",), "duration", in_prohibition=False, unique=True),
+}
+"""Left operands understood in permissions and prohibitions, with their allowed operators."""
+
+RightOperand = str | int | tuple[str, ...]
+
+
+def path_error(path: str, message: str) -> ValidationError:
+    return ValidationError(f"{path}: {message}")
+
+
+def _parse_datetime(value: str, path: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise path_error(path, f"{value!r} is not an ISO 8601 date-time") from exc
+    if parsed.tzinfo is None:
+        raise path_error(path, f"{value!r} has no time zone (add 'Z' or an offset)")
+    return parsed
+
+
+def check_constraint(
+    left: str, operator: str, right: object, path: str, *, where: str, duty: bool = False
+) -> RightOperand:
+    """Validate one constraint and return its right operand in model form (tuple for lists)."""
+    if duty:
+        if left != "deleteAfter":
+            raise path_error(
+                f"{path}.leftOperand", f"unknown duty constraint {left!r}; use deleteAfter"
+            )
+        if operator != "eq":
+            raise path_error(
+                f"{path}.operator", f"deleteAfter takes operator 'eq', not {operator!r}"
+            )
+        if not isinstance(right, str) or not _DURATION_RE.match(right):
+            raise path_error(
+                f"{path}.rightOperand", f"{right!r} is not an ISO 8601 duration (P30D)"
+            )
+        return right
+    spec = LEFT_OPERANDS.get(left)
+    if spec is None:
+        raise path_error(
+            f"{path}.leftOperand", f"unknown left operand {left!r}; known: {sorted(LEFT_OPERANDS)}"
+        )
+    if operator not in OPERATORS:
+        raise path_error(
+            f"{path}.operator", f"unknown operator {operator!r}; known: {list(OPERATORS)}"
+        )
+    if operator not in spec.operators:
+        raise path_error(
+            f"{path}.operator",
+            f"operator {operator!r} makes no sense for {left!r}; use one of {list(spec.operators)}",
+        )
+    if where == "prohibition" and not spec.in_prohibition:
+        raise path_error(f"{path}.leftOperand", f"{left!r} is only meaningful in a permission")
+    rpath = f"{path}.rightOperand"
+    if spec.value in ("string", "enum"):
+        if operator in ("eq", "neq"):
+            if not isinstance(right, str) or not right:
+                raise path_error(
+                    rpath, f"{left} {operator} needs a non-empty string, got {right!r}"
+                )
+            items: tuple[str, ...] = (right,)
+            result: RightOperand = right
+        else:
+            if not isinstance(right, list | tuple) or not right:
+                raise path_error(rpath, f"{left} {operator} needs a non-empty list, got {right!r}")
+            if not all(isinstance(v, str) and v for v in right):
+                raise path_error(rpath, f"{left} {operator} needs non-empty strings, got {right!r}")
+            if len(set(right)) != len(right):
+                raise path_error(rpath, f"duplicate values in {list(right)!r}")
+            items = tuple(right)
+            result = items
+        if spec.value == "enum":
+            bad = [v for v in items if v not in spec.values]
+            if bad:
+                raise path_error(
+                    rpath, f"unknown {left} value(s) {bad}; known: {list(spec.values)}"
+                )
+        return result
+    if spec.value == "datetime":
+        if not isinstance(right, str):
+            raise path_error(rpath, f"dateTime needs an ISO 8601 string, got {right!r}")
+        _parse_datetime(right, rpath)
+        return right
+    if spec.value == "int":
+        if isinstance(right, bool) or not isinstance(right, int) or right < 1:
+            raise path_error(rpath, f"{left} needs a positive integer, got {right!r}")
+        return right
+    if spec.value == "duration":
+        if not isinstance(right, str) or not _DURATION_RE.match(right):
+            raise path_error(rpath, f"{right!r} is not an ISO 8601 duration (e.g. 'P30D')")
+        return right
+    if right != "required":
+        raise path_error(rpath, f"consent eq takes 'required', got {right!r}")
+    return right
