@@ -26,7 +26,6 @@ from trusted_space.budget import set_budget, spent
 from trusted_space.compute import ComputeNode, InMemoryData
 from trusted_space.protocols.aggregate import (
     NOISE_TAIL,
-    AggregateQuery,
     laplace_noise,
     register_aggregate,
     run_aggregate,
@@ -34,6 +33,7 @@ from trusted_space.protocols.aggregate import (
 )
 from trusted_space.protocols.align import register_align
 from trusted_space.protocols.operator import register_operator
+from trusted_space.queries.aggregate import AggregateQuery
 from trusted_space.transport import RemoteError, Reply
 
 PROVIDER = "tax-bureau"

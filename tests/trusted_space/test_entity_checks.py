@@ -1,6 +1,6 @@
 """The vectorised entity-list checks accept and refuse exactly what the one-by-one checks do.
 
-A query's entity list (a million ids) is checked at the analyst all at once (``_check_entities``,
+A query's entity list (a million ids) is checked at the analyst all at once (``check_entities``,
 :func:`trusted_space.uscc.all_canonical`) and on the wire at each provider
 (``decode_ids``); any list the fast checks do not pass is checked id by id, so results and error
 messages must be those of the id-by-id checks for every input.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from trusted_space.errors import ValidationError
 from trusted_space.protocols._common import decode_ids, encode_ids
-from trusted_space.query import _check_entities, _check_entity
+from trusted_space.queries.common import check_entities, check_entity
 from trusted_space.uscc import all_canonical, generate_uscc, validate_uscc
 
 CODES = [generate_uscc(random.Random(i)) for i in range(40)]
@@ -24,7 +24,7 @@ CODES = [generate_uscc(random.Random(i)) for i in range(40)]
 
 def one_by_one(values: list[Any], kind: str) -> tuple[str, ...] | str:
     try:
-        out = tuple(_check_entity(v, kind, f"$.e[{i}]") for i, v in enumerate(values))
+        out = tuple(check_entity(v, kind, f"$.e[{i}]") for i, v in enumerate(values))
     except ValidationError as exc:
         return str(exc)
     seen: set[str] = set()
@@ -37,7 +37,7 @@ def one_by_one(values: list[Any], kind: str) -> tuple[str, ...] | str:
 
 def at_once(values: list[Any], kind: str) -> tuple[str, ...] | str:
     try:
-        return _check_entities(values, kind, "$.e")
+        return check_entities(values, kind, "$.e")
     except ValidationError as exc:
         return str(exc)
 

@@ -17,7 +17,7 @@ import numpy as np
 from crypto import ckks
 from trusted_space.protocols import register_operator, register_provider, run_score
 from trusted_space.protocols.score_ckks import CkksScore
-from trusted_space.query import Link, Model, ScoreQuery
+from trusted_space.queries.score import Link, Model, ScoreQuery
 
 from ._joint import ANALYST, OPERATOR, PURPOSE, build_space, provide
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trusted_space.errors import ValidationError
-from trusted_space.query import Link, Model, ScoreQuery, ScoreResult
+from trusted_space.queries.score import Link, Model, ScoreQuery, ScoreResult
 from trusted_space.uscc import generate_uscc
 
 MODEL = {

@@ -91,7 +91,7 @@ def test_concurrent_providers_give_the_sequential_result(
 
 
 def test_a_refusal_among_concurrent_providers_ends_the_query_with_its_trace() -> None:
-    from trusted_space.query import ScoreQuery
+    from trusted_space.queries.score import ScoreQuery
 
     setup = make_setup(12, {"tax-bureau": 2, "court": 2, "utilities": 1}, np.random.default_rng(4))
     query = setup.query("additive", "analyst-held")

@@ -27,7 +27,7 @@ from trusted_space.protocols.score import check_use_receipt, store_party_weights
 from trusted_space.protocols.score_additive import AdditiveScore
 from trusted_space.protocols.score_ckks import CkksScore
 from trusted_space.protocols.score_paillier import PaillierScore
-from trusted_space.query import Link, Model, ScoreQuery
+from trusted_space.queries.score import Link, Model, ScoreQuery
 from trusted_space.store import SQLiteStore
 from trusted_space.transport import RemoteError, Reply
 

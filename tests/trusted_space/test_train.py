@@ -33,8 +33,6 @@ from trusted_space.protocols.align import register_align
 from trusted_space.protocols.operator import register_operator
 from trusted_space.protocols.score import load_party_weights, register_provider, run_score
 from trusted_space.protocols.train import (
-    TrainParams,
-    TrainQuery,
     auc,
     model_sha256,
     run_train,
@@ -43,7 +41,8 @@ from trusted_space.protocols.train import (
 )
 from trusted_space.protocols.train_mpc import encode_ring
 from trusted_space.protocols.train_ops import register_train, register_train_dealer
-from trusted_space.query import Model, ScoreQuery
+from trusted_space.queries.score import Model, ScoreQuery
+from trusted_space.queries.train import TrainParams, TrainQuery
 from trusted_space.transport import RemoteError, Reply
 
 TAX, COURT = "tax-bureau", "court"  # court sorts first: it is the compute party

@@ -84,13 +84,11 @@ they clip values, give the sensitivity and size the fixed-point/CKKS ranges.
 
 from __future__ import annotations
 
-import itertools
 import math
 import secrets
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -132,6 +130,15 @@ from trusted_space.protocols.align import (
 )
 from trusted_space.protocols.operator import fetch_triple
 from trusted_space.protocols.score import OPERATOR_EXTRA
+from trusted_space.queries.aggregate import (
+    MAX_BINS,
+    STATISTICS,
+    AggregateQuery,
+    AggregateResult,
+    check_bins,
+    check_statistic,
+)
+from trusted_space.queries.common import MISSING_RULES
 from trusted_space.store import Transaction
 from trusted_space.transport import Reply, Transport
 
@@ -154,7 +161,6 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 Ring = npt.NDArray[np.uint64]
 
-STATISTICS: Final = ("count", "sum", "mean", "histogram")
 STATS_OPERATIONS: Final = (
     "stats.open",
     "stats.count",
@@ -164,12 +170,10 @@ STATS_OPERATIONS: Final = (
 )
 BOUNDS_NAMESPACE: Final = "aggregate.bounds"
 """Provider store namespace of published column bounds (key: dataset id)."""
-MAX_BINS: Final = 64
 NOISE_TAIL: Final = 64.0
 """Laplace noise is clamped at this many scales (P[|X| > 64 b] = e^-64)."""
 RING_FRAC_BITS: Final = 16
 """Fixed-point fractional bits of the provider's values in the additive protocol."""
-_MISSING_RULES: Final = ("fail", "impute")
 _MISSING_LISTED: Final = 1000
 _RING_LIMIT: Final = 2.0**46
 _SCAN_ROWS: Final = 100_000
@@ -222,127 +226,6 @@ def laplace_noise(scales: Sequence[float], rng: np.random.Generator | None = Non
     b = np.asarray(scales, dtype=np.float64)
     draw = generator.laplace(0.0, 1.0, size=b.shape)
     return np.clip(draw, -NOISE_TAIL, NOISE_TAIL) * b
-
-
-# ----------------------------------------------------------------------------------------------
-# Query and result
-# ----------------------------------------------------------------------------------------------
-
-
-def _bins(bins: Sequence[float], statistic: str) -> tuple[float, ...]:
-    try:
-        edges = tuple(float(b) for b in bins)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError("bin edges must be numbers") from exc
-    if statistic != "histogram":
-        if edges:
-            raise ValidationError("bins are given for histograms only")
-        return ()
-    if not 2 <= len(edges) <= MAX_BINS + 1:
-        raise ValidationError(f"a histogram needs 2 to {MAX_BINS + 1} bin edges")
-    if not all(math.isfinite(e) for e in edges) or any(
-        b <= a for a, b in itertools.pairwise(edges)
-    ):
-        raise ValidationError("bin edges must be finite and strictly increasing")
-    return edges
-
-
-def _statistic(value: object) -> str:
-    if value not in STATISTICS:
-        raise ValidationError(f"statistic {value!r} not in {list(STATISTICS)}")
-    return str(value)
-
-
-@dataclass(frozen=True)
-class AggregateQuery:
-    """One aggregate over one provider column.
-
-    Attributes:
-        provider: the provider's participant id.
-        agreement_id: the agreement with it.
-        dataset_id: its dataset.
-        column: the column aggregated.
-        statistic: ``count``, ``sum``, ``mean`` or ``histogram``.
-        protocol: ``paillier``, ``ckks`` or ``additive``.
-        purpose: the declared purpose.
-        cohort: the analyst's ids for a PSI cohort (the provider never learns which are used).
-        entities: explicit ids instead (the provider sees them: consent per entity applies).
-        bins: histogram bin edges (``numpy.histogram`` semantics).
-        epsilon: differential privacy: Laplace noise calibrated to it, charged to the budget.
-        missing: explicit ids only: ``fail`` (refuse listing them) or ``impute``.
-        operator: the dealer of Beaver triples (``additive``).
-        id: the query id.
-    """
-
-    provider: str
-    agreement_id: str
-    dataset_id: str
-    column: str
-    statistic: str
-    protocol: str
-    purpose: str
-    cohort: tuple[str, ...] = ()
-    entities: tuple[str, ...] = ()
-    bins: tuple[float, ...] = ()
-    epsilon: float | None = None
-    missing: str = "fail"
-    operator: str | None = None
-    id: str = field(default_factory=lambda: f"urn:uuid:{uuid.uuid4()}")
-
-    def __post_init__(self) -> None:
-        for name in ("provider", "agreement_id", "dataset_id", "column", "purpose", "id"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValidationError(f"AggregateQuery.{name} must be a non-empty string")
-        _statistic(self.statistic)
-        if self.protocol not in PROTOCOLS:
-            raise ValidationError(f"protocol {self.protocol!r} not in {list(PROTOCOLS)}")
-        object.__setattr__(self, "cohort", tuple(self.cohort))
-        object.__setattr__(self, "entities", tuple(self.entities))
-        object.__setattr__(self, "bins", _bins(self.bins, self.statistic))
-        if bool(self.cohort) == bool(self.entities):
-            raise ValidationError("give either a cohort (PSI) or explicit entities, not both")
-        for e in (*self.cohort, *self.entities):
-            if not isinstance(e, str) or not e or "\n" in e:
-                raise ValidationError("entity ids must be non-empty strings without newlines")
-        if len(set(self.entities)) != len(self.entities):
-            raise ValidationError("explicit entities must be distinct")
-        if self.epsilon is not None:
-            object.__setattr__(self, "epsilon", from_micro(to_micro(self.epsilon)))
-        if self.missing not in _MISSING_RULES:
-            raise ValidationError(f"missing must be one of {list(_MISSING_RULES)}")
-        if self.protocol == "additive" and self.cohort and not self.operator:
-            raise ValidationError("the additive protocol needs the operator (Beaver dealer)")
-
-
-@dataclass(frozen=True)
-class AggregateResult:
-    """What the analyst gets.
-
-    Attributes:
-        query_id: the query.
-        statistic: what was computed.
-        protocol: how.
-        value: the count, sum or mean (``None`` for a histogram; ``nan`` for the mean of none).
-        counts: the histogram's counts, one per bin (empty otherwise).
-        bins: the histogram's edges.
-        cohort_size: entities in the cohort (matched ids, or explicit ids used).
-        epsilon: the privacy budget spent (``None``: exact, no noise).
-        noise_scales: Laplace scale of each released value (``value`` parts or bins).
-        missing: explicit ids the provider did not hold (imputed), else empty.
-        receipts: the provider's ``query.use`` receipts (alignment, release).
-    """
-
-    query_id: str
-    statistic: str
-    protocol: str
-    value: float | None
-    counts: tuple[float, ...]
-    bins: tuple[float, ...]
-    cohort_size: int
-    epsilon: float | None
-    noise_scales: tuple[float, ...]
-    missing: tuple[str, ...]
-    receipts: tuple[dict[str, Any], ...]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,7 +303,7 @@ def _plan_for(
         f.name for f in dataset.dataset.table.fields
     }:
         raise ValidationError(f"dataset {dataset.dataset.id!r} has no value column {column!r}")
-    edges = _bins(bins if isinstance(bins, list) else [], statistic)
+    edges = check_bins(bins if isinstance(bins, list) else [], statistic)
     bounds = column_bounds(tx, dataset.dataset.id).get(column)
     if statistic in ("sum", "mean") and bounds is None:
         raise ValidationError(
@@ -603,7 +486,7 @@ def _meta_from(ctx: CallContext, header: Mapping[str, Any]) -> tuple[dict[str, A
         "agreement": header_str(header, "agreement"),
         "dataset": header_str(header, "dataset"),
         "column": header_str(header, "column"),
-        "statistic": _statistic(header.get("statistic")),
+        "statistic": check_statistic(header.get("statistic")),
         "protocol": header_str(header, "protocol"),
         "purpose": header_str(header, "purpose"),
         "epsilon": _header_epsilon(header),
@@ -950,8 +833,8 @@ def _stats_entities(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
     if raw is None:
         return Reply({"received": header["part"] + 1})
     missing_rule = header_str(header, "missing")
-    if missing_rule not in _MISSING_RULES:
-        raise ValidationError(f"header.missing: {missing_rule!r} not in {list(_MISSING_RULES)}")
+    if missing_rule not in MISSING_RULES:
+        raise ValidationError(f"header.missing: {missing_rule!r} not in {list(MISSING_RULES)}")
     entities = decode_ids(raw, count, "opaque")
     if len(set(entities)) != len(entities):
         raise ValidationError("payload: entities must be distinct")

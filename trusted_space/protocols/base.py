@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trusted_space.compute import ComputeNode
-from trusted_space.query import ScoreQuery
+from trusted_space.queries.score import ScoreQuery
 from trusted_space.transport import Transport
 
 __all__ = [

@@ -69,7 +69,8 @@ from trusted_space.protocols._common import (
 from trusted_space.protocols.base import FloatArray, ProviderJob, ProviderSide, ScoreProtocol
 from trusted_space.protocols.operator import add_to_aggregate, open_aggregation, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol
-from trusted_space.query import ID_KINDS, MISSING_RULES, MODES, ScoreQuery, ScoreResult
+from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.queries.score import ScoreQuery, ScoreResult
 from trusted_space.store import Store
 from trusted_space.transport import Reply, Transport
 

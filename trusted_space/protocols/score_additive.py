@@ -59,7 +59,7 @@ from trusted_space.protocols.base import (
     ScoreProtocol,
 )
 from trusted_space.protocols.operator import add_to_aggregate, fetch_triple
-from trusted_space.query import ScoreQuery
+from trusted_space.queries.score import ScoreQuery
 from trusted_space.transport import Transport
 
 __all__ = ["FRAC_BITS", "AdditiveAnalyst", "AdditiveProvider", "AdditiveScore"]

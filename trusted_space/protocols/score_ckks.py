@@ -37,7 +37,7 @@ from trusted_space.protocols.base import (
     ProviderSide,
     ScoreProtocol,
 )
-from trusted_space.query import ScoreQuery
+from trusted_space.queries.score import ScoreQuery
 
 __all__ = ["WORKERS_ENV", "CkksAnalyst", "CkksProvider", "CkksScore"]
 

@@ -34,7 +34,7 @@ from trusted_space.protocols.base import (
     ProviderSide,
     ScoreProtocol,
 )
-from trusted_space.query import ScoreQuery
+from trusted_space.queries.score import ScoreQuery
 
 __all__ = ["PaillierAnalyst", "PaillierProvider", "PaillierScore"]
 

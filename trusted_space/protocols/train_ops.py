@@ -50,16 +50,7 @@ from trusted_space.protocols._common import decode_ids, header_float, header_int
 from trusted_space.protocols._parts import PART_BYTES, receive_part, reply_part
 from trusted_space.protocols.align import sender_roles
 from trusted_space.protocols.score import OPERATOR_EXTRA, store_party_weights
-from trusted_space.protocols.train import (
-    MAX_BATCH,
-    MAX_COLUMNS,
-    MAX_EPOCHS,
-    MAX_ROWS,
-    TrainParams,
-    check_weights,
-    dealer_spec,
-    weights_sha256,
-)
+from trusted_space.protocols.train import check_weights, dealer_spec, weights_sha256
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
     SEED_BYTES,
@@ -76,7 +67,8 @@ from trusted_space.protocols.train_mpc import (
     pack_messages,
     unpack_messages,
 )
-from trusted_space.query import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.queries.train import MAX_BATCH, MAX_COLUMNS, MAX_EPOCHS, MAX_ROWS, TrainParams
 from trusted_space.transport import Reply
 
 __all__ = [

@@ -1,0 +1,123 @@
+"""What the three query models share: strict JSON checks, entity id checks, the vocabulary.
+
+A query crosses institutions, so every query file (score, aggregate, train) is parsed strictly:
+an unknown member, a non-finite number or a malformed id is refused with a
+:class:`~trusted_space.errors.ValidationError` naming its JSON path, never silently dropped.
+These checks are the one copy the three models use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from trusted_space.errors import ValidationError
+from trusted_space.uscc import all_canonical, validate_uscc
+
+__all__ = [
+    "ID_KINDS",
+    "MISSING_RULES",
+    "MODES",
+    "check_choice",
+    "check_entities",
+    "check_entity",
+    "check_number",
+    "check_object",
+    "check_text",
+    "path_error",
+]
+
+MODES: Final = ("analyst-held", "party-held")
+ID_KINDS: Final = ("uscc", "opaque")
+MISSING_RULES: Final = ("fail", "impute")
+_MAX_ENTITY_ID: Final = 128
+
+
+def path_error(path: str, message: str) -> ValidationError:
+    return ValidationError(f"{path}: {message}")
+
+
+def check_object(
+    value: object, path: str, required: set[str], optional: set[str]
+) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise path_error(path, f"expected an object, got {type(value).__name__}")
+    keys = set(value)
+    if missing := sorted(required - keys):
+        raise path_error(path, f"missing {', '.join(missing)}")
+    if unknown := sorted(keys - required - optional):
+        raise path_error(path, f"unknown member {', '.join(map(str, unknown))}")
+    return dict(value)
+
+
+def check_number(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise path_error(path, f"expected a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise path_error(path, f"expected a finite number, got {value!r}")
+    return number
+
+
+def check_text(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise path_error(path, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def check_choice(value: object, choices: Sequence[str], path: str) -> str:
+    if value not in choices:
+        raise path_error(path, f"{value!r} is not one of {list(choices)}")
+    return str(value)
+
+
+def check_entity(value: object, id_kind: str, path: str) -> str:
+    if id_kind == "uscc":
+        try:
+            return validate_uscc(value)
+        except ValidationError as exc:
+            raise path_error(path, str(exc)) from exc
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > _MAX_ENTITY_ID
+        or not value.isprintable()
+        or "\n" in value
+        or value != value.strip()
+    ):
+        raise path_error(
+            path, f"{value!r} is not an opaque id (1-{_MAX_ENTITY_ID} printable chars)"
+        )
+    return value
+
+
+def _all_clean(values: tuple[object, ...], id_kind: str) -> bool:
+    """Whether every value passes :func:`check_entity` unchanged (checked over all at once)."""
+    if not values:
+        return True
+    if id_kind == "uscc":
+        return all_canonical(values)
+    if set(map(type, values)) != {str}:
+        return False
+    texts: tuple[str, ...] = values  # type: ignore[assignment]
+    joined = "".join(texts)  # printable: no newline; no surrounding spaces: strip is identity
+    return (
+        joined.isprintable()
+        and min(map(len, texts)) >= 1
+        and max(map(len, texts)) <= _MAX_ENTITY_ID
+        and sum(map(len, map(str.strip, texts))) == len(joined)
+    )
+
+
+def check_entities(entities: Sequence[str], id_kind: str, path: str) -> tuple[str, ...]:
+    out = tuple(entities)
+    if not _all_clean(out, id_kind):  # one by one: names the first bad id, normalises USCCs
+        out = tuple(check_entity(e, id_kind, f"{path}[{i}]") for i, e in enumerate(out))
+    if len(set(out)) != len(out):
+        seen: set[str] = set()
+        for i, e in enumerate(out):
+            if e in seen:
+                raise path_error(f"{path}[{i}]", f"entity {e!r} appears twice")
+            seen.add(e)
+    return out
