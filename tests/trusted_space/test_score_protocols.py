@@ -18,11 +18,11 @@ from trusted_space.compute import ComputeNode, InMemoryData
 from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.events import EVENT_LOG, decode_event
 from trusted_space.protocols import _common, register_operator, register_provider, run_score
-from trusted_space.protocols import score as score_module
 from trusted_space.protocols.align import register_align
 from trusted_space.protocols.base import ScoreProtocol
 from trusted_space.protocols.operator import fetch_triple, open_aggregation, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol
+from trusted_space.protocols.score import analyst as score_module
 from trusted_space.protocols.score import check_use_receipt, store_party_weights
 from trusted_space.protocols.score_additive import AdditiveScore
 from trusted_space.protocols.score_ckks import CkksScore

@@ -1,0 +1,76 @@
+"""The joint score flow: provider operations and the analyst's driver, for every protocol.
+
+Message flow (details per protocol in docs/protocols.md)::
+
+    analyst ──aggregate.open──────────────▶ operator     codec, contributors, block sizes, key
+    analyst ──score.open───────────────────▶ provider P   query spec for P, public material
+    analyst ──score.entities (blocks)──────▶ P            entity ids, ≤ 262,144 per call
+    analyst ──score.run────────────────────▶ P            (analyst-held) encrypted weights
+        P: authorize_use → lookup → partial per block ──aggregate.add──▶ operator
+    analyst ◀──────────────────────────────── P            receipt, missing ids (never a partial)
+    analyst ⇄ score.beaver per block ⇄ P                   (additive analyst-held only)
+    analyst ──aggregate.take per block─────▶ operator     ◀── the sum over all providers, once
+
+The provider enforces before it reads: :func:`trusted_space.enforcement.authorize_use` runs in
+``score.run`` with the authenticated sender as analyst and the *whole* entity list (consent per
+entity, the ``query.use`` digest), and only then is :class:`~trusted_space.compute.DataAccess`
+touched. Its partial goes to the operator, never to the analyst; its reply carries its receipt,
+the count of entities it does not hold and a bitmap of them (one bit per entity, query order),
+and (additive) a 32-byte mask seed.
+
+Missing entities (not held, or a null in a used column): ``fail`` refuses the query listing them
+(a :class:`RefusedError` with a ``missing`` trace step, after the use was recorded — looking them
+up *is* a use); ``impute`` fills each such cell with the column's published ``imputeDefault`` and
+refuses if a needed column has none (never a silent zero).
+
+Party-held weights live in the provider's store (namespace ``model``), put there with
+:func:`store_party_weights` after joint training.
+
+Large vectors travel in blocks (:data:`~trusted_space.protocols._common.DEFAULT_BLOCK_ROWS`
+entities; no message above 64 MiB), so a million entities never need one giant message.
+
+Layout: :mod:`.weights` (party-held weights), :mod:`.provider` (the ``score.*`` operations and
+the wire limits), :mod:`.analyst` (:func:`run_score`, PSI alignment, receipt checks).
+"""
+
+from __future__ import annotations
+
+from trusted_space.protocols.score.analyst import (
+    BLOCKS_IN_FLIGHT,
+    PSI_POOL_MIN_IDS,
+    PSI_WORKERS_MAX,
+    Aligner,
+    check_use_receipt,
+    psi_aligner,
+    run_score,
+)
+from trusted_space.protocols.score.provider import (
+    ENTITY_CHUNK,
+    MAX_ENTITIES,
+    OPERATOR_EXTRA,
+    ROLES_EXTRA,
+    register_provider,
+)
+from trusted_space.protocols.score.weights import (
+    MODEL_NAMESPACE,
+    load_party_weights,
+    store_party_weights,
+)
+
+__all__ = [
+    "BLOCKS_IN_FLIGHT",
+    "ENTITY_CHUNK",
+    "MAX_ENTITIES",
+    "MODEL_NAMESPACE",
+    "OPERATOR_EXTRA",
+    "PSI_POOL_MIN_IDS",
+    "PSI_WORKERS_MAX",
+    "ROLES_EXTRA",
+    "Aligner",
+    "check_use_receipt",
+    "load_party_weights",
+    "psi_aligner",
+    "register_provider",
+    "run_score",
+    "store_party_weights",
+]
