@@ -1,66 +1,19 @@
-"""Joint training: vertical logistic regression that no party sees the inputs of.
+"""The bank's driver of a joint training: :func:`run_train`.
 
-The bank (the analyst) holds the label and some features; providers hold other features of the
-same entities. Training runs as two-party secure SGD over additive shares
-(:mod:`trusted_space.protocols.train_mpc`) between **the bank** (party 0) and **one designated
-provider** (party 1, ``computeParty``), with the operator as the dealer of correlated randomness
-— never a compute party. Every other provider secret-shares its aligned feature block to the two
-compute parties once. Only the final weights are revealed, and only to whom the model mode says:
-
-- ``analyst-held``: to the bank (the model file holds every party's weights);
-- ``party-held``: each party learns its own weights (the bank also the intercept); a provider
-  stores its weights under the model id
-  (:func:`~trusted_space.protocols.score.store_party_weights`), where party-held scores load
-  them.
-
-Flow (analyst = bank ``B``, compute party ``C``, other providers ``P``, operator ``O``)::
-
-    B ─align.* (PSI, kind train)──────────────▶ every provider      use #0: the alignment
-    B ─train.deal {op: seed}──────────────────▶ O                   B's 32-byte seed
-    B ─train.open (cohort ids, in parts)──────▶ every provider      the spec; nothing read
-    per epoch e = 1..E:
-      B ─train.epoch {epoch e}────────────────▶ every provider      authorize_use → receipt
-          e = 1, at P: read X_P, draw seed s ─train.share (s)─▶ C;  reply to B: X_P - r(s)
-          e = 1, at C: read X_C; C ─train.deal─▶ O (its seed, then derived material per epoch)
-      B ⇄ train.step ⇄ C                         two opening rounds per call (train_mpc)
-    B ─train.reveal──▶ C                         C's share of the weights the mode releases
-         party-held: C ─train.weights─▶ P (C's share of P's weights)
-    B ─train.finish──▶ every provider            (party-held: B's share of its weights) the
-                                                 provider records train.model (and stores)
-
-Enforcement: a provider calls :func:`~trusted_space.enforcement.authorize_use` (kind ``train``,
-protocol ``additive``, the cohort as entities) at alignment and again at the start of **every
-epoch** — each epoch's use is a ``query.use`` entry (query id ``<query>#epoch-<e>``) whose
-receipt the bank checks; a refusal stops the training. Features are read only inside epoch 1's
-use, after it is allowed. The compute party refuses to run an epoch it has not authorised.
-
-What each party learns: the bank — each provider's cohort membership (PSI), one held-out loss
-per epoch, and the released weights; a provider — the cohort (its own entities that are
-trained on), the number of epochs, the hyper-parameters, and in party-held mode its weights; the
-compute party additionally the batch schedule (row positions, no label); the operator — shapes.
-No feature block, label, logit, gradient or intermediate weight is ever opened
-(``docs/protocols.md``, "Training").
-
-The plaintext reference (:func:`train_plaintext`) runs the same schedule (held-out split, epoch
-orders, zero initialisation, update rule, early stopping on the same loss) in float64 numpy, with
-the exact sigmoid by default or the protocol's approximation.
-
-The operations the providers and the operator serve are in
-:mod:`trusted_space.protocols.train_ops` (``register_train``, ``register_train_dealer``).
+The bank aligns its cohort with every provider (PSI), runs the epochs with the compute party,
+checks each provider's per-epoch ``query.use`` receipt and releases the weights as the model
+mode says.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 
 from trusted_space.compute import DataAccess
 from trusted_space.errors import (
@@ -69,11 +22,24 @@ from trusted_space.errors import (
     ValidationError,
     VerificationError,
 )
-from trusted_space.events import canonical_json, record_event
+from trusted_space.events import record_event
 from trusted_space.protocols._common import encode_ids
 from trusted_space.protocols._parts import fetch_rest, send_in_parts
 from trusted_space.protocols.align import align
 from trusted_space.protocols.score import check_use_receipt
+from trusted_space.protocols.train.common import (
+    check_weights,
+    dealer_spec,
+    model_sha256,
+    weight_block,
+)
+from trusted_space.protocols.train.reference import (
+    FloatArray,
+    Progress,
+    epoch_order,
+    should_stop,
+    split_rows,
+)
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
     SEED_BYTES,
@@ -86,243 +52,13 @@ from trusted_space.protocols.train_mpc import (
     unpack_messages,
 )
 from trusted_space.queries.score import Link, Model
-from trusted_space.queries.train import (
-    MAX_BATCH,
-    MAX_BATCH_CELLS,
-    MAX_COLUMNS,
-    MAX_EPOCHS,
-    MAX_ROWS,
-    TrainParams,
-    TrainQuery,
-    TrainResult,
-)
+from trusted_space.queries.train import TrainQuery, TrainResult
 from trusted_space.store import Store
 from trusted_space.transport import RemoteError, Reply, Transport
 
-__all__ = [
-    "MAX_BATCH",
-    "MAX_BATCH_CELLS",
-    "MAX_COLUMNS",
-    "MAX_EPOCHS",
-    "MAX_ROWS",
-    "PlainTraining",
-    "TrainParams",
-    "TrainQuery",
-    "TrainResult",
-    "auc",
-    "check_weights",
-    "dealer_spec",
-    "epoch_order",
-    "log_loss",
-    "model_sha256",
-    "run_train",
-    "split_rows",
-    "taylor_loss",
-    "train_plaintext",
-    "weights_sha256",
-]
+__all__ = ["run_train"]
 
-_MAX_WEIGHT: Final = 1e6
 _MAX_LOSS: Final = 1e6
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-Ring = npt.NDArray[np.uint64]
-Progress = Callable[[str, float], None]
-
-
-# ----------------------------------------------------------------------------------------------
-# Schedule, plaintext reference
-# ----------------------------------------------------------------------------------------------
-
-
-def split_rows(n: int, validation: float, seed: int) -> tuple[IntArray, IntArray]:
-    """``(training rows, held-out rows)`` of a cohort of ``n``, both sorted (seeded)."""
-    if n < 2:
-        raise ValidationError(f"a cohort of {n} rows is too small to train on")
-    rng = np.random.default_rng([seed, 0])
-    perm = rng.permutation(n)
-    held = min(round(n * validation), n - 1)
-    return np.sort(perm[held:]).astype(np.int64), np.sort(perm[:held]).astype(np.int64)
-
-
-def epoch_order(train_rows: IntArray, seed: int, epoch: int) -> IntArray:
-    """The training rows in epoch ``epoch``'s order (seeded, a fresh shuffle per epoch)."""
-    rng = np.random.default_rng([seed, epoch])
-    return np.asarray(train_rows[rng.permutation(len(train_rows))], dtype=np.int64)
-
-
-def _sigmoid(z: FloatArray) -> FloatArray:
-    return Link("logistic").apply(z)
-
-
-def taylor_loss(z: FloatArray, y: FloatArray) -> float:
-    """Mean of ``log 2 - (2y-1)·z/2 + z²/8``: the held-out loss both trainers stop on."""
-    if len(z) == 0:
-        return math.nan
-    return float(math.log(2.0) + np.mean(z * z / 8 - (2 * y - 1) * z / 2))
-
-
-def log_loss(z: FloatArray, y: FloatArray) -> float:
-    """Mean logistic loss of logits ``z`` (numerically stable)."""
-    return float(np.mean(np.logaddexp(0.0, z) - y * z))
-
-
-def auc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64) > 0.5
-    positives = int(y.sum())
-    negatives = len(y) - positives
-    if positives == 0 or negatives == 0:
-        raise ValidationError("AUC needs both classes")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def _stop(losses: Sequence[float], patience: int) -> bool:
-    best = int(np.argmin(losses))
-    return len(losses) - 1 - best >= patience
-
-
-@dataclass(frozen=True)
-class PlainTraining:
-    """The plaintext reference's result.
-
-    Attributes:
-        intercept: the intercept.
-        weights: the weights, in the input's column order.
-        losses: held-out loss per epoch run (empty without a held-out split).
-        epochs_run: epochs run.
-        best_epoch: the epoch whose weights were kept (1-based).
-        seconds: wall time per epoch.
-    """
-
-    intercept: float
-    weights: FloatArray
-    losses: tuple[float, ...]
-    epochs_run: int
-    best_epoch: int
-    seconds: tuple[float, ...]
-
-    def logits(self, x: npt.ArrayLike) -> FloatArray:
-        return self.intercept + np.asarray(x, dtype=np.float64) @ self.weights
-
-
-def train_plaintext(
-    x: npt.ArrayLike,
-    y: npt.ArrayLike,
-    params: TrainParams,
-    *,
-    sigmoid: Callable[[FloatArray], FloatArray] | None = None,
-) -> PlainTraining:
-    """Logistic regression in float64 with the joint protocol's schedule (the reference).
-
-    Args:
-        x: features ``(n, k)`` in the joint layout's column order (no intercept column).
-        y: labels 0/1.
-        params: the hyper-parameters.
-        sigmoid: the link used in the gradient: the exact sigmoid by default;
-            ``params.sigmoid`` reproduces the protocol's approximation.
-
-    Returns:
-        The :class:`PlainTraining`.
-    """
-    features = np.asarray(x, dtype=np.float64)
-    labels = np.asarray(y, dtype=np.float64)
-    n = features.shape[0]
-    if features.ndim != 2 or labels.shape != (n,):
-        raise ValidationError("x must be (n, k) and y (n,)")
-    link = sigmoid or _sigmoid
-    design = np.hstack([np.ones((n, 1)), features])
-    train_rows, valid_rows = split_rows(n, params.validation, params.seed)
-    w = np.zeros(design.shape[1])
-    decay = np.full(design.shape[1], params.l2)
-    decay[0] = 0.0
-    history: list[FloatArray] = []
-    losses: list[float] = []
-    seconds: list[float] = []
-    for epoch in range(1, params.epochs + 1):
-        started = time.perf_counter()
-        order = epoch_order(train_rows, params.seed, epoch)
-        for start in range(0, len(order), params.batch_size):
-            rows = order[start : start + params.batch_size]
-            xb = design[rows]
-            delta = link(xb @ w) - labels[rows]
-            w = w - params.learning_rate * (xb.T @ delta / len(rows) + decay * w)
-        history.append(w.copy())
-        if len(valid_rows):
-            losses.append(taylor_loss(design[valid_rows] @ w, labels[valid_rows]))
-        seconds.append(time.perf_counter() - started)
-        if losses and _stop(losses, params.patience):
-            break
-    best = int(np.argmin(losses)) if losses else len(history) - 1
-    chosen = history[best]
-    return PlainTraining(
-        intercept=float(chosen[0]),
-        weights=chosen[1:].copy(),
-        losses=tuple(losses),
-        epochs_run=len(history),
-        best_epoch=best + 1,
-        seconds=tuple(seconds),
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# The query
-# ----------------------------------------------------------------------------------------------
-
-
-def model_sha256(model: Model) -> str:
-    """SHA-256 (hex) of the canonical JSON of a model file (what the ledgers record)."""
-    return hashlib.sha256(canonical_json(model.to_json())).hexdigest()
-
-
-def weights_sha256(weights: Mapping[str, float]) -> str:
-    """The digest :func:`~trusted_space.protocols.score.store_party_weights` records."""
-    return hashlib.sha256(canonical_json({c: float(w) for c, w in weights.items()})).hexdigest()
-
-
-def dealer_spec(n_train: int, n_valid: int, params: TrainParams, columns: int) -> dict[str, int]:
-    """The shapes both compute parties declare to the dealer (it checks they agree)."""
-    return {
-        "nTrain": n_train,
-        "nValid": n_valid,
-        "batch": params.batch_size,
-        "columns": columns,
-        "knots": len(params.knots),
-        "epochs": params.epochs,
-    }
-
-
-def check_weights(values: FloatArray) -> FloatArray:
-    """Refuse to release weights a failed truncation made absurd (``ConflictError``)."""
-    if not np.all(np.isfinite(values)) or (
-        values.size and float(np.max(np.abs(values))) > _MAX_WEIGHT
-    ):
-        raise ConflictError(
-            "the trained weights are out of range (a fixed-point truncation failed, probability "
-            "about 1e-3 per training); nothing was released: rerun"
-        )
-    return values
-
-
-def _block(w: Ring, bounds: tuple[int, int]) -> Ring:
-    return np.ascontiguousarray(w[bounds[0] : bounds[1]])
-
-
-# ----------------------------------------------------------------------------------------------
-# The bank's driver
-# ----------------------------------------------------------------------------------------------
 
 
 def _bank_data(
@@ -552,7 +288,7 @@ def run_train(
                 + (f" (held-out loss {losses[-1]:.4f})" if losses else ""),
                 0.1 + 0.85 * epoch / params.epochs,
             )
-            if losses and _stop(losses, params.patience):
+            if losses and should_stop(losses, params.patience):
                 break
         epochs_run = len(timings["epochs"])
         best = int(np.argmin(losses)) + 1 if losses else epochs_run
@@ -633,11 +369,11 @@ def _release(
             reply = transport.call(p, "train.finish", {"query": query.id, "modelSha256": digest})
             records[p] = _record_of(p, reply, digest)
         return model, records
-    mine = pack_messages([_block(share, offsets[compute])])
+    mine = pack_messages([weight_block(share, offsets[compute])])
     reply = transport.call(compute, "train.reveal", {"query": query.id, "epoch": epoch}, mine)
     (theirs,) = unpack_messages(reply.payload, max_messages=1)
     bank = offsets[analyst_id]
-    own = np.concatenate([share[:1], _block(share, bank)])
+    own = np.concatenate([share[:1], weight_block(share, bank)])
     if theirs.shape != own.shape:
         raise ValidationError(f"{compute} revealed a share of the wrong size")
     w = check_weights(decode_ring(own + theirs))
@@ -645,7 +381,7 @@ def _release(
     weights = ((analyst_id, tuple(zip(cols, (float(v) for v in w[1:]), strict=True))),)
     model = Model(float(w[0]), Link("logistic"), weights if cols else (), id=query.model_id)
     for p in [compute, *query.others]:
-        payload = b"" if p == compute else pack_messages([_block(share, offsets[p])])
+        payload = b"" if p == compute else pack_messages([weight_block(share, offsets[p])])
         reply = transport.call(p, "train.finish", {"query": query.id}, payload)
         records[p] = _record_of(p, reply, None)
     return model, records
