@@ -28,10 +28,7 @@ from trusted_space.contracts.states import (
     utc_now,
     xsd_datetime,
 )
-from trusted_space.errors import (
-    ValidationError,
-    VerificationError,
-)
+from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.events import canonical_json, record_event
 from trusted_space.keys import ALGORITHM, SigningKey, VerifyKey, b64url_decode, b64url_encode
 from trusted_space.store import Transaction

@@ -18,9 +18,7 @@ from trusted_space.contracts.states import (
     NegotiationState,
     check_message_offer,
 )
-from trusted_space.errors import (
-    ValidationError,
-)
+from trusted_space.errors import ValidationError
 
 __all__ = [
     "ParsedMessage",

@@ -14,10 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from trusted_space.catalog import TS_NAMESPACE
-from trusted_space.errors import (
-    IllegalTransitionError,
-    ValidationError,
-)
+from trusted_space.errors import IllegalTransitionError, ValidationError
 
 __all__ = [
     "AGREEMENT_NAMESPACE",

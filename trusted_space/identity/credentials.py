@@ -8,10 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from trusted_space.errors import (
-    ValidationError,
-    VerificationError,
-)
+from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.identity.jws import (
     CLOCK_SKEW,
     CompactJWS,

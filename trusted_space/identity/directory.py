@@ -11,11 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from trusted_space.errors import (
-    ConflictError,
-    NotFoundError,
-    VerificationError,
-)
+from trusted_space.errors import ConflictError, NotFoundError, VerificationError
 from trusted_space.events import record_event
 from trusted_space.identity.credentials import (
     DEFAULT_CREDENTIAL_VALIDITY,

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from trusted_space.errors import (
-    ValidationError,
-    VerificationError,
-)
+from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.events import canonical_json
 from trusted_space.keys import ALGORITHM, SigningKey, VerifyKey, b64url_decode, b64url_encode
 

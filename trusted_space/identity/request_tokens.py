@@ -14,12 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from trusted_space.errors import (
-    ConflictError,
-    NotFoundError,
-    ValidationError,
-    VerificationError,
-)
+from trusted_space.errors import ConflictError, NotFoundError, ValidationError, VerificationError
 from trusted_space.events import record_event
 from trusted_space.identity.directory import MemberDirectory
 from trusted_space.identity.jws import (

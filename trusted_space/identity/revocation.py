@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from trusted_space.errors import (
-    VerificationError,
-)
+from trusted_space.errors import VerificationError
 from trusted_space.identity.jws import (
     CompactJWS,
     from_epoch,

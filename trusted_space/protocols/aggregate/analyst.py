@@ -11,9 +11,7 @@ import numpy as np
 
 from crypto import ckks, paillier, sharing
 from crypto.fixedpoint import FixedPoint
-from trusted_space.errors import (
-    ValidationError,
-)
+from trusted_space.errors import ValidationError
 from trusted_space.protocols._common import (
     crypto_errors,
     encode_ids,
@@ -32,16 +30,9 @@ from trusted_space.protocols.aggregate.wire import (
     pack,
     unpack,
 )
-from trusted_space.protocols.align import (
-    Alignment,
-    align,
-    check_receipt,
-)
+from trusted_space.protocols.align import Alignment, align, check_receipt
 from trusted_space.protocols.operator import fetch_triple
-from trusted_space.queries.aggregate import (
-    AggregateQuery,
-    AggregateResult,
-)
+from trusted_space.queries.aggregate import AggregateQuery, AggregateResult
 from trusted_space.transport import Transport
 
 __all__ = ["run_aggregate"]

@@ -12,9 +12,7 @@ from typing import Final
 
 import numpy as np
 
-from trusted_space.errors import (
-    ValidationError,
-)
+from trusted_space.errors import ValidationError
 from trusted_space.protocols.aggregate.wire import FloatArray
 from trusted_space.store import Transaction
 

@@ -58,9 +58,7 @@ from trusted_space.protocols.align import (
 )
 from trusted_space.protocols.operator import fetch_triple
 from trusted_space.protocols.score import OPERATOR_EXTRA
-from trusted_space.queries.aggregate import (
-    check_statistic,
-)
+from trusted_space.queries.aggregate import check_statistic
 from trusted_space.queries.common import MISSING_RULES
 from trusted_space.transport import Reply, Transport
 

@@ -16,14 +16,10 @@ import numpy as np
 
 from trusted_space.budget import from_micro, to_micro
 from trusted_space.catalog import PublishedDataset
-from trusted_space.errors import (
-    ValidationError,
-)
+from trusted_space.errors import ValidationError
 from trusted_space.protocols.aggregate.bounds import column_bounds
 from trusted_space.protocols.aggregate.wire import FloatArray
-from trusted_space.queries.aggregate import (
-    check_bins,
-)
+from trusted_space.queries.aggregate import check_bins
 from trusted_space.store import Transaction
 
 __all__ = ["StatisticPlan", "plan_for"]

@@ -15,12 +15,8 @@ import numpy.typing as npt
 
 from crypto import ckks
 from crypto.fixedpoint import FixedPoint
-from trusted_space.errors import (
-    ValidationError,
-)
-from trusted_space.protocols._common import (
-    crypto_errors,
-)
+from trusted_space.errors import ValidationError
+from trusted_space.protocols._common import crypto_errors
 
 __all__ = [
     "MAX_MATERIAL",

@@ -20,17 +20,10 @@ import numpy as np
 
 from trusted_space.compute import DataAccess
 from trusted_space.enforcement import entities_digest
-from trusted_space.errors import (
-    ValidationError,
-    VerificationError,
-)
+from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.events import decode_event
 from trusted_space.ledger import Receipt
-from trusted_space.protocols._common import (
-    block_ranges,
-    check_size,
-    encode_ids,
-)
+from trusted_space.protocols._common import block_ranges, check_size, encode_ids
 from trusted_space.protocols.base import FloatArray, ScoreProtocol
 from trusted_space.protocols.operator import open_aggregation, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol

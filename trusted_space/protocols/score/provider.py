@@ -16,12 +16,7 @@ import numpy.typing as npt
 
 from trusted_space.compute import CallContext, ComputeNode, DataAccess
 from trusted_space.enforcement import UseRequest, authorize_use
-from trusted_space.errors import (
-    ConflictError,
-    NotFoundError,
-    RefusedError,
-    ValidationError,
-)
+from trusted_space.errors import ConflictError, NotFoundError, RefusedError, ValidationError
 from trusted_space.protocols._common import (
     MAX_BLOCK_ROWS,
     block_ranges,

@@ -12,10 +12,7 @@ from typing import Final
 
 import numpy as np
 
-from trusted_space.errors import (
-    NotFoundError,
-    ValidationError,
-)
+from trusted_space.errors import NotFoundError, ValidationError
 from trusted_space.events import canonical_json, record_event
 from trusted_space.store import Store
 
