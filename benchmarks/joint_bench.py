@@ -1,7 +1,8 @@
 """Joint-score benchmark through real nodes: ``python benchmarks/joint_bench.py --entities N
 --protocol P [--protocol P ...] [--cohort] [--json]``.
 
-For each protocol a fresh local space runs on loopback (:class:`connectors.local.LocalSpace`): an
+For each protocol a fresh local space runs on loopback
+(:class:`connectors.spaces.local.LocalSpace`): an
 operator, a bank (the analyst, 4 features of its own) and 4 providers (4 features each: 20 in
 all; ``--providers N`` for fewer), every node a separate ``node serve`` process. The synthetic
 data are written as files (the bank and two providers as CSV, two providers as Parquet, rows
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connectors.local import LocalParty, LocalSpace
+from connectors.spaces.local import LocalParty, LocalSpace
 from trusted_space.query import Model
 
 PROVIDERS = ("tax-bureau", "court", "social-insurance", "utilities")

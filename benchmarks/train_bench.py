@@ -6,7 +6,7 @@ Data: ``default_credit`` (``../shared/data/default_credit`` from the checkout, o
 70/30 split: the bank's file holds its 21,000 training rows, the government's file all 30,000
 (PSI aligns them), and the 9,000 test rows are scored here, in plaintext, with each model.
 
-A fresh local space runs on loopback (:func:`connectors.training.local_training`: an operator,
+A fresh local space runs on loopback (:func:`connectors.node.training.local_training`: an operator,
 the bank and the government node as separate ``node serve`` processes); the training runs from
 the bank's node exactly as ``trusted-space local train`` runs it (two-party secure SGD, the
 government node being the compute party, the operator the dealer). Reported:
@@ -41,8 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connectors.local import LocalParty
-from connectors.training import local_training, train_local
+from connectors.spaces.local import LocalParty
+from connectors.spaces.local_train import local_training, train_local
 from trusted_space.protocols.train import TrainParams, auc, train_plaintext
 
 BANK, GOV = "bank", "gov"

@@ -1,20 +1,32 @@
-"""Options shared by commands that act as a node's staff (they need its URL and admin token)."""
+"""What the command groups share: the ``query``/``local`` groups, options, progress and errors.
+
+Commands that act as a node's staff need its URL and admin token (``--node-dir``, or ``--node``
+with ``--token-file``): :func:`admin_client` and :func:`analyst_client` build the clients.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import csv
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from connectors.client import AdminClient
-from connectors.settings import load_settings
+from connectors.client.analyst import AnalystClient, QueryFailed, QueryProgress
+from connectors.client.http import AdminClient
+from connectors.common.errors import ConnectorError, NotReady, PeerError
+from connectors.common.settings import load_settings
+from trusted_space.errors import TrustedSpaceError, ValidationError
 
-__all__ = ["admin_client", "check_choices"]
 
-
-def admin_client(node: str | None, node_dir: Path | None, token_file: Path | None) -> AdminClient:
-    """An :class:`AdminClient` for a node given by ``--node-dir`` or ``--node`` + ``--token-file``.
+def staff_address(
+    node: str | None, node_dir: Path | None, token_file: Path | None
+) -> tuple[str, str]:
+    """The node's URL and admin token from ``--node-dir``, or ``--node`` + ``--token-file``.
 
     ``--node-dir`` reads the URL from ``node.toml`` and the token from ``keys/admin.token``;
     ``--node`` overrides the URL; ``--token-file`` overrides the token file.
@@ -27,7 +39,12 @@ def admin_client(node: str | None, node_dir: Path | None, token_file: Path | Non
         token_path = token_path or settings.layout.admin_token
     if url is None or token_path is None:
         raise typer.BadParameter("give --node-dir, or --node with --token-file")
-    return AdminClient(url, token_path.read_text(encoding="utf-8").strip())
+    return url, token_path.read_text(encoding="utf-8").strip()
+
+
+def admin_client(node: str | None, node_dir: Path | None, token_file: Path | None) -> AdminClient:
+    """An :class:`AdminClient` for the node (see :func:`staff_address`)."""
+    return AdminClient(*staff_address(node, node_dir, token_file))
 
 
 def check_choices(choices: Iterable[tuple[str, Sequence[str], str]]) -> None:
@@ -35,3 +52,109 @@ def check_choices(choices: Iterable[tuple[str, Sequence[str], str]]) -> None:
     for value, allowed, name in choices:
         if value not in allowed:
             raise typer.BadParameter(f"{name} {value!r}: one of {', '.join(allowed)}")
+
+
+query_app = typer.Typer(help="Run joint queries from your node (you are the analyst).")
+
+
+local_app = typer.Typer(help="Try joint queries on local files through a throw-away local space.")
+
+
+NodeOpt = Annotated[str | None, typer.Option("--node", help="The analyst node's URL.")]
+
+
+NodeDirOpt = Annotated[
+    Path | None, typer.Option("--node-dir", help="The analyst node's directory (URL and token).")
+]
+
+
+TokenOpt = Annotated[Path | None, typer.Option("--token-file", help="The admin token file.")]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+
+
+def analyst_client(
+    node: str | None, node_dir: Path | None, token_file: Path | None, **kw: Any
+) -> AnalystClient:
+    """An :class:`AnalystClient` for the node (see :func:`staff_address`)."""
+    return AnalystClient(*staff_address(node, node_dir, token_file), **kw)
+
+
+def read_ids(path: Path, column: str | None = None) -> list[str]:
+    """Ids from a CSV file with a header line: ``column``, or the first column."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header:
+                raise ValidationError(f"{path}: empty file (expected a header line)")
+            names = [h.strip() for h in header]
+            if column is not None and column not in names:
+                raise ValidationError(f"{path}: no column {column!r} in the header {names}")
+            at = names.index(column) if column is not None else 0
+            ids = [row[at].strip() for row in reader if row and any(c.strip() for c in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValidationError(f"{path}: cannot read ids ({exc})") from exc
+    if not ids:
+        raise ValidationError(f"{path}: no ids")
+    return ids
+
+
+def pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values or []:
+        key, sep, item = value.partition("=")
+        if not sep or not key or not item:
+            raise typer.BadParameter(f"{option} {value!r}: expected NAME=ID")
+        out[key] = item
+    return out
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[QueryProgress], None]]:
+    """A progress bar on stderr (only on a terminal); yields the callback for the client."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield lambda _: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("submitting", total=1.0)
+
+        def update(p: QueryProgress) -> None:
+            bar.update(task, completed=p.fraction, description=p.stage)
+
+        yield update
+
+
+def fail(exc: BaseException) -> typer.Exit:
+    err = Console(stderr=True)
+    if isinstance(exc, QueryFailed):
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        blocking = [s for s in exc.trace if s.get("blocking")]
+        for step in blocking or [s for s in exc.trace if s.get("outcome") == "violated"]:
+            err.print(f"  refused by rule: {step.get('message') or step}", highlight=False)
+    elif isinstance(exc, PeerError):
+        detail = exc.problem.get("detail") or str(exc)
+        err.print(f"[red]error:[/red] {detail}", markup=True, highlight=False)
+    else:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    return typer.Exit(1)
+
+
+CLI_ERRORS = (
+    QueryFailed,
+    PeerError,
+    NotReady,
+    ConnectorError,
+    TrustedSpaceError,
+    ValueError,
+    OSError,
+)

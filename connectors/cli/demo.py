@@ -1,9 +1,10 @@
 """``trusted-space demo`` and ``trusted-space example default-credit``: see it all work.
 
-``demo`` runs :func:`connectors.demo.run` (six nodes, synthetic enterprises, every protocol,
+``demo`` runs :func:`connectors.demo.run.run` (six nodes, synthetic enterprises, every protocol,
 refusals, audit; docs/demo.md) and prints a short summary, or the summary as JSON with ``--json``;
 ``--keep-running`` leaves the space up, prints the node URLs as one JSON line, and stops it on
-SIGINT/SIGTERM. ``example default-credit`` runs :func:`connectors.example.run_default_credit` on
+SIGINT/SIGTERM. ``example default-credit`` runs :func:`connectors.demo.example.run_default_credit`
+on
 the real, vertically split credit data set. Both exit 1 when any check fails.
 """
 
@@ -16,11 +17,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from connectors.demo import DemoOptions, DemoRun
-from connectors.demo import run as run_demo
-from connectors.example import find_data, run_default_credit
-from connectors.local import LocalSpaceError
-from connectors.problems import ConnectorError
+from connectors.common.errors import ConnectorError
+from connectors.demo.example import find_data, run_default_credit
+from connectors.demo.run import run as run_demo
+from connectors.demo.state import DemoOptions, DemoRun
+from connectors.spaces.local import LocalSpaceError
 from trusted_space.errors import TrustedSpaceError
 from trusted_space.policy import PROTOCOLS
 

@@ -3,7 +3,7 @@
 ``verify`` needs nothing but the node's public URL (and, to trust nothing the node says, its
 ledger key with ``--vkey`` and the witness key with ``--witness-vkey``); it prints a table of
 checks, or JSON with ``--json``, and exits 1 if any check fails. The work is in
-:mod:`connectors.verify`.
+:mod:`connectors.client.verify`.
 
 ``checkpoint`` is for the node's own staff: sign a checkpoint now and submit it to the operator's
 witness (``POST /management/ledger/checkpoint`` with the admin token).
@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from connectors.commands._common import admin_client
-from connectors.problems import NotReady, PeerError
-from connectors.verify import Report, verify_node
+from connectors.cli._common import admin_client
+from connectors.client.verify import Report, verify_node
+from connectors.common.errors import NotReady, PeerError
 
 __all__ = ["print_report", "register"]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from connectors.commands import catalog, demo, ledger, node, query, space
+from connectors.cli import catalog, demo, ledger, node, query, space, train
+from connectors.cli._common import local_app, query_app
 
 __all__ = ["app", "main"]
 
@@ -29,8 +30,13 @@ def _version_command() -> None:
     typer.echo(version("trusted-space"))
 
 
-for _group in (node, space, catalog, ledger, query, demo):
+for _group in (node, space, catalog, ledger, demo):
     _group.register(app)
+
+# ``query`` and ``train`` add their commands to the two shared groups.
+_COMMAND_MODULES = (query, train)
+app.add_typer(query_app, name="query")
+app.add_typer(local_app, name="local")
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ from typing import Annotated
 import httpx
 import typer
 
-from connectors.commands._common import admin_client
-from connectors.problems import NotReady, PeerError
-from connectors.settings import NodeLayout, OperatorAnchor, init_node, load_settings
-from connectors.space import admit
+from connectors.cli._common import admin_client
+from connectors.common.errors import NotReady, PeerError
+from connectors.common.settings import NodeLayout, OperatorAnchor, init_node, load_settings
+from connectors.spaces.space import admit
 from trusted_space.errors import ValidationError
 
 __all__ = ["fetch_anchor", "register", "serve"]
@@ -77,7 +77,7 @@ def serve(directory: Path, host: str | None = None, port: int | None = None) -> 
     """Run the node in the foreground until interrupted."""
     import uvicorn
 
-    from connectors.app import create_app
+    from connectors.node.app import create_app
 
     overrides: dict[str, object] = {}
     if host is not None:

@@ -1,13 +1,13 @@
 """``trusted-space query ...`` and ``trusted-space local ...``: joint queries from the command line.
 
 - ``query score``: a bank's staff score entities with a model through their own node (the node
-  holds the keys and orchestrates; :class:`connectors.analyst.AnalystClient`). Agreements and
+  holds the keys and orchestrates; :class:`connectors.client.analyst.AnalystClient`). Agreements and
   datasets are found among the node's agreements unless named with ``--agreement``/``--dataset``.
   A progress bar follows the query; the scores go to ``--out`` as ``id,logit,<output>``.
 - ``query aggregate``: a statistic of one provider column over a cohort (PSI) or explicit ids.
 - ``query status ID``: one query's state, progress and (``--json``) result.
 - ``local score``: the same score over local files through a real space started for it and
-  stopped after (:class:`connectors.local.LocalSpace`): first ``--party`` = the analyst.
+  stopped after (:class:`connectors.spaces.local.LocalSpace`): first ``--party`` = the analyst.
 
 ``--json`` prints a summary (timings, counts, and per provider the receipt an auditor checks: the
 signed checkpoint, the ledger vkey, the use entry's leaf index, tree size, inclusion path in hex
@@ -17,142 +17,43 @@ is then 1.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from connectors.analyst import AnalystClient, QueryFailed, QueryProgress
-from connectors.commands._common import check_choices
-from connectors.local import (
-    LocalSpace,
-    LocalSpaceError,
-    load_model,
-    parse_party,
-    receipt_summary,
-    write_scores,
+from connectors.cli._common import (
+    CLI_ERRORS,
+    JsonOpt,
+    NodeDirOpt,
+    NodeOpt,
+    TokenOpt,
+    analyst_client,
+    check_choices,
+    fail,
+    local_app,
+    pairs,
+    progress_bar,
+    query_app,
+    read_ids,
 )
-from connectors.problems import ConnectorError, NotReady, PeerError
-from connectors.settings import load_settings
-from trusted_space.errors import TrustedSpaceError, ValidationError
+from connectors.client.results import load_model, receipt_summary, write_scores
+from connectors.spaces.local import LocalSpace, LocalSpaceError, parse_party
 from trusted_space.query import ID_KINDS, MISSING_RULES, MODES
 
 __all__ = [
     "aggregate_command",
-    "analyst_client",
-    "local_app",
     "local_score_command",
-    "query_app",
-    "read_ids",
-    "register",
     "score_command",
     "status_command",
 ]
 
-query_app = typer.Typer(help="Run joint queries from your node (you are the analyst).")
-local_app = typer.Typer(help="Try joint queries on local files through a throw-away local space.")
 
 _PROTOCOLS = ("paillier", "ckks", "additive")
-
-NodeOpt = Annotated[str | None, typer.Option("--node", help="The analyst node's URL.")]
-NodeDirOpt = Annotated[
-    Path | None, typer.Option("--node-dir", help="The analyst node's directory (URL and token).")
-]
-TokenOpt = Annotated[Path | None, typer.Option("--token-file", help="The admin token file.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-
-
-def analyst_client(
-    node: str | None, node_dir: Path | None, token_file: Path | None, **kw: Any
-) -> AnalystClient:
-    """An analyst client from ``--node``/``--node-dir``/``--token-file``."""
-    url = node
-    token_path = token_file
-    if node_dir is not None:
-        settings = load_settings(node_dir)
-        url = url or settings.url
-        token_path = token_path or settings.layout.admin_token
-    if url is None or token_path is None:
-        raise typer.BadParameter("give --node-dir, or --node with --token-file")
-    return AnalystClient(url, token_path.read_text(encoding="utf-8").strip(), **kw)
-
-
-def read_ids(path: Path, column: str | None = None) -> list[str]:
-    """Ids from a CSV file with a header line: ``column``, or the first column."""
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if not header:
-                raise ValidationError(f"{path}: empty file (expected a header line)")
-            names = [h.strip() for h in header]
-            if column is not None and column not in names:
-                raise ValidationError(f"{path}: no column {column!r} in the header {names}")
-            at = names.index(column) if column is not None else 0
-            ids = [row[at].strip() for row in reader if row and any(c.strip() for c in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValidationError(f"{path}: cannot read ids ({exc})") from exc
-    if not ids:
-        raise ValidationError(f"{path}: no ids")
-    return ids
-
-
-def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for value in values or []:
-        key, sep, item = value.partition("=")
-        if not sep or not key or not item:
-            raise typer.BadParameter(f"{option} {value!r}: expected NAME=ID")
-        out[key] = item
-    return out
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[QueryProgress], None]]:
-    """A progress bar on stderr (only on a terminal); yields the callback for the client."""
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        yield lambda _: None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("submitting", total=1.0)
-
-        def update(p: QueryProgress) -> None:
-            bar.update(task, completed=p.fraction, description=p.stage)
-
-        yield update
-
-
-def _fail(exc: BaseException) -> typer.Exit:
-    err = Console(stderr=True)
-    if isinstance(exc, QueryFailed):
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        blocking = [s for s in exc.trace if s.get("blocking")]
-        for step in blocking or [s for s in exc.trace if s.get("outcome") == "violated"]:
-            err.print(f"  refused by rule: {step.get('message') or step}", highlight=False)
-    elif isinstance(exc, PeerError):
-        detail = exc.problem.get("detail") or str(exc)
-        err.print(f"[red]error:[/red] {detail}", markup=True, highlight=False)
-    else:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-    return typer.Exit(1)
-
-
-_ERRORS = (QueryFailed, PeerError, NotReady, ConnectorError, TrustedSpaceError, ValueError, OSError)
 
 
 def _receipts(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,21 +123,21 @@ def score_command(
             extra["feature_bound"] = feature_bound
         with (
             analyst_client(node, node_dir, token_file) as client,
-            _progress(True) as progress,
+            progress_bar(True) as progress,
         ):
             query = client.score_query(
                 parsed,
                 ids,
                 protocol=protocol,
                 purpose=purpose,
-                agreements=_pairs(agreement, "--agreement"),
-                datasets=_pairs(dataset, "--dataset"),
+                agreements=pairs(agreement, "--agreement"),
+                datasets=pairs(dataset, "--dataset"),
                 **extra,
             )
             result = client.score_json(query, progress=progress, timeout=timeout)
         rows = write_scores(out, result)
-    except _ERRORS as exc:
-        raise _fail(exc) from exc
+    except CLI_ERRORS as exc:
+        raise fail(exc) from exc
     summary = _summary(result, out, rows)
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
@@ -279,7 +180,7 @@ def aggregate_command(
         edges = [float(b) for b in bins.split(",")] if bins else []
         with (
             analyst_client(node, node_dir, token_file) as client,
-            _progress(True) as progress,
+            progress_bar(True) as progress,
         ):
             given = {provider: agreement} if agreement else None
             agreements, datasets = client.resolve_agreements([provider], given)
@@ -299,8 +200,8 @@ def aggregate_command(
                 body["epsilon"] = epsilon
             view = client.submit_aggregate(body)
             result = client.wait(view["id"], progress=progress, timeout=timeout)
-    except _ERRORS as exc:
-        raise _fail(exc) from exc
+    except CLI_ERRORS as exc:
+        raise fail(exc) from exc
     summary = {k: v for k, v in result.items() if k != "receipts"}
     summary["receipts"] = [receipt_summary(dict(r)) for r in result.get("receipts", [])]
     if json_output:
@@ -328,8 +229,8 @@ def status_command(
     try:
         with analyst_client(node, node_dir, token_file) as client:
             view = client.status(query_id)
-    except _ERRORS as exc:
-        raise _fail(exc) from exc
+    except CLI_ERRORS as exc:
+        raise fail(exc) from exc
     if json_output:
         typer.echo(json.dumps(view, indent=2))
     else:
@@ -385,12 +286,12 @@ def local_score_command(
             else:
                 with err.status("starting the local space") as status:
                     local.start(lambda s: status.update(s))
-            with _progress(True) as progress:
+            with progress_bar(True) as progress:
                 result = local.score(protocol, cohort=cohort, progress=progress)
             receipts = local.verify_receipts(result)
         rows = write_scores(out, result)
-    except (LocalSpaceError, *_ERRORS) as exc:
-        raise _fail(exc) from exc
+    except (LocalSpaceError, *CLI_ERRORS) as exc:
+        raise fail(exc) from exc
     query_seconds = local.timings.get(f"query.{protocol}", 0.0)
     summary = {
         "query": result.get("query"),
@@ -419,11 +320,3 @@ def local_score_command(
         )
         for p, r in receipts.items():
             typer.echo(f"  {p}: use recorded at leaf {r['leafIndex']} of {r['treeSize']}, verified")
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``query`` and ``local`` groups to ``app``."""
-    from connectors.commands import train  # noqa: F401 - adds ``query train`` and ``local train``
-
-    app.add_typer(query_app, name="query")
-    app.add_typer(local_app, name="local")

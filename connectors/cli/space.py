@@ -1,6 +1,6 @@
 """``trusted-space space up|down``: a local space of real node processes from one config file.
 
-The logic lives in :mod:`connectors.space`; these commands parse options, show progress and
+The logic lives in :mod:`connectors.spaces.space`; these commands parse options, show progress and
 print the result (a table for people, one JSON line with ``--json`` for scripts).
 """
 
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connectors.space import (
+from connectors.spaces.space import (
     SPACE_FILE,
     SpaceConfigError,
     SpaceError,

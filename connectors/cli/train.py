@@ -1,13 +1,15 @@
 """``trusted-space query train`` and ``trusted-space local train``: joint model training.
 
 - ``query train``: the bank's staff train a logistic regression with the providers through their
-  own node (:meth:`connectors.analyst.AnalystClient.submit_train`): ``--features PARTY=c1,c2``
+  own node (:meth:`connectors.client.analyst.AnalystClient.submit_train`): ``--features
+  PARTY=c1,c2``
   per party (the bank's own included), ``--label``, hyper-parameters, the model mode. Agreements
   and datasets are found among the node's agreements unless named. A progress bar follows the
   epochs (each with its held-out loss when ``--validation`` is set); the model file goes to
   ``--out`` (:mod:`trusted_space.query` format).
 - ``local train``: the same over local files through a throw-away real space
-  (:func:`connectors.training.local_training`); the first ``--party`` holds the label; every other
+  (:func:`connectors.node.training.local_training`); the first ``--party`` holds the label; every
+  other
   column but the id is a feature unless ``--features`` names them. The model file it writes is
   what ``local score --model`` takes.
 
@@ -26,23 +28,24 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from connectors.commands._common import check_choices
-from connectors.commands.query import (
-    _ERRORS,
+from connectors.cli._common import (
+    CLI_ERRORS,
     JsonOpt,
     NodeDirOpt,
     NodeOpt,
     TokenOpt,
-    _fail,
-    _pairs,
-    _progress,
     analyst_client,
+    check_choices,
+    fail,
     local_app,
+    pairs,
+    progress_bar,
     query_app,
     read_ids,
 )
-from connectors.local import LocalSpaceError, parse_party
-from connectors.training import local_training, train_local, verify_train_receipts
+from connectors.client.results import verify_train_receipts
+from connectors.spaces.local import LocalSpaceError, parse_party
+from connectors.spaces.local_train import local_training, train_local
 from trusted_space.protocols.train import TrainParams
 from trusted_space.query import ID_KINDS, MISSING_RULES, MODES
 
@@ -83,7 +86,7 @@ def _params(
 
 def _features(values: list[str] | None) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for party, columns in _pairs(values, "--features").items():
+    for party, columns in pairs(values, "--features").items():
         out[party] = [c.strip() for c in columns.split(",") if c.strip()]
     return out
 
@@ -178,14 +181,14 @@ def train_command(
         chosen = _features(features)
         with (
             analyst_client(node, node_dir, token_file) as client,
-            _progress(True) as progress,
+            progress_bar(True) as progress,
         ):
             me = client.participant_id
             providers = [p for p in chosen if p != me]
             found_agreements, found_datasets = client.resolve_agreements(
-                providers, _pairs(agreement, "--agreement")
+                providers, pairs(agreement, "--agreement")
             )
-            datasets = {**found_datasets, **_pairs(dataset, "--dataset")}
+            datasets = {**found_datasets, **pairs(dataset, "--dataset")}
             if me not in datasets:
                 datasets[me] = client.own_dataset([*chosen.get(me, []), label])
             doc: dict[str, Any] = {
@@ -209,8 +212,8 @@ def train_command(
             view = client.submit_train(doc)
             result = client.wait(view["id"], progress=progress, timeout=timeout)
         _write_model(out, result)
-    except _ERRORS as exc:
-        raise _fail(exc) from exc
+    except CLI_ERRORS as exc:
+        raise fail(exc) from exc
     summary = _summary(result, out)
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
@@ -275,13 +278,13 @@ def local_train_command(
                 with err.status("starting the local space") as status:
                     local.start(lambda s: status.update(s))
             mark = time.perf_counter()
-            with _progress(True) as progress:
+            with progress_bar(True) as progress:
                 result = train_local(local, params, mode=mode, progress=progress)
             train_seconds = time.perf_counter() - mark
             receipts = verify_train_receipts(result, local.ledger_vkeys())
         _write_model(out, result)
-    except (LocalSpaceError, *_ERRORS) as exc:
-        raise _fail(exc) from exc
+    except (LocalSpaceError, *CLI_ERRORS) as exc:
+        raise fail(exc) from exc
     summary = _summary(result, out)
     summary |= {
         "bank": parties[0].name,

@@ -1,9 +1,10 @@
 """The analyst's Python client: a bank's staff or scripts run joint queries through their node.
 
-The analyst's node holds the keys and orchestrates (:mod:`connectors.queries`); this client only
+The analyst's node holds the keys and orchestrates (:mod:`connectors.node.queries`); this client
+only
 talks to that node's admin API with its admin token::
 
-    from connectors.analyst import AnalystClient
+    from connectors.client.analyst import AnalystClient
     from trusted_space.query import ScoreQuery
 
     with AnalystClient.from_dir("nodes/bank-a") as bank:
@@ -35,9 +36,9 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from connectors.client import AdminClient
-from connectors.problems import ConnectorError
-from connectors.settings import load_settings
+from connectors.client.http import AdminClient
+from connectors.common.errors import ConnectorError
+from connectors.common.settings import load_settings
 from trusted_space.protocols.aggregate import AggregateResult
 from trusted_space.query import Model, ScoreQuery, ScoreResult
 
@@ -102,7 +103,7 @@ def score_result_from_json(doc: Mapping[str, Any]) -> ScoreResult:
 
 
 def aggregate_result_from_json(doc: Mapping[str, Any]) -> AggregateResult:
-    """An :class:`AggregateResult` from :func:`connectors.wire.queries.aggregate_result_json`."""
+    """An :class:`AggregateResult` from its JSON (``node.wire.queries.aggregate_result_json``)."""
     value = doc.get("value")
     return AggregateResult(
         query_id=str(doc["query"]),
@@ -283,7 +284,7 @@ class AnalystClient:
         return dict(self._http.post("/management/queries/train", dict(doc)))
 
     def submit_aggregate(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Queue an aggregate (:class:`~connectors.wire.queries.AggregateRequest` JSON)."""
+        """Queue an aggregate (:class:`~connectors.node.wire.queries.AggregateRequest` JSON)."""
         return dict(self._http.post("/management/queries/aggregate", dict(body)))
 
     def status(self, query_id: str, *, wait: float = 0.0) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from connectors.problems import NotReady, PeerError
+from connectors.common.errors import NotReady, PeerError
 from trusted_space.identity import issue_request_token
 from trusted_space.keys import SigningKey
 

@@ -7,7 +7,8 @@ from the UCI "default of credit card clients" set; see the data set's README) sp
 holders' features between a guest — the bank, which also holds the label ``y`` — and a host,
 here a government node.
 
-The flow is the demo's, on these files: a real local space (:class:`connectors.local.LocalSpace`:
+The flow is the demo's, on these files: a real local space
+(:class:`connectors.spaces.local.LocalSpace`:
 an operator, the bank and the government node as separate processes; each file registered as a
 ``zone`` dataset with only the model's columns; an agreement negotiated over DSP), a logistic
 model, and the held-out rows scored from the bank's node with every protocol. Reported per
@@ -35,10 +36,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from connectors.demo_stats import auc, fit_logistic
-from connectors.local import LOCAL_PURPOSE, LocalParty, LocalSpace
-from connectors.training import feature_bound, local_training, verify_train_receipts
-from connectors.verify import Check
+from connectors.client.results import verify_train_receipts
+from connectors.client.verify import Check
+from connectors.demo.stats import auc, fit_logistic
+from connectors.spaces.local import LOCAL_PURPOSE, LocalParty, LocalSpace
+from connectors.spaces.local_train import feature_bound, local_training
 from trusted_space.errors import ValidationError
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols.train import TrainParams, train_plaintext

@@ -15,12 +15,10 @@ import html
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from connectors.demo import DemoRun
+from connectors.demo.state import DemoRun
 
 __all__ = ["bar_chart", "histogram_chart", "line_chart", "write_report"]
 

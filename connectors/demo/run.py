@@ -6,11 +6,12 @@ city's big-data centre (operator), market registration, the tax bureau, social i
 court (providers) and a bank (consumer, and provider of its own loan history). Nothing in the
 flow is simulated; the demo does what the institutions' staff would do, over the same HTTP APIs:
 
-1. **Data**: :mod:`connectors.demo_data` draws 20,000 enterprises (valid USCCs, seeded) and writes
+1. **Data**: :mod:`connectors.demo.data` draws 20,000 enterprises (valid USCCs, seeded) and writes
    each institution's table as its own file (CSV, Parquet, SQLite), rows shuffled per file, and
    the bank's training set (its earlier applicants and their outcome) as a file of its own.
 2. **Space**: it writes a space config (``demo-output/space/space.toml``, dataset descriptions and
-   ODRL offers beside it) and starts it with :func:`connectors.space.up`: a graded three-level
+   ODRL offers beside it) and starts it with :func:`connectors.spaces.space.up`: a graded
+   three-level
    catalog with one ``unconditional`` dataset (the public registry), one ``conditional`` (court
    records) and ``zone`` datasets (tax, social insurance — consent required for scores — and
    the bank's own two).
@@ -32,14 +33,16 @@ flow is simulated; the demo does what the institutions' staff would do, over the
 7. **Refusals**: a query for the wrong purpose (refused with the provider's policy trace) and a
    query naming an applicant without consent (refused, naming the entity).
 8. **Audit**: every node submits a checkpoint to the operator's witness; every node's ledger is
-   verified from outside (:func:`connectors.verify.verify_node`), with its key as registered at
+   verified from outside (:func:`connectors.client.verify.verify_node`), with its key as registered
+   at
    the operator and the witness key; every receipt of every result is verified with
    :func:`trusted_space.ledger.verify_receipt`.
 9. **Report**: a short summary (JSON with ``--json``), ``demo-output/report.html`` (inline SVG
-   plots, :mod:`connectors.demo_report`), then every node is stopped (``--keep-running`` leaves
+   plots, :mod:`connectors.demo.report`), then every node is stopped (``--keep-running`` leaves
    the space up until SIGINT/SIGTERM).
 
-Each step is a list of :class:`~connectors.verify.Check`; the run is ``ok`` only if every check
+Each step is a list of :class:`~connectors.client.verify.Check`; the run is ``ok`` only if every
+check
 passed, and the command exits 1 otherwise.
 
 Threats and care: the demo acts as every institution's staff, so it reads each node's admin token
@@ -60,9 +63,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -70,10 +72,13 @@ from typing import Any, Final
 import httpx
 import numpy as np
 
-from connectors.analyst import AnalystClient, QueryFailed
-from connectors.client import AdminClient
-from connectors.commands.catalog import FINAL_STATES, catalog_rows, fetch_catalog
-from connectors.demo_data import (
+from connectors.client.analyst import QueryFailed
+from connectors.client.catalog import FINAL_STATES, catalog_rows, fetch_catalog
+from connectors.client.http import AdminClient
+from connectors.client.results import receipt_summary, write_scores
+from connectors.client.verify import verify_node
+from connectors.common.settings import load_settings
+from connectors.demo.data import (
     BANK,
     BANK_OUTCOMES,
     COURT,
@@ -88,13 +93,11 @@ from connectors.demo_data import (
     generate,
     write_tables,
 )
-from connectors.demo_stats import auc, fit_logistic, roc_curve, sigmoid
-from connectors.local import receipt_summary, write_scores
-from connectors.problems import NotReady
-from connectors.runtime import NodeRuntime
-from connectors.settings import load_settings
-from connectors.space import SPACE_FILE, RunningSpace, SpaceError, down, load_config, up
-from connectors.verify import Check, verify_node
+from connectors.demo.report import write_report
+from connectors.demo.state import DemoOptions, DemoRun
+from connectors.demo.stats import auc, fit_logistic, roc_curve, sigmoid
+from connectors.node.runtime import NodeRuntime
+from connectors.spaces.space import SPACE_FILE, SpaceError, down, load_config, up
 from trusted_space.consent import sign_consent
 from trusted_space.errors import TrustedSpaceError
 from trusted_space.keys import SigningKey
@@ -509,99 +512,6 @@ def space_files(out: Path, sources: Mapping[str, tuple[str, Path, str | None]]) 
 
 
 # -- the run ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """What to run.
-
-    Attributes:
-        entities: enterprises in the city.
-        applicants: applicants scored.
-        seed: the data's seed.
-        out: the output directory (node directories, data, report).
-        protocols: protocols to score with.
-        keep_running: leave the space up after the run, until SIGINT/SIGTERM.
-        timeout: seconds to wait for nodes, negotiations and each query.
-    """
-
-    entities: int = 20_000
-    applicants: int = 1_000
-    seed: int = 2025
-    out: Path = Path("demo-output")
-    protocols: tuple[str, ...] = tuple(PROTOCOLS)
-    keep_running: bool = False
-    timeout: float = 300.0
-
-
-@dataclass
-class DemoRun:
-    """The state and findings of one run (``summary()`` is what ``--json`` prints)."""
-
-    options: DemoOptions
-    say: Callable[[str], None]
-    checks: list[Check] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    nodes: dict[str, str] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
-    protocols: list[dict[str, Any]] = field(default_factory=list)
-    refusals: list[dict[str, Any]] = field(default_factory=list)
-    ledgers: list[dict[str, Any]] = field(default_factory=list)
-    plots: dict[str, Any] = field(default_factory=dict)
-    receipts: dict[str, int] = field(default_factory=dict)
-    space: RunningSpace | None = None
-    data: DemoData | None = None
-    _vkeys: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
-
-    def check(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append(Check(name, bool(ok), detail))
-        if not ok:
-            self.say(f"  FAILED: {name}: {detail}")
-        return ok
-
-    @contextlib.contextmanager
-    def step(self, name: str, label: str) -> Iterator[None]:
-        self.say(f"{label} …")
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(time.perf_counter() - started, 3)
-            self.say(f"  {name}: done in {self.timings[name]:.1f} s")
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "what": "a pre-loan review of enterprises by a bank jointly with four government "
-            "departments, through a space of six connector nodes",
-            "outputDir": str(self.options.out.resolve()),
-            "nodes": dict(self.nodes),
-            **self.facts,
-            "protocols": self.protocols,
-            "refusals": self.refusals,
-            "ledgers": self.ledgers,
-            "receiptsChecked": dict(self.receipts),
-            "timings": dict(self.timings),
-            "checks": [c.to_json() for c in self.checks],
-        }
-
-    # -- helpers ---------------------------------------------------------------------------------
-    def node_dir(self, name: str) -> Path:
-        if self.space is None:
-            raise NotReady("the space is not running")
-        return self.space[name].dir
-
-    def admin(self, name: str) -> AdminClient:
-        if self.space is None:
-            raise NotReady("the space is not running")
-        return self.space[name].admin(timeout=self.options.timeout)
-
-    def analyst(self) -> AnalystClient:
-        return AnalystClient.from_dir(self.node_dir(BANK), timeout=self.options.timeout)
 
 
 def _prepare_output(out: Path) -> None:
@@ -1198,8 +1108,6 @@ def run(
         The run: ``ok``, ``checks`` and ``summary()``. A step that fails with an error becomes a
         failed check (the remaining steps are skipped); the space is stopped in any case.
     """
-    from connectors.demo_report import write_report
-
     speak = say or (lambda line: print(line, file=sys.stderr, flush=True))
     demo = DemoRun(options, speak)
     started = time.perf_counter()

@@ -28,10 +28,12 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from connectors import __version__, negotiation, queries
-from connectors.background import Background
-from connectors.problems import BodySizeLimit, document_problems, install_error_handlers
-from connectors.routers import (
+from connectors import __version__
+from connectors.common.settings import NodeSettings
+from connectors.node import negotiation, queries
+from connectors.node.background import Background
+from connectors.node.problems import BodySizeLimit, document_problems, install_error_handlers
+from connectors.node.routers import (
     compute,
     contracts_admin,
     dsp_catalog,
@@ -44,8 +46,7 @@ from connectors.routers import (
     queries_admin,
     transfers_admin,
 )
-from connectors.runtime import NodeRuntime
-from connectors.settings import NodeSettings
+from connectors.node.runtime import NodeRuntime
 
 __all__ = ["create_app"]
 
@@ -70,7 +71,7 @@ def create_app(
     """Build the node's app.
 
     Args:
-        settings: the node's settings (see :mod:`connectors.settings`).
+        settings: the node's settings (see :mod:`connectors.common.settings`).
         runtime: an already built runtime (tests); default: built from ``settings``.
         transport: httpx transport for the node's outgoing calls (tests).
     """

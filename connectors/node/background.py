@@ -2,9 +2,11 @@
 
 Every ``settings.witness_interval`` seconds (0 disables the loop) one daemon thread runs, in order:
 
-1. :func:`~connectors.federation.submit_checkpoint`: a fresh checkpoint, cosigned by the operator's
+1. :func:`~connectors.node.federation.submit_checkpoint`: a fresh checkpoint, cosigned by the
+operator's
    witness, so a later rewrite of this log is caught by anyone holding the cosigned head;
-2. :func:`~connectors.federation.sync_revocations`: a node that was down when the operator pushed
+2. :func:`~connectors.node.federation.sync_revocations`: a node that was down when the operator
+pushed
    a revocation list fetches it now (otherwise a revoked member stays accepted here);
 3. :func:`~trusted_space.identity.purge_replay_cache`: replay-cache entries whose tokens can no
    longer pass the expiry check are deleted (keeping them longer buys nothing).
@@ -19,8 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from connectors import federation
-from connectors.runtime import NodeRuntime
+from connectors.node import federation
+from connectors.node.runtime import NodeRuntime
 from trusted_space.identity import purge_replay_cache
 
 __all__ = ["Background"]

@@ -6,7 +6,7 @@ against three small interfaces (a :class:`~trusted_space.compute.DataAccess`, a
 real ones for a running node and registers the operations its roles serve:
 
 - :class:`SourceData`: the node's *published* datasets, read from their registered sources
-  (:mod:`connectors.sources`, store namespace ``source``). A query's lookups are served from a
+  (:mod:`connectors.node.sources`, store namespace ``source``). A query's lookups are served from a
   **column cache**: a dataset's key column (an Arrow string array) and its numeric columns
   (float64), read once and matched with a vectorised hash lookup
   (:func:`pyarrow.compute.index_in`), so repeated queries never re-parse a CSV. An entry is
@@ -57,9 +57,9 @@ import numpy.typing as npt
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
-from connectors.problems import NotReady, PeerError
-from connectors.runtime import NodeRuntime
-from connectors.sources import (
+from connectors.common.errors import NotReady, PeerError
+from connectors.node.runtime import NodeRuntime
+from connectors.node.sources import (
     DEFAULT_CHUNK_ROWS,
     SOURCE_NAMESPACE,
     Chunk,

@@ -1,10 +1,10 @@
 """Dependencies shared by the routers, as ``Annotated`` aliases.
 
-- ``RuntimeDep``: the node's :class:`~connectors.runtime.NodeRuntime`.
+- ``RuntimeDep``: the node's :class:`~connectors.node.runtime.NodeRuntime`.
 - ``AdminDep``: the caller presented the node's admin token (``Authorization: Bearer``); the
   institution's own staff only. Compared in constant time.
 - ``MemberDep``: the caller is a member of the space and signed this very request
-  (``TS-Request`` token, see :mod:`connectors.client`); the verified sender is returned. Runs
+  (``TS-Request`` token, see :mod:`connectors.client.http`); the verified sender is returned. Runs
   before the handler: signature, credential, audience, expiry, replay and body hash are checked
   first, and every failure answers the same ``401``.
 - ``OptionalMemberDep``: as ``MemberDep`` when a ``TS-Request`` header is present, ``None`` for
@@ -21,8 +21,8 @@ from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from connectors.client import CREDENTIAL_HEADER, REQUEST_HEADER
-from connectors.runtime import NodeRuntime
+from connectors.client.http import CREDENTIAL_HEADER, REQUEST_HEADER
+from connectors.node.runtime import NodeRuntime
 from trusted_space.errors import VerificationError
 from trusted_space.identity import VerifiedRequest
 

@@ -30,8 +30,8 @@ import threading
 
 import httpx
 
-from connectors.problems import NotReady, PeerError
-from connectors.runtime import NodeRuntime
+from connectors.common.errors import NotReady, PeerError
+from connectors.node.runtime import NodeRuntime
 from trusted_space.catalog import list_datasets, to_dsp_catalog
 from trusted_space.errors import (
     ConflictError,

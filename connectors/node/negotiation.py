@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from connectors.problems import NotReady, PeerError
-from connectors.runtime import NodeRuntime
+from connectors.common.errors import NotReady, PeerError
+from connectors.node.runtime import NodeRuntime
 from trusted_space import dsp
 from trusted_space.catalog import TS_NAMESPACE, Caller, load_dataset, visible_datasets
 from trusted_space.contracts import (

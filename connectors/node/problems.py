@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -48,6 +48,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from connectors.common.errors import (
+    PROBLEM_BASE,
+    PROBLEM_MEDIA_TYPE,
+    ConnectorError,
+    NotReady,
+    PeerError,
+    PolicyRefused,
+)
 from trusted_space.errors import (
     ConflictError,
     GradeFloorError,
@@ -63,14 +71,8 @@ from trusted_space.errors import (
 )
 
 __all__ = [
-    "PROBLEM_BASE",
-    "PROBLEM_MEDIA_TYPE",
     "PROBLEM_SCHEMA",
     "BodySizeLimit",
-    "ConnectorError",
-    "NotReady",
-    "PeerError",
-    "PolicyRefused",
     "document_problems",
     "install_error_handlers",
     "problem",
@@ -78,46 +80,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("trusted_space.http")
-
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-PROBLEM_BASE = "https://w3id.org/trusted-space/problems/"
-
-
-class ConnectorError(Exception):
-    """Base class of errors raised by the connector layer."""
-
-
-class PolicyRefused(ConnectorError):
-    """A policy decision refused a request; carries the decision's trace (JSON) and reason."""
-
-    def __init__(
-        self,
-        reason: str,
-        trace: Sequence[Mapping[str, Any]],
-        *,
-        participant: str | None = None,
-        decision_index: int | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.trace = [dict(step) for step in trace]
-        self.participant = participant
-        self.decision_index = decision_index
-
-
-class PeerError(ConnectorError):
-    """Another node refused or failed; ``problem`` is its problem document (when it sent one)."""
-
-    def __init__(self, peer: str, status: int, problem: Mapping[str, Any] | None = None) -> None:
-        self.peer = peer
-        self.status = status
-        self.problem = dict(problem or {})
-        detail = self.problem.get("detail") or self.problem.get("title") or f"HTTP {status}"
-        super().__init__(f"{peer} answered {status}: {detail}")
-
-
-class NotReady(ConnectorError):
-    """The node cannot serve this yet (not admitted, no operator anchor, peer unreachable)."""
 
 
 def problem(

@@ -4,11 +4,11 @@ Why at the node: the analyst side of every protocol needs the node's identity (p
 authenticate the signed calls and check that the agreement's assignee is the sender), its
 transport and its own data (a bank is also a data holder; its own partial is computed locally, in
 plaintext, after decryption). So the bank's staff and scripts do not run protocols themselves:
-they submit a query to their node's admin API (:mod:`connectors.routers.queries_admin`, used by
-:class:`connectors.analyst.AnalystClient`) and the node runs the driver
+they submit a query to their node's admin API (:mod:`connectors.node.routers.queries_admin`, used by
+:class:`connectors.client.analyst.AnalystClient`) and the node runs the driver
 (:func:`trusted_space.protocols.score.run_score`,
 :func:`trusted_space.protocols.aggregate.run_aggregate`) over its
-:class:`~connectors.compute_wiring.HttpTransport` in a background worker.
+:class:`~connectors.node.compute.HttpTransport` in a background worker.
 
 A :class:`QueryRunner` per runtime keeps the jobs in memory: state, progress (stage and an
 estimated fraction, observed from the protocol's calls), and when done the result with the
@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from connectors.compute_wiring import compute_node
-from connectors.problems import ConnectorError, NotReady, PeerError, problem, problem_for
-from connectors.runtime import NodeRuntime
-from connectors.wire.queries import (
+from connectors.common.errors import ConnectorError, NotReady, PeerError
+from connectors.node.compute import compute_node
+from connectors.node.problems import problem, problem_for
+from connectors.node.runtime import NodeRuntime
+from connectors.node.wire.queries import (
     AggregateRequest,
     QueryView,
     aggregate_query,
@@ -360,7 +361,7 @@ class QueryRunner:
 
     def submit_train(self, doc: Mapping[str, Any]) -> QueryJob:
         """Queue a joint training (checked first: ``ValidationError`` naming the JSON path)."""
-        from connectors.training import prepare_train, train_job  # local: imports this module
+        from connectors.node.training import prepare_train, train_job  # local: imports this module
 
         query = prepare_train(self.runtime, doc)
         job = QueryJob(

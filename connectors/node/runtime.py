@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 
-from connectors.client import SignedClient
-from connectors.problems import NotReady
-from connectors.settings import NodeSettings, OperatorAnchor
+from connectors.client.http import SignedClient
+from connectors.common.errors import NotReady
+from connectors.common.settings import NodeSettings, OperatorAnchor
 from trusted_space.catalog import load_dataset
 from trusted_space.consent import ConsentRegistry
 from trusted_space.contracts import Negotiator

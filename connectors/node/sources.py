@@ -23,7 +23,7 @@ and no key repeats. It streams too: duplicate detection keeps one 64-bit hash pe
 key string.
 
 :meth:`Source.read_columns` reads a whole table's key column and numeric columns at once (the
-provider's column cache, :class:`connectors.compute_wiring.SourceData`, bounds how much it holds).
+provider's column cache, :class:`connectors.node.compute.SourceData`, bounds how much it holds).
 
 Errors are :class:`~trusted_space.errors.ValidationError` (``csv.Error``, ``sqlite3.Error``,
 ``pyarrow`` errors and ``OSError`` are converted where they enter), and every message names the

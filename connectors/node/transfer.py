@@ -68,9 +68,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from connectors import sources
-from connectors.problems import ConnectorError, NotReady, PolicyRefused
-from connectors.runtime import NodeRuntime
+from connectors.common.errors import ConnectorError, NotReady, PolicyRefused
+from connectors.node import sources
+from connectors.node.runtime import NodeRuntime
 from trusted_space import dsp
 from trusted_space.catalog import TS_NAMESPACE, Dataset, Tier, load_dataset
 from trusted_space.contracts import (
@@ -1124,7 +1124,7 @@ def request_transfer(
 
     The record is stored (REQUESTED) before the message leaves, because the provider's start
     message may arrive before its ACK does. A refusal terminates the record and is raised
-    (:class:`~connectors.problems.PeerError` carrying the provider's problem, with its trace).
+    (:class:`~connectors.node.problems.PeerError` carrying the provider's problem, with its trace).
 
     Raises:
         NotFoundError: this node holds no agreement ``agreement_id`` as its consumer.

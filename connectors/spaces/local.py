@@ -3,12 +3,14 @@
 ``trusted-space local score --party bank=bank.csv --party tax=tax.csv --id uscc --model m.json``
 is how someone tries the product on their own files in one command, and how the benchmark
 measures it: nothing is simulated. :class:`LocalSpace` starts an operator and one node process per
-party (:func:`connectors.space.up`; the first party is the analyst, a consumer that also holds
+party (:func:`connectors.spaces.space.up`; the first party is the analyst, a consumer that also
+holds
 data; the others are providers), registers each file as a ``zone`` dataset (the id column at
 grade 1 and only the columns the model names, at grade 3), publishes an offer that permits a
 ``score`` with every protocol for purpose ``local-trial``, negotiates an agreement with every
-provider over DSP (:func:`connectors.commands.catalog.follow_negotiation`), runs the query from
-the analyst's node (:class:`connectors.analyst.AnalystClient`) and finally stops every process.
+provider over DSP (:func:`connectors.cli.catalog.follow_negotiation`), runs the query from
+the analyst's node (:class:`connectors.client.analyst.AnalystClient`) and finally stops every
+process.
 
 With ``missing="impute"`` each provider publishes its column means as ``imputeDefault`` (the
 owner's published default, computed from its own file here; never a silent zero).
@@ -25,8 +27,6 @@ directory, which is a fresh temporary directory unless one is given; the files a
 from __future__ import annotations
 
 import base64
-import csv
-import json
 import math
 import re
 import shutil
@@ -38,11 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from connectors.analyst import AnalystClient, QueryProgress
-from connectors.commands.catalog import follow_negotiation
-from connectors.problems import ConnectorError
-from connectors.sources import SourceSpec, open_source
-from connectors.space import (
+from connectors.client.analyst import AnalystClient, QueryProgress
+from connectors.client.catalog import follow_negotiation
+from connectors.client.results import receipt_summary
+from connectors.common.errors import ConnectorError
+from connectors.node.sources import SourceSpec, open_source
+from connectors.spaces.space import (
     DatasetConfig,
     NodeConfig,
     RunningSpace,
@@ -52,7 +53,7 @@ from connectors.space import (
 )
 from trusted_space.catalog import check_participant_id
 from trusted_space.errors import TrustedSpaceError, ValidationError
-from trusted_space.ledger import Receipt, open_checkpoint, verify_receipt
+from trusted_space.ledger import verify_receipt
 from trusted_space.policy import PROTOCOLS
 from trusted_space.query import Model
 
@@ -63,12 +64,8 @@ __all__ = [
     "LocalSpace",
     "LocalSpaceError",
     "local_dataset",
-    "load_model",
     "local_offer",
-    "output_column",
     "parse_party",
-    "receipt_summary",
-    "write_scores",
 ]
 
 LOCAL_PURPOSE: Final = "local-trial"
@@ -205,47 +202,6 @@ def _means(party: LocalParty, id_column: str, columns: Sequence[str]) -> dict[st
         for c in columns:
             sums[c] += float(chunk.columns[c].sum())
     return {c: (s / rows if rows else 0.0) for c, s in sums.items()}
-
-
-def receipt_summary(receipt: dict[str, Any], vkey: str | None = None) -> dict[str, Any]:
-    """What an auditor needs to check a receipt by hand (see the module docstring)."""
-    parsed = Receipt.from_json(
-        {k: v for k, v in receipt.items() if k not in ("vkey", "participant")}
-    )
-    key = vkey or str(receipt["vkey"])
-    head = open_checkpoint(parsed.checkpoint, key)
-    return {
-        "participant": receipt.get("participant"),
-        "checkpoint": parsed.checkpoint,
-        "vkey": key,
-        "leafIndex": parsed.index,
-        "treeSize": head.size,
-        "inclusionPath": [p.hex() for p in parsed.proof],
-        "entry": base64.b64encode(parsed.entry).decode("ascii"),
-    }
-
-
-def output_column(link: Any) -> str:
-    """The name of the output column for a model link (JSON form)."""
-    if link == "logistic":
-        return "probability"
-    if isinstance(link, dict) and "scorecard" in link:
-        return "points"
-    return "score"
-
-
-def write_scores(path: Path, result: dict[str, Any]) -> int:
-    """Write ``id,logit,<probability|points|score>``; returns the rows written."""
-    column = output_column(result.get("link"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
-        out = csv.writer(handle)
-        out.writerow(["id", "logit", column])
-        for e, z, y in zip(result["entities"], result["logits"], result["outputs"], strict=True):
-            out.writerow([e, repr(float(z)), repr(float(y))])
-    tmp.replace(path)
-    return len(result["entities"])
 
 
 @dataclass
@@ -502,12 +458,3 @@ class LocalSpace:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-def load_model(path: Path) -> Model:
-    """A model file (``ValidationError`` naming the JSON path)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"{path}: not a readable JSON model ({exc})") from exc
-    return Model.from_json(doc)

@@ -63,9 +63,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError as PydanticValidationError
 
-from connectors.client import AdminClient
-from connectors.problems import NotReady, PeerError
-from connectors.settings import (
+from connectors.client.http import AdminClient
+from connectors.common.errors import NotReady, PeerError
+from connectors.common.settings import (
     NodeLayout,
     NodeSettings,
     OperatorAnchor,
@@ -585,7 +585,7 @@ def _node_env() -> dict[str, str]:
 
 
 # `python -c` rather than the console script: the same interpreter and environment as ours.
-_SERVE = "import sys; from connectors.cli import main; sys.argv[0] = 'trusted-space'; main()"
+_SERVE = "import sys; from connectors.cli.main import main; sys.argv[0] = 'trusted-space'; main()"
 
 
 def _spawn(node: RunningNode) -> subprocess.Popen[bytes]:

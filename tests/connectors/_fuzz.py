@@ -4,7 +4,7 @@ A signed request binds method, path, body hash, audience and a fresh ``jti``, so
 put a valid ``TS-Request`` into a generated case ahead of time (the body is serialised later).
 :class:`SigningProxy` sits in front of a node's ASGI app, where the bytes are final: a request
 whose ``TS-Request`` header is :data:`SIGN_ME` is signed there by a real member's key, exactly
-as :class:`~connectors.client.SignedClient` would sign it; any other request passes through
+as :class:`~connectors.client.http.SignedClient` would sign it; any other request passes through
 untouched, so a missing or wrong ``TS-Request`` still reaches the node as sent (and is refused).
 
 The proxy answers ASGI lifespan events itself: the node's app already runs its lifespan under
@@ -18,7 +18,7 @@ from datetime import datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from connectors.client import CREDENTIAL_HEADER, REQUEST_HEADER
+from connectors.client.http import CREDENTIAL_HEADER, REQUEST_HEADER
 from trusted_space.errors import ValidationError
 from trusted_space.identity import issue_request_token
 from trusted_space.keys import SigningKey

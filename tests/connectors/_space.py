@@ -18,9 +18,9 @@ import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from connectors.app import create_app
-from connectors.runtime import NodeRuntime
-from connectors.settings import NodeSettings, OperatorAnchor, init_node, load_settings
+from connectors.common.settings import NodeSettings, OperatorAnchor, init_node, load_settings
+from connectors.node.app import create_app
+from connectors.node.runtime import NodeRuntime
 
 __all__ = ["InProcessSpace", "Node", "RoutingTransport"]
 

@@ -50,7 +50,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from connectors.local import LocalParty, local_dataset, local_offer
+from connectors.spaces.local import LocalParty, local_dataset, local_offer
 from tests.connectors._fuzz import SIGN_ME, SigningProxy
 from tests.connectors._space import InProcessSpace, Node
 from trusted_space.events import decode_event

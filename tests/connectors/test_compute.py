@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from connectors import negotiation, queries
-from connectors.analyst import AnalystClient, QueryFailed, QueryProgress
-from connectors.cli import app as cli_app
-from connectors.commands import query as query_commands
-from connectors.compute_wiring import (
+from connectors.cli import query as query_commands
+from connectors.cli.main import app as cli_app
+from connectors.client.analyst import AnalystClient, QueryFailed, QueryProgress
+from connectors.node import negotiation, queries
+from connectors.node.compute import (
     COMPUTE_CONTENT_TYPE,
     HttpTransport,
     SourceData,
     compute_node,
 )
-from connectors.local import LocalParty, local_dataset, local_offer
+from connectors.spaces.local import LocalParty, local_dataset, local_offer
 from tests.connectors._space import InProcessSpace, Node
 from trusted_space.contracts import NegotiationState
 from trusted_space.errors import NotFoundError, StoreError, ValidationError

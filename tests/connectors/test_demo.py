@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.demo import DATASET_IDS, OPERATOR, TOLERANCE
-from connectors.demo_data import PARTIES, PROVIDERS, SOCIAL, TAX
+from connectors.demo.data import PARTIES, PROVIDERS, SOCIAL, TAX
+from connectors.demo.run import DATASET_IDS, OPERATOR, TOLERANCE
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -30,7 +30,7 @@ def _run_keep_running(out: Path) -> tuple[subprocess.Popen[str], dict[str, Any],
     command = [
         sys.executable,
         "-c",
-        "import sys; from connectors.cli import main; sys.argv[0] = 'trusted-space'; main()",
+        "import sys; from connectors.cli.main import main; sys.argv[0] = 'trusted-space'; main()",
         "demo",
         "--entities",
         "2000",

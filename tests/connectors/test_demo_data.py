@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.demo_data import (
+from connectors.demo.data import (
     BANK,
     BANK_OUTCOMES,
     LABEL,
@@ -20,8 +20,8 @@ from connectors.demo_data import (
     generate,
     write_tables,
 )
-from connectors.demo_stats import auc, fit_logistic, roc_curve, sigmoid
-from connectors.sources import SourceSpec, open_source
+from connectors.demo.stats import auc, fit_logistic, roc_curve, sigmoid
+from connectors.node.sources import SourceSpec, open_source
 from trusted_space.uscc import is_valid_uscc
 
 

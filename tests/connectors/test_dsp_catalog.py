@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from connectors.client import encode_json
+from connectors.client.http import encode_json
 from tests.connectors._space import InProcessSpace, Node
 from trusted_space import dsp
 from trusted_space.catalog import (

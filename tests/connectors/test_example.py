@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.cli import app
-from connectors.example import GUEST_FILE, HOST_FILE, find_data, read_default_credit
+from connectors.cli.main import app
+from connectors.demo.example import GUEST_FILE, HOST_FILE, find_data, read_default_credit
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = find_data(None, REPO)

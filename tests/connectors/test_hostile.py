@@ -52,10 +52,10 @@ import hypothesis
 import numpy as np
 import pytest
 
-from connectors import negotiation
-from connectors.client import REQUEST_HEADER, SignedClient
-from connectors.compute_wiring import COMPUTE_CONTENT_TYPE
-from connectors.local import LocalParty, local_dataset, local_offer
+from connectors.client.http import REQUEST_HEADER, SignedClient
+from connectors.node import negotiation
+from connectors.node.compute import COMPUTE_CONTENT_TYPE
+from connectors.spaces.local import LocalParty, local_dataset, local_offer
 from tests.connectors._space import InProcessSpace, Node, RoutingTransport
 from trusted_space.contracts import NegotiationState
 from trusted_space.events import canonical_json, decode_event

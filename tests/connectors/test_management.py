@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.problems import PROBLEM_MEDIA_TYPE
-from connectors.wire.management import ID_PATTERN
+from connectors.common.errors import PROBLEM_MEDIA_TYPE
+from connectors.node.wire.management import ID_PATTERN
 from tests.connectors._space import InProcessSpace, Node
 from trusted_space.catalog import list_datasets, to_dsp_catalog
 from trusted_space.consent import sign_consent

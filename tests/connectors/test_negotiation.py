@@ -14,18 +14,14 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from connectors import negotiation
-from connectors.cli import app as cli_app
-from connectors.client import AdminClient, encode_json
-from connectors.commands import catalog as catalog_command
-from connectors.commands.catalog import (
-    catalog_rows,
-    fetch_catalog,
-    follow_negotiation,
-    print_catalog,
-)
-from connectors.federation import push_catalog
-from connectors.problems import PeerError
+from connectors.cli import catalog as catalog_command
+from connectors.cli.catalog import print_catalog
+from connectors.cli.main import app as cli_app
+from connectors.client.catalog import catalog_rows, fetch_catalog, follow_negotiation
+from connectors.client.http import AdminClient, encode_json
+from connectors.common.errors import PeerError
+from connectors.node import negotiation
+from connectors.node.federation import push_catalog
 from tests.connectors._space import InProcessSpace, Node
 from tests.connectors.test_dsp_catalog import catalog_offer, publish_dataset, signed
 from trusted_space import dsp

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors import federation
-from connectors.background import Background
-from connectors.deps import MemberDep
+from connectors.node import federation
+from connectors.node.background import Background
+from connectors.node.deps import MemberDep
 from tests.connectors._space import InProcessSpace, Node
 from trusted_space import dsp
 from trusted_space.catalog import (

@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import connectors.sources as sources_module
-from connectors.compute_wiring import ColumnCache, SourceData
-from connectors.sources import SOURCE_NAMESPACE, SourceSpec, open_source
+import connectors.node.sources as sources_module
+from connectors.node.compute import ColumnCache, SourceData
+from connectors.node.sources import SOURCE_NAMESPACE, SourceSpec, open_source
 from tests.trusted_space._joint import dataset, offer
 from trusted_space.catalog import FieldType, publish
 from trusted_space.errors import StoreError, ValidationError
@@ -201,7 +201,7 @@ class CountingSource:
     """Counts how often a source is opened for reading (each open is a read of the file)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import connectors.compute_wiring as wiring
+        import connectors.node.compute as wiring
 
         self.opened = 0
         real = wiring.open_source
@@ -310,7 +310,7 @@ def test_a_duplicate_key_or_a_broken_file_is_a_store_error_naming_the_dataset_on
 
 
 def test_the_cache_evicts_the_least_recently_used_within_its_bound() -> None:
-    from connectors.compute_wiring import _Entry
+    from connectors.node.compute import _Entry
 
     def entry(size: int) -> _Entry:
         return _Entry(("s",), pa.array(["x"]), {}, size)

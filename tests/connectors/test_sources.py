@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.sources import (
+from connectors.node.sources import (
     Chunk,
     Source,
     SourceSpec,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.space import SpaceConfigError, load_config
+from connectors.spaces.space import SpaceConfigError, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "space"
 

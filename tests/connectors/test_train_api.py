@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from connectors import negotiation
-from connectors.analyst import AnalystClient, QueryFailed
-from connectors.cli import app as cli_app
-from connectors.commands import train as train_commands
-from connectors.local import LocalParty, local_dataset, local_offer
-from connectors.problems import PeerError
-from connectors.queries import QueryJob
+from connectors.cli import train as train_commands
+from connectors.cli.main import app as cli_app
+from connectors.client.analyst import AnalystClient, QueryFailed
+from connectors.common.errors import PeerError
+from connectors.node import negotiation
+from connectors.node.queries import QueryJob
+from connectors.spaces.local import LocalParty, local_dataset, local_offer
 from tests.connectors._space import InProcessSpace, Node
 from trusted_space.contracts import NegotiationState
 from trusted_space.protocols.train import TrainParams, train_plaintext

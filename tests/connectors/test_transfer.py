@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from connectors import sources
-from connectors.transfer import (
+from connectors.node import sources
+from connectors.node.transfer import (
     PURPOSE_PROPERTY,
     TOKEN_NAMESPACE,
     TRANSITIONS,
@@ -306,7 +306,7 @@ def test_pull_from_a_real_csv_source(world: Space, tmp_path: Path) -> None:
     try:
         sources.open_source(sources.SourceSpec("csv", str(source_file)))
     except NotImplementedError:
-        pytest.skip("connectors.sources is not implemented yet")
+        pytest.skip("connectors.node.sources is not implemented yet")
     offer = an_offer(3, purpose_is(PURPOSE))
     publish_dataset(world.tax, "urn:uuid:ds-csv", offer)
     with world.tax.runtime.transaction() as tx:

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from connectors import federation
-from connectors.cli import app
-from connectors.commands import ledger as ledger_cmd
-from connectors.verify import Report, verify_node
+from connectors.cli import ledger as ledger_cmd
+from connectors.cli.main import app
+from connectors.client.verify import Report, verify_node
+from connectors.node import federation
 from tests.connectors._space import InProcessSpace, Node
 from tests.connectors.test_operator import admit_http, grow
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors import federation
+from connectors.node import federation
 from tests.connectors._space import InProcessSpace, Node
 from trusted_space.events import record_event
 from trusted_space.ledger import open_checkpoint

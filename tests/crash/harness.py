@@ -59,11 +59,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from connectors.client import AdminClient, SignedClient
-from connectors.compute_wiring import COMPUTE_CONTENT_TYPE
-from connectors.problems import NotReady
-from connectors.settings import NodeSettings, OperatorAnchor, init_node, load_settings
-from connectors.space import admit
+from connectors.client.http import AdminClient, SignedClient
+from connectors.common.errors import NotReady
+from connectors.common.settings import NodeSettings, OperatorAnchor, init_node, load_settings
+from connectors.node.compute import COMPUTE_CONTENT_TYPE
+from connectors.spaces.space import admit
 from trusted_space.contracts import NEGOTIATION_NAMESPACE
 from trusted_space.events import decode_event
 from trusted_space.keys import SigningKey

@@ -5,7 +5,8 @@ it importing FastAPI, numpy and the protocol code; a harness that kills a node a
 would spend minutes importing. So this module runs as one long-lived process that imports
 everything once and then *forks* a fresh node process on request. Each child is a real node: it
 opens the node directory's SQLite store itself (nothing of the store exists before the fork),
-builds the app with :func:`connectors.app.create_app` exactly as ``node serve`` does, and serves
+builds the app with :func:`connectors.node.app.create_app` exactly as ``node serve`` does, and
+serves
 it with uvicorn. The harness kills a child with SIGKILL; the kernel then closes its files, which
 is all a crashed node leaves behind, and the next child recovers the store from disk.
 
@@ -42,8 +43,8 @@ import uvicorn.lifespan.on
 import uvicorn.protocols.http.auto
 import uvicorn.protocols.websockets.auto
 
-from connectors.app import create_app
-from connectors.settings import load_settings
+from connectors.common.settings import load_settings
+from connectors.node.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 

@@ -2,7 +2,8 @@
 
 The space is the example in ``examples/space`` (operator ``city-centre``, providers
 ``tax-bureau`` and ``court``, and ``bank-a``, consumer and provider), started with
-:func:`connectors.space.up` on free ports in a temporary directory and stopped at the end of the
+:func:`connectors.spaces.space.up` on free ports in a temporary directory and stopped at the end of
+the
 session. Tests talk to it over real HTTP, as members (a :class:`SignedClient` built from a node's
 own directory: key file and the credential the operator issued) or anonymously, and run the
 ``trusted-space`` CLI as a subprocess.
@@ -22,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.client import SignedClient
-from connectors.space import RunningNode, RunningSpace, load_config, up
+from connectors.client.http import SignedClient
+from connectors.spaces.space import RunningNode, RunningSpace, load_config, up
 from trusted_space.events import Event, decode_event
 from trusted_space.keys import SigningKey
 
@@ -81,7 +82,7 @@ def cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess
     argv = (
         [str(script)]
         if script.exists()
-        else [sys.executable, "-c", "from connectors.cli import main; main()"]
+        else [sys.executable, "-c", "from connectors.cli.main import main; main()"]
     )
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.run(

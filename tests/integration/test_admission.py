@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from connectors.client import SignedClient
-from connectors.space import RunningSpace, read_space_file
+from connectors.client.http import SignedClient
+from connectors.spaces.space import RunningSpace, read_space_file
 
 from .conftest import OPERATOR
 

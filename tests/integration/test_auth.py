@@ -9,8 +9,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from connectors.client import SignedClient, encode_json
-from connectors.space import RunningSpace
+from connectors.client.http import SignedClient, encode_json
+from connectors.spaces.space import RunningSpace
 from trusted_space.errors import VerificationError
 
 from .conftest import catalog_request, ledger_events, signed_client

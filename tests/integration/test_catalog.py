@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.client import SignedClient
-from connectors.space import RunningSpace
+from connectors.client.http import SignedClient
+from connectors.spaces.space import RunningSpace
 from trusted_space import dsp
 
 from .conftest import OPERATOR, catalog_request

@@ -1,7 +1,8 @@
 """32 concurrent clients against one real provider process: no 5xx, no deadlock, exact ``count``.
 
 A small real space of its own (``trusted-space node serve`` processes started by
-:func:`connectors.space.up`: operator, the provider ``tax-bureau``, the consumer ``bank-a``), so
+:func:`connectors.spaces.space.up`: operator, the provider ``tax-bureau``, the consumer
+``bank-a``), so
 the shared session space of the other integration tests is left alone. The provider publishes one
 ``zone`` dataset with two offers, and the bank holds an agreement for each: ``steady`` (a large
 ``count``) and ``limited`` (``count`` <= 7).
@@ -38,10 +39,10 @@ import httpx
 import numpy as np
 import pytest
 
-from connectors.client import SignedClient
-from connectors.compute_wiring import COMPUTE_CONTENT_TYPE
-from connectors.problems import NotReady
-from connectors.space import (
+from connectors.client.http import SignedClient
+from connectors.common.errors import NotReady
+from connectors.node.compute import COMPUTE_CONTENT_TYPE
+from connectors.spaces.space import (
     DatasetConfig,
     NodeConfig,
     RunningNode,

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connectors.space import RunningSpace
+from connectors.spaces.space import RunningSpace
 
 from .conftest import cli
 

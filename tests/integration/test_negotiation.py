@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from connectors.space import RunningSpace
+from connectors.spaces.space import RunningSpace
 
 from .conftest import cli, ledger_events
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connectors.space import SpaceError, load_config, read_space_file, up
+from connectors.spaces.space import SpaceError, load_config, read_space_file, up
 
 from .conftest import cli
 

@@ -1,3 +1,3 @@
-"""One router per resource; :func:`connectors.app.create_app` mounts those of the node's roles."""
+"""One router per resource; :func:`connectors.node.app.create_app` mounts those of its roles."""
 
 __all__: list[str] = []

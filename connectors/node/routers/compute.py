@@ -28,9 +28,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from connectors.compute_wiring import COMPUTE_CONTENT_TYPE, compute_node
-from connectors.deps import MemberDep, RuntimeDep
-from connectors.problems import PeerError
+from connectors.common.errors import PeerError
+from connectors.node.compute import COMPUTE_CONTENT_TYPE, compute_node
+from connectors.node.deps import MemberDep, RuntimeDep
 from trusted_space.errors import NotFoundError, ValidationError
 from trusted_space.transport import OPERATION_PATTERN, RemoteError, frame, unframe
 

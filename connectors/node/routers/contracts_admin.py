@@ -2,7 +2,7 @@
 
 - ``POST /management/negotiations`` ``{"provider","datasetId","offerId"?}`` (consumer): request a
   contract; ``201`` with this side's record. The provider agrees, this node countersigns and the
-  provider finalizes without further calls (:mod:`connectors.negotiation`).
+  provider finalizes without further calls (:mod:`connectors.node.negotiation`).
 - ``GET /management/negotiations[?state=]``, ``GET /management/negotiations/{id}``: this node's
   records (``id`` is this side's process id); ``agreementId`` once both parties have signed.
 - ``POST /management/negotiations/{id}/terminate`` ``{"reason"?}``: end it and tell the
@@ -20,10 +20,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from connectors import negotiation
-from connectors.deps import AdminDep, RuntimeDep
-from connectors.runtime import NodeRuntime
-from connectors.wire.dsp import (
+from connectors.node import negotiation
+from connectors.node.deps import AdminDep, RuntimeDep
+from connectors.node.runtime import NodeRuntime
+from connectors.node.wire.dsp import (
     AgreementView,
     NegotiationCreate,
     NegotiationView,

@@ -27,9 +27,10 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
-from connectors.deps import OPTIONAL_MEMBER_OPENAPI, OptionalMemberDep, RuntimeDep
-from connectors.problems import ConnectorError, problem_for
-from connectors.wire.dsp import ProtocolVersion, VersionResponse
+from connectors.common.errors import ConnectorError
+from connectors.node.deps import OPTIONAL_MEMBER_OPENAPI, OptionalMemberDep, RuntimeDep
+from connectors.node.problems import problem_for
+from connectors.node.wire.dsp import ProtocolVersion, VersionResponse
 from trusted_space import dsp
 from trusted_space.catalog import (
     Caller,

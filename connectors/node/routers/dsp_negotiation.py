@@ -24,7 +24,7 @@ Every call must be a signed request of a member of the space; the sender is the 
 never a claim in the body. The path's pid must be the body's pid of the receiving role (``400``
 otherwise), and the message type must be the one of the path. The answer is the ACK (a
 ``ContractNegotiation``). After the ACK, the next automatic step is scheduled
-(:mod:`connectors.negotiation`). Errors are problem+json that also carry the DSP
+(:mod:`connectors.node.negotiation`). Errors are problem+json that also carry the DSP
 ``ContractNegotiationError`` members (``@context``, ``@type``, ``providerPid``/``consumerPid``
 when known, ``code``, ``reason``), so a refusal says why to both kinds of client.
 """
@@ -37,10 +37,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
-from connectors import negotiation
-from connectors.deps import MemberDep, RuntimeDep
-from connectors.problems import ConnectorError, PolicyRefused, problem_for
-from connectors.runtime import NodeRuntime
+from connectors.common.errors import ConnectorError, PolicyRefused
+from connectors.node import negotiation
+from connectors.node.deps import MemberDep, RuntimeDep
+from connectors.node.problems import problem_for
+from connectors.node.runtime import NodeRuntime
 from trusted_space import dsp
 from trusted_space.contracts import (
     MessageKind,

@@ -17,7 +17,7 @@ Data plane:
   ``text/csv`` (default) or ``application/x-ndjson`` (``Accept``). Every token failure answers
   the same ``401``.
 
-The logic lives in :mod:`connectors.transfer`; these handlers carry HTTP in and out.
+The logic lives in :mod:`connectors.node.transfer`; these handlers carry HTTP in and out.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from fastapi import APIRouter, BackgroundTasks, Body, Depends, HTTPException, Re
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from connectors import transfer
-from connectors.deps import MemberDep, RuntimeDep, request_target
-from connectors.transfer import MEDIA_CSV, MEDIA_NDJSON, TransferMessage
+from connectors.node import transfer
+from connectors.node.deps import MemberDep, RuntimeDep, request_target
+from connectors.node.transfer import MEDIA_CSV, MEDIA_NDJSON, TransferMessage
 
 __all__ = ["router", "select_media_type"]
 

@@ -11,7 +11,7 @@ decisions, never data), so no authentication is needed to read it.
   exact checkpoint, that form is returned. A store edited underneath the node makes it refuse to
   sign (``409``) rather than publish a fork.
 - ``GET /ledger/entries?start=&end=``: the exact entry bytes (standard base64), at most
-  :data:`~connectors.wire.ledger.MAX_ENTRIES_PER_PAGE` per call, clipped to the log size.
+  :data:`~connectors.node.wire.ledger.MAX_ENTRIES_PER_PAGE` per call, clipped to the log size.
 - ``GET /ledger/proof/inclusion?index=&size=`` and ``GET /ledger/proof/consistency?first=&second=``:
   RFC 9162 proofs (sizes default to the current size).
 - ``GET /ledger/cosignatures``: every checkpoint of this log the operator's witness cosigned.
@@ -29,10 +29,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
-from connectors import federation
-from connectors.deps import AdminDep, RuntimeDep
-from connectors.runtime import NodeRuntime
-from connectors.wire.ledger import (
+from connectors.node import federation
+from connectors.node.deps import AdminDep, RuntimeDep
+from connectors.node.runtime import NodeRuntime
+from connectors.node.wire.ledger import (
     MAX_ENTRIES_PER_PAGE,
     CheckpointSubmitted,
     ConsistencyProofOut,

@@ -7,7 +7,7 @@
   is checked before anything is written: the description (:class:`~trusted_space.catalog.Dataset`),
   the grade floor of the tier and of every offer's policy, the offers (inline ODRL, or
   ``{"policyId"}`` naming a stored policy), and the source itself, every row of it
-  (:func:`connectors.sources.validate_against`). The dataset, its ``dataset.published`` ledger
+  (:func:`connectors.node.sources.validate_against`). The dataset, its ``dataset.published`` ledger
   event and its source spec are then written in one transaction, and the catalog is pushed to
   the operator's federated catalog (best effort: ``federated`` says whether it took it).
   ``GET /management/datasets[/{id}]``, ``PUT /management/datasets/{id}`` (replace, with the
@@ -43,12 +43,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
 
-from connectors import federation
-from connectors.deps import RuntimeDep, require_admin
-from connectors.problems import ConnectorError, NotReady
-from connectors.runtime import PEER_NAMESPACE, NodeRuntime
-from connectors.sources import SOURCE_NAMESPACE, SourceSpec, open_source, validate_against
-from connectors.wire.management import (
+from connectors.common.errors import ConnectorError, NotReady
+from connectors.node import federation
+from connectors.node.deps import RuntimeDep, require_admin
+from connectors.node.runtime import PEER_NAMESPACE, NodeRuntime
+from connectors.node.sources import SOURCE_NAMESPACE, SourceSpec, open_source, validate_against
+from connectors.node.wire.management import (
     ID_PATTERN,
     ConsentRegister,
     ConsentRevoke,

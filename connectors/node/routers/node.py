@@ -17,8 +17,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from connectors.deps import RuntimeDep
-from connectors.problems import problem
+from connectors.node.deps import RuntimeDep
+from connectors.node.problems import problem
 
 __all__ = ["router"]
 

@@ -26,7 +26,8 @@ Threats and decisions:
   never comes back: a revoked member returns with a fresh key.
 - **A revoked member lingering elsewhere**: the new signed list is pushed to every other admitted
   member at once (short timeout, result reported per member) and nodes also pull it
-  periodically (:func:`connectors.federation.sync_revocations`). Its federated catalog is dropped
+  periodically (:func:`connectors.node.federation.sync_revocations`). Its federated catalog is
+  dropped
   in the revoking transaction.
 - **Catalog poisoning**: only the provider itself (signed request, role ``provider``) may replace
   its catalog, which must validate against the DSP 2025-1 schema and name the sender as
@@ -49,17 +50,18 @@ import httpx
 from fastapi import APIRouter, Body, Response
 from fastapi.responses import JSONResponse
 
-from connectors.deps import (
+from connectors.common.errors import NotReady
+from connectors.node.deps import (
     OPTIONAL_MEMBER_OPENAPI,
     AdminDep,
     MemberDep,
     OptionalMemberDep,
     RuntimeDep,
 )
-from connectors.federation import plain_client
-from connectors.problems import NotReady, problem
-from connectors.runtime import PEER_NAMESPACE, NodeRuntime
-from connectors.wire.operator import (
+from connectors.node.federation import plain_client
+from connectors.node.problems import problem
+from connectors.node.runtime import PEER_NAMESPACE, NodeRuntime
+from connectors.node.wire.operator import (
     AdmissionRequest,
     CosignRequest,
     CosignResult,

@@ -3,7 +3,8 @@
 - ``POST /management/queries/score``: body = a score query (:mod:`trusted_space.query` JSON:
   purpose, protocol, mode, model, agreements, datasets, entities, ...). It is checked at once
   (``400`` naming the JSON path), then queued: ``202`` with the query's view and a ``Location``.
-- ``POST /management/queries/aggregate``: body = :class:`~connectors.wire.queries.AggregateRequest`;
+- ``POST /management/queries/aggregate``: body =
+:class:`~connectors.node.wire.queries.AggregateRequest`;
   same answers.
 - ``POST /management/queries/train``: body = a joint training
   (:class:`trusted_space.protocols.train.TrainQuery` JSON; without ``entities`` every id of the
@@ -26,9 +27,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse
 
-from connectors.deps import AdminDep, RuntimeDep
-from connectors.queries import QueryJob, runner_for
-from connectors.wire.queries import AggregateRequest, QueryView
+from connectors.node.deps import AdminDep, RuntimeDep
+from connectors.node.queries import QueryJob, runner_for
+from connectors.node.wire.queries import AggregateRequest, QueryView
 
 __all__ = ["MAX_WAIT_SECONDS", "router"]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends
 
-from connectors import transfer
-from connectors.deps import RuntimeDep, require_admin
-from connectors.wire.transfer import (
+from connectors.node import transfer
+from connectors.node.deps import RuntimeDep, require_admin
+from connectors.node.wire.transfer import (
     PullResult,
     TransferCreate,
     TransferPull,

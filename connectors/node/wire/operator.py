@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from connectors.settings import OperatorAnchor
+from connectors.common.settings import OperatorAnchor
 from trusted_space.identity import MembershipCredential, RevocationList
 
 __all__ = [

@@ -1,0 +1,128 @@
+"""``trusted-space local train``: joint training over local files, through a throw-away space.
+
+A :class:`~connectors.spaces.local.LocalSpace` whose first party holds the label, every other
+file a provider; all numeric columns but the id (and the label) are features unless named. The
+result's ``model`` is a model file in :mod:`trusted_space.query` format (analyst-held), which
+``trusted-space local score`` takes as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from connectors.client.analyst import QueryProgress
+from connectors.node.sources import SourceSpec, open_source
+from connectors.spaces.local import LOCAL_PURPOSE, LocalParty, LocalSpace
+from trusted_space.errors import ValidationError
+from trusted_space.protocols.train import TrainParams
+from trusted_space.query import Link, Model
+
+__all__ = ["MAX_FEATURE_BOUND", "feature_bound", "file_features", "local_training", "train_local"]
+
+
+MAX_FEATURE_BOUND: Final = 65536.0
+"""The largest ``|x|`` a training accepts (standardise features beyond it)."""
+
+
+def file_features(party: LocalParty, exclude: Sequence[str]) -> tuple[str, ...]:
+    """Every column of the party's file except ``exclude`` (the id, the label)."""
+    names = open_source(SourceSpec(party.kind, str(party.path))).column_names()
+    return tuple(c for c in names if c not in set(exclude))
+
+
+def feature_bound(
+    parties: Sequence[LocalParty], id_column: str, features: Mapping[str, Sequence[str]]
+) -> float:
+    """A power of two above every feature value of the files (the query's ``featureBound``).
+
+    Raises:
+        ValidationError: a value beyond :data:`MAX_FEATURE_BOUND` (standardise it first).
+    """
+    worst = 1.0
+    for p in parties:
+        columns = list(features.get(p.name, ()))
+        if not columns:
+            continue
+        source = open_source(SourceSpec(p.kind, str(p.path)))
+        for chunk in source.chunks(id_column, columns):
+            for c in columns:
+                values = chunk.columns[c]
+                if len(values):
+                    worst = max(worst, float(abs(values).max()))
+    bound = float(2 ** math.ceil(math.log2(worst * 1.01)))
+    if bound > MAX_FEATURE_BOUND:
+        raise ValidationError(
+            f"feature values reach {worst:g}: standardise them (at most {MAX_FEATURE_BOUND:g})"
+        )
+    return bound
+
+
+def local_training(
+    parties: Sequence[LocalParty],
+    id_column: str,
+    label: str,
+    *,
+    features: Mapping[str, Sequence[str]] | None = None,
+    **kw: Any,
+) -> LocalSpace:
+    """A :class:`LocalSpace` set up for training: the first party holds ``label``.
+
+    Each party publishes its feature columns (``features[name]``, default every column but the
+    id and the label) and the bank also its label; offers permit ``score`` and ``train``.
+    """
+    if not parties:
+        raise ValidationError("no parties")
+    chosen: dict[str, tuple[str, ...]] = {}
+    for i, p in enumerate(parties):
+        given = (features or {}).get(p.name)
+        cols = tuple(given) if given is not None else file_features(p, [id_column, label])
+        if i == 0 and label in cols:
+            raise ValidationError(f"--label {label!r} cannot also be a feature")
+        chosen[p.name] = cols
+    placeholder = Model(
+        0.0,
+        Link("logistic"),
+        tuple((p, tuple((c, 0.0) for c in cols)) for p, cols in chosen.items() if cols),
+    )
+    return LocalSpace(parties, placeholder, id_column, label=label, kinds=("score", "train"), **kw)
+
+
+def train_local(
+    local: LocalSpace,
+    params: TrainParams,
+    *,
+    mode: str = "analyst-held",
+    compute_party: str | None = None,
+    model_id: str | None = None,
+    progress: Callable[[QueryProgress], None] | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Train from the local space's bank node; returns the result JSON."""
+    if local.label is None:
+        raise ValidationError("the local space was not set up for training (no label)")
+    bank = local.analyst.name
+    features = {p.name: list(local.model.columns(p.name)) for p in local.parties}
+    doc: dict[str, Any] = {
+        "id": f"urn:uuid:{uuid.uuid4()}",
+        "purpose": LOCAL_PURPOSE,
+        "protocol": "additive",
+        "mode": mode,
+        "agreements": dict(local.agreements),
+        "datasets": {p.name: p.dataset_id for p in local.parties},
+        "features": features,
+        "label": local.label,
+        "entities": local.entities(),
+        "idKind": local.id_kind,
+        "missing": local.missing,
+        "featureBound": feature_bound(local.parties, local.id_column, features),
+        "params": params.to_json(),
+    }
+    if compute_party is not None:
+        doc["computeParty"] = compute_party
+    doc["modelId"] = model_id or f"{bank}-lr-{doc['id'].rsplit(':', 1)[-1][:8]}"
+    with local.client(timeout=600.0) as client:
+        view = client.submit_train(doc)
+        return client.wait(view["id"], progress=progress, timeout=timeout)
