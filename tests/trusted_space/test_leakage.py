@@ -7,7 +7,12 @@ traffic of that party for it, in every encoding it could travel in.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
+import math
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -120,11 +125,10 @@ def _record(log: list[Message], receiver: str, handler: Handler) -> Handler:
 
 
 def recorded_space(
-    *, refuse: str | None = None, seed: int = 11, k: dict[str, int] | None = None
+    rng: np.random.Generator, *, refuse: str | None = None, k: dict[str, int] | None = None
 ) -> Recorded:
-    """Two providers with data and party-held weights; ``refuse``: that provider's offer is for
-    another purpose than the query's."""
-    rng = np.random.default_rng(seed)
+    """Two providers with data (drawn from ``rng``) and party-held weights; ``refuse``: that
+    provider's offer is for another purpose than the query's."""
     space = build_space(list(PROVIDERS))
     register_operator(space.operator.node)
     x, w, agreements, datasets, spies = {}, {}, {}, {}, {}
@@ -137,8 +141,8 @@ def recorded_space(
         spies[p] = spy
         cols = (k or K)[p]
         x[p] = rng.uniform(-4, 4, (N, cols))
-        # Weights with many significant digits: an accidental match in other bytes is hopeless.
-        w[p] = rng.uniform(-1.5, 1.5, cols) + 1e-7 * rng.random(cols)
+        # Continuous weights: the min-entropy the leak search's bounds rely on (see below).
+        w[p] = rng.choice([-1.0, 1.0], cols) * rng.uniform(0.5, 1.5, cols) + 1e-7 * rng.random(cols)
         the_offer = offer(purpose="risk-monitoring" if p == refuse else PURPOSE)
         ds, ag = provide(
             space,
@@ -161,30 +165,310 @@ def recorded_space(
     return Recorded(space, log, x, w, agreements, datasets, spies)
 
 
-def encodings(values: Iterable[float]) -> list[bytes]:
-    """Every plain form a real could travel in: text, float64, and fixed point at 16/32/64 bits."""
-    out: list[bytes] = []
-    for v in values:
-        out += [repr(float(v)).encode(), json.dumps(float(v)).encode(), f"{v:.12g}".encode()]
-        out += [struct.pack("<d", v), struct.pack(">d", v)]
-        for f in (16, 32, 64):
-            i = round(v * 2**f)
-            out.append(str(i).encode())
-            if abs(i) < 2**63:
-                out += [struct.pack("<q", i), struct.pack(">q", i)]
+# ------------------------------------------------------------------ the leak search
+#
+# What is searched, and how likely a search is to match by chance.
+#
+# A needle can match bytes that have nothing to do with the secret in two ways:
+# (a) random material (ciphertexts, shares, masks, signatures, ids): a fixed b-byte pattern
+#     occurs at a given position with probability 256^-b (10^-d for d decimal digits in a stream
+#     of random decimal digits, the worst text);
+# (b) public structured values chosen independently of the data (counts, sizes, bounds, framing):
+#     a needle equals one only if the secret takes that exact value, with probability at most
+#     2^-H, H the needle's min-entropy over the test's data.
+# Min-entropy of the searched values: a partial sum_j x_j w_j with x_j ~ U(-4, 4) has a density of
+# at most 1/(8 max_j |w_j|) <= 1/4 (recorded_space draws |w_j| from U(0.5, 1.5)), a weight one of
+# 1/2, and |value| < 16 (ulp <= 2^-48). So, per value:
+#   * a float64 equals a given double with P <= density * ulp <= 2^-49;
+#   * round(v 2^f) equals a given integer with P <= 2^-f: too little for one value at f = 16 or
+#     32, so fixed-point integers are searched only as runs of consecutive values (arrays carry
+#     entities, or columns, in order), long enough for H >= 64. Values are independent given the
+#     weights, so a run's min-entropy is the sum of its values'.
+# One test searches at most 2^11 needles (~300 per vector of 24, four vectors) in at most 2^21
+# bytes (the CKKS operator receives ~0.8 MB). Chance of a false match per test run:
+#   encoding (needles)                 (a) random material            (b) public values
+#   float64 windows of 2 (2^9)         2^9 * 2^21 * 2^-128            2^30 * 2^-98
+#   int64 windows, f=16 x4, f=32 x2    2^10 * 2^21 * 2^-128           2^31 * 2^-64 = 2^-33
+#   repr, .17g (>= 15 digits; 2^8)     0: a '.' never occurs in hex,  2^8 * 2^6 * 2^-49
+#                                        base64, decimal integers
+#   decimal round(v 2^64) (>= 18 dig.,
+#     2^7)                             2^7 * 2^21 * 10^-18 < 2^-31    2^28 * 2^-49
+#   JSON number == v or round(v 2^64)  -                              2^8 fields * 2^8 * 2^-49
+#   JSON int array holding a run       -                              2^-64 per run and array
+# ((b) counts every byte as a public value, except for text: the traffic writes at most 2^6
+# decimal fractions in clear). Every entry is below 2^-21 -- the worst, decimal round(v 2^64)
+# against public values, assumes 2 MB of public decimal integers, which no run sends -- and
+# most below 2^-30. None grows with the number of runs of the suite beyond that per-run figure.
+# Not searched, because no sound search exists: one fixed-point value at 16 or 32 fractional
+# bits, float32, or decimal strings short enough to occur in random digits (a 6-digit string is
+# found in 1 MB of random digits with probability ~1 - 1/e: the old search's chance failure).
+
+FLOAT_RUN = 2  # float64 values per binary window: H >= 2 * 49 = 98 bits
+FIXED_RUNS = {16: 4, 32: 2}  # fractional bits -> values per window: H >= 64 bits
+MIN_TEXT_DIGITS = 15  # repr and .17g with fewer digits are not searched as text
+MIN_FIXED_DIGITS = 18  # 10^-18 < 2^-59 per position of random digits
+
+
+@dataclass
+class Needles:
+    """Every needle for one vector of secret values (entities, or columns, in order)."""
+
+    text: list[bytes]  # whole numbers in the recorded text
+    binary: list[bytes]  # substrings of the text and of every decoded base64/hex JSON string
+    floats: set[float]  # JSON numbers equal to a value
+    ints: set[int]  # JSON integers equal to round(v 2^64)
+    int_runs: dict[int, set[tuple[int, ...]]]  # run length -> runs inside a JSON integer array
+
+    def __len__(self) -> int:
+        runs = sum(len(r) for r in self.int_runs.values())
+        return len(self.text) + len(self.binary) + len(self.floats) + len(self.ints) + runs
+
+
+def _significant_digits(text: str) -> int:
+    mantissa = text.lstrip("-").split("e")[0].replace(".", "")
+    return len(mantissa.lstrip("0"))
+
+
+def _fixed(v: float, f: int) -> int:
+    return round(math.ldexp(v, f))
+
+
+def _windows(values: Sequence[Any], n: int) -> list[tuple[Any, ...]]:
+    """Every run of ``n`` consecutive values (none if there are fewer: a shorter vector has
+    too little entropy to be searched in that encoding)."""
+    return [tuple(values[i : i + n]) for i in range(len(values) - n + 1)]
+
+
+def needles(values: Iterable[float]) -> Needles:
+    """The needles of one vector: every encoding listed above with enough entropy."""
+    vs = [float(v) for v in values]
+    out = Needles([], [], set(), set(), {})
+    for v in vs:
+        for text in {repr(v), f"{v:.17g}"}:
+            if _significant_digits(text) >= MIN_TEXT_DIGITS:
+                out.text.append(text.encode())
+        wide = str(_fixed(v, 64))
+        if len(wide.lstrip("-")) >= MIN_FIXED_DIGITS:
+            out.text.append(wide.encode())
+            out.ints.add(int(wide))
+        out.floats.add(v)
+    for run in _windows(vs, FLOAT_RUN):
+        out.binary += [struct.pack(f"<{len(run)}d", *run), struct.pack(f">{len(run)}d", *run)]
+    for f, n in FIXED_RUNS.items():
+        fixed = [_fixed(v, f) for v in vs]
+        for run in _windows(fixed, n):
+            out.binary += [struct.pack(f"<{len(run)}q", *run), struct.pack(f">{len(run)}q", *run)]
+            out.int_runs.setdefault(len(run), set()).add(run)
     return out
 
 
+_B64 = re.compile(rb"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX = re.compile(rb"(?:[0-9a-fA-F]{2}){8,}")
+
+
+def _decoded(strings: Iterable[str]) -> list[bytes]:
+    """The bytes every long enough base64 (standard or url-safe) or hex string could stand for."""
+    out: list[bytes] = []
+    for s in strings:
+        raw = s.encode()
+        for m in _HEX.finditer(raw):
+            out.append(bytes.fromhex(m.group().decode()))
+        for m in _B64.finditer(raw):
+            token = m.group().rstrip(b"=")
+            token += b"=" * (-len(token) % 4)
+            for alt in (b"+/", b"-_"):
+                with contextlib.suppress(binascii.Error):
+                    out.append(base64.b64decode(token, altchars=alt, validate=False))
+    return out
+
+
+def _walk(doc: Any, numbers: list[Any], arrays: list[list[int]], strings: list[str]) -> None:
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            strings.append(str(key))
+            _walk(value, numbers, arrays, strings)
+    elif isinstance(doc, list):
+        ints = [v for v in doc if isinstance(v, int) and not isinstance(v, bool)]
+        if len(ints) == len(doc) and ints:
+            arrays.append(ints)
+        for value in doc:
+            _walk(value, numbers, arrays, strings)
+    elif isinstance(doc, str):
+        strings.append(doc)
+    elif isinstance(doc, (int, float)) and not isinstance(doc, bool):
+        numbers.append(doc)
+
+
+def _json_of(payload: bytes) -> Any:
+    if payload[:1] not in (b"{", b"["):
+        return None
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _number_in(needle: bytes, text: bytes) -> bool:
+    """Whether ``needle`` occurs in ``text`` as a whole number: not inside a longer one (a
+    shorter repr is a prefix of a neighbouring double's 17 digits)."""
+    at = text.find(needle)
+    while at >= 0:
+        before, after = text[at - 1 : at] if at else b"", text[at + len(needle) :][:1]
+        if not (before.isdigit() or before == b".") and not (
+            after.isdigit() or after in (b"e", b"E")
+        ):
+            return True
+        at = text.find(needle, at + 1)
+    return False
+
+
+def found(n: Needles, message: Message) -> bool:
+    """Whether ``message`` carries one of the needles ``n``."""
+    text = message.text
+    if any(_number_in(needle, text) for needle in n.text):
+        return True
+    if any(needle in text for needle in n.binary):
+        return True
+    numbers: list[Any] = []
+    arrays: list[list[int]] = []
+    strings: list[str] = []
+    _walk(message.header, numbers, arrays, strings)
+    _walk(_json_of(message.payload), numbers, arrays, strings)
+    for x in numbers:
+        if isinstance(x, float) and x in n.floats:
+            return True
+        if isinstance(x, int) and x in n.ints:
+            return True
+    for array in arrays:
+        for length, runs in n.int_runs.items():
+            if any(run in runs for run in _windows(array, length)):
+                return True
+    return any(needle in blob for blob in _decoded(strings) for needle in n.binary)
+
+
 def leaked(values: Iterable[float], messages: Iterable[Message]) -> list[tuple[str, str]]:
-    needles = encodings(values)
-    return [(m.operation, m.sender) for m in messages for needle in needles if needle in m.text]
+    """(operation, sender) of every message that carries ``values`` in a searched encoding;
+    ``values``: one vector, entities (or columns) in order."""
+    n = needles(values)
+    assert len(n), "nothing to search for"
+    return [(m.operation, m.sender) for m in messages if found(n, m)]
 
 
-def test_the_search_finds_plain_values() -> None:
-    w = [0.123456789, -1.5]
-    msg = Message("a", "b", "op", False, {"w": w}, struct.pack("<q", round(-1.5 * 2**16)))
-    assert leaked(w[:1], [msg]) and leaked(w[1:], [msg])
-    assert not leaked([0.987654321], [msg])
+def _respelled(v: float) -> str:
+    """``v`` written with its point one digit to the right: ``-3.25`` -> ``-32.5e-1``."""
+    mantissa, exponent = f"{v:.16e}".split("e")
+    sign, digits = ("-" if v < 0 else ""), mantissa.lstrip("-").replace(".", "")
+    text = f"{sign}{digits[:2]}.{digits[2:]}e{int(exponent) - 1}"
+    assert float(text) == v
+    return text
+
+
+def _planted(values: Sequence[float]) -> dict[str, Message]:
+    """``values`` (a vector) planted in every encoding the search claims to cover."""
+    v = [float(x) for x in values]
+
+    def ring(f: int, n: int, order: str) -> bytes:
+        if len(v) < n:
+            return b""  # dropped below
+        return struct.pack(f"{order}{n}q", *[_fixed(x, f) for x in v[:n]])
+
+    le_floats = np.asarray(v, dtype="<f8").tobytes()
+    be_floats = np.asarray(v, dtype=">f8").tobytes()
+    noise = bytes(range(256))
+
+    def msg(header: dict[str, Any], payload: bytes = b"") -> Message:
+        return Message("a", "b", "op", True, {"query": "q", **header}, noise + payload + noise)
+
+    planted = {
+        "repr in a text payload": msg({}, f"partial,{v[0]!r}\n".encode()),
+        ".17g in a text payload": msg({}, f"partial={v[0]:.17g};".encode()),
+        "repr ending the payload": Message("a", "b", "op", True, {}, b"x=" + repr(v[0]).encode()),
+        "repr in a header string": msg({"note": f"got {v[0]!r}"}),
+        "decimal 2^64 fixed point": msg({}, f"x {_fixed(v[0], 64)} y".encode()),
+        "JSON float in the header": msg({"w": [1, 2, {"deep": v[0]}]}),
+        # Another spelling of the same double: no text needle matches, the parsed number does.
+        "JSON float in a JSON payload": Message(
+            "a", "b", "op", True, {}, b'{"p": [1, %s]}' % _respelled(v[0]).encode()
+        ),
+        "JSON int, 2^64 fixed point": msg({"p": _fixed(v[0], 64)}),
+        "JSON int array, 2^16 fixed point": msg({"a": [7] + [_fixed(x, 16) for x in v[:4]]}),
+        "JSON int array, 2^32 fixed point": msg({"a": [_fixed(x, 32) for x in v[:2]] + [7]}),
+        "float64 array, little endian": msg({}, le_floats),
+        "float64 array, big endian": msg({}, be_floats),
+        "ring64 2^16, little endian": msg({}, ring(16, 4, "<")),
+        "ring64 2^16, big endian": msg({}, ring(16, 4, ">")),
+        "ring64 2^32, little endian": msg({}, ring(32, 2, "<")),
+        "ring64 2^32, big endian": msg({}, ring(32, 2, ">")),
+        "base64 in the header": msg(
+            {"data": base64.b64encode(noise[:5] + ring(32, 2, "<")).decode()}
+        ),
+        "url-safe base64 in a JSON payload": Message(
+            "a",
+            "b",
+            "op",
+            True,
+            {},
+            json.dumps({"d": base64.urlsafe_b64encode(be_floats).decode()}).encode(),
+        ),
+        "hex in the header": msg({"h": "ab" + le_floats.hex()}),
+    }
+    if len(v) < 4:  # runs of four 16-bit fixed-point values need four values
+        planted = {k: m for k, m in planted.items() if "2^16" not in k}
+    return planted
+
+
+def test_the_search_finds_every_encoding_it_claims(rng: np.random.Generator) -> None:
+    for values in (rng.uniform(-4, 4, N), rng.uniform(-1.5, 1.5, 2)):
+        n = needles(values)
+        assert n.text and n.binary and n.floats and n.ints and n.int_runs[2]
+        for name, message in _planted(values).items():
+            assert leaked(values, [message]) == [("op", "a")], name
+        # Another vector is not found in any of them.
+        others = [m for m in _planted(values).values()]
+        assert leaked(rng.uniform(-4, 4, N), others) == []
+
+
+FLOAT_ENCODINGS = (
+    "repr in a text payload",
+    "repr ending the payload",
+    ".17g in a text payload",
+    "repr in a header string",
+    "decimal 2^64 fixed point",
+    "JSON float in the header",
+    "JSON float in a JSON payload",
+    "JSON int, 2^64 fixed point",
+    "float64 array, little endian",
+    "float64 array, big endian",
+    "url-safe base64 in a JSON payload",
+    "hex in the header",
+)
+
+
+def test_the_search_matches_exact_values_only(rng: np.random.Generator) -> None:
+    """One ulp off is another value in every encoding that holds the whole double (at 16 or 32
+    fractional bits the two are the same number, and found, as they should be)."""
+    v = rng.uniform(-4, 4, 4)
+    planted = _planted(np.nextafter(v, np.inf))
+    assert leaked(v, [planted[name] for name in FLOAT_ENCODINGS]) == []
+    assert leaked(v, [planted["ring64 2^16, little endian"]]) != []
+
+
+def test_the_search_never_matches_random_traffic(rng: np.random.Generator) -> None:
+    """4 MB of random bytes, base64, hex and decimal digits (a few times the largest test's
+    traffic) hold none of a vector's needles: the bounds above make a match there < 2^-27."""
+    values = rng.uniform(-4, 4, N)
+    raw = rng.bytes(1 << 20)
+    digits = "".join(map(str, rng.integers(0, 10, 1 << 20))).encode()
+    traffic = [
+        Message("a", "b", "op", True, {"d": base64.b64encode(raw).decode()}, raw),
+        Message("a", "b", "op", True, {"h": raw[: 1 << 18].hex()}, digits),
+        Message("a", "b", "op", True, {"n": rng.integers(-(2**40), 2**40, 4096).tolist()}, b""),
+    ]
+    assert leaked(values, traffic) == []
+    # What the old search looked for: 16-bit fixed point in decimal, 5 to 7 digits. One such
+    # string is all but certain to occur in 1 MB of random digits.
+    short = [str(_fixed(float(x), 16)).encode() for x in values]
+    assert any(s in digits for s in short)
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +491,9 @@ def protocol_object(name: str, keys: Any, context: ckks.SecretContext) -> Any:
 
 @pytest.mark.parametrize("protocol", ["paillier", "ckks", "additive"])
 def test_providers_never_see_the_weights_in_clear(
-    protocol: str, paillier_keys: Any, ckks_context: ckks.SecretContext
+    protocol: str, paillier_keys: Any, ckks_context: ckks.SecretContext, rng: np.random.Generator
 ) -> None:
-    rec = recorded_space()
+    rec = recorded_space(rng)
     query = rec.query(protocol, "analyst-held")
     run_score(
         rec.space.transport(ANALYST),
@@ -221,18 +505,23 @@ def test_providers_never_see_the_weights_in_clear(
     for p in PROVIDERS:
         received = rec.to(p)
         assert received, "the provider took part"
-        everything = [v for q in PROVIDERS for v in rec.w[q]]
-        assert leaked(everything, received) == []
+        for q in PROVIDERS:  # neither its own weights nor another provider's
+            assert leaked(rec.w[q], received) == []
     # The operator, too, never sees a weight.
-    assert leaked([v for q in PROVIDERS for v in rec.w[q]], rec.to(OPERATOR)) == []
+    for q in PROVIDERS:
+        assert leaked(rec.w[q], rec.to(OPERATOR)) == []
 
 
 @pytest.mark.parametrize("mode", ["analyst-held", "party-held"])
 @pytest.mark.parametrize("protocol", ["paillier", "ckks", "additive"])
 def test_the_analyst_never_receives_a_providers_partial(
-    protocol: str, mode: str, paillier_keys: Any, ckks_context: ckks.SecretContext
+    protocol: str,
+    mode: str,
+    paillier_keys: Any,
+    ckks_context: ckks.SecretContext,
+    rng: np.random.Generator,
 ) -> None:
-    rec = recorded_space()
+    rec = recorded_space(rng)
     result = run_score(
         rec.space.transport(ANALYST),
         ANALYST,
@@ -266,8 +555,10 @@ def test_the_analyst_never_receives_a_providers_partial(
     assert len(result.logits) == N
 
 
-def test_ckks_contexts_sent_hold_no_secret_key(ckks_context: ckks.SecretContext) -> None:
-    rec = recorded_space()
+def test_ckks_contexts_sent_hold_no_secret_key(
+    ckks_context: ckks.SecretContext, rng: np.random.Generator
+) -> None:
+    rec = recorded_space(rng)
     run_score(
         rec.space.transport(ANALYST),
         ANALYST,
@@ -293,9 +584,9 @@ def test_ckks_contexts_sent_hold_no_secret_key(ckks_context: ckks.SecretContext)
 
 @pytest.mark.parametrize("mode", ["analyst-held", "party-held"])
 def test_every_paillier_ciphertext_carries_the_protocol_exponent(
-    mode: str, paillier_keys: Any
+    mode: str, paillier_keys: Any, rng: np.random.Generator
 ) -> None:
-    rec = recorded_space()
+    rec = recorded_space(rng)
     run_score(
         rec.space.transport(ANALYST),
         ANALYST,
@@ -319,8 +610,8 @@ def test_every_paillier_ciphertext_carries_the_protocol_exponent(
     assert seen["weights"] == ({-f} if mode == "analyst-held" else set())
 
 
-def test_no_beaver_triple_is_used_twice() -> None:
-    rec = recorded_space()
+def test_no_beaver_triple_is_used_twice(rng: np.random.Generator) -> None:
+    rec = recorded_space(rng)
     query = rec.query("additive", "analyst-held")
     run_score(rec.space.transport(ANALYST), ANALYST, OPERATOR, query)
     fetches = [m for m in rec.log if m.operation == "dealer.triple" and not m.reply]
@@ -348,9 +639,9 @@ def test_no_beaver_triple_is_used_twice() -> None:
 
 @pytest.mark.parametrize("protocol", ["paillier", "additive"])
 def test_a_policy_refusal_stops_the_query_before_any_data_is_used(
-    protocol: str, paillier_keys: Any, ckks_context: ckks.SecretContext
+    protocol: str, paillier_keys: Any, ckks_context: ckks.SecretContext, rng: np.random.Generator
 ) -> None:
-    rec = recorded_space(refuse="tax-bureau")
+    rec = recorded_space(rng, refuse="tax-bureau")
     with pytest.raises(RemoteError) as info:
         run_score(
             rec.space.transport(ANALYST),
@@ -414,9 +705,11 @@ def _dealer_attack(
     return found
 
 
-def test_the_dealer_aggregator_cannot_unmask_a_providers_beaver_share() -> None:
+def test_the_dealer_aggregator_cannot_unmask_a_providers_beaver_share(
+    rng: np.random.Generator,
+) -> None:
     """The operator deals the triples and sums the shares: the share it gets must be masked."""
-    rec = recorded_space(k={"tax-bureau": 3, "court": 1})
+    rec = recorded_space(rng, k={"tax-bureau": 3, "court": 1})
     run_score(
         rec.space.transport(ANALYST), ANALYST, OPERATOR, rec.query("additive", "analyst-held")
     )
