@@ -7,8 +7,9 @@ the plaintext reference). Parsing is strict and the objects are frozen (see
 :mod:`trusted_space.queries.common`). The bank gets a :class:`TrainResult`. The flow is in
 :mod:`trusted_space.protocols.train`.
 
-The default sigmoid knots are the protocol's (:class:`~trusted_space.protocols.train_mpc.Sigmoid`):
-they are a public parameter of the query, checked by the same rules the parties apply.
+The default sigmoid knots are the protocol's
+(:class:`~trusted_space.protocols.train_mpc.sigmoid.Sigmoid`): they are a public parameter of the
+query, checked by the same rules the parties apply.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Final
 
 from trusted_space.catalog import check_participant_id
 from trusted_space.errors import ValidationError
-from trusted_space.protocols.train_mpc import Sigmoid
+from trusted_space.protocols.train_mpc.sigmoid import Sigmoid
 from trusted_space.queries.common import (
     ID_KINDS,
     MISSING_RULES,

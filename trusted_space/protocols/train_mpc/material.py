@@ -1,0 +1,226 @@
+"""Dealer material: the correlated randomness of each batch, its layout and the dealer's correction.
+
+Each party expands its share from a seed; the dealer sends only a correction to party 1, so the
+material on the wire is one vector per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from trusted_space.errors import ValidationError
+from trusted_space.protocols.train_mpc.ring import (
+    CARRY_LEVELS,
+    MASK_SIGN_BITS,
+    RING_ONE,
+    Ring,
+    expand,
+)
+from trusted_space.protocols.train_mpc.sigmoid import MAX_KNOTS
+
+__all__ = [
+    "Layout",
+    "Segment",
+    "batch_sizes",
+    "dealer_correction",
+    "layout_for",
+    "material_share",
+    "update_scale",
+]
+
+_PRECISION_BITS: Final = 12  # relative precision of the public update constants
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One named array of a batch's correlated randomness.
+
+    Attributes:
+        name: what it is (``A``, ``Cz``, ``l3.u``, ...).
+        shape: its shape.
+        boolean: XOR-shared (words of bits) rather than additively shared.
+        derived: computed by the dealer from random segments (party 1 receives it explicitly).
+        offset: position in the party's flat stream.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    boolean: bool
+    derived: bool
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The segments of one batch: ``kind`` ``t`` (training) or ``v`` (validation)."""
+
+    kind: str
+    rows: int
+    columns: int
+    knots: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def words(self) -> int:
+        """Words of a party's full share of the batch."""
+        last = self.segments[-1]
+        return last.offset + last.size
+
+    @property
+    def derived_words(self) -> int:
+        """Words party 1 receives from the dealer."""
+        return sum(s.size for s in self.segments if s.derived)
+
+    def segment(self, name: str) -> Segment:
+        for s in self.segments:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
+    """The material layout of a batch (see the module docstring for the rounds it feeds)."""
+    if kind not in ("t", "v") or rows < 1 or columns < 1 or not 1 <= knots <= MAX_KNOTS:
+        raise ValidationError("bad batch layout")
+    m, d, words = rows, columns, (knots + 1) // 2
+    spec: list[tuple[str, tuple[int, ...], bool, bool]] = [
+        ("A", (m, d), False, False),
+        ("Bw", (d,), False, False),
+        ("Cz", (m,), False, True),
+    ]
+    if kind == "t":
+        spec += [
+            ("Bg", (m,), False, False),
+            ("Cg", (d,), False, True),
+            ("sa", (m,), False, False),
+            ("sb", (m,), False, False),
+            ("sc", (m,), False, True),
+            ("rb", (m, words), True, False),
+            ("ra", (m, knots), False, True),
+        ]
+        ands = (
+            ["leaf"]
+            + [f"l{j}{x}" for j in range(1, CARRY_LEVELS) for x in "ab"]
+            + [f"l{CARRY_LEVELS}a"]
+        )
+        for name in ands:
+            spec += [
+                (f"{name}.u", (m, words), True, False),
+                (f"{name}.v", (m, words), True, False),
+                (f"{name}.w", (m, words), True, True),
+            ]
+    else:
+        spec += [
+            ("qa", (m,), False, False),
+            ("qa2", (m,), False, True),
+            ("da", (m,), False, False),
+            ("db", (m,), False, False),
+            ("dc", (1,), False, True),
+        ]
+    segments = []
+    offset = 0
+    for name, shape, boolean, derived in spec:
+        segments.append(Segment(name, shape, boolean, derived, offset))
+        offset += math.prod(shape)
+    return Layout(kind, rows, columns, knots, tuple(segments))
+
+
+def _views(layout: Layout, flat: Ring) -> dict[str, Ring]:
+    return {s.name: flat[s.offset : s.offset + s.size].reshape(s.shape) for s in layout.segments}
+
+
+def _derive(layout: Layout, value: dict[str, Ring]) -> dict[str, Ring]:
+    """The derived segments' values from the random segments' values (the dealer's secret)."""
+    out: dict[str, Ring] = {"Cz": value["A"] @ value["Bw"]}
+    if layout.kind == "t":
+        out["Cg"] = value["A"].T @ value["Bg"]
+        out["sc"] = value["sa"] * value["sb"]
+        rb = value["rb"] & MASK_SIGN_BITS
+        bits = np.stack([rb & RING_ONE, (rb >> 32) & RING_ONE], axis=2).reshape(layout.rows, -1)
+        out["ra"] = np.ascontiguousarray(bits[:, : layout.knots])
+        for s in layout.segments:
+            if s.name.endswith(".w"):
+                stem = s.name[:-2]
+                out[s.name] = value[f"{stem}.u"] & value[f"{stem}.v"]
+    else:
+        out["qa2"] = value["qa"] * value["qa"]
+        out["dc"] = np.atleast_1d(value["da"] @ value["db"]).astype(np.uint64)
+    return out
+
+
+def dealer_correction(seeds: tuple[bytes, bytes], epoch: int, batch: int, layout: Layout) -> Ring:
+    """Party 1's derived segments for one batch: ``value - share₀`` (``XOR`` for bits).
+
+    The dealer knows both seeds, so it knows every random value; party 0's shares of derived
+    values come from its own stream, party 1's are what this returns (in layout order).
+    """
+    s0 = _views(layout, expand(seeds[0], epoch, batch, layout.words))
+    s1 = _views(layout, expand(seeds[1], epoch, batch, layout.words))
+    value: dict[str, Ring] = {}
+    for s in layout.segments:
+        if not s.derived:
+            value[s.name] = s0[s.name] ^ s1[s.name] if s.boolean else s0[s.name] + s1[s.name]
+    derived = _derive(layout, value)
+    parts = []
+    for s in layout.segments:
+        if s.derived:
+            secret = derived[s.name].reshape(s.shape)
+            part = secret ^ s0[s.name] if s.boolean else secret - s0[s.name]
+            parts.append(np.ascontiguousarray(part, dtype=np.uint64).ravel())
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def material_share(
+    party: int,
+    seed: bytes,
+    epoch: int,
+    batch: int,
+    layout: Layout,
+    correction: Ring | None = None,
+) -> dict[str, Ring]:
+    """A party's share of one batch's material, by segment name.
+
+    Party 0 reads everything from its stream; party 1 replaces the derived segments with the
+    dealer's ``correction``.
+    """
+    flat = expand(seed, epoch, batch, layout.words)
+    if party == 1:
+        if correction is None or correction.shape != (layout.derived_words,):
+            raise ValidationError("party 1 needs the dealer's derived segments of this batch")
+        at = 0
+        for s in layout.segments:
+            if s.derived:
+                flat[s.offset : s.offset + s.size] = correction[at : at + s.size]
+                at += s.size
+    elif party != 0:
+        raise ValidationError("party must be 0 or 1")
+    return _views(layout, flat)
+
+
+def batch_sizes(n_train: int, n_valid: int, batch_size: int) -> list[tuple[str, int]]:
+    """``(kind, rows)`` of every batch of an epoch: training batches, then validation batches."""
+    if batch_size < 1:
+        raise ValidationError("batch size must be positive")
+    out = [("t", min(batch_size, n_train - s)) for s in range(0, n_train, batch_size)]
+    out += [("v", min(batch_size, n_valid - s)) for s in range(0, n_valid, batch_size)]
+    return out
+
+
+def update_scale(constants: Sequence[float]) -> int:
+    """Bits ``K`` at which the public update constants are encoded (relative precision 2^-12).
+
+    The update multiplies a weight share (``2^16``) by ``round(c·2^K)`` and truncates by ``K``;
+    the product's magnitude is about ``|c·w|·2^(16+K)``, far below ``2^40`` for learning rates
+    and penalties in use, which keeps the truncation's failure probability under ``2^-24``.
+    """
+    largest = max((abs(c) for c in constants if c), default=1.0)
+    return max(0, min(40, _PRECISION_BITS - math.floor(math.log2(largest))))

@@ -1,0 +1,304 @@
+"""The party program: one compute party's side of secure SGD, written as a generator of messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from crypto.sharing import truncate_2pc
+from trusted_space.errors import ValidationError
+from trusted_space.protocols.train_mpc.material import Layout, batch_sizes, layout_for, update_scale
+from trusted_space.protocols.train_mpc.ring import (
+    CARRY_LEVELS,
+    CMP_FRAC_BITS,
+    FRAC_BITS,
+    MASK_SIGN_BITS,
+    RING_ONE,
+    Ring,
+    encode_ring,
+    ring_const,
+)
+from trusted_space.protocols.train_mpc.sigmoid import Sigmoid
+
+__all__ = ["MaterialSource", "Party", "PartyProgram"]
+
+_LOW32: Final = np.uint64((1 << 32) - 1)
+
+
+def _level_mask(level: int) -> np.uint64:
+    """Bits at positions that are multiples of ``2^level`` (level 5: bits 0 and 32)."""
+    step = 1 << level
+    value = 0
+    for p in range(0, 64, step):
+        value |= 1 << p
+    return np.uint64(value)
+
+
+_MASKS: Final = tuple(_level_mask(j) for j in range(CARRY_LEVELS + 1))
+
+
+Message = Ring
+PartyProgram = Generator[Message, Message, Any]
+MaterialSource = Callable[[int, int, Layout], dict[str, Ring]]
+
+
+def _receive(theirs: Message, size: int) -> Ring:
+    if not isinstance(theirs, np.ndarray) or theirs.dtype != np.uint64 or theirs.shape != (size,):
+        raise ValidationError(f"the other party's message has the wrong size (expected {size})")
+    return theirs
+
+
+def _exchange(mine: Ring, expect: int) -> Generator[Message, Message, Ring]:
+    theirs = yield np.ascontiguousarray(mine, dtype=np.uint64).ravel()
+    return _receive(theirs, expect)
+
+
+def _u64(x: Any) -> Ring:
+    return np.asarray(x, dtype=np.uint64)
+
+
+def _trunc(x: Ring, party: int, bits: int) -> Ring:
+    return truncate_2pc(np.ascontiguousarray(x, dtype=np.uint64), party, bits)
+
+
+@dataclass
+class Party:
+    """One compute party's state: its shares of the features, the label and the weights.
+
+    Attributes:
+        party: 0 (the bank) or 1 (the designated provider).
+        x: its share of the feature matrix ``(n, d)`` (column 0 is the intercept's ones).
+        y: party 0: the label at ``2^16`` (0 or 1); party 1: ``None`` (its share is zero).
+        sigmoid: the approximation.
+        learning_rate: ``lr``.
+        l2: ``λ`` (the intercept, column 0, is not penalised).
+        material: ``(epoch, batch, layout) -> share`` of that batch's dealer material.
+        w: its share of the weights (``d``), starting at zero.
+        history: its share of the weights after each epoch (epoch number -> share).
+    """
+
+    party: int
+    x: Ring
+    y: Ring | None
+    sigmoid: Sigmoid
+    learning_rate: float
+    l2: float
+    material: MaterialSource
+    w: Ring = field(init=False)
+    history: dict[int, Ring] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.party not in (0, 1):
+            raise ValidationError("party must be 0 or 1")
+        if self.x.dtype != np.uint64 or self.x.ndim != 2:
+            raise ValidationError("x must be an (n, d) ring matrix")
+        if (self.party == 0) != (self.y is not None):
+            raise ValidationError("only party 0 holds the label")
+        if self.y is not None and self.y.shape != (self.x.shape[0],):
+            raise ValidationError("y must have one value per row")
+        self.w = np.zeros(self.x.shape[1], dtype=np.uint64)
+        d_alpha, d_beta = self.sigmoid.hinges()
+        self._d_alpha = encode_ring(d_alpha)
+        self._d_beta = encode_ring(d_beta)
+        knots = encode_ring(np.array(self.sigmoid.knots), CMP_FRAC_BITS)
+        self._knots = knots if self.party == 0 else np.zeros_like(knots)
+
+    @property
+    def columns(self) -> int:
+        return int(self.x.shape[1])
+
+    # -- one epoch -------------------------------------------------------------------------
+    def epoch(
+        self,
+        epoch: int,
+        order: npt.NDArray[np.int64],
+        valid: npt.NDArray[np.int64],
+        batch_size: int,
+    ) -> PartyProgram:
+        """The epoch's rounds; returns the held-out loss sum (party 0, ``2^32``) or ``None``.
+
+        Args:
+            epoch: the epoch number (1-based; selects the dealer streams).
+            order: training rows in this epoch's order.
+            valid: held-out rows (may be empty).
+            batch_size: rows per batch.
+        """
+        sizes = batch_sizes(len(order), len(valid), batch_size)
+        index = 0
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            layout = layout_for("t", len(rows), self.columns, len(self.sigmoid.knots))
+            mat = self.material(epoch, index, layout)
+            yield from self._train_batch(rows, mat)
+            index += 1
+        total = np.zeros(1, dtype=np.uint64)
+        if len(valid):
+            for start in range(0, len(valid), batch_size):
+                rows = valid[start : start + batch_size]
+                layout = layout_for("v", len(rows), self.columns, len(self.sigmoid.knots))
+                mat = self.material(epoch, index, layout)
+                total += yield from self._valid_batch(rows, mat)
+                index += 1
+            if index != len(sizes):  # pragma: no cover - both loops follow batch_sizes
+                raise ValidationError("batch count mismatch")
+            # Only party 0 learns the sum: party 1 sends its share, party 0 sends nothing.
+            if self.party == 0:
+                theirs = yield from _exchange(np.zeros(0, dtype=np.uint64), 1)
+                self.history[epoch] = self.w.copy()
+                return total + theirs
+            yield from _exchange(total, 0)
+        self.history[epoch] = self.w.copy()
+        return None
+
+    # -- training batch --------------------------------------------------------------------
+    def _forward(
+        self, rows: npt.NDArray[np.int64], mat: dict[str, Ring]
+    ) -> Generator[Message, Message, tuple[Ring, Ring]]:
+        """R1: shares of ``z = X_S·w`` at ``2^32``; returns ``(D, z32)``."""
+        p0 = self.party == 0
+        xs = self.x[rows]
+        m, d = xs.shape
+        mine_d = xs - mat["A"]
+        mine_f = self.w - mat["Bw"]
+        theirs = yield from _exchange(np.concatenate([mine_d.ravel(), mine_f]), m * d + d)
+        big_d = mine_d + theirs[: m * d].reshape(m, d)
+        big_f = mine_f + theirs[m * d :]
+        z32 = big_d @ mat["Bw"] + mat["A"] @ big_f + mat["Cz"]
+        if p0:
+            z32 = z32 + big_d @ big_f
+        return big_d, z32
+
+    def _and(
+        self, x: Ring, y: Ring, triples: Sequence[tuple[Ring, Ring, Ring]]
+    ) -> Generator[Message, Message, Ring]:
+        """XOR-shared AND of ``x`` and ``y`` (each split into ``len(triples)`` equal parts)."""
+        u = np.concatenate([t[0].ravel() for t in triples])
+        v = np.concatenate([t[1].ravel() for t in triples])
+        w = np.concatenate([t[2].ravel() for t in triples])
+        mine_d = x.ravel() ^ u
+        mine_e = y.ravel() ^ v
+        size = mine_d.size
+        theirs = yield from _exchange(np.concatenate([mine_d, mine_e]), 2 * size)
+        d = mine_d ^ theirs[:size]
+        e = mine_e ^ theirs[size:]
+        out = (d & v) ^ (e & u) ^ w
+        if self.party == 0:
+            out = out ^ (d & e)
+        return _u64(out.reshape(x.shape))
+
+    def _compare(self, zc: Ring, mat: dict[str, Ring]) -> Generator[Message, Message, Ring]:
+        """R2-R8: arithmetic shares of ``[z > t_k]`` for every knot, ``(m, K)``."""
+        p0 = self.party == 0
+        m = zc.shape[0]
+        k = len(self.sigmoid.knots)
+        words = self.sigmoid.words
+        x = self._knots[None, :] - zc[:, None]  # shares of t_k - z at 2^-8
+        pad = np.zeros((m, 2 * words), dtype=np.uint64)
+        pad[:, :k] = x
+        low = _u64(pad & _LOW32)
+        top = _u64((pad >> 32) & RING_ONE)
+        low_w = _u64(low[:, 0::2] | (low[:, 1::2] << 32))
+        top_w = _u64(top[:, 0::2] | (top[:, 1::2] << 32))
+        zero = np.zeros_like(low_w)
+
+        def triple(name: str) -> tuple[Ring, Ring, Ring]:
+            return mat[f"{name}.u"], mat[f"{name}.v"], mat[f"{name}.w"]
+
+        # Leaves: g = a AND b with a = party 0's low word, b = party 1's; p = a XOR b.
+        g = yield from self._and(low_w if p0 else zero, zero if p0 else low_w, [triple("leaf")])
+        p = low_w
+        for level in range(1, CARRY_LEVELS + 1):
+            shift = 1 << (level - 1)
+            mask = _MASKS[level]
+            p_hi = _u64(p >> shift)
+            if level < CARRY_LEVELS:
+                both = yield from self._and(
+                    np.concatenate([p_hi, p_hi]),
+                    np.concatenate([g, p]),
+                    [triple(f"l{level}a"), triple(f"l{level}b")],
+                )
+                g = _u64(((g >> shift) ^ both[:m]) & mask)
+                p = _u64(both[m:] & mask)
+            else:
+                last = yield from self._and(p_hi, g, [triple(f"l{level}a")])
+                g = _u64(((g >> shift) ^ last) & mask)
+        msb = _u64((top_w ^ g) & MASK_SIGN_BITS)
+        # R8: XOR-shared bits to additive shares with the dealer's random bit r.
+        mine_c = msb ^ (mat["rb"] & MASK_SIGN_BITS)
+        theirs = yield from _exchange(mine_c, mine_c.size)
+        c = (mine_c ^ theirs.reshape(mine_c.shape)) & MASK_SIGN_BITS
+        c_bits = np.stack([c & RING_ONE, (c >> 32) & RING_ONE], axis=2).reshape(m, -1)[:, :k]
+        ra = mat["ra"]
+        # bit = c + r - 2cr = c + r·(1 - 2c)
+        bits = ra * (RING_ONE - (c_bits << 1))
+        if p0:
+            bits = bits + c_bits
+        return np.asarray(bits, dtype=np.uint64)
+
+    def _train_batch(
+        self, rows: npt.NDArray[np.int64], mat: dict[str, Ring]
+    ) -> Generator[Message, Message, None]:
+        p0 = self.party == 0
+        m = len(rows)
+        big_d, z32 = yield from self._forward(rows, mat)
+        z16 = _trunc(z32, self.party, FRAC_BITS)
+        zc = _trunc(z32, self.party, 2 * FRAC_BITS - CMP_FRAC_BITS)
+        bits = yield from self._compare(zc, mat)
+        alpha = bits @ self._d_alpha
+        beta = bits @ self._d_beta
+        # R9: β(z)·z (β carries 2^16, z 2^16: truncate once).
+        mine_d = beta - mat["sa"]
+        mine_e = z16 - mat["sb"]
+        theirs = yield from _exchange(np.concatenate([mine_d, mine_e]), 2 * m)
+        d = mine_d + theirs[:m]
+        e = mine_e + theirs[m:]
+        prod = d * mat["sb"] + mat["sa"] * e + mat["sc"]
+        if p0:
+            prod = prod + d * e
+        delta = alpha + _trunc(prod, self.party, FRAC_BITS)
+        if self.y is not None:
+            delta = delta - self.y[rows]
+        # R10: g = X_Sᵀ·δ with the same mask A (X_S - A is already open).
+        mine_f = delta - mat["Bg"]
+        theirs = yield from _exchange(mine_f, m)
+        big_f = mine_f + theirs
+        g32 = big_d.T @ mat["Bg"] + mat["A"].T @ big_f + mat["Cg"]
+        if p0:
+            g32 = g32 + big_d.T @ big_f
+        g16 = _trunc(g32, self.party, FRAC_BITS)
+        c_grad = self.learning_rate / m
+        c_decay = self.learning_rate * self.l2
+        bits_k = update_scale([c_grad, c_decay])
+        grad_const = ring_const(round(c_grad * 2**bits_k))
+        decay = np.full(self.columns, round(c_decay * 2**bits_k), dtype=np.int64)
+        decay[0] = 0  # the intercept is not penalised
+        step = g16 * grad_const + self.w * decay.view(np.uint64)
+        self.w = self.w - _trunc(step, self.party, bits_k)
+
+    # -- validation batch ------------------------------------------------------------------
+    def _valid_batch(
+        self, rows: npt.NDArray[np.int64], mat: dict[str, Ring]
+    ) -> Generator[Message, Message, Ring]:
+        """Shares of ``8·Σ (z²/8 - (2y-1)·z/2)`` over the rows, at ``2^32``."""
+        p0 = self.party == 0
+        m = len(rows)
+        _, z32 = yield from self._forward(rows, mat)
+        z16 = _trunc(z32, self.party, FRAC_BITS)
+        y = self.y[rows] if self.y is not None else np.zeros(m, dtype=np.uint64)
+        mine = [z16 - mat["qa"], y - mat["da"], z16 - mat["db"]]
+        theirs = yield from _exchange(np.concatenate(mine), 3 * m)
+        e1 = mine[0] + theirs[:m]
+        d2 = mine[1] + theirs[m : 2 * m]
+        e2 = mine[2] + theirs[2 * m :]
+        sq = (e1 << 1) * mat["qa"] + mat["qa2"]
+        yz = d2[None, :] @ mat["db"] + mat["da"][None, :] @ e2 + mat["dc"]
+        if p0:
+            sq = sq + e1 * e1
+            yz = yz + d2[None, :] @ e2
+        sz = np.atleast_1d(np.sum(z16, dtype=np.uint64)).astype(np.uint64) << FRAC_BITS
+        total = np.atleast_1d(np.sum(sq, dtype=np.uint64)).astype(np.uint64)
+        return np.asarray(total - (yz << 3) + (sz << 2), dtype=np.uint64)
