@@ -20,6 +20,7 @@ from connectors.client.analyst import AnalystClient, QueryFailed, QueryProgress
 from connectors.client.http import AdminClient
 from connectors.common.errors import ConnectorError, NotReady, PeerError
 from connectors.common.settings import load_settings
+from connectors.spaces.local import LocalSpace
 from trusted_space.errors import TrustedSpaceError, ValidationError
 
 
@@ -72,6 +73,12 @@ TokenOpt = Annotated[Path | None, typer.Option("--token-file", help="The admin t
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+IdColumnOpt = Annotated[str, typer.Option("--id", help="The entity id column of every file.")]
+IdKindOpt = Annotated[str, typer.Option(help="opaque | uscc")]
+MissingOpt = Annotated[str, typer.Option(help="fail | impute (column means).")]
+WorkDirOpt = Annotated[
+    Path | None, typer.Option(help="Keep the node directories here (default: temporary).")
+]
 
 
 def analyst_client(
@@ -158,3 +165,13 @@ CLI_ERRORS = (
     ValueError,
     OSError,
 )
+
+
+def start_local(local: LocalSpace, quiet: bool) -> None:
+    """Start a local space, with a spinner on a terminal unless ``quiet`` (``--json``)."""
+    err = Console(stderr=True)
+    if quiet or not err.is_terminal:
+        local.start()
+        return
+    with err.status("starting the local space") as status:
+        local.start(lambda s: status.update(s))

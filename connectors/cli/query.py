@@ -24,14 +24,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from connectors.cli._common import (
     CLI_ERRORS,
+    IdColumnOpt,
+    IdKindOpt,
     JsonOpt,
+    MissingOpt,
     NodeDirOpt,
     NodeOpt,
     TokenOpt,
+    WorkDirOpt,
     analyst_client,
     check_choices,
     fail,
@@ -40,6 +43,7 @@ from connectors.cli._common import (
     progress_bar,
     query_app,
     read_ids,
+    start_local,
 )
 from connectors.client.results import load_model, receipt_summary, write_scores
 from connectors.spaces.local import LocalSpace, LocalSpaceError, parse_party
@@ -94,7 +98,7 @@ def score_command(
     missing: Annotated[str, typer.Option(help="fail | impute")] = "fail",
     mode: Annotated[str, typer.Option(help="analyst-held | party-held")] = "analyst-held",
     cohort: Annotated[bool, typer.Option(help="Align by PSI; score the intersection.")] = False,
-    id_kind: Annotated[str, typer.Option(help="opaque | uscc")] = "opaque",
+    id_kind: IdKindOpt = "opaque",
     id_column: Annotated[str | None, typer.Option(help="Id column of --entities.")] = None,
     feature_bound: Annotated[
         float | None, typer.Option(help="Declared bound of |feature| (default 64).")
@@ -247,16 +251,14 @@ def local_score_command(
     party: Annotated[
         list[str], typer.Option(help="NAME=FILE (.csv or .parquet); the first is the analyst.")
     ],
-    id_column: Annotated[str, typer.Option("--id", help="The entity id column of every file.")],
+    id_column: IdColumnOpt,
     model: Annotated[Path, typer.Option(help="The model file (JSON).", exists=True)],
     protocol: Annotated[str, typer.Option(help="paillier | ckks | additive")],
     out: Annotated[Path, typer.Option(help="Where to write id,logit,output (CSV).")],
-    id_kind: Annotated[str, typer.Option(help="opaque | uscc")] = "opaque",
-    missing: Annotated[str, typer.Option(help="fail | impute (column means).")] = "fail",
+    id_kind: IdKindOpt = "opaque",
+    missing: MissingOpt = "fail",
     cohort: Annotated[bool, typer.Option(help="Align by PSI; score the intersection.")] = False,
-    work_dir: Annotated[
-        Path | None, typer.Option(help="Keep the node directories here (default: temporary).")
-    ] = None,
+    work_dir: WorkDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Score the analyst's ids over local files through a real local space, then stop it."""
@@ -267,7 +269,6 @@ def local_score_command(
             (id_kind, ID_KINDS, "--id-kind"),
         )
     )
-    err = Console(stderr=True)
     started = time.perf_counter()
     try:
         parties = [parse_party(p) for p in party]
@@ -281,11 +282,7 @@ def local_score_command(
             keep=work_dir is not None,
         )
         with local:
-            if json_output or not err.is_terminal:
-                local.start()
-            else:
-                with err.status("starting the local space") as status:
-                    local.start(lambda s: status.update(s))
+            start_local(local, quiet=json_output)
             with progress_bar(True) as progress:
                 result = local.score(protocol, cohort=cohort, progress=progress)
             receipts = local.verify_receipts(result)

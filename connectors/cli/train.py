@@ -26,14 +26,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from connectors.cli._common import (
     CLI_ERRORS,
+    IdColumnOpt,
+    IdKindOpt,
     JsonOpt,
+    MissingOpt,
     NodeDirOpt,
     NodeOpt,
     TokenOpt,
+    WorkDirOpt,
     analyst_client,
     check_choices,
     fail,
@@ -42,6 +45,7 @@ from connectors.cli._common import (
     progress_bar,
     query_app,
     read_ids,
+    start_local,
 )
 from connectors.client.results import verify_train_receipts
 from connectors.spaces.local import LocalSpaceError, parse_party
@@ -153,7 +157,7 @@ def train_command(
     ] = None,
     model_id: Annotated[str | None, typer.Option(help="The model's id.")] = None,
     missing: Annotated[str, typer.Option(help="fail | impute")] = "fail",
-    id_kind: Annotated[str, typer.Option(help="opaque | uscc")] = "opaque",
+    id_kind: IdKindOpt = "opaque",
     id_column: Annotated[str | None, typer.Option(help="Id column of --entities.")] = None,
     epochs: Epochs = 10,
     batch_size: BatchSize = 256,
@@ -226,7 +230,7 @@ def local_train_command(
     party: Annotated[
         list[str], typer.Option(help="NAME=FILE (.csv or .parquet); the first holds the label.")
     ],
-    id_column: Annotated[str, typer.Option("--id", help="The entity id column of every file.")],
+    id_column: IdColumnOpt,
     label: Annotated[str, typer.Option(help="The label column (0/1) of the first file.")],
     out: Out,
     features: Annotated[
@@ -241,11 +245,9 @@ def local_train_command(
     validation: Validation = 0.0,
     patience: Patience = 2,
     seed: Seed = 0,
-    id_kind: Annotated[str, typer.Option(help="opaque | uscc")] = "opaque",
-    missing: Annotated[str, typer.Option(help="fail | impute (column means).")] = "fail",
-    work_dir: Annotated[
-        Path | None, typer.Option(help="Keep the node directories here (default: temporary).")
-    ] = None,
+    id_kind: IdKindOpt = "opaque",
+    missing: MissingOpt = "fail",
+    work_dir: WorkDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Train over local files through a real local space (first party = the bank), then stop."""
@@ -256,7 +258,6 @@ def local_train_command(
             (id_kind, ID_KINDS, "--id-kind"),
         )
     )
-    err = Console(stderr=True)
     started = time.perf_counter()
     try:
         params = _params(epochs, batch_size, learning_rate, l2, validation, patience, seed)
@@ -272,11 +273,7 @@ def local_train_command(
             keep=work_dir is not None,
         )
         with local:
-            if json_output or not err.is_terminal:
-                local.start()
-            else:
-                with err.status("starting the local space") as status:
-                    local.start(lambda s: status.update(s))
+            start_local(local, quiet=json_output)
             mark = time.perf_counter()
             with progress_bar(True) as progress:
                 result = train_local(local, params, mode=mode, progress=progress)
