@@ -1,28 +1,7 @@
-"""The provider and operator sides of joint training: the operations other nodes call.
+"""A provider's side of joint training: the ``train.*`` operations it serves.
 
-The flow, what each party learns, and the bank's driver are in
-:mod:`trusted_space.protocols.train`; the two-party arithmetic in
-:mod:`trusted_space.protocols.train_mpc`. Here:
-
-- the operator's **dealer** (``train.deal``, :func:`register_train_dealer`): each party's
-  32-byte seed, dealt once per party, and the compute party's derived material, each batch of
-  each epoch dealt once (the dealt record is written to the operator's store before the bytes
-  leave; the seeds live in memory only, so after a restart the training is refused, never
-  re-dealt). Only the bank can open a dealer session, only the compute party fetches derived
-  material; the dealer never sees a row, a schedule or an opening.
-- the **provider** operations (:func:`register_train`): ``train.open`` (the spec and the cohort,
-  nothing read), ``train.epoch`` (``authorize_use`` for that epoch *before* anything is read;
-  at epoch 1 a sharing provider reads its columns and splits them ``(X - r, r)``: the seed of
-  ``r`` to the compute party (``train.share``), ``X - r`` back to the bank in parts
-  (``train.fetch``); the compute party reads its own and starts the epoch's program),
-  ``train.step`` (the compute party's rounds), ``train.reveal`` / ``train.weights`` /
-  ``train.finish`` (the release the model mode allows, and the ``train.model`` ledger entry),
-  ``train.abort``.
-
-Every header value comes from another node and is checked; a session belongs to the bank that
-opened it (a sharing provider or the compute party addresses it by naming the bank, and must be
-a party of it). The compute party refuses an epoch's rounds before that epoch's use was allowed
-here, and refuses to reveal twice.
+It authorises every epoch as a use before it reads, shares its features with the two compute
+parties, and (as compute party) runs the party program step by step.
 """
 
 from __future__ import annotations
@@ -47,7 +26,7 @@ from trusted_space.errors import (
 )
 from trusted_space.events import record_event
 from trusted_space.protocols._common import decode_ids, header_float, header_int, header_str
-from trusted_space.protocols._parts import PART_BYTES, receive_part, reply_part
+from trusted_space.protocols._parts import receive_part, reply_part
 from trusted_space.protocols.align import sender_roles
 from trusted_space.protocols.score import OPERATOR_EXTRA, store_party_weights
 from trusted_space.protocols.train import check_weights, dealer_spec, weights_sha256
@@ -58,7 +37,6 @@ from trusted_space.protocols.train_mpc import (
     Layout,
     Party,
     batch_sizes,
-    dealer_correction,
     decode_ring,
     encode_ring,
     expand,
@@ -68,15 +46,10 @@ from trusted_space.protocols.train_mpc import (
     unpack_messages,
 )
 from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
-from trusted_space.queries.train import MAX_BATCH, MAX_COLUMNS, MAX_EPOCHS, MAX_ROWS, TrainParams
+from trusted_space.queries.train import MAX_COLUMNS, MAX_EPOCHS, MAX_ROWS, TrainParams
 from trusted_space.transport import Reply
 
-__all__ = [
-    "DEALER_NAMESPACE",
-    "TRAIN_OPERATIONS",
-    "register_train",
-    "register_train_dealer",
-]
+__all__ = ["TRAIN_OPERATIONS", "register_train"]
 
 TRAIN_OPERATIONS: Final = (
     "train.open",
@@ -90,10 +63,7 @@ TRAIN_OPERATIONS: Final = (
     "train.abort",
 )
 """Operations a provider serves for training (:func:`register_train`)."""
-DEALER_NAMESPACE: Final = "train.dealer"
-"""Operator store namespace of training dealer sessions (key ``<analyst>/<session>``)."""
 _SESSION_PREFIX: Final = "train/"
-_DEALER_SESSION: Final = "#train-dealer"
 _DEALT_BYTES: Final = 8 * 1024 * 1024
 
 FloatArray = npt.NDArray[np.float64]
@@ -106,133 +76,6 @@ def _block(
     return np.ascontiguousarray(w[bounds[0] : bounds[1]])
 
 
-# ----------------------------------------------------------------------------------------------
-# The dealer (operator)
-# ----------------------------------------------------------------------------------------------
-
-
-def _dealer_spec(header: Mapping[str, Any]) -> dict[str, int]:
-    spec = header.get("spec")
-    if not isinstance(spec, dict):
-        raise ValidationError("header.spec: expected an object")
-    return {
-        "nTrain": header_int(spec, "nTrain", 1, MAX_ROWS),
-        "nValid": header_int(spec, "nValid", 0, MAX_ROWS),
-        "batch": header_int(spec, "batch", 1, MAX_BATCH),
-        "columns": header_int(spec, "columns", 2, MAX_COLUMNS),
-        "knots": header_int(spec, "knots", 2, 16),
-        "epochs": header_int(spec, "epochs", 1, MAX_EPOCHS),
-    }
-
-
-def _train_deal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    """``train.deal``: a party's seed (once), or party 1's derived material (each batch once)."""
-    node = ctx.node
-    session = header_str(header, "session")
-    analyst = header_str(header, "analyst")
-    op = header_str(header, "op")
-    key = f"{analyst}/{session}"
-    if payload:
-        raise ValidationError("train.deal takes no payload")
-    if op == "seed":
-        value = header.get("parties")
-        if not isinstance(value, list) or len(value) != 2 or value[0] != analyst:
-            raise ValidationError("header.parties: [analyst, compute party]")
-        parties = [check_participant_id(p, "header.parties") for p in value]
-        if parties[0] == parties[1]:
-            raise ValidationError("header.parties: two distinct parties")
-        spec = _dealer_spec(header)
-        if ctx.sender not in parties:
-            raise ConflictError(f"{ctx.sender} is not a party of this training")
-        party = parties.index(ctx.sender)
-        with node.store.transaction() as tx:
-            doc = tx.get(DEALER_NAMESPACE, key)
-            if doc is None:
-                if party != 0:
-                    raise NotFoundError("no such training session at the dealer")
-                state = node.sessions.open(_DEALER_SESSION, key)
-                state["seeds"] = (secrets.token_bytes(SEED_BYTES), secrets.token_bytes(SEED_BYTES))
-                state["lock"] = threading.Lock()
-                body: dict[str, Any] = {"parties": parties, "spec": spec, "dealt": [], "next": {}}
-            else:
-                body = dict(doc.body)
-                if body["parties"] != parties or body["spec"] != spec:
-                    raise ConflictError("the training session exists with other parties or shapes")
-            if ctx.sender in body["dealt"]:
-                raise ConflictError(f"the seed of {ctx.sender} was already dealt")
-            try:
-                seeds = node.sessions.get(_DEALER_SESSION, key)["seeds"]
-            except NotFoundError as exc:
-                raise ConflictError("the dealer lost this training (restart); rerun") from exc
-            body["dealt"] = [*body["dealt"], ctx.sender]
-            tx.put(DEALER_NAMESPACE, key, body, expect_version=doc.version if doc else 0)
-            record_event(
-                tx, "train.dealt", {"session": session, "party": ctx.sender, "what": "seed"}
-            )
-        return Reply({"party": party}, seeds[party])
-    if op != "material":
-        raise ValidationError("header.op: 'seed' or 'material'")
-    with node.store.transaction(readonly=True) as tx:
-        doc = tx.get(DEALER_NAMESPACE, key)
-    if doc is None:
-        raise NotFoundError("no such training session at the dealer")
-    parties = doc.body["parties"]
-    spec = doc.body["spec"]
-    if ctx.sender != parties[1]:
-        raise ConflictError("only the compute party fetches derived material")
-    epoch = header_int(header, "epoch", 1, spec["epochs"])
-    sizes = batch_sizes(spec["nTrain"], spec["nValid"], spec["batch"])
-    first = header_int(header, "first", 0, len(sizes) - 1)
-    count = header_int(header, "count", 1, len(sizes) - first)
-    try:
-        state = node.sessions.get(_DEALER_SESSION, key)
-    except NotFoundError as exc:
-        raise ConflictError("the dealer lost this training (restart); rerun") from exc
-    layouts = [
-        layout_for(kind, rows, spec["columns"], spec["knots"])
-        for kind, rows in sizes[first : first + count]
-    ]
-    if sum(lay.derived_words for lay in layouts) * 8 > PART_BYTES:
-        raise ValidationError("too much material for one call; ask for fewer batches")
-    with state["lock"]:
-        with node.store.transaction() as tx:
-            current = tx.get(DEALER_NAMESPACE, key)
-            if current is None:  # pragma: no cover - read above
-                raise NotFoundError("no such training session at the dealer")
-            body = dict(current.body)
-            nexts = dict(body["next"])
-            if nexts.get(str(epoch), 0) != first:
-                raise ConflictError(
-                    f"epoch {epoch}: batches before {nexts.get(str(epoch), 0)} were dealt; "
-                    f"asked from {first}"
-                )
-            nexts[str(epoch)] = first + count
-            body["next"] = nexts
-            tx.put(DEALER_NAMESPACE, key, body, expect_version=current.version)
-            record_event(
-                tx,
-                "train.dealt",
-                {
-                    "session": session,
-                    "party": ctx.sender,
-                    "epoch": epoch,
-                    "first": first,
-                    "count": count,
-                },
-            )
-        parts = [
-            dealer_correction(state["seeds"], epoch, first + i, lay)
-            for i, lay in enumerate(layouts)
-        ]
-    return Reply({"epoch": epoch, "first": first, "count": count}, pack_messages(parts))
-
-
-def register_train_dealer(node: ComputeNode) -> None:
-    """Register ``train.deal`` on the operator's node (the training dealer)."""
-    node.register("train.deal", _train_deal)
-
-
-# ----------------------------------------------------------------------------------------------
 # Provider operations
 # ----------------------------------------------------------------------------------------------
 
