@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pkgutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 PACKAGES = ("crypto", "trusted_space", "connectors")
-RECURSIVE = ("crypto", "trusted_space")  # connectors: top level only until its restructuring lands
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _modules() -> list[ModuleType]:
-    """Every public module; subpackages too where RECURSIVE (a ``_name`` in the path skips)."""
+    """Every public module and package, at any depth (a ``_name`` anywhere in the path skips).
+
+    The walk goes by files rather than ``pkgutil`` so that a folder without ``__init__.py`` (a
+    namespace package, such as ``connectors/client``) is still searched.
+    """
     found = []
     for package_name in PACKAGES:
-        package = importlib.import_module(package_name)
-        found.append(package)
-        walk = pkgutil.walk_packages if package_name in RECURSIVE else pkgutil.iter_modules
-        for info in walk(package.__path__, prefix=f"{package_name}."):
-            if not any(part.startswith("_") for part in info.name.split(".")):
-                found.append(importlib.import_module(info.name))
+        for path in sorted((ROOT / package_name).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            if not any(part.startswith("_") for part in parts):
+                found.append(importlib.import_module(".".join(parts)))
     return found
 
 

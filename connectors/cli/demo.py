@@ -25,7 +25,7 @@ from connectors.spaces.local import LocalSpaceError
 from trusted_space.errors import TrustedSpaceError
 from trusted_space.policy import PROTOCOLS
 
-__all__ = ["demo_command", "example_app", "print_summary", "register"]
+__all__ = ["default_credit_command", "demo_command", "example_app", "print_summary", "register"]
 
 example_app = typer.Typer(help="Run the product on real data sets.", no_args_is_help=True)
 

@@ -17,7 +17,7 @@ from connectors.common.settings import NodeLayout, OperatorAnchor, init_node, lo
 from connectors.spaces.space import admit
 from trusted_space.errors import ValidationError
 
-__all__ = ["fetch_anchor", "register", "serve"]
+__all__ = ["fetch_anchor", "init", "register", "serve"]
 
 node_app = typer.Typer(help="Create, run and admit a connector node.", no_args_is_help=True)
 

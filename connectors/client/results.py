@@ -21,7 +21,13 @@ from trusted_space.errors import ValidationError
 from trusted_space.ledger import Receipt, open_checkpoint, verify_receipt
 from trusted_space.query import Model
 
-__all__ = ["load_model", "output_column", "receipt_summary", "write_scores"]
+__all__ = [
+    "load_model",
+    "output_column",
+    "receipt_summary",
+    "verify_train_receipts",
+    "write_scores",
+]
 
 
 def receipt_summary(receipt: dict[str, Any], vkey: str | None = None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from connectors.node.deps import MemberDep, RuntimeDep
 from trusted_space.errors import NotFoundError, ValidationError
 from trusted_space.transport import OPERATION_PATTERN, RemoteError, frame, unframe
 
-__all__ = ["OperationsView", "router"]
+__all__ = ["OperationsView", "call_operation", "list_operations", "router"]
 
 router = APIRouter(prefix="/compute", tags=["compute"])
 

@@ -44,7 +44,16 @@ from trusted_space.contracts import (
 from trusted_space.errors import ValidationError
 from trusted_space.store import Transaction
 
-__all__ = ["TerminationView", "router"]
+__all__ = [
+    "TerminationView",
+    "create_negotiation",
+    "get_agreement",
+    "get_negotiation",
+    "list_agreements",
+    "list_negotiations",
+    "router",
+    "terminate_negotiation",
+]
 
 router = APIRouter(prefix="/management", tags=["contracts"])
 

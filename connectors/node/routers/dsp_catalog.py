@@ -43,7 +43,15 @@ from trusted_space.catalog import (
 from trusted_space.errors import NotFoundError, TrustedSpaceError, VerificationError
 from trusted_space.identity import VerifiedRequest
 
-__all__ = ["DSP_VERSION", "caller_of", "catalog_error", "router"]
+__all__ = [
+    "DSP_VERSION",
+    "caller_of",
+    "catalog_dataset",
+    "catalog_error",
+    "catalog_request",
+    "dspace_version",
+    "router",
+]
 
 router = APIRouter(tags=["dsp-catalog"])
 

@@ -53,7 +53,19 @@ from trusted_space.contracts import (
 from trusted_space.errors import NotFoundError, TrustedSpaceError, ValidationError
 from trusted_space.identity import VerifiedRequest
 
-__all__ = ["negotiation_error", "router"]
+__all__ = [
+    "agreement",
+    "counter_offer",
+    "counter_request",
+    "events",
+    "get_negotiation",
+    "initial_offer",
+    "initial_request",
+    "negotiation_error",
+    "router",
+    "termination",
+    "verification",
+]
 
 router = APIRouter(tags=["dsp-negotiation"])
 

@@ -32,7 +32,17 @@ from connectors.node import transfer
 from connectors.node.deps import MemberDep, RuntimeDep, request_target
 from connectors.node.transfer import MEDIA_CSV, MEDIA_NDJSON, TransferMessage
 
-__all__ = ["router", "select_media_type"]
+__all__ = [
+    "completion",
+    "data",
+    "get_transfer",
+    "request_transfer",
+    "router",
+    "select_media_type",
+    "start",
+    "suspension",
+    "termination",
+]
 
 router = APIRouter(tags=["dsp-transfer"])
 

@@ -44,7 +44,16 @@ from connectors.node.wire.ledger import (
 from trusted_space.errors import ValidationError
 from trusted_space.ledger import open_checkpoint
 
-__all__ = ["latest_checkpoint", "router"]
+__all__ = [
+    "checkpoint",
+    "consistency",
+    "cosignatures",
+    "entries",
+    "inclusion",
+    "latest_checkpoint",
+    "router",
+    "submit",
+]
 
 router = APIRouter(tags=["ledger"])
 

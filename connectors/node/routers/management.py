@@ -95,7 +95,27 @@ from trusted_space.events import canonical_json, record_event
 from trusted_space.keys import VerifyKey
 from trusted_space.metering import usage
 
-__all__ = ["POLICY_NAMESPACE", "WITHDRAWN_NAMESPACE", "router"]
+__all__ = [
+    "POLICY_NAMESPACE",
+    "WITHDRAWN_NAMESPACE",
+    "dataset",
+    "datasets",
+    "get_consent",
+    "get_policy",
+    "install_credential",
+    "list_policies",
+    "metering",
+    "offers",
+    "peers",
+    "register_consent",
+    "register_dataset",
+    "register_entity_key",
+    "replace_dataset",
+    "revoke_consent",
+    "router",
+    "store_policy",
+    "withdraw_dataset",
+]
 
 log = logging.getLogger("trusted_space.management")
 

@@ -20,7 +20,17 @@ from pydantic import BaseModel, Field
 from connectors.node.deps import RuntimeDep
 from connectors.node.problems import problem
 
-__all__ = ["router"]
+__all__ = [
+    "Health",
+    "Identity",
+    "RevocationApplied",
+    "RevocationPush",
+    "healthz",
+    "identity",
+    "push_revocations",
+    "readyz",
+    "router",
+]
 
 router = APIRouter(tags=["node"])
 

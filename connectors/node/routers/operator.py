@@ -95,7 +95,20 @@ from trusted_space.ledger import Witness, open_checkpoint
 from trusted_space.notes import SIG_ED25519, NoteVerifier, parse_vkey
 from trusted_space.store import Transaction
 
-__all__ = ["CATALOG_NAMESPACE", "PARTICIPANT_NAMESPACE", "router"]
+__all__ = [
+    "CATALOG_NAMESPACE",
+    "PARTICIPANT_NAMESPACE",
+    "admit",
+    "cosign",
+    "federated_catalog",
+    "get_participant",
+    "identity",
+    "list_participants",
+    "put_catalog",
+    "revocations",
+    "revoke",
+    "router",
+]
 
 router = APIRouter(prefix="/operator", tags=["operator"])
 

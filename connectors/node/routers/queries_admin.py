@@ -31,7 +31,15 @@ from connectors.node.deps import AdminDep, RuntimeDep
 from connectors.node.queries import QueryJob, runner_for
 from connectors.node.wire.queries import AggregateRequest, QueryView
 
-__all__ = ["MAX_WAIT_SECONDS", "router"]
+__all__ = [
+    "MAX_WAIT_SECONDS",
+    "get_query",
+    "list_queries",
+    "router",
+    "submit_aggregate",
+    "submit_score",
+    "submit_train",
+]
 
 MAX_WAIT_SECONDS = 30.0
 

@@ -28,7 +28,7 @@ from connectors.node.wire.transfer import (
     transfer_view,
 )
 
-__all__ = ["router"]
+__all__ = ["create_transfer", "get_transfer", "list_transfers", "pull_transfer", "router"]
 
 router = APIRouter(
     prefix="/management/transfers",
