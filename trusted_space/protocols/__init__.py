@@ -5,6 +5,10 @@ Joint scores (:mod:`.score`, one flow for every protocol registered by name in :
 dealer (:mod:`.operator`). A provider's node gets its operations with :func:`register_provider`,
 the operator's with :func:`register_operator`; an analyst runs :func:`run_score`. The message
 flows, rounds and what each party learns are in ``docs/protocols.md``.
+
+Aggregates (:mod:`.aggregate`) and joint training (:mod:`.train`, :mod:`.train_ops`,
+:mod:`.train_mpc`) are packages beside the score flow; the query models all three run are in
+:mod:`trusted_space.queries`.
 """
 
 from trusted_space.protocols import base, operator, registry, score
