@@ -131,8 +131,10 @@ def test_decimals_finer_than_precision_refused(sk: SecretContext) -> None:
 
 
 @pytest.mark.parametrize("n", [0, 1, SLOTS - 1, SLOTS, SLOTS + 1, 3 * SLOTS])
-def test_long_vectors_split_and_reassemble(sk: SecretContext, pub: PublicContext, n: int) -> None:
-    v = np.random.default_rng(n).uniform(-BOUND, BOUND, n)
+def test_long_vectors_split_and_reassemble(
+    sk: SecretContext, pub: PublicContext, n: int, rng: np.random.Generator
+) -> None:
+    v = rng.uniform(-BOUND, BOUND, n)
     enc = pub.encrypt(v)
     assert enc.n_chunks == -(-n // SLOTS)
     back = sk.decrypt(pub.load_vector(enc.serialize()))
@@ -195,9 +197,10 @@ def test_weighted_sum_matches_numpy(
 
 
 def test_weighted_sum_across_chunk_boundary_and_providers(
-    sk: SecretContext, pub: PublicContext
+    sk: SecretContext,
+    pub: PublicContext,
+    rng: np.random.Generator,
 ) -> None:
-    rng = np.random.default_rng(1)
     w1, w2 = rng.uniform(-1, 1, 20), rng.uniform(-1, 1, 5)
     x1, x2 = rng.normal(size=(SLOTS + 7, 20)), rng.normal(size=(SLOTS + 7, 5))
     partial1 = weighted_sum(pub, encrypt_weights(sk, w1), x1)
@@ -206,8 +209,9 @@ def test_weighted_sum_across_chunk_boundary_and_providers(
     assert np.all(np.abs(total - (x1 @ w1 + x2 @ w2)) <= TOL)
 
 
-def test_party_held_partials_sum(sk: SecretContext, pub: PublicContext) -> None:
-    rng = np.random.default_rng(2)
+def test_party_held_partials_sum(
+    sk: SecretContext, pub: PublicContext, rng: np.random.Generator
+) -> None:
     z1, z2 = rng.normal(size=SLOTS + 3), rng.normal(size=SLOTS + 3)
     total = sk.decrypt(add(pub.encrypt(z1), pub.load_vector(pub.encrypt(z2).serialize())))
     assert np.all(np.abs(total - (z1 + z2)) <= TOL)
@@ -229,8 +233,9 @@ def test_weighted_sum_rejects_bad_inputs(sk: SecretContext, pub: PublicContext) 
         weighted_sum(pub, sk.encrypt([1.0, 2.0]), np.ones((4, 2)))
 
 
-def test_weighted_sum_in_two_processes_equals_serial(sk: SecretContext, pub: PublicContext) -> None:
-    rng = np.random.default_rng(3)
+def test_weighted_sum_in_two_processes_equals_serial(
+    sk: SecretContext, pub: PublicContext, rng: np.random.Generator
+) -> None:
     w = encrypt_weights(sk, rng.uniform(-1, 1, 4))
     x = rng.normal(size=(2 * SLOTS + 11, 4))
     serial = sk.decrypt(weighted_sum(pub, w, x))
@@ -238,8 +243,9 @@ def test_weighted_sum_in_two_processes_equals_serial(sk: SecretContext, pub: Pub
     assert np.all(np.abs(serial - parallel) <= TOL)
 
 
-def test_sum_and_dot_with_galois_keys(sk: SecretContext, pub_galois: PublicContext) -> None:
-    rng = np.random.default_rng(4)
+def test_sum_and_dot_with_galois_keys(
+    sk: SecretContext, pub_galois: PublicContext, rng: np.random.Generator
+) -> None:
     n = 2 * SLOTS + 5
     indicator = (rng.random(n) < 0.3).astype(np.float64)
     column = rng.uniform(0, 10, n)
@@ -257,9 +263,10 @@ def test_sums_without_galois_keys_refused(sk: SecretContext, pub: PublicContext)
         sum_slots(pub, pub.encrypt([1.0, 2.0]))
 
 
-def test_16384_preset_round_trip_and_linear_combination(sk16: SecretContext) -> None:
+def test_16384_preset_round_trip_and_linear_combination(
+    sk16: SecretContext, rng: np.random.Generator
+) -> None:
     p16 = sk16.public_context()
-    rng = np.random.default_rng(5)
     w, x = rng.uniform(-4, 4, 6), rng.uniform(-4, 4, (PRESET_16384_DEPTH6.slots + 2, 6))
     out = sk16.decrypt(weighted_sum(p16, encrypt_weights(sk16, w), x))
     assert np.all(np.abs(out - x @ w) <= PRESET_16384_DEPTH6.linear_tolerance)

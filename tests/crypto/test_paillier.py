@@ -311,9 +311,10 @@ def test_layout_fits_the_key_and_refuses_out_of_bounds(engine: PaillierEngine) -
         PackingLayout(2048, 64, 1e300, terms=1000, weight_bound=1e300)
 
 
-def test_engine_with_process_pool(keys: tuple[PaillierPublicKey, PaillierPrivateKey]) -> None:
+def test_engine_with_process_pool(
+    keys: tuple[PaillierPublicKey, PaillierPrivateKey], rng: np.random.Generator
+) -> None:
     pub, priv = keys
-    rng = np.random.default_rng(1)
     w, x = rng.normal(size=3), rng.normal(size=(80, 3))
     with PaillierEngine(pub, priv, workers=2) as eng:
         layout = eng.weighted_sum_layout(8.0, 8.0, 3)

@@ -13,6 +13,7 @@ import pytest
 
 from crypto import ckks, paillier
 from crypto.psi import hash_to_point
+from tests._seeding import rng_for
 from tests.trusted_space._joint import (
     ANALYST,
     OPERATOR,
@@ -97,7 +98,7 @@ class Recorder:
 
 class World:
     def __init__(self, *, min_cohort: int | None = None, budget: float | None = None) -> None:
-        rng = np.random.default_rng(7)
+        rng = rng_for("tests/trusted_space/test_aggregate.py::World")
         self.values = rng.uniform(LO, HI, ROWS)
         self.values[[5, 17]] = np.nan  # present in the table, no value
         self.values[3] = HI  # on the last bin edge (closed)
@@ -291,8 +292,7 @@ def test_explicit_entities_sum_and_the_missing_rule() -> None:
     assert imputed.value == pytest.approx(world.values[1] + 1.5)
 
 
-def test_noise_is_statistically_plausible() -> None:
-    rng = np.random.default_rng(20240601)
+def test_noise_is_statistically_plausible(rng: np.random.Generator) -> None:
     draws = laplace_noise([2.0] * 200_000, rng)
     assert abs(draws.mean()) < 0.05  # sd of the mean: 2·√2/√200000 ≈ 0.0063
     assert np.mean(np.abs(draws)) == pytest.approx(2.0, rel=0.02)  # E|X| = b

@@ -14,12 +14,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests._seeding import random_for
 from trusted_space.errors import ValidationError
 from trusted_space.protocols._common import decode_ids, encode_ids
 from trusted_space.queries.common import check_entities, check_entity
 from trusted_space.uscc import all_canonical, generate_uscc, validate_uscc
 
-CODES = [generate_uscc(random.Random(i)) for i in range(40)]
+_CODES_RNG = random_for("tests/trusted_space/test_entity_checks.py::CODES")
+CODES = [generate_uscc(_CODES_RNG) for _ in range(40)]
 
 
 def one_by_one(values: list[Any], kind: str) -> tuple[str, ...] | str:

@@ -22,8 +22,7 @@ from trusted_space.queries.score import Link, Model, ScoreQuery
 from ._joint import ANALYST, OPERATOR, PURPOSE, build_space, provide
 
 
-def test_ckks_scores_are_released_rounded() -> None:
-    rng = np.random.default_rng(5)
+def test_ckks_scores_are_released_rounded(rng: np.random.Generator) -> None:
     n, columns = 40, ["a", "b", "c"]
     space = build_space(["tax-bureau"])
     register_operator(space.operator.node)

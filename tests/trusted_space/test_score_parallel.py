@@ -64,9 +64,9 @@ def test_concurrent_providers_give_the_sequential_result(
     keys: tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey],
     context: ckks.SecretContext,
     monkeypatch: pytest.MonkeyPatch,
+    rng: np.random.Generator,
 ) -> None:
     monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 5)
-    rng = np.random.default_rng(17)
     columns = {"tax-bureau": 3, "court": 2, "social-insurance": 1, "utilities": 2}
     setup = make_setup(23, columns, rng)
     proto = {
@@ -90,10 +90,12 @@ def test_concurrent_providers_give_the_sequential_result(
     assert set(result.receipts) == set(columns)
 
 
-def test_a_refusal_among_concurrent_providers_ends_the_query_with_its_trace() -> None:
+def test_a_refusal_among_concurrent_providers_ends_the_query_with_its_trace(
+    rng: np.random.Generator,
+) -> None:
     from trusted_space.queries.score import ScoreQuery
 
-    setup = make_setup(12, {"tax-bureau": 2, "court": 2, "utilities": 1}, np.random.default_rng(4))
+    setup = make_setup(12, {"tax-bureau": 2, "court": 2, "utilities": 1}, rng)
     query = setup.query("additive", "analyst-held")
     doc = query.to_json()
     doc["purpose"] = "risk-monitoring"  # no provider's offer permits it
@@ -130,9 +132,10 @@ class Replaying:
 
 def test_a_block_is_computed_once_and_the_session_ends_with_the_last(
     monkeypatch: pytest.MonkeyPatch,
+    rng: np.random.Generator,
 ) -> None:
     monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 4)
-    setup = make_setup(10, {"court": 2}, np.random.default_rng(8))
+    setup = make_setup(10, {"court": 2}, rng)
     transport = Replaying(setup.space.transport(ANALYST))
     query = setup.query("additive", "party-held", id="urn:uuid:q-once")
     result = run_score(transport, ANALYST, OPERATOR, query)
@@ -143,14 +146,16 @@ def test_a_block_is_computed_once_and_the_session_ends_with_the_last(
 
 
 def test_a_ckks_session_pool_gives_the_in_process_partial(
-    context: ckks.SecretContext, monkeypatch: pytest.MonkeyPatch
+    context: ckks.SecretContext,
+    monkeypatch: pytest.MonkeyPatch,
+    rng: np.random.Generator,
 ) -> None:
     from trusted_space.protocols import score_ckks
 
     public = context.public_context().serialize()
     w = np.array([0.5, -0.25, 1.0])
     weights = ckks.encrypt_weights(context, w).serialize()
-    x = np.random.default_rng(2).uniform(-4, 4, (score_ckks._POOL_ROWS + 1000, 3))
+    x = rng.uniform(-4, 4, (score_ckks._POOL_ROWS + 1000, 3))
     results = []
     for workers in ("1", "2"):
         monkeypatch.setenv(score_ckks.WORKERS_ENV, workers)
@@ -168,12 +173,13 @@ def test_a_ckks_session_pool_gives_the_in_process_partial(
         assert float(np.max(np.abs(got - x @ w))) <= 1e-4
 
 
-def test_the_analysts_own_columns_are_read_alongside_the_providers() -> None:
+def test_the_analysts_own_columns_are_read_alongside_the_providers(
+    rng: np.random.Generator,
+) -> None:
     from trusted_space.compute import InMemoryData
 
     from .test_score_protocols import _named
 
-    rng = np.random.default_rng(5)
     setup = make_setup(25, {"tax-bureau": 2, "court": 1}, rng)
     own_x = rng.uniform(-3, 3, (25, 2))
     own_w = np.array([0.3, -0.7])
@@ -214,6 +220,7 @@ def test_a_job_ends_when_its_blocks_are_computed_not_when_they_are_claimed() -> 
 def test_pooled_paillier_blocks_in_flight_finish_before_the_session_closes(
     keys: tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey],
     monkeypatch: pytest.MonkeyPatch,
+    rng: np.random.Generator,
 ) -> None:
     from trusted_space.protocols import score_paillier
 
@@ -221,7 +228,7 @@ def test_pooled_paillier_blocks_in_flight_finish_before_the_session_closes(
     # small last block usually finishes first while a pooled one is still running.
     monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 6)
     monkeypatch.setattr(score_paillier, "_POOL_ROWS", 6)
-    setup = make_setup(20, {"tax-bureau": 2, "court": 1}, np.random.default_rng(12))
+    setup = make_setup(20, {"tax-bureau": 2, "court": 1}, rng)
     result = run_score(
         Parallel(setup.space.transport(ANALYST)),
         ANALYST,
@@ -234,11 +241,14 @@ def test_pooled_paillier_blocks_in_flight_finish_before_the_session_closes(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_ckks_blocks_computed_at_once_on_one_context(
-    context: ckks.SecretContext, monkeypatch: pytest.MonkeyPatch, mode: str
+    context: ckks.SecretContext,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    rng: np.random.Generator,
 ) -> None:
     # Three blocks of 4,096 per provider, two in flight: TenSEAL contexts are shared state.
     monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 4096)
-    setup = make_setup(9000, {"tax-bureau": 3, "court": 2}, np.random.default_rng(3))
+    setup = make_setup(9000, {"tax-bureau": 3, "court": 2}, rng)
     for _ in range(2):
         result = run_score(
             Parallel(setup.space.transport(ANALYST)),

@@ -155,9 +155,12 @@ def calls(space: Space, operation: str, sender: str | None = None) -> int:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_accuracy_against_plaintext(
-    protocol: str, mode: str, protocols: dict[str, ScoreProtocol], small_blocks: None
+    protocol: str,
+    mode: str,
+    protocols: dict[str, ScoreProtocol],
+    small_blocks: None,
+    rng: np.random.Generator,
 ) -> None:
-    rng = np.random.default_rng(abs(hash((protocol, mode))) % 2**32)
     setup = make_setup(20, {"tax-bureau": 3, "court": 2, "social-insurance": 4}, rng)
     query = setup.query(protocol, mode)
     result = run_score(
@@ -219,10 +222,12 @@ def test_paillier_accuracy_property(
 
 
 def test_ckks_many_blocks(
-    ckks_context: ckks.SecretContext, monkeypatch: pytest.MonkeyPatch
+    ckks_context: ckks.SecretContext,
+    monkeypatch: pytest.MonkeyPatch,
+    rng: np.random.Generator,
 ) -> None:
     monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 4096)
-    setup = make_setup(9000, {"tax-bureau": 3, "court": 2}, np.random.default_rng(3))
+    setup = make_setup(9000, {"tax-bureau": 3, "court": 2}, rng)
     result = run_score(
         setup.space.transport(ANALYST),
         ANALYST,
@@ -234,8 +239,9 @@ def test_ckks_many_blocks(
     assert calls(setup.space, "aggregate.take") == 3  # 4096 + 4096 + 808
 
 
-def test_analyst_columns_and_scorecard(protocols: dict[str, ScoreProtocol]) -> None:
-    rng = np.random.default_rng(5)
+def test_analyst_columns_and_scorecard(
+    protocols: dict[str, ScoreProtocol], rng: np.random.Generator
+) -> None:
     setup = make_setup(25, {"tax-bureau": 2}, rng)
     own_x = rng.uniform(-3, 3, (25, 2))
     own_w = np.array([0.3, -0.7])
@@ -251,10 +257,10 @@ def test_analyst_columns_and_scorecard(protocols: dict[str, ScoreProtocol]) -> N
     assert np.allclose(result.outputs, 600.0 - 20.0 * result.logits)
 
 
-def test_sqlite_stores(tmp_path: Path, protocols: dict[str, ScoreProtocol]) -> None:
-    setup = make_setup(
-        15, {"tax-bureau": 2, "court": 1}, np.random.default_rng(8), sqlite_dir=tmp_path
-    )
+def test_sqlite_stores(
+    tmp_path: Path, protocols: dict[str, ScoreProtocol], rng: np.random.Generator
+) -> None:
+    setup = make_setup(15, {"tax-bureau": 2, "court": 1}, rng, sqlite_dir=tmp_path)
     assert isinstance(setup.space.operator.node.store, SQLiteStore)
     result = run_score(
         setup.space.transport(ANALYST),
@@ -269,10 +275,8 @@ def test_sqlite_stores(tmp_path: Path, protocols: dict[str, ScoreProtocol]) -> N
 # -- missing entities, cohorts -------------------------------------------------------------------
 
 
-def test_missing_fail_refuses_listing_them() -> None:
-    setup = make_setup(
-        10, {"tax-bureau": 2, "court": 1}, np.random.default_rng(1), holes={"court": [3, 7]}
-    )
+def test_missing_fail_refuses_listing_them(rng: np.random.Generator) -> None:
+    setup = make_setup(10, {"tax-bureau": 2, "court": 1}, rng, holes={"court": [3, 7]})
     with pytest.raises(RemoteError) as info:
         run_score(
             setup.space.transport(ANALYST), ANALYST, OPERATOR, setup.query("additive", "party-held")
@@ -284,12 +288,14 @@ def test_missing_fail_refuses_listing_them() -> None:
     assert "2 of 10 entities are not held" in info.value.problem["detail"]
 
 
-def test_missing_impute_uses_published_defaults(protocols: dict[str, ScoreProtocol]) -> None:
+def test_missing_impute_uses_published_defaults(
+    protocols: dict[str, ScoreProtocol], rng: np.random.Generator
+) -> None:
     names = [name for name, _ in _named("court", np.zeros(2))]
     setup = make_setup(
         10,
         {"tax-bureau": 2, "court": 2},
-        np.random.default_rng(2),
+        rng,
         holes={"court": [0, 4]},
         impute={"court": {names[0]: 1.5, names[1]: -2.0}},
     )
@@ -302,18 +308,16 @@ def test_missing_impute_uses_published_defaults(protocols: dict[str, ScoreProtoc
     assert result.missing == {"court": (setup.keys[0], setup.keys[4])}
 
 
-def test_missing_impute_without_default_refused() -> None:
-    setup = make_setup(6, {"court": 2}, np.random.default_rng(2), holes={"court": [1]})
+def test_missing_impute_without_default_refused(rng: np.random.Generator) -> None:
+    setup = make_setup(6, {"court": 2}, rng, holes={"court": [1]})
     query = setup.query("additive", "party-held", missing="impute")
     with pytest.raises(RemoteError) as info:
         run_score(setup.space.transport(ANALYST), ANALYST, OPERATOR, query)
     assert info.value.status == 403 and "publish no imputeDefault" in info.value.problem["detail"]
 
 
-def test_cohort_scores_the_intersection() -> None:
-    setup = make_setup(
-        12, {"tax-bureau": 2, "court": 1}, np.random.default_rng(4), holes={"court": [2, 5]}
-    )
+def test_cohort_scores_the_intersection(rng: np.random.Generator) -> None:
+    setup = make_setup(12, {"tax-bureau": 2, "court": 1}, rng, holes={"court": [2, 5]})
     candidates = [*setup.keys, "not-anywhere"]
     aligned: list[str] = []
 
@@ -333,10 +337,8 @@ def test_cohort_scores_the_intersection() -> None:
     assert result.missing["court"] == (setup.keys[2], setup.keys[5], "not-anywhere")
 
 
-def test_cohort_aligned_by_psi() -> None:
-    setup = make_setup(
-        10, {"tax-bureau": 2, "court": 1}, np.random.default_rng(12), holes={"tax-bureau": [0]}
-    )
+def test_cohort_aligned_by_psi(rng: np.random.Generator) -> None:
+    setup = make_setup(10, {"tax-bureau": 2, "court": 1}, rng, holes={"tax-bureau": [0]})
     for p in setup.agreements:
         register_align(setup.space.providers[p].node)
     candidates = ["unknown-1", *setup.keys[::-1]]
@@ -357,8 +359,10 @@ def test_cohort_aligned_by_psi() -> None:
 # -- refusals at the edge --------------------------------------------------------------------------
 
 
-def test_feature_bound_exceeded_refused(protocols: dict[str, ScoreProtocol]) -> None:
-    setup = make_setup(5, {"court": 2}, np.random.default_rng(6), bound=100.0)
+def test_feature_bound_exceeded_refused(
+    protocols: dict[str, ScoreProtocol], rng: np.random.Generator
+) -> None:
+    setup = make_setup(5, {"court": 2}, rng, bound=100.0)
     query = setup.query("paillier", "analyst-held", feature_bound=10.0)
     with pytest.raises(RemoteError) as info:
         run_score(
@@ -367,8 +371,8 @@ def test_feature_bound_exceeded_refused(protocols: dict[str, ScoreProtocol]) -> 
     assert info.value.status == 400 and "featureBound" in info.value.problem["detail"]
 
 
-def test_unknown_party_model_is_404() -> None:
-    setup = make_setup(5, {"court": 2}, np.random.default_rng(6))
+def test_unknown_party_model_is_404(rng: np.random.Generator) -> None:
+    setup = make_setup(5, {"court": 2}, rng)
     query = setup.query("ckks", "party-held")
     query = ScoreQuery.from_json(
         {**query.to_json(), "model": {**query.model.to_json(), "id": "m-9"}}
@@ -378,8 +382,8 @@ def test_unknown_party_model_is_404() -> None:
     assert info.value.status == 404
 
 
-def test_provider_sends_only_to_the_space_operator() -> None:
-    setup = make_setup(5, {"court": 2}, np.random.default_rng(6))
+def test_provider_sends_only_to_the_space_operator(rng: np.random.Generator) -> None:
+    setup = make_setup(5, {"court": 2}, rng)
     setup.space.analyst.node.register("aggregate.open", lambda ctx, header, payload: Reply())
     with pytest.raises(RemoteError) as info:
         # The analyst names itself as the aggregator: the provider refuses before any data is read.
@@ -390,8 +394,8 @@ def test_provider_sends_only_to_the_space_operator() -> None:
     assert calls(setup.space, "score.run") == 0
 
 
-def test_session_runs_once() -> None:
-    setup = make_setup(4, {"court": 1}, np.random.default_rng(7))
+def test_session_runs_once(rng: np.random.Generator) -> None:
+    setup = make_setup(4, {"court": 1}, rng)
     transport = setup.space.transport(ANALYST)
     run_score(
         transport, ANALYST, OPERATOR, setup.query("additive", "party-held", id="urn:uuid:q-x")
@@ -404,8 +408,8 @@ def test_session_runs_once() -> None:
 # -- receipts --------------------------------------------------------------------------------------
 
 
-def test_receipts_verify_against_known_keys() -> None:
-    setup = make_setup(6, {"tax-bureau": 1, "court": 1}, np.random.default_rng(9))
+def test_receipts_verify_against_known_keys(rng: np.random.Generator) -> None:
+    setup = make_setup(6, {"tax-bureau": 1, "court": 1}, rng)
     vkeys = {p: setup.space.providers[p].node.ledger.vkey for p in setup.agreements}
     query = setup.query("additive", "party-held")
     result = run_score(

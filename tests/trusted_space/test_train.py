@@ -167,6 +167,10 @@ class Setup:
 
 
 def _setup(*, offers: dict[str, dict[str, Any]] | None = None, n: int = N) -> Setup:
+    # A fixed seed, not the session's (tests._seeding): under other data the AUC comparison of
+    # test_joint_model_equals_the_plaintext_reference fails for ~6% of seeds -- the piecewise
+    # and exact-sigmoid references pick different best epochs when their validation losses are
+    # within ~0.004 -- so that check needs a sound bound before this data can vary.
     rng = np.random.default_rng(11)
     keys = [f"ent-{i:05d}" for i in range(n)]
     x = {

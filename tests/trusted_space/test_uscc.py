@@ -171,17 +171,15 @@ def test_substitution_detected_even_without_organisation_check() -> None:
                 validate_uscc(corrupted, check_organisation_code=False)
 
 
-def test_column_validates_and_normalises() -> None:
-    rng = random.Random(7)
-    codes = [generate_uscc(rng) for _ in range(1000)]
+def test_column_validates_and_normalises(rng: np.random.Generator) -> None:
+    codes = [generate_uscc(random.Random(int(rng.integers(2**63)))) for _ in range(1000)]
     assert validate_column([c.lower() for c in codes]) == codes
     assert validate_column(np.array(codes, dtype=object)) == codes
     assert validate_column([]) == []
 
 
-def test_column_error_names_the_row() -> None:
-    rng = random.Random(8)
-    codes = [generate_uscc(rng) for _ in range(2000)]
+def test_column_error_names_the_row(rng: np.random.Generator) -> None:
+    codes = [generate_uscc(random.Random(int(rng.integers(2**63)))) for _ in range(2000)]
     codes[1234] = codes[1234][:17] + ("0" if codes[1234][17] != "0" else "1")
     with pytest.raises(ValidationError) as info:
         validate_column(codes, "uscc")
