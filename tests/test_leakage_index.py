@@ -37,7 +37,7 @@ AGGREGATE = "tests/trusted_space/test_aggregate.py"
 ALIGN = "tests/trusted_space/test_align.py"
 TRAIN = "tests/trusted_space/test_train.py"
 TRAIN_MPC = "tests/trusted_space/test_train_mpc.py"
-HOSTILE = "tests/connectors/test_hostile.py"
+HOSTILE = "tests/connectors/node/test_hostile.py"
 
 GUARANTEES: tuple[Guarantee, ...] = (
     # -- joint score ----------------------------------------------------------------------------
@@ -226,7 +226,7 @@ GUARANTEES: tuple[Guarantee, ...] = (
         (
             f"{HOSTILE}::test_every_refusal_is_one_answer_and_the_ledger_keeps_the_reason",
             "tests/trusted_space/test_identity.py::test_refusals_indistinguishable_to_caller_distinct_in_ledger",
-            "tests/connectors/test_transfer.py::test_pull_token_wrong_expired_reused_unknown_all_answer_the_same_401",
+            "tests/connectors/node/test_transfer.py::test_pull_token_wrong_expired_reused_unknown_all_answer_the_same_401",
         ),
     ),
     Guarantee(
@@ -234,8 +234,8 @@ GUARANTEES: tuple[Guarantee, ...] = (
         "a caller without (or with wrong) credentials",
         "an answer from any protected operation",
         (
-            "tests/connectors/test_api_fuzz.py::test_every_protected_operation_refuses_bad_credentials",
-            "tests/connectors/test_api_fuzz.py::test_every_operation_of_every_role",
+            "tests/connectors/node/test_api_fuzz.py::test_every_protected_operation_refuses_bad_credentials",
+            "tests/connectors/node/test_api_fuzz.py::test_every_operation_of_every_role",
         ),
     ),
     Guarantee(
@@ -249,16 +249,16 @@ GUARANTEES: tuple[Guarantee, ...] = (
         "an anonymous caller",
         "datasets beyond the open tier, or that an invisible dataset exists",
         (
-            "tests/connectors/test_dsp_catalog.py::test_anonymous_catalog_shows_only_unconditional",
-            "tests/connectors/test_dsp_catalog.py::test_invisible_dataset_looks_unknown",
-            "tests/connectors/test_dsp_catalog.py::test_a_bad_signature_is_refused_not_downgraded_to_anonymous",
+            "tests/connectors/node/test_dsp_catalog.py::test_anonymous_catalog_shows_only_unconditional",
+            "tests/connectors/node/test_dsp_catalog.py::test_invisible_dataset_looks_unknown",
+            "tests/connectors/node/test_dsp_catalog.py::test_a_bad_signature_is_refused_not_downgraded_to_anonymous",
         ),
     ),
     Guarantee(
         "edge",
         "the analyst",
         "a provider's file paths in an error",
-        ("tests/connectors/test_compute.py::test_a_broken_source_does_not_leak_its_path",),
+        ("tests/connectors/node/test_compute.py::test_a_broken_source_does_not_leak_its_path",),
     ),
     Guarantee(
         "edge",

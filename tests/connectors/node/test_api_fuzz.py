@@ -8,7 +8,7 @@ them:
 
 - staff operations (``AdminToken``) carry the node's admin token;
 - member operations (``TS-Request``) are signed for that very request by a real member
-  (:class:`tests.connectors._fuzz.SigningProxy` signs the final bytes);
+  (:class:`tests.connectors.node._fuzz.SigningProxy` signs the final bytes);
 - the transfer data pull (``PullToken``) carries no valid token (none is issued here).
 
 Checks on every response: no server error (no 5xx), the response conforms to the documented
@@ -51,8 +51,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from connectors.spaces.local import LocalParty, local_dataset, local_offer
-from tests.connectors._fuzz import SIGN_ME, SigningProxy
 from tests.connectors._space import InProcessSpace, Node
+from tests.connectors.node._fuzz import SIGN_ME, SigningProxy
 from trusted_space.events import decode_event
 
 ROLES: dict[str, tuple[str, list[str]] | None] = {

@@ -23,7 +23,7 @@ from connectors.common.errors import PeerError
 from connectors.node import negotiation
 from connectors.node.federation import push_catalog
 from tests.connectors._space import InProcessSpace, Node
-from tests.connectors.test_dsp_catalog import catalog_offer, publish_dataset, signed
+from tests.connectors.node.test_dsp_catalog import catalog_offer, publish_dataset, signed
 from trusted_space import dsp
 from trusted_space.catalog import Tier
 from trusted_space.contracts import (

@@ -49,7 +49,7 @@ from trusted_space.events import EVENT_LOG, Event, decode_event
 from trusted_space.metering import usage
 from trusted_space.policy import from_odrl
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "dsp_examples" / "transfer"
+EXAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "dsp_examples" / "transfer"
 PURPOSE = "pre-loan-review"
 ROWS = [
     ("91350100M000100Y43", "2023", "1200.5", 'a, quoted "name"'),

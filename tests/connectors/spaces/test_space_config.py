@@ -13,7 +13,7 @@ import pytest
 
 from connectors.spaces.space import SpaceConfigError, load_config
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "space"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "space"
 
 GOOD_HEAD = """\
 [space]

@@ -18,7 +18,7 @@ from connectors.cli.main import app
 from connectors.client.verify import Report, verify_node
 from connectors.node import federation
 from tests.connectors._space import InProcessSpace, Node
-from tests.connectors.test_operator import admit_http, grow
+from tests.connectors.node.test_operator import admit_http, grow
 
 
 @pytest.fixture

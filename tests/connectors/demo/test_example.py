@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from connectors.cli.main import app
 from connectors.demo.example import GUEST_FILE, HOST_FILE, find_data, read_default_credit
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATA = find_data(None, REPO)
 
 needs_data = pytest.mark.skipif(DATA is None, reason="default_credit data set not present")
