@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connectors.spaces.local import LocalParty, LocalSpace
-from trusted_space.query import Model
+from trusted_space.queries.score import Model
 
 PROVIDERS = ("tax-bureau", "court", "social-insurance", "utilities")
 ANALYST = "bank"

@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connectors.spaces.local import LocalParty
 from connectors.spaces.local_train import local_training, train_local
-from trusted_space.protocols.train import TrainParams, auc, train_plaintext
+from trusted_space.protocols.train import auc, train_plaintext
+from trusted_space.queries.train import TrainParams
 
 BANK, GOV = "bank", "gov"
 GUEST, HOST = "default_credit_hetero_guest.csv", "default_credit_hetero_host.csv"

@@ -47,7 +47,7 @@ from connectors.cli._common import (
 )
 from connectors.client.results import load_model, receipt_summary, write_scores
 from connectors.spaces.local import LocalSpace, LocalSpaceError, parse_party
-from trusted_space.query import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
 
 __all__ = [
     "aggregate_command",

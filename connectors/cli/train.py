@@ -6,7 +6,7 @@
   per party (the bank's own included), ``--label``, hyper-parameters, the model mode. Agreements
   and datasets are found among the node's agreements unless named. A progress bar follows the
   epochs (each with its held-out loss when ``--validation`` is set); the model file goes to
-  ``--out`` (:mod:`trusted_space.query` format).
+  ``--out`` (:mod:`trusted_space.queries.score` format).
 - ``local train``: the same over local files through a throw-away real space
   (:func:`connectors.node.training.local_training`); the first ``--party`` holds the label; every
   other
@@ -50,8 +50,8 @@ from connectors.cli._common import (
 from connectors.client.results import verify_train_receipts
 from connectors.spaces.local import LocalSpaceError, parse_party
 from connectors.spaces.local_train import local_training, train_local
-from trusted_space.protocols.train import TrainParams
-from trusted_space.query import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.queries.train import TrainParams
 
 __all__ = ["local_train_command", "train_command"]
 

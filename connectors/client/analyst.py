@@ -5,7 +5,7 @@ only
 talks to that node's admin API with its admin token::
 
     from connectors.client.analyst import AnalystClient
-    from trusted_space.query import ScoreQuery
+    from trusted_space.queries.score import ScoreQuery
 
     with AnalystClient.from_dir("nodes/bank-a") as bank:
         query = bank.score_query(model, entities, protocol="ckks", purpose="pre-loan-review")
@@ -39,8 +39,8 @@ import numpy as np
 from connectors.client.http import AdminClient
 from connectors.common.errors import ConnectorError
 from connectors.common.settings import load_settings
-from trusted_space.protocols.aggregate import AggregateResult
-from trusted_space.query import Model, ScoreQuery, ScoreResult
+from trusted_space.queries.aggregate import AggregateResult
+from trusted_space.queries.score import Model, ScoreQuery, ScoreResult
 
 __all__ = [
     "AnalystClient",

@@ -19,7 +19,7 @@ from typing import Any
 
 from trusted_space.errors import ValidationError
 from trusted_space.ledger import Receipt, open_checkpoint, verify_receipt
-from trusted_space.query import Model
+from trusted_space.queries.score import Model
 
 __all__ = [
     "load_model",

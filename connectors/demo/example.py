@@ -43,8 +43,9 @@ from connectors.spaces.local import LOCAL_PURPOSE, LocalParty, LocalSpace
 from connectors.spaces.local_train import feature_bound, local_training
 from trusted_space.errors import ValidationError
 from trusted_space.policy import PROTOCOLS
-from trusted_space.protocols.train import TrainParams, train_plaintext
-from trusted_space.query import Model
+from trusted_space.protocols.train import train_plaintext
+from trusted_space.queries.score import Model
+from trusted_space.queries.train import TrainParams
 
 __all__ = [
     "BANK",

@@ -103,8 +103,9 @@ from trusted_space.errors import TrustedSpaceError
 from trusted_space.keys import SigningKey
 from trusted_space.ledger import Receipt, verify_receipt
 from trusted_space.policy import PROTOCOLS
-from trusted_space.protocols.train import TrainParams, TrainQuery, train_plaintext
-from trusted_space.query import Model
+from trusted_space.protocols.train import train_plaintext
+from trusted_space.queries.score import Model
+from trusted_space.queries.train import TrainParams, TrainQuery
 
 __all__ = [
     "BASE_PORT",

@@ -55,7 +55,7 @@ from trusted_space.catalog import check_participant_id
 from trusted_space.errors import TrustedSpaceError, ValidationError
 from trusted_space.ledger import verify_receipt
 from trusted_space.policy import PROTOCOLS
-from trusted_space.query import Model
+from trusted_space.queries.score import Model
 
 __all__ = [
     "LOCAL_PURPOSE",

@@ -2,7 +2,8 @@
 
 A :class:`~connectors.spaces.local.LocalSpace` whose first party holds the label, every other
 file a provider; all numeric columns but the id (and the label) are features unless named. The
-result's ``model`` is a model file in :mod:`trusted_space.query` format (analyst-held), which
+result's ``model`` is a model file in :mod:`trusted_space.queries.score` format (analyst-held),
+which
 ``trusted-space local score`` takes as it is.
 """
 
@@ -17,8 +18,8 @@ from connectors.client.analyst import QueryProgress
 from connectors.node.sources import SourceSpec, open_source
 from connectors.spaces.local import LOCAL_PURPOSE, LocalParty, LocalSpace
 from trusted_space.errors import ValidationError
-from trusted_space.protocols.train import TrainParams
-from trusted_space.query import Link, Model
+from trusted_space.queries.score import Link, Model
+from trusted_space.queries.train import TrainParams
 
 __all__ = ["MAX_FEATURE_BOUND", "feature_bound", "file_features", "local_training", "train_local"]
 

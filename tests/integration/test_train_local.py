@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trusted_space.protocols.train import TrainParams, auc, train_plaintext
-from trusted_space.query import Model
+from trusted_space.protocols.train import auc, train_plaintext
+from trusted_space.queries.score import Model
+from trusted_space.queries.train import TrainParams
 
 from .conftest import cli
 

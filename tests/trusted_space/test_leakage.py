@@ -34,7 +34,7 @@ from trusted_space.protocols.score import store_party_weights
 from trusted_space.protocols.score_additive import AdditiveScore
 from trusted_space.protocols.score_ckks import CkksScore
 from trusted_space.protocols.score_paillier import PaillierScore
-from trusted_space.query import Link, Model, ScoreQuery
+from trusted_space.queries.score import Link, Model, ScoreQuery
 from trusted_space.transport import Handler, RemoteError, Reply
 
 from ._joint import ANALYST, OPERATOR, PURPOSE, Space, build_space, offer, provide

@@ -1,13 +1,13 @@
 """The analyst's query API: the bank's staff run joint queries from their own node (admin token).
 
-- ``POST /management/queries/score``: body = a score query (:mod:`trusted_space.query` JSON:
+- ``POST /management/queries/score``: body = a score query (:mod:`trusted_space.queries.score` JSON:
   purpose, protocol, mode, model, agreements, datasets, entities, ...). It is checked at once
   (``400`` naming the JSON path), then queued: ``202`` with the query's view and a ``Location``.
 - ``POST /management/queries/aggregate``: body =
 :class:`~connectors.node.wire.queries.AggregateRequest`;
   same answers.
 - ``POST /management/queries/train``: body = a joint training
-  (:class:`trusted_space.protocols.train.TrainQuery` JSON; without ``entities`` every id of the
+  (:class:`trusted_space.queries.train.TrainQuery` JSON; without ``entities`` every id of the
   node's own dataset); same answers; the stage reports each epoch (and its held-out loss).
 - ``GET /management/queries/{id}[?wait=S]``: state (``queued``, ``running``, ``done``, ``failed``),
   stage and estimated fraction; when done the result with the providers' receipts, when failed a
@@ -61,7 +61,7 @@ def submit_score(
     runtime: RuntimeDep,
     body: Annotated[
         dict[str, Any],
-        Body(description="A score query (trusted_space.query.ScoreQuery JSON)."),
+        Body(description="A score query (trusted_space.queries.score.ScoreQuery JSON)."),
     ],
 ) -> Response:
     """Check and queue a joint score run by this node as the analyst."""
@@ -74,7 +74,7 @@ def submit_train(
     runtime: RuntimeDep,
     body: Annotated[
         dict[str, Any],
-        Body(description="A joint training (trusted_space.protocols.train.TrainQuery JSON)."),
+        Body(description="A joint training (trusted_space.queries.train.TrainQuery JSON)."),
     ],
 ) -> Response:
     """Check and queue a joint training run by this node as the bank (progress per epoch)."""

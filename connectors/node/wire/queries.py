@@ -1,6 +1,7 @@
 """Wire models of the analyst's query API (``/management/queries``, the analyst node's staff).
 
-A score query travels as the core's own JSON (:meth:`trusted_space.query.ScoreQuery.from_json`
+A score query travels as the core's own JSON
+(:meth:`trusted_space.queries.score.ScoreQuery.from_json`
 parses it strictly and names the JSON path of any error), so it has no duplicate schema here. An
 aggregate has no core JSON form, so :class:`AggregateRequest` is its shape, converted to a
 :class:`~trusted_space.protocols.aggregate.AggregateQuery` by :func:`aggregate_query` (the
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trusted_space.protocols.aggregate import AggregateQuery, AggregateResult
+from trusted_space.queries.aggregate import AggregateQuery, AggregateResult
 
 __all__ = [
     "QUERY_STATES",

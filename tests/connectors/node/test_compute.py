@@ -33,7 +33,7 @@ from trusted_space.events import decode_event
 from trusted_space.ledger import Receipt
 from trusted_space.protocols.aggregate import set_column_bounds
 from trusted_space.protocols.score import check_use_receipt, run_score
-from trusted_space.query import ScoreQuery
+from trusted_space.queries.score import ScoreQuery
 from trusted_space.transport import RemoteError, frame, unframe
 
 PURPOSE = "pre-loan-review"

@@ -61,8 +61,9 @@ from trusted_space.contracts import NegotiationState
 from trusted_space.events import canonical_json, decode_event
 from trusted_space.identity import REQUEST_TYP
 from trusted_space.keys import SigningKey, b64url_decode, b64url_encode
-from trusted_space.protocols.train import TrainParams, train_plaintext
-from trusted_space.query import Model
+from trusted_space.protocols.train import train_plaintext
+from trusted_space.queries.score import Model
+from trusted_space.queries.train import TrainParams
 
 PURPOSE = "credit-review"
 N = 16

@@ -84,7 +84,7 @@ they clip values, give the sensitivity and size the fixed-point/CKKS ranges.
 Layout: :mod:`.wire` (packing, ring encoding, CKKS totals), :mod:`.bounds` (column bounds and
 noise), :mod:`.statistic` (the released rows), :mod:`.provider` (the ``stats.*`` operations),
 :mod:`.analyst` (:func:`run_aggregate`). The query and result models are in
-:mod:`trusted_space.queries.aggregate` (re-exported here).
+:mod:`trusted_space.queries.aggregate` .
 """
 
 from __future__ import annotations
@@ -99,17 +99,12 @@ from trusted_space.protocols.aggregate.bounds import (
 )
 from trusted_space.protocols.aggregate.provider import STATS_OPERATIONS, register_aggregate
 from trusted_space.protocols.aggregate.wire import RING_FRAC_BITS
-from trusted_space.queries.aggregate import MAX_BINS, STATISTICS, AggregateQuery, AggregateResult
 
 __all__ = [
     "BOUNDS_NAMESPACE",
-    "MAX_BINS",
     "NOISE_TAIL",
     "RING_FRAC_BITS",
-    "STATISTICS",
     "STATS_OPERATIONS",
-    "AggregateQuery",
-    "AggregateResult",
     "column_bounds",
     "laplace_noise",
     "register_aggregate",

@@ -50,7 +50,7 @@ The operations the providers and the operator serve are in
 
 Layout: :mod:`.reference` (the schedule and the plaintext reference), :mod:`.common` (digests,
 dealer shapes, the weight check), :mod:`.bank` (:func:`run_train`). The query, parameters and
-result models are in :mod:`trusted_space.queries.train` (re-exported here); the secure
+result models are in :mod:`trusted_space.queries.train` ; the secure
 arithmetic is in :mod:`trusted_space.protocols.train_mpc`.
 """
 
@@ -72,27 +72,9 @@ from trusted_space.protocols.train.reference import (
     taylor_loss,
     train_plaintext,
 )
-from trusted_space.queries.train import (
-    MAX_BATCH,
-    MAX_BATCH_CELLS,
-    MAX_COLUMNS,
-    MAX_EPOCHS,
-    MAX_ROWS,
-    TrainParams,
-    TrainQuery,
-    TrainResult,
-)
 
 __all__ = [
-    "MAX_BATCH",
-    "MAX_BATCH_CELLS",
-    "MAX_COLUMNS",
-    "MAX_EPOCHS",
-    "MAX_ROWS",
     "PlainTraining",
-    "TrainParams",
-    "TrainQuery",
-    "TrainResult",
     "auc",
     "check_weights",
     "dealer_spec",
