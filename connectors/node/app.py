@@ -11,8 +11,11 @@ dsp_transfer           provider, consumer     members; data pulls with a transfe
 compute                every node             members (signed requests, policy-checked)
 ledger                 every node             anyone (proofs are public by design)
 management             every node             the node's staff (admin token)
+usage, audit           every node             the node's staff (dry run, usage, verification)
+console                every node             anyone (the page); staff after sign-in
 operator               operator               admin (admission), members, anyone (anchor)
 queries_admin          consumer               the node's staff (run joint queries as analyst)
+operator_admin         operator               the node's staff (members, witness record)
 =====================  =====================  ==============================================
 
 Settings are read when this is called (at start), never at import. The runtime is built here so
@@ -32,8 +35,11 @@ from connectors import __version__
 from connectors.common.settings import NodeSettings
 from connectors.node import negotiation, queries
 from connectors.node.background import Background
+from connectors.node.console import router as console
+from connectors.node.console.sessions import SessionStore
 from connectors.node.problems import BodySizeLimit, document_problems, install_error_handlers
 from connectors.node.routers import (
+    audit,
     compute,
     contracts_admin,
     dsp_catalog,
@@ -43,8 +49,10 @@ from connectors.node.routers import (
     management,
     node,
     operator,
+    operator_admin,
     queries_admin,
     transfers_admin,
+    usage,
 )
 from connectors.node.runtime import NodeRuntime
 
@@ -100,6 +108,7 @@ def create_app(
     )
     app.state.runtime = rt
     app.state.background = background
+    app.state.console_sessions = SessionStore()
     install_error_handlers(app)
 
     def limit_for(path: str) -> int:
@@ -113,6 +122,9 @@ def create_app(
     app.include_router(dsp_catalog.router)
     app.include_router(ledger.router)
     app.include_router(management.router)
+    app.include_router(usage.router)
+    app.include_router(audit.router)
+    app.include_router(console.router)
     app.include_router(compute.router)
     if rt.roles & {"provider", "consumer"}:
         app.include_router(dsp_negotiation.router)
@@ -123,5 +135,6 @@ def create_app(
         app.include_router(queries_admin.router)
     if rt.is_operator:
         app.include_router(operator.router)
+        app.include_router(operator_admin.router)
     document_problems(app)
     return app

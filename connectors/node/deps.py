@@ -2,7 +2,10 @@
 
 - ``RuntimeDep``: the node's :class:`~connectors.node.runtime.NodeRuntime`.
 - ``AdminDep``: the caller presented the node's admin token (``Authorization: Bearer``); the
-  institution's own staff only. Compared in constant time.
+  institution's own staff only. Compared in constant time. Without an ``Authorization`` header, a
+  live console session (cookie, and the CSRF header on requests that change something; see
+  :mod:`connectors.node.console.sessions`) is accepted instead, so the console calls exactly the
+  API the CLI calls. A bad bearer token is refused, never downgraded to the cookie.
 - ``MemberDep``: the caller is a member of the space and signed this very request
   (``TS-Request`` token, see :mod:`connectors.client.http`); the verified sender is returned. Runs
   before the handler: signature, credential, audience, expiry, replay and body hash are checked
@@ -22,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from connectors.client.http import CREDENTIAL_HEADER, REQUEST_HEADER
+from connectors.node.console.sessions import CSRF_HEADER, SessionStore, session_cookie
 from connectors.node.runtime import NodeRuntime
 from trusted_space.errors import VerificationError
 from trusted_space.identity import VerifiedRequest
@@ -32,6 +36,7 @@ __all__ = [
     "MemberDep",
     "OptionalMemberDep",
     "RuntimeDep",
+    "console_sessions",
     "get_runtime",
     "optional_member",
     "request_target",
@@ -71,11 +76,27 @@ _CredentialHeader = Annotated[
 ]
 
 
+def console_sessions(request: Request) -> SessionStore | None:
+    """The node's console sessions (``None`` on an app built without the console)."""
+    sessions = getattr(request.app.state, "console_sessions", None)
+    return sessions if isinstance(sessions, SessionStore) else None
+
+
 def require_admin(
+    request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_scheme)],
 ) -> None:
-    """Refuse unless the bearer token is the node's admin token."""
+    """Refuse unless the bearer token is the node's admin token (or a live console session)."""
+    if credentials is None and "authorization" not in request.headers:
+        sessions = console_sessions(request)
+        if sessions is not None and sessions.allows(
+            request.cookies.get(session_cookie(runtime.id)),
+            request.method,
+            request.headers.get(CSRF_HEADER),
+        ):
+            return
+        raise VerificationError("admin-token")
     presented = "" if credentials is None else credentials.credentials
     if not presented or not hmac.compare_digest(
         presented.encode("utf-8", "replace"), runtime.admin_token.encode()
