@@ -708,9 +708,15 @@ def _weighted_chunks(
             for start in range(0, x.shape[0], slots):
                 acc: Any = None
                 for j, w in enumerate(w_chunks):
-                    term = w.mul(_padded(xt[j, start : start + slots], slots).tolist())
+                    column = xt[j, start : start + slots]
+                    if not column.any():
+                        # An all-zero plaintext contributes nothing, and SEAL cannot multiply by
+                        # one (TenSEAL encodes it at another scale, or the product is
+                        # transparent): a column of zeros in this chunk is skipped.
+                        continue
+                    term = w.mul(_padded(column, slots).tolist())
                     acc = term if acc is None else acc.add_(term)
-                if acc is None:  # k == 0: the empty sum
+                if acc is None:  # k == 0, or every column zero here: the empty sum
                     acc = context._encrypt_slots(zeros, 2 * context.preset.scale_bits)
                 elif rerandomize:
                     acc.add_(context._encrypt_slots(zeros, 2 * context.preset.scale_bits))

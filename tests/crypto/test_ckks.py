@@ -196,6 +196,37 @@ def test_weighted_sum_matches_numpy(
     assert np.all(np.abs(out - x @ w) <= TOL)
 
 
+@given(
+    n=st.integers(min_value=1, max_value=12),
+    zero_columns=st.lists(st.booleans(), min_size=1, max_size=4),
+    constant=st.sampled_from([0.0, 1.0, -3.5]),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+@settings(max_examples=12)
+def test_weighted_sum_with_zero_or_constant_columns_and_few_entities(
+    sk: SecretContext,
+    pub: PublicContext,
+    n: int,
+    zero_columns: list[bool],
+    constant: float,
+    seed: int,
+) -> None:
+    # One applicant, or a block whose column is all zero (a provider's flag nobody has): SEAL
+    # cannot multiply by an all-zero plaintext, so such columns must still give the exact sum.
+    rng = np.random.default_rng(seed)
+    k = len(zero_columns)
+    x = rng.uniform(-BOUND, BOUND, (n, k))
+    for j, zero in enumerate(zero_columns):
+        if zero:
+            x[:, j] = 0.0
+    x[:, 0] = constant if not zero_columns[0] else 0.0
+    w = rng.uniform(-4.0, 4.0, k)
+    enc_w = pub.load_vector(encrypt_weights(sk, w).serialize())
+    out = sk.decrypt(weighted_sum(pub, enc_w, x))
+    assert out.shape == (n,)
+    assert np.all(np.abs(out - x @ w) <= TOL)
+
+
 def test_weighted_sum_across_chunk_boundary_and_providers(
     sk: SecretContext,
     pub: PublicContext,
