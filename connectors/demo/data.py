@@ -42,6 +42,7 @@ import numpy.typing as npt
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
+from trusted_space.queries.score import logistic
 from trusted_space.uscc import generate_uscc
 
 __all__ = [
@@ -145,11 +146,6 @@ class DemoData:
         return [self.ids[int(i)] for i in rows]
 
 
-def _sigmoid(z: FloatArray) -> FloatArray:
-    out: FloatArray = 1.0 / (1.0 + np.exp(-z))
-    return out
-
-
 def _usccs(rng: np.random.Generator, n: int) -> tuple[str, ...]:
     r = random.Random(int(rng.integers(0, 2**63 - 1)))  # noqa: S311 - demo data, seeded on purpose
     seen: dict[str, None] = {}
@@ -189,10 +185,10 @@ def generate(
     age_days = np.round(age_years * 365.25).astype(np.int64)
     age_years = np.round(age_days / 365.25, 2)
     registered_capital = np.round(np.clip(10 ** (2.0 + 0.6 * size + 0.3 * noise()), 1, 1e5), 1)
-    paid_in_ratio = np.round(np.clip(_sigmoid(0.6 + 0.8 * health + 0.6 * noise()), 0, 1), 3)
-    abnormal = (rng.random(n) < _sigmoid(-3.1 - 1.1 * health)).astype(np.int64)
+    paid_in_ratio = np.round(np.clip(logistic(0.6 + 0.8 * health + 0.6 * noise()), 0, 1), 3)
+    abnormal = (rng.random(n) < logistic(-3.1 - 1.1 * health)).astype(np.int64)
     status_draw = rng.random(n)
-    revoked_p = _sigmoid(-5.2 - 1.4 * health)
+    revoked_p = logistic(-5.2 - 1.4 * health)
     status = np.where(
         status_draw < revoked_p,
         "revoked",
@@ -215,7 +211,7 @@ def generate(
     )  # 10k CNY
     log_tax_paid = np.round(np.log10(tax_paid * 1e4), 4)
     tax_growth = np.round(np.clip(0.05 + 0.14 * health + 0.22 * noise(), -0.95, 3.0), 4)
-    tax_arrears = (rng.random(n) < _sigmoid(-2.9 - 1.2 * health)).astype(np.int64)
+    tax_arrears = (rng.random(n) < logistic(-2.9 - 1.2 * health)).astype(np.int64)
 
     # -- social insurance ------------------------------------------------------------------------
     insured_staff = np.clip(
@@ -231,19 +227,19 @@ def generate(
     lawsuits = np.minimum(rng.poisson(np.exp(-1.4 - 0.8 * health + 0.35 * size)), 40).astype(
         np.int64
     )
-    dishonest = (rng.random(n) < _sigmoid(-4.4 - 1.5 * health)).astype(np.int64)
-    enforced = (dishonest == 1) | (rng.random(n) < _sigmoid(-3.2 - 0.9 * health))
+    dishonest = (rng.random(n) < logistic(-4.4 - 1.5 * health)).astype(np.int64)
+    enforced = (dishonest == 1) | (rng.random(n) < logistic(-3.2 - 0.9 * health))
     enforcement_amount = np.where(
         enforced, np.round(10 ** (1.0 + 0.5 * size + 0.5 * noise()), 2), 0.0
     )  # 10k CNY
     log_enforcement = np.round(np.log10(1.0 + enforcement_amount), 4)
 
     # -- bank: its own customers only --------------------------------------------------------------
-    customer = rng.random(n) < _sigmoid(0.2 + 0.6 * size)
+    customer = rng.random(n) < logistic(0.2 + 0.6 * size)
     prior_loans = np.where(
         customer, np.minimum(1 + rng.poisson(np.exp(0.5 + 0.4 * size)), 20), 0
     ).astype(np.int64)
-    late = customer & (rng.random(n) < _sigmoid(-1.6 - 1.0 * health))
+    late = customer & (rng.random(n) < logistic(-1.6 - 1.0 * health))
     max_overdue_days = np.where(
         late, np.minimum(np.ceil(rng.exponential(25.0, n) * np.exp(-0.4 * health)), 360), 0
     ).astype(np.int64)
@@ -264,7 +260,7 @@ def generate(
         + TRUTH["arrears_months"] * arrears_months
         + TRUTH["new_enterprise"] * (age_years < 2.0)
     )
-    labels = (rng.random(n) < _sigmoid(truth_logit)).astype(np.int64)
+    labels = (rng.random(n) < logistic(truth_logit)).astype(np.int64)
 
     # -- who applies, who trained the model ------------------------------------------------------
     active = np.flatnonzero(status == "active")

@@ -95,7 +95,7 @@ from connectors.demo.data import (
 )
 from connectors.demo.report import write_report
 from connectors.demo.state import DemoOptions, DemoRun
-from connectors.demo.stats import auc, fit_logistic, roc_curve, sigmoid
+from connectors.demo.stats import auc, fit_logistic, roc_curve
 from connectors.node.runtime import NodeRuntime
 from connectors.spaces.space import SPACE_FILE, SpaceError, down, load_config, up
 from trusted_space.consent import sign_consent
@@ -104,7 +104,7 @@ from trusted_space.keys import SigningKey
 from trusted_space.ledger import Receipt, verify_receipt
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols.train import train_plaintext
-from trusted_space.queries.score import Model
+from trusted_space.queries.score import Model, logistic
 from trusted_space.queries.train import TrainParams, TrainQuery
 
 __all__ = [
@@ -822,7 +822,7 @@ def _score(run: DemoRun, data: DemoData, model: Model, alone: Model) -> None:
     }
     run.plots["labels"] = labels
     run.plots["roc"] = {"bank alone": roc_curve(labels, plain_bank)}
-    run.plots["probabilities"] = sigmoid(plain)
+    run.plots["probabilities"] = logistic(plain)
     run.check(
         "government data improve the prediction",
         auc_plain > auc_bank,

@@ -20,20 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LogisticFit", "auc", "fit_logistic", "roc_curve", "sigmoid"]
+from trusted_space.queries.score import logistic
+
+__all__ = ["LogisticFit", "auc", "fit_logistic", "roc_curve"]
 
 FloatArray = npt.NDArray[np.float64]
-
-
-def sigmoid(z: npt.ArrayLike) -> FloatArray:
-    """The logistic function, stable on both tails."""
-    x = np.asarray(z, dtype=np.float64)
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
 
 
 @dataclass(frozen=True)
@@ -52,7 +43,7 @@ class LogisticFit:
 def fit_logistic(
     x: npt.ArrayLike, y: npt.ArrayLike, *, l2: float = 1e-2, max_iter: int = 50, tol: float = 1e-9
 ) -> LogisticFit:
-    """Fit ``P(y=1) = sigmoid(b + x @ w)`` by Newton's method, L2 penalty on standardised w.
+    """Fit ``P(y=1) = logistic(b + x @ w)`` by Newton's method, L2 penalty on standardised w.
 
     Args:
         x: ``(n, k)`` features.
@@ -81,7 +72,7 @@ def fit_logistic(
     penalty[0] = 0.0
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - reported after the loop
-        p = sigmoid(z @ beta)
+        p = logistic(z @ beta)
         gradient = z.T @ (ys - p) - penalty * beta
         hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty)
         try:

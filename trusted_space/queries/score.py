@@ -60,12 +60,28 @@ __all__ = [
     "Model",
     "ScoreQuery",
     "ScoreResult",
+    "logistic",
 ]
 
 QUERY_VERSION: Final = 1
 LINKS: Final = ("logistic", "identity", "scorecard")
 
 FloatArray = npt.NDArray[np.float64]
+
+
+def logistic(z: npt.ArrayLike) -> FloatArray:
+    """The logistic function ``1 / (1 + e^-z)``, elementwise in float64, stable on both tails.
+
+    The one plaintext sigmoid: the ``logistic`` link, the training references and the demo's fit
+    and data all call it, so their results agree to the bit.
+    """
+    x = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ez = np.exp(x[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,13 +109,7 @@ class Link:
         """Outputs for logits: probabilities, the logits themselves, or scorecard points."""
         z = np.asarray(logits, dtype=np.float64)
         if self.kind == "logistic":
-            # Numerically stable sigmoid on both tails.
-            out = np.empty_like(z)
-            pos = z >= 0
-            out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-            ez = np.exp(z[~pos])
-            out[~pos] = ez / (1.0 + ez)
-            return out
+            return logistic(z)
         if self.kind == "identity":
             return z.copy()
         return self.offset + self.factor * z

@@ -20,8 +20,9 @@ from connectors.demo.data import (
     generate,
     write_tables,
 )
-from connectors.demo.stats import auc, fit_logistic, roc_curve, sigmoid
+from connectors.demo.stats import auc, fit_logistic, roc_curve
 from connectors.node.sources import SourceSpec, open_source
+from trusted_space.queries.score import logistic
 from trusted_space.uscc import is_valid_uscc
 
 
@@ -128,7 +129,7 @@ def test_fit_recovers_a_known_model() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(50_000, 3)) * [1.0, 5.0, 0.5] + [0, 10, 0]
     w = np.array([0.8, -0.3, 1.0])
-    y = (rng.random(50_000) < sigmoid(-0.5 + x @ w)).astype(int)
+    y = (rng.random(50_000) < logistic(-0.5 + x @ w)).astype(int)
 
     fit = fit_logistic(x, y, l2=0.0)
 

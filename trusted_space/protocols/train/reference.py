@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trusted_space.errors import ValidationError
-from trusted_space.queries.score import Link
+from trusted_space.queries.score import logistic
 from trusted_space.queries.train import TrainParams
 
 __all__ = [
@@ -51,10 +51,6 @@ def epoch_order(train_rows: IntArray, seed: int, epoch: int) -> IntArray:
     """The training rows in epoch ``epoch``'s order (seeded, a fresh shuffle per epoch)."""
     rng = np.random.default_rng([seed, epoch])
     return np.asarray(train_rows[rng.permutation(len(train_rows))], dtype=np.int64)
-
-
-def _sigmoid(z: FloatArray) -> FloatArray:
-    return Link("logistic").apply(z)
 
 
 def taylor_loss(z: FloatArray, y: FloatArray) -> float:
@@ -143,7 +139,7 @@ def train_plaintext(
     n = features.shape[0]
     if features.ndim != 2 or labels.shape != (n,):
         raise ValidationError("x must be (n, k) and y (n,)")
-    link = sigmoid or _sigmoid
+    link = sigmoid or logistic
     design = np.hstack([np.ones((n, 1)), features])
     train_rows, valid_rows = split_rows(n, params.validation, params.seed)
     w = np.zeros(design.shape[1])

@@ -16,20 +16,11 @@ import numpy.typing as npt
 
 from trusted_space.errors import ValidationError
 from trusted_space.protocols.train_mpc.ring import CMP_FRAC_BITS, FloatArray
+from trusted_space.queries.score import logistic
 
 __all__ = ["MAX_KNOTS", "Sigmoid"]
 
 MAX_KNOTS: Final = 16
-
-
-def _sigmoid(z: npt.ArrayLike) -> FloatArray:
-    x = np.asarray(z, dtype=np.float64)
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ez = np.exp(x[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
 
 
 @dataclass(frozen=True)
@@ -62,7 +53,7 @@ class Sigmoid:
     def hinges(self) -> tuple[FloatArray, FloatArray]:
         """``(Δα, Δβ)``: the change of intercept and slope at each knot."""
         t = np.array(self.knots)
-        s = _sigmoid(t)
+        s = logistic(t)
         alpha = np.zeros(len(t) + 1)
         beta = np.zeros(len(t) + 1)
         slopes = np.diff(s) / np.diff(t)
