@@ -1,48 +1,95 @@
-"""The one exception tree of the ``trusted_space`` package.
+"""The one exception family of the project, and the one table that answers each error.
 
-A refused policy decision is *not* an exception: the policy engine returns a ``Decision`` carrying
-its evaluation trace. Exceptions are for inputs that cannot be processed at all::
+A refused policy decision is *not* an exception inside the engine: the policy engine returns a
+``Decision`` carrying its evaluation trace. Exceptions are for inputs that cannot be processed at
+all, for a refusal that must stop a computation and travel back to the asker, and for a peer or a
+resource that failed. Every error of ``trusted_space`` and of the connector layer descends from
+one root (the connector layer adds only client- and tool-side leaves, see
+:mod:`connectors.common.errors`)::
 
-    TrustedSpaceError
-     ├── ValidationError          input is malformed (bad USCC, bad policy JSON, schema mismatch)
-     │    └── SchemaValidationError   a DSP message does not validate against the 2025-1 schemas
-     ├── VerificationError        a token, credential, signature or proof does not verify.
-     │                            Deliberately uninformative: ``reason`` is kept for the ledger,
-     │                            ``str()`` is the same for every failure.
-     ├── NotFoundError            an id that is not known here
-     ├── ConflictError            a concurrent or illegal state change (wrong version, duplicate id)
-     │    ├── IllegalTransitionError  a negotiation message not allowed in the current state
-     │    └── WitnessSizeError    a consistency proof starts from another size than the witness's
-     │                            last cosigned one (a lost answer, not a fork: retry from it)
-     ├── GradeFloorError          a tier or policy looser than the data's security grade allows
-     ├── LimitExceededError       a counter or budget would go past its limit
-     ├── RefusedError             a provider's policy refused a query (carries its trace); raised
-     │                            by protocol code so the refusal travels back to the analyst
-     └── StoreError               the durable store failed (converted from SQLAlchemy / sqlite3)
+    TrustedSpaceError                   400 invalid-input (any other error of ours)
+     ├── ValidationError                400 invalid-input: malformed input (bad USCC, bad policy
+     │    │                                 JSON, schema mismatch)
+     │    ├── SchemaValidationError     400 invalid-dsp-message: a DSP message does not validate
+     │    │                                 against the 2025-1 schemas (``errors`` attached)
+     │    └── GradeFloorError           400 grade-floor: a tier or policy looser than the data's
+     │                                      security grade allows
+     ├── VerificationError              401 unauthorized: a token, credential, signature or proof
+     │                                      does not verify. Deliberately uninformative:
+     │                                      ``reason`` is kept for the ledger, ``str()`` is the
+     │                                      same for every failure
+     ├── RefusedError                   403 policy-refused: a usage policy refused (carries its
+     │                                      trace); raised by protocol code and by the node's own
+     │                                      checks, so the refusal travels back to the asker
+     ├── LimitExceededError             403 limit-exceeded: a counter or budget would go past
+     │                                      its limit
+     ├── NotFoundError                  404 not-found: an id that is not known here
+     ├── ConflictError                  409 conflict: a concurrent or illegal state change
+     │    ├── IllegalTransitionError    409 illegal-transition: a negotiation message not allowed
+     │    │                                 in the current state
+     │    └── WitnessSizeError          409 conflict: a consistency proof starts from another
+     │                                      size than the witness's last cosigned one (a lost
+     │                                      answer, not a fork: retry from it; the witness's
+     │                                      route answers it as 409 witness-size itself)
+     ├── RemoteError                    502 peer-error: another node refused or failed a call
+     │                                      (its status and problem document attached)
+     ├── NotReadyError                  503 not-ready: this node lacks something to serve the
+     │                                      request (not admitted, no operator, a peer
+     │                                      unreachable, shut down)
+     └── StoreError                     503 store-unavailable: the durable store failed
+                                            (converted from SQLAlchemy / sqlite3)
+
+Anything else (a bug) answers ``500 internal`` with a detail that says nothing.
+
+The statuses and slugs are :data:`PROBLEM_TYPES`, the one table: the node's HTTP edge
+(``connectors.node.problems.problem_for``) and the in-memory transport
+(:class:`trusted_space.transport.InMemoryTransport`) both answer with
+:func:`problem_document`, so a test in one process sees the status, slug and body a real node
+sends. A peer's answer comes back as a :class:`RemoteError` whichever transport carried it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "INTERNAL",
+    "PROBLEM_BASE",
+    "PROBLEM_TYPES",
     "ConflictError",
     "GradeFloorError",
     "IllegalTransitionError",
     "LimitExceededError",
     "NotFoundError",
+    "NotReadyError",
+    "ProblemType",
     "RefusedError",
+    "RemoteError",
     "SchemaValidationError",
     "StoreError",
     "TrustedSpaceError",
     "ValidationError",
     "VerificationError",
     "WitnessSizeError",
+    "problem_document",
+    "problem_type",
 ]
+
+PROBLEM_BASE = "https://w3id.org/trusted-space/problems/"
+"""Problem ``type`` URIs are this plus the slug (RFC 9457)."""
 
 
 class TrustedSpaceError(Exception):
-    """Base class of every error raised by ``trusted_space``."""
+    """Base class of every error raised by ``trusted_space`` and the connector layer."""
+
+    def problem_extensions(self) -> dict[str, Any]:
+        """Extra members of this error's problem document (``trace``, ``errors``, ...).
+
+        Members whose value is ``None`` are left out of the document.
+        """
+        return {}
 
 
 class ValidationError(TrustedSpaceError, ValueError):
@@ -56,6 +103,9 @@ class SchemaValidationError(ValidationError):
         self.schema = schema
         self.errors = errors
         super().__init__(f"message does not validate against {schema}: " + "; ".join(errors[:5]))
+
+    def problem_extensions(self) -> dict[str, Any]:
+        return {"errors": self.errors[:20]}
 
 
 class VerificationError(TrustedSpaceError):
@@ -110,41 +160,147 @@ class LimitExceededError(TrustedSpaceError):
 
 
 class RefusedError(TrustedSpaceError):
-    """A provider refused a query on policy grounds; the decision's trace says which rule.
+    """A usage policy refused a request; the decision's trace says which rule.
 
     Inside the engine a refusal is a :class:`~trusted_space.policy.Decision`; this exception is
-    how protocol code stops a multi-party computation at the provider and carries the decision
-    back across the transport (HTTP 403 with the trace at the edge).
-    """
+    how code stops where the policy said no (a provider in a multi-party computation, a node
+    refusing a negotiation or a transfer) and carries the decision back to the asker: ``403
+    policy-refused`` with the trace, over HTTP and in memory alike.
 
-    status = 403
+    Args:
+        reason: what was refused and why, in words (the problem's ``detail``).
+        trace: the decision's evaluation trace, one JSON object per step.
+        participant: who refused (a provider's participant id).
+        decision_index: the decision's index in the refusing node's ledger.
+    """
 
     def __init__(
         self,
         reason: str,
-        trace: list[dict[str, Any]] | None = None,
+        trace: Sequence[Mapping[str, Any]] | None = None,
         *,
         participant: str | None = None,
         decision_index: int | None = None,
     ) -> None:
         self.reason = reason
-        self.trace = list(trace or [])
+        self.trace = [dict(step) for step in trace or ()]
         self.participant = participant
         self.decision_index = decision_index
         super().__init__(reason)
 
-    @property
-    def problem(self) -> dict[str, Any]:
+    def problem_extensions(self) -> dict[str, Any]:
         return {
-            "type": "https://w3id.org/trusted-space/problems/policy-refused",
-            "title": "Refused by usage policy",
-            "status": 403,
-            "detail": self.reason,
             "trace": self.trace,
             "participant": self.participant,
             "decisionIndex": self.decision_index,
         }
 
+    @property
+    def problem(self) -> dict[str, Any]:
+        """The problem document this refusal answers with (:func:`problem_document`)."""
+        return problem_document(self)
+
+
+class RemoteError(TrustedSpaceError):
+    """Another node refused or failed a call; the one error for every peer's answer.
+
+    Raised by the transports (:class:`~trusted_space.transport.Transport`) and by the connector
+    layer's HTTP clients alike. A peer's policy refusal arrives as one of these with status
+    ``403`` and the refusal's trace in :attr:`problem`; if it escapes to a caller of this node,
+    this node answers ``502 peer-error`` with the peer's document as ``peerProblem``.
+
+    Attributes:
+        peer: who answered (a participant id, or a URL for calls to a node by address).
+        status: the peer's HTTP status (in memory, the status its error would have had).
+        problem: the peer's problem document (``type``, ``detail``, and for policy refusals the
+            ``trace``), so a refusal reaches the analyst with the provider's reason.
+    """
+
+    def __init__(self, peer: str, status: int, problem: Mapping[str, Any] | None = None) -> None:
+        self.peer = peer
+        self.status = status
+        self.problem = dict(problem or {})
+        detail = self.problem.get("detail") or self.problem.get("title") or f"HTTP {status}"
+        super().__init__(f"{peer} answered {status}: {detail}")
+
+    def problem_extensions(self) -> dict[str, Any]:
+        return {"peer": self.peer, "peerStatus": self.status, "peerProblem": self.problem or None}
+
+
+class NotReadyError(TrustedSpaceError):
+    """This node cannot serve the request yet (not admitted, no operator, a peer unreachable)."""
+
 
 class StoreError(TrustedSpaceError):
     """The durable store failed; the transaction was rolled back."""
+
+
+# -- the one table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    """How an error answers: HTTP status, problem slug (``PROBLEM_BASE + slug``) and title."""
+
+    status: int
+    slug: str
+    title: str
+
+
+PROBLEM_TYPES: Mapping[type[TrustedSpaceError], ProblemType] = {
+    TrustedSpaceError: ProblemType(400, "invalid-input", "Invalid input"),
+    ValidationError: ProblemType(400, "invalid-input", "Invalid input"),
+    SchemaValidationError: ProblemType(400, "invalid-dsp-message", "Invalid DSP message"),
+    GradeFloorError: ProblemType(400, "grade-floor", "Looser than the security grade allows"),
+    VerificationError: ProblemType(401, "unauthorized", "Unauthorized"),
+    RefusedError: ProblemType(403, "policy-refused", "Refused by usage policy"),
+    LimitExceededError: ProblemType(403, "limit-exceeded", "Limit exceeded"),
+    NotFoundError: ProblemType(404, "not-found", "Not found"),
+    ConflictError: ProblemType(409, "conflict", "Conflict"),
+    IllegalTransitionError: ProblemType(
+        409, "illegal-transition", "Illegal negotiation transition"
+    ),
+    RemoteError: ProblemType(502, "peer-error", "A node this request depends on refused it"),
+    NotReadyError: ProblemType(503, "not-ready", "Not ready"),
+    StoreError: ProblemType(503, "store-unavailable", "Store unavailable"),
+}
+"""Each error class's answer; a subclass not listed answers as its nearest listed ancestor."""
+
+INTERNAL = ProblemType(500, "internal", "Internal error")
+"""The answer to anything that is not a :class:`TrustedSpaceError`: a bug."""
+
+_INTERNAL_DETAIL = "an internal error occurred; the node's log has the details"
+
+
+def problem_type(exc: BaseException) -> ProblemType:
+    """The row of :data:`PROBLEM_TYPES` that answers ``exc`` (:data:`INTERNAL` for a bug)."""
+    for cls in type(exc).__mro__:
+        if issubclass(cls, TrustedSpaceError) and cls in PROBLEM_TYPES:
+            return PROBLEM_TYPES[cls]
+    return INTERNAL
+
+
+def problem_document(exc: BaseException) -> dict[str, Any]:
+    """The RFC 9457 problem document that answers ``exc``, as a JSON object.
+
+    ``type``, ``title``, ``status`` and ``detail`` (``str(exc)``; the fixed public message for a
+    :class:`VerificationError`, a detail that says nothing for a bug), then the error's
+    :meth:`~TrustedSpaceError.problem_extensions`. The HTTP edge sends exactly this body; the
+    in-memory transport attaches it to the :class:`RemoteError` the caller sees.
+    """
+    kind = problem_type(exc)
+    if not isinstance(exc, TrustedSpaceError):
+        detail = _INTERNAL_DETAIL
+    elif isinstance(exc, VerificationError):
+        detail = VerificationError.PUBLIC_MESSAGE
+    else:
+        detail = str(exc)
+    doc: dict[str, Any] = {
+        "type": PROBLEM_BASE + kind.slug,
+        "title": kind.title,
+        "status": kind.status,
+        "detail": detail,
+    }
+    if isinstance(exc, TrustedSpaceError):
+        doc.update({k: v for k, v in exc.problem_extensions().items() if v is not None})
+    return doc

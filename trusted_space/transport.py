@@ -19,6 +19,11 @@ by the in-memory transport too::
 
 Headers are limited to :data:`MAX_HEADER_BYTES`; a malformed frame is a :class:`ValidationError`
 (4xx at the edge), never a crash.
+
+A refusal or failure of the peer reaches the caller as
+:class:`~trusted_space.errors.RemoteError` (re-exported here, beside the interface that raises it)
+over either transport, with the problem document the HTTP edge would send: both answer from the
+one table :data:`trusted_space.errors.PROBLEM_TYPES`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from trusted_space.errors import NotFoundError, TrustedSpaceError, ValidationError
+from trusted_space.errors import NotReadyError, RemoteError, ValidationError, problem_document
 from trusted_space.events import canonical_json
 
 __all__ = [
@@ -65,24 +70,6 @@ class Reply:
 
     header: dict[str, Any] = field(default_factory=dict)
     payload: bytes = b""
-
-
-class RemoteError(TrustedSpaceError):
-    """The peer refused or failed the call.
-
-    Attributes:
-        peer: who answered.
-        status: HTTP status (or the equivalent for in-memory calls: 400, 401, 403, 404, 409, 500).
-        problem: the peer's problem document (``type``, ``detail``, and for policy refusals the
-            ``trace``), so a refusal reaches the analyst with the provider's reason.
-    """
-
-    def __init__(self, peer: str, status: int, problem: Mapping[str, Any] | None = None) -> None:
-        self.peer = peer
-        self.status = status
-        self.problem = dict(problem or {})
-        detail = self.problem.get("detail") or f"status {status}"
-        super().__init__(f"{peer}: {detail}")
 
 
 class Transport(Protocol):
@@ -135,8 +122,11 @@ class InMemoryTransport:
 
     ``InMemoryTransport.network()`` gives a shared registry; ``registry.as_sender(pid)`` gives the
     transport a node uses (its identity is fixed, as an authenticated channel would fix it).
-    Exceptions raised by a handler become :class:`RemoteError` with a status chosen like the HTTP
-    edge chooses it, so protocol code sees the same failures in both settings.
+    Exceptions raised by a handler become :class:`~trusted_space.errors.RemoteError` carrying the
+    problem document the HTTP edge would answer (:func:`~trusted_space.errors.problem_document`:
+    same status, slug and body), so protocol code sees the same failures in both settings. A
+    :class:`~trusted_space.errors.RemoteError` escaping a handler (its own onward call failed) is
+    ``502 peer-error`` with the inner peer's document as ``peerProblem``, as over HTTP.
     """
 
     def __init__(self, sender: str, handlers: dict[str, Handler]) -> None:
@@ -166,41 +156,13 @@ class InMemoryTransport:
         self.calls.append((self.sender, peer, operation, len(body)))
         handler = self._handlers.get(peer)
         if handler is None:
-            raise RemoteError(peer, 503, {"detail": f"no node {peer!r} on this network"})
+            problem = problem_document(NotReadyError(f"no node {peer!r} on this network"))
+            raise RemoteError(peer, 503, problem)
         received_header, received_payload = unframe(body)
         try:
             reply = handler(self.sender, operation, received_header, received_payload)
-        except RemoteError:
-            raise
-        except Exception as exc:
-            raise RemoteError(peer, _status_of(exc), _problem_of(exc)) from exc
+        except Exception as exc:  # as the HTTP edge answers it (a peer's failure: 502 peer-error)
+            problem = problem_document(exc)
+            raise RemoteError(peer, problem["status"], problem) from exc
         out_header, out_payload = unframe(frame(reply.header, reply.payload))
         return Reply(out_header, out_payload)
-
-
-def _status_of(exc: Exception) -> int:
-    from trusted_space.errors import (  # local: keeps the import list of this module short
-        ConflictError,
-        LimitExceededError,
-        VerificationError,
-    )
-
-    if isinstance(exc, VerificationError):
-        return 401
-    if isinstance(exc, LimitExceededError):
-        return 403
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, ConflictError):
-        return 409
-    if isinstance(exc, ValidationError):
-        return 400
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else 500
-
-
-def _problem_of(exc: Exception) -> dict[str, Any]:
-    problem = getattr(exc, "problem", None)
-    if isinstance(problem, Mapping):
-        return dict(problem)
-    return {"detail": str(exc), "type": type(exc).__name__}

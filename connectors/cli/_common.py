@@ -18,10 +18,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from connectors.client.analyst import AnalystClient, QueryFailed, QueryProgress
 from connectors.client.http import AdminClient
-from connectors.common.errors import ConnectorError, NotReady, PeerError
+from connectors.common.errors import ConnectorError
 from connectors.common.settings import load_settings
 from connectors.spaces.local import LocalSpace
-from trusted_space.errors import TrustedSpaceError, ValidationError
+from trusted_space.errors import NotReadyError, RemoteError, TrustedSpaceError, ValidationError
 
 
 def staff_address(
@@ -148,7 +148,7 @@ def fail(exc: BaseException) -> typer.Exit:
         blocking = [s for s in exc.trace if s.get("blocking")]
         for step in blocking or [s for s in exc.trace if s.get("outcome") == "violated"]:
             err.print(f"  refused by rule: {step.get('message') or step}", highlight=False)
-    elif isinstance(exc, PeerError):
+    elif isinstance(exc, RemoteError):
         detail = exc.problem.get("detail") or str(exc)
         err.print(f"[red]error:[/red] {detail}", markup=True, highlight=False)
     else:
@@ -158,8 +158,8 @@ def fail(exc: BaseException) -> typer.Exit:
 
 CLI_ERRORS = (
     QueryFailed,
-    PeerError,
-    NotReady,
+    RemoteError,
+    NotReadyError,
     ConnectorError,
     TrustedSpaceError,
     ValueError,

@@ -30,8 +30,7 @@ from rich.table import Table
 from connectors.cli._common import admin_client
 from connectors.client.catalog import FINAL_STATES, catalog_rows, fetch_catalog, follow_negotiation
 from connectors.client.http import SignedClient
-from connectors.common.errors import NotReady, PeerError
-from trusted_space.errors import TrustedSpaceError
+from trusted_space.errors import NotReadyError, RemoteError, TrustedSpaceError
 
 __all__ = [
     "list_command",
@@ -61,7 +60,7 @@ def print_catalog(rows: list[dict[str, Any]], console: Console) -> None:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, PeerError):
+    if isinstance(exc, RemoteError):
         inner = exc.problem.get("peerProblem")
         detail = exc.problem.get("detail") or str(exc)
         if isinstance(inner, Mapping) and inner.get("detail"):
@@ -107,7 +106,7 @@ def list_command(
         if signer is not None and node:
             audience = str(httpx.get(node.rstrip("/") + "/identity", timeout=10).json()["id"])
         catalog = fetch_catalog(url, federated=node is None, signer=signer, audience=audience)
-    except (PeerError, NotReady, TrustedSpaceError, httpx.HTTPError, OSError) as exc:
+    except (RemoteError, NotReadyError, TrustedSpaceError, httpx.HTTPError, OSError) as exc:
         typer.echo(f"error: {_describe(exc)}", err=True)
         raise typer.Exit(1) from exc
     finally:
@@ -151,7 +150,7 @@ def negotiate_command(
                 timeout=timeout,
                 on_state=lambda s: status.update(f"negotiation {s}"),
             )
-    except (PeerError, NotReady, OSError) as exc:
+    except (RemoteError, NotReadyError, OSError) as exc:
         typer.echo(f"error: {_describe(exc)}", err=True)
         raise typer.Exit(1) from exc
     state = view["state"]

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from connectors.cli._common import admin_client
 from connectors.client.verify import Report, verify_node
-from connectors.common.errors import NotReady, PeerError
+from trusted_space.errors import NotReadyError, RemoteError
 
 __all__ = ["print_report", "register"]
 
@@ -97,7 +97,7 @@ def _checkpoint(
     try:
         with admin_client(node, node_dir, token_file) as client:
             result = client.post("/management/ledger/checkpoint")
-    except (PeerError, NotReady) as exc:
+    except (RemoteError, NotReadyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(result["note"], nl=False)

@@ -12,10 +12,9 @@ import httpx
 import typer
 
 from connectors.cli._common import admin_client
-from connectors.common.errors import NotReady, PeerError
 from connectors.common.settings import NodeLayout, OperatorAnchor, init_node, load_settings
 from connectors.spaces.space import admit
-from trusted_space.errors import ValidationError
+from trusted_space.errors import NotReadyError, RemoteError, ValidationError
 
 __all__ = ["fetch_anchor", "init", "register", "serve"]
 
@@ -164,7 +163,7 @@ def _admit(
             admin_client(node, node_dir, node_token_file) as node_admin,
         ):
             result = admit(op_admin, node_admin)
-    except (PeerError, NotReady, ValidationError, OSError) as exc:
+    except (RemoteError, NotReadyError, ValidationError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(json.dumps(result))

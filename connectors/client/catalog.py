@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from connectors.client.http import AdminClient, SignedClient, raise_for_problem
-from connectors.common.errors import NotReady, PeerError
 from trusted_space.catalog import TS_NAMESPACE
+from trusted_space.errors import NotReadyError, RemoteError
 
 __all__ = ["CATALOG_REQUEST", "FINAL_STATES", "catalog_rows", "fetch_catalog", "follow_negotiation"]
 
@@ -54,7 +54,7 @@ def fetch_catalog(
         timeout: seconds.
 
     Raises:
-        PeerError: the node refused; NotReady: it cannot be reached.
+        RemoteError: the node refused; NotReadyError: it cannot be reached.
     """
     url = base_url.rstrip("/") + ("/operator/catalog/request" if federated else "/catalog/request")
     if signer is not None:
@@ -66,11 +66,13 @@ def fetch_catalog(
             with httpx.Client(timeout=timeout, transport=transport) as http:
                 response = http.post(url, json=CATALOG_REQUEST)
         except httpx.TransportError as exc:
-            raise NotReady(f"cannot reach {url}: {exc}") from exc
+            raise NotReadyError(f"cannot reach {url}: {exc}") from exc
         raise_for_problem(response, base_url)
     doc = response.json()
     if not isinstance(doc, dict):
-        raise PeerError(base_url, response.status_code, {"detail": "the catalog is not an object"})
+        raise RemoteError(
+            base_url, response.status_code, {"detail": "the catalog is not an object"}
+        )
     return doc
 
 
@@ -120,8 +122,8 @@ def follow_negotiation(
         seconds it is returned as it is, not final.
 
     Raises:
-        PeerError: the consumer node refused (a provider's refusal is inside ``problem``).
-        NotReady: the consumer node cannot be reached.
+        RemoteError: the consumer node refused (a provider's refusal is inside ``problem``).
+        NotReadyError: the consumer node cannot be reached.
     """
     body: dict[str, Any] = {"provider": provider, "datasetId": dataset}
     if offer is not None:

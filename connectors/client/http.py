@@ -10,8 +10,8 @@
   stored).
 
 The body is serialised once, here, and those exact bytes are both hashed and sent, so the receiver
-hashes what the sender signed. Errors from the other node become :class:`PeerError` carrying its
-problem document; transport failures (refused connection, timeout) become :class:`NotReady`.
+hashes what the sender signed. Errors from the other node become :class:`RemoteError` carrying its
+problem document; transport failures (refused connection, timeout) become :class:`NotReadyError`.
 
 **Admin calls.** The institution's own staff (CLI, scripts) call ``/management`` with the node's
 admin token as ``Authorization: Bearer``; :class:`AdminClient` reads it from the node directory.
@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from connectors.common.errors import NotReady, PeerError
+from trusted_space.errors import NotReadyError, RemoteError
 from trusted_space.identity import issue_request_token
 from trusted_space.keys import SigningKey
 
@@ -51,7 +51,7 @@ def encode_json(body: Any) -> bytes:
 
 
 def raise_for_problem(response: httpx.Response, peer: str) -> httpx.Response:
-    """Return ``response`` if it is 2xx, else raise :class:`PeerError` with its problem body."""
+    """Return ``response`` if it is 2xx, else raise :class:`RemoteError` with its problem body."""
     if response.is_success:
         return response
     problem: dict[str, Any] | None = None
@@ -60,7 +60,7 @@ def raise_for_problem(response: httpx.Response, peer: str) -> httpx.Response:
         problem = doc if isinstance(doc, dict) else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         problem = None
-    raise PeerError(peer, response.status_code, problem)
+    raise RemoteError(peer, response.status_code, problem)
 
 
 class SignedClient:
@@ -145,11 +145,11 @@ class SignedClient:
             content_type: media type of the body.
             params: query parameters (they are part of the signed path).
             headers: extra headers.
-            check: raise :class:`PeerError` on a non-2xx answer (default).
+            check: raise :class:`RemoteError` on a non-2xx answer (default).
 
         Raises:
-            PeerError: the peer answered with an error status (``check=True``).
-            NotReady: the peer could not be reached.
+            RemoteError: the peer answered with an error status (``check=True``).
+            NotReadyError: the peer could not be reached.
         """
         if json_body is not None and content is not None:
             raise ValueError("give json_body or content, not both")
@@ -162,7 +162,7 @@ class SignedClient:
         try:
             response = self._http.request(method, target, content=body, headers=send_headers)
         except httpx.TransportError as exc:
-            raise NotReady(f"cannot reach {audience} at {target}: {exc}") from exc
+            raise NotReadyError(f"cannot reach {audience} at {target}: {exc}") from exc
         return raise_for_problem(response, audience) if check else response
 
     def get_json(self, url: str, *, audience: str, params: Mapping[str, Any] | None = None) -> Any:
@@ -178,8 +178,8 @@ class SignedClient:
     ) -> Iterator[httpx.Response]:
         """A signed ``GET`` whose response body is read incrementally (large downloads).
 
-        Errors as :meth:`request`: :class:`PeerError` on a non-2xx answer (its body is read, it is
-        a small problem document), :class:`NotReady` when the peer cannot be reached.
+        Errors as :meth:`request`: :class:`RemoteError` on a non-2xx answer (its body is read, it is
+        a small problem document), :class:`NotReadyError` when the peer cannot be reached.
         """
         target = httpx.URL(url)
         send_headers = dict(headers or {})
@@ -191,7 +191,7 @@ class SignedClient:
                     raise_for_problem(response, audience)
                 yield response
         except httpx.TransportError as exc:
-            raise NotReady(f"cannot reach {audience} at {target}: {exc}") from exc
+            raise NotReadyError(f"cannot reach {audience} at {target}: {exc}") from exc
 
 
 class AdminClient:
@@ -236,11 +236,11 @@ class AdminClient:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request: :class:`PeerError` on an error status, :class:`NotReady` if down."""
+        """Send: :class:`RemoteError` on an error status, :class:`NotReadyError` if down."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise NotReady(f"cannot reach {self.base_url}: {exc}") from exc
+            raise NotReadyError(f"cannot reach {self.base_url}: {exc}") from exc
         return raise_for_problem(response, self.base_url)
 
     def get(self, path: str, **kwargs: Any) -> Any:

@@ -1,66 +1,42 @@
-"""The connector layer's errors, shared by the node, the clients and the tools.
+"""The connector layer's place in the one exception family, and the problem media type.
 
-Error tree (the core's tree is in :mod:`trusted_space.errors`)::
+Every error the node, the clients and the tools raise is a
+:class:`~trusted_space.errors.TrustedSpaceError`; the family, and the one table that gives each
+class its HTTP status and problem slug, live in :mod:`trusted_space.errors`, so the HTTP edge
+and the in-memory transport answer alike. The connector layer raises the core classes (a
+peer's error answer is a :class:`~trusted_space.errors.RemoteError`, a policy refusal a
+:class:`~trusted_space.errors.RefusedError`, a node that cannot serve yet a
+:class:`~trusted_space.errors.NotReadyError`) and adds only leaves of its own for the client and
+the tools, which never cross the wire; the local spaces' two errors hang under the core classes
+they specialise::
 
-    ConnectorError
-     ├── PolicyRefused     a policy decision said no: 403 with the evaluation trace
-     ├── PeerError         another node answered with an error (its problem document attached)
-     └── NotReady          the node lacks something to serve this (not admitted yet, no operator)
+    TrustedSpaceError                  (trusted_space.errors: the tree and its table)
+     ├── RefusedError                  403 policy-refused: a usage policy said no (with trace)
+     ├── RemoteError                   502 peer-error: another node answered with an error
+     ├── NotReadyError                 503 not-ready: not admitted, no operator, peer unreachable
+     ├── ValidationError
+     │    └── SpaceConfigError         a space config is invalid (connectors.spaces.space)
+     ├── ...                           the core's other errors
+     ├── SpaceError                    starting or stopping a space failed (connectors.spaces.space)
+     └── ConnectorError                a client- or tool-side failure (never answered over HTTP)
+          ├── QueryFailed              a submitted query ended failed (connectors.client.analyst)
+          └── LocalSpaceError          a local run could not be set up (connectors.spaces.local)
 
-How each becomes an HTTP answer is the node's business (:mod:`connectors.node.problems`); a
-client only raises and reads them, so it needs no web framework.
+How an error becomes an HTTP answer is the node's business (:mod:`connectors.node.problems`,
+from the core's table); a client only raises and reads them, so it needs no web framework.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from trusted_space.errors import TrustedSpaceError
 
 __all__ = [
-    "PROBLEM_BASE",
     "PROBLEM_MEDIA_TYPE",
     "ConnectorError",
-    "NotReady",
-    "PeerError",
-    "PolicyRefused",
 ]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-PROBLEM_BASE = "https://w3id.org/trusted-space/problems/"
 
 
-class ConnectorError(Exception):
-    """Base class of errors raised by the connector layer."""
-
-
-class PolicyRefused(ConnectorError):
-    """A policy decision refused a request; carries the decision's trace (JSON) and reason."""
-
-    def __init__(
-        self,
-        reason: str,
-        trace: Sequence[Mapping[str, Any]],
-        *,
-        participant: str | None = None,
-        decision_index: int | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.trace = [dict(step) for step in trace]
-        self.participant = participant
-        self.decision_index = decision_index
-
-
-class PeerError(ConnectorError):
-    """Another node refused or failed; ``problem`` is its problem document (when it sent one)."""
-
-    def __init__(self, peer: str, status: int, problem: Mapping[str, Any] | None = None) -> None:
-        self.peer = peer
-        self.status = status
-        self.problem = dict(problem or {})
-        detail = self.problem.get("detail") or self.problem.get("title") or f"HTTP {status}"
-        super().__init__(f"{peer} answered {status}: {detail}")
-
-
-class NotReady(ConnectorError):
-    """The node cannot serve this yet (not admitted, no operator anchor, peer unreachable)."""
+class ConnectorError(TrustedSpaceError):
+    """Base class of the client- and tool-side errors of the connector layer."""

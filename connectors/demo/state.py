@@ -16,12 +16,12 @@ from typing import Any
 from connectors.client.analyst import AnalystClient
 from connectors.client.http import AdminClient
 from connectors.client.verify import Check
-from connectors.common.errors import NotReady
 from connectors.demo.data import (
     BANK,
     DemoData,
 )
 from connectors.spaces.space import RunningSpace
+from trusted_space.errors import NotReadyError
 from trusted_space.policy import PROTOCOLS
 
 __all__ = ["DemoOptions", "DemoRun"]
@@ -108,12 +108,12 @@ class DemoRun:
     # -- helpers ---------------------------------------------------------------------------------
     def node_dir(self, name: str) -> Path:
         if self.space is None:
-            raise NotReady("the space is not running")
+            raise NotReadyError("the space is not running")
         return self.space[name].dir
 
     def admin(self, name: str) -> AdminClient:
         if self.space is None:
-            raise NotReady("the space is not running")
+            raise NotReadyError("the space is not running")
         return self.space[name].admin(timeout=self.options.timeout)
 
     def analyst(self) -> AnalystClient:

@@ -22,9 +22,9 @@ real ones for a running node and registers the operations its roles serve:
 - :class:`HttpTransport`: ``call(peer, operation, header, payload)`` is a signed
   ``POST {peer url}/compute/{operation}`` with the framed body
   (:func:`trusted_space.transport.frame`) through ``runtime.client``. A problem answer becomes a
-  :class:`~trusted_space.transport.RemoteError` carrying the peer's problem document, so a
+  :class:`~trusted_space.errors.RemoteError` carrying the peer's problem document, so a
   provider's ``403`` and its policy trace reach the analyst; an unreachable peer is a
-  ``RemoteError`` with status ``503``.
+  ``RemoteError`` with status ``503`` and a ``not-ready`` document (as in memory).
 - :func:`compute_node`: the node's :class:`~trusted_space.compute.ComputeNode`, built on first use
   and cached per runtime, with ``extras`` = the consent registry, a roles lookup from stored
   (operator-signed) credentials, and the space's operator id (a provider sends partials and
@@ -57,7 +57,6 @@ import numpy.typing as npt
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
-from connectors.common.errors import NotReady, PeerError
 from connectors.node.runtime import NodeRuntime
 from connectors.node.sources import (
     DEFAULT_CHUNK_ROWS,
@@ -72,14 +71,21 @@ from crypto.psi import psi_executor
 from trusted_space.catalog import Dataset, FieldType, load_dataset
 from trusted_space.compute import ComputeNode
 from trusted_space.enforcement import CONSENTS_EXTRA, NUMERIC_TYPES
-from trusted_space.errors import NotFoundError, StoreError, ValidationError
+from trusted_space.errors import (
+    NotFoundError,
+    NotReadyError,
+    RemoteError,
+    StoreError,
+    ValidationError,
+    problem_document,
+)
 from trusted_space.protocols.aggregate import register_aggregate
 from trusted_space.protocols.align import register_align
 from trusted_space.protocols.operator import register_operator
 from trusted_space.protocols.score import OPERATOR_EXTRA, ROLES_EXTRA, register_provider
 from trusted_space.protocols.train_ops import register_train, register_train_dealer
 from trusted_space.store import Store
-from trusted_space.transport import RemoteError, Reply, check_operation, frame, unframe
+from trusted_space.transport import Reply, check_operation, frame, unframe
 
 __all__ = [
     "COMPUTE_CONTENT_TYPE",
@@ -548,7 +554,7 @@ class HttpTransport:
     def _runtime(self) -> NodeRuntime:
         runtime = self._runtime_ref()
         if runtime is None:
-            raise NotReady(f"node {self.sender} has shut down")
+            raise NotReadyError(f"node {self.sender} has shut down")
         return runtime
 
     def url_for(self, peer: str, operation: str) -> str:
@@ -577,12 +583,9 @@ class HttpTransport:
                 content_type=COMPUTE_CONTENT_TYPE,
                 check=False,
             )
-        except NotReady as exc:
-            raise RemoteError(
-                peer, 503, {"title": "Not ready", "status": 503, "detail": str(exc)}
-            ) from exc
-        except PeerError as exc:  # the operator refused to say where the peer is
-            raise RemoteError(peer, 503, {"status": 503, "detail": str(exc)}) from exc
+        except (NotReadyError, RemoteError) as exc:  # unreachable, or the operator would not
+            # say where the peer is: the peer is not ready for us, as an unknown one in memory
+            raise RemoteError(peer, 503, problem_document(NotReadyError(str(exc)))) from exc
         if not response.is_success:
             raise RemoteError(peer, response.status_code, _problem(response))
         try:

@@ -30,12 +30,13 @@ import threading
 
 import httpx
 
-from connectors.common.errors import NotReady, PeerError
 from connectors.node.runtime import NodeRuntime
 from trusted_space.catalog import list_datasets, to_dsp_catalog
 from trusted_space.errors import (
     ConflictError,
     NotFoundError,
+    NotReadyError,
+    RemoteError,
     TrustedSpaceError,
     ValidationError,
     VerificationError,
@@ -144,7 +145,7 @@ def push_catalog(runtime: NodeRuntime) -> bool:
             audience=anchor.operator_id,
             json_body=catalog,
         )
-    except (NotReady, PeerError) as exc:
+    except (NotReadyError, RemoteError) as exc:
         log.warning("catalog not pushed to the operator: %s", exc)
         return False
     return True
@@ -191,7 +192,7 @@ def submit_checkpoint(runtime: NodeRuntime) -> str | None:
                 log.info("witness holds %s at size %d, not %d", head.origin, old, last)
                 proof = runtime.ledger.consistency_proof(old, head.size)
                 cosigned = _cosign(runtime, note, proof, old)
-        except (NotReady, PeerError, ConflictError, VerificationError, NotFoundError) as exc:
+        except (NotReadyError, RemoteError, ConflictError, VerificationError, NotFoundError) as exc:
             log.warning("checkpoint %d not cosigned: %s", head.size, exc)
             return None
         try:
@@ -225,14 +226,14 @@ def _cosign(runtime: NodeRuntime, note: str, proof: list[bytes], old: int) -> st
     anchor = runtime.anchor
     assert anchor is not None
     if runtime.credential_token() is None:
-        raise NotReady(f"{runtime.id} is not admitted yet")
+        raise NotReadyError(f"{runtime.id} is not admitted yet")
     try:
         answer = runtime.client.post_json(
             f"{anchor.url}/operator/witness/cosign",
             {"checkpoint": note, "proof": [p.hex() for p in proof], "old": old},
             audience=anchor.operator_id,
         )
-    except PeerError as exc:
+    except RemoteError as exc:
         size = exc.problem.get("witnessSize") if exc.status == 409 else None
         if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
             raise WitnessSizeError(str(exc), witness_size=size) from exc

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from connectors.common.errors import NotReady, PeerError
 from connectors.node.runtime import NodeRuntime
 from trusted_space import dsp
 from trusted_space.catalog import TS_NAMESPACE, Caller, load_dataset, visible_datasets
@@ -65,6 +64,8 @@ from trusted_space.contracts import (
 )
 from trusted_space.errors import (
     NotFoundError,
+    NotReadyError,
+    RemoteError,
     TrustedSpaceError,
     ValidationError,
 )
@@ -226,7 +227,7 @@ def check_callback(runtime: NodeRuntime, sender: str, callback: object) -> None:
 
     Raises:
         ValidationError: missing, or another URL than the registered one.
-        NotReady: the sender's URL is unknown here and the operator cannot be asked.
+        NotReadyError: the sender's URL is unknown here and the operator cannot be asked.
     """
     if not isinstance(callback, str) or not callback:
         raise ValidationError("callbackAddress: a new negotiation needs a callback address")
@@ -242,9 +243,9 @@ def check_callback(runtime: NodeRuntime, sender: str, callback: object) -> None:
 
 
 def _transient(exc: Exception, initial: bool) -> bool:
-    if isinstance(exc, NotReady):
+    if isinstance(exc, NotReadyError):
         return True
-    if isinstance(exc, PeerError):
+    if isinstance(exc, RemoteError):
         if exc.status == 503:
             return True
         # A peer that has not yet applied the ACK of its previous message answers 404 (it does
@@ -262,7 +263,7 @@ def _reconcile(runtime: NodeRuntime, outgoing: Outgoing) -> Negotiation | None:
     url = f"{_peer_base(runtime, record)}/negotiations/{_segment(peer_pid)}"
     try:
         doc = runtime.client.get_json(url, audience=outgoing.recipient)
-    except (NotReady, PeerError):
+    except (NotReadyError, RemoteError):
         return None
     if not isinstance(doc, dict) or doc.get("state") != record.state.value:
         return None
@@ -284,8 +285,8 @@ def send(
     The same message (same agreement, same signatures) is re-sent on a transient failure.
 
     Raises:
-        PeerError: the recipient refused the message (its problem document is attached).
-        NotReady: the recipient stayed unreachable.
+        RemoteError: the recipient refused the message (its problem document is attached).
+        NotReadyError: the recipient stayed unreachable.
         ValidationError / ConflictError: the ACK does not fit, or our record changed meanwhile.
     """
     record = outgoing.pending
@@ -298,7 +299,7 @@ def send(
             sleep(delay)
         try:
             ack = runtime.client.post_json(url, outgoing.message, audience=outgoing.recipient)
-        except (NotReady, PeerError) as exc:
+        except (NotReadyError, RemoteError) as exc:
             if not _transient(exc, initial) or attempt == len(schedule) - 1:
                 raise
             last = exc
@@ -306,7 +307,7 @@ def send(
                 "%s for %s to %s: %s (attempt %d)",
                 outgoing.kind.value, record.pid, outgoing.recipient, exc, attempt + 1,
             )  # fmt: skip
-            if isinstance(exc, NotReady) or exc.status == 409:
+            if isinstance(exc, NotReadyError) or exc.status == 409:
                 reconciled = _reconcile(runtime, outgoing)
                 if reconciled is not None:
                     return reconciled
@@ -316,7 +317,7 @@ def send(
                 f"{outgoing.recipient} answered {outgoing.kind.value} without ACK"
             )
         return runtime.negotiator.acknowledge(outgoing, ack)
-    raise last if last is not None else NotReady("no attempt made")  # pragma: no cover
+    raise last if last is not None else NotReadyError("no attempt made")  # pragma: no cover
 
 
 # -- the consumer's start -----------------------------------------------------------------------
@@ -332,14 +333,14 @@ def fetch_dataset(runtime: NodeRuntime, provider_id: str, dataset_id: str) -> di
     """
     try:
         base = runtime.peer_url(provider_id)
-    except PeerError as exc:  # the operator knows no such member: the staff named a wrong one
+    except RemoteError as exc:  # the operator knows no such member: the staff named a wrong one
         if exc.status == 404:
             raise NotFoundError(f"no member {provider_id!r} in this space") from exc
         raise
     url = f"{base.rstrip('/')}/catalog/datasets/{_segment(dataset_id)}"
     try:
         doc = runtime.client.get_json(url, audience=provider_id)
-    except PeerError as exc:
+    except RemoteError as exc:
         if exc.status == 404:
             raise NotFoundError(
                 f"provider {provider_id!r} has no dataset {dataset_id!r} visible to {runtime.id!r}"
@@ -403,8 +404,8 @@ def start_negotiation(
     Raises:
         NotFoundError: the provider shows no such dataset to us.
         ValidationError: no such offer, or ambiguous.
-        PeerError: the provider refused the request (its problem says why).
-        NotReady: the provider cannot be reached.
+        RemoteError: the provider refused the request (its problem says why).
+        NotReadyError: the provider cannot be reached.
     """
     if offer is None:
         offer = choose_offer(fetch_dataset(runtime, provider_id, dataset_id), offer_id)
@@ -552,7 +553,7 @@ def terminate(
     outgoing = runtime.negotiator.terminate(pid, code=code, reason=[reason] if reason else None)
     try:
         return send(runtime, outgoing, delays=RETRY_DELAYS[:3]), True
-    except (NotReady, PeerError, ValidationError) as exc:
+    except (NotReadyError, RemoteError, ValidationError) as exc:
         log.warning("negotiation %s: the counter-party was not told of termination: %s", pid, exc)
     record = outgoing.pending
     own_ack = negotiation_ack(

@@ -5,12 +5,12 @@ Every refusal says *why* in ``detail`` and never leaks *how* authentication fail
 real reason goes to the ledger. Malformed input is a 4xx naming what was wrong; a 500 means a bug
 (it is logged with a correlation id, and the body says nothing else).
 
-Error tree of the connector layer (the core's tree is in :mod:`trusted_space.errors`)::
-
-    ConnectorError
-     ├── PolicyRefused     a policy decision said no: 403 with the evaluation trace
-     ├── PeerError         another node answered with an error (its problem document attached)
-     └── NotReady          the node lacks something to serve this (not admitted yet, no operator)
+Which error answers which status and slug is one table for the whole project,
+:data:`trusted_space.errors.PROBLEM_TYPES` (the error tree is drawn in :mod:`trusted_space.errors`);
+:func:`problem_for` sends :func:`trusted_space.errors.problem_document`, the same body the
+in-memory transport hands to protocol code, and adds only what is HTTP's own (the
+``WWW-Authenticate`` header of a ``401``, the incident id of a ``500``, the framework's own
+4xx answers).
 
 Problem types (``https://w3id.org/trusted-space/problems/<slug>``):
 
@@ -48,26 +48,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from connectors.common.errors import (
-    PROBLEM_BASE,
-    PROBLEM_MEDIA_TYPE,
-    ConnectorError,
-    NotReady,
-    PeerError,
-    PolicyRefused,
-)
+from connectors.common.errors import PROBLEM_MEDIA_TYPE
 from trusted_space.errors import (
-    ConflictError,
-    GradeFloorError,
-    IllegalTransitionError,
-    LimitExceededError,
-    NotFoundError,
-    RefusedError,
-    SchemaValidationError,
-    StoreError,
+    INTERNAL,
+    PROBLEM_BASE,
     TrustedSpaceError,
-    ValidationError,
     VerificationError,
+    problem_document,
+    problem_type,
 )
 
 __all__ = [
@@ -121,71 +109,28 @@ _HTTP_SLUGS = {
 
 
 def problem_for(exc: BaseException) -> JSONResponse:
-    """Map an exception to its problem response (the table in the module docstring)."""
-    if isinstance(exc, VerificationError):
-        return problem(
-            401,
-            "unauthorized",
-            "Unauthorized",
-            VerificationError.PUBLIC_MESSAGE,
-            headers={"WWW-Authenticate": "TS-Request"},
-        )
-    if isinstance(exc, PolicyRefused | RefusedError):
-        return problem(
-            403,
-            "policy-refused",
-            "Refused by usage policy",
-            exc.reason,
-            trace=exc.trace,
-            participant=exc.participant,
-            decisionIndex=exc.decision_index,
-        )
-    if isinstance(exc, SchemaValidationError):
-        return problem(
-            400, "invalid-dsp-message", "Invalid DSP message", str(exc), errors=exc.errors[:20]
-        )
-    if isinstance(exc, GradeFloorError):
-        return problem(400, "grade-floor", "Looser than the security grade allows", str(exc))
-    if isinstance(exc, ValidationError):
-        return problem(400, "invalid-input", "Invalid input", str(exc))
-    if isinstance(exc, NotFoundError):
-        return problem(404, "not-found", "Not found", str(exc))
-    if isinstance(exc, IllegalTransitionError):
-        return problem(409, "illegal-transition", "Illegal negotiation transition", str(exc))
-    if isinstance(exc, ConflictError):
-        return problem(409, "conflict", "Conflict", str(exc))
-    if isinstance(exc, LimitExceededError):
-        return problem(403, "limit-exceeded", "Limit exceeded", str(exc))
-    if isinstance(exc, StoreError):
-        return problem(503, "store-unavailable", "Store unavailable", str(exc))
-    if isinstance(exc, PeerError):
-        return problem(
-            502,
-            "peer-error",
-            "A node this request depends on refused it",
-            str(exc),
-            peer=exc.peer,
-            peerStatus=exc.status,
-            peerProblem=exc.problem or None,
-        )
-    if isinstance(exc, NotReady):
-        return problem(503, "not-ready", "Not ready", str(exc))
+    """Map an exception to its problem response (the table in the module docstring).
+
+    Errors of ours answer from :data:`trusted_space.errors.PROBLEM_TYPES`; the framework's
+    HTTP exceptions (404 and 405 routing, 413, ...) keep their status; anything else is a bug,
+    logged under an incident id that the body names and that says nothing else.
+    """
     if isinstance(exc, StarletteHTTPException):
         slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
         return problem(
             exc.status_code, slug, title, detail, headers=getattr(exc, "headers", None) or {}
         )
-    if isinstance(exc, TrustedSpaceError):
-        return problem(400, "invalid-input", "Invalid input", str(exc))
-    incident = uuid.uuid4().hex
-    log.error("unhandled error, incident %s", incident, exc_info=exc)
-    return problem(
-        500,
-        "internal",
-        "Internal error",
-        "an internal error occurred; the node's log has the details",
-        instance=f"urn:trusted-space:incident:{incident}",
+    body = problem_document(exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, VerificationError):
+        headers["WWW-Authenticate"] = "TS-Request"
+    elif problem_type(exc) is INTERNAL:
+        incident = uuid.uuid4().hex
+        log.error("unhandled error, incident %s", incident, exc_info=exc)
+        body["instance"] = f"urn:trusted-space:incident:{incident}"
+    return JSONResponse(
+        body, status_code=body["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers
     )
 
 
@@ -216,7 +161,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_for(exc)
 
     app.add_exception_handler(RequestValidationError, on_validation)
-    for kind in (TrustedSpaceError, ConnectorError, StarletteHTTPException, HTTPException):
+    for kind in (TrustedSpaceError, StarletteHTTPException, HTTPException):
         app.add_exception_handler(kind, on_error)
     app.add_exception_handler(Exception, on_error)
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from connectors.common.errors import ConnectorError, NotReady, PeerError
 from connectors.node.compute import compute_node
 from connectors.node.problems import problem, problem_for
 from connectors.node.runtime import NodeRuntime
@@ -49,16 +48,19 @@ from trusted_space.compute import DataAccess
 from trusted_space.errors import (
     ConflictError,
     NotFoundError,
+    NotReadyError,
+    RemoteError,
     TrustedSpaceError,
     ValidationError,
     VerificationError,
 )
 from trusted_space.protocols._common import block_ranges
-from trusted_space.protocols.aggregate import AggregateQuery, run_aggregate
+from trusted_space.protocols.aggregate import run_aggregate
 from trusted_space.protocols.registry import get_score_protocol
 from trusted_space.protocols.score import ENTITY_CHUNK, run_score
-from trusted_space.query import ScoreQuery
-from trusted_space.transport import RemoteError, Reply, Transport
+from trusted_space.queries.aggregate import AggregateQuery
+from trusted_space.queries.score import ScoreQuery
+from trusted_space.transport import Reply, Transport
 
 __all__ = [
     "KEEP_FINISHED",
@@ -210,12 +212,12 @@ def provider_vkeys(runtime: NodeRuntime, providers: Sequence[str]) -> dict[str, 
     """The providers' ledger vkeys as registered at the operator (receipts are checked with them).
 
     Raises:
-        NotReady: no operator anchor, or the operator cannot be reached.
-        PeerError: the operator does not know a provider.
+        NotReadyError: no operator anchor, or the operator cannot be reached.
+        RemoteError: the operator does not know a provider.
     """
     anchor = runtime.anchor
     if anchor is None:
-        raise NotReady(f"{runtime.id} has no operator anchor: it is not part of a space")
+        raise NotReadyError(f"{runtime.id} has no operator anchor: it is not part of a space")
     out: dict[str, str] = {}
     for p in providers:
         info = runtime.client.get_json(
@@ -284,8 +286,6 @@ def prepare_score(runtime: NodeRuntime, doc: Mapping[str, Any]) -> _ScorePlan:
 def _problem_of(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, RemoteError):
         return {**exc.problem, "peer": exc.peer, "peerStatus": exc.status}
-    if isinstance(exc, PeerError):
-        return {**exc.problem, "peer": exc.peer, "peerStatus": exc.status}
     if isinstance(exc, VerificationError):
         # A provider's receipt failed the analyst's own check: the reason is for our staff (no
         # oracle for anyone else: it never leaves this node).
@@ -325,14 +325,14 @@ class QueryRunner:
         """The node (held weakly: the runner never keeps a closed node alive)."""
         runtime = self._runtime_ref()
         if runtime is None:
-            raise NotReady(f"node {self.node_id} has shut down")
+            raise NotReadyError(f"node {self.node_id} has shut down")
         return runtime
 
     # -- submission ------------------------------------------------------------------------
     def _add(self, job: QueryJob, work: Callable[[QueryJob], dict[str, Any]]) -> QueryJob:
         with self._lock:
             if self._closed:
-                raise NotReady(f"{self.runtime.id} is shutting down")
+                raise NotReadyError(f"{self.runtime.id} is shutting down")
             if job.id in self._jobs:
                 raise ConflictError(f"query {job.id!r} was already submitted here")
             self._jobs[job.id] = job
@@ -386,7 +386,7 @@ class QueryRunner:
             raise ValidationError(f"{self.runtime.id} is not a consumer: it runs no queries")
         anchor = self.runtime.anchor
         if anchor is None:
-            raise NotReady(f"{self.runtime.id} has no operator anchor")
+            raise NotReadyError(f"{self.runtime.id} has no operator anchor")
         query = aggregate_query(body, anchor.operator_id)
         job = QueryJob(
             id=query.id,
@@ -407,7 +407,7 @@ class QueryRunner:
         try:
             result = work(job)
         except BaseException as exc:  # a job never raises into the pool
-            if isinstance(exc, TrustedSpaceError | ConnectorError):
+            if isinstance(exc, TrustedSpaceError):
                 log.info("query %s failed: %s", job.id, exc)
             else:
                 log.exception("query %s failed", job.id)
@@ -427,12 +427,12 @@ class QueryRunner:
         query = plan.query
         anchor = runtime.anchor
         if anchor is None:
-            raise NotReady(f"{runtime.id} has no operator anchor")
+            raise NotReadyError(f"{runtime.id} has no operator anchor")
         job.progress("looking up the providers' ledger keys")
         vkeys = provider_vkeys(runtime, query.providers)
         node = compute_node(runtime)
         if node.transport is None:  # pragma: no cover - always set by build_compute_node
-            raise NotReady("no transport")
+            raise NotReadyError("no transport")
         transport = ProgressTransport(
             node.transport, _CallCounter(job, _expected_score_calls(query)), runtime.id
         )
@@ -454,7 +454,7 @@ class QueryRunner:
     def _aggregate(self, job: QueryJob, query: AggregateQuery) -> dict[str, Any]:
         node = compute_node(self.runtime)
         if node.transport is None:  # pragma: no cover
-            raise NotReady("no transport")
+            raise NotReadyError("no transport")
         expected = 6 if query.cohort else 1
         transport = ProgressTransport(node.transport, _CallCounter(job, expected), self.runtime.id)
         job.progress("preparing keys")

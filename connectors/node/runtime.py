@@ -29,12 +29,11 @@ from typing import Any
 import httpx
 
 from connectors.client.http import SignedClient
-from connectors.common.errors import NotReady
 from connectors.common.settings import NodeSettings, OperatorAnchor
 from trusted_space.catalog import load_dataset
 from trusted_space.consent import ConsentRegistry
 from trusted_space.contracts import Negotiator
-from trusted_space.errors import NotFoundError, ValidationError, VerificationError
+from trusted_space.errors import NotFoundError, NotReadyError, ValidationError, VerificationError
 from trusted_space.identity import (
     MAX_TOKEN_LENGTH,
     MemberDirectory,
@@ -155,7 +154,7 @@ class NodeRuntime:
 
     def require_directory(self) -> MemberDirectory:
         if self.directory is None:
-            raise NotReady(f"{self.id} has no operator anchor yet: it is not part of a space")
+            raise NotReadyError(f"{self.id} has no operator anchor yet: it is not part of a space")
         return self.directory
 
     def credential_token(self) -> str | None:
@@ -240,7 +239,8 @@ class NodeRuntime:
         """Where a member is reached: the local registry, else the operator's, then cached.
 
         Raises:
-            NotReady: unknown here and the operator does not know it either (or is unreachable).
+            NotReadyError: unknown here and no operator to ask, or the operator is unreachable.
+            RemoteError: the operator refused to say (``404``: it knows no such member).
         """
         if participant_id == self.id:
             return self.url
@@ -249,7 +249,7 @@ class NodeRuntime:
         if doc is not None:
             return str(doc.body["url"])
         if self.anchor is None:
-            raise NotReady(f"no URL known for {participant_id!r} and no operator to ask")
+            raise NotReadyError(f"no URL known for {participant_id!r} and no operator to ask")
         if participant_id == self.anchor.operator_id:
             return self.anchor.url
         info = self.client.get_json(

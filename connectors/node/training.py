@@ -15,7 +15,8 @@ secure SGD; this module is what a node and the CLI add around it:
 - :func:`local_training` / :func:`train_local`: ``trusted-space local train`` — a
   :class:`~connectors.spaces.local.LocalSpace` whose first party holds the label, every other file a
   provider; all numeric columns but the id (and the label) are features unless named. The
-  result's ``model`` is a model file in :mod:`trusted_space.query` format (analyst-held), which
+  result's ``model`` is a model file in :mod:`trusted_space.queries.score` format (analyst-held),
+  which
   ``trusted-space local score`` takes as it is.
 
 Threats: as for scores — the bank's staff reach their node only with its admin token; the node
@@ -28,12 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from connectors.common.errors import NotReady
 from connectors.node.compute import compute_node
 from connectors.node.runtime import NodeRuntime
 from trusted_space.catalog import load_dataset
-from trusted_space.errors import NotFoundError, ValidationError
-from trusted_space.protocols.train import TrainQuery, run_train
+from trusted_space.errors import NotFoundError, NotReadyError, ValidationError
+from trusted_space.protocols.train import run_train
+from trusted_space.queries.train import TrainQuery
 
 __all__ = [
     "prepare_train",
@@ -61,7 +62,7 @@ def prepare_train(runtime: NodeRuntime, doc: Mapping[str, Any]) -> TrainQuery:
     if "entities" not in body:
         data = compute_node(runtime).data
         if data is None:  # pragma: no cover - a consumer always has data access
-            raise NotReady(f"{runtime.id} has no data access")
+            raise NotReadyError(f"{runtime.id} has no data access")
         body["entities"] = [
             k for keys, _ in data.scan(own, [], chunk_rows=_SCAN_ROWS) for k in keys
         ]
@@ -87,10 +88,10 @@ def train_job(
     """Run ``query`` from the node as the bank; the result JSON (model, losses, receipts)."""
     anchor = runtime.anchor
     if anchor is None:
-        raise NotReady(f"{runtime.id} has no operator anchor")
+        raise NotReadyError(f"{runtime.id} has no operator anchor")
     node = compute_node(runtime)
     if node.transport is None or node.data is None:  # pragma: no cover - set for consumers
-        raise NotReady("no transport or data access")
+        raise NotReadyError("no transport or data access")
     result = run_train(
         node.transport,
         runtime.id,

@@ -68,7 +68,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from connectors.common.errors import ConnectorError, NotReady, PolicyRefused
 from connectors.node import sources
 from connectors.node.runtime import NodeRuntime
 from trusted_space import dsp
@@ -84,6 +83,8 @@ from trusted_space.errors import (
     ConflictError,
     IllegalTransitionError,
     NotFoundError,
+    NotReadyError,
+    RefusedError,
     TrustedSpaceError,
     ValidationError,
     VerificationError,
@@ -618,8 +619,8 @@ def accept_request(
     Raises:
         ValidationError / SchemaValidationError: malformed request, zone dataset (400).
         NotFoundError: unknown agreement or one not granted to the sender, unknown dataset (404).
-        PolicyRefused: the agreement is not in force, or the policy refused (403 with trace).
-        NotReady: no data source is registered for the dataset.
+        RefusedError: the agreement is not in force, or the policy refused (403 with trace).
+        NotReadyError: no data source is registered for the dataset.
 
     Every refusal after the message checks is a ``policy.decision`` ledger entry (the engine's
     own for a policy refusal, one with a trace built here otherwise, in the same shape), committed
@@ -705,7 +706,7 @@ def _precheck(
     if not agreement_authorises(signed, state, now):
         reason, index = checks.record(tx, signed.target, now)
         trace = [s.to_json() for s in checks.steps]
-        return PolicyRefused(reason, trace, participant=provider, decision_index=index)
+        return RefusedError(reason, trace, participant=provider, decision_index=index)
     dataset = load_dataset(tx, signed.target).dataset
     transferable = dataset.tier is not Tier.ZONE
     tiers = [Tier.UNCONDITIONAL.value, Tier.CONDITIONAL.value]
@@ -726,7 +727,7 @@ def _precheck(
         reason, _ = checks.record(tx, dataset.id, now)
         return ValidationError(reason)
     if tx.get(SOURCE_NAMESPACE, dataset.id) is None:
-        return NotReady(f"dataset {dataset.id!r} has no data source registered here")
+        return NotReadyError(f"dataset {dataset.id!r} has no data source registered here")
     return signed, dataset
 
 
@@ -739,7 +740,7 @@ def _decide(
     claimed_purpose: str | None,
     sender: VerifiedRequest,
     now: datetime,
-) -> AcceptedTransfer | PolicyRefused:
+) -> AcceptedTransfer | RefusedError:
     """Evaluate the agreement's policy (the decision goes to the ledger); on allow, create."""
     policy = from_odrl(_odrl_part(signed.agreement))
     purpose = claimed_purpose or agreement_purpose(policy)
@@ -768,7 +769,7 @@ def _decide(
         max_grade=dataset.max_grade,
     )
     if not decision.allowed:
-        return PolicyRefused(
+        return RefusedError(
             decision.reason,
             decision.trace_json(),
             participant=runtime.id,
@@ -816,7 +817,7 @@ class Pull:
 def _source_spec(tx: Transaction, dataset_id: str) -> sources.SourceSpec:
     doc = tx.get(SOURCE_NAMESPACE, dataset_id)
     if doc is None:
-        raise NotReady(f"dataset {dataset_id!r} has no data source registered here")
+        raise NotReadyError(f"dataset {dataset_id!r} has no data source registered here")
     body = doc.body
     table = body.get("table")
     return sources.SourceSpec(
@@ -1124,12 +1125,12 @@ def request_transfer(
 
     The record is stored (REQUESTED) before the message leaves, because the provider's start
     message may arrive before its ACK does. A refusal terminates the record and is raised
-    (:class:`~connectors.node.problems.PeerError` carrying the provider's problem, with its trace).
+    (:class:`~trusted_space.errors.RemoteError` carrying the provider's problem, with its trace).
 
     Raises:
         NotFoundError: this node holds no agreement ``agreement_id`` as its consumer.
         ValidationError: no purpose given and the agreement does not name exactly one.
-        PeerError / NotReady: the provider refused or could not be reached.
+        RemoteError / NotReadyError: the provider refused or could not be reached.
     """
     with runtime.transaction(readonly=True) as tx:
         signed = load_agreement(tx, agreement_id)
@@ -1174,7 +1175,7 @@ def request_transfer(
             f"{provider_url}/transfers/request", message, audience=provider
         )
         _parse_process(ack, provider_pid="", consumer_pid=consumer_pid)
-    except (ConnectorError, TrustedSpaceError) as exc:
+    except TrustedSpaceError as exc:
         _local_move(
             runtime,
             consumer_pid,
@@ -1209,7 +1210,7 @@ def wait_started(
 
     Raises:
         ConflictError: the transfer is suspended or ended (completed or terminated).
-        NotReady: not started within ``timeout`` seconds.
+        NotReadyError: not started within ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -1221,7 +1222,7 @@ def wait_started(
             detail = f": {record.reason}" if record.reason else ""
             raise ConflictError(f"transfer {consumer_pid!r} is {record.state.value}{detail}")
         if time.monotonic() >= deadline:
-            raise NotReady(
+            raise NotReadyError(
                 f"transfer {consumer_pid!r} not started after {timeout:g} s "
                 f"(state {record.state.value})"
             )
@@ -1253,7 +1254,7 @@ def pull(
 
     Raises:
         ConflictError: the transfer is not STARTED, or ``out_path`` exists.
-        PeerError / NotReady: the provider refused the pull or the completion, or is down.
+        RemoteError / NotReadyError: the provider refused the pull or the completion, or is down.
     """
     out = Path(out_path)
     if format not in ("csv", "ndjson"):
@@ -1291,7 +1292,7 @@ def pull(
         os.replace(tmp, out)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if presented and not isinstance(exc, NotReady):
+        if presented and not isinstance(exc, NotReadyError):
             with runtime.transaction() as tx:
                 tx.delete(TOKEN_NAMESPACE, consumer_pid)
         raise

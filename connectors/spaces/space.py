@@ -64,7 +64,6 @@ import httpx
 from pydantic import ValidationError as PydanticValidationError
 
 from connectors.client.http import AdminClient
-from connectors.common.errors import NotReady, PeerError
 from connectors.common.settings import (
     NodeLayout,
     NodeSettings,
@@ -73,7 +72,7 @@ from connectors.common.settings import (
     load_settings,
 )
 from trusted_space.catalog import Dataset, check_grade_floor, validate_offer
-from trusted_space.errors import TrustedSpaceError, ValidationError
+from trusted_space.errors import NotReadyError, RemoteError, TrustedSpaceError, ValidationError
 from trusted_space.identity import ROLES, check_participant_id
 from trusted_space.policy import check_grade_floor as check_policy_floor
 from trusted_space.policy import from_odrl
@@ -839,8 +838,8 @@ def admit(operator: AdminClient, node: AdminClient) -> dict[str, Any]:
         ``{"id", "roles", "url", "expiresAt"}``.
 
     Raises:
-        PeerError: the operator or the node refused (e.g. already a member, bad credential).
-        NotReady: one of them cannot be reached.
+        RemoteError: the operator or the node refused (e.g. already a member, bad credential).
+        NotReadyError: one of them cannot be reached.
     """
     identity = node.get("/identity")
     admitted = operator.post(
@@ -923,7 +922,7 @@ def _admit_node(operator: RunningNode, node: RunningNode) -> None:
         try:
             if not node_admin.get("/identity").get("admitted"):
                 admit(op_admin, node_admin)
-        except (PeerError, NotReady) as exc:
+        except (RemoteError, NotReadyError) as exc:
             raise SpaceError(
                 f"admission failed: {exc}", node=node.name, log_tail=node.log_tail()
             ) from exc
@@ -938,7 +937,7 @@ def _publish(node: RunningNode, step: Callable[[str], None]) -> None:
             try:
                 if not _existing(http, ds.id):
                     http.post("/management/datasets", ds.request_body())
-            except (PeerError, NotReady) as exc:
+            except (RemoteError, NotReadyError) as exc:
                 raise SpaceError(
                     f"dataset {ds.id!r} ({ds.file.name}) was refused: {exc}",
                     node=node.name,
@@ -950,7 +949,7 @@ def _publish(node: RunningNode, step: Callable[[str], None]) -> None:
 def _existing(http: AdminClient, dataset_id: str) -> bool:
     try:
         http.get(f"/management/datasets/{quote(dataset_id, safe='')}")
-    except PeerError as exc:
+    except RemoteError as exc:
         if exc.status == 404:
             return False
         raise

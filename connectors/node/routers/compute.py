@@ -16,7 +16,8 @@ payload). The route
 Errors are problem documents like everywhere else: an unknown operation is ``404``; a provider's
 policy refusal (:class:`~trusted_space.errors.RefusedError`) is ``403`` with its ``trace``; bad
 headers are ``400``; a failure of a node this operation called onward (a provider's call to the
-operator's aggregator) is ``502`` with that node's problem as ``peerProblem``.
+operator's aggregator: a :class:`~trusted_space.errors.RemoteError`) is ``502`` with that node's
+problem as ``peerProblem``. The in-memory transport answers the same, from the same table.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from connectors.common.errors import PeerError
 from connectors.node.compute import COMPUTE_CONTENT_TYPE, compute_node
 from connectors.node.deps import MemberDep, RuntimeDep
 from trusted_space.errors import NotFoundError, ValidationError
-from trusted_space.transport import OPERATION_PATTERN, RemoteError, frame, unframe
+from trusted_space.transport import OPERATION_PATTERN, frame, unframe
 
 __all__ = ["OperationsView", "call_operation", "list_operations", "router"]
 
@@ -91,8 +91,6 @@ async def call_operation(
         reply = await run_in_threadpool(
             node.handle, verified.participant_id, operation, header, payload
         )
-    except RemoteError as exc:
-        raise PeerError(exc.peer, exc.status, exc.problem) from exc
     except RecursionError as exc:  # a pathologically nested header
         raise ValidationError("compute header is nested too deeply") from exc
     return Response(frame(reply.header, reply.payload), media_type=COMPUTE_CONTENT_TYPE)

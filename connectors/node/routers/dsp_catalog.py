@@ -27,7 +27,6 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
-from connectors.common.errors import ConnectorError
 from connectors.node.deps import OPTIONAL_MEMBER_OPENAPI, OptionalMemberDep, RuntimeDep
 from connectors.node.problems import problem_for
 from connectors.node.wire.dsp import ProtocolVersion, VersionResponse
@@ -93,7 +92,7 @@ def catalog_error(exc: BaseException) -> JSONResponse:
 def _guarded(action: Callable[[], _T]) -> _T | JSONResponse:
     try:
         return action()
-    except (TrustedSpaceError, ConnectorError) as exc:
+    except TrustedSpaceError as exc:
         return catalog_error(exc)
 
 

@@ -37,7 +37,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
-from connectors.common.errors import ConnectorError, PolicyRefused
 from connectors.node import negotiation
 from connectors.node.deps import MemberDep, RuntimeDep
 from connectors.node.problems import problem_for
@@ -50,7 +49,7 @@ from trusted_space.contracts import (
     negotiation_ack,
     parse_message,
 )
-from trusted_space.errors import NotFoundError, TrustedSpaceError, ValidationError
+from trusted_space.errors import NotFoundError, RefusedError, TrustedSpaceError, ValidationError
 from trusted_space.identity import VerifiedRequest
 
 __all__ = [
@@ -115,7 +114,7 @@ def _pid(message: dict[str, Any], key: str) -> str | None:
 
 def _require_role(verified: VerifiedRequest, role: str, what: str) -> None:
     if role not in verified.roles:
-        raise PolicyRefused(
+        raise RefusedError(
             f"{verified.participant_id!r} is not admitted as a {role}, so it cannot {what}",
             [{"rule": "sender-role", "required": role, "actual": sorted(verified.roles)}],
             participant=verified.participant_id,
@@ -178,7 +177,7 @@ def _handle(
         else:
             _check_path(runtime, message, sender, path_pid, role)
         ack = runtime.negotiator.receive(message, sender=sender)
-    except (TrustedSpaceError, ConnectorError) as exc:
+    except TrustedSpaceError as exc:
         return negotiation_error(exc, provider_pid=provider_pid, consumer_pid=consumer_pid)
     negotiation.after_receipt(runtime, parsed.kind, ack)
     return JSONResponse(ack, status_code=201 if path_pid is None else 200)
@@ -268,7 +267,7 @@ def get_negotiation(runtime: RuntimeDep, verified: MemberDep, pid: str) -> JSONR
         ack = negotiation_ack(
             provider_pid=record.provider_pid, consumer_pid=record.consumer_pid, state=record.state
         )
-    except (TrustedSpaceError, ConnectorError) as exc:
+    except TrustedSpaceError as exc:
         return negotiation_error(exc, provider_pid=None, consumer_pid=None)
     return JSONResponse(ack)
 

@@ -43,7 +43,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
 
-from connectors.common.errors import ConnectorError, NotReady
 from connectors.node import federation
 from connectors.node.deps import RuntimeDep, require_admin
 from connectors.node.runtime import PEER_NAMESPACE, NodeRuntime
@@ -87,6 +86,7 @@ from trusted_space.consent import ConsentRegistry
 from trusted_space.errors import (
     ConflictError,
     GradeFloorError,
+    NotReadyError,
     TrustedSpaceError,
     ValidationError,
     VerificationError,
@@ -259,7 +259,7 @@ def _federate(runtime: NodeRuntime) -> bool:
         return bool(federation.push_catalog(runtime))
     except NotImplementedError:
         log.info("catalog federation is not available on this node")
-    except (ConnectorError, TrustedSpaceError) as exc:
+    except TrustedSpaceError as exc:
         log.warning("catalog not pushed to the operator: %s", exc)
     return False
 
@@ -404,7 +404,7 @@ def get_policy(policy_id: str, runtime: RuntimeDep) -> PolicyView:
 
 def _registry(runtime: NodeRuntime) -> ConsentRegistry:
     if runtime.consents is None:
-        raise NotReady(
+        raise NotReadyError(
             f"{runtime.id} has no operator anchor yet: consents are checked against its key"
         )
     return runtime.consents

@@ -50,7 +50,6 @@ import httpx
 from fastapi import APIRouter, Body, Response
 from fastapi.responses import JSONResponse
 
-from connectors.common.errors import NotReady
 from connectors.node.deps import (
     OPTIONAL_MEMBER_OPENAPI,
     AdminDep,
@@ -79,6 +78,7 @@ from trusted_space.catalog import TS_NAMESPACE, Tier
 from trusted_space.errors import (
     ConflictError,
     NotFoundError,
+    NotReadyError,
     ValidationError,
     VerificationError,
     WitnessSizeError,
@@ -126,13 +126,13 @@ _OWNER = TS_NAMESPACE + "owner"
 
 def _authority(runtime: NodeRuntime) -> OperatorAuthority:
     if runtime.authority is None:  # the router is mounted on the operator only
-        raise NotReady("this node is not an operator")
+        raise NotReadyError("this node is not an operator")
     return runtime.authority
 
 
 def _witness(runtime: NodeRuntime) -> Witness:
     if runtime.witness is None:
-        raise NotReady("this node is not an operator")
+        raise NotReadyError("this node is not an operator")
     return runtime.witness
 
 
@@ -143,7 +143,7 @@ def _witness(runtime: NodeRuntime) -> Witness:
 def identity(runtime: RuntimeDep) -> OperatorIdentity:
     """The space's trust anchor; nodes fetch it once at ``node init`` and compare the key."""
     if runtime.anchor is None:
-        raise NotReady("the operator has no anchor file (operator.json)")
+        raise NotReadyError("the operator has no anchor file (operator.json)")
     return anchor_out(runtime.anchor)
 
 
