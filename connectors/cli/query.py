@@ -47,6 +47,7 @@ from connectors.cli._common import (
 )
 from connectors.client.results import load_model, receipt_summary, write_scores
 from connectors.spaces.local import LocalSpace, LocalSpaceError, parse_party
+from trusted_space.policy import PROTOCOLS
 from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
 
 __all__ = [
@@ -55,9 +56,6 @@ __all__ = [
     "score_command",
     "status_command",
 ]
-
-
-_PROTOCOLS = ("paillier", "ckks", "additive")
 
 
 def _receipts(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,7 +110,7 @@ def score_command(
     """Score entities with a model, jointly with the providers, through your node."""
     check_choices(
         (
-            (protocol, _PROTOCOLS, "--protocol"),
+            (protocol, PROTOCOLS, "--protocol"),
             (missing, MISSING_RULES, "--missing"),
             (mode, MODES, "--mode"),
             (id_kind, ID_KINDS, "--id-kind"),
@@ -264,7 +262,7 @@ def local_score_command(
     """Score the analyst's ids over local files through a real local space, then stop it."""
     check_choices(
         (
-            (protocol, _PROTOCOLS, "--protocol"),
+            (protocol, PROTOCOLS, "--protocol"),
             (missing, MISSING_RULES, "--missing"),
             (id_kind, ID_KINDS, "--id-kind"),
         )

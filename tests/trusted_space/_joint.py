@@ -32,6 +32,7 @@ from trusted_space.contracts import Negotiator, offer_for, run_negotiation
 from trusted_space.errors import NotFoundError
 from trusted_space.keys import SigningKey, VerifyKey
 from trusted_space.ledger import Ledger
+from trusted_space.policy import PROTOCOLS
 from trusted_space.store import MemoryStore, SQLiteStore, Store
 from trusted_space.transport import InMemoryTransport
 
@@ -44,7 +45,7 @@ def offer(
     n: int = 1,
     *,
     purpose: str = PURPOSE,
-    protocols: Sequence[str] = ("paillier", "ckks", "additive"),
+    protocols: Sequence[str] = PROTOCOLS,
     kinds: Sequence[str] = ("score", "aggregate"),
     count: int | None = None,
     consent: bool = False,

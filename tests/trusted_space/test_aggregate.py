@@ -25,6 +25,7 @@ from tests.trusted_space._joint import (
 )
 from trusted_space.budget import set_budget, spent
 from trusted_space.compute import ComputeNode, InMemoryData
+from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols.aggregate import (
     NOISE_TAIL,
     laplace_noise,
@@ -175,7 +176,7 @@ def _keys(protocol: str, pk: Any, ctx: Any) -> dict[str, Any]:
 TOLERANCE = {"paillier": (1e-6, 1e-9), "ckks": (1e-3, 1e-3), "additive": (0.0, ROWS * 2.0**-17)}
 
 
-@pytest.mark.parametrize("protocol", ["paillier", "ckks", "additive"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_every_statistic_equals_numpy_over_the_cohort(
     protocol: str, paillier_keys: Any, ckks_context: ckks.SecretContext
 ) -> None:
@@ -201,7 +202,7 @@ def test_the_provider_never_receives_the_cohort(
     paillier_keys: Any, ckks_context: ckks.SecretContext
 ) -> None:
     world = World()
-    for protocol in ("paillier", "ckks", "additive"):
+    for protocol in PROTOCOLS:
         world.recorder.calls.clear()
         query = world.query(statistic="sum", protocol=protocol)
         world.run(query, _keys(protocol, paillier_keys, ckks_context))
@@ -233,7 +234,7 @@ def test_a_cohort_below_min_cohort_is_refused_with_a_trace_and_nothing_released(
 ) -> None:
     world = World(min_cohort=5)
     small = [f"nobody-{i}" for i in range(8)] + KEYS[:3]  # 11 ids pass the PSI pre-check
-    for protocol in ("paillier", "ckks", "additive"):
+    for protocol in PROTOCOLS:
         world.data.reads.clear()
         world.recorder.calls.clear()
         query = world.query(statistic="sum", protocol=protocol, cohort=small)

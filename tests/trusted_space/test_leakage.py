@@ -27,6 +27,7 @@ from crypto.errors import DecryptionError, SerializationError
 from crypto.fixedpoint import FixedPoint
 from crypto.sharing import BeaverMessage, TripleShare, beaver_finish, beaver_open
 from trusted_space.compute import ComputeNode, InMemoryData
+from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols import register_operator, register_provider, run_score
 from trusted_space.protocols._common import ring_from_bytes
 from trusted_space.protocols.operator import fetch_triple
@@ -34,6 +35,7 @@ from trusted_space.protocols.score import store_party_weights
 from trusted_space.protocols.score_additive import AdditiveScore
 from trusted_space.protocols.score_ckks import CkksScore
 from trusted_space.protocols.score_paillier import PaillierScore
+from trusted_space.queries.common import MODES
 from trusted_space.queries.score import Link, Model, ScoreQuery
 from trusted_space.transport import Handler, RemoteError, Reply
 
@@ -489,7 +491,7 @@ def protocol_object(name: str, keys: Any, context: ckks.SecretContext) -> Any:
     }[name]
 
 
-@pytest.mark.parametrize("protocol", ["paillier", "ckks", "additive"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_providers_never_see_the_weights_in_clear(
     protocol: str, paillier_keys: Any, ckks_context: ckks.SecretContext, rng: np.random.Generator
 ) -> None:
@@ -512,8 +514,8 @@ def test_providers_never_see_the_weights_in_clear(
         assert leaked(rec.w[q], rec.to(OPERATOR)) == []
 
 
-@pytest.mark.parametrize("mode", ["analyst-held", "party-held"])
-@pytest.mark.parametrize("protocol", ["paillier", "ckks", "additive"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_the_analyst_never_receives_a_providers_partial(
     protocol: str,
     mode: str,
@@ -582,7 +584,7 @@ def test_ckks_contexts_sent_hold_no_secret_key(
         assert not public.tenseal_context.is_private()
 
 
-@pytest.mark.parametrize("mode", ["analyst-held", "party-held"])
+@pytest.mark.parametrize("mode", MODES)
 def test_every_paillier_ciphertext_carries_the_protocol_exponent(
     mode: str, paillier_keys: Any, rng: np.random.Generator
 ) -> None:

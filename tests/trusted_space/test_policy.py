@@ -21,6 +21,7 @@ from trusted_space.events import EVENT_LOG, decode_event
 from trusted_space.policy import (
     COUNT_NAMESPACE,
     ODRL_PROFILE,
+    PROTOCOLS,
     Constraint,
     Decision,
     Duty,
@@ -602,7 +603,7 @@ _prohibition_constraints = st.one_of(
     _set_constraint("role", _ids),
     _set_constraint("purpose", _ids),
     _set_constraint("computation", st.sampled_from(["score", "aggregate", "train", "transfer"])),
-    _set_constraint("protocol", st.sampled_from(["paillier", "ckks", "additive"])),
+    _set_constraint("protocol", st.sampled_from(PROTOCOLS)),
     _set_constraint("output", st.sampled_from(["score", "aggregate", "raw"])),
     st.builds(C, st.just("dateTime"), st.sampled_from(["lt", "lteq", "gt", "gteq"]), _stamp),
 )

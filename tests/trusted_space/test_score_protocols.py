@@ -17,16 +17,18 @@ from crypto import ckks, paillier
 from trusted_space.compute import ComputeNode, InMemoryData
 from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.events import EVENT_LOG, decode_event
+from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols import _common, register_operator, register_provider, run_score
 from trusted_space.protocols.align import register_align
 from trusted_space.protocols.base import ScoreProtocol
 from trusted_space.protocols.operator import fetch_triple, open_aggregation, take_aggregate
-from trusted_space.protocols.registry import get_score_protocol
+from trusted_space.protocols.registry import SCORE_PROTOCOLS, get_score_protocol
 from trusted_space.protocols.score import analyst as score_module
 from trusted_space.protocols.score import check_use_receipt, store_party_weights
 from trusted_space.protocols.score_additive import AdditiveScore
 from trusted_space.protocols.score_ckks import CkksScore
 from trusted_space.protocols.score_paillier import PaillierScore
+from trusted_space.queries.common import MODES
 from trusted_space.queries.score import Link, Model, ScoreQuery
 from trusted_space.store import SQLiteStore
 from trusted_space.transport import RemoteError, Reply
@@ -34,8 +36,6 @@ from trusted_space.transport import RemoteError, Reply
 from ._joint import ANALYST, OPERATOR, PURPOSE, Space, build_space, provide
 
 TOLERANCE = {"paillier": 1e-6, "ckks": 1e-3, "additive": 1e-3}
-PROTOCOLS = ("paillier", "ckks", "additive")
-MODES = ("analyst-held", "party-held")
 
 
 @pytest.fixture(scope="module")
@@ -552,6 +552,7 @@ def test_dealer_survives_a_restart_without_dealing_twice(tmp_path: Path) -> None
 
 
 def test_registry_by_name() -> None:
+    assert sorted(SCORE_PROTOCOLS) == sorted(PROTOCOLS)
     for name in PROTOCOLS:
         assert get_score_protocol(name).name == name
     with pytest.raises(Exception, match="unknown score protocol"):

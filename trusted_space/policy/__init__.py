@@ -58,6 +58,7 @@ from trusted_space.policy.vocabulary import (
     PROTOCOLS,
     QUERY_KINDS,
     TIERS,
+    ProtocolName,
 )
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "Duty",
     "DutyDue",
     "Policy",
+    "ProtocolName",
     "Rule",
     "TraceStep",
     "UsageRequest",

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from trusted_space.errors import ValidationError
 
@@ -26,6 +26,7 @@ __all__ = [
     "QUERY_KINDS",
     "TIERS",
     "XSD_INTEGER",
+    "ProtocolName",
     "check_constraint",
     "path_error",
 ]
@@ -40,7 +41,12 @@ OPERATORS: Final = ("eq", "neq", "isAnyOf", "isNoneOf", "isAllOf", "lt", "lteq",
 QUERY_KINDS: Final = ("score", "aggregate", "train", "transfer")
 """Values of ``computation``: the three joint computations, plus ``transfer`` (raw-row pull)."""
 COMPUTATIONS: Final = ("score", "aggregate", "train")
-PROTOCOLS: Final = ("paillier", "ckks", "additive")
+ProtocolName = Literal["paillier", "ckks", "additive"]
+"""A joint-computation protocol by name (the wire models type their ``protocol`` field with it)."""
+PROTOCOLS: Final[tuple[ProtocolName, ...]] = get_args(ProtocolName)
+"""The protocol names, in this order: the one list the queries, the policy operand ``protocol``,
+the compute headers, the CLI and the registry of score protocols
+(:data:`trusted_space.protocols.registry.SCORE_PROTOCOLS`) all follow."""
 OUTPUT_KINDS: Final = ("score", "aggregate", "raw")
 TIERS: Final = ("unconditional", "conditional", "zone")
 DUTY_ACTIONS: Final = ("log", "notify", "delete")

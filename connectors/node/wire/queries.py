@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trusted_space.policy import ProtocolName
 from trusted_space.queries.aggregate import AggregateQuery, AggregateResult
 
 __all__ = [
@@ -45,7 +46,7 @@ class AggregateRequest(BaseModel):
     dataset: str = Field(min_length=1, max_length=512)
     column: str = Field(min_length=1, max_length=128)
     statistic: Literal["count", "sum", "mean", "histogram"]
-    protocol: Literal["paillier", "ckks", "additive"]
+    protocol: ProtocolName
     purpose: str = Field(min_length=1, max_length=256)
     cohort: list[str] | None = Field(
         default=None,

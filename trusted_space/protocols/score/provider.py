@@ -17,6 +17,7 @@ import numpy.typing as npt
 from trusted_space.compute import CallContext, ComputeNode, DataAccess
 from trusted_space.enforcement import UseRequest, authorize_use
 from trusted_space.errors import ConflictError, NotFoundError, RefusedError, ValidationError
+from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols._common import (
     MAX_BLOCK_ROWS,
     block_ranges,
@@ -73,7 +74,7 @@ def _columns(header: Mapping[str, Any]) -> list[str]:
 def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
     query = header_str(header, "query")
-    protocol = get_score_protocol(_choice(header, "protocol", ("paillier", "ckks", "additive")))
+    protocol = get_score_protocol(_choice(header, "protocol", PROTOCOLS))
     mode = _choice(header, "mode", MODES)
     operator = header_str(header, "operator")
     expected_operator = node.extras.get(OPERATOR_EXTRA)
