@@ -3,9 +3,10 @@
 :func:`load_model` reads a model file; :func:`write_scores` writes ``id,logit,<output>`` rows;
 :func:`receipt_summary` turns a provider's receipt into what an auditor checks by hand (the
 signed checkpoint note, the node's ledger vkey as registered at the operator, the use entry's leaf
-index, the tree size, the inclusion path and the entry bytes); :func:`verify_receipts` and
-:func:`verify_train_receipts` check every receipt of a result with
-:func:`trusted_space.ledger.verify_receipt`.
+index, the tree size, the inclusion path and the entry bytes); :func:`verified_summary` is that
+summary of a receipt checked with :func:`trusted_space.ledger.verify_receipt` — the one place a
+receipt is verified on the analyst's side: :func:`verify_receipts` (a score or aggregate result),
+:func:`verify_train_receipts` (a training), the local space and the demo all call it.
 """
 
 from __future__ import annotations
@@ -19,24 +20,69 @@ from typing import Any
 
 from trusted_space.errors import ValidationError
 from trusted_space.ledger import Receipt, open_checkpoint, verify_receipt
+from trusted_space.notes import Checkpoint
 from trusted_space.queries.score import Model
 
 __all__ = [
     "load_model",
     "output_column",
     "receipt_summary",
+    "verified_summary",
+    "verify_receipts",
     "verify_train_receipts",
     "write_scores",
 ]
 
 
+def _parse(receipt: Mapping[str, Any]) -> Receipt:
+    return Receipt.from_json({k: v for k, v in receipt.items() if k not in ("vkey", "participant")})
+
+
 def receipt_summary(receipt: dict[str, Any], vkey: str | None = None) -> dict[str, Any]:
     """What an auditor needs to check a receipt by hand (see the module docstring)."""
-    parsed = Receipt.from_json(
-        {k: v for k, v in receipt.items() if k not in ("vkey", "participant")}
-    )
+    parsed = _parse(receipt)
     key = vkey or str(receipt["vkey"])
-    head = open_checkpoint(parsed.checkpoint, key)
+    return _summary(receipt, parsed, key, open_checkpoint(parsed.checkpoint, key))
+
+
+def verified_summary(receipt: Mapping[str, Any], vkey: str | None = None) -> dict[str, Any]:
+    """:func:`receipt_summary` of a receipt that verifies, with ``"verified": True``.
+
+    Args:
+        receipt: the receipt as the result carries it (JSON).
+        vkey: the node's ledger vkey as the analyst knows it; ``None``: the vkey the receipt
+            carries (an empty key verifies nothing).
+
+    Raises:
+        VerificationError: the checkpoint's signature or the inclusion proof does not verify.
+        ValidationError: a malformed receipt or vkey.
+    """
+    parsed = _parse(receipt)
+    key = str(receipt["vkey"]) if vkey is None else vkey
+    head = verify_receipt(parsed.checkpoint, key, parsed.entry, parsed.index, parsed.proof)
+    return _summary(receipt, parsed, key, head) | {"verified": True}
+
+
+def verify_receipts(
+    result: Mapping[str, Any], vkeys: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Every provider's receipt of a score or aggregate result, verified against ``vkeys``.
+
+    Returns:
+        provider → :func:`verified_summary`.
+
+    Raises:
+        VerificationError: a receipt does not verify.
+    """
+    return {
+        provider: verified_summary(receipt, vkeys.get(provider))
+        for provider, receipt in dict(result.get("receipts", {})).items()
+    }
+
+
+def _summary(
+    receipt: Mapping[str, Any], parsed: Receipt, key: str, head: Checkpoint
+) -> dict[str, Any]:
     return {
         "participant": receipt.get("participant"),
         "checkpoint": parsed.checkpoint,
@@ -86,25 +132,15 @@ def verify_train_receipts(
     """Every receipt of a training (alignment, then one per epoch), verified against ``vkeys``.
 
     Returns:
-        provider → receipt summaries (:func:`connectors.spaces.local.receipt_summary`), each
-        verified.
+        provider → :func:`verified_summary` of each receipt, in that order.
 
     Raises:
         VerificationError: a receipt does not verify.
     """
-    out: dict[str, list[dict[str, Any]]] = {}
-    for provider, entry in dict(result.get("receipts", {})).items():
-        receipts = [entry["align"], *entry.get("epochs", [])]
-        summaries = []
-        for receipt in receipts:
-            summary = receipt_summary(dict(receipt), vkeys.get(provider))
-            verify_receipt(
-                summary["checkpoint"],
-                summary["vkey"],
-                base64.b64decode(summary["entry"]),
-                summary["leafIndex"],
-                [bytes.fromhex(h) for h in summary["inclusionPath"]],
-            )
-            summaries.append(summary | {"verified": True})
-        out[provider] = summaries
-    return out
+    return {
+        provider: [
+            verified_summary(receipt, vkeys.get(provider))
+            for receipt in [entry["align"], *entry.get("epochs", [])]
+        ]
+        for provider, entry in dict(result.get("receipts", {})).items()
+    }

@@ -36,7 +36,7 @@ flow is simulated; the demo does what the institutions' staff would do, over the
    verified from outside (:func:`connectors.client.verify.verify_node`), with its key as registered
    at
    the operator and the witness key; every receipt of every result is verified with
-   :func:`trusted_space.ledger.verify_receipt`.
+   :func:`connectors.client.results.verified_summary`.
 9. **Report**: a short summary (JSON with ``--json``), ``demo-output/report.html`` (inline SVG
    plots, :mod:`connectors.demo.report`), then every node is stopped (``--keep-running`` leaves
    the space up until SIGINT/SIGTERM).
@@ -75,7 +75,7 @@ import numpy as np
 from connectors.client.analyst import QueryFailed
 from connectors.client.catalog import FINAL_STATES, catalog_rows, fetch_catalog
 from connectors.client.http import AdminClient
-from connectors.client.results import receipt_summary, write_scores
+from connectors.client.results import verified_summary, write_scores
 from connectors.client.verify import verify_node
 from connectors.common.settings import load_settings
 from connectors.demo.data import (
@@ -101,7 +101,6 @@ from connectors.spaces.space import SPACE_FILE, SpaceError, down, load_config, u
 from trusted_space.consent import sign_consent
 from trusted_space.errors import TrustedSpaceError
 from trusted_space.keys import SigningKey
-from trusted_space.ledger import Receipt, verify_receipt
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols.train import train_plaintext
 from trusted_space.queries.score import Model, logistic
@@ -795,11 +794,7 @@ def _verify_receipts(run: DemoRun, receipts: Mapping[str, Any]) -> dict[str, Any
         participant = str(receipt.get("participant") or label)
         vkey = run._vkeys.get(participant, "")
         try:
-            parsed = Receipt.from_json(
-                {k: v for k, v in dict(receipt).items() if k not in ("vkey", "participant")}
-            )
-            verify_receipt(parsed.checkpoint, vkey, parsed.entry, parsed.index, parsed.proof)
-            summary = receipt_summary(dict(receipt), vkey) | {"verified": True}
+            summary = verified_summary(receipt, vkey)
         except (TrustedSpaceError, ValueError) as exc:
             summary = {"participant": participant, "verified": False, "error": str(exc)}
         out[label] = summary

@@ -15,10 +15,10 @@ process.
 With ``missing="impute"`` each provider publishes its column means as ``imputeDefault`` (the
 owner's published default, computed from its own file here; never a silent zero).
 
-:func:`receipt_summary` turns a provider's receipt into what an auditor checks by hand: the
-signed checkpoint note, the node's ledger vkey (C2SP vkey form, as registered at the operator),
-the use entry's leaf index, the tree size, the inclusion path (hex) and the entry bytes (base64);
-:meth:`LocalSpace.verify_receipts` verifies each with :func:`trusted_space.ledger.verify_receipt`.
+:meth:`LocalSpace.verify_receipts` verifies every provider's receipt against the ledger vkey its
+node publishes (:func:`connectors.client.results.verify_receipts`) and returns what an auditor
+checks by hand: the signed checkpoint note, the node's ledger vkey (C2SP vkey form), the use
+entry's leaf index, the tree size, the inclusion path (hex) and the entry bytes (base64).
 
 Threats: the node directories (keys, admin tokens, stores) are created mode 0700 under the work
 directory, which is a fresh temporary directory unless one is given; the files are only read.
@@ -26,7 +26,6 @@ directory, which is a fresh temporary directory unless one is given; the files a
 
 from __future__ import annotations
 
-import base64
 import math
 import re
 import shutil
@@ -40,7 +39,7 @@ from typing import Any, Final
 
 from connectors.client.analyst import AnalystClient, QueryProgress
 from connectors.client.catalog import follow_negotiation
-from connectors.client.results import receipt_summary
+from connectors.client.results import verify_receipts
 from connectors.common.errors import ConnectorError
 from connectors.node.sources import SourceSpec, open_source
 from connectors.spaces.space import (
@@ -53,7 +52,6 @@ from connectors.spaces.space import (
 )
 from trusted_space.catalog import check_participant_id
 from trusted_space.errors import TrustedSpaceError, ValidationError
-from trusted_space.ledger import verify_receipt
 from trusted_space.policy import PROTOCOLS
 from trusted_space.queries.score import Model
 
@@ -421,20 +419,7 @@ class LocalSpace:
         Raises:
             VerificationError: a receipt does not verify.
         """
-        vkeys = self.ledger_vkeys()
-        out = {}
-        for provider, receipt in dict(result.get("receipts", {})).items():
-            summary = receipt_summary(receipt, vkeys.get(provider))
-            verify_receipt(
-                summary["checkpoint"],
-                summary["vkey"],
-                base64.b64decode(summary["entry"]),
-                summary["leafIndex"],
-                [bytes.fromhex(h) for h in summary["inclusionPath"]],
-            )
-            summary["verified"] = True
-            out[provider] = summary
-        return out
+        return verify_receipts(result, self.ledger_vkeys())
 
     def node_pids(self) -> dict[str, int]:
         """Process id of every running node."""
