@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from trusted_space.consent import ConsentRegistry
 from trusted_space.errors import NotFoundError, ValidationError
 from trusted_space.ledger import Ledger
 from trusted_space.store import Store
@@ -193,7 +194,14 @@ class ComputeNode:
         data: this node's datasets (``None`` on a node without data, e.g. the operator).
         transport: for calls this node makes onward (aggregator, dealer).
         clock: the node's clock.
-        extras: services a connector plugs in (consent registry, member roles, ...), by name.
+        operator: the space operator's id, set by the connector from its trust anchor. A provider
+            sends partials and fetches Beaver triples only there, whatever an analyst names (an
+            analyst naming itself would otherwise receive the partials); ``None`` (tests without
+            an anchor) accepts the operator the analyst names.
+        roles_of: ``participant id -> roles`` from the participant's operator-signed credential,
+            for ``role`` constraints of policies; ``None``: every sender has no roles.
+        consents: the data-subject authorisations this node holds, for policies that require
+            consent (``None``: the node keeps no registry).
     """
 
     participant_id: str
@@ -202,7 +210,9 @@ class ComputeNode:
     data: DataAccess | None = None
     transport: Transport | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    extras: dict[str, Any] = field(default_factory=dict)
+    operator: str | None = None
+    roles_of: Callable[[str], frozenset[str]] | None = None
+    consents: ConsentRegistry | None = None
     sessions: SessionStore = field(default_factory=SessionStore)
     _operations: dict[str, Operation] = field(default_factory=dict)
 
@@ -212,6 +222,10 @@ class ComputeNode:
         if operation in self._operations:
             raise ValidationError(f"operation {operation!r} is already registered")
         self._operations[operation] = handler
+
+    def sender_roles(self, sender: str) -> frozenset[str]:
+        """The authenticated ``sender``'s roles (empty when no lookup is plugged in)."""
+        return frozenset() if self.roles_of is None else frozenset(self.roles_of(sender))
 
     @property
     def operations(self) -> list[str]:

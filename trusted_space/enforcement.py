@@ -61,7 +61,6 @@ from trusted_space.policy import (
 from trusted_space.store import Transaction
 
 __all__ = [
-    "CONSENTS_EXTRA",
     "NUMERIC_TYPES",
     "OUTPUT_OF_KIND",
     "UseGrant",
@@ -70,8 +69,6 @@ __all__ = [
     "entities_digest",
 ]
 
-CONSENTS_EXTRA: Final = "consents"
-"""Key of the :class:`~trusted_space.consent.ConsentRegistry` in ``ComputeNode.extras``."""
 NUMERIC_TYPES: Final = frozenset({FieldType.INT, FieldType.FLOAT, FieldType.BOOL})
 """Field types a joint computation may read (as float64)."""
 OUTPUT_OF_KIND: Final[Mapping[str, str]] = {
@@ -364,7 +361,7 @@ def authorize_use(
     """Enforce the provider's policy for one use, record it, and return the grant with a receipt.
 
     Args:
-        node: the provider's compute node (store, ledger, clock, ``extras["consents"]``).
+        node: the provider's compute node (store, ledger, clock, ``consents``).
         request: the use, with ``analyst`` set to the authenticated sender.
         roles: the sender's roles from its membership credential (for ``role`` constraints).
 
@@ -376,7 +373,7 @@ def authorize_use(
             ``policy.decision`` entry is committed before this is raised.
     """
     at = node.clock()
-    registry = node.extras.get(CONSENTS_EXTRA)
+    registry = node.consents
     refusal: RefusedError | None = None
     grant: tuple[PublishedDataset, int, int, tuple[str, ...]] | None = None
     with node.store.transaction() as tx:

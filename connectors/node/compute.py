@@ -1,9 +1,10 @@
 """A node's compute side, wired to what the node really has: its sources, store, keys and peers.
 
 :mod:`trusted_space.compute` and the protocols in :mod:`trusted_space.protocols` are written
-against three small interfaces (a :class:`~trusted_space.compute.DataAccess`, a
-:class:`~trusted_space.transport.Transport` and ``ComputeNode.extras``); this module supplies the
-real ones for a running node and registers the operations its roles serve:
+against small interfaces (a :class:`~trusted_space.compute.DataAccess`, a
+:class:`~trusted_space.transport.Transport`, and the typed services of ``ComputeNode``: operator
+id, roles lookup, consent registry); this module supplies the real ones for a running node and
+registers the operations its roles serve:
 
 - :class:`SourceData`: the node's *published* datasets, read from their registered sources
   (:mod:`connectors.node.sources`, store namespace ``source``). A query's lookups are served from a
@@ -26,7 +27,7 @@ real ones for a running node and registers the operations its roles serve:
   provider's ``403`` and its policy trace reach the analyst; an unreachable peer is a
   ``RemoteError`` with status ``503`` and a ``not-ready`` document (as in memory).
 - :func:`compute_node`: the node's :class:`~trusted_space.compute.ComputeNode`, built on first use
-  and cached per runtime, with ``extras`` = the consent registry, a roles lookup from stored
+  and cached per runtime, with the consent registry, a roles lookup from stored
   (operator-signed) credentials, and the space's operator id (a provider sends partials and
   fetches triples only there, whatever an analyst names). Operations by role: the operator serves
   the key-less aggregator and the Beaver dealers (scores, training); a provider serves score, PSI
@@ -70,7 +71,7 @@ from connectors.node.sources import (
 from crypto.psi import psi_executor
 from trusted_space.catalog import Dataset, FieldType, load_dataset
 from trusted_space.compute import ComputeNode
-from trusted_space.enforcement import CONSENTS_EXTRA, NUMERIC_TYPES
+from trusted_space.enforcement import NUMERIC_TYPES
 from trusted_space.errors import (
     NotFoundError,
     NotReadyError,
@@ -82,7 +83,7 @@ from trusted_space.errors import (
 from trusted_space.protocols.aggregate import register_aggregate
 from trusted_space.protocols.align import register_align
 from trusted_space.protocols.operator import register_operator
-from trusted_space.protocols.score import OPERATOR_EXTRA, ROLES_EXTRA, register_provider
+from trusted_space.protocols.score import register_provider
 from trusted_space.protocols.train_ops import register_train, register_train_dealer
 from trusted_space.store import Store
 from trusted_space.transport import Reply, check_operation, frame, unframe
@@ -620,11 +621,6 @@ def roles_lookup(runtime: NodeRuntime) -> Callable[[str], frozenset[str]]:
 
 def build_compute_node(runtime: NodeRuntime) -> ComputeNode:
     """A fresh compute node for ``runtime`` with the operations of its roles registered."""
-    extras: dict[str, Any] = {ROLES_EXTRA: roles_lookup(runtime)}
-    if runtime.consents is not None:
-        extras[CONSENTS_EXTRA] = runtime.consents
-    if runtime.anchor is not None:
-        extras[OPERATOR_EXTRA] = runtime.anchor.operator_id
     holds_data = bool(runtime.roles & {"provider", "consumer"})
     node = ComputeNode(
         participant_id=runtime.id,
@@ -633,7 +629,9 @@ def build_compute_node(runtime: NodeRuntime) -> ComputeNode:
         data=SourceData(runtime.store, runtime.id) if holds_data else None,
         transport=HttpTransport(runtime),
         clock=runtime.clock,
-        extras=extras,
+        operator=None if runtime.anchor is None else runtime.anchor.operator_id,
+        roles_of=roles_lookup(runtime),
+        consents=runtime.consents,
     )
     if runtime.is_operator:
         register_operator(node)

@@ -188,7 +188,7 @@ def build_space(
     analyst = _make_party(ANALYST, network, keys, store_for(ANALYST), the_clock)
     parties = {p: _make_party(p, network, keys, store_for(p), the_clock) for p in providers}
     for party in parties.values():
-        party.node.extras["consents"] = ConsentRegistry(OPERATOR, operator.key.verify_key)
+        party.node.consents = ConsentRegistry(OPERATOR, operator.key.verify_key)
     return Space(network, operator, analyst, parties, keys, operator.key, the_clock)
 
 
@@ -232,7 +232,8 @@ def provide(
 def grant_consent(space: Space, provider: str, entities: Sequence[str], purpose: str = PURPOSE):
     """The operator registers consents of ``entities`` for the analyst at ``provider``."""
     party = space.providers[provider]
-    registry: ConsentRegistry = party.node.extras["consents"]
+    registry = party.node.consents
+    assert registry is not None
     now = space.clock()
     with party.node.store.transaction() as tx:
         for e in entities:

@@ -118,7 +118,7 @@ class World:
         assert ag is not None
         self.ag = ag
         self.node = party.node
-        self.node.extras["operator"] = OPERATOR
+        self.node.operator = OPERATOR
         with self.node.store.transaction() as tx:
             set_column_bounds(tx, self.ds, {"x": (LO, HI)})
             if budget is not None:

@@ -137,7 +137,7 @@ def recorded_space(
     for p in PROVIDERS:
         node = space.providers[p].node
         register_provider(node)
-        node.extras["operator"] = OPERATOR
+        node.operator = OPERATOR
         spy = SpyData(space.providers[p].data)
         node.data = spy
         spies[p] = spy

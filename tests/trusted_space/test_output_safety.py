@@ -28,7 +28,7 @@ def test_ckks_scores_are_released_rounded(rng: np.random.Generator) -> None:
     register_operator(space.operator.node)
     node = space.providers["tax-bureau"].node
     register_provider(node)
-    node.extras["operator"] = OPERATOR
+    node.operator = OPERATOR
     keys = [f"ent-{i:03d}" for i in range(n)]
     x = rng.uniform(-4, 4, (n, len(columns)))
     w = rng.uniform(-1.5, 1.5, len(columns))

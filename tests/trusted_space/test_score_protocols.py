@@ -119,7 +119,7 @@ def make_setup(
     for p, k in columns.items():
         node = space.providers[p].node
         register_provider(node)
-        node.extras["operator"] = OPERATOR
+        node.operator = OPERATOR
         x = rng.uniform(-bound, bound, (n, k))
         w = rng.uniform(-weight_bound, weight_bound, k)
         names = [name for name, _ in _named(p, w)]

@@ -77,7 +77,6 @@ from trusted_space.transport import Reply, Transport
 
 __all__ = [
     "ALIGN_OPERATIONS",
-    "ROLES_EXTRA",
     "AlignedOrder",
     "Alignment",
     "align",
@@ -90,8 +89,6 @@ __all__ = [
 ]
 
 ALIGN_OPERATIONS: Final = ("align.open", "align.request", "align.response")
-ROLES_EXTRA: Final = "roles"
-"""Key in ``ComputeNode.extras`` of a callable ``sender -> roles`` (from its credential)."""
 _SCAN_ROWS: Final = 100_000
 _MAX_COLUMNS: Final = 256
 _MESSAGE_OVERHEAD: Final = 256
@@ -99,10 +96,7 @@ _MESSAGE_OVERHEAD: Final = 256
 
 def sender_roles(node: ComputeNode, sender: str) -> frozenset[str]:
     """The authenticated sender's roles, if the connector plugged a lookup into the node."""
-    lookup = node.extras.get(ROLES_EXTRA)
-    if lookup is None:
-        return frozenset()
-    return frozenset(lookup(sender))
+    return node.sender_roles(sender)
 
 
 def alignment_session(query_id: str, dataset_id: str) -> str:

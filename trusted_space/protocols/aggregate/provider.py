@@ -57,7 +57,6 @@ from trusted_space.protocols.align import (
     sender_roles,
 )
 from trusted_space.protocols.operator import fetch_triple
-from trusted_space.protocols.score import OPERATOR_EXTRA
 from trusted_space.queries.aggregate import check_statistic
 from trusted_space.queries.common import MISSING_RULES
 from trusted_space.transport import Reply, Transport
@@ -378,8 +377,8 @@ class _ProviderStats:
         noise: FloatArray,
         messages: bytes,
     ) -> bytes:
-        operator = node.extras.get(OPERATOR_EXTRA)
-        if not isinstance(operator, str) or transport is None:
+        operator = node.operator
+        if operator is None or transport is None:
             raise ValidationError(
                 f"{node.participant_id} knows no operator to fetch Beaver triples from"
             )
@@ -585,7 +584,7 @@ def register_aggregate(node: ComputeNode) -> None:
     """Register the provider's aggregate operations (:data:`STATS_OPERATIONS`) on ``node``.
 
     The alignment operations (:func:`~trusted_space.protocols.align.register_align`) are needed
-    too for PSI cohorts; the additive protocol needs ``node.extras["operator"]`` (the dealer this
+    too for PSI cohorts; the additive protocol needs ``node.operator`` (the dealer this
     provider trusts) and ``node.transport``.
     """
     node.register("stats.open", _stats_open)

@@ -47,8 +47,6 @@ from trusted_space.protocols.score.analyst import (
 from trusted_space.protocols.score.provider import (
     ENTITY_CHUNK,
     MAX_ENTITIES,
-    OPERATOR_EXTRA,
-    ROLES_EXTRA,
     register_provider,
 )
 from trusted_space.protocols.score.weights import (
@@ -62,10 +60,8 @@ __all__ = [
     "ENTITY_CHUNK",
     "MAX_ENTITIES",
     "MODEL_NAMESPACE",
-    "OPERATOR_EXTRA",
     "PSI_POOL_MIN_IDS",
     "PSI_WORKERS_MAX",
-    "ROLES_EXTRA",
     "Aligner",
     "check_use_receipt",
     "load_party_weights",

@@ -35,13 +35,8 @@ from trusted_space.protocols.score.weights import load_party_weights
 from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
 from trusted_space.transport import Reply
 
-__all__ = ["ENTITY_CHUNK", "MAX_ENTITIES", "OPERATOR_EXTRA", "ROLES_EXTRA", "register_provider"]
+__all__ = ["ENTITY_CHUNK", "MAX_ENTITIES", "register_provider"]
 
-OPERATOR_EXTRA: Final = "operator"
-"""``ComputeNode.extras`` key of the space operator's id: a provider sends partials and fetches
-triples only there, whatever the analyst names (an analyst naming itself would get the partials)."""
-ROLES_EXTRA: Final = "roles"
-"""``ComputeNode.extras`` key of a callable ``participant id -> roles`` (from credentials)."""
 ENTITY_CHUNK: Final = 1 << 18
 """Entity ids per ``score.entities`` call (at most 129 bytes each: 34 MB, under the limit)."""
 MAX_ENTITIES: Final = 10_000_000
@@ -77,7 +72,7 @@ def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
     protocol = get_score_protocol(_choice(header, "protocol", PROTOCOLS))
     mode = _choice(header, "mode", MODES)
     operator = header_str(header, "operator")
-    expected_operator = node.extras.get(OPERATOR_EXTRA)
+    expected_operator = node.operator
     if expected_operator is not None and operator != expected_operator:
         raise ValidationError(f"header.operator: {operator!r} is not this space's operator")
     contributors = list(header_participants(header, "contributors"))
@@ -236,7 +231,6 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
     state["job"] = None  # from here on the session cannot run again
     close = True
     try:
-        roles_of = node.extras.get(ROLES_EXTRA)
         grant = authorize_use(
             node,
             UseRequest(
@@ -250,7 +244,7 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
                 protocol=spec["protocol"],
                 entities=tuple(entities),
             ),
-            roles=frozenset(roles_of(ctx.sender)) if roles_of is not None else frozenset(),
+            roles=node.sender_roles(ctx.sender),
         )
         x, missing = _read(node, state, entities, grant.dataset, grant.decision_index)
         blocks = block_ranges(len(entities), spec["block"])

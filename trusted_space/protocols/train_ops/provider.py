@@ -28,7 +28,7 @@ from trusted_space.events import record_event
 from trusted_space.protocols._common import decode_ids, header_float, header_int, header_str
 from trusted_space.protocols._parts import receive_part, reply_part
 from trusted_space.protocols.align import sender_roles
-from trusted_space.protocols.score import OPERATOR_EXTRA, store_party_weights
+from trusted_space.protocols.score import store_party_weights
 from trusted_space.protocols.train import check_weights, dealer_spec, weights_sha256
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
@@ -129,7 +129,7 @@ def _train_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
         if header_str(header, "protocol") != "additive":
             raise ValidationError("header.protocol: training runs on 'additive'")
         operator = header_str(header, "operator")
-        expected_operator = node.extras.get(OPERATOR_EXTRA)
+        expected_operator = node.operator
         if expected_operator is not None and operator != expected_operator:
             raise ValidationError(f"header.operator: {operator!r} is not this space's operator")
         mode = header_str(header, "mode")
