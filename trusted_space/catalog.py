@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from trusted_space import dsp
 from trusted_space.errors import GradeFloorError, ValidationError
 from trusted_space.events import record_event
+from trusted_space.jsonpath import check_array, check_object, check_text
 from trusted_space.store import Transaction
 
 __all__ = [
@@ -132,37 +133,12 @@ def check_participant_id(value: object, path: str = "participant id") -> str:
     return value
 
 
-def _text(value: object, path: str, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str) or (not allow_empty and not value.strip()):
-        raise ValidationError(f"{path}: expected a non-empty string, got {value!r}")
-    return value
-
-
 def _enum(kind: type[_E], value: object, path: str) -> _E:
     try:
         return kind(value)  # type: ignore[arg-type]
     except ValueError:
         allowed = ", ".join(m.value for m in kind)
         raise ValidationError(f"{path}: {value!r} is not one of {allowed}") from None
-
-
-def _obj(
-    value: object, path: str, required: set[str], optional: Iterable[str] = ()
-) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValidationError(f"{path}: expected an object, got {type(value).__name__}")
-    keys = set(value)
-    if missing := sorted(required - keys):
-        raise ValidationError(f"{path}: missing {', '.join(missing)}")
-    if unknown := sorted(keys - required - set(optional)):
-        raise ValidationError(f"{path}: unknown member {', '.join(unknown)}")
-    return dict(value)
-
-
-def _list(value: object, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ValidationError(f"{path}: expected an array, got {type(value).__name__}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -192,7 +168,7 @@ class Field:
             or not 1 <= self.grade <= 5
         ):
             raise ValidationError(f"{path}.grade: a security grade is 1-5, got {self.grade!r}")
-        _text(self.description, f"{path}.description", allow_empty=True)
+        check_text(self.description, f"{path}.description", allow_empty=True)
         if self.pi_category is not None:
             object.__setattr__(
                 self, "pi_category", _enum(PiCategory, self.pi_category, f"{path}.piCategory")
@@ -224,7 +200,7 @@ class Field:
 
     @classmethod
     def from_json(cls, doc: object, path: str = "field") -> Field:
-        d = _obj(
+        d = check_object(
             doc, path, {"name", "type", "grade"}, {"description", "piCategory", "imputeDefault"}
         )
         try:
@@ -281,16 +257,16 @@ class Table:
 
     @classmethod
     def from_json(cls, doc: object, path: str = "table") -> Table:
-        d = _obj(doc, path, {"name", "fields"}, {"description"})
+        d = check_object(doc, path, {"name", "fields"}, {"description"})
         fields = tuple(
             Field.from_json(f, f"{path}.fields[{i}]")
-            for i, f in enumerate(_list(d["fields"], f"{path}.fields"))
+            for i, f in enumerate(check_array(d["fields"], f"{path}.fields"))
         )
         try:
             return cls(
                 d["name"],
                 fields,
-                _text(d.get("description", ""), f"{path}.description", allow_empty=True),
+                check_text(d.get("description", ""), f"{path}.description", allow_empty=True),
             )
         except ValidationError as exc:
             raise ValidationError(f"{path}: {exc}") from exc
@@ -305,20 +281,20 @@ class Responsibility:
     legal_basis: str = ""
 
     def __post_init__(self) -> None:
-        _text(self.id, "responsibility.id")
-        _text(self.title, "responsibility.title")
-        _text(self.legal_basis, "responsibility.legalBasis", allow_empty=True)
+        check_text(self.id, "responsibility.id", allow_blank=False)
+        check_text(self.title, "responsibility.title", allow_blank=False)
+        check_text(self.legal_basis, "responsibility.legalBasis", allow_empty=True)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "title": self.title, "legalBasis": self.legal_basis}
 
     @classmethod
     def from_json(cls, doc: object, path: str = "responsibility") -> Responsibility:
-        d = _obj(doc, path, {"id", "title"}, {"legalBasis"})
+        d = check_object(doc, path, {"id", "title"}, {"legalBasis"})
         return cls(
-            _text(d["id"], f"{path}.id"),
-            _text(d["title"], f"{path}.title"),
-            _text(d.get("legalBasis", ""), f"{path}.legalBasis", allow_empty=True),
+            check_text(d["id"], f"{path}.id", allow_blank=False),
+            check_text(d["title"], f"{path}.title", allow_blank=False),
+            check_text(d.get("legalBasis", ""), f"{path}.legalBasis", allow_empty=True),
         )
 
 
@@ -331,20 +307,20 @@ class DataResource:
     description: str = ""
 
     def __post_init__(self) -> None:
-        _text(self.id, "resource.id")
-        _text(self.title, "resource.title")
-        _text(self.description, "resource.description", allow_empty=True)
+        check_text(self.id, "resource.id", allow_blank=False)
+        check_text(self.title, "resource.title", allow_blank=False)
+        check_text(self.description, "resource.description", allow_empty=True)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "title": self.title, "description": self.description}
 
     @classmethod
     def from_json(cls, doc: object, path: str = "resource") -> DataResource:
-        d = _obj(doc, path, {"id", "title"}, {"description"})
+        d = check_object(doc, path, {"id", "title"}, {"description"})
         return cls(
-            _text(d["id"], f"{path}.id"),
-            _text(d["title"], f"{path}.title"),
-            _text(d.get("description", ""), f"{path}.description", allow_empty=True),
+            check_text(d["id"], f"{path}.id", allow_blank=False),
+            check_text(d["title"], f"{path}.title", allow_blank=False),
+            check_text(d.get("description", ""), f"{path}.description", allow_empty=True),
         )
 
 
@@ -370,10 +346,10 @@ class Dataset:
     offer_ids: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        _text(self.id, "dataset.id")
+        check_text(self.id, "dataset.id", allow_blank=False)
         check_participant_id(self.owner, "dataset.owner")
-        _text(self.title, "dataset.title")
-        _text(self.description, "dataset.description", allow_empty=True)
+        check_text(self.title, "dataset.title", allow_blank=False)
+        check_text(self.description, "dataset.description", allow_empty=True)
         object.__setattr__(self, "tier", _enum(Tier, self.tier, "dataset.tier"))
         object.__setattr__(self, "key_kind", _enum(KeyKind, self.key_kind, "dataset.keyKind"))
         for name, kind in (
@@ -393,10 +369,10 @@ class Dataset:
             )
         object.__setattr__(self, "keywords", tuple(self.keywords))
         for i, k in enumerate(self.keywords):
-            _text(k, f"dataset.keywords[{i}]")
+            check_text(k, f"dataset.keywords[{i}]", allow_blank=False)
         object.__setattr__(self, "offer_ids", tuple(self.offer_ids))
         for i, o in enumerate(self.offer_ids):
-            _text(o, f"dataset.offerIds[{i}]")
+            check_text(o, f"dataset.offerIds[{i}]", allow_blank=False)
         if len(set(self.offer_ids)) != len(self.offer_ids):
             raise ValidationError("dataset.offerIds: duplicate offer id")
 
@@ -424,7 +400,7 @@ class Dataset:
     @classmethod
     def from_json(cls, doc: object, path: str = "dataset") -> Dataset:
         """Strictly parse the stored form; every error names its path (``dataset.table...``)."""
-        d = _obj(
+        d = check_object(
             doc,
             path,
             {
@@ -444,21 +420,23 @@ class Dataset:
         resource = DataResource.from_json(d["resource"], f"{path}.resource")
         table = Table.from_json(d["table"], f"{path}.table")
         keywords = tuple(
-            _text(k, f"{path}.keywords[{i}]")
-            for i, k in enumerate(_list(d.get("keywords", []), f"{path}.keywords"))
+            check_text(k, f"{path}.keywords[{i}]", allow_blank=False)
+            for i, k in enumerate(check_array(d.get("keywords", []), f"{path}.keywords"))
         )
         offer_ids = tuple(
-            _text(k, f"{path}.offerIds[{i}]")
-            for i, k in enumerate(_list(d.get("offerIds", []), f"{path}.offerIds"))
+            check_text(k, f"{path}.offerIds[{i}]", allow_blank=False)
+            for i, k in enumerate(check_array(d.get("offerIds", []), f"{path}.offerIds"))
         )
         return cls(
-            id=_text(d["id"], f"{path}.id"),
+            id=check_text(d["id"], f"{path}.id", allow_blank=False),
             owner=check_participant_id(d["owner"], f"{path}.owner"),
-            title=_text(d["title"], f"{path}.title"),
-            description=_text(d.get("description", ""), f"{path}.description", allow_empty=True),
+            title=check_text(d["title"], f"{path}.title", allow_blank=False),
+            description=check_text(
+                d.get("description", ""), f"{path}.description", allow_empty=True
+            ),
             keywords=keywords,
             tier=_enum(Tier, d["tier"], f"{path}.tier"),
-            key_column=_text(d["keyColumn"], f"{path}.keyColumn"),
+            key_column=check_text(d["keyColumn"], f"{path}.keyColumn", allow_blank=False),
             key_kind=_enum(KeyKind, d["keyKind"], f"{path}.keyKind"),
             responsibility=responsibility,
             resource=resource,
@@ -493,7 +471,7 @@ def validate_offer(offer: Mapping[str, Any], path: str = "offer") -> dict[str, A
     """
     if not isinstance(offer, Mapping):
         raise ValidationError(f"{path}: an offer is a JSON object")
-    _text(offer.get("@id"), f"{path}.@id")
+    check_text(offer.get("@id"), f"{path}.@id", allow_blank=False)
     if offer.get("@type") != "Offer":
         raise ValidationError(f"{path}.@type: expected 'Offer', got {offer.get('@type')!r}")
     if "target" in offer:
@@ -590,7 +568,7 @@ def to_dsp_catalog(
         catalog_id: the catalog ``@id`` (defaults to a stable URN of the participant).
     """
     check_participant_id(participant_id)
-    _text(service_endpoint, "service endpoint")
+    check_text(service_endpoint, "service endpoint", allow_blank=False)
     service_id = _access_service_id(participant_id)
     entries: list[dict[str, Any]] = []
     for item in datasets:
@@ -662,10 +640,10 @@ def publish(
 
 
 def _from_doc(body: Mapping[str, Any], version: int) -> PublishedDataset:
-    d = _obj(body, "stored dataset", {"dataset", "offers"})
+    d = check_object(body, "stored dataset", {"dataset", "offers"})
     dataset = Dataset.from_json(d["dataset"])
     offers = tuple(
-        validate_offer(o, f"offers[{i}]") for i, o in enumerate(_list(d["offers"], "offers"))
+        validate_offer(o, f"offers[{i}]") for i, o in enumerate(check_array(d["offers"], "offers"))
     )
     return PublishedDataset(dataset, offers, version)
 

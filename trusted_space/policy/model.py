@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from trusted_space.jsonpath import path_error
 from trusted_space.policy.vocabulary import (
     DUTY_ACTIONS,
     LEFT_OPERANDS,
     RightOperand,
     check_constraint,
-    path_error,
 )
 
 __all__ = ["Constraint", "Duty", "Policy", "Rule", "check_duty", "check_rule"]

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from trusted_space.errors import ValidationError
+from trusted_space.jsonpath import check_array, check_mapping, check_text, path_error
 from trusted_space.policy.model import Constraint, Duty, Policy, Rule, check_duty, check_rule
 from trusted_space.policy.vocabulary import (
     DUTY_ACTIONS,
@@ -19,7 +20,6 @@ from trusted_space.policy.vocabulary import (
     XSD_INTEGER,
     RightOperand,
     check_constraint,
-    path_error,
 )
 
 __all__ = ["from_odrl", "to_odrl"]
@@ -95,12 +95,6 @@ def to_odrl(policy: Policy, *, in_dataset: bool = False) -> dict[str, Any]:
     return out
 
 
-def _obj(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise path_error(path, f"expected an object, got {type(value).__name__}")
-    return value
-
-
 def _members(doc: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
     known = set(allowed)
     for key in doc:
@@ -111,10 +105,7 @@ def _members(doc: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
 def _optional(doc: Mapping[str, Any], key: str, path: str) -> str | None:
     if key not in doc:
         return None
-    value = doc[key]
-    if not isinstance(value, str) or not value:
-        raise path_error(f"{path}.{key}", f"expected a non-empty string, got {value!r}")
-    return value
+    return check_text(doc[key], f"{path}.{key}")
 
 
 def _required(doc: Mapping[str, Any], key: str, path: str) -> str:
@@ -125,10 +116,7 @@ def _required(doc: Mapping[str, Any], key: str, path: str) -> str:
 
 
 def _array(doc: Mapping[str, Any], key: str, path: str) -> list[Any]:
-    value = doc.get(key, [])
-    if not isinstance(value, list):
-        raise path_error(f"{path}.{key}", f"expected an array, got {type(value).__name__}")
-    return value
+    return check_array(doc.get(key, []), f"{path}.{key}")
 
 
 def _right_from_json(value: Any, path: str, left: str) -> object:
@@ -155,7 +143,7 @@ def _right_from_json(value: Any, path: str, left: str) -> object:
 
 
 def _constraint_from_json(value: Any, path: str, *, where: str, duty: bool = False) -> Constraint:
-    doc = _obj(value, path)
+    doc = check_mapping(value, path)
     if any(k in doc for k in ("and", "or", "xone", "andSequence")):
         raise path_error(path, "logical constraints (and/or/xone/andSequence) are not supported")
     _members(doc, path, ("leftOperand", "operator", "rightOperand", "@type"))
@@ -175,7 +163,7 @@ def _constraint_from_json(value: Any, path: str, *, where: str, duty: bool = Fal
 
 
 def _duty_from_json(value: Any, path: str) -> Duty:
-    doc = _obj(value, path)
+    doc = check_mapping(value, path)
     _members(doc, path, ("@id", "@type", "action", "constraint"))
     action = _required(doc, "action", path)
     if action not in DUTY_ACTIONS:
@@ -189,7 +177,7 @@ def _duty_from_json(value: Any, path: str) -> Duty:
 
 
 def _rule_from_json(value: Any, path: str, where: str) -> Rule:
-    doc = _obj(value, path)
+    doc = check_mapping(value, path)
     _members(doc, path, ("@id", "@type", "action", "constraint", "duty"))
     action = _required(doc, "action", path)
     if action != "use":
@@ -219,7 +207,7 @@ def from_odrl(doc: Mapping[str, Any], *, target: str | None = None) -> Policy:
             e.g. ``$.permission[0].constraint[1].operator: unknown operator 'like'``.
     """
     root = "$"
-    doc = _obj(doc, root)
+    doc = check_mapping(doc, root)
     _members(
         doc,
         root,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal, get_args
 
-from trusted_space.errors import ValidationError
+from trusted_space.jsonpath import path_error
 
 __all__ = [
     "COMPUTATIONS",
@@ -28,7 +28,6 @@ __all__ = [
     "XSD_INTEGER",
     "ProtocolName",
     "check_constraint",
-    "path_error",
 ]
 
 ODRL_PROFILE: Final = "urn:trusted-space:odrl-profile:1"
@@ -85,10 +84,6 @@ LEFT_OPERANDS: Final[Mapping[str, _OperandSpec]] = {
 """Left operands understood in permissions and prohibitions, with their allowed operators."""
 
 RightOperand = str | int | tuple[str, ...]
-
-
-def path_error(path: str, message: str) -> ValidationError:
-    return ValidationError(f"{path}: {message}")
 
 
 def _parse_datetime(value: str, path: str) -> datetime:

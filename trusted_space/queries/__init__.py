@@ -6,7 +6,8 @@
   (:class:`~.aggregate.AggregateQuery`, :class:`~.aggregate.AggregateResult`);
 - :mod:`.train`: a joint logistic regression (:class:`~.train.TrainParams`,
   :class:`~.train.TrainQuery`, :class:`~.train.TrainResult`);
-- :mod:`.common`: the strict JSON and entity-id checks and the vocabulary they share.
+- :mod:`.common`: the entity-id checks and the vocabulary they share (the strict JSON checks
+  are :mod:`trusted_space.jsonpath`'s).
 
 These are descriptions only (parsing, validation, JSON): the protocols that run them are in
 :mod:`trusted_space.protocols` and import them from here. The package imports no submodule

@@ -1,75 +1,33 @@
-"""What the three query models share: strict JSON checks, entity id checks, the vocabulary.
+"""What the three query models share: entity id checks and the vocabulary.
 
 A query crosses institutions, so every query file (score, aggregate, train) is parsed strictly:
 an unknown member, a non-finite number or a malformed id is refused with a
-:class:`~trusted_space.errors.ValidationError` naming its JSON path, never silently dropped.
-These checks are the one copy the three models use.
+:class:`~trusted_space.errors.ValidationError` naming its JSON path, never silently dropped. The
+JSON checks are :mod:`trusted_space.jsonpath`'s; the entity id checks here are the one copy the
+three models use.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 from trusted_space.errors import ValidationError
+from trusted_space.jsonpath import path_error
 from trusted_space.uscc import all_canonical, validate_uscc
 
 __all__ = [
     "ID_KINDS",
     "MISSING_RULES",
     "MODES",
-    "check_choice",
     "check_entities",
     "check_entity",
-    "check_number",
-    "check_object",
-    "check_text",
-    "path_error",
 ]
 
 MODES: Final = ("analyst-held", "party-held")
 ID_KINDS: Final = ("uscc", "opaque")
 MISSING_RULES: Final = ("fail", "impute")
 _MAX_ENTITY_ID: Final = 128
-
-
-def path_error(path: str, message: str) -> ValidationError:
-    return ValidationError(f"{path}: {message}")
-
-
-def check_object(
-    value: object, path: str, required: set[str], optional: set[str]
-) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise path_error(path, f"expected an object, got {type(value).__name__}")
-    keys = set(value)
-    if missing := sorted(required - keys):
-        raise path_error(path, f"missing {', '.join(missing)}")
-    if unknown := sorted(keys - required - optional):
-        raise path_error(path, f"unknown member {', '.join(map(str, unknown))}")
-    return dict(value)
-
-
-def check_number(value: object, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise path_error(path, f"expected a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise path_error(path, f"expected a finite number, got {value!r}")
-    return number
-
-
-def check_text(value: object, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise path_error(path, f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def check_choice(value: object, choices: Sequence[str], path: str) -> str:
-    if value not in choices:
-        raise path_error(path, f"{value!r} is not one of {list(choices)}")
-    return str(value)
 
 
 def check_entity(value: object, id_kind: str, path: str) -> str:

@@ -37,18 +37,15 @@ import numpy.typing as npt
 
 from trusted_space.catalog import check_participant_id
 from trusted_space.errors import ValidationError
-from trusted_space.policy import PROTOCOLS
-from trusted_space.queries.common import (
-    ID_KINDS,
-    MISSING_RULES,
-    MODES,
+from trusted_space.jsonpath import (
     check_choice,
-    check_entities,
     check_number,
     check_object,
     check_text,
     path_error,
 )
+from trusted_space.policy import PROTOCOLS
+from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES, check_entities
 
 __all__ = [
     "ID_KINDS",

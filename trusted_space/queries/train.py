@@ -21,16 +21,9 @@ from typing import Any, Final
 
 from trusted_space.catalog import check_participant_id
 from trusted_space.errors import ValidationError
+from trusted_space.jsonpath import check_choice, check_number, check_object, check_text, path_error
 from trusted_space.protocols.train_mpc.sigmoid import Sigmoid
-from trusted_space.queries.common import (
-    ID_KINDS,
-    MISSING_RULES,
-    MODES,
-    check_entity,
-    check_number,
-    check_object,
-    path_error,
-)
+from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES, check_entity
 from trusted_space.queries.score import Model
 
 __all__ = [
@@ -50,17 +43,13 @@ MAX_ROWS: Final = 10_000_000
 MAX_COLUMNS: Final = 1024
 MAX_BATCH_CELLS: Final = 1 << 20
 """Rows times columns of one batch: its first round's message stays under 8 MiB."""
+_MAX_TEXT: Final = 512
+"""The longest id, purpose, label, agreement, dataset or column name a training query takes."""
 
 
 def _integer(value: object, path: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise path_error(path, f"expected an integer in [{low}, {high}], got {value!r}")
-    return value
-
-
-def _text(value: object, path: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 512:
-        raise path_error(path, f"expected a non-empty string, got {value!r}")
     return value
 
 
@@ -187,30 +176,27 @@ class TrainQuery:
     protocol: str = "additive"
 
     def __post_init__(self) -> None:
-        _text(self.id, "$.id")
-        _text(self.purpose, "$.purpose")
-        if self.mode not in MODES:
-            raise path_error("$.mode", f"{self.mode!r} is not one of {list(MODES)}")
+        check_text(self.id, "$.id", max_length=_MAX_TEXT)
+        check_text(self.purpose, "$.purpose", max_length=_MAX_TEXT)
+        check_choice(self.mode, MODES, "$.mode")
         if self.protocol != "additive":
             raise path_error("$.protocol", "training runs on additive sharing only ('additive')")
-        if self.id_kind not in ID_KINDS:
-            raise path_error("$.idKind", f"{self.id_kind!r} is not one of {list(ID_KINDS)}")
-        if self.missing not in MISSING_RULES:
-            raise path_error("$.missing", f"{self.missing!r} is not one of {list(MISSING_RULES)}")
+        check_choice(self.id_kind, ID_KINDS, "$.idKind")
+        check_choice(self.missing, MISSING_RULES, "$.missing")
         if not isinstance(self.params, TrainParams):
             raise path_error("$.params", "expected TrainParams")
         if not 0 < check_number(self.feature_bound, "$.featureBound") <= 2**16:
             raise path_error("$.featureBound", "must be in (0, 65536]")
-        _text(self.label, "$.label")
+        check_text(self.label, "$.label", max_length=_MAX_TEXT)
         agreements = dict(self.agreements)
         datasets = dict(self.datasets)
         features = {p: tuple(c) for p, c in dict(self.features).items()}
         for p, a in agreements.items():
             check_participant_id(p, f"$.agreements.{p}")
-            _text(a, f"$.agreements.{p}")
+            check_text(a, f"$.agreements.{p}", max_length=_MAX_TEXT)
         for p, d in datasets.items():
             check_participant_id(p, f"$.datasets.{p}")
-            _text(d, f"$.datasets.{p}")
+            check_text(d, f"$.datasets.{p}", max_length=_MAX_TEXT)
         if not agreements:
             raise path_error("$.agreements", "training needs at least one provider")
         if set(features) != set(datasets):
@@ -226,7 +212,7 @@ class TrainQuery:
             if not cols and p in agreements:
                 raise path_error(path, "a provider without columns adds nothing")
             for c in cols:
-                _text(c, f"{path}[]")
+                check_text(c, f"{path}[]", max_length=_MAX_TEXT)
             if len(set(cols)) != len(cols):
                 raise path_error(path, "a column appears twice")
             total += len(cols)
@@ -257,7 +243,11 @@ class TrainQuery:
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "entities", ids)
         object.__setattr__(self, "compute_party", compute)
-        object.__setattr__(self, "model_id", _text(self.model_id or self.id, "$.modelId"))
+        object.__setattr__(
+            self,
+            "model_id",
+            check_text(self.model_id or self.id, "$.modelId", max_length=_MAX_TEXT),
+        )
 
     @property
     def bank(self) -> str:
@@ -355,7 +345,7 @@ class TrainQuery:
         kw: dict[str, Any] = {}
         for key, attr in (("id", "id"), ("computeParty", "compute_party"), ("modelId", "model_id")):
             if key in d:
-                kw[attr] = _text(d[key], f"$.{key}")
+                kw[attr] = check_text(d[key], f"$.{key}", max_length=_MAX_TEXT)
         if "featureBound" in d:
             kw["feature_bound"] = check_number(d["featureBound"], "$.featureBound")
         if "params" in d:
