@@ -34,11 +34,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 from trusted_space.errors import LimitExceededError, ValidationError
 from trusted_space.events import record_event
-from trusted_space.policy import TraceStep, trace_digest
+from trusted_space.policy import Checks, DecisionSubject, TraceStep
 from trusted_space.store import Transaction
 
 __all__ = [
@@ -310,25 +310,22 @@ def record_refusal(
     purpose: str,
     at: datetime,
 ) -> int:
-    """Append the refusal as a ``policy.decision`` entry (like every refusal); return its index."""
-    step = check.step()
-    body: dict[str, Any] = {
-        "allowed": False,
-        "policy": None,
-        "target": check.dataset_id,
-        "agreement": check.agreement_id,
-        "assignee": analyst,
-        "purpose": purpose,
-        "query_kind": "aggregate",
-        "output": "aggregate",
-        "query": query_id,
-        "at": at.isoformat(),
-        "reason": check.message,
-        "partial": False,
-        "refused_entities": [],
-        "uses": None,
-        "duties": [{"action": "log", "recipient": None, "after": None}],
-        "trace_digest": trace_digest([step]),
-        "trace": [step.to_json()],
-    }
-    return record_event(tx, "policy.decision", body)
+    """Append the refusal as a ``policy.decision`` entry (like every refusal); return its index.
+
+    It goes through :meth:`~trusted_space.policy.Checks.record`, the refusal step every path
+    shares, so the entry has the same fields as every other decision.
+    """
+    checks = Checks(
+        DecisionSubject(
+            assignee=analyst,
+            query_kind="aggregate",
+            at=at,
+            agreement=check.agreement_id,
+            target=check.dataset_id,
+            purpose=purpose,
+            output="aggregate",
+            query=query_id,
+        )
+    )
+    checks.add(check.step())
+    return checks.record(tx)[1]

@@ -16,8 +16,10 @@ Order of the checks (all inside one store transaction, so nothing is half-writte
 4. the usage policy of the agreement, via :func:`trusted_space.policy.evaluate` (purpose,
    computation kind and protocol, ``count``, ``minCohort``, consent per entity, grade floors).
 
-A failure of 1-3 is recorded as a ``policy.decision`` ledger entry with a trace built here (same
-body shape as the policy engine's); a failure of 4 is recorded by the engine itself. Either way
+A failure of 1-3 is recorded as a ``policy.decision`` ledger entry by
+:meth:`~trusted_space.policy.Checks.record` (the one refusal step of every path, through the one
+writer :func:`~trusted_space.policy.record_decision` the engine uses too); a failure of 4 is
+recorded by the engine itself. Either way
 the transaction is *committed* (the refusal is on the ledger) and only then
 :class:`~trusted_space.errors.RefusedError` is raised with the trace, so the refusal travels back
 to the analyst (403 with the trace at the HTTP edge; ``RemoteError.problem["trace"]`` in memory).
@@ -52,11 +54,11 @@ from trusted_space.metering import record_use
 from trusted_space.policy import (
     COMPUTATIONS,
     PROTOCOLS,
-    TraceStep,
+    Checks,
+    DecisionSubject,
     UsageRequest,
     evaluate,
     from_odrl,
-    trace_digest,
 )
 from trusted_space.store import Transaction
 
@@ -185,42 +187,13 @@ def _strip_extensions(agreement: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in agreement.items() if not k.startswith(TS_NAMESPACE)}
 
 
-class _Checks:
-    """Collects the pre-policy trace steps in the engine's :class:`TraceStep` form."""
-
-    def __init__(self, agreement_id: str) -> None:
-        self.agreement_id = agreement_id
-        self.steps: list[TraceStep] = []
-
-    def add(self, operand: str, expected: Any, seen: Any, ok: bool, message: str) -> bool:
-        self.steps.append(
-            TraceStep(
-                rule="agreement",
-                index=None,
-                rule_id=self.agreement_id,
-                left_operand=operand,
-                operator="eq",
-                right_operand=expected,
-                seen=seen,
-                outcome="satisfied" if ok else "violated",
-                blocking=not ok,
-                message=message,
-            )
-        )
-        return ok
-
-    @property
-    def failed(self) -> TraceStep | None:
-        return next((s for s in self.steps if s.outcome == "violated"), None)
-
-
 def _check_agreement(
-    tx: Transaction, node: ComputeNode, request: UseRequest, at: datetime, checks: _Checks
+    tx: Transaction, node: ComputeNode, request: UseRequest, at: datetime, checks: Checks
 ) -> SignedAgreement | None:
     try:
         signed = load_agreement(tx, request.agreement_id)
     except NotFoundError:
-        checks.add(
+        checks.check(
             "agreement",
             request.agreement_id,
             None,
@@ -228,7 +201,7 @@ def _check_agreement(
             f"agreement {request.agreement_id!r} is not known at {node.participant_id}",
         )
         return None
-    if not checks.add(
+    if not checks.check(
         "assigner",
         node.participant_id,
         signed.assigner,
@@ -242,7 +215,7 @@ def _check_agreement(
     except NotFoundError:
         state = None
     finalized = state is not None and state.value == "FINALIZED"
-    checks.add(
+    checks.check(
         "state",
         "FINALIZED",
         state.value if state is not None else None,
@@ -254,7 +227,7 @@ def _check_agreement(
     if finalized and state is not None:
         valid = agreement_authorises(signed, state, at)
         window = [signed.valid_from.isoformat(), signed.valid_until.isoformat()]
-        checks.add(
+        checks.check(
             "dateTime",
             window,
             at.astimezone(UTC).isoformat(),
@@ -263,7 +236,7 @@ def _check_agreement(
             + ("inside" if valid else "outside")
             + f" the agreement's validity window [{window[0]}, {window[1]})",
         )
-    checks.add(
+    checks.check(
         "assignee",
         signed.assignee,
         request.analyst,
@@ -275,7 +248,7 @@ def _check_agreement(
             else f"is not the agreement's assignee {signed.assignee!r}"
         ),
     )
-    checks.add(
+    checks.check(
         "target",
         signed.target,
         request.dataset_id,
@@ -290,13 +263,11 @@ def _check_agreement(
     return signed
 
 
-def _check_dataset(
-    tx: Transaction, request: UseRequest, checks: _Checks
-) -> PublishedDataset | None:
+def _check_dataset(tx: Transaction, request: UseRequest, checks: Checks) -> PublishedDataset | None:
     try:
         published = load_dataset(tx, request.dataset_id)
     except NotFoundError:
-        checks.add(
+        checks.check(
             "dataset", request.dataset_id, None, False, f"no dataset {request.dataset_id!r} here"
         )
         return None
@@ -305,13 +276,13 @@ def _check_dataset(
     for column in request.columns:
         field = names.get(column)
         if field is None:
-            checks.add("column", column, None, False, f"dataset has no column {column!r}")
+            checks.check("column", column, None, False, f"dataset has no column {column!r}")
         elif column == published.dataset.key_column:
-            checks.add("column", column, "key", False, f"{column!r} is the entity key")
+            checks.check("column", column, "key", False, f"{column!r} is the entity key")
         elif field.type not in NUMERIC_TYPES:
-            checks.add("column", column, field.type.value, False, f"{column!r} is not numeric")
+            checks.check("column", column, field.type.value, False, f"{column!r} is not numeric")
         elif field.grade >= 5:
-            checks.add(
+            checks.check(
                 "column",
                 column,
                 field.grade,
@@ -319,40 +290,8 @@ def _check_dataset(
                 f"{column!r} has grade 5: important data never leaves, not even encrypted",
             )
         else:
-            checks.add("column", column, field.grade, True, f"{column!r} may be computed on")
+            checks.check("column", column, field.grade, True, f"{column!r} may be computed on")
     return published
-
-
-def _record_refusal(
-    tx: Transaction, request: UseRequest, checks: _Checks, at: datetime
-) -> tuple[int, TraceStep]:
-    failed = checks.failed
-    if failed is None:  # pragma: no cover - called only on failure
-        raise ValueError("no failed check")
-    trace = tuple(checks.steps)
-    index = record_event(
-        tx,
-        "policy.decision",
-        {
-            "allowed": False,
-            "policy": None,
-            "target": request.dataset_id,
-            "agreement": request.agreement_id,
-            "assignee": request.analyst,
-            "purpose": request.purpose,
-            "query_kind": request.kind,
-            "output": request.output,
-            "at": at.astimezone(UTC).isoformat(),
-            "reason": failed.message,
-            "partial": False,
-            "refused_entities": [],
-            "uses": None,
-            "duties": [{"action": "log", "recipient": None, "after": None}],
-            "trace_digest": trace_digest(trace),
-            "trace": [s.to_json() for s in trace],
-        },
-    )
-    return index, failed
 
 
 def authorize_use(
@@ -377,17 +316,22 @@ def authorize_use(
     refusal: RefusedError | None = None
     grant: tuple[PublishedDataset, int, int, tuple[str, ...]] | None = None
     with node.store.transaction() as tx:
-        checks = _Checks(request.agreement_id)
+        checks = Checks(
+            DecisionSubject(
+                assignee=request.analyst,
+                query_kind=request.kind,
+                at=at,
+                agreement=request.agreement_id,
+                target=request.dataset_id,
+                purpose=request.purpose,
+                output=request.output,
+                query=request.query_id,
+            )
+        )
         signed = _check_agreement(tx, node, request, at, checks)
         published = _check_dataset(tx, request, checks) if signed is not None else None
         if checks.failed is not None or signed is None or published is None:
-            index, failed = _record_refusal(tx, request, checks, at)
-            refusal = RefusedError(
-                failed.message,
-                [s.to_json() for s in checks.steps],
-                participant=node.participant_id,
-                decision_index=index,
-            )
+            refusal = checks.refusal(tx, participant=node.participant_id)
         else:
             policy = from_odrl(_strip_extensions(signed.agreement))
             decision = evaluate(
@@ -405,21 +349,18 @@ def authorize_use(
                     if request.cohort_size is not None
                     else (len(request.entities) if request.entities else None),
                     entities=request.entities,
+                    query_id=request.query_id,
                 ),
                 tx=tx,
                 consent=registry.checker(tx) if registry is not None else None,
                 tier=published.dataset.tier.value,
                 max_grade=published.dataset.max_grade,
+                prior=checks.steps,
             )
             if decision.ledger_index is None:  # pragma: no cover - evaluate always records
                 raise ValueError("policy decision was not recorded")
             if not decision.allowed:
-                refusal = RefusedError(
-                    decision.reason,
-                    [s.to_json() for s in checks.steps] + decision.trace_json(),
-                    participant=node.participant_id,
-                    decision_index=decision.ledger_index,
-                )
+                refusal = Checks.refused(decision, participant=node.participant_id)
             else:
                 record_use(tx, request.agreement_id, request.analyst, request.kind)
                 use_index = record_event(

@@ -10,6 +10,13 @@ Event kinds used across the product (``kind`` field): ``policy.decision``,
 ``consent.registered``, ``consent.revoked``, ``consent.key_registered``,
 ``credential.issued``, ``credential.revoked``, ``auth.refused``,
 ``dataset.published``, ``policy.published``, ``triple.consumed``, ``checkpoint.cosigned``.
+
+Each kind has one writer, so every path records the same fields: ``policy.decision`` is built
+only by :func:`trusted_space.policy.record_decision`, ``query.use`` by
+:func:`trusted_space.enforcement.authorize_use`, ``agreement.signed`` by
+:mod:`trusted_space.contracts.agreements`, ``consent.*`` by :mod:`trusted_space.consent`,
+``auth.refused`` by :func:`trusted_space.identity.record_refusal`, ``transfer.*`` by the transfer
+process's own writers.
 """
 
 from __future__ import annotations

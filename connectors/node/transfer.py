@@ -93,12 +93,12 @@ from trusted_space.events import record_event
 from trusted_space.identity import VerifiedRequest, record_refusal
 from trusted_space.metering import record_use
 from trusted_space.policy import (
+    Checks,
+    DecisionSubject,
     Policy,
-    TraceStep,
     UsageRequest,
     evaluate,
     from_odrl,
-    trace_digest,
 )
 from trusted_space.store import Transaction
 
@@ -556,55 +556,6 @@ class AcceptedTransfer:
     token: str = field(repr=False)
 
 
-class _Refusal:
-    """Pre-policy checks as trace steps in the engine's form, and the ledger entry of a refusal."""
-
-    def __init__(self, agreement_id: str, assignee: str, purpose: str | None) -> None:
-        self.agreement_id = agreement_id
-        self.assignee = assignee
-        self.purpose = purpose
-        self.steps: list[TraceStep] = []
-
-    def check(
-        self, rule: str, operand: str, expected: Any, seen: Any, ok: bool, message: str
-    ) -> bool:
-        outcome: Literal["satisfied", "violated"] = "satisfied" if ok else "violated"
-        step = TraceStep(
-            rule, None, self.agreement_id, operand, "eq", expected, seen, outcome, not ok, message
-        )
-        self.steps.append(step)
-        return ok
-
-    def record(self, tx: Transaction, target: str | None, now: datetime) -> tuple[str, int]:
-        """Append the refusal as ``policy.decision``; return its reason and ledger index."""
-        trace = tuple(self.steps)
-        reason = next(s.message for s in trace if s.outcome == "violated")
-        index = record_event(
-            tx,
-            "policy.decision",
-            {
-                "allowed": False,
-                "policy": None,
-                "target": target,
-                "agreement": self.agreement_id,
-                "assignee": self.assignee,
-                "purpose": self.purpose,
-                "query_kind": "transfer",
-                "output": "raw",
-                "at": now.astimezone(UTC).isoformat(),
-                "reason": reason,
-                "partial": False,
-                "refused_entities": [],
-                "uses": None,
-                "duties": [{"action": "log", "recipient": None, "after": None}],
-                "trace_digest": trace_digest(trace),
-                "trace": [s.to_json() for s in trace],
-            },
-            time=now,
-        )
-        return reason, index
-
-
 def accept_request(
     runtime: NodeRuntime, message: object, sender: VerifiedRequest
 ) -> AcceptedTransfer:
@@ -646,12 +597,23 @@ def accept_request(
     now = runtime.clock()
 
     outcome: AcceptedTransfer | Exception
-    checks = _Refusal(agreement_id, consumer, claimed_purpose)
+    checks = Checks(
+        DecisionSubject(
+            assignee=consumer,
+            query_kind="transfer",
+            at=now,
+            agreement=agreement_id,
+            purpose=claimed_purpose,
+            output="raw",
+        )
+    )
     with runtime.transaction() as tx:
         checked = _precheck(tx, agreement_id, runtime.id, consumer, now, checks)
         if isinstance(checked, tuple):
             signed, dataset = checked
-            outcome = _decide(runtime, tx, signed, dataset, body, claimed_purpose, sender, now)
+            outcome = _decide(
+                runtime, tx, signed, dataset, body, claimed_purpose, sender, now, checks
+            )
         else:
             outcome = checked
     # A refusal is raised only now, after the transaction that logged it has committed.
@@ -666,7 +628,7 @@ def _precheck(
     provider: str,
     consumer: str,
     now: datetime,
-    checks: _Refusal,
+    checks: Checks,
 ) -> tuple[SignedAgreement, Dataset] | Exception:
     """The agreement is the sender's and in force, its dataset may be transferred; else why not.
 
@@ -679,13 +641,12 @@ def _precheck(
     mine = signed is not None and signed.assigner == provider and signed.assignee == consumer
     unknown = f"no agreement {agreement_id!r} between {provider} and the sender"
     found = f"agreement {agreement_id!r} was granted by {provider} to the sender"
-    checks.check("agreement", "agreement", agreement_id, None, mine, found if mine else unknown)
+    checks.check("agreement", agreement_id, None, mine, found if mine else unknown)
     if signed is None or not mine:
-        checks.record(tx, None, now)
+        checks.record(tx)
         return NotFoundError(unknown)
     state = load_negotiation(tx, signed.provider_pid).state
     checks.check(
-        "agreement",
         "state",
         "FINALIZED",
         state.value,
@@ -695,7 +656,6 @@ def _precheck(
     window = [signed.valid_from.isoformat(), signed.valid_until.isoformat()]
     inside = signed.valid_from <= now < signed.valid_until
     checks.check(
-        "agreement",
         "dateTime",
         window,
         now.astimezone(UTC).isoformat(),
@@ -704,14 +664,11 @@ def _precheck(
         f"agreement's validity window [{window[0]}, {window[1]})",
     )
     if not agreement_authorises(signed, state, now):
-        reason, index = checks.record(tx, signed.target, now)
-        trace = [s.to_json() for s in checks.steps]
-        return RefusedError(reason, trace, participant=provider, decision_index=index)
+        return checks.refusal(tx, participant=provider, target=signed.target)
     dataset = load_dataset(tx, signed.target).dataset
     transferable = dataset.tier is not Tier.ZONE
     tiers = [Tier.UNCONDITIONAL.value, Tier.CONDITIONAL.value]
     if not checks.check(
-        "floor",
         "tier",
         tiers,
         dataset.tier.value,
@@ -723,8 +680,9 @@ def _precheck(
             else ": computation only, it has no transfer (its rows only feed joint "
             "computations bound to an agreement)"
         ),
+        rule="floor",
     ):
-        reason, _ = checks.record(tx, dataset.id, now)
+        reason, _ = checks.record(tx, target=dataset.id)
         return ValidationError(reason)
     if tx.get(SOURCE_NAMESPACE, dataset.id) is None:
         return NotReadyError(f"dataset {dataset.id!r} has no data source registered here")
@@ -740,6 +698,7 @@ def _decide(
     claimed_purpose: str | None,
     sender: VerifiedRequest,
     now: datetime,
+    checks: Checks,
 ) -> AcceptedTransfer | RefusedError:
     """Evaluate the agreement's policy (the decision goes to the ledger); on allow, create."""
     policy = from_odrl(_odrl_part(signed.agreement))
@@ -767,14 +726,10 @@ def _decide(
         now=now,
         tier=dataset.tier.value,
         max_grade=dataset.max_grade,
+        prior=checks.steps,
     )
     if not decision.allowed:
-        return RefusedError(
-            decision.reason,
-            decision.trace_json(),
-            participant=runtime.id,
-            decision_index=decision.ledger_index,
-        )
+        return Checks.refused(decision, participant=runtime.id)
     token = secrets.token_urlsafe(32)
     record = TransferRecord(
         role="provider",

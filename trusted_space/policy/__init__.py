@@ -30,7 +30,8 @@ no applicable permission denies (default deny). The operand table is in ``docs/p
 
 Layout: :mod:`.vocabulary` (operands, operators, tiers), :mod:`.model` (the dataclasses),
 :mod:`.odrl` (JSON-LD in and out), :mod:`.decision` (request, trace, decision), :mod:`.grades`
-(grade floors), :mod:`.evaluate` (the decision point).
+(grade floors), :mod:`.evaluate` (the decision point), :mod:`.record` (the one writer of
+``policy.decision`` entries and the checks made outside the policy).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from trusted_space.policy.evaluate import decide, evaluate
 from trusted_space.policy.grades import check_grade_floor
 from trusted_space.policy.model import Constraint, Duty, Policy, Rule
 from trusted_space.policy.odrl import from_odrl, to_odrl
+from trusted_space.policy.record import DECISION_EVENT, Checks, DecisionSubject, record_decision
 from trusted_space.policy.vocabulary import (
     COMPUTATIONS,
     COUNT_NAMESPACE,
@@ -64,6 +66,7 @@ from trusted_space.policy.vocabulary import (
 __all__ = [
     "COMPUTATIONS",
     "COUNT_NAMESPACE",
+    "DECISION_EVENT",
     "DUTY_ACTIONS",
     "LEFT_OPERANDS",
     "ODRL_PROFILE",
@@ -72,9 +75,11 @@ __all__ = [
     "PROTOCOLS",
     "QUERY_KINDS",
     "TIERS",
+    "Checks",
     "ConsentChecker",
     "Constraint",
     "Decision",
+    "DecisionSubject",
     "Duty",
     "DutyDue",
     "Policy",
@@ -86,6 +91,7 @@ __all__ = [
     "decide",
     "evaluate",
     "from_odrl",
+    "record_decision",
     "to_odrl",
     "trace_digest",
 ]

@@ -56,6 +56,7 @@ class UsageRequest:
         agreement_id: the agreement the request relies on (``count`` is kept per agreement).
         cohort_size: number of entities an aggregate is computed over.
         entities: USCCs named by the request (checked against ``consent``).
+        query_id: the analyst's query id, where the request belongs to one (recorded only).
     """
 
     assignee: str
@@ -68,6 +69,7 @@ class UsageRequest:
     agreement_id: str | None = None
     cohort_size: int | None = None
     entities: tuple[str, ...] = ()
+    query_id: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", frozenset(self.roles))

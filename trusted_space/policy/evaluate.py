@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal
 
 from trusted_space.errors import LimitExceededError, ValidationError
-from trusted_space.events import record_event
 from trusted_space.policy.decision import (
     ConsentChecker,
     Decision,
@@ -26,6 +25,7 @@ from trusted_space.policy.decision import (
 )
 from trusted_space.policy.grades import floor_steps
 from trusted_space.policy.model import Constraint, Duty, Policy
+from trusted_space.policy.record import DecisionSubject, record_decision
 from trusted_space.policy.vocabulary import COUNT_NAMESPACE, RightOperand
 from trusted_space.store import Store, Transaction
 
@@ -223,6 +223,7 @@ def evaluate(
     tier: str,
     max_grade: int,
     partial_consent: Literal["deny", "exclude"] = "deny",
+    prior: Sequence[TraceStep] = (),
 ) -> Decision:
     """Decide ``request`` against ``policy`` inside ``tx``: evaluate, consume, record.
 
@@ -245,6 +246,9 @@ def evaluate(
         partial_consent: when consent is held for only some entities: ``"deny"`` (default)
             refuses the request; ``"exclude"`` allows it for the consented entities only and
             lists the others in ``refused_entities``.
+        prior: the passed checks made before the policy (:class:`~trusted_space.policy.Checks`
+            steps: agreement, dataset, columns); they open the trace, so the trace on the ledger
+            is the whole story and the same one a refusal carries back.
 
     Returns:
         The :class:`Decision`, with ``ledger_index`` set.
@@ -420,7 +424,7 @@ def evaluate(
         permitted = ()
 
     blocked = set(blockers)
-    trace = tuple(_mark(s) if k in blocked else s for k, s in enumerate(steps))
+    trace = tuple(prior) + tuple(_mark(s) if k in blocked else s for k, s in enumerate(steps))
     duties = _duties(policy, granted) if allowed else (DutyDue("log"),)
     digest = trace_digest(trace)
     decision = Decision(
@@ -436,27 +440,27 @@ def evaluate(
         uses=uses,
         trace_digest=digest,
     )
-    index = record_event(
+    subject = DecisionSubject(
+        assignee=request.assignee,
+        query_kind=request.query_kind,
+        at=ctx.now,
+        agreement=request.agreement_id,
+        target=policy.target,
+        purpose=request.purpose,
+        output=request.output,
+        query=request.query_id,
+    )
+    index = record_decision(
         tx,
-        "policy.decision",
-        {
-            "allowed": allowed,
-            "policy": policy.uid,
-            "target": policy.target,
-            "agreement": request.agreement_id,
-            "assignee": request.assignee,
-            "purpose": request.purpose,
-            "query_kind": request.query_kind,
-            "output": request.output,
-            "at": ctx.now.astimezone(UTC).isoformat(),
-            "reason": reason,
-            "partial": partial,
-            "refused_entities": list(refused),
-            "uses": uses,
-            "duties": [d.to_json() for d in duties],
-            "trace_digest": digest,
-            "trace": decision.trace_json(),
-        },
+        subject,
+        allowed=allowed,
+        reason=reason,
+        trace=trace,
+        policy=policy.uid,
+        partial=partial,
+        refused_entities=refused,
+        uses=uses,
+        duties=duties,
     )
     return replace(decision, ledger_index=index)
 
