@@ -73,7 +73,19 @@ class Reply:
 
 
 class Transport(Protocol):
-    """Calls to other nodes, as the sending node."""
+    """Calls to other nodes, as the sending node.
+
+    Attributes:
+        sender: the participant this transport speaks as (fixed: an authenticated channel).
+        max_concurrency: how many calls may be in flight at once, from as many threads. The
+            in-memory twin keeps the default ``1`` so its tests see one deterministic sequence
+            of messages; the connector's HTTP transport allows several, and a query then serves
+            its providers concurrently. A class implementing the interface by inheriting from it
+            gets the default.
+    """
+
+    sender: str
+    max_concurrency: int = 1
 
     def call(
         self, peer: str, operation: str, header: Mapping[str, Any], payload: bytes = b""
@@ -117,7 +129,7 @@ def unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
     return header, data[8 + size :]
 
 
-class InMemoryTransport:
+class InMemoryTransport(Transport):
     """The in-process twin: every node's handler in one dict, calls go through the framing.
 
     ``InMemoryTransport.network()`` gives a shared registry; ``registry.as_sender(pid)`` gives the

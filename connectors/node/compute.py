@@ -86,7 +86,7 @@ from trusted_space.protocols.operator import register_operator
 from trusted_space.protocols.score import register_provider
 from trusted_space.protocols.train_ops import register_train, register_train_dealer
 from trusted_space.store import Store
-from trusted_space.transport import Reply, check_operation, frame, unframe
+from trusted_space.transport import Reply, Transport, check_operation, frame, unframe
 
 __all__ = [
     "COMPUTE_CONTENT_TYPE",
@@ -533,7 +533,7 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     return {"status": response.status_code, "detail": f"HTTP {response.status_code}"}
 
 
-class HttpTransport:
+class HttpTransport(Transport):
     """:class:`~trusted_space.transport.Transport` over signed HTTP, as ``runtime``'s node.
 
     ``call`` posts the framed header and payload to ``{peer url}/compute/{operation}``; the
@@ -541,7 +541,7 @@ class HttpTransport:
     operation runs. Peer URLs come from ``runtime.peer_url`` (the operator's registry).
     """
 
-    max_concurrency: Final = 8
+    max_concurrency = 8
     """Calls that may be in flight at once, from as many threads (httpx's client is thread-safe;
     a query serves its providers concurrently up to this)."""
 

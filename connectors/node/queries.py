@@ -129,7 +129,7 @@ class QueryJob:
             )
 
 
-class ProgressTransport:
+class ProgressTransport(Transport):
     """A transport that reports each call to ``observe`` (before and after) and passes it on."""
 
     def __init__(
@@ -138,12 +138,8 @@ class ProgressTransport:
         self._inner = inner
         self._observe = observe
         self.sender = sender
-
-    @property
-    def max_concurrency(self) -> int:
-        """The inner transport's (``observe`` must then be thread-safe: see _CallCounter)."""
-        value = getattr(self._inner, "max_concurrency", 1)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 1
+        # The inner transport's (``observe`` must then be thread-safe: see _CallCounter).
+        self.max_concurrency = inner.max_concurrency
 
     def call(
         self, peer: str, operation: str, header: Mapping[str, Any], payload: bytes = b""

@@ -1,6 +1,6 @@
 """Joint scores with providers served concurrently, one block per call.
 
-The in-memory transport declares no ``max_concurrency`` (its tests see one deterministic message
+The in-memory transport keeps ``max_concurrency`` at 1 (its tests see one deterministic message
 order); here a wrapper declares one, so ``run_score`` serves every provider from its own thread
 and takes each block's sum as soon as all providers sent theirs. The results must be those of
 the sequential run, every block computed exactly once, a refusal must still end the query with
@@ -28,13 +28,14 @@ from ._joint import ANALYST, OPERATOR
 from .test_score_protocols import MODES, PROTOCOLS, TOLERANCE, calls, make_setup
 
 
-class Parallel:
+class Parallel(Transport):
     """A transport that may be called from several threads (and records which ones did)."""
 
     max_concurrency = 4
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
+        self.sender = inner.sender
         self.threads: set[int] = set()
         self._lock = threading.Lock()
 
@@ -110,11 +111,12 @@ def test_a_refusal_among_concurrent_providers_ends_the_query_with_its_trace(
     assert calls(setup.space, "aggregate.take") == 0  # nothing was released
 
 
-class Replaying:
+class Replaying(Transport):
     """Sends every ``score.block`` call twice and keeps what the second one got."""
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
+        self.sender = inner.sender
         self.second: list[int] = []
 
     def call(

@@ -234,13 +234,12 @@ def _own_partial(
 
 
 def _concurrency(transport: Transport) -> int:
-    """How many calls ``transport`` may carry at once (``max_concurrency``; default 1).
+    """How many calls ``transport`` may carry at once (its ``max_concurrency``, at least 1).
 
     A transport that can be called from several threads (the connector's HTTP transport) says
     so; the in-memory twin does not, so tests see one deterministic sequence of messages.
     """
-    value = getattr(transport, "max_concurrency", 1)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+    return max(1, transport.max_concurrency)
 
 
 class _Blocks:
