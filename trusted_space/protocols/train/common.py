@@ -54,4 +54,5 @@ def check_weights(values: FloatArray) -> FloatArray:
 
 
 def weight_block(w: Ring, bounds: tuple[int, int]) -> Ring:
+    """The shares of the weights ``bounds`` (``[start, end)``), contiguous for packing."""
     return np.ascontiguousarray(w[bounds[0] : bounds[1]])

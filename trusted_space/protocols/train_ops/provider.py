@@ -30,6 +30,7 @@ from trusted_space.protocols._parts import receive_part, reply_part
 from trusted_space.protocols.align import sender_roles
 from trusted_space.protocols.score import store_party_weights
 from trusted_space.protocols.train import check_weights, dealer_spec, weights_sha256
+from trusted_space.protocols.train.common import weight_block
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
     SEED_BYTES,
@@ -68,12 +69,6 @@ _DEALT_BYTES: Final = 8 * 1024 * 1024
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-
-
-def _block(
-    w: np.ndarray[Any, np.dtype[np.uint64]], bounds: tuple[int, int]
-) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    return np.ascontiguousarray(w[bounds[0] : bounds[1]])
 
 
 # Provider operations
@@ -533,7 +528,7 @@ def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
     (theirs,) = unpack_messages(payload, max_messages=1)
     if theirs.shape != (own[1] - own[0],):
         raise ValidationError("payload: the bank's share of this provider's weights")
-    values = check_weights(decode_ring(theirs + _block(share, own)))
+    values = check_weights(decode_ring(theirs + weight_block(share, own)))
     state["weights"] = dict(zip(spec["columns"], (float(v) for v in values), strict=True))
     if node.transport is None:
         raise ValidationError(f"{node.participant_id} has no transport")
@@ -542,10 +537,10 @@ def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
             p,
             "train.weights",
             {"query": spec["query"], "analyst": ctx.sender},
-            pack_messages([_block(share, offsets[p])]),
+            pack_messages([weight_block(share, offsets[p])]),
         )
     bank = offsets[spec["layout"][0][0]]
-    mine = np.concatenate([share[:1], _block(share, bank)])
+    mine = np.concatenate([share[:1], weight_block(share, bank)])
     return Reply({"query": spec["query"], "epoch": epoch}, pack_messages([mine]))
 
 
