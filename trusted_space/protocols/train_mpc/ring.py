@@ -11,6 +11,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from trusted_space.errors import ValidationError
+from trusted_space.protocols import _common
 
 __all__ = [
     "CARRY_LEVELS",
@@ -42,21 +43,17 @@ CARRY_LEVELS: Final = 5  # log2(32): the carry tree over 32-bit halves
 
 
 def encode_ring(values: npt.ArrayLike, frac_bits: int = FRAC_BITS) -> Ring:
-    """Reals as two's-complement fixed point in Z_2^64, refusing non-finite or huge values."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size and not np.all(np.isfinite(x)):
-        raise ValidationError("a value to encode is not finite")
-    scaled = np.rint(np.ldexp(x, frac_bits))
-    if scaled.size and float(np.max(np.abs(scaled))) >= 2.0**62:
-        raise ValidationError("a value is too large for the fixed-point ring")
-    return scaled.astype(np.int64).view(np.uint64)
+    """Reals as two's-complement fixed point in Z_2^64, refusing non-finite or huge values.
+
+    The codec of the joint protocols (:func:`trusted_space.protocols._common.encode_ring`), at
+    the training's :data:`FRAC_BITS` by default.
+    """
+    return _common.encode_ring(values, frac_bits)
 
 
-def decode_ring(values: Ring, frac_bits: int = FRAC_BITS) -> FloatArray:
+def decode_ring(values: npt.ArrayLike, frac_bits: int = FRAC_BITS) -> FloatArray:
     """Inverse of :func:`encode_ring`."""
-    return np.ldexp(
-        np.asarray(values, dtype=np.uint64).view(np.int64).astype(np.float64), -frac_bits
-    )
+    return _common.decode_ring(np.asarray(values, dtype=np.uint64), frac_bits)
 
 
 def ring_const(value: int) -> np.uint64:
