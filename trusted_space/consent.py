@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from trusted_space.errors import NotFoundError, ValidationError, VerificationError
 from trusted_space.events import canonical_json, record_event
 from trusted_space.identity import CompactJWS, check_participant_id, sign_compact, to_epoch
+from trusted_space.identity.jws import int_claim
 from trusted_space.keys import ALGORITHM, SigningKey, VerifyKey
 from trusted_space.store import Transaction
 
@@ -183,13 +184,6 @@ def sign_consent(
     return _consent_from_claims(claims, token)
 
 
-def _claim_int(claims: dict[str, Any], name: str) -> int:
-    value = claims[name]
-    if type(value) is not int or value < 0:
-        raise VerificationError(f"claims:{name}")
-    return value
-
-
 def _consent_from_claims(claims: dict[str, Any], token: str) -> Consent:
     if set(claims) != _CLAIMS:
         raise VerificationError("claims")
@@ -198,7 +192,7 @@ def _consent_from_claims(claims: dict[str, Any], token: str) -> Consent:
         raise VerificationError("claims")
     if not _well_formed(claims["sub"], claims["aud"], claims["purpose"]):
         raise VerificationError("claims")
-    nbf, exp = _claim_int(claims, "nbf"), _claim_int(claims, "exp")
+    nbf, exp = int_claim(claims, "nbf"), int_claim(claims, "exp")
     if exp <= nbf:
         raise VerificationError("claims:exp")
     return Consent(
@@ -207,7 +201,7 @@ def _consent_from_claims(claims: dict[str, Any], token: str) -> Consent:
         grantee=claims["aud"],
         purpose=claims["purpose"],
         issuer=issuer,
-        issued_at=datetime.fromtimestamp(_claim_int(claims, "iat"), UTC),
+        issued_at=datetime.fromtimestamp(int_claim(claims, "iat"), UTC),
         not_before=datetime.fromtimestamp(nbf, UTC),
         expires_at=datetime.fromtimestamp(exp, UTC),
         token=token,
