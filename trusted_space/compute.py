@@ -202,6 +202,8 @@ class ComputeNode:
             for ``role`` constraints of policies; ``None``: every sender has no roles.
         consents: the data-subject authorisations this node holds, for policies that require
             consent (``None``: the node keeps no registry).
+        score_workers: worker processes a provider's score session may use for its homomorphic
+            products (CKKS weighted sums; the node's ``ckks_workers`` setting; 1: in-process).
     """
 
     participant_id: str
@@ -213,6 +215,7 @@ class ComputeNode:
     operator: str | None = None
     roles_of: Callable[[str], frozenset[str]] | None = None
     consents: ConsentRegistry | None = None
+    score_workers: int = 1
     sessions: SessionStore = field(default_factory=SessionStore)
     _operations: dict[str, Operation] = field(default_factory=dict)
 

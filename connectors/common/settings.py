@@ -20,14 +20,15 @@ are files with mode 0600, so ``node.toml`` can be shared or committed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +41,7 @@ from trusted_space.keys import SigningKey, VerifyKey
 
 __all__ = [
     "CONFIG_FILE",
+    "DEFAULT_DATA_CACHE_MB",
     "NodeLayout",
     "NodeSettings",
     "OperatorAnchor",
@@ -49,6 +51,13 @@ __all__ = [
 ]
 
 CONFIG_FILE = "node.toml"
+
+log = logging.getLogger("trusted_space.node")
+
+_N = TypeVar("_N", int, float)
+
+DEFAULT_DATA_CACHE_MB = 1024.0
+"""The column cache's bound when ``TS_DATA_CACHE_MB`` is not set (1 GiB)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,16 @@ class NodeSettings(BaseSettings):
         witness_interval: seconds between checkpoint submissions to the operator's witness
             (0 disables the background loop; the CLI and tests can trigger it).
         log_level: ``debug`` … ``error``.
+        data_cache_mb: ``TS_DATA_CACHE_MB``, the bound of the node's column cache in MiB (``0``
+            disables it; see :attr:`data_cache_bytes`).
+        ckks_workers: ``TS_CKKS_WORKERS``, worker processes of a provider's CKKS session (one
+            pool per query; at most the host's cores; default 1: in-process).
+        psi_workers: ``TS_PSI_WORKERS``, worker processes for a provider's PSI scalar
+            multiplications, shared by the node's queries (default 1: in-process).
+
+    The three tuning settings are lenient, as they were when read from the environment by the
+    code that used them: a value that is not a number is logged and the default used, so a typo
+    slows a node down rather than stopping it.
     """
 
     model_config = SettingsConfigDict(env_prefix="TS_", extra="forbid")
@@ -163,6 +182,9 @@ class NodeSettings(BaseSettings):
     request_timeout: float = Field(default=300.0, gt=0)
     witness_interval: float = Field(default=0.0, ge=0)
     log_level: str = "info"
+    data_cache_mb: float = DEFAULT_DATA_CACHE_MB
+    ckks_workers: int = 1
+    psi_workers: int = 1
 
     @field_validator("name")
     @classmethod
@@ -186,6 +208,16 @@ class NodeSettings(BaseSettings):
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("log_level must be debug, info, warning or error")
         return value.lower()
+
+    @field_validator("data_cache_mb", mode="before")
+    @classmethod
+    def _cache_mb(cls, value: Any) -> float:
+        return _lenient(value, float, "data_cache_mb", DEFAULT_DATA_CACHE_MB)
+
+    @field_validator("ckks_workers", "psi_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any, info: ValidationInfo) -> int:
+        return _lenient(value, int, str(info.field_name), 1)
 
     @classmethod
     def settings_customise_sources(
@@ -216,8 +248,24 @@ class NodeSettings(BaseSettings):
     def origin(self) -> str:
         return self.ledger_origin or f"{self.name}/ledger"
 
+    @property
+    def data_cache_bytes(self) -> int:
+        """The column cache's bound in bytes (``0``: no cache, every lookup streams)."""
+        return max(0, int(self.data_cache_mb * (1 << 20)))
+
     def has_role(self, role: str) -> bool:
         return role in self.roles
+
+
+def _lenient(value: Any, kind: type[_N], name: str, default: _N) -> _N:
+    """``value`` as a ``kind``; blank is the default, and so is garbage (with a warning)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        return kind(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        log.warning("TS_%s=%r is not a number; using %r", name.upper(), value, default)
+        return default
 
 
 def load_settings(directory: str | Path, **overrides: Any) -> NodeSettings:

@@ -13,11 +13,11 @@ registers the operations its roles serve:
   (:func:`pyarrow.compute.index_in`), so repeated queries never re-parse a CSV. An entry is
   checked at every use against the dataset's published version, its source spec and the file's
   size, modification and change times (and an SQLite write-ahead log's), and is re-read when any
-  of them changed. The cache is bounded in bytes (:data:`DATA_CACHE_ENV`, default
-  :data:`DEFAULT_CACHE_BYTES`, least recently used first out); a dataset whose estimated size
-  (rows times (8 bytes per numeric column + 32)) is above the bound is never cached and is streamed
-  in chunks instead, holding only the wanted ids and their rows. A source that no longer reads
-  cleanly (the file was changed or removed after publication) is a
+  of them changed. The cache is bounded in bytes (the node's ``data_cache_mb`` setting,
+  ``TS_DATA_CACHE_MB``, default 1 GiB; least recently used first out); a dataset whose estimated
+  size (rows times (8 bytes per numeric column + 32)) is above the bound is never cached and is
+  streamed in chunks instead, holding only the wanted ids and their rows. A source that no longer
+  reads cleanly (the file was changed or removed after publication) is a
   :class:`~trusted_space.errors.StoreError` whose message names the dataset only: the file path,
   row and cell stay in this node's log, because the error travels back to another institution.
 - :class:`HttpTransport`: ``call(peer, operation, header, payload)`` is a signed
@@ -58,6 +58,7 @@ import numpy.typing as npt
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
+from connectors.common.settings import DEFAULT_DATA_CACHE_MB
 from connectors.node.runtime import NodeRuntime
 from connectors.node.sources import (
     DEFAULT_CHUNK_ROWS,
@@ -90,9 +91,7 @@ from trusted_space.transport import Reply, Transport, check_operation, frame, un
 
 __all__ = [
     "COMPUTE_CONTENT_TYPE",
-    "DATA_CACHE_ENV",
     "DEFAULT_CACHE_BYTES",
-    "PSI_WORKERS_ENV",
     "ColumnCache",
     "HttpTransport",
     "SourceData",
@@ -107,13 +106,8 @@ log = logging.getLogger("trusted_space.compute")
 COMPUTE_CONTENT_TYPE: Final = "application/octet-stream"
 """Media type of framed compute bodies, both ways."""
 
-DATA_CACHE_ENV: Final = "TS_DATA_CACHE_MB"
-"""Environment variable: the column cache's bound in MiB (``0`` disables the cache)."""
-DEFAULT_CACHE_BYTES: Final = 1 << 30
-"""The column cache's bound when :data:`DATA_CACHE_ENV` is not set (1 GiB)."""
-PSI_WORKERS_ENV: Final = "TS_PSI_WORKERS"
-"""Environment variable: worker processes for a provider's PSI scalar multiplications (default
-1: in-process; a provider with a host of its own sets its core count)."""
+DEFAULT_CACHE_BYTES: Final = int(DEFAULT_DATA_CACHE_MB * (1 << 20))
+"""The column cache's bound when none is given (the settings' default, 1 GiB)."""
 
 FloatArray = npt.NDArray[np.float64]
 _TRUE: Final = frozenset({"1", "true", "t", "yes", "y"})
@@ -121,18 +115,6 @@ _FALSE: Final = frozenset({"0", "false", "f", "no", "n"})
 
 
 # -- data -------------------------------------------------------------------------------------
-
-
-def _cache_budget() -> int:
-    raw = os.environ.get(DATA_CACHE_ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_CACHE_BYTES
-    try:
-        mib = float(raw)
-    except ValueError:
-        log.warning("%s=%r is not a number of MiB; using the default", DATA_CACHE_ENV, raw)
-        return DEFAULT_CACHE_BYTES
-    return max(0, int(mib * (1 << 20)))
 
 
 @dataclass(frozen=True)
@@ -217,8 +199,8 @@ class SourceData:
             replaced or withdrawn dataset takes effect at once).
         participant_id: this node (named in errors sent back to peers).
         chunk_rows: rows per chunk read from a source.
-        cache_bytes: the column cache's bound (default: :data:`DATA_CACHE_ENV`, else
-            :data:`DEFAULT_CACHE_BYTES`; ``0`` streams every lookup).
+        cache_bytes: the column cache's bound (the node passes its ``data_cache_bytes``
+            setting; ``0`` streams every lookup).
     """
 
     def __init__(
@@ -227,14 +209,14 @@ class SourceData:
         participant_id: str,
         *,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
-        cache_bytes: int | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be positive")
         self._store = store
         self._participant = participant_id
         self.chunk_rows = chunk_rows
-        self.cache = ColumnCache(_cache_budget() if cache_bytes is None else cache_bytes)
+        self.cache = ColumnCache(cache_bytes)
         self._building: dict[str, threading.Lock] = {}
         self._building_lock = threading.Lock()
 
@@ -621,46 +603,45 @@ def roles_lookup(runtime: NodeRuntime) -> Callable[[str], frozenset[str]]:
 
 def build_compute_node(runtime: NodeRuntime) -> ComputeNode:
     """A fresh compute node for ``runtime`` with the operations of its roles registered."""
+    settings = runtime.settings
     holds_data = bool(runtime.roles & {"provider", "consumer"})
+    data = SourceData(runtime.store, runtime.id, cache_bytes=settings.data_cache_bytes)
     node = ComputeNode(
         participant_id=runtime.id,
         store=runtime.store,
         ledger=runtime.ledger,
-        data=SourceData(runtime.store, runtime.id) if holds_data else None,
+        data=data if holds_data else None,
         transport=HttpTransport(runtime),
         clock=runtime.clock,
         operator=None if runtime.anchor is None else runtime.anchor.operator_id,
         roles_of=roles_lookup(runtime),
         consents=runtime.consents,
+        score_workers=settings.ckks_workers,
     )
     if runtime.is_operator:
         register_operator(node)
         register_train_dealer(node)
     if "provider" in runtime.roles:
         register_provider(node)
-        register_align(node, executor=_psi_pool())
+        register_align(node, executor=_psi_pool(settings.psi_workers))
         register_aggregate(node)
         register_train(node)
     return node
 
 
 _psi_pools: dict[int, Executor] = {}
+_psi_pools_lock = threading.Lock()
 
 
-def _psi_pool() -> Executor | None:
-    """The process's PSI worker pool when :data:`PSI_WORKERS_ENV` asks for one.
+def _psi_pool(workers: int) -> Executor | None:
+    """The process's PSI worker pool of ``workers`` processes (the node's ``psi_workers``).
 
-    Shared by every node of the process; its workers start on first use.
+    ``None`` (in-process) below 2. Shared by every node of the process that asks for that many;
+    its workers start on first use.
     """
-    raw = os.environ.get(PSI_WORKERS_ENV, "").strip()
-    try:
-        workers = int(raw) if raw else 1
-    except ValueError:
-        log.warning("%s=%r is not a number of workers; PSI runs in-process", PSI_WORKERS_ENV, raw)
-        return None
     if workers < 2:
         return None
-    with _nodes_lock:
+    with _psi_pools_lock:
         if workers not in _psi_pools:
             _psi_pools[workers] = psi_executor(workers)
         return _psi_pools[workers]

@@ -149,7 +149,6 @@ def test_a_block_is_computed_once_and_the_session_ends_with_the_last(
 
 def test_a_ckks_session_pool_gives_the_in_process_partial(
     context: ckks.SecretContext,
-    monkeypatch: pytest.MonkeyPatch,
     rng: np.random.Generator,
 ) -> None:
     from trusted_space.protocols import score_ckks
@@ -159,15 +158,16 @@ def test_a_ckks_session_pool_gives_the_in_process_partial(
     weights = ckks.encrypt_weights(context, w).serialize()
     x = rng.uniform(-4, 4, (score_ckks._POOL_ROWS + 1000, 3))
     results = []
-    for workers in ("1", "2"):
-        monkeypatch.setenv(score_ckks.WORKERS_ENV, workers)
-        side = score_ckks.CkksProvider("analyst-held", {"preset": context.preset.name}, public)
+    for workers in (1, 2):
+        side = score_ckks.CkksProvider(
+            "analyst-held", {"preset": context.preset.name}, public, workers=workers
+        )
         try:
             loaded = side.load_weights(weights, 3)
             results.append(
                 context.decrypt(context.load_vector(side.weighted_partial(None, 0, x, loaded)))
             )  # type: ignore[arg-type]
-            assert (side._pool is None) == (workers == "1")
+            assert (side._pool is None) == (workers == 1)
         finally:
             side.close()
     for got in results:

@@ -186,5 +186,11 @@ class ScoreProtocol(ABC):
         """The analyst side for ``query`` (``terms``: columns per provider, analyst-held)."""
 
     @abstractmethod
-    def provider(self, mode: str, params: Mapping[str, Any], material: bytes) -> ProviderSide:
-        """A provider side from the analyst's public parameters and material (validated)."""
+    def provider(
+        self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
+    ) -> ProviderSide:
+        """A provider side from the analyst's public parameters and material (validated).
+
+        ``workers``: processes the side may use for its products (the provider node's
+        ``score_workers``); a protocol that cannot use them ignores it.
+        """

@@ -234,5 +234,7 @@ class AdditiveScore(ScoreProtocol):
     ) -> AdditiveAnalyst:
         return AdditiveAnalyst(query)
 
-    def provider(self, mode: str, params: Mapping[str, Any], material: bytes) -> AdditiveProvider:
+    def provider(
+        self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
+    ) -> AdditiveProvider:
         return AdditiveProvider(mode, params, material)

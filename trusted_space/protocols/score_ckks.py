@@ -14,8 +14,9 @@ Where the provider's products run: in its own process by default. TenSEAL holds 
 ct*pt products, so only processes add cores; but :func:`crypto.ckks.weighted_sum` with
 ``workers`` starts (spawns) a fresh pool per call, which costs seconds per block, and on a host
 that runs several nodes their own processes already fill the cores. A provider on a host of its
-own sets :data:`WORKERS_ENV` (e.g. ``4``): its session then keeps one pool for the whole query,
-started once, each worker loading the public context and the weights once.
+own sets its ``ckks_workers`` setting (``TS_CKKS_WORKERS``, e.g. ``4``), which its node passes
+down as ``workers``: its session then keeps one pool for the whole query, started once, each
+worker loading the public context and the weights once.
 """
 
 from __future__ import annotations
@@ -39,21 +40,9 @@ from trusted_space.protocols.base import (
 )
 from trusted_space.queries.score import ScoreQuery
 
-__all__ = ["WORKERS_ENV", "CkksAnalyst", "CkksProvider", "CkksScore"]
+__all__ = ["CkksAnalyst", "CkksProvider", "CkksScore"]
 
-WORKERS_ENV: Final = "TS_CKKS_WORKERS"
-"""Environment variable: worker processes of a provider's CKKS session (default 1: in-process)."""
 _POOL_ROWS: Final = 1 << 15  # blocks at least this large spread over the session's pool
-
-
-def _workers() -> int:
-    raw = os.environ.get(WORKERS_ENV, "").strip()
-    if not raw:
-        return 1
-    try:
-        return max(1, min(int(raw), os.cpu_count() or 1))
-    except ValueError:
-        return 1
 
 
 _POOL_STATE: dict[str, Any] = {}
@@ -96,14 +85,21 @@ class CkksAnalyst(AnalystSide):
 
 
 class CkksProvider(ProviderSide):
-    def __init__(self, mode: str, params: Mapping[str, Any], material: bytes) -> None:
+    """A provider's CKKS session.
+
+    ``workers``: processes for large blocks (at most the host's cores; 1: in-process).
+    """
+
+    def __init__(
+        self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
+    ) -> None:
         with crypto_errors("the analyst's ckks context"):
             self.context = ckks.PublicContext.load(material)
         if params.get("preset") != self.context.preset.name:
             raise ValidationError("params.preset: does not match the context")
         self.mode = mode
         self.material = material
-        self.workers = _workers()
+        self.workers = max(1, min(workers, os.cpu_count() or 1))
         self._pool: ProcessPoolExecutor | None = None
         # One TenSEAL operation on the context at a time: the weighted sum switches the
         # context's auto-rescaling off and back on, so two blocks computed at once on two
@@ -190,5 +186,7 @@ class CkksScore(ScoreProtocol):
             secret = self.context or ckks.SecretContext.generate(self.preset)
         return CkksAnalyst(secret)
 
-    def provider(self, mode: str, params: Mapping[str, Any], material: bytes) -> CkksProvider:
-        return CkksProvider(mode, params, material)
+    def provider(
+        self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
+    ) -> CkksProvider:
+        return CkksProvider(mode, params, material, workers=workers)

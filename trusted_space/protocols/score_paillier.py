@@ -209,5 +209,7 @@ class PaillierScore(ScoreProtocol):
             workers = None if len(query.entities) >= _POOL_ROWS else 0
         return PaillierAnalyst(keypair, layout, self.frac_bits, workers)
 
-    def provider(self, mode: str, params: Mapping[str, Any], material: bytes) -> PaillierProvider:
+    def provider(
+        self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
+    ) -> PaillierProvider:
         return PaillierProvider(mode, params, material)

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import connectors.node.sources as sources_module
+from connectors.common.settings import NodeSettings
 from connectors.node.compute import ColumnCache, SourceData
 from connectors.node.sources import SOURCE_NAMESPACE, SourceSpec, open_source
 from tests.trusted_space._joint import dataset, offer
@@ -328,12 +329,31 @@ def test_the_cache_evicts_the_least_recently_used_within_its_bound() -> None:
 
 
 def test_the_cache_bound_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bound() -> int:
+        node_settings = NodeSettings(name="provider-p", roles=["provider"])
+        data = SourceData(MemoryStore(), "p", cache_bytes=node_settings.data_cache_bytes)
+        return data.cache.max_bytes
+
     monkeypatch.setenv("TS_DATA_CACHE_MB", "2")
-    assert SourceData(MemoryStore(), "p").cache.max_bytes == 2 << 20
+    assert bound() == 2 << 20
     monkeypatch.setenv("TS_DATA_CACHE_MB", "0")
-    assert SourceData(MemoryStore(), "p").cache.max_bytes == 0
+    assert bound() == 0
+    monkeypatch.setenv("TS_DATA_CACHE_MB", "lots")  # not a number: the default, as before
+    assert bound() == 1 << 30
     monkeypatch.delenv("TS_DATA_CACHE_MB")
+    assert bound() == 1 << 30
     assert SourceData(MemoryStore(), "p").cache.max_bytes == 1 << 30
+
+
+def test_the_worker_counts_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TS_CKKS_WORKERS", "4")
+    monkeypatch.setenv("TS_PSI_WORKERS", "3")
+    tuned = NodeSettings(name="provider-p", roles=["provider"])
+    assert (tuned.ckks_workers, tuned.psi_workers) == (4, 3)
+    monkeypatch.setenv("TS_CKKS_WORKERS", "many")  # not a number: in-process, as before
+    monkeypatch.setenv("TS_PSI_WORKERS", " ")
+    default = NodeSettings(name="provider-p", roles=["provider"])
+    assert (default.ckks_workers, default.psi_workers) == (1, 1)
 
 
 def test_csv_writer_round_trip_sanity(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
     params = header.get("params")
     if not isinstance(params, dict):
         raise ValidationError("header.params: expected an object")
-    side = protocol.provider(mode, params, payload)
+    side = protocol.provider(mode, params, payload, workers=node.score_workers)
     state = node.sessions.open(ctx.sender, _SESSION_PREFIX + query)
     if state:
         side.close()
