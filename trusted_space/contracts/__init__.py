@@ -46,9 +46,12 @@ The same :class:`Negotiator` objects run in-process (tests, :func:`deliver`,
 
 Layout: :mod:`.states` (the state machine and its transition table), :mod:`.agreements` (signed
 agreements and what they authorise), :mod:`.messages` (DSP message builders and the parser),
-:mod:`.negotiation` (records, :class:`Negotiator`, the in-process driver). The DSP schemas
-themselves are checked by :mod:`trusted_space.dsp`, shared with the catalog. The DSP transfer
-process state machine belongs here too, beside negotiation, when it moves out of the connector.
+:mod:`.negotiation` (records, :class:`Negotiator`, the in-process driver), and beside it
+:mod:`.transfer`, the DSP transfer process (states, messages, records, the provider's decision and
+the consumer's bookkeeping; its HTTP half is ``connectors.node.transfer``). Transfer names mirror
+negotiation's (``TRANSITIONS``, ``next_state``, ``parse_message``), so they are imported from
+:mod:`trusted_space.contracts.transfer`, not re-exported here. The DSP schemas themselves are
+checked by :mod:`trusted_space.dsp`, shared with the catalog.
 """
 
 from __future__ import annotations

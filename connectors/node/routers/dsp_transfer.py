@@ -17,7 +17,8 @@ Data plane:
   ``text/csv`` (default) or ``application/x-ndjson`` (``Accept``). Every token failure answers
   the same ``401``.
 
-The logic lives in :mod:`connectors.node.transfer`; these handlers carry HTTP in and out.
+The protocol lives in :mod:`trusted_space.contracts.transfer`, its HTTP half in
+:mod:`connectors.node.transfer`; these handlers carry HTTP in and out.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from connectors.node import transfer
 from connectors.node.deps import MemberDep, RuntimeDep, request_target
-from connectors.node.transfer import MEDIA_CSV, MEDIA_NDJSON, TransferMessage
+from connectors.node.transfer import MEDIA_CSV, MEDIA_NDJSON
+from trusted_space.contracts.transfer import TransferMessage
 
 __all__ = [
     "completion",

@@ -27,6 +27,8 @@ from connectors.node.wire.transfer import (
     TransferView,
     transfer_view,
 )
+from trusted_space.contracts.transfer import list_transfers as stored_transfers
+from trusted_space.contracts.transfer import load_transfer
 
 __all__ = ["create_transfer", "get_transfer", "list_transfers", "pull_transfer", "router"]
 
@@ -44,7 +46,7 @@ def create_transfer(body: TransferCreate, runtime: RuntimeDep) -> TransferView:
     """Request a transfer under an agreement this node holds as consumer."""
     record = transfer.request_transfer(runtime, body.agreement_id, purpose=body.purpose)
     with runtime.transaction(readonly=True) as tx:
-        record = transfer.load_transfer(tx, record.pid)
+        record = load_transfer(tx, record.pid)
     return transfer_view(record)
 
 
@@ -52,7 +54,7 @@ def create_transfer(body: TransferCreate, runtime: RuntimeDep) -> TransferView:
 def list_transfers(runtime: RuntimeDep) -> list[TransferView]:
     """Every transfer of this node, as provider and as consumer."""
     with runtime.transaction(readonly=True) as tx:
-        records = transfer.list_transfers(tx)
+        records = stored_transfers(tx)
     return [transfer_view(r) for r in records]
 
 
@@ -60,7 +62,7 @@ def list_transfers(runtime: RuntimeDep) -> list[TransferView]:
 def get_transfer(pid: str, runtime: RuntimeDep) -> TransferView:
     """One transfer by this side's process id."""
     with runtime.transaction(readonly=True) as tx:
-        return transfer_view(transfer.load_transfer(tx, pid))
+        return transfer_view(load_transfer(tx, pid))
 
 
 @router.post("/{pid}/pull")

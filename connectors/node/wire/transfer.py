@@ -1,10 +1,10 @@
 """Wire models of the transfer admin routes (``/management/transfers``).
 
 The DSP transfer messages themselves are plain JSON-LD objects checked against the 2025-1 schemas
-(:mod:`connectors.node.transfer`); the models here are the node's own staff API. The view of a
-transfer
-has no field for the pull token or its hash: the provider stores only a SHA-256 of the token and
-the consumer keeps the token apart from its record, so neither can reach a response.
+(:mod:`trusted_space.contracts.transfer`); the models here are the node's own staff API. The view
+of a transfer has no field for the pull token or its hash: the provider stores only a SHA-256 of
+the token and the consumer keeps the token apart from its record, so neither can reach a
+response.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.node.transfer import TransferRecord
+from trusted_space.contracts.transfer import TransferRecord
 
 __all__ = ["PullResult", "TransferCreate", "TransferPull", "TransferView", "transfer_view"]
 

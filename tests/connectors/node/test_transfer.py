@@ -14,7 +14,21 @@ import numpy as np
 import pytest
 
 from connectors.node import sources
-from connectors.node.transfer import (
+from tests.connectors._space import InProcessSpace, Node
+from trusted_space import dsp
+from trusted_space.catalog import (
+    DataResource,
+    Dataset,
+    Field,
+    FieldType,
+    KeyKind,
+    Responsibility,
+    Table,
+    Tier,
+    publish,
+)
+from trusted_space.contracts import SignedAgreement, new_id, offer_for, run_negotiation
+from trusted_space.contracts.transfer import (
     PURPOSE_PROPERTY,
     TOKEN_NAMESPACE,
     TRANSITIONS,
@@ -30,20 +44,6 @@ from connectors.node.transfer import (
     transfer_suspension_message,
     transfer_termination_message,
 )
-from tests.connectors._space import InProcessSpace, Node
-from trusted_space import dsp
-from trusted_space.catalog import (
-    DataResource,
-    Dataset,
-    Field,
-    FieldType,
-    KeyKind,
-    Responsibility,
-    Table,
-    Tier,
-    publish,
-)
-from trusted_space.contracts import SignedAgreement, new_id, offer_for, run_negotiation
 from trusted_space.errors import IllegalTransitionError, SchemaValidationError, ValidationError
 from trusted_space.events import EVENT_LOG, Event, decode_event
 from trusted_space.metering import usage
