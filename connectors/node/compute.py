@@ -27,8 +27,9 @@ registers the operations its roles serve:
   provider's ``403`` and its policy trace reach the analyst; an unreachable peer is a
   ``RemoteError`` with status ``503`` and a ``not-ready`` document (as in memory).
 - :func:`compute_node`: the node's :class:`~trusted_space.compute.ComputeNode`, built on first use
-  and cached per runtime, with the consent registry, a roles lookup from stored
-  (operator-signed) credentials, and the space's operator id (a provider sends partials and
+  and kept by the runtime (:meth:`~connectors.node.runtime.NodeRuntime.service`), with the
+  consent registry, a roles lookup from stored (operator-signed) credentials, and the space's
+  operator id (a provider sends partials and
   fetches triples only there, whatever an analyst names). Operations by role: the operator serves
   the key-less aggregator and the Beaver dealers (scores, training); a provider serves score, PSI
   alignment, aggregate and training operations.
@@ -647,21 +648,11 @@ def _psi_pool(workers: int) -> Executor | None:
         return _psi_pools[workers]
 
 
-_nodes: weakref.WeakKeyDictionary[NodeRuntime, ComputeNode] = weakref.WeakKeyDictionary()
-_nodes_lock = threading.Lock()
-
-
 def compute_node(runtime: NodeRuntime) -> ComputeNode:
     """The runtime's compute node, built on first use and kept as long as the runtime lives."""
-    with _nodes_lock:
-        node = _nodes.get(runtime)
-        if node is None:
-            node = build_compute_node(runtime)
-            _nodes[runtime] = node
-        return node
+    return runtime.service(ComputeNode, build_compute_node)
 
 
 def forget_compute_node(runtime: NodeRuntime) -> None:
-    """Drop the cached compute node (its open sessions with it), e.g. at shutdown."""
-    with _nodes_lock:
-        _nodes.pop(runtime, None)
+    """Drop the runtime's compute node (its open sessions with it), e.g. at shutdown."""
+    runtime.drop_service(ComputeNode)

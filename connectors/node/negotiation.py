@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -158,31 +157,20 @@ class NegotiationWorker:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
-_workers: weakref.WeakKeyDictionary[NodeRuntime, NegotiationWorker] = weakref.WeakKeyDictionary()
-_workers_lock = threading.Lock()
-
-
 def worker_for(runtime: NodeRuntime) -> NegotiationWorker:
     """The runtime's worker, created on first use and kept as long as the runtime lives."""
-    with _workers_lock:
-        worker = _workers.get(runtime)
-        if worker is None:
-            worker = NegotiationWorker(f"negotiation-{runtime.id}")
-            _workers[runtime] = worker
-        return worker
+    return runtime.service(NegotiationWorker, lambda rt: NegotiationWorker(f"negotiation-{rt.id}"))
 
 
 def drain(runtime: NodeRuntime, timeout: float = 10.0) -> bool:
     """Wait for the runtime's pending automatic steps; ``False`` if some still run at timeout."""
-    with _workers_lock:
-        worker = _workers.get(runtime)
+    worker = runtime.existing_service(NegotiationWorker)
     return True if worker is None else worker.drain(timeout)
 
 
 def shutdown(runtime: NodeRuntime, *, wait: bool = True) -> None:
     """Stop the runtime's worker (call before closing the runtime's store)."""
-    with _workers_lock:
-        worker = _workers.pop(runtime, None)
+    worker = runtime.drop_service(NegotiationWorker)
     if worker is not None:
         worker.shutdown(wait=wait)
 

@@ -483,23 +483,13 @@ class QueryRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-_runners: weakref.WeakKeyDictionary[NodeRuntime, QueryRunner] = weakref.WeakKeyDictionary()
-_runners_lock = threading.Lock()
-
-
 def runner_for(runtime: NodeRuntime) -> QueryRunner:
-    """The runtime's query runner, created on first use."""
-    with _runners_lock:
-        runner = _runners.get(runtime)
-        if runner is None:
-            runner = QueryRunner(runtime)
-            _runners[runtime] = runner
-        return runner
+    """The runtime's query runner, created on first use (kept by the runtime)."""
+    return runtime.service(QueryRunner, QueryRunner)
 
 
 def shutdown(runtime: NodeRuntime) -> None:
     """Stop the runtime's runner (at app shutdown)."""
-    with _runners_lock:
-        runner = _runners.pop(runtime, None)
+    runner = runtime.drop_service(QueryRunner)
     if runner is not None:
         runner.shutdown()

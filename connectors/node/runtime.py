@@ -11,7 +11,10 @@
 - ``consents``: data-subject authorisations held here;
 - ``authority`` and ``witness``: operator only — admission/revocation and checkpoint cosigning;
 - ``client``: the signed HTTP client for calls to other nodes;
-- ``peers``: participant id → URL, learned from the operator's participant registry.
+- ``peers``: participant id → URL, learned from the operator's participant registry;
+- its long-lived **services** (:meth:`NodeRuntime.service`): the compute node, the query runner
+  and the negotiation worker, one of each per runtime, built on first use by their own modules and
+  gone with the runtime (no module-level registry keyed by runtime).
 
 Authentication of member calls happens in :meth:`NodeRuntime.authenticate`: the replay-cache
 insert commits in its own transaction *before* any handler runs (a handler failure does not free
@@ -22,9 +25,10 @@ while the caller gets the same ``401`` whatever the reason.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -51,6 +55,8 @@ __all__ = ["PEER_NAMESPACE", "NodeRuntime"]
 log = logging.getLogger("trusted_space.node")
 
 PEER_NAMESPACE = "peer"
+
+_S = TypeVar("_S")
 
 
 def _utcnow() -> datetime:
@@ -123,6 +129,8 @@ class NodeRuntime:
             transport=transport,
             clock=clock,
         )
+        self._services: dict[type[Any], Any] = {}
+        self._services_lock = threading.RLock()
         if self.is_operator:
             self._admit_self()
 
@@ -138,6 +146,31 @@ class NodeRuntime:
     def close(self) -> None:
         self.client.close()
         self.store.close()
+
+    # -- services -------------------------------------------------------------------------------
+    def service(self, kind: type[_S], build: Callable[[NodeRuntime], _S]) -> _S:
+        """This runtime's one ``kind`` service, built by ``build(self)`` on first use.
+
+        The modules that own a service (:func:`connectors.node.compute.compute_node`,
+        :func:`connectors.node.queries.runner_for`, :func:`connectors.node.negotiation.worker_for`)
+        call this; the runtime keeps the service as long as it lives, typed by its class.
+        """
+        with self._services_lock:
+            found = self._services.get(kind)
+            if found is None:
+                found = build(self)
+                self._services[kind] = found
+            return cast(_S, found)
+
+    def existing_service(self, kind: type[_S]) -> _S | None:
+        """The ``kind`` service if it was built (never builds one)."""
+        with self._services_lock:
+            return cast(_S | None, self._services.get(kind))
+
+    def drop_service(self, kind: type[_S]) -> _S | None:
+        """Forget the ``kind`` service and return it (to shut it down), if it was built."""
+        with self._services_lock:
+            return cast(_S | None, self._services.pop(kind, None))
 
     # -- identity -------------------------------------------------------------------------------
     def _admit_self(self) -> None:
