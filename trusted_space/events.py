@@ -15,8 +15,9 @@ Each kind has one writer, so every path records the same fields: ``policy.decisi
 only by :func:`trusted_space.policy.record_decision`, ``query.use`` by
 :func:`trusted_space.enforcement.authorize_use`, ``agreement.signed`` by
 :mod:`trusted_space.contracts.agreements`, ``consent.*`` by :mod:`trusted_space.consent`,
-``auth.refused`` by :func:`trusted_space.identity.record_refusal`, ``transfer.*`` by the transfer
-process's own writers.
+``auth.refused`` by :func:`trusted_space.identity.record_refusal`, ``transfer.transition`` and
+``transfer.served`` by :mod:`trusted_space.contracts.transfer` (``write_transfer``,
+``record_served``).
 """
 
 from __future__ import annotations
