@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test lint typecheck pytest thorough bench clean
+.PHONY: demo test lint typecheck pytest thorough bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/trusted-space demo
 
-test: lint typecheck pytest
+test: lint typecheck browser pytest
+
+# The console's browser tests drive Chromium and chromedriver from the distribution's packages
+# (Debian: chromium, chromium-driver); installed here when missing, nothing downloaded at run time.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing chromium and chromium-driver for the console's browser tests"; \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -32,10 +42,10 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev
+pytest: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest -q
 
-thorough: $(VENV)/.installed-dev
+thorough: $(VENV)/.installed-dev browser
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-dev

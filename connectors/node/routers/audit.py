@@ -39,9 +39,10 @@ from connectors.node.wire.console import (
     ReceiptCheckView,
     VerifyReport,
 )
-from trusted_space.errors import ConflictError, TrustedSpaceError
+from trusted_space.errors import ConflictError, NotFoundError, TrustedSpaceError
 from trusted_space.events import EVENT_LOG, decode_event
 from trusted_space.identity import check_participant_id
+from trusted_space.keys import VerifyKey
 from trusted_space.ledger import Receipt
 from trusted_space.notes import parse_vkey
 
@@ -83,6 +84,18 @@ def _operator_url(runtime: NodeRuntime) -> tuple[str, str]:
     if runtime.anchor is None:
         raise ConflictError(f"{runtime.id} has no operator anchor: it is not part of a space yet")
     return runtime.anchor.url, runtime.anchor.operator_id
+
+
+def _registered_key(runtime: NodeRuntime, participant: str) -> VerifyKey:
+    """The participant's key as this node knows it, else as the operator's registry has it."""
+    try:
+        return runtime.resolve_key(participant)
+    except NotFoundError:
+        operator_url, operator_id = _operator_url(runtime)
+        record = runtime.client.get_json(
+            f"{operator_url}/operator/participants/{participant}", audience=operator_id
+        )
+        return VerifyKey.from_b64(str(record["publicKey"]))
 
 
 @router.post("/verify/ledger")
@@ -127,7 +140,7 @@ def verify_receipt(
     vkey = receipt.get("vkey")
     try:
         verifier = parse_vkey(str(vkey))
-        registered = runtime.resolve_key(check_participant_id(str(pid)))
+        registered = _registered_key(runtime, check_participant_id(str(pid)))
         add(
             "signer key",
             verifier.key == registered,
