@@ -101,6 +101,17 @@ def sign_in(driver: Chrome, space: RunningSpace, name: str, page: str) -> None:
     find(driver, f'[data-page="{page}"][data-ready="true"]')
 
 
+def ledger_size_of(space: RunningSpace, name: str) -> int:
+    response = httpx.get(
+        f"{space[name].url}/management/ledger/events",
+        params={"limit": 1},
+        headers={"Authorization": f"Bearer {token(space, name)}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return int(response.json()["size"])
+
+
 def shoot(driver: Chrome, folder: Path, name: str) -> Path:
     """A full-page screenshot (the window is stretched to the page's height for it)."""
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
@@ -293,7 +304,8 @@ def test_provider_publishes_and_dry_runs(
     text_appears(browser, "p.ok", "Published tax-risk")
     text_appears(browser, ".tree", "tax-risk")
 
-    # would a marketing request be allowed? No, and the trace says which rule
+    # would a marketing request be allowed? No, and the trace says which rule; nothing is logged
+    ledger_size = ledger_size_of(space, "tax-bureau")
     select = find(browser, "select[name=dry-dataset]")
     browser.execute_script(
         "arguments[0].value = 'tax-risk'; arguments[0].dispatchEvent(new Event('change'));", select
@@ -307,6 +319,7 @@ def test_provider_publishes_and_dry_runs(
     set_value(browser, find(browser, "input[name=dry-purpose]"), "pre-loan-review")
     text_appears(browser, "button", "Dry run").click()
     text_appears(browser, ".dry-run-result .verdict.ok", "Allowed")
+    assert ledger_size_of(space, "tax-bureau") == ledger_size
 
 
 def test_analyst_negotiates_scores_and_sees_a_refusal(
@@ -322,6 +335,11 @@ def test_analyst_negotiates_scores_and_sees_a_refusal(
     find(browser, 'button[aria-label="Negotiate tax-risk with tax-bureau"]').click()
     text_appears(browser, "p.ok", "FINALIZED", timeout=60)
     text_appears(browser, "[data-page=analyst] table", "tax-bureau")
+
+    # before asking: would a marketing score be allowed under this agreement?
+    set_value(browser, find(browser, "input[name=ask-purpose]"), "marketing")
+    text_appears(browser, "button", "Would it be allowed?").click()
+    text_appears(browser, ".ask-result .verdict.bad", "Refused by tax-bureau")
 
     model = {"intercept": -0.5, "link": "logistic", "weights": {"tax-bureau": {"risk_index": 1.2}}}
     find(browser, "input[name=entities]").send_keys(str(entities))

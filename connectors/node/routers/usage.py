@@ -6,6 +6,11 @@
   consent, ...) and the full trace is returned. The evaluation runs inside a store transaction
   that is then rolled back, so it consumes no ``count``, writes no ledger entry and leaves no
   trace anywhere: a dry run is a question, not a use.
+  On a consumer, for an agreement it holds on a dataset of another node ("would my request be
+  allowed?" before asking), the same engine evaluates this node's copy of the signed agreement,
+  with the dataset's tier and grade from the federated catalog; only the provider can check
+  consents and its own use counts, so the answer says so (``note``) and the provider still
+  decides when the request comes.
 - ``GET /management/usage``: every use (``query.use``) and every refusal (``policy.decision``
   denied) of this node's data, from its own ledger, newest first, with traces; and per agreement
   the uses counted so far and the ``count`` limit of its policy (the budget left).
@@ -21,7 +26,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
+from connectors.client.catalog import catalog_rows, fetch_catalog
 from connectors.node.deps import RuntimeDep, require_admin
+from connectors.node.runtime import NodeRuntime
 from connectors.node.wire.console import (
     DryRunRequest,
     DryRunView,
@@ -30,12 +37,12 @@ from connectors.node.wire.console import (
     UsageReport,
 )
 from trusted_space import policy as policies
-from trusted_space.catalog import TS_NAMESPACE, load_dataset
+from trusted_space.catalog import DATASET_NAMESPACE, TS_NAMESPACE, load_dataset
 from trusted_space.contracts import load_agreement
-from trusted_space.errors import ValidationError
+from trusted_space.errors import ConflictError, NotFoundError, ValidationError
 from trusted_space.events import EVENT_LOG, Event, decode_event
 from trusted_space.metering import usage
-from trusted_space.policy import Decision, UsageRequest, evaluate
+from trusted_space.policy import Decision, Policy, UsageRequest, evaluate
 
 __all__ = ["MAX_USAGE_ENTRIES", "dry_run", "router", "usage_report"]
 
@@ -79,6 +86,10 @@ def dry_run(body: DryRunRequest, runtime: RuntimeDep) -> DryRunView:
     )
     evaluated: Literal["agreement", "offer"]
     with runtime.transaction(readonly=True) as tx:
+        local = tx.get(DATASET_NAMESPACE, body.dataset) is not None
+    if not local and body.agreement is not None:
+        return _dry_run_as_consumer(runtime, body, request)
+    with runtime.transaction(readonly=True) as tx:
         published = load_dataset(tx, body.dataset)
         if body.agreement is not None:
             signed = load_agreement(tx, body.agreement)
@@ -98,6 +109,16 @@ def dry_run(body: DryRunRequest, runtime: RuntimeDep) -> DryRunView:
                 )
             policy = policies.from_odrl(dict(chosen), target=body.dataset)
             evaluated = "offer"
+    decision = _evaluate_rolled_back(
+        runtime, policy, request, published.dataset.tier.value, published.dataset.max_grade
+    )
+    return _view(decision, evaluated, note=None)
+
+
+def _evaluate_rolled_back(
+    runtime: NodeRuntime, policy: Policy, request: UsageRequest, tier: str, max_grade: int
+) -> Decision:
+    """The engine's decision, in a transaction that is then undone (no use, no ledger entry)."""
     registry = runtime.consents
     try:
         with runtime.transaction() as tx:
@@ -106,12 +127,65 @@ def dry_run(body: DryRunRequest, runtime: RuntimeDep) -> DryRunView:
                 request,
                 tx=tx,
                 consent=registry.checker(tx, record=False) if registry is not None else None,
-                tier=published.dataset.tier.value,
-                max_grade=published.dataset.max_grade,
+                tier=tier,
+                max_grade=max_grade,
             )
             raise _RollBack(decision)
     except _RollBack as rolled_back:
-        decision = rolled_back.decision
+        return rolled_back.decision
+
+
+def _dry_run_as_consumer(
+    runtime: NodeRuntime, body: DryRunRequest, request: UsageRequest
+) -> DryRunView:
+    """Evaluate an agreement this node holds as consumer, on its own copy (see the docstring)."""
+    if body.agreement is None:  # pragma: no cover - the caller checked
+        raise ValidationError("agreement: required for a dataset of another node")
+    with runtime.transaction(readonly=True) as tx:
+        signed = load_agreement(tx, body.agreement)
+    agreement = dict(signed.agreement)
+    if agreement.get("target") != body.dataset or agreement.get("assignee") != runtime.id:
+        raise ValidationError(
+            f"agreement: {body.agreement!r} is not this node's agreement on {body.dataset!r}"
+        )
+    operator_url, operator_id = _operator(runtime)
+    catalog = fetch_catalog(
+        operator_url, federated=True, signer=runtime.client, audience=operator_id
+    )
+    row = next(
+        (
+            r
+            for r in catalog_rows(catalog)
+            if r["dataset"] == body.dataset and r["provider"] == agreement.get("assigner")
+        ),
+        None,
+    )
+    if row is None or row["tier"] is None or row["maxGrade"] is None:
+        raise NotFoundError(f"dataset {body.dataset!r} is not in the federated catalog")
+    decision = _evaluate_rolled_back(
+        runtime,
+        policies.from_odrl(_odrl(agreement)),
+        request,
+        str(row["tier"]),
+        int(row["maxGrade"]),
+    )
+    return _view(
+        decision,
+        "agreement",
+        note=f"evaluated on this node's copy of the agreement; consents and use counts are "
+        f"checked by {agreement.get('assigner')} when the request comes",
+    )
+
+
+def _operator(runtime: NodeRuntime) -> tuple[str, str]:
+    if runtime.anchor is None:
+        raise ConflictError(f"{runtime.id} has no operator anchor: it is not part of a space yet")
+    return runtime.anchor.url, runtime.anchor.operator_id
+
+
+def _view(
+    decision: Decision, evaluated: Literal["agreement", "offer"], note: str | None
+) -> DryRunView:
     return DryRunView(
         allowed=decision.allowed,
         reason=decision.reason,
@@ -121,6 +195,7 @@ def dry_run(body: DryRunRequest, runtime: RuntimeDep) -> DryRunView:
         uses=decision.uses,
         duties=[d.to_json() for d in decision.duties],
         refusedEntities=len(decision.refused_entities),
+        note=note,
     )
 
 

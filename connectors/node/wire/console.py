@@ -82,6 +82,7 @@ class DryRunView(BaseModel):
     uses: int | None = Field(description="Uses counted so far (with a `count` constraint).")
     duties: list[dict[str, Any]]
     refusedEntities: int
+    note: str | None = Field(default=None, description="What this evaluation could not check.")
     consumed: Literal[False] = Field(
         default=False, description="Always false: a dry run consumes nothing and is not ledgered."
     )

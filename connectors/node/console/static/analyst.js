@@ -110,6 +110,35 @@ function resultView(result, labelsById, name) {
   );
 }
 
+function dryRunForm(me, agreements) {
+  const usable = agreements.filter((a) => a.authorises);
+  if (!usable.length) return h("p", { class: "muted" }, "Negotiate an agreement first.");
+  const agreement = select("ask-agreement", usable.map((a) => [a.id, `${a.agreement.assigner}: ${a.agreement.target} (${short(a.id, 18)})`]), usable[0].id);
+  const purpose = h("input", { name: "ask-purpose", value: "pre-loan-review", size: 16 });
+  const kind = select("ask-kind", ["score", "aggregate", "train"], "score");
+  const protocol = select("ask-protocol", ["ckks", "paillier", "additive"], "ckks");
+  const cohort = h("input", { name: "ask-cohort", type: "number", min: 0, value: 100, size: 6 });
+  const out = h("div", { class: "ask-result" });
+  return h(
+    "form",
+    {
+      onsubmit: async (event) => {
+        event.preventDefault();
+        clear(out);
+        const a = usable.find((x) => x.id === agreement.value);
+        try {
+          const d = await post("/management/policy/dry-run", { dataset: a.agreement.target, agreement: a.id, assignee: me.node, purpose: purpose.value, kind: kind.value, protocol: protocol.value, cohortSize: Number(cohort.value) });
+          out.append(explain(d.trace, { ...d, peer: d.allowed ? null : a.agreement.assigner }), d.note ? h("p", { class: "muted" }, `Note: ${d.note}.`) : null);
+        } catch (err) {
+          out.append(h("p", { class: "error", role: "alert" }, errorText(err)));
+        }
+      },
+    },
+    h("div", { class: "row" }, field("Agreement", agreement), field("Purpose", purpose), field("Computation", kind), field("Protocol", protocol), field("Entities", cohort), h("button", { type: "submit", class: "secondary" }, "Would it be allowed?")),
+    out,
+  );
+}
+
 function scoreForm(me, state) {
   const file = h("input", { type: "file", name: "entities", accept: ".csv,text/csv", required: true });
   const idColumn = h("input", { name: "id-column", value: "uscc", size: 10 });
@@ -178,6 +207,7 @@ export async function renderAnalyst(root, me) {
   const catalogBox = h("div");
   const status = h("div", { role: "status" });
   const agreementsBox = h("div");
+  const askBox = h("div");
   const queriesBox = h("div");
   const state = {};
   const refresh = async () => {
@@ -194,6 +224,7 @@ export async function renderAnalyst(root, me) {
         { empty: "No agreement yet: negotiate from the catalog." },
       ),
     );
+    clear(askBox).append(dryRunForm(me, agreements));
   };
   state.refreshQueries = async () => {
     const qs = await get("/management/queries");
@@ -215,6 +246,7 @@ export async function renderAnalyst(root, me) {
   root.append(
     card("Catalog and offers", catalogBox, status),
     h("div", { class: "grid" }, card("Agreements held", agreementsBox), card("Queries", queriesBox)),
+    card("Before asking: would it be allowed?", h("p", { class: "muted" }, "The agreement's policy evaluated by the same engine the provider runs, on this node's copy; nothing is sent or consumed."), askBox),
     card("Joint score", h("p", { class: "muted" }, "Upload the entities to score; the model names each provider's columns. Providers check their policies before touching a row; a refusal comes back with the provider's trace."), scoreForm(me, state)),
   );
   try {

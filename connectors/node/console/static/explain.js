@@ -33,27 +33,27 @@ function fmt(v) {
   return typeof x === "object" ? JSON.stringify(x) : String(x);
 }
 
-export function blocking(trace) {
-  return (trace || []).filter((s) => s.blocking || s.outcome === "violated" && s.rule !== "prohibition");
-}
-
 export function explain(trace, { allowed, reason, peer } = {}) {
   const steps = trace || [];
-  const blockers = steps.filter((s) => s.blocking);
   const hints = [];
-  for (const s of blockers) {
+  const add = (text) => {
+    if (text && !hints.includes(text)) hints.push(text);
+  };
+  for (const s of steps.filter((x) => x.blocking && x.rule === "prohibition")) {
     const operand = s.left_operand ?? s.leftOperand ?? "";
-    const hint = HINTS[operand] ? HINTS[operand](s) : null;
-    if (s.rule === "prohibition") hints.push(`A prohibition applies: ${s.message}. Change what it matches.`);
-    else if (hint && !hints.includes(hint)) hints.push(hint);
+    add(`The provider prohibits ${operand} ${fmt(s.right_operand ?? s.rightOperand)}: no agreement on this offer allows it.`);
   }
-  const who = peer ? `${peer} ` : "";
+  // what every permission still needs (a permission grants only if all its constraints hold)
+  for (const s of steps.filter((x) => !allowed && x.outcome === "violated" && x.rule !== "prohibition")) {
+    const operand = s.left_operand ?? s.leftOperand ?? "";
+    add(HINTS[operand] ? HINTS[operand](s) : s.message);
+  }
   const verdict = allowed
     ? h("div", { class: "verdict ok", role: "status" }, h("strong", {}, `Allowed${reason ? `: ${reason}` : ""}`))
     : h(
         "div",
         { class: "verdict bad", role: "alert" },
-        h("strong", {}, `${who ? `Refused by ${who}` : "Refused"}: ${reason || "see the trace"}`),
+        h("strong", {}, `${peer ? `Refused by ${peer}` : "Refused"}: ${reason || "see the trace"}`),
         hints.length ? h("ul", {}, hints.map((t) => h("li", {}, `What to change: ${t}`))) : null,
       );
   const rows = table(

@@ -58,7 +58,7 @@ export async function renderNode(root) {
     h(
       "div",
       { class: "grid" },
-      card("Identity", table([{ label: "", value: (r) => r[0] }, { label: "", value: (r) => h("span", { class: "mono" }, r[1]) }], facts)),
+      card("Identity", table([{ label: "what", value: (r) => r[0] }, { label: "value", value: (r) => h("span", { class: "mono" }, r[1]) }], facts)),
       card("Membership", h("p", { class: "muted" }, "The operator's staff admit this node and hand over a signed credential; install it here. The node checks it against the operator's key first."), form, h("h3", {}, "Ledger"), witness, cp),
     ),
   );

@@ -341,7 +341,7 @@ function consentCard() {
           clear(out);
           try {
             const c = await get(`/management/consents/${enc(id.value)}`);
-            out.append(table([{ label: "", value: (r) => r[0] }, { label: "", value: (r) => String(r[1]) }], Object.entries(c)));
+            out.append(table([{ label: "field", value: (r) => r[0] }, { label: "value", value: (r) => String(r[1]) }], Object.entries(c)));
           } catch (err) {
             out.append(h("p", { class: "error" }, errorText(err)));
           }
