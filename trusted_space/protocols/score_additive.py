@@ -135,8 +135,11 @@ class AdditiveAnalyst(AnalystSide):
             mine = sharing.beaver_mask(
                 np.zeros((count, k), dtype=np.uint64), w, triple, self._ledger
             )
+        # local: the score package imports the protocol registry, which imports this module
+        from trusted_space.protocols.score.wire import ScoreBlock
+
         answer = transport.call(
-            provider, "score.beaver", {"query": self.query.id, "block": block}, mine.to_bytes()
+            provider, "score.beaver", ScoreBlock(self.query.id, block).to_header(), mine.to_bytes()
         )
         with crypto_errors(f"{provider}'s beaver message"):
             theirs = sharing.BeaverMessage.from_bytes(answer.payload)

@@ -29,8 +29,9 @@ Party-held weights live in the provider's store (namespace ``model``), put there
 Large vectors travel in blocks (:data:`~trusted_space.protocols._common.DEFAULT_BLOCK_ROWS`
 entities; no message above 64 MiB), so a million entities never need one giant message.
 
-Layout: :mod:`.weights` (party-held weights), :mod:`.provider` (the ``score.*`` operations and
-the wire limits), :mod:`.analyst` (:func:`run_score`, PSI alignment, receipt checks).
+Layout: :mod:`.weights` (party-held weights), :mod:`.wire` (the ``score.*`` headers as typed
+messages, each with ``to_header``/``from_header``, and the wire limits), :mod:`.provider` (the
+``score.*`` operations), :mod:`.analyst` (:func:`run_score`, PSI alignment, receipt checks).
 """
 
 from __future__ import annotations

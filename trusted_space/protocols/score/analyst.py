@@ -27,7 +27,14 @@ from trusted_space.protocols._common import block_ranges, check_size, encode_ids
 from trusted_space.protocols.base import FloatArray, ScoreProtocol
 from trusted_space.protocols.operator import open_aggregation, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol
-from trusted_space.protocols.score.provider import ENTITY_CHUNK
+from trusted_space.protocols.score.wire import (
+    ENTITY_CHUNK,
+    ScoreBlock,
+    ScoreEntities,
+    ScoreOpen,
+    ScoreRan,
+    ScoreRun,
+)
 from trusted_space.queries.score import ScoreQuery, ScoreResult
 from trusted_space.transport import Reply, Transport
 
@@ -189,11 +196,9 @@ def check_use_receipt(
     return body
 
 
-def _missing_ids(provider: str, reply: Reply, entities: list[str]) -> list[str]:
+def _missing_ids(provider: str, ran: ScoreRan, reply: Reply, entities: list[str]) -> list[str]:
     """The entities a provider reported missing (a bit per entity, in query order)."""
-    count = reply.header.get("missing")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValidationError(f"{provider}: reply.missing is not a count")
+    count = ran.missing
     if len(reply.payload) != -(-len(entities) // 8):
         raise ValidationError(f"{provider}: the missing-entity bitmap has the wrong size")
     bits = np.unpackbits(np.frombuffer(reply.payload, dtype=np.uint8), count=len(entities))
@@ -348,39 +353,34 @@ def run_score(
         stop_event = threading.Event()
 
         def serve(p: str) -> tuple[dict[str, Any], list[str]]:
-            header: dict[str, Any] = {
-                "query": query.id,
-                "protocol": query.protocol,
-                "mode": query.mode,
-                "purpose": query.purpose,
-                "agreement": query.agreements[p],
-                "dataset": query.datasets[p],
-                "idKind": query.id_kind,
-                "missing": query.missing,
-                "operator": operator_id,
-                "contributors": providers,
-                "entities": len(entities),
-                "block": blocks[0][1] - blocks[0][0],
-                "featureBound": query.feature_bound,
-                "partialBound": query.partial_bound,
-                "params": params,
-            }
-            if analyst_held:
-                header["columns"] = list(query.model.columns(p))
-            else:
-                header["model"] = query.model.id
-            transport.call(p, "score.open", header, check_size(material, "material"))
+            opening = ScoreOpen(
+                query=query.id,
+                protocol=query.protocol,
+                mode=query.mode,
+                purpose=query.purpose,
+                agreement=query.agreements[p],
+                dataset=query.datasets[p],
+                id_kind=query.id_kind,
+                missing=query.missing,
+                operator=operator_id,
+                contributors=tuple(providers),
+                entities=len(entities),
+                block=blocks[0][1] - blocks[0][0],
+                feature_bound=query.feature_bound,
+                partial_bound=query.partial_bound,
+                params=params,
+                columns=tuple(query.model.columns(p)) if analyst_held else None,
+                model=None if analyst_held else query.model.id,
+            )
+            transport.call(p, "score.open", opening.to_header(), check_size(material, "material"))
             for start, stop, ids in uploads:
-                transport.call(
-                    p,
-                    "score.entities",
-                    {"query": query.id, "offset": start, "count": stop - start},
-                    ids,
-                )
-            reply = transport.call(p, "score.run", {"query": query.id}, payloads.get(p, b""))
-            receipt = reply.header.get("receipt")
-            if not isinstance(receipt, dict):
-                raise VerificationError(f"{p} returned no receipt")
+                entities_header = ScoreEntities(query.id, start, stop - start).to_header()
+                transport.call(p, "score.entities", entities_header, ids)
+            reply = transport.call(
+                p, "score.run", ScoreRun(query.id).to_header(), payloads.get(p, b"")
+            )
+            ran = ScoreRan.from_header(reply.header, p)
+            receipt = dict(ran.receipt)
             check_use_receipt(
                 receipt,
                 participant=p,
@@ -392,7 +392,7 @@ def run_score(
                 vkey=(provider_vkeys or {}).get(p),
                 entities_sha256=digest,
             )
-            gone = _missing_ids(p, reply, entities)
+            gone = _missing_ids(p, ran, reply, entities)
             side.accept(p, reply.header, blocks)
 
             def block(b: int) -> None:
@@ -404,7 +404,7 @@ def run_score(
                         transport, analyst_id, operator_id, p, weights.get(p), b, stop - start
                     )
                 else:
-                    transport.call(p, "score.block", {"query": query.id, "block": b})
+                    transport.call(p, "score.block", ScoreBlock(query.id, b).to_header())
                 progress.done(b)
 
             if streams == 1 or len(blocks) == 1:

@@ -17,29 +17,27 @@ import numpy.typing as npt
 from trusted_space.compute import CallContext, ComputeNode, DataAccess
 from trusted_space.enforcement import UseRequest, authorize_use
 from trusted_space.errors import ConflictError, NotFoundError, RefusedError, ValidationError
-from trusted_space.policy import PROTOCOLS
-from trusted_space.protocols._common import (
-    MAX_BLOCK_ROWS,
-    block_ranges,
-    check_size,
-    decode_ids,
-    header_float,
-    header_int,
-    header_participants,
-    header_str,
-)
+from trusted_space.protocols._common import block_ranges, check_size, decode_ids, header_str
 from trusted_space.protocols.base import FloatArray, ProviderJob, ProviderSide
 from trusted_space.protocols.operator import add_to_aggregate
 from trusted_space.protocols.registry import get_score_protocol
 from trusted_space.protocols.score.weights import load_party_weights
-from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.protocols.score.wire import (
+    ENTITY_CHUNK,
+    MAX_ENTITIES,
+    BlockDone,
+    EntitiesReceived,
+    ScoreBlock,
+    ScoreEntities,
+    ScoreOpen,
+    ScoreOpened,
+    ScoreRan,
+    ScoreRun,
+)
 from trusted_space.transport import Reply
 
 __all__ = ["ENTITY_CHUNK", "MAX_ENTITIES", "register_provider"]
 
-ENTITY_CHUNK: Final = 1 << 18
-"""Entity ids per ``score.entities`` call (at most 129 bytes each: 34 MB, under the limit)."""
-MAX_ENTITIES: Final = 10_000_000
 _MISSING_LISTED: Final = 1000
 _SESSION_PREFIX: Final = "score/"
 # ----------------------------------------------------------------------------------------------
@@ -47,92 +45,48 @@ _SESSION_PREFIX: Final = "score/"
 # ----------------------------------------------------------------------------------------------
 
 
-def _choice(header: Mapping[str, Any], name: str, choices: Sequence[str]) -> str:
-    value = header.get(name)
-    if value not in choices:
-        raise ValidationError(f"header.{name}: expected one of {list(choices)}")
-    return str(value)
-
-
-def _columns(header: Mapping[str, Any]) -> list[str]:
-    value = header.get("columns")
-    if (
-        not isinstance(value, list)
-        or not 1 <= len(value) <= 4096
-        or not all(isinstance(c, str) and c for c in value)
-        or len(set(value)) != len(value)
-    ):
-        raise ValidationError("header.columns: expected a list of distinct column names")
-    return value
-
-
 def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
-    query = header_str(header, "query")
-    protocol = get_score_protocol(_choice(header, "protocol", PROTOCOLS))
-    mode = _choice(header, "mode", MODES)
-    operator = header_str(header, "operator")
-    expected_operator = node.operator
-    if expected_operator is not None and operator != expected_operator:
-        raise ValidationError(f"header.operator: {operator!r} is not this space's operator")
-    contributors = list(header_participants(header, "contributors"))
-    if node.participant_id not in contributors:
+    spec = ScoreOpen.from_header(header)
+    protocol = get_score_protocol(spec.protocol)
+    if node.operator is not None and spec.operator != node.operator:
+        raise ValidationError(f"header.operator: {spec.operator!r} is not this space's operator")
+    if node.participant_id not in spec.contributors:
         raise ValidationError("header.contributors: does not include this provider")
-    spec = {
-        "query": query,
-        "protocol": protocol.name,
-        "mode": mode,
-        "purpose": header_str(header, "purpose"),
-        "agreement": header_str(header, "agreement"),
-        "dataset": header_str(header, "dataset"),
-        "idKind": _choice(header, "idKind", ID_KINDS),
-        "missing": _choice(header, "missing", MISSING_RULES),
-        "operator": operator,
-        "contributors": contributors,
-        "entities": header_int(header, "entities", 1, MAX_ENTITIES),
-        "block": header_int(header, "block", 1, MAX_BLOCK_ROWS),
-        "featureBound": header_float(header, "featureBound"),
-        "partialBound": header_float(header, "partialBound"),
-    }
     weights: dict[str, float] | None = None
-    if mode == "analyst-held":
-        columns = _columns(header)
+    if spec.columns is not None:
+        columns = list(spec.columns)
     else:
-        weights = load_party_weights(node.store, header_str(header, "model"))
+        weights = load_party_weights(node.store, spec.model or "")
         columns = list(weights)
-    params = header.get("params")
-    if not isinstance(params, dict):
-        raise ValidationError("header.params: expected an object")
-    side = protocol.provider(mode, params, payload, workers=node.score_workers)
-    state = node.sessions.open(ctx.sender, _SESSION_PREFIX + query)
+    side = protocol.provider(spec.mode, spec.params, payload, workers=node.score_workers)
+    state = node.sessions.open(ctx.sender, _SESSION_PREFIX + spec.query)
     if state:
         side.close()
-        raise ConflictError(f"query {query!r} is already open here")
+        raise ConflictError(f"query {spec.query!r} is already open here")
     state.update(
         {"spec": spec, "side": side, "columns": columns, "weights": weights, "entities": []}
     )
-    return Reply({"query": query, "columns": len(columns)})
+    return Reply(ScoreOpened(spec.query, len(columns)).to_header())
 
 
-def _session(ctx: CallContext, header: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    query = header_str(header, "query")
-    return query, ctx.node.sessions.get(ctx.sender, _SESSION_PREFIX + query)
+def _session(ctx: CallContext, query: str) -> dict[str, Any]:
+    return ctx.node.sessions.get(ctx.sender, _SESSION_PREFIX + query)
 
 
 def _score_entities(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    _, state = _session(ctx, header)
-    spec = state["spec"]
+    message = ScoreEntities.from_header(header)
+    state = _session(ctx, message.query)
+    spec: ScoreOpen = state["spec"]
     entities: list[str] = state["entities"]
     if "job" in state:
         raise ConflictError("the query already ran")
-    offset = header_int(header, "offset", 0, MAX_ENTITIES)
-    count = header_int(header, "count", 1, ENTITY_CHUNK)
-    if offset != len(entities):
-        raise ConflictError(f"expected entities from offset {len(entities)}, got {offset}")
-    if offset + count > spec["entities"]:
+    if message.offset != len(entities):
+        raise ConflictError(f"expected entities from offset {len(entities)}, got {message.offset}")
+    if message.offset + message.count > spec.entities:
         raise ValidationError("more entities than the query declared")
-    entities.extend(decode_ids(payload, count, spec["idKind"]))
-    return Reply({"received": len(entities)})
+    entities.extend(decode_ids(payload, message.count, spec.id_kind))
+    return Reply(EntitiesReceived(len(entities)).to_header())
 
 
 def _missing_refusal(
@@ -170,18 +124,18 @@ def _read(
     A single lookup for the whole list (then cut into blocks by the caller): a source that is
     not cached is scanned once per query, never once per block.
     """
-    spec = state["spec"]
+    spec: ScoreOpen = state["spec"]
     columns: list[str] = state["columns"]
     data: DataAccess | None = node.data
     if data is None:
         raise NotFoundError(f"{node.participant_id} holds no data")
-    found, x = data.lookup(spec["dataset"], entities, columns)
+    found, x = data.lookup(spec.dataset, entities, columns)
     holes = np.isnan(x)
     mask = ~found | holes.any(axis=1)
     if not mask.any():
         return x, mask
     missing = [entities[i] for i in np.flatnonzero(mask)]
-    if spec["missing"] == "fail":
+    if spec.missing == "fail":
         raise _missing_refusal(node, missing, len(entities), decision, "are not held")
     gaps = [bool(g) for g in np.asarray(holes.any(axis=0), dtype=bool)]
     table = grant_dataset.dataset.table
@@ -220,14 +174,15 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
     (a million Paillier entities would outlast any request timeout in one call).
     """
     node = ctx.node
-    query, state = _session(ctx, header)
-    spec = state["spec"]
+    query = ScoreRun.from_header(header).query
+    state = _session(ctx, query)
+    spec: ScoreOpen = state["spec"]
     entities: list[str] = state["entities"]
     side: ProviderSide = state["side"]
     if "job" in state:
         raise ConflictError(f"query {query!r} already ran")
-    if len(entities) != spec["entities"]:
-        raise ValidationError(f"{len(entities)} of {spec['entities']} entities received")
+    if len(entities) != spec.entities:
+        raise ValidationError(f"{len(entities)} of {spec.entities} entities received")
     state["job"] = None  # from here on the session cannot run again
     close = True
     try:
@@ -236,41 +191,41 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
             UseRequest(
                 query_id=query,
                 analyst=ctx.sender,
-                agreement_id=spec["agreement"],
-                dataset_id=spec["dataset"],
+                agreement_id=spec.agreement,
+                dataset_id=spec.dataset,
                 columns=tuple(state["columns"]),
                 kind="score",
-                purpose=spec["purpose"],
-                protocol=spec["protocol"],
+                purpose=spec.purpose,
+                protocol=spec.protocol,
                 entities=tuple(entities),
             ),
             roles=node.sender_roles(ctx.sender),
         )
         x, missing = _read(node, state, entities, grant.dataset, grant.decision_index)
-        blocks = block_ranges(len(entities), spec["block"])
+        blocks = block_ranges(len(entities), spec.block)
         job = ProviderJob(
-            node, query, ctx.sender, spec["operator"], spec["contributors"], spec["mode"], blocks
+            node, query, ctx.sender, spec.operator, list(spec.contributors), spec.mode, blocks
         )
-        if spec["mode"] == "analyst-held":
-            _check_bound(x, spec["featureBound"], "featureBound", state["columns"])
+        if spec.mode == "analyst-held":
+            _check_bound(x, spec.feature_bound, "featureBound", state["columns"])
             if not side.interactive:
                 job.weights = side.load_weights(payload, len(state["columns"]))
             job.values = {b: x[start:stop] for b, (start, stop) in enumerate(blocks)}
         else:
             z = x @ np.array(list(state["weights"].values()), dtype=np.float64)
-            _check_bound(z, spec["partialBound"], "partialBound", state["columns"])
+            _check_bound(z, spec.partial_bound, "partialBound", state["columns"])
             job.values = {b: z[start:stop] for b, (start, stop) in enumerate(blocks)}
         state["job"] = job
         close = False
-        reply = {
-            "query": query,
-            "receipt": grant.receipt,
-            "rows": len(entities),
-            "missing": int(missing.sum()),
-            **side.reply_extras(),
-        }
+        reply = ScoreRan(
+            query=query,
+            receipt=grant.receipt,
+            rows=len(entities),
+            missing=int(missing.sum()),
+            extras=side.reply_extras(),
+        )
         # Missing entities as one bit per entity in query order: 250 kB for two million.
-        return Reply(reply, np.packbits(missing).tobytes())
+        return Reply(reply.to_header(), np.packbits(missing).tobytes())
     finally:
         if close:
             _close(ctx, query, side)
@@ -301,13 +256,14 @@ def _job(
     ctx: CallContext, header: Mapping[str, Any], interactive: bool
 ) -> tuple[str, ProviderJob, ProviderSide, int, FloatArray]:
     """The query's job and block ``header.block``, claimed (each block is computed once)."""
-    query, state = _session(ctx, header)
+    query = header_str(header, "query")
+    state = _session(ctx, query)
     job: ProviderJob | None = state.get("job")
     side: ProviderSide = state["side"]
     if job is None or side.interactive != interactive:
         what = "interactive rounds" if interactive else "blocks"
         raise ConflictError(f"query {query!r} is not waiting for {what}")
-    block = header_int(header, "block", 0, len(job.blocks) - 1)
+    block = ScoreBlock.from_header(header, len(job.blocks)).block
     try:
         values = job.claim(block)
     except KeyError:
@@ -329,7 +285,7 @@ def _score_block(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Re
         raise
     if job.complete(block):
         _close(ctx, query, side)
-    return Reply({"query": query, "block": block})
+    return Reply(BlockDone(query, block).to_header())
 
 
 def _score_beaver(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
@@ -341,7 +297,7 @@ def _score_beaver(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
         raise
     if job.complete(block):
         _close(ctx, query, side)
-    return Reply({"query": query, "block": block}, out)
+    return Reply(BlockDone(query, block).to_header(), out)
 
 
 def register_provider(node: ComputeNode) -> None:
