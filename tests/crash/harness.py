@@ -60,11 +60,12 @@ import httpx
 import numpy as np
 
 from connectors.client.http import AdminClient, SignedClient
-from connectors.common.errors import NotReady
 from connectors.common.settings import NodeSettings, OperatorAnchor, init_node, load_settings
 from connectors.node.compute import COMPUTE_CONTENT_TYPE
 from connectors.spaces.space import admit
+from tests.integration._space import count_limited_offer, member_credential, settled, tax_records
 from trusted_space.contracts import NEGOTIATION_NAMESPACE
+from trusted_space.errors import NotReadyError
 from trusted_space.events import decode_event
 from trusted_space.keys import SigningKey
 from trusted_space.ledger import FORK_NAMESPACE, Receipt, open_checkpoint, verify_log
@@ -82,6 +83,7 @@ DATASET = "tax-features"
 PURPOSE = "pre-loan-review"
 STEADY, LIMITED = "steady", "limited"
 ENTITIES = 16
+PROTOCOLS = ("paillier", "ckks", "additive")
 HTTP_TIMEOUT = 30.0
 _STATE_RANK = {
     "REQUESTED": 1,
@@ -246,70 +248,17 @@ class Acked:
 # -- set-up ----------------------------------------------------------------------------------------
 
 
-def _offer(count: int) -> dict[str, Any]:
-    return {
-        "@id": f"urn:uuid:{uuid.uuid4()}",
-        "@type": "Offer",
-        "permission": [
-            {
-                "action": "use",
-                "constraint": [
-                    {"leftOperand": "purpose", "operator": "eq", "rightOperand": PURPOSE},
-                    {
-                        "leftOperand": "computation",
-                        "operator": "isAnyOf",
-                        "rightOperand": ["score"],
-                    },
-                    {
-                        "leftOperand": "protocol",
-                        "operator": "isAnyOf",
-                        "rightOperand": ["paillier", "ckks", "additive"],
-                    },
-                    {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": ["score"]},
-                    {
-                        "leftOperand": "count",
-                        "operator": "lteq",
-                        "rightOperand": {"@value": str(count), "@type": "xsd:integer"},
-                    },
-                ],
-                "duty": [{"action": "log"}],
-            }
-        ],
-    }
-
-
 def _dataset(csv_path: Path) -> dict[str, Any]:
     with csv_path.open("w", encoding="utf-8") as out:
         out.write("entity,tax_paid,employees\n")
         for i in range(ENTITIES):
             out.write(f"ent-{i:03d},{1000 + 37 * i}.5,{3 + i}\n")
-    return {
-        "id": DATASET,
-        "title": "Tax paid and head count",
-        "description": "Computation only: rows never leave the tax bureau.",
-        "tier": "zone",
-        "keyColumn": "entity",
-        "keyKind": "opaque",
-        "responsibility": {"id": "tax-collection", "title": "Tax collection"},
-        "resource": {"id": "tax-records", "title": "Enterprise tax records"},
-        "table": {
-            "name": "tax_paid",
-            "fields": [
-                {"name": "entity", "type": "string", "grade": 1},
-                {"name": "tax_paid", "type": "float", "grade": 3},
-                {"name": "employees", "type": "float", "grade": 3},
-            ],
-        },
-    }
-
-
-def _credential(node: Node, operator: Node) -> str:
-    key = SigningKey.load(node.settings.layout.node_key)
-    with SignedClient(node.name, key, lambda: None, timeout=HTTP_TIMEOUT) as bare:
-        record = bare.get_json(
-            f"{operator.url}/operator/participants/{node.name}", audience=operator.name
-        )
-    return str(record["credential"])
+    return tax_records(
+        DATASET,
+        "Tax paid and head count",
+        ["tax_paid", "employees"],
+        description="Computation only: rows never leave the tax bureau.",
+    )
 
 
 class CrashHarness:
@@ -431,7 +380,9 @@ class CrashHarness:
             self._wait(node)
             self._keys[node.name] = SigningKey.load(node.settings.layout.node_key)
         for name in (PROVIDER, BANK):
-            self._credentials[name] = _credential(self.nodes[name], operator)
+            self._credentials[name] = member_credential(
+                name, self._keys[name], operator.url, operator.name, timeout=HTTP_TIMEOUT
+            )
             self._clients[name] = self.signed(name)
         for name in (OPERATOR, PROVIDER):
             identity = self._http.get(self.nodes[name].url + "/identity").json()
@@ -440,7 +391,10 @@ class CrashHarness:
 
     def _publish_and_negotiate(self) -> None:
         provider, bank = self.nodes[PROVIDER], self.nodes[BANK]
-        offers = {STEADY: _offer(10**9), LIMITED: _offer(self.limit)}
+        offers = {
+            kind: count_limited_offer(count, purpose=PURPOSE, protocols=PROTOCOLS, log=True)
+            for kind, count in ((STEADY, 10**9), (LIMITED, self.limit))
+        }
         self.offers = {k: str(o["@id"]) for k, o in offers.items()}
         body = {
             "dataset": _dataset(self.root / "tax.csv"),
@@ -459,14 +413,11 @@ class CrashHarness:
             )
             _require(started.status_code == 201, f"negotiate: {started.text}")
             pid = started.json()["id"]
-            deadline = time.monotonic() + 60
-            while True:
-                view = self._http.get(
-                    f"{bank.url}/management/negotiations/{pid}", headers=bank.admin_headers
-                ).json()
-                if view["state"] in ("FINALIZED", "TERMINATED") or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+            view = settled(
+                lambda path: self._http.get(bank.url + path, headers=bank.admin_headers).json(),
+                pid,
+                60,
+            )
             _require(view["state"] == "FINALIZED", f"set-up negotiation ended {view}")
             self.agreements[kind] = str(view["agreementId"])
             self.counters[self.agreements[kind]] = 0
@@ -482,7 +433,7 @@ class CrashHarness:
         while not stop.is_set():
             try:
                 step()
-            except (httpx.TransportError, NotReady) as exc:
+            except (httpx.TransportError, NotReadyError) as exc:
                 with self.acked.lock:
                     self.acked.errors[f"{what}: {type(exc).__name__}"] += 1
             except HarnessFailure as exc:

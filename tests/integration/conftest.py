@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from connectors.client.http import SignedClient
-from connectors.spaces.space import RunningNode, RunningSpace, load_config, up
+from connectors.spaces.space import RunningSpace, load_config, up
+from tests.integration._space import member_credential
 from trusted_space.events import Event, decode_event
 from trusted_space.keys import SigningKey
 
@@ -48,25 +49,11 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def operator_credential(node: RunningNode, operator: RunningNode) -> str:
-    """The node's membership credential, as the operator's registry holds it.
-
-    A member may ask the operator without a credential header (the operator knows every member),
-    so the client first signs with the node's key alone.
-    """
-    key = SigningKey.load(node.layout.node_key)
-    with SignedClient(node.name, key, lambda: None, timeout=30) as bare:
-        record = bare.get_json(
-            f"{operator.url}/operator/participants/{node.name}", audience=operator.name
-        )
-    return str(record["credential"])
-
-
 def signed_client(space: RunningSpace, name: str) -> SignedClient:
     """A signed client acting as node ``name`` (its key file and its credential)."""
     node = space[name]
-    credential = operator_credential(node, space.operator)
     key = SigningKey.load(node.layout.node_key)
+    credential = member_credential(node.name, key, space.operator.url, space.operator.name)
     return SignedClient(node.name, key, lambda: credential, timeout=30)
 
 

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ import numpy as np
 import pytest
 
 from connectors.client.http import SignedClient
-from connectors.common.errors import NotReady
 from connectors.node.compute import COMPUTE_CONTENT_TYPE
 from connectors.spaces.space import (
     DatasetConfig,
@@ -51,6 +50,8 @@ from connectors.spaces.space import (
     SpaceConfig,
     up,
 )
+from tests.integration._space import count_limited_offer, member_credential, settled, tax_records
+from trusted_space.errors import NotReadyError
 from trusted_space.keys import SigningKey
 from trusted_space.transport import frame, unframe
 
@@ -67,60 +68,21 @@ PURPOSE = "pre-loan-review"
 QUIET = {"log_level": "warning"}
 
 
-def _any_of(operand: str, value: str) -> dict[str, Any]:
-    return {"leftOperand": operand, "operator": "isAnyOf", "rightOperand": [value]}
-
-
-def _offer(count: int) -> dict[str, Any]:
-    return {
-        "@id": f"urn:uuid:{uuid.uuid4()}",
-        "@type": "Offer",
-        "permission": [
-            {
-                "action": "use",
-                "constraint": [
-                    {"leftOperand": "purpose", "operator": "eq", "rightOperand": PURPOSE},
-                    _any_of("computation", "score"),
-                    _any_of("protocol", "ckks"),
-                    _any_of("output", "score"),
-                    {
-                        "leftOperand": "count",
-                        "operator": "lteq",
-                        "rightOperand": {"@value": str(count), "@type": "xsd:integer"},
-                    },
-                ],
-            }
-        ],
-    }
-
-
 def _dataset(root: Path) -> DatasetConfig:
     rows = root / "tax.csv"
     rows.write_text(
         "entity,tax_paid\n" + "".join(f"ent-{i:03d},{100 + i}.25\n" for i in range(24)),
         encoding="utf-8",
     )
-    dataset = {
-        "id": DATASET,
-        "title": "Tax paid (load test)",
-        "tier": "zone",
-        "keyColumn": "entity",
-        "keyKind": "opaque",
-        "responsibility": {"id": "tax-collection", "title": "Tax collection"},
-        "resource": {"id": "tax-records", "title": "Enterprise tax records"},
-        "table": {
-            "name": "tax_paid",
-            "fields": [
-                {"name": "entity", "type": "string", "grade": 1},
-                {"name": "tax_paid", "type": "float", "grade": 3},
-            ],
-        },
-    }
+    dataset = tax_records(DATASET, "Tax paid (load test)", ["tax_paid"])
     return DatasetConfig(
         file=root / "tax.json",
         dataset=dataset,
         source=SourceConfig("csv", rows),
-        offers=(_offer(10**6), _offer(LIMIT)),
+        offers=(
+            count_limited_offer(10**6, purpose=PURPOSE, protocols=["ckks"]),
+            count_limited_offer(LIMIT, purpose=PURPOSE, protocols=["ckks"]),
+        ),
     )
 
 
@@ -152,16 +114,7 @@ def _negotiate(bank: RunningNode, offer_id: str, timeout: float = 60.0) -> dict[
             "/management/negotiations",
             {"provider": "tax-bureau", "datasetId": DATASET, "offerId": offer_id},
         )
-        return _settled(admin.get, started["id"], timeout)
-
-
-def _settled(get: Callable[[str], Any], pid: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        view: dict[str, Any] = get(f"/management/negotiations/{pid}")
-        if view["state"] in ("FINALIZED", "TERMINATED") or time.monotonic() > deadline:
-            return view
-        time.sleep(0.05)
+        return settled(admin.get, started["id"], timeout)
 
 
 @pytest.fixture(scope="module")
@@ -186,16 +139,13 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
         limited = _negotiate(bank, str(ds.offers[1]["@id"]))
         assert steady["state"] == limited["state"] == "FINALIZED"
         key = SigningKey.load(bank.layout.node_key)
-        with SignedClient("bank-a", key, lambda: None, timeout=30) as bare:
-            record = bare.get_json(
-                f"{operator.url}/operator/participants/bank-a", audience=operator.name
-            )
+        credential = member_credential("bank-a", key, operator.url, operator.name)
         yield Load(
             space,
             str(steady["agreementId"]),
             str(limited["agreementId"]),
             str(ds.offers[0]["@id"]),
-            str(record["credential"]),
+            credential,
         )
 
 
@@ -301,7 +251,7 @@ def test_32_clients_no_5xx_no_deadlock_and_count_is_exact(load: Load) -> None:
                         outcome = _dataset_get(load, client)
                     else:
                         outcome = _catalog(load, client, http, op == "catalog.signed")
-                except (httpx.HTTPError, NotReady) as exc:
+                except (httpx.HTTPError, NotReadyError) as exc:
                     with lock:
                         failures.append(f"{op}: {exc!r}")
                     continue
@@ -357,5 +307,5 @@ def test_32_clients_no_5xx_no_deadlock_and_count_is_exact(load: Load) -> None:
 
     started_pids = [o.body["id"] for o in outcomes if o.op == "negotiation"]
     with load.bank.admin(timeout=30) as admin:
-        states = [_settled(admin.get, pid, 60.0)["state"] for pid in started_pids]
+        states = [settled(admin.get, pid, 60.0)["state"] for pid in started_pids]
     assert states == ["FINALIZED"] * len(started_pids)

@@ -6,8 +6,6 @@ import json
 import random
 import sqlite3
 import types
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,14 +15,7 @@ from connectors.cli import ledger as ledger_cmd
 from connectors.cli.main import app
 from connectors.client.verify import Report, verify_node
 from connectors.node import federation
-from tests.connectors._space import InProcessSpace, Node
-from tests.connectors.node.test_operator import admit_http, grow
-
-
-@pytest.fixture
-def space(tmp_path: Path) -> Iterator[InProcessSpace]:
-    with InProcessSpace(tmp_path) as s:
-        yield s
+from tests.connectors._space import InProcessSpace, Node, admit_http, grow
 
 
 @pytest.fixture

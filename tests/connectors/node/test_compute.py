@@ -4,7 +4,6 @@ the data access over registered sources."""
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,16 +17,15 @@ from typer.testing import CliRunner
 from connectors.cli import query as query_commands
 from connectors.cli.main import app as cli_app
 from connectors.client.analyst import AnalystClient, QueryFailed, QueryProgress
-from connectors.node import negotiation, queries
+from connectors.node import queries
 from connectors.node.compute import (
     COMPUTE_CONTENT_TYPE,
     HttpTransport,
     SourceData,
     compute_node,
 )
-from connectors.spaces.local import LocalParty, local_dataset, local_offer
-from tests.connectors._space import InProcessSpace, Node
-from trusted_space.contracts import NegotiationState
+from tests.connectors._space import InProcessSpace, Node, stop_negotiations
+from tests.connectors.node._joint import negotiate_features, publish_table, write_table
 from trusted_space.errors import NotFoundError, StoreError, ValidationError
 from trusted_space.events import decode_event
 from trusted_space.ledger import Receipt
@@ -45,7 +43,6 @@ WEIGHTS = {
     "court": {"judgments": 1.1},
 }
 INTERCEPT = -0.3
-FINAL = (NegotiationState.FINALIZED, NegotiationState.TERMINATED)
 
 
 @dataclass
@@ -87,25 +84,6 @@ class Joint:
         return doc
 
 
-def _write(path: Path, ids: list[str], columns: list[str], values: np.ndarray[Any, Any]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        out = csv.writer(handle)
-        out.writerow(["entity", *columns])
-        for e, row in zip(ids, values, strict=True):
-            out.writerow([e, *(f"{v:.9f}" for v in row)])
-
-
-def _publish(node: Node, path: Path, columns: list[str]) -> None:
-    party = LocalParty(node.id, path)
-    body = {
-        "dataset": local_dataset(party, "entity", columns),
-        "source": {"kind": "csv", "path": str(path)},
-        "offers": [local_offer(purpose=PURPOSE, kinds=("score", "aggregate"))],
-    }
-    response = node.client.post("/management/datasets", json=body, headers=node.admin_headers)
-    assert response.status_code == 201, response.text
-
-
 @pytest.fixture(scope="module")
 def joint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joint]:
     root = tmp_path_factory.mktemp("compute")
@@ -123,26 +101,13 @@ def joint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joint]:
         for party, columns in COLUMNS.items():
             values[party] = rng.uniform(-3, 3, (N, len(columns)))
             files[party] = root / f"{party}.csv"
-            _write(files[party], ids, columns, values[party])
-            _publish(nodes[party], files[party], columns)
-        bank = nodes["bank-a"]
-        agreements = {}
-        for provider in ("tax-bureau", "court"):
-            started = bank.client.post(
-                "/management/negotiations",
-                json={"provider": provider, "datasetId": f"{provider}-features"},
-                headers=bank.admin_headers,
+            write_table(files[party], ids, columns, values[party])
+            publish_table(
+                nodes[party], files[party], columns, purpose=PURPOSE, kinds=("score", "aggregate")
             )
-            assert started.status_code == 201, started.text
-            record = negotiation.wait_for(bank.runtime, started.json()["id"], FINAL)
-            assert record.state is NegotiationState.FINALIZED
-            signed = record.signed_agreement()
-            assert signed is not None
-            agreements[provider] = signed.id
+        agreements = negotiate_features(nodes["bank-a"], ("tax-bureau", "court"))
         yield Joint(space, nodes, ids, values, agreements, files)
-        for node in space:
-            negotiation.drain(node.runtime)
-            negotiation.shutdown(node.runtime)
+        stop_negotiations(space)
 
 
 def _poll(node: Node, query_id: str) -> dict[str, Any]:

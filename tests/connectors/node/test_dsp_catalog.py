@@ -3,109 +3,28 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connectors.client.http import encode_json
-from tests.connectors._space import InProcessSpace, Node
+from tests.connectors._space import InProcessSpace, Node, catalog_offer, publish_dataset, signed
 from trusted_space import dsp
-from trusted_space.catalog import (
-    TS_NAMESPACE,
-    DataResource,
-    Dataset,
-    Field,
-    FieldType,
-    KeyKind,
-    PublishedDataset,
-    Responsibility,
-    Table,
-    Tier,
-    publish,
-)
+from trusted_space.catalog import TS_NAMESPACE, Tier
 
 CATALOG_REQUEST: dict[str, Any] = {
     "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
     "@type": "CatalogRequestMessage",
     "filter": [],
 }
-GRADE_OF = {Tier.UNCONDITIONAL: 1, Tier.CONDITIONAL: 2, Tier.ZONE: 3}
-
-
-def catalog_offer(name: str, purpose: str = "pre-loan-review") -> dict[str, Any]:
-    return {
-        "@id": f"urn:uuid:offer-{name}",
-        "@type": "Offer",
-        "permission": [
-            {
-                "action": "use",
-                "constraint": [
-                    {"leftOperand": "purpose", "operator": "eq", "rightOperand": purpose}
-                ],
-            }
-        ],
-    }
-
-
-def publish_dataset(
-    node: Node, name: str, tier: Tier, *, offers: list[dict[str, Any]] | None = None
-) -> PublishedDataset:
-    """Publish ``urn:uuid:ds-<name>`` on ``node`` through the core (no management routes)."""
-    offers = offers if offers is not None else [catalog_offer(name)]
-    table = Table(
-        name,
-        (
-            Field("uscc", FieldType.STRING, 1, "enterprise"),
-            Field("amount", FieldType.FLOAT, GRADE_OF[tier], "an amount in CNY"),
-        ),
-    )
-    dataset = Dataset(
-        id=f"urn:uuid:ds-{name}",
-        owner=node.id,
-        title=f"{name} records",
-        responsibility=Responsibility("resp-1", "Collection duty"),
-        resource=DataResource("res-1", f"{name} resource"),
-        table=table,
-        tier=tier,
-        key_column="uscc",
-        key_kind=KeyKind.USCC,
-        offer_ids=tuple(o["@id"] for o in offers),
-    )
-    with node.runtime.transaction() as tx:
-        return publish(tx, dataset, offers)
-
-
-def signed(caller: Node, target: Node, method: str, path: str, body: Any = None) -> Any:
-    """A request from ``caller`` to ``target`` signed for this one call."""
-    content = b"" if body is None else encode_json(body)
-    headers = caller.runtime.client.headers_for(target.id, method, target.url + path, content)
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    return target.client.request(method, path, content=content, headers=headers)
 
 
 @pytest.fixture
-def space(tmp_path: Path) -> Iterator[InProcessSpace]:
-    with InProcessSpace(tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-def tax(space: InProcessSpace) -> Node:
-    node = space.add("tax-bureau", ["provider"])
-    space.admit_direct(node)
+def tax(tax: Node) -> Node:
+    """The provider, holding one dataset of every tier."""
     for tier in Tier:
-        publish_dataset(node, tier.value, tier)
-    return node
-
-
-@pytest.fixture
-def bank(space: InProcessSpace, tax: Node) -> Node:
-    node = space.add("bank-a", ["consumer"])
-    space.admit_direct(node)
-    return node
+        publish_dataset(tax, tier.value, tier)
+    return tax
 
 
 def test_dspace_version_document_validates(tax: Node) -> None:

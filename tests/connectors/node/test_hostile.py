@@ -33,7 +33,6 @@ them).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import json
@@ -53,11 +52,9 @@ import numpy as np
 import pytest
 
 from connectors.client.http import REQUEST_HEADER, SignedClient
-from connectors.node import negotiation
 from connectors.node.compute import COMPUTE_CONTENT_TYPE
-from connectors.spaces.local import LocalParty, local_dataset, local_offer
-from tests.connectors._space import InProcessSpace, Node, RoutingTransport
-from trusted_space.contracts import NegotiationState
+from tests.connectors._space import InProcessSpace, Node, RoutingTransport, stop_negotiations
+from tests.connectors.node._joint import negotiate_features, publish_table, write_table
 from trusted_space.events import canonical_json, decode_event
 from trusted_space.identity import REQUEST_TYP
 from trusted_space.keys import SigningKey, b64url_decode, b64url_encode
@@ -72,7 +69,6 @@ COLUMNS = {"bank-a": ["loans"], "tax-bureau": ["tax_paid", "employees"], "court"
 WEIGHTS = {"bank-a": {"loans": 0.5}, "tax-bureau": {"tax_paid": -0.75, "employees": 0.25}}
 TRAIN = TrainParams(epochs=2, batch_size=8, learning_rate=0.3)
 INTERCEPT = 0.2
-FINAL = (NegotiationState.FINALIZED, NegotiationState.TERMINATED)
 
 
 def _claims(token: str) -> dict[str, Any]:
@@ -346,14 +342,6 @@ class Hostile:
         assert model.intercept == pytest.approx(plain.intercept, abs=2e-3)
 
 
-def _write(path: Path, ids: list[str], columns: list[str], values: np.ndarray[Any, Any]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        out = csv.writer(handle)
-        out.writerow(["entity", *columns])
-        for e, row in zip(ids, values, strict=True):
-            out.writerow([e, *(f"{v:.9f}" for v in row)])
-
-
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     root = tmp_path_factory.mktemp("hostile")
@@ -380,34 +368,17 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
             if party == "bank-a":  # the bank also holds the label
                 published, table = [*columns, "default"], np.hstack([table, label[:, None]])
             path = root / f"{party}.csv"
-            _write(path, ids, published, table)
-            body = {
-                "dataset": local_dataset(LocalParty(party, path), "entity", published),
-                "source": {"kind": "csv", "path": str(path)},
-                "offers": [local_offer(purpose=PURPOSE, kinds=("score", "aggregate", "train"))],
-            }
-            node = nodes[party]
-            created = node.client.post(
-                "/management/datasets", json=body, headers=node.admin_headers
+            write_table(path, ids, published, table)
+            publish_table(
+                nodes[party],
+                path,
+                published,
+                purpose=PURPOSE,
+                kinds=("score", "aggregate", "train"),
             )
-            assert created.status_code == 201, created.text
-        bank = nodes["bank-a"]
-        agreements = {}
-        for provider in ("tax-bureau", "court"):
-            started = bank.client.post(
-                "/management/negotiations",
-                json={"provider": provider, "datasetId": f"{provider}-features"},
-                headers=bank.admin_headers,
-            )
-            assert started.status_code == 201, started.text
-            record = negotiation.wait_for(bank.runtime, started.json()["id"], FINAL)
-            signed = record.signed_agreement()
-            assert signed is not None
-            agreements[provider] = signed.id
+        agreements = negotiate_features(nodes["bank-a"], ("tax-bureau", "court"))
         yield Hostile(space, space.hostile, nodes, ids, values, label, agreements)
-        for node in space:
-            negotiation.drain(node.runtime)
-            negotiation.shutdown(node.runtime)
+        stop_negotiations(space)
     target = os.environ.get("TS_HOSTILE_REPORT")
     if target:
         Path(target).write_text(json.dumps(_summary(), indent=2, sort_keys=True), "utf-8")

@@ -9,16 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.connectors._space import InProcessSpace, Node
-from trusted_space.events import record_event
+from tests.connectors._space import InProcessSpace, grow
 from trusted_space.ledger import open_checkpoint
 from trusted_space.merkle import leaf_hash, verify_consistency, verify_inclusion
-
-
-def grow(node: Node, n: int) -> None:
-    with node.runtime.transaction() as tx:
-        for i in range(n):
-            record_event(tx, "test.event", {"i": i})
 
 
 def test_checkpoint_verifies_with_the_published_key_and_follows_growth(tmp_path: Path) -> None:

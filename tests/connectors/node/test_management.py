@@ -94,19 +94,6 @@ def registration(node: Node, offers: list[dict[str, Any]], **changes: Any) -> di
     }
 
 
-@pytest.fixture
-def space(tmp_path: Path) -> Iterator[InProcessSpace]:
-    with InProcessSpace(tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-def tax(space: InProcessSpace) -> Node:
-    node = space.add("tax-bureau", ["provider"])
-    space.admit_direct(node)
-    return node
-
-
 def store_policy(node: Node, policy_id: str = "score-only") -> dict[str, Any]:
     r = node.client.post(
         "/management/policies",

@@ -19,11 +19,16 @@ from connectors.cli.catalog import print_catalog
 from connectors.cli.main import app as cli_app
 from connectors.client.catalog import catalog_rows, fetch_catalog, follow_negotiation
 from connectors.client.http import AdminClient, encode_json
-from connectors.common.errors import PeerError
 from connectors.node import negotiation
 from connectors.node.federation import push_catalog
-from tests.connectors._space import InProcessSpace, Node
-from tests.connectors.node.test_dsp_catalog import catalog_offer, publish_dataset, signed
+from tests.connectors._space import (
+    InProcessSpace,
+    Node,
+    catalog_offer,
+    publish_dataset,
+    signed,
+    stop_negotiations,
+)
 from trusted_space import dsp
 from trusted_space.catalog import Tier
 from trusted_space.contracts import (
@@ -34,6 +39,7 @@ from trusted_space.contracts import (
     offer_for,
     termination_message,
 )
+from trusted_space.errors import RemoteError
 from trusted_space.events import decode_event
 
 DATASET = "urn:uuid:ds-tax"
@@ -41,30 +47,20 @@ FINAL = (NegotiationState.FINALIZED, NegotiationState.TERMINATED)
 
 
 @pytest.fixture
-def space(tmp_path: Path) -> Iterator[InProcessSpace]:
-    with InProcessSpace(tmp_path) as s:
-        yield s
-        for node in s:
-            negotiation.drain(node.runtime)
-            negotiation.shutdown(node.runtime)
+def space(space: InProcessSpace) -> Iterator[InProcessSpace]:
+    """The shared space, its negotiation drivers stopped before it closes."""
+    yield space
+    stop_negotiations(space)
 
 
 @pytest.fixture
-def tax(space: InProcessSpace) -> Node:
-    node = space.add("tax-bureau", ["provider"])
-    space.admit_direct(node)
-    publish_dataset(node, "tax", Tier.ZONE)
+def tax(tax: Node) -> Node:
+    """The provider, holding a zone dataset and a conditional one with two offers."""
+    publish_dataset(tax, "tax", Tier.ZONE)
     publish_dataset(
-        node, "two", Tier.CONDITIONAL, offers=[catalog_offer("a"), catalog_offer("b", "audit")]
+        tax, "two", Tier.CONDITIONAL, offers=[catalog_offer("a"), catalog_offer("b", "audit")]
     )
-    return node
-
-
-@pytest.fixture
-def bank(space: InProcessSpace, tax: Node) -> Node:
-    node = space.add("bank-a", ["consumer"])
-    space.admit_direct(node)
-    return node
+    return tax
 
 
 @pytest.fixture
@@ -218,7 +214,7 @@ def test_unpublished_offer_is_refused_with_a_reason_and_nothing_stored(
     tax: Node, bank: Node
 ) -> None:
     forged = catalog_offer("tax", purpose="anything-at-all")
-    with pytest.raises(PeerError) as info:
+    with pytest.raises(RemoteError) as info:
         negotiation.start_negotiation(bank.runtime, "tax-bureau", DATASET, offer=forged)
     assert info.value.status == 400
     problem = info.value.problem

@@ -12,7 +12,7 @@ import pytest
 from connectors.node import federation
 from connectors.node.background import Background
 from connectors.node.deps import MemberDep
-from tests.connectors._space import InProcessSpace, Node
+from tests.connectors._space import InProcessSpace, Node, admission_body, admit_http, grow
 from trusted_space import dsp
 from trusted_space.catalog import (
     TS_NAMESPACE,
@@ -26,7 +26,7 @@ from trusted_space.catalog import (
     Tier,
     publish,
 )
-from trusted_space.events import decode_event, record_event
+from trusted_space.events import decode_event
 from trusted_space.identity import verify_credential
 from trusted_space.keys import SigningKey
 from trusted_space.ledger import open_checkpoint
@@ -37,30 +37,6 @@ OFFER = {
     "@type": "Offer",
     "permission": [{"action": "use"}],
 }
-
-
-def admission_body(node: Node, **overrides: Any) -> dict[str, Any]:
-    body = {
-        "id": node.id,
-        "roles": sorted(node.runtime.roles),
-        "publicKey": node.runtime.key.verify_key.to_b64(),
-        "url": node.url,
-        "ledgerVkey": node.runtime.ledger.vkey,
-    }
-    body.update(overrides)
-    return body
-
-
-def admit_http(space: InProcessSpace, node: Node) -> dict[str, Any]:
-    """Admit ``node`` through the operator's HTTP admission and install its credential."""
-    op = space.operator
-    response = op.client.post(
-        "/operator/participants", json=admission_body(node), headers=op.admin_headers
-    )
-    assert response.status_code == 201, response.text
-    doc: dict[str, Any] = response.json()
-    node.runtime.install_credential(doc["credential"])
-    return doc
 
 
 def signed(node: Node, method: str, url: str, audience: str, body: Any = None) -> httpx.Response:
@@ -385,12 +361,6 @@ def test_only_the_provider_itself_may_register_its_catalog(tmp_path: Path) -> No
 
 
 # -- witness -----------------------------------------------------------------------------------
-
-
-def grow(node: Node, n: int) -> None:
-    with node.runtime.transaction() as tx:
-        for i in range(n):
-            record_event(tx, "test.event", {"i": i})
 
 
 def test_witness_cosigns_an_extending_history_and_refuses_a_fork(tmp_path: Path) -> None:

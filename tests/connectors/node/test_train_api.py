@@ -8,7 +8,6 @@ model equals the plaintext reference with the same schedule. The CLI writes the 
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,19 +21,17 @@ from typer.testing import CliRunner
 from connectors.cli import train as train_commands
 from connectors.cli.main import app as cli_app
 from connectors.client.analyst import AnalystClient, QueryFailed
-from connectors.common.errors import PeerError
-from connectors.node import negotiation
 from connectors.node.queries import QueryJob
-from connectors.spaces.local import LocalParty, local_dataset, local_offer
-from tests.connectors._space import InProcessSpace, Node
-from trusted_space.contracts import NegotiationState
-from trusted_space.protocols.train import TrainParams, train_plaintext
-from trusted_space.query import Model
+from tests.connectors._space import InProcessSpace, Node, stop_negotiations
+from tests.connectors.node._joint import negotiate_features, publish_table, write_table
+from trusted_space.errors import RemoteError
+from trusted_space.protocols.train import train_plaintext
+from trusted_space.queries.score import Model
+from trusted_space.queries.train import TrainParams
 
 PURPOSE = "pre-loan-review"
 N = 90
 COLUMNS = {"bank-a": ["loans", "age"], "tax-bureau": ["tax_paid", "employees"], "court": ["cases"]}
-FINAL = (NegotiationState.FINALIZED, NegotiationState.TERMINATED)
 
 
 @dataclass
@@ -73,14 +70,6 @@ class Training:
         return np.hstack([self.x["bank-a"], self.x["court"], self.x["tax-bureau"]])
 
 
-def _write(path: Path, ids: list[str], columns: list[str], values: np.ndarray[Any, Any]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        out = csv.writer(handle)
-        out.writerow(["entity", *columns])
-        for e, row in zip(ids, values, strict=True):
-            out.writerow([e, *(f"{v:.9f}" for v in row)])
-
-
 @pytest.fixture(scope="module")
 def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Training]:
     root = tmp_path_factory.mktemp("train")
@@ -98,34 +87,11 @@ def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Training]:
             published = [*columns, "default"] if party == "bank-a" else columns
             values = np.hstack([x[party], y[:, None]]) if party == "bank-a" else x[party]
             path = root / f"{party}.csv"
-            _write(path, ids, published, values)
-            body = {
-                "dataset": local_dataset(LocalParty(party, path), "entity", published),
-                "source": {"kind": "csv", "path": str(path)},
-                "offers": [local_offer(purpose=PURPOSE, kinds=("score", "train"))],
-            }
-            node = nodes[party]
-            response = node.client.post(
-                "/management/datasets", json=body, headers=node.admin_headers
-            )
-            assert response.status_code == 201, response.text
-        bank = nodes["bank-a"]
-        agreements = {}
-        for provider in ("tax-bureau", "court"):
-            started = bank.client.post(
-                "/management/negotiations",
-                json={"provider": provider, "datasetId": f"{provider}-features"},
-                headers=bank.admin_headers,
-            )
-            assert started.status_code == 201, started.text
-            record = negotiation.wait_for(bank.runtime, started.json()["id"], FINAL)
-            signed = record.signed_agreement()
-            assert signed is not None
-            agreements[provider] = signed.id
+            write_table(path, ids, published, values)
+            publish_table(nodes[party], path, published, purpose=PURPOSE, kinds=("score", "train"))
+        agreements = negotiate_features(nodes["bank-a"], ("tax-bureau", "court"))
         yield Training(space, nodes, ids, x, y, agreements)
-        for node in space:
-            negotiation.drain(node.runtime)
-            negotiation.shutdown(node.runtime)
+        stop_negotiations(space)
 
 
 def test_training_through_the_banks_node_reports_epochs(
@@ -165,7 +131,7 @@ def test_a_bad_training_is_refused_at_submission(training: Training) -> None:
             ({"label": "no-such-column"}, "no-such-column"),
             ({"protocol": "paillier"}, "additive"),
         ]:
-            with pytest.raises(PeerError, match=words) as caught:
+            with pytest.raises(RemoteError, match=words) as caught:
                 client.submit_train(training.doc(**change))
             assert caught.value.status == 400
 

@@ -11,36 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from connectors.node import federation
-from tests.connectors._space import InProcessSpace, Node
-from trusted_space.events import record_event
+from tests.connectors._space import InProcessSpace, admit_http, grow
 from trusted_space.ledger import open_checkpoint
 from trusted_space.notes import parse_vkey, verify_cosignature
-
-
-def grow(node: Node, n: int) -> None:
-    with node.runtime.transaction() as tx:
-        for i in range(n):
-            record_event(tx, "test.event", {"i": i})
-
-
-def admit(space: InProcessSpace, node: Node) -> None:
-    op = space.operator
-    body = {
-        "id": node.id,
-        "roles": sorted(node.runtime.roles),
-        "publicKey": node.runtime.key.verify_key.to_b64(),
-        "url": node.url,
-        "ledgerVkey": node.runtime.ledger.vkey,
-    }
-    response = op.client.post("/operator/participants", json=body, headers=op.admin_headers)
-    assert response.status_code == 201, response.text
-    node.runtime.install_credential(response.json()["credential"])
 
 
 def test_a_lost_cosignature_answer_is_not_a_fork(tmp_path: Path) -> None:
     with InProcessSpace(tmp_path) as space:
         tax = space.add("tax-bureau", ["provider"])
-        admit(space, tax)
+        admit_http(space, tax)
         ledger = tax.runtime.ledger
         cosign_url = f"{space.operator.url}/operator/witness/cosign"
         grow(tax, 5)
@@ -73,7 +52,7 @@ def test_a_lost_cosignature_answer_is_not_a_fork(tmp_path: Path) -> None:
 def test_a_proof_from_another_size_is_409_naming_the_witness_size(tmp_path: Path) -> None:
     with InProcessSpace(tmp_path) as space:
         tax = space.add("tax-bureau", ["provider"])
-        admit(space, tax)
+        admit_http(space, tax)
         grow(tax, 6)
         assert federation.submit_checkpoint(tax.runtime) is not None
         grow(tax, 2)
