@@ -43,7 +43,7 @@ export async function renderAuditor(root, me) {
           if (vkey.value) body.vkey = vkey.value;
           const r = await post("/management/verify/ledger", body);
           clear(verifyOut).append(
-            h("div", { class: `verdict ${r.ok ? "ok" : "bad"}` }, h("strong", {}, r.ok ? `Verified: ${r.member}'s ledger, ${r.entries} entries: root recomputed, signed checkpoint, proofs${witnessed(r) ? " and the operator's witness cosignatures" : " (not witnessed yet)"} all check.` : `FAILED: ${r.member}'s ledger does not verify.`)),
+            h("div", { class: `verdict ${r.ok ? "ok" : "bad"}` }, h("strong", {}, r.ok ? `Verified: ${r.member}'s ledger, ${r.entries} entries. The root recomputed from the entries matches its signed checkpoint, the proofs check, ${witnessed(r) ? "and it extends every checkpoint the operator's witness cosigned." : "but it was never witnessed: only the node's own signature vouches for it."}` : `FAILED: ${r.member}'s ledger does not verify.`)),
             checks(r.checks),
             h("p", { class: "muted" }, `events: ${Object.entries(r.events).map(([k, n]) => `${k} ${n}`).join(", ")}`),
           );
