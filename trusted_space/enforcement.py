@@ -8,8 +8,9 @@ analyst. Nothing is read from :class:`~trusted_space.compute.DataAccess` before 
 Order of the checks (all inside one store transaction, so nothing is half-written):
 
 1. the agreement named for this provider exists here, was signed by this node as provider, its
-   negotiation is ``FINALIZED`` and the instant is inside its validity window
-   (:func:`~trusted_space.contracts.agreement_authorises`);
+   negotiation is ``FINALIZED``, the instant is inside its validity window
+   (:func:`~trusted_space.contracts.agreement_authorises`) and its provider has not suspended
+   or terminated it (:func:`~trusted_space.contracts.agreement_standing`);
 2. its assignee is the authenticated sender and its target is the dataset used;
 3. the dataset exists here, and every requested column exists in its table, is numeric, is not
    the key and is not grade 5 (important data never leaves, not even encrypted);
@@ -45,9 +46,11 @@ from trusted_space.compute import ComputeNode
 from trusted_space.contracts import (
     SignedAgreement,
     agreement_authorises,
+    agreement_standing,
     load_agreement,
     load_negotiation,
 )
+from trusted_space.contracts.states import OFFER_PROPERTY
 from trusted_space.errors import NotFoundError, RefusedError, ValidationError
 from trusted_space.events import canonical_json, record_event
 from trusted_space.metering import record_use
@@ -56,6 +59,7 @@ from trusted_space.policy import (
     PROTOCOLS,
     Checks,
     DecisionSubject,
+    Policy,
     UsageRequest,
     evaluate,
     from_odrl,
@@ -173,6 +177,9 @@ class UseGrant:
         receipt: ``Ledger.receipt(use_index).to_json()`` plus ``vkey`` (the node's ledger
             verifier key) and ``participant`` (the node's id) — what the analyst receives.
         entities: the entities the use may touch, in request order.
+        epsilon_total: the granting permission's ``epsilonTotal`` (the member's total epsilon
+            on this dataset), which a noisy release is charged against unless the provider's
+            staff set a limit (:mod:`trusted_space.budget`); ``None`` when it has none.
     """
 
     dataset: PublishedDataset
@@ -180,6 +187,7 @@ class UseGrant:
     use_index: int
     receipt: dict[str, Any]
     entities: tuple[str, ...]
+    epsilon_total: float | None = None
 
 
 def _strip_extensions(agreement: Mapping[str, Any]) -> dict[str, Any]:
@@ -236,6 +244,15 @@ def _check_agreement(
             + ("inside" if valid else "outside")
             + f" the agreement's validity window [{window[0]}, {window[1]})",
         )
+    standing = agreement_standing(tx, signed.id)
+    checks.check(
+        "standing",
+        "active",
+        standing.standing,
+        standing.standing == "active",
+        f"agreement {signed.id!r} is {standing.standing}"
+        + ("" if standing.standing == "active" else " by its provider: no use is allowed"),
+    )
     checks.check(
         "assignee",
         signed.assignee,
@@ -261,6 +278,21 @@ def _check_agreement(
         ),
     )
     return signed
+
+
+def _offer_of(signed: SignedAgreement) -> str | None:
+    offer = signed.agreement.get(OFFER_PROPERTY)
+    return offer if isinstance(offer, str) and offer else None
+
+
+def _epsilon_total(policy: Policy, permission: int | None) -> float | None:
+    """The granting permission's ``epsilonTotal``, the member's total epsilon on the dataset."""
+    if permission is None:
+        return None
+    for c in policy.permissions[permission].constraints:
+        if c.left_operand == "epsilonTotal":
+            return float(str(c.right_operand))
+    return None
 
 
 def _check_dataset(tx: Transaction, request: UseRequest, checks: Checks) -> PublishedDataset | None:
@@ -314,7 +346,7 @@ def authorize_use(
     at = node.clock()
     registry = node.consents
     refusal: RefusedError | None = None
-    grant: tuple[PublishedDataset, int, int, tuple[str, ...]] | None = None
+    grant: tuple[PublishedDataset, int, int, tuple[str, ...], float | None] | None = None
     with node.store.transaction() as tx:
         checks = Checks(
             DecisionSubject(
@@ -350,6 +382,8 @@ def authorize_use(
                     else (len(request.entities) if request.entities else None),
                     entities=request.entities,
                     query_id=request.query_id,
+                    offer_id=_offer_of(signed),
+                    epsilon=request.epsilon if request.kind == "aggregate" else None,
                 ),
                 tx=tx,
                 consent=registry.checker(tx) if registry is not None else None,
@@ -389,12 +423,13 @@ def authorize_use(
                     decision.ledger_index,
                     use_index,
                     tuple(decision.permitted_entities),
+                    _epsilon_total(policy, decision.permission_index),
                 )
     if refusal is not None:
         raise refusal
     if grant is None:  # pragma: no cover - one of the two is always set
         raise ValueError("no decision")
-    published_ds, decision_index, use_index, entities = grant
+    published_ds, decision_index, use_index, entities, epsilon_total = grant
     receipt = node.ledger.receipt(use_index).to_json()
     receipt |= {"vkey": node.ledger.vkey, "participant": node.participant_id}
-    return UseGrant(published_ds, decision_index, use_index, receipt, entities)
+    return UseGrant(published_ds, decision_index, use_index, receipt, entities, epsilon_total)

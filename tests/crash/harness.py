@@ -72,6 +72,7 @@ from trusted_space.ledger import FORK_NAMESPACE, Receipt, open_checkpoint, verif
 from trusted_space.merkle import MerkleTree, leaf_hash, verify_consistency
 from trusted_space.notes import Checkpoint
 from trusted_space.policy import COUNT_NAMESPACE
+from trusted_space.policy.vocabulary import account_key
 from trusted_space.store import SQLiteStore
 from trusted_space.transport import frame, unframe
 
@@ -293,6 +294,7 @@ class CrashHarness:
         self.agreements: dict[str, str] = {}
         self.offers: dict[str, str] = {}
         self.counters: dict[str, int] = {}
+        self.accounts: dict[str, str] = {}  # agreement -> its count account
         self.dealer_session = f"crash-{uuid.uuid4().hex[:12]}"
         self.rounds = 0
         self.kills = 0
@@ -421,6 +423,7 @@ class CrashHarness:
             _require(view["state"] == "FINALIZED", f"set-up negotiation ended {view}")
             self.agreements[kind] = str(view["agreementId"])
             self.counters[self.agreements[kind]] = 0
+            self.accounts[self.agreements[kind]] = account_key(BANK, DATASET, offer_id)
 
     # -- clients ----------------------------------------------------------------------------
     def signed(self, name: str) -> SignedClient:
@@ -754,7 +757,7 @@ class CrashHarness:
         with self.acked.lock:
             acked = Counter(a for a, _, _ in self.acked.uses)
         with self.nodes[PROVIDER].store() as store, store.transaction(readonly=True) as tx:
-            stored = {a: tx.counter(COUNT_NAMESPACE, a) for a in self.counters}
+            stored = {a: tx.counter(COUNT_NAMESPACE, self.accounts[a]) for a in self.counters}
         for agreement, value in stored.items():
             _require(
                 value >= self.counters[agreement],

@@ -262,16 +262,16 @@ def test_noise_is_charged_and_a_query_past_the_budget_is_refused_before_reading(
     assert result.epsilon == 0.6 and result.noise_scales == (pytest.approx(1 / 0.6),)
     assert abs(result.value - true) <= NOISE_TAIL / 0.6
     with world.node.store.transaction(readonly=True) as tx:
-        assert spent(tx, world.ag) == 0.6
+        assert spent(tx, member=ANALYST, dataset_id=world.ds) == 0.6
     world.data.reads.clear()
     again = world.query(statistic="count", protocol="paillier", epsilon=0.6)
     with pytest.raises(RemoteError) as info:
         world.run(again, _keys("paillier", paillier_keys, None))
     assert info.value.status == 403
-    assert info.value.problem["trace"][0]["left_operand"] == "epsilon"
+    assert info.value.problem["trace"][0]["left_operand"] == "epsilonTotal"
     assert world.data.reads == []  # not even the key column
     with world.node.store.transaction(readonly=True) as tx:
-        assert spent(tx, world.ag) == 0.6
+        assert spent(tx, member=ANALYST, dataset_id=world.ds) == 0.6
 
 
 def test_explicit_entities_sum_and_the_missing_rule() -> None:

@@ -194,7 +194,7 @@ def test_budget_named_at_alignment_is_checked_before_reading() -> None:
     with pytest.raises(RemoteError) as info:
         _align(space, ds, ag, ["e1"], epsilon=0.5)
     assert info.value.status == 403
-    assert info.value.problem["trace"][0]["left_operand"] == "epsilon"
+    assert info.value.problem["trace"][0]["left_operand"] == "epsilonTotal"
     assert recording.reads == []
     with space.providers[PROVIDER].node.store.transaction() as tx:
         set_budget(tx, 1.0, dataset_id=ds)

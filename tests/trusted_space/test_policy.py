@@ -37,6 +37,7 @@ from trusted_space.policy import (
     to_odrl,
     trace_digest,
 )
+from trusted_space.policy.vocabulary import account_key
 from trusted_space.store import MemoryStore, SQLiteStore, Store
 
 AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -61,6 +62,10 @@ class FakeConsent:
         self, entities: Sequence[str], grantee: str, purpose: str, at: datetime
     ) -> list[str]:
         return [e for e in entities if not self.has_consent(e, grantee, purpose, at)]
+
+
+ACCOUNT = account_key(BANK, "urn:uuid:dataset-1", "urn:uuid:policy-1")
+"""The count account of BANK on the offer below (member, dataset, offer)."""
 
 
 def request(**changes: Any) -> UsageRequest:
@@ -333,7 +338,7 @@ def test_count_is_consumed_only_when_allowed() -> None:
 
     assert results == [False, True, True, False]
     with store.transaction() as tx:
-        assert tx.counter(COUNT_NAMESPACE, "urn:uuid:agreement-1") == 2
+        assert tx.counter(COUNT_NAMESPACE, ACCOUNT) == 2
 
 
 def test_evaluate_inside_callers_transaction_rolls_back_together() -> None:
@@ -345,7 +350,7 @@ def test_evaluate_inside_callers_transaction_rolls_back_together() -> None:
         raise RuntimeError("the query failed afterwards")
 
     with store.transaction() as tx:
-        assert tx.counter(COUNT_NAMESPACE, "urn:uuid:agreement-1") == 0
+        assert tx.counter(COUNT_NAMESPACE, ACCOUNT) == 0
         assert tx.log_size(EVENT_LOG) == 0
     assert decide(store, policy, request(), **OPEN).allowed
 
@@ -372,7 +377,7 @@ def test_count_exact_under_concurrency(tmp_path: Path) -> None:
 
     assert sorted(results) == [False] * (threads - limit) + [True] * limit
     with store.transaction() as tx:
-        assert tx.counter(COUNT_NAMESPACE, "urn:uuid:agreement-1") == limit
+        assert tx.counter(COUNT_NAMESPACE, ACCOUNT) == limit
         entries = tx.log_entries(EVENT_LOG, 0, tx.log_size(EVENT_LOG))
     bodies = [decode_event(i, e).body for i, e in enumerate(entries)]
     assert len(bodies) == threads

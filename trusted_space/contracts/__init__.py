@@ -87,6 +87,13 @@ from trusted_space.contracts.negotiation import (
     load_negotiation,
     run_negotiation,
 )
+from trusted_space.contracts.standing import (
+    STANDINGS,
+    AgreementStanding,
+    Standing,
+    agreement_standing,
+    change_standing,
+)
 from trusted_space.contracts.states import (
     AGREEMENT_NAMESPACE,
     NEGOTIATION_NAMESPACE,
@@ -104,9 +111,11 @@ __all__ = [
     "AGREEMENT_NAMESPACE",
     "NEGOTIATION_NAMESPACE",
     "SIGNATURE_PROPERTY",
+    "STANDINGS",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "AgreementSignature",
+    "AgreementStanding",
     "MessageKind",
     "Negotiation",
     "NegotiationState",
@@ -115,9 +124,12 @@ __all__ = [
     "ParsedMessage",
     "Role",
     "SignedAgreement",
+    "Standing",
     "agreement_authorises",
+    "agreement_standing",
     "agreement_verification_message",
     "build_agreement",
+    "change_standing",
     "contract_agreement_message",
     "contract_offer_message",
     "contract_request_message",

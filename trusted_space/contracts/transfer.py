@@ -79,7 +79,8 @@ from trusted_space.contracts.agreements import (
     load_agreement,
 )
 from trusted_space.contracts.negotiation import load_negotiation
-from trusted_space.contracts.states import new_id
+from trusted_space.contracts.standing import agreement_standing
+from trusted_space.contracts.states import OFFER_PROPERTY, new_id
 from trusted_space.errors import (
     ConflictError,
     IllegalTransitionError,
@@ -681,6 +682,15 @@ def _precheck(
         state.value == "FINALIZED",
         f"the negotiation of agreement {agreement_id!r} is {state.value}",
     )
+    standing = agreement_standing(tx, signed.id).standing
+    checks.check(
+        "standing",
+        "active",
+        standing,
+        standing == "active",
+        f"agreement {agreement_id!r} is {standing}"
+        + ("" if standing == "active" else " by its provider: no use is allowed"),
+    )
     window = [signed.valid_from.isoformat(), signed.valid_until.isoformat()]
     inside = signed.valid_from <= now < signed.valid_until
     checks.check(
@@ -691,7 +701,7 @@ def _precheck(
         f"{now.astimezone(UTC).isoformat()} is {'inside' if inside else 'outside'} the "
         f"agreement's validity window [{window[0]}, {window[1]})",
     )
-    if not agreement_authorises(signed, state, now):
+    if not agreement_authorises(signed, state, now) or standing != "active":
         return checks.refusal(tx, participant=provider, target=signed.target)
     dataset = load_dataset(tx, signed.target).dataset
     transferable = dataset.tier is not Tier.ZONE
@@ -715,6 +725,11 @@ def _precheck(
     if not has_source(tx, dataset.id):
         return NotReadyError(f"dataset {dataset.id!r} has no data source registered here")
     return signed, dataset
+
+
+def _offer_id(signed: SignedAgreement) -> str | None:
+    offer = signed.agreement.get(OFFER_PROPERTY)
+    return offer if isinstance(offer, str) and offer else None
 
 
 def _decide(
@@ -745,6 +760,7 @@ def _decide(
         at=now,
         roles=sender.roles,
         agreement_id=signed.id,
+        offer_id=_offer_id(signed),
     )
     decision = evaluate(
         policy,

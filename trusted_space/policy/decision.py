@@ -53,10 +53,18 @@ class UsageRequest:
         at: when the request was received (time-zone aware).
         roles: roles from the requester's credential.
         protocol: ``paillier``, ``ckks``, ``additive`` or ``None`` (transfer).
-        agreement_id: the agreement the request relies on (``count`` is kept per agreement).
-        cohort_size: number of entities an aggregate is computed over.
-        entities: USCCs named by the request (checked against ``consent``).
+        agreement_id: the agreement the request relies on.
+        cohort_size: number of entities an aggregate is computed over — entities the provider
+            **holds**, never ids it merely received (see ``minCohort``).
+        entities: USCCs named by the request (checked against ``consent`` and ``entityCount``).
         query_id: the analyst's query id, where the request belongs to one (recorded only).
+        offer_id: the offer the agreement was granted from. ``count`` and ``entityCount`` are
+            kept per (assignee, dataset, offer) (:func:`~trusted_space.policy.vocabulary.
+            account_key`), so a renegotiated agreement continues the same account; ``None``
+            when the policy evaluated is the offer itself (its uid is used) or unknown (the
+            agreement id is used).
+        epsilon: the differential-privacy epsilon of the noisy release asked for; ``None`` for
+            an exact release (refused by an ``epsilon`` constraint).
     """
 
     assignee: str
@@ -70,9 +78,17 @@ class UsageRequest:
     cohort_size: int | None = None
     entities: tuple[str, ...] = ()
     query_id: str | None = None
+    offer_id: str | None = None
+    epsilon: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", frozenset(self.roles))
+        if self.epsilon is not None and (
+            isinstance(self.epsilon, bool)
+            or not isinstance(self.epsilon, int | float)
+            or not self.epsilon > 0
+        ):
+            raise ValidationError(f"UsageRequest.epsilon must be > 0, got {self.epsilon!r}")
         object.__setattr__(self, "entities", tuple(self.entities))
         if not self.assignee or not self.purpose:
             raise ValidationError("UsageRequest: assignee and purpose must be non-empty")

@@ -26,7 +26,13 @@ from trusted_space.policy.decision import (
 from trusted_space.policy.grades import floor_steps
 from trusted_space.policy.model import Constraint, Duty, Policy
 from trusted_space.policy.record import DecisionSubject, record_decision
-from trusted_space.policy.vocabulary import COUNT_NAMESPACE, RightOperand
+from trusted_space.policy.vocabulary import (
+    COUNT_NAMESPACE,
+    ENTITY_NAMESPACE,
+    RightOperand,
+    account_key,
+    duration_seconds,
+)
 from trusted_space.store import Store, Transaction
 
 __all__ = ["decide", "evaluate"]
@@ -85,6 +91,8 @@ class _Ctx:
     tx: Transaction
     consent: ConsentChecker | None
     partial_consent: str
+    account: str
+    periods: dict[int, str]
 
 
 def _step(
@@ -167,12 +175,66 @@ def _check(c: Constraint, ctx: _Ctx, rule: str, index: int, rule_id: str | None)
         limit_n = n if op == "lteq" else n - 1
         if req.agreement_id is None:
             return done(None, "violated", "count needs an agreement id; the request names none")
-        use = ctx.tx.counter(COUNT_NAMESPACE, req.agreement_id) + 1
+        use = ctx.tx.counter(COUNT_NAMESPACE, ctx.account) + 1
         if use <= limit_n:
-            msg = f"use {use} of agreement {req.agreement_id!r} is within count {op} {n}"
+            msg = f"use {use} by {req.assignee!r} of this dataset is within count {op} {n}"
             return done(use, "satisfied", msg)
-        msg = f"use {use} of agreement {req.agreement_id!r} exceeds count {op} {n}"
+        msg = (
+            f"use {use} by {req.assignee!r} of this dataset exceeds count {op} {n} "
+            "(counted across all its agreements from this offer; renegotiating does not reset it)"
+        )
         return done(use, "violated", msg)
+
+    if lo in ("epsilon", "epsilonTotal"):
+        if req.query_kind != "aggregate":
+            return done(req.epsilon, "not_applicable", f"{lo} applies to aggregates only")
+        cap = float(str(c.right_operand))
+        if req.epsilon is None:
+            if lo == "epsilonTotal":
+                return done(None, "not_applicable", "an exact release spends no epsilon")
+            msg = (
+                f"this dataset's aggregates are released only with noise (epsilon <= "
+                f"{c.right_operand}); the exact aggregate is refused"
+            )
+            return done(None, "violated", msg)
+        holds = req.epsilon <= cap
+        if lo == "epsilon":
+            msg = f"epsilon {req.epsilon} " + (
+                f"is within the per-query maximum {c.right_operand}"
+                if holds
+                else f"exceeds the per-query maximum {c.right_operand}"
+            )
+        else:
+            msg = f"epsilon {req.epsilon} " + (
+                f"is charged against the member's total {c.right_operand} on this dataset"
+                if holds
+                else f"exceeds the member's whole total {c.right_operand} on this dataset"
+            )
+        return done(req.epsilon, "satisfied" if holds else "violated", msg)
+
+    if lo == "entityCount":
+        if req.query_kind != "score":
+            return done(None, "not_applicable", "entityCount applies to scores only")
+        n = int(c.right_operand)  # type: ignore[arg-type]
+        entities = list(req.entities)
+        if not entities:
+            msg = "entityCount needs the scored entities named; the request names none"
+            return done({"entities": 0, "over": 0}, "violated", msg)
+        keys = _entity_keys(ctx, index, entities)
+        over = sum(1 for k in keys if ctx.tx.counter(ENTITY_NAMESPACE, k) + 1 > n)
+        seen = {"entities": len(entities), "over": over}
+        window = f" per {ctx.periods[index]}" if ctx.periods.get(index) else ""
+        if over == 0:
+            msg = f"each of the {len(entities)} entities is within {n} scores{window}"
+            return done(seen, "satisfied", msg)
+        msg = (
+            f"{over} of {len(entities)} entities were already scored {n} times{window} by "
+            "this member (entityCount)"
+        )
+        return done(seen, "violated", msg)
+
+    if lo == "entityPeriod":
+        return done(None, "not_applicable", f"entityCount is counted per {c.right_operand}")
 
     if lo == "consent":
         entities = list(req.entities)
@@ -207,6 +269,13 @@ def _check(c: Constraint, ctx: _Ctx, rule: str, index: int, rule_id: str | None)
     # retention: not a condition on the request, a duty on the consumer.
     msg = f"results must be deleted within {c.right_operand}"
     return done(None, "not_applicable", msg)
+
+
+def _entity_keys(ctx: _Ctx, rule_index: int, entities: Sequence[str]) -> list[str]:
+    """Store keys of the per-entity counters (member's account, entity, current period)."""
+    period = ctx.periods.get(rule_index)
+    bucket = int(ctx.now.timestamp()) // duration_seconds(period) if period else 0
+    return [f"{ctx.account}|{e}|{bucket}" for e in entities]
 
 
 def _mark(step: TraceStep) -> TraceStep:
@@ -263,7 +332,15 @@ def evaluate(
     instant = now or request.at
     if instant.tzinfo is None:
         raise ValidationError("now must be time-zone aware")
-    ctx = _Ctx(request, instant, tx, consent, partial_consent)
+    offer = request.offer_id or (policy.uid if policy.kind == "Offer" else request.agreement_id)
+    periods = {
+        i: str(c.right_operand)
+        for i, r in enumerate(policy.permissions)
+        for c in r.constraints
+        if c.left_operand == "entityPeriod"
+    }
+    account = account_key(request.assignee, policy.target, offer)
+    ctx = _Ctx(request, instant, tx, consent, partial_consent, account, periods)
     steps: list[TraceStep] = []
     blockers: list[int] = []
 
@@ -379,12 +456,30 @@ def evaluate(
     uses: int | None = None
     if allowed and granted is not None:
         rule = policy.permissions[granted]
+        per_entity = next((c for c in rule.constraints if c.left_operand == "entityCount"), None)
+        if allowed and per_entity is not None and request.query_kind == "score":
+            n = int(per_entity.right_operand)  # type: ignore[arg-type]
+            try:
+                excluded = set(granted_partial.refused_entities if granted_partial else ())
+                used = [e for e in request.entities if e not in excluded]
+                for key in _entity_keys(ctx, granted, used):
+                    tx.increment(ENTITY_NAMESPACE, key, limit=n)
+            except LimitExceededError:
+                # Only a racing writer gets here (SQLite serialises writers): the entities
+                # counted before it stay counted (over-charged, never under-charged); checked
+                # before count, so a refused use never consumes count.
+                allowed = False
+                msg = f"entityCount lteq {n} was exhausted by a concurrent request"
+                blockers.append(len(steps))
+                steps.append(_step("count", granted, rule.uid, per_entity, None, "violated", msg))
+                reason = msg
+
         count = next((c for c in rule.constraints if c.left_operand == "count"), None)
-        if count is not None and request.agreement_id is not None:
+        if allowed and count is not None and request.agreement_id is not None:
             n = int(count.right_operand)  # type: ignore[arg-type]
             limit_n = n if count.operator == "lteq" else n - 1
             try:
-                uses = tx.increment(COUNT_NAMESPACE, request.agreement_id, limit=limit_n)
+                uses = tx.increment(COUNT_NAMESPACE, ctx.account, limit=limit_n)
             except LimitExceededError:
                 allowed = False
                 msg = (
@@ -403,10 +498,10 @@ def evaluate(
                         count,
                         uses,
                         "satisfied",
-                        f"use {uses} of {limit_n} recorded for agreement {request.agreement_id!r}",
+                        f"use {uses} of {limit_n} recorded for {request.assignee!r} on this "
+                        "dataset",
                     )
                 )
-
     refused: tuple[str, ...] = ()
     permitted: tuple[str, ...] = tuple(request.entities)
     partial = False

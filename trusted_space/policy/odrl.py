@@ -17,6 +17,7 @@ from trusted_space.policy.vocabulary import (
     DUTY_ACTIONS,
     LEFT_OPERANDS,
     ODRL_PROFILE,
+    XSD_DECIMAL,
     XSD_INTEGER,
     RightOperand,
     check_constraint,
@@ -136,6 +137,8 @@ def _right_from_json(value: Any, path: str, left: str) -> object:
         literal, kind = value.get("@value"), value.get("@type")
         if kind in XSD_INTEGER and isinstance(literal, str) and re.fullmatch(r"\d+", literal):
             return int(literal)
+        if kind in XSD_DECIMAL and isinstance(literal, str):
+            return literal
         if kind in ("xsd:dateTime", "xsd:duration", "xsd:string") and isinstance(literal, str):
             return literal
         raise path_error(path, f"unsupported typed literal {dict(value)!r}")

@@ -6,6 +6,7 @@ takes) is data here, so the parser, the evaluator and ``docs/policies.md`` read 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,16 +26,33 @@ __all__ = [
     "PROTOCOLS",
     "QUERY_KINDS",
     "TIERS",
+    "ENTITY_NAMESPACE",
+    "XSD_DECIMAL",
     "XSD_INTEGER",
     "ProtocolName",
+    "account_key",
     "check_constraint",
+    "duration_seconds",
 ]
 
 ODRL_PROFILE: Final = "urn:trusted-space:odrl-profile:1"
 """Profile IRI exported with every policy: our left operands are defined by this profile."""
 
 COUNT_NAMESPACE: Final = "policy.count"
-"""Store counter namespace for ``count`` (key: the agreement id)."""
+"""Store counter namespace for ``count`` (key: :func:`account_key` of member, dataset, offer)."""
+ENTITY_NAMESPACE: Final = "policy.entity"
+"""Store counter namespace for ``entityCount`` (key: the account, the entity and the period)."""
+
+
+def account_key(assignee: str, dataset: str | None, offer: str | None) -> str:
+    """The key a member's uses of a dataset under one offer are counted by.
+
+    Why not the agreement: a member that renegotiates gets a new agreement id, and a count kept
+    per agreement would start again from zero. Every agreement granted from the same offer to
+    the same member on the same dataset shares this key, so no renegotiation resets ``count``.
+    """
+    return json.dumps([dataset, offer, assignee], separators=(",", ":"))
+
 
 OPERATORS: Final = ("eq", "neq", "isAnyOf", "isNoneOf", "isAllOf", "lt", "lteq", "gt", "gteq")
 QUERY_KINDS: Final = ("score", "aggregate", "train", "transfer")
@@ -57,12 +75,35 @@ _DURATION_RE: Final = re.compile(
     r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$"
 )
 XSD_INTEGER: Final = ("xsd:integer", "http://www.w3.org/2001/XMLSchema#integer")
+XSD_DECIMAL: Final = ("xsd:decimal", "http://www.w3.org/2001/XMLSchema#decimal")
+_DECIMAL_RE: Final = re.compile(r"^\d+(\.\d+)?$")
+_DURATION_UNITS: Final = {"Y": 365 * 86400, "W": 7 * 86400, "D": 86400}
+_TIME_UNITS: Final = {"H": 3600, "M": 60, "S": 1}
+
+
+def duration_seconds(value: str) -> int:
+    """Whole seconds of an ISO 8601 duration (a year is 365 days, a month 30).
+
+    Raises:
+        ValueError: not a duration this vocabulary accepts, or shorter than one second.
+    """
+    match = _DURATION_RE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not an ISO 8601 duration")
+    date, _, time = value[1:].partition("T")
+    total = 0.0
+    for part, units in ((date, {**_DURATION_UNITS, "M": 30 * 86400}), (time, _TIME_UNITS)):
+        for number, unit in re.findall(r"(\d+(?:\.\d+)?)([A-Z])", part):
+            total += float(number) * units[unit]
+    if total < 1:
+        raise ValueError(f"{value!r} is shorter than one second")
+    return int(total)
 
 
 @dataclass(frozen=True)
 class _OperandSpec:
     operators: tuple[str, ...]
-    value: Literal["string", "enum", "datetime", "int", "duration", "required"]
+    value: Literal["string", "enum", "datetime", "int", "decimal", "duration", "required"]
     values: tuple[str, ...] = ()
     in_prohibition: bool = True
     unique: bool = False
@@ -80,6 +121,10 @@ LEFT_OPERANDS: Final[Mapping[str, _OperandSpec]] = {
     "minCohort": _OperandSpec(("gt", "gteq"), "int", in_prohibition=False, unique=True),
     "consent": _OperandSpec(("eq",), "required", in_prohibition=False, unique=True),
     "retention": _OperandSpec(("lteq",), "duration", in_prohibition=False, unique=True),
+    "epsilon": _OperandSpec(("lteq",), "decimal", in_prohibition=False, unique=True),
+    "epsilonTotal": _OperandSpec(("lteq",), "decimal", in_prohibition=False, unique=True),
+    "entityCount": _OperandSpec(("lteq",), "int", in_prohibition=False, unique=True),
+    "entityPeriod": _OperandSpec(("eq",), "duration", in_prohibition=False, unique=True),
 }
 """Left operands understood in permissions and prohibitions, with their allowed operators."""
 
@@ -164,9 +209,18 @@ def check_constraint(
         if isinstance(right, bool) or not isinstance(right, int) or right < 1:
             raise path_error(rpath, f"{left} needs a positive integer, got {right!r}")
         return right
+    if spec.value == "decimal":
+        if not isinstance(right, str) or not _DECIMAL_RE.match(right) or float(right) <= 0:
+            raise path_error(rpath, f"{left} needs a positive decimal ('0.5'), got {right!r}")
+        return right
     if spec.value == "duration":
         if not isinstance(right, str) or not _DURATION_RE.match(right):
             raise path_error(rpath, f"{right!r} is not an ISO 8601 duration (e.g. 'P30D')")
+        if left == "entityPeriod":
+            try:
+                duration_seconds(right)
+            except ValueError as exc:
+                raise path_error(rpath, str(exc)) from exc
         return right
     if right != "required":
         raise path_error(rpath, f"consent eq takes 'required', got {right!r}")

@@ -268,15 +268,27 @@ def refuse_on_budget(
     dataset_id: str,
     purpose: str,
     epsilon: float,
+    policy_total: float | None = None,
+    early: bool = True,
 ) -> None:
-    """Refuse (recorded, with a trace) unless ``epsilon`` fits the agreement's budget here."""
+    """Refuse (recorded, with a trace) unless ``epsilon`` fits the member's budget here.
+
+    ``early``: before the policy is read only the staff's limits are known, so only an
+    exceeded staff limit refuses; after it (``early=False``, with the granting permission's
+    ``epsilonTotal`` as ``policy_total``) a missing budget refuses too.
+    """
     with node.store.transaction() as tx:
-        check = check_budget(tx, agreement_id=agreement_id, dataset_id=dataset_id, epsilon=epsilon)
-        if check.allowed:
-            return
-        index = record_refusal(
-            tx, check, analyst=analyst, query_id=query_id, purpose=purpose, at=node.clock()
+        check = check_budget(
+            tx,
+            member=analyst,
+            dataset_id=dataset_id,
+            epsilon=epsilon,
+            policy_total=policy_total,
+            agreement_id=agreement_id,
         )
+        if check.allowed or (early and check.limit is None):
+            return
+        index = record_refusal(tx, check, query_id=query_id, purpose=purpose, at=node.clock())
     raise RefusedError(
         check.message,
         [check.step().to_json()],
@@ -341,9 +353,22 @@ def _make_open(executor: Executor | None) -> Callable[[CallContext, dict[str, An
                     purpose=purpose,
                     protocol=protocol,
                     cohort_size=size if kind == "aggregate" else None,
+                    epsilon=epsilon if kind == "aggregate" else None,
                 ),
                 roles=sender_roles(node, ctx.sender),
             )
+            if epsilon is not None and kind == "aggregate":
+                refuse_on_budget(
+                    node,
+                    analyst=ctx.sender,
+                    query_id=query,
+                    agreement_id=agreement,
+                    dataset_id=dataset,
+                    purpose=purpose,
+                    epsilon=epsilon,
+                    policy_total=grant.epsilon_total,
+                    early=False,
+                )
         except BaseException:
             node.sessions.close(ctx.sender, alignment_session(query, dataset))
             raise

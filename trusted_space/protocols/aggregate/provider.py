@@ -16,7 +16,14 @@ import numpy as np
 
 from crypto import ckks, paillier, sharing
 from crypto.psi import MAX_SET_SIZE
-from trusted_space.budget import charge, check_budget, from_micro, record_refusal, to_micro
+from trusted_space.budget import (
+    BudgetCheck,
+    charge,
+    check_budget,
+    from_micro,
+    record_refusal,
+    to_micro,
+)
 from trusted_space.catalog import load_dataset
 from trusted_space.compute import CallContext, ComputeNode
 from trusted_space.enforcement import UseGrant, UseRequest, authorize_use
@@ -59,6 +66,7 @@ from trusted_space.protocols.align import (
 from trusted_space.protocols.operator import fetch_triple
 from trusted_space.queries.aggregate import check_statistic
 from trusted_space.queries.common import MISSING_RULES
+from trusted_space.store import Transaction
 from trusted_space.transport import Reply, Transport
 
 __all__ = ["STATS_OPERATIONS", "register_aggregate"]
@@ -147,45 +155,43 @@ def _authorize_release(
         roles=sender_roles(node, ctx.sender),
     )
     if budget and meta["epsilon"] is not None:
-        _charge(ctx, meta)
+        _charge(ctx, meta, grant)
     return grant
 
 
-def _charge(ctx: CallContext, meta: Mapping[str, Any]) -> None:
+def _charge(ctx: CallContext, meta: Mapping[str, Any], grant: UseGrant) -> None:
+    """Charge the release's epsilon to the member's account on the dataset, or refuse."""
     node = ctx.node
     index: int | None = None
-    with node.store.transaction() as tx:
-        check = check_budget(
+
+    def check_now(tx: Transaction) -> BudgetCheck:
+        return check_budget(
             tx,
-            agreement_id=meta["agreement"],
+            member=ctx.sender,
             dataset_id=meta["dataset"],
             epsilon=meta["epsilon"],
+            policy_total=grant.epsilon_total,
+            agreement_id=meta["agreement"],
         )
+
+    with node.store.transaction() as tx:
+        check = check_now(tx)
         if check.allowed and check.limit is not None:
             try:
                 charge(
                     tx,
-                    meta["agreement"],
-                    meta["epsilon"],
-                    check.limit,
-                    query_id=meta["query"],
+                    member=ctx.sender,
                     dataset_id=meta["dataset"],
+                    epsilon=meta["epsilon"],
+                    limit=check.limit,
+                    query_id=meta["query"],
+                    agreement_id=meta["agreement"],
                 )
                 return
             except LimitExceededError:
-                check = check_budget(
-                    tx,
-                    agreement_id=meta["agreement"],
-                    dataset_id=meta["dataset"],
-                    epsilon=meta["epsilon"],
-                )
+                check = check_now(tx)
         index = record_refusal(
-            tx,
-            check,
-            analyst=ctx.sender,
-            query_id=meta["query"],
-            purpose=meta["purpose"],
-            at=node.clock(),
+            tx, check, query_id=meta["query"], purpose=meta["purpose"], at=node.clock()
         )
     raise RefusedError(
         check.message,
@@ -543,15 +549,17 @@ def _stats_entities(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
     meta, plan = _meta_from(ctx, header)
     if node.data is None:
         raise NotFoundError(f"{node.participant_id} holds no data")
-    # Authorised (consent per entity, minCohort on the list) before anything is read; the keys
-    # are looked up for the missing rule, then epsilon is charged, and only then values are read.
-    grant = _authorize_release(ctx, meta, count=len(entities), entities=entities, budget=False)
+    # The cohort is the entities this provider holds, never the ids it was sent: nine made-up
+    # valid USCCs imputed beside one real one are a cohort of one. So the keys are looked up
+    # first (no column is read), then the use is authorised (consent per named entity,
+    # minCohort on the held count), then epsilon is charged, and only then values are read.
     found, _ = node.data.lookup(meta["dataset"], entities, [])
+    grant = _authorize_release(ctx, meta, count=int(found.sum()), entities=entities, budget=False)
     if not found.all() and missing_rule == "fail":
         absent = [entities[i] for i in np.flatnonzero(~found)]
         raise _missing_refusal(node, absent, len(entities), "are not held")
     if meta["epsilon"] is not None:
-        _charge(ctx, meta)
+        _charge(ctx, meta, grant)
     _, values = node.data.lookup(meta["dataset"], entities, [meta["column"]])
     column = values[:, 0]
     missing = [entities[i] for i in np.flatnonzero(~found)]
