@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test lint typecheck pytest thorough bench clean browser
+.PHONY: demo test lint typecheck pytest thorough bench clean browser postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	fi
 
+# The test suite starts a throwaway PostgreSQL server of its own (tests/_postgres.py) from the
+# distribution's package (Debian: postgresql), installed here when no initdb is found.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  echo "installing postgresql for the store's tests"; \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -42,10 +52,10 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev browser
+pytest: $(VENV)/.installed-dev browser postgresql
 	$(BIN)/python -m pytest -q
 
-thorough: $(VENV)/.installed-dev browser
+thorough: $(VENV)/.installed-dev browser postgresql
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-dev

@@ -5,11 +5,13 @@ budget; ``thorough`` is for nightly or pre-release runs; ``dev`` is for quick lo
 """
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests._postgres import PostgresServer
 from tests._seeding import ENV, rng_for, session_seed
 
 settings.register_profile(
@@ -67,3 +69,19 @@ def test_seed() -> int:
 def rng(request: pytest.FixtureRequest, test_seed: int) -> np.random.Generator:
     """A numpy generator for this test's data: the session seed and the test's node id."""
     return rng_for(request.node.nodeid, test_seed)
+
+
+# ------------------------------------------------------------------ PostgreSQL
+#
+# A real server started by the suite (tests/_postgres.py), shared by the session and stopped at
+# its end; each test that needs a store asks for a database of its own.
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server (started on first use, never skipped)."""
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()

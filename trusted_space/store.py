@@ -16,12 +16,23 @@ Backends:
   on a lock of their own before they take a connection: SQLite's busy handler polls with a
   growing sleep, so under a few dozen concurrent writers an unlucky one could poll for the whole
   busy timeout and fail with "database is locked" (a 503), and waiting writers held pooled
-  connections a writer's nested read needed. Only portable SQL is used so a PostgreSQL backend
-  can implement the same interface (``SELECT ... FOR UPDATE`` in place of ``BEGIN IMMEDIATE``).
+  connections a writer's nested read needed. The embedded default.
+- :class:`PostgresStore`: the production store, the same SQL over PostgreSQL (psycopg 3). A write
+  transaction takes one transaction-scoped advisory lock first (``pg_advisory_xact_lock``), the
+  server-side twin of ``BEGIN IMMEDIATE``: writers of every process sharing the database are
+  serialised, so the read-check-write of a version, a ``count`` or a log index is exact, with
+  ``lock_timeout`` as the busy timeout. Read-only transactions are ``REPEATABLE READ READ ONLY``
+  (a consistent snapshot that never waits for a writer). Keys compare bytewise (``COLLATE "C"``)
+  so ``scan`` orders and filters exactly as SQLite does.
 - :class:`MemoryStore`: the in-memory twin for fast tests, with the same semantics (one lock
   serialises transactions, an undo journal rolls back a failed one).
 
-One shared test suite (``tests/trusted_space/test_store.py``) runs against both.
+Both SQL backends keep their schema in numbered migrations (:data:`MIGRATIONS`), applied in order
+at open inside one write transaction and recorded in a ``schema_version`` table; a database
+written by a newer release is refused rather than misread (``docs/decisions.md``).
+
+One shared test suite (``tests/trusted_space/test_store.py``) runs against all three, PostgreSQL on
+a real server the test suite starts itself.
 """
 
 from __future__ import annotations
@@ -44,8 +55,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from trusted_space.errors import ConflictError, LimitExceededError, NotFoundError, StoreError
 
 __all__ = [
+    "MIGRATIONS",
     "Document",
     "MemoryStore",
+    "PostgresStore",
     "SQLiteStore",
     "Store",
     "Transaction",
@@ -295,11 +308,15 @@ class MemoryStore(Store):
 # ----------------------------------------------------------------------------------------------
 
 _meta = sa.MetaData()
+# Keys compare bytewise on every backend: PostgreSQL's default collation would order "b:1" and
+# "a:2" by locale rules and break ``scan``'s prefix range.
+_Key = sa.String(512).with_variant(sa.String(512, collation="C"), "postgresql")
+_Name = sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql")
 _documents = sa.Table(
     "documents",
     _meta,
-    sa.Column("namespace", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("namespace", _Name, primary_key=True),
+    sa.Column("key", _Key, primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("updated_at", sa.String(40), nullable=False),
@@ -307,18 +324,60 @@ _documents = sa.Table(
 _counters = sa.Table(
     "counters",
     _meta,
-    sa.Column("namespace", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("namespace", _Name, primary_key=True),
+    sa.Column("key", _Key, primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
 _log = sa.Table(
     "log_entries",
     _meta,
-    sa.Column("log", sa.String(64), primary_key=True),
+    sa.Column("log", _Name, primary_key=True),
     sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("entry", sa.LargeBinary, nullable=False),
     sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
 )
+_schema_version = sa.Table(
+    "schema_version",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("applied_at", sa.String(40), nullable=False),
+)
+
+
+def _initial_schema(conn: Connection) -> None:
+    # checkfirst: a SQLite store written before migrations existed already has these tables.
+    _meta.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
+    (1, "documents, counters and append-only logs", _initial_schema),
+)
+"""The schema's history, oldest first: ``(version, description, apply(connection))``.
+
+A change of schema is a new entry at the end, written for both backends; entries are never edited
+once released (a node upgraded in place runs the ones it has not seen yet)."""
+
+
+def _migrate(conn: Connection, where: str) -> None:
+    """Apply the migrations this database has not seen, inside the caller's write transaction."""
+    _schema_version.create(conn, checkfirst=True)
+    applied = {int(v) for v in conn.execute(sa.select(_schema_version.c.version)).scalars()}
+    known = {version for version, _, _ in MIGRATIONS}
+    newer = sorted(applied - known)
+    if newer:
+        raise StoreError(
+            f"store at {where} has schema version {newer[-1]}, newer than this release knows "
+            f"({max(known)}): upgrade trusted-space before opening it"
+        )
+    for version, description, apply in MIGRATIONS:
+        if version not in applied:
+            apply(conn)
+            conn.execute(
+                _schema_version.insert().values(
+                    version=version, description=description, applied_at=_now()
+                )
+            )
 
 
 class _SQLTx(Transaction):
@@ -448,8 +507,84 @@ class _SQLTx(Transaction):
         return self._log_column(_log.c.leaf_hash, log, start, end)
 
 
-class SQLiteStore(Store):
-    """SQLite in WAL mode with ``synchronous=FULL``; the schema is created on first start.
+class _SQLStore(Store):
+    """What both SQL backends share: the writers' queue, the transaction shape and migrations.
+
+    Writers of one process queue on a lock of their own before they take a pooled connection, so
+    a writer that reads through a nested read-only transaction always finds a free connection
+    (see ``tests/trusted_space/test_store_concurrency.py``); the backend's ``begin`` hook then
+    serialises writers across processes (``BEGIN IMMEDIATE`` or an advisory lock).
+    """
+
+    _engine: Engine
+    _busy_timeout: float
+    _where: str
+
+    def _start(self) -> None:
+        self._writer = threading.Lock()
+        try:
+            with self._transaction(readonly=False) as tx:
+                _migrate(tx._c, self._where)
+        except StoreError:
+            self._engine.dispose()
+            raise
+
+    def schema_version(self) -> int:
+        """The newest migration applied to this database (shown by ``/readyz`` and the tests)."""
+        with self._transaction(readonly=True) as tx:
+            value = tx._c.execute(sa.select(sa.func.max(_schema_version.c.version))).scalar()
+        return int(value or 0)
+
+    @contextmanager
+    def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
+        if readonly:
+            with self._transaction(readonly=True) as tx:
+                yield tx
+            return
+        if not self._writer.acquire(timeout=self._busy_timeout):
+            raise StoreError(f"store busy: no write turn within {self._busy_timeout:g} s")
+        try:
+            with self._transaction(readonly=False) as tx:
+                yield tx
+        finally:
+            self._writer.release()
+
+    def _after(self, conn: Connection, readonly: bool) -> None:
+        """Undo per-transaction connection settings (SQLite's ``query_only``)."""
+
+    @contextmanager
+    def _transaction(self, *, readonly: bool) -> Iterator[_SQLTx]:
+        try:
+            with self._engine.connect() as conn:
+                conn.info["ts_readonly"] = readonly
+                try:
+                    with conn.begin():
+                        yield _SQLTx(conn)
+                finally:
+                    self._after(conn, readonly)
+        except SQLAlchemyError as exc:
+            if getattr(getattr(exc, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                raise StoreError(
+                    f"store busy: no write turn within {self._busy_timeout:g} s"
+                ) from exc
+            raise StoreError(f"store transaction failed: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired (another process's writer)
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's message without SQLAlchemy's echo of the statement and its parameters."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class SQLiteStore(_SQLStore):
+    """SQLite in WAL mode with ``synchronous=FULL``; the schema is migrated at open.
 
     Args:
         path: the database file (created with its directory if missing).
@@ -465,9 +600,9 @@ class SQLiteStore(Store):
             raise ValueError(f"synchronous must be FULL, EXTRA or NORMAL, not {synchronous!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._where = str(self.path)
         self._busy_timeout = busy_timeout_ms / 1000
-        self._writer = threading.Lock()  # this process's writers queue here, not in SQLite
-        self._engine: Engine = sa.create_engine(
+        self._engine = sa.create_engine(
             f"sqlite:///{self.path}",
             connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
             pool_size=8,
@@ -492,9 +627,14 @@ class SQLiteStore(Store):
                 conn.exec_driver_sql("PRAGMA query_only=ON")
 
         try:
-            _meta.create_all(self._engine)
-        except SQLAlchemyError as exc:
+            self._start()
+        except StoreError as exc:
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
+
+    def _after(self, conn: Connection, readonly: bool) -> None:
+        if readonly:
+            conn.exec_driver_sql("PRAGMA query_only=OFF")
+            conn.commit()
 
     def pragma(self, name: str) -> Any:
         """Read a PRAGMA value (used by tests and ``/readyz`` to show the durability settings)."""
@@ -503,43 +643,78 @@ class SQLiteStore(Store):
         with self._engine.connect() as conn:
             return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
 
-    @contextmanager
-    def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
-        if readonly:
-            with self._transaction(readonly=True) as tx:
-                yield tx
-            return
-        if not self._writer.acquire(timeout=self._busy_timeout):
-            raise StoreError(f"store busy: no write turn within {self._busy_timeout:g} s")
-        try:
-            with self._transaction(readonly=False) as tx:
-                yield tx
-        finally:
-            self._writer.release()
 
-    @contextmanager
-    def _transaction(self, *, readonly: bool) -> Iterator[Transaction]:
-        try:
-            with self._engine.connect() as conn:
-                conn.info["ts_readonly"] = readonly
-                try:
-                    with conn.begin():
-                        yield _SQLTx(conn)
-                finally:
-                    if readonly:
-                        conn.exec_driver_sql("PRAGMA query_only=OFF")
-                        conn.commit()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"store transaction failed: {exc}") from exc
+# Any constant works: the lock is per database, and only this store takes advisory locks in it.
+_WRITER_LOCK = 0x7473_7374_6F72_6501 & 0x7FFF_FFFF_FFFF_FFFF
 
-    def close(self) -> None:
-        self._engine.dispose()
+
+class PostgresStore(_SQLStore):
+    """PostgreSQL through psycopg 3; the schema is migrated at open.
+
+    Writers are serialised by one transaction-scoped advisory lock, so every node process (and an
+    operator's ``psql`` doing the same) sees the store exactly as one SQLite file: a ``count`` is
+    never exceeded, a log index never repeats. Durability is the server's (``fsync`` and
+    ``synchronous_commit`` on, the defaults): an acknowledged commit is in its WAL.
+
+    Args:
+        url: ``postgresql://user:password@host:port/database`` (``postgres://`` and
+            ``postgresql+psycopg://`` are accepted too); libpq's query parameters such as
+            ``sslmode=verify-full`` pass through.
+        busy_timeout_ms: how long a writer waits for another writer's lock before failing.
+        connect_timeout_s: how long opening a connection may take before the store is unreachable.
+    """
+
+    def __init__(
+        self, url: str, *, busy_timeout_ms: int = 30_000, connect_timeout_s: int = 10
+    ) -> None:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
+            raise ValueError(f"not a PostgreSQL URL: {_redact(url)!r}")
+        self.url = f"postgresql+psycopg://{rest}"
+        self._where = _redact(url)
+        self._busy_timeout = busy_timeout_ms / 1000
+        self._engine = sa.create_engine(
+            self.url,
+            connect_args={"connect_timeout": connect_timeout_s},
+            pool_size=8,
+            max_overflow=24,
+            pool_pre_ping=True,  # a server restart between transactions is not an error
+            isolation_level="AUTOCOMMIT",  # we issue BEGIN ourselves, as on SQLite
+        )
+        timeout_ms = int(busy_timeout_ms)
+
+        @event.listens_for(self._engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            if conn.info.get("ts_readonly", False):
+                conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                return
+            conn.exec_driver_sql("BEGIN ISOLATION LEVEL READ COMMITTED")
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_WRITER_LOCK})")
+
+        try:
+            self._start()
+        except StoreError as exc:
+            raise StoreError(f"cannot open store at {self._where}: {exc}") from exc
+
+
+def _redact(url: str) -> str:
+    """The URL without its password (a store URL is shown in errors and ``/readyz``)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def open_store(url: str) -> Store:
-    """Open a store from a URL: ``sqlite:///path/to/node.db`` or ``memory:``."""
+    """Open a store from a URL: ``sqlite:///PATH``, ``postgresql://...`` or ``memory:``."""
     if url == "memory:":
         return MemoryStore()
     if url.startswith("sqlite:///"):
         return SQLiteStore(url.removeprefix("sqlite:///"))
-    raise ValueError(f"unknown store URL {url!r}: use sqlite:///PATH or memory:")
+    if url.split("://", 1)[0] in ("postgres", "postgresql", "postgresql+psycopg"):
+        return PostgresStore(url)
+    raise ValueError(
+        f"unknown store URL {_redact(url)!r}: use sqlite:///PATH, postgresql://... or memory:"
+    )

@@ -1,4 +1,8 @@
-"""One shared suite for every Store backend (the in-memory twin and SQLite)."""
+"""One shared suite for every Store backend: the in-memory twin, SQLite and PostgreSQL.
+
+PostgreSQL is a real server the suite starts itself (``tests/_postgres.py``); each test gets an
+empty database of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests._postgres import PostgresServer
 from trusted_space.errors import ConflictError, LimitExceededError, NotFoundError, StoreError
 from trusted_space.events import decode_event, record_event
 from trusted_space.merkle import leaf_hash
-from trusted_space.store import MemoryStore, SQLiteStore, Store, open_store
+from trusted_space.store import (
+    MIGRATIONS,
+    MemoryStore,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+    open_store,
+)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "n.db")
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "n.db")
+    else:
+        s = open_store(request.getfixturevalue("postgres").database())
     yield s
     s.close()
 
@@ -164,7 +183,73 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
 
 def test_open_store_rejects_unknown_url() -> None:
     with pytest.raises(ValueError, match="unknown store URL"):
-        open_store("postgres://x")
+        open_store("mysql://x")
+    with pytest.raises(ValueError, match="unknown store URL 'oracle://u:\\*\\*\\*@h'"):
+        open_store("oracle://u:secret@h")  # the password is not echoed
+
+
+def test_open_store_postgres_url_forms(postgres: PostgresServer) -> None:
+    url = postgres.database()
+    for form in (url, url.replace("postgresql://", "postgres://", 1)):
+        store = open_store(form)
+        assert isinstance(store, PostgresStore)
+        assert store.schema_version() == MIGRATIONS[-1][0]
+        store.close()
+
+
+def test_unreachable_postgres_is_a_store_error_without_password() -> None:
+    with pytest.raises(StoreError) as caught:
+        PostgresStore("postgresql://u:hunter2@127.0.0.1:1/none", connect_timeout_s=2)
+    assert "hunter2" not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrations_recorded_once_and_newer_schema_refused(
+    backend: str, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else postgres.database()
+    first = open_store(url)
+    with first.transaction() as tx:
+        tx.put("dataset", "kept", {"v": 1})
+    first.close()
+    second = open_store(url)  # reopening applies nothing twice and keeps the rows
+    assert isinstance(second, SQLiteStore | PostgresStore)
+    assert second.schema_version() == len(MIGRATIONS)
+    with second._transaction(readonly=False) as raw:
+        conn = raw._c
+        rows = conn.exec_driver_sql("SELECT version FROM schema_version").scalars().all()
+        assert sorted(rows) == [v for v, _, _ in MIGRATIONS]
+        conn.exec_driver_sql(
+            "INSERT INTO schema_version (version, description, applied_at) "
+            "VALUES (999, 'from the future', 'x')"
+        )
+    with second.transaction() as tx:
+        assert tx.require("dataset", "kept").body == {"v": 1}
+    second.close()
+    with pytest.raises(StoreError, match="schema version 999, newer than this release"):
+        open_store(url)
+
+
+def test_sqlite_store_written_before_migrations_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:  # the pre-migration schema: the three tables, no version table
+        conn.exec_driver_sql(
+            "CREATE TABLE documents (namespace VARCHAR(64) NOT NULL, key VARCHAR(512) NOT NULL, "
+            "version INTEGER NOT NULL, body TEXT NOT NULL, updated_at VARCHAR(40) NOT NULL, "
+            "PRIMARY KEY (namespace, key))"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO documents VALUES ('dataset', 'old', 3, '{\"v\":1}', 'then')"
+        )
+    engine.dispose()
+    store = SQLiteStore(path)
+    with store.transaction() as tx:
+        assert tx.require("dataset", "old").version == 3
+        assert tx.increment("uses", "a") == 1  # the tables the old file lacked were created
+    assert store.schema_version() == 1
+    store.close()
 
 
 def test_readonly_transaction_reads_and_refuses_writes(store: Store) -> None:
@@ -172,7 +257,7 @@ def test_readonly_transaction_reads_and_refuses_writes(store: Store) -> None:
         tx.put("dataset", "r", {"v": 1})
     with store.transaction(readonly=True) as tx:
         assert tx.require("dataset", "r").body == {"v": 1}
-    if isinstance(store, SQLiteStore):
+    if not isinstance(store, MemoryStore):
         with pytest.raises(StoreError), store.transaction(readonly=True) as tx:
             tx.put("dataset", "w", {"v": 2})
         with store.transaction() as tx:  # the connection is writable again afterwards
@@ -180,8 +265,15 @@ def test_readonly_transaction_reads_and_refuses_writes(store: Store) -> None:
             assert tx.require("dataset", "w").body == {"v": 3}
 
 
-def test_sqlite_reader_does_not_wait_for_writer(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "c.db", busy_timeout_ms=200)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_reader_does_not_wait_for_writer(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store: Store
+    if backend == "sqlite":
+        store = SQLiteStore(tmp_path / "c.db", busy_timeout_ms=200)
+    else:
+        store = PostgresStore(request.getfixturevalue("postgres").database(), busy_timeout_ms=200)
     try:
         with store.transaction() as tx:
             tx.put("dataset", "x", {"v": 1})
