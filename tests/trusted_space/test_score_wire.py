@@ -1,4 +1,5 @@
-"""The ``score.*`` headers: each message reads back what it wrote; a bad field is named."""
+"""The ``score.*`` and operator headers: each message reads back what it wrote; a bad field is
+named."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from typing import Any
 import pytest
 
 from trusted_space.errors import ValidationError, VerificationError
+from trusted_space.protocols.operator_wire import (
+    AggregateAdd,
+    AggregateAdded,
+    AggregateOpen,
+    AggregateOpened,
+    AggregateTake,
+    AggregateTaken,
+    DealerTriple,
+    TripleDealt,
+)
 from trusted_space.protocols.score.wire import (
     BlockDone,
     EntitiesReceived,
@@ -121,3 +132,45 @@ def test_a_block_out_of_range_and_a_reply_without_receipt_are_refused() -> None:
     assert info.value.reason == "tax-bureau returned no receipt"
     with pytest.raises(ValidationError, match=r"reply\.missing is not a count"):
         ScoreRan.from_header({"query": "q", "receipt": {}, "rows": 1, "missing": -1}, "p")
+
+
+# -- the operator's messages (aggregate.*, dealer.triple) ----------------------------------------
+
+OPERATOR_MESSAGES = [
+    AggregateOpen("q", "ring64", ("court", "tax-bureau"), (5, 3), {"exponent": -32}),
+    AggregateOpened(2),
+    AggregateAdded(1, 2),
+    AggregateTaken(1, 3),
+    DealerTriple("s", "b-1", ("analyst", "court"), (5, 3), (3,)),
+    TripleDealt(1, "ab" * 16),
+]
+
+
+@pytest.mark.parametrize("message", OPERATOR_MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_operator_message_reads_back_what_it_wrote(message: Any) -> None:
+    assert type(message).from_header(_over_the_wire(message.to_header())) == message
+
+
+def test_operator_messages_with_ranges_of_the_aggregation_read_back() -> None:
+    add = AggregateAdd("q", "analyst", ("court", "tax-bureau"), 1, 3)
+    assert AggregateAdd.from_header(_over_the_wire(add.to_header()), [5, 3]) == add
+    take = AggregateTake("q", 1)
+    assert AggregateTake.from_header(_over_the_wire(take.to_header()), 2) == take
+    with pytest.raises(ValidationError, match=r"header\.count"):
+        AggregateAdd.from_header({**add.to_header(), "count": 5}, [5, 3])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"parties": ["a", "a"]}, "header.parties: expected 2-16 distinct participant ids"),
+        ({"parties": [{"a": 1}, []]}, "header.parties: expected 2-16 distinct participant ids"),
+        ({"right": [4]}, "header.left/right: shapes do not chain"),
+        ({"left": [0, 3]}, "header.left: expected a shape of (2,) positive dimensions"),
+    ],
+)
+def test_a_bad_triple_request_is_named(changes: dict[str, Any], message: str) -> None:
+    header = {**DealerTriple("s", "b", ("a", "b"), (5, 3), (3,)).to_header(), **changes}
+    with pytest.raises(ValidationError) as info:
+        DealerTriple.from_header(header)
+    assert str(info.value) == message

@@ -31,6 +31,9 @@ store *before* a share is returned, so a restart cannot deal the same batch agai
 live in memory only, so after a restart the remaining party is refused and must use a new batch.
 The dealer sees only its own randomness, never data or openings (it must not collude with a
 party: DESIGN §10).
+
+Every header above is a typed message of :mod:`trusted_space.protocols.operator_wire`
+(``to_header`` at the sender, ``from_header`` here).
 """
 
 from __future__ import annotations
@@ -49,13 +52,21 @@ from trusted_space.compute import CallContext, ComputeNode
 from trusted_space.errors import ConflictError, NotFoundError, ValidationError
 from trusted_space.events import record_event
 from trusted_space.protocols._common import (
-    MAX_BLOCK_ROWS,
     crypto_errors,
     header_int,
-    header_participants,
     header_str,
     ring_from_bytes,
     ring_to_bytes,
+)
+from trusted_space.protocols.operator_wire import (
+    AggregateAdd,
+    AggregateAdded,
+    AggregateOpen,
+    AggregateOpened,
+    AggregateTake,
+    AggregateTaken,
+    DealerTriple,
+    TripleDealt,
 )
 from trusted_space.transport import Reply, Transport
 
@@ -81,8 +92,6 @@ AGGREGATE_BLOCK_NAMESPACE: Final = "aggregate.block"
 DEALER_NAMESPACE: Final = "dealer.batch"
 _AGG_SESSION: Final = "#aggregate"  # not a participant id: no caller can collide with it
 _DEALER_SESSION: Final = "#dealer"
-_MAX_BLOCKS: Final = 1 << 16
-_MAX_DIM: Final = 1 << 24
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,25 +238,12 @@ def _block_key(analyst: str, query: str, block: int) -> str:
 
 def _aggregate_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
-    query = header_str(header, "query")
-    codec_name = header_str(header, "codec")
+    message = AggregateOpen.from_header(header)
+    query, codec_name, contributors = message.query, message.codec, message.contributors
+    counts, params = list(message.counts), dict(message.params)
     factory = AGGREGATE_CODECS.get(codec_name)
     if factory is None:
         raise ValidationError(f"header.codec: unknown codec {codec_name!r}")
-    contributors = header_participants(header, "contributors")
-    counts = header.get("counts")
-    if (
-        not isinstance(counts, list)
-        or not 1 <= len(counts) <= _MAX_BLOCKS
-        or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= MAX_BLOCK_ROWS
-            for c in counts
-        )
-    ):
-        raise ValidationError("header.counts: expected a list of block sizes")
-    params = header.get("params", {})
-    if not isinstance(params, dict):
-        raise ValidationError("header.params: expected an object")
     codec = factory(params, payload)
     key = _agg_key(ctx.sender, query)
     with node.store.transaction() as tx:
@@ -277,7 +273,7 @@ def _aggregate_open(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
         )
     state = node.sessions.open(_AGG_SESSION, key)
     state.update({"codec": codec, "sums": {}, "lock": threading.Lock()})
-    return Reply({"blocks": len(counts)})
+    return Reply(AggregateOpened(len(counts)).to_header())
 
 
 def _load_aggregation(ctx: CallContext, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -293,17 +289,16 @@ def _load_aggregation(ctx: CallContext, key: str) -> tuple[dict[str, Any], dict[
 
 
 def _aggregate_add(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    query = header_str(header, "query")
-    analyst = header_str(header, "analyst")
+    query, analyst = AggregateAdd.key(header)
     key = _agg_key(analyst, query)
     record, state = _load_aggregation(ctx, key)
     if ctx.sender not in record["contributors"]:
         raise ConflictError(f"{ctx.sender} is not a contributor of this aggregation")
-    if list(header_participants(header, "contributors")) != record["contributors"]:
-        raise ConflictError("the contributors named by the provider differ from the aggregation's")
     counts: list[int] = record["counts"]
-    block = header_int(header, "block", 0, len(counts) - 1)
-    count = header_int(header, "count", counts[block], counts[block])
+    message = AggregateAdd.from_header(header, counts)
+    if list(message.contributors) != record["contributors"]:
+        raise ConflictError("the contributors named by the provider differ from the aggregation's")
+    block, count = message.block, message.count
     codec: AggregateCodec = state["codec"]
     value = codec.load(payload, count)
     with state["lock"]:
@@ -325,7 +320,7 @@ def _aggregate_add(ctx: CallContext, header: dict[str, Any], payload: bytes) -> 
                 expect_version=doc.version if doc else 0,
             )
         state["sums"][block] = total
-    return Reply({"block": block, "contributed": len(contributed)})
+    return Reply(AggregateAdded(block, len(contributed)).to_header())
 
 
 def _aggregate_take(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
@@ -333,7 +328,7 @@ def _aggregate_take(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
     key = _agg_key(ctx.sender, query)  # only the analyst that opened it finds it
     record, state = _load_aggregation(ctx, key)
     counts: list[int] = record["counts"]
-    block = header_int(header, "block", 0, len(counts) - 1)
+    block = AggregateTake.from_header(header, len(counts)).block
     bkey = _block_key(ctx.sender, query, block)
     with state["lock"]:
         with ctx.node.store.transaction() as tx:
@@ -367,7 +362,7 @@ def _aggregate_take(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
             )
         del state["sums"][block]
     codec: AggregateCodec = state["codec"]
-    return Reply({"block": block, "count": counts[block]}, codec.dump(total))
+    return Reply(AggregateTaken(block, counts[block]).to_header(), codec.dump(total))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,32 +370,10 @@ def _aggregate_take(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
 # ----------------------------------------------------------------------------------------------
 
 
-def _shape(header: Mapping[str, Any], name: str, dims: tuple[int, ...]) -> tuple[int, ...]:
-    value = header.get(name)
-    if (
-        not isinstance(value, list)
-        or len(value) not in dims
-        or not all(
-            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _MAX_DIM for v in value
-        )
-    ):
-        raise ValidationError(f"header.{name}: expected a shape of {dims} positive dimensions")
-    return tuple(value)
-
-
 def _dealer_triple(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    session = header_str(header, "session")
-    batch = header_str(header, "batch")
-    value = header.get("parties")
-    if not isinstance(value, list) or not 2 <= len(value) <= 16 or len(set(value)) != len(value):
-        raise ValidationError("header.parties: expected 2-16 distinct participant ids")
-    parties = [header_str({"p": p}, "p") for p in value]
-    left = _shape(header, "left", (2,))
-    right = _shape(header, "right", (1, 2))
-    if left[1] != right[0]:
-        raise ValidationError("header.left/right: shapes do not chain")
-    if left[0] * left[1] > _MAX_DIM:
-        raise ValidationError("header.left: triple too large for one batch")
+    message = DealerTriple.from_header(header)
+    session, batch, parties = message.session, message.batch, list(message.parties)
+    left, right = message.left, message.right
     if ctx.sender not in parties:
         raise ConflictError(f"{ctx.sender} is not a party of this batch")
     party = parties.index(ctx.sender)
@@ -439,7 +412,7 @@ def _dealer_triple(ctx: CallContext, header: dict[str, Any], payload: bytes) -> 
         )
     if len(dealt) == len(parties):
         node.sessions.close(_DEALER_SESSION, key)
-    return Reply({"party": party, "triple": triple.triple_id}, triple.to_bytes())
+    return Reply(TripleDealt(party, triple.triple_id).to_header(), triple.to_bytes())
 
 
 def _triple_id(key: str) -> str:
@@ -471,18 +444,8 @@ def open_aggregation(
     material: bytes = b"",
 ) -> None:
     """As the analyst: open an aggregation of ``contributors``' blocks of ``counts`` values."""
-    transport.call(
-        operator,
-        "aggregate.open",
-        {
-            "query": query,
-            "codec": codec,
-            "contributors": sorted(contributors),
-            "counts": list(counts),
-            "params": dict(params or {}),
-        },
-        material,
-    )
+    message = AggregateOpen(query, codec, tuple(sorted(contributors)), tuple(counts), params or {})
+    transport.call(operator, "aggregate.open", message.to_header(), material)
 
 
 def add_to_aggregate(
@@ -497,23 +460,15 @@ def add_to_aggregate(
     payload: bytes,
 ) -> None:
     """As a provider: add one block of its partial to the analyst's aggregation."""
-    transport.call(
-        operator,
-        "aggregate.add",
-        {
-            "query": query,
-            "analyst": analyst,
-            "contributors": sorted(contributors),
-            "block": block,
-            "count": count,
-        },
-        payload,
-    )
+    message = AggregateAdd(query, analyst, tuple(sorted(contributors)), block, count)
+    transport.call(operator, "aggregate.add", message.to_header(), payload)
 
 
 def take_aggregate(transport: Transport, operator: str, *, query: str, block: int) -> bytes:
     """As the analyst: take the complete sum of one block (once)."""
-    return transport.call(operator, "aggregate.take", {"query": query, "block": block}).payload
+    return transport.call(
+        operator, "aggregate.take", AggregateTake(query, block).to_header()
+    ).payload
 
 
 def fetch_triple(
@@ -527,17 +482,8 @@ def fetch_triple(
     right: tuple[int, ...],
 ) -> sharing.TripleShare:
     """As a party: fetch its own share of a matrix triple batch from the dealer."""
-    reply = transport.call(
-        operator,
-        "dealer.triple",
-        {
-            "session": session,
-            "batch": batch,
-            "parties": list(parties),
-            "left": list(left),
-            "right": list(right),
-        },
-    )
+    message = DealerTriple(session, batch, tuple(parties), left, tuple(right))
+    reply = transport.call(operator, "dealer.triple", message.to_header())
     with crypto_errors("triple share from the dealer"):
         share = sharing.TripleShare.from_bytes(reply.payload)
     if share.a.shape != tuple(left) or share.b.shape != tuple(right):
