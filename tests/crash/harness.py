@@ -5,7 +5,8 @@ that promise, and the invariants built on it, against real node processes:
 
 * an operator (``city-centre``: witness and Beaver-triple dealer), a provider (``tax-bureau``,
   one ``zone`` dataset, two ``count``-limited agreements) and a consumer (``bank-a``), each a real
-  process forked by :mod:`tests.crash.node_main` on its own directory and SQLite store;
+  process forked by :mod:`tests.crash.node_main` on its own directory and store (SQLite, or a
+  database of its own on a PostgreSQL server when ``store_urls`` names one);
 * driver threads in this process append over HTTP, as the members and staff would: uses of the
   provider's data (``align.open``: a policy decision, the ``count`` counter, a ``query.use`` entry
   and a signed checkpoint in the receipt), negotiations (started at the bank, acknowledged by the
@@ -73,7 +74,7 @@ from trusted_space.merkle import MerkleTree, leaf_hash, verify_consistency
 from trusted_space.notes import Checkpoint
 from trusted_space.policy import COUNT_NAMESPACE
 from trusted_space.policy.vocabulary import account_key
-from trusted_space.store import SQLiteStore
+from trusted_space.store import Store, open_store
 from trusted_space.transport import frame, unframe
 
 __all__ = ["CrashHarness", "HarnessFailure", "NodeProcesses"]
@@ -211,9 +212,9 @@ class Node:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
     @contextmanager
-    def store(self) -> Iterator[SQLiteStore]:
-        """The node's own SQLite file, opened read-mostly next to the running node."""
-        store = SQLiteStore(self.settings.store.removeprefix("sqlite:///"))
+    def store(self) -> Iterator[Store]:
+        """The node's own store (SQLite file or PostgreSQL database), opened next to the node."""
+        store = open_store(self.settings.store)
         try:
             yield store
         finally:
@@ -272,6 +273,7 @@ class CrashHarness:
         max_delay: a node is killed at a moment drawn uniformly in ``[0, max_delay)`` seconds
             after its restart.
         log: where progress lines go.
+        store_urls: node name -> its store URL (default: each node's own SQLite file).
     """
 
     def __init__(
@@ -282,8 +284,10 @@ class CrashHarness:
         limit: int = 10,
         max_delay: float = 0.4,
         log: Callable[[str], None] = print,
+        store_urls: dict[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.store_urls = dict(store_urls or {})
         self.rng = rng
         self.limit = limit
         self.max_delay = max_delay
@@ -346,7 +350,14 @@ class CrashHarness:
     def setup(self) -> None:
         """Create, start and admit the three nodes; publish; negotiate the two agreements."""
         ports = _free_ports(3)
-        op = init_node(self.root / OPERATOR, name=OPERATOR, roles=["operator"], port=ports[0])
+        stores = {name: {"store_url": url} for name, url in self.store_urls.items()}
+        op = init_node(
+            self.root / OPERATOR,
+            name=OPERATOR,
+            roles=["operator"],
+            port=ports[0],
+            extra=stores.get(OPERATOR),
+        )
         anchor = OperatorAnchor.load(op.layout.operator)
         provider = init_node(
             self.root / PROVIDER,
@@ -354,7 +365,7 @@ class CrashHarness:
             roles=["provider"],
             port=ports[1],
             operator=anchor,
-            extra={"witness_interval": 0.3, "log_level": "warning"},
+            extra={"witness_interval": 0.3, "log_level": "warning", **stores.get(PROVIDER, {})},
         )
         bank = init_node(
             self.root / BANK,
@@ -362,7 +373,7 @@ class CrashHarness:
             roles=["consumer"],
             port=ports[2],
             operator=anchor,
-            extra={"log_level": "warning"},
+            extra={"log_level": "warning", **stores.get(BANK, {})},
         )
         for settings in (op, provider, bank):
             settings = load_settings(settings.dir)
