@@ -9,7 +9,13 @@
   counter-party; this side terminates even if the counter-party cannot be told
   (``peerNotified`` says which).
 - ``GET /management/agreements``, ``GET /management/agreements/{id}``: signed agreements with
-  both public signatures, the state of their negotiation, and whether they authorise use now.
+  both public signatures, the state of their negotiation, their standing, and whether they
+  authorise use now.
+- ``POST /management/agreements/{id}/suspend|resume|terminate`` ``{"reason"}`` (provider): change
+  a FINALIZED agreement's standing (:mod:`trusted_space.contracts.standing`); every later use
+  and transfer is refused with a trace step ``standing`` until it is resumed; ``terminated`` is
+  final. Recorded as an ``agreement.standing`` ledger entry; ``409`` for a transition that is
+  not allowed, ``404`` for an agreement this node did not grant.
 
 Staff only (the node's admin token). Nothing here returns a key or a token.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.node import negotiation
 from connectors.node.deps import AdminDep, RuntimeDep
@@ -37,15 +44,20 @@ from trusted_space.contracts import (
     Negotiation,
     NegotiationState,
     SignedAgreement,
+    Standing,
     agreement_authorises,
+    agreement_standing,
+    change_standing,
     load_agreement,
     load_negotiation,
 )
-from trusted_space.errors import ValidationError
+from trusted_space.errors import NotFoundError, ValidationError
 from trusted_space.store import Transaction
 
 __all__ = [
+    "StandingChange",
     "TerminationView",
+    "change_agreement_standing",
     "create_negotiation",
     "get_agreement",
     "get_negotiation",
@@ -114,9 +126,9 @@ def terminate_negotiation(
 def _agreement(runtime: NodeRuntime, tx: Transaction, signed: SignedAgreement) -> AgreementView:
     pid = signed.provider_pid if signed.assigner == runtime.id else signed.consumer_pid
     state = load_negotiation(tx, pid).state
-    return agreement_view(
-        signed, state, authorises=agreement_authorises(signed, state, runtime.clock())
-    )
+    standing = agreement_standing(tx, signed.id).standing
+    authorises = agreement_authorises(signed, state, runtime.clock()) and standing == "active"
+    return agreement_view(signed, state, authorises=authorises, standing=standing)
 
 
 @router.get("/agreements", response_model=list[AgreementView])
@@ -134,3 +146,34 @@ def get_agreement(_: AdminDep, runtime: RuntimeDep, agreement_id: str) -> Agreem
     """One signed agreement: its terms and both signatures (checkable with the public keys)."""
     with runtime.transaction(readonly=True) as tx:
         return _agreement(runtime, tx, load_agreement(tx, agreement_id))
+
+
+class StandingChange(BaseModel):
+    """Why the provider's staff suspend, resume or terminate an agreement (kept in the ledger)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+_STANDING_OF: dict[str, Standing] = {
+    "suspend": "suspended",
+    "resume": "active",
+    "terminate": "terminated",
+}
+
+
+@router.post("/agreements/{agreement_id}/{action}", response_model=AgreementView)
+def change_agreement_standing(
+    _: AdminDep, runtime: RuntimeDep, agreement_id: str, action: str, body: StandingChange
+) -> AgreementView:
+    """Suspend, resume or terminate a FINALIZED agreement this node granted (as provider)."""
+    standing = _STANDING_OF.get(action)
+    if standing is None:
+        raise NotFoundError(f"no action {action!r}; use suspend, resume or terminate")
+    with runtime.transaction() as tx:
+        signed = load_agreement(tx, agreement_id)
+        if signed.assigner != runtime.id:
+            raise NotFoundError(f"agreement {agreement_id!r} was not granted by {runtime.id}")
+        change_standing(tx, agreement_id, standing, reason=body.reason, at=runtime.clock())
+        return _agreement(runtime, tx, signed)

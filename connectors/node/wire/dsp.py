@@ -113,7 +113,11 @@ class AgreementView(BaseModel):
     providerSignature: SignatureView
     consumerSignature: SignatureView
     state: str = Field(description="State of the negotiation that produced it")
-    authorises: bool = Field(description="FINALIZED and inside its validity window, now")
+    standing: str = Field(
+        default="active",
+        description="active, suspended or terminated (by its provider; checked on every use)",
+    )
+    authorises: bool = Field(description="FINALIZED, inside its validity window and active, now")
 
 
 def negotiation_view(record: Negotiation) -> NegotiationView:
@@ -133,7 +137,7 @@ def negotiation_view(record: Negotiation) -> NegotiationView:
 
 
 def agreement_view(
-    signed: SignedAgreement, state: NegotiationState, *, authorises: bool
+    signed: SignedAgreement, state: NegotiationState, *, authorises: bool, standing: str = "active"
 ) -> AgreementView:
     """The staff's view of a signed agreement."""
     doc = signed.to_json()
@@ -145,5 +149,6 @@ def agreement_view(
         providerSignature=SignatureView(**doc["providerSignature"]),
         consumerSignature=SignatureView(**doc["consumerSignature"]),
         state=state.value,
+        standing=standing,
         authorises=authorises,
     )

@@ -1,0 +1,269 @@
+"""Limits a member cannot reset, across real node processes (issue 13).
+
+A provider (tax bureau) and a bank run as real processes. Each attack below is one a member that
+follows the protocol but chooses its inputs would try; each is refused with ``403`` and a trace
+whose blocking step names the rule:
+
+* renegotiating the same offer to reset ``count`` (``count``);
+* renegotiating to reset the privacy budget (``epsilonTotal``);
+* an aggregate over one held entity plus nine made-up ids with ``missing: impute``
+  (``minCohort``: the cohort is the held entities);
+* the exact aggregate against a policy that requires noise (``epsilon``);
+* a use after the provider suspended the agreement (``standing``), allowed again once resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.client.http import SignedClient
+from connectors.node.compute import COMPUTE_CONTENT_TYPE
+from connectors.spaces.space import (
+    DatasetConfig,
+    NodeConfig,
+    RunningNode,
+    RunningSpace,
+    SourceConfig,
+    SpaceConfig,
+    up,
+)
+from tests.integration._space import count_limited_offer, member_credential, settled, tax_records
+from trusted_space.keys import SigningKey
+from trusted_space.protocols._common import encode_ids
+from trusted_space.transport import frame, unframe
+
+pytestmark = pytest.mark.integration
+
+DATASET = "tax-limits"
+PURPOSE = "pre-loan-review"
+STATS = "risk-monitoring"
+QUIET = {"log_level": "warning"}
+HELD = [f"ent-{i:03d}" for i in range(24)]
+
+
+def _noisy_offer() -> dict[str, Any]:
+    """Aggregates only with noise: at most epsilon 0.5 a query, 1.0 in total per member."""
+
+    def c(left: str, op: str, right: Any) -> dict[str, Any]:
+        return {"leftOperand": left, "operator": op, "rightOperand": right}
+
+    return {
+        "@id": f"urn:uuid:{uuid.uuid4()}",
+        "@type": "Offer",
+        "permission": [
+            {
+                "action": "use",
+                "constraint": [
+                    c("purpose", "eq", STATS),
+                    c("computation", "isAnyOf", ["aggregate"]),
+                    c("output", "isAnyOf", ["aggregate"]),
+                    c("minCohort", "gteq", {"@value": "5", "@type": "xsd:integer"}),
+                    c("epsilon", "lteq", {"@value": "0.5", "@type": "xsd:decimal"}),
+                    c("epsilonTotal", "lteq", "1.0"),
+                ],
+            }
+        ],
+    }
+
+
+@dataclasses.dataclass
+class Space:
+    space: RunningSpace
+    scores: str  # offer id, count <= 2
+    noisy: str  # offer id, noise required
+    credential: str
+    signed: SignedClient | None = None
+
+    @property
+    def provider(self) -> RunningNode:
+        return self.space["tax-bureau"]
+
+    @property
+    def bank(self) -> RunningNode:
+        return self.space["bank-a"]
+
+    def client(self) -> SignedClient:
+        if self.signed is None:
+            key = SigningKey.load(self.bank.layout.node_key)
+            credential = self.credential
+            self.signed = SignedClient("bank-a", key, lambda: credential, timeout=60)
+        return self.signed
+
+    def negotiate(self, offer_id: str) -> str:
+        with self.bank.admin(timeout=60) as admin:
+            started = admin.post(
+                "/management/negotiations",
+                {"provider": "tax-bureau", "datasetId": DATASET, "offerId": offer_id},
+            )
+            view = settled(admin.get, started["id"], 60)
+        assert view["state"] == "FINALIZED", view
+        return str(view["agreementId"])
+
+    def call(self, operation: str, header: dict[str, Any], payload: bytes = b"") -> Any:
+        response = self.client().request(
+            "POST",
+            f"{self.provider.url}/compute/{operation}",
+            audience="tax-bureau",
+            content=frame(header, payload),
+            content_type=COMPUTE_CONTENT_TYPE,
+            check=False,
+        )
+        if response.status_code == 200:
+            return 200, unframe(response.content)[0]
+        return response.status_code, response.json()
+
+    def score_use(self, agreement: str) -> tuple[int, Any]:
+        header = {
+            "query": f"q-{uuid.uuid4().hex[:12]}",
+            "agreement": agreement,
+            "dataset": DATASET,
+            "purpose": PURPOSE,
+            "kind": "score",
+            "protocol": "ckks",
+            "columns": ["tax_paid"],
+            "size": 3,
+        }
+        status, body = self.call("align.open", header)
+        return status, body
+
+    def aggregate(
+        self, agreement: str, entities: list[str], *, epsilon: float | None, missing: str
+    ) -> tuple[int, Any]:
+        payload = encode_ids(entities)
+        header: dict[str, Any] = {
+            "query": f"q-{uuid.uuid4().hex[:12]}",
+            "agreement": agreement,
+            "dataset": DATASET,
+            "column": "tax_paid",
+            "statistic": "count",
+            "protocol": "ckks",
+            "purpose": STATS,
+            "count": len(entities),
+            "missing": missing,
+            "part": 0,
+            "parts": 1,
+            "total": len(payload),
+        }
+        if epsilon is not None:
+            header["epsilon"] = epsilon
+        status, body = self.call("stats.entities", header, payload)
+        return status, body
+
+
+def _blocking(body: Any) -> list[str]:
+    return [s["left_operand"] for s in body["trace"] if s["blocking"]]
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
+    root: Path = tmp_path_factory.mktemp("limits")
+    rows = root / "tax.csv"
+    rows.write_text(
+        "entity,tax_paid\n" + "".join(f"{e},{100 + i}.25\n" for i, e in enumerate(HELD)),
+        encoding="utf-8",
+    )
+    scores = count_limited_offer(2, purpose=PURPOSE, protocols=["ckks"])
+    noisy = _noisy_offer()
+    ds = DatasetConfig(
+        file=root / "tax.json",
+        dataset=tax_records(DATASET, "Tax paid (limits)", ["tax_paid"]),
+        source=SourceConfig("csv", rows),
+        offers=(scores, noisy),
+    )
+    config = SpaceConfig(
+        path=root / "space.toml",
+        name="limits",
+        dir=root / "space",
+        host="127.0.0.1",
+        base_port=0,
+        nodes=(
+            NodeConfig("city-centre", ("operator",)),
+            NodeConfig("tax-bureau", ("provider",), settings=QUIET, datasets=(ds,)),
+            NodeConfig("bank-a", ("consumer",), settings=QUIET),
+        ),
+    )
+    with up(config, timeout=90) as running:
+        bank, operator = running["bank-a"], running.operator
+        key = SigningKey.load(bank.layout.node_key)
+        credential = member_credential("bank-a", key, operator.url, operator.name)
+        limits = Space(running, str(scores["@id"]), str(noisy["@id"]), credential)
+        yield limits
+        if limits.signed is not None:
+            limits.signed.close()
+
+
+def test_renegotiating_does_not_reset_count(space: Space) -> None:
+    first = space.negotiate(space.scores)
+    assert [space.score_use(first)[0] for _ in range(2)] == [200, 200]
+    status, body = space.score_use(first)
+    assert status == 403 and _blocking(body) == ["count"]
+
+    renegotiated = space.negotiate(space.scores)
+    assert renegotiated != first
+    status, body = space.score_use(renegotiated)
+
+    assert status == 403, body
+    assert _blocking(body) == ["count"]
+    assert "renegotiating does not reset it" in body["detail"] or any(
+        "renegotiating does not reset it" in s["message"] for s in body["trace"]
+    )
+
+
+def test_renegotiating_does_not_reset_epsilon(space: Space) -> None:
+    first = space.negotiate(space.noisy)
+    assert space.aggregate(first, HELD[:10], epsilon=0.5, missing="fail")[0] == 200
+    assert space.aggregate(first, HELD[:10], epsilon=0.5, missing="fail")[0] == 200
+    status, body = space.aggregate(first, HELD[:10], epsilon=0.5, missing="fail")
+    assert status == 403 and _blocking(body) == ["epsilonTotal"], body
+
+    renegotiated = space.negotiate(space.noisy)
+    status, body = space.aggregate(renegotiated, HELD[10:20], epsilon=0.5, missing="fail")
+
+    assert status == 403, body
+    assert _blocking(body) == ["epsilonTotal"]
+
+
+def test_the_exact_aggregate_is_refused_when_noise_is_required(space: Space) -> None:
+    agreement = space.negotiate(space.noisy)
+
+    status, body = space.aggregate(agreement, HELD[:10], epsilon=None, missing="fail")
+
+    assert status == 403, body
+    assert _blocking(body) == ["epsilon"]
+
+
+def test_made_up_ids_imputed_do_not_make_a_cohort(space: Space) -> None:
+    agreement = space.negotiate(space.noisy)
+    made_up = [f"made-up-{i}" for i in range(9)]
+
+    status, body = space.aggregate(agreement, [HELD[0], *made_up], epsilon=0.1, missing="impute")
+
+    assert status == 403, body
+    assert _blocking(body) == ["minCohort"]
+    step = next(s for s in body["trace"] if s["left_operand"] == "minCohort")
+    assert step["seen"] == 1
+
+
+def test_a_suspended_agreement_is_refused_until_resumed(space: Space) -> None:
+    agreement = space.negotiate(space.scores)  # count is spent: check suspension on its own
+    with space.provider.admin(timeout=30) as admin:
+        view = admin.post(f"/management/agreements/{agreement}/suspend", {"reason": "review"})
+        assert view["standing"] == "suspended" and view["authorises"] is False
+
+    status, body = space.score_use(agreement)
+
+    assert status == 403, body
+    assert "standing" in _blocking(body)
+    with space.provider.admin(timeout=30) as admin:
+        view = admin.post(f"/management/agreements/{agreement}/resume", {"reason": "cleared"})
+        assert view["standing"] == "active"
+        admin.post(f"/management/agreements/{agreement}/terminate", {"reason": "contract ended"})
+    status, body = space.score_use(agreement)
+    assert status == 403 and "standing" in _blocking(body)
+    assert any(s["seen"] == "terminated" for s in body["trace"] if s["left_operand"] == "standing")
