@@ -3,7 +3,9 @@
 A small real space of its own (``trusted-space node serve`` processes started by
 :func:`connectors.spaces.space.up`: operator, the provider ``tax-bureau``, the consumer
 ``bank-a``), so
-the shared session space of the other integration tests is left alone. The provider publishes one
+the shared session space of the other integration tests is left alone. It runs twice: every node on
+its SQLite file, then every node on a database of its own on the real PostgreSQL server the suite
+starts (``tests/_postgres.py``). The provider publishes one
 ``zone`` dataset with two offers, and the bank holds an agreement for each: ``steady`` (a large
 ``count``) and ``limited`` (``count`` <= 7).
 
@@ -117,10 +119,17 @@ def _negotiate(bank: RunningNode, offer_id: str, timeout: float = 60.0) -> dict[
         return settled(admin.get, started["id"], timeout)
 
 
-@pytest.fixture(scope="module")
-def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def load(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Load]:
+    """The space, with every node on SQLite or on its own database of the suite's PostgreSQL."""
     root = tmp_path_factory.mktemp("concurrency")
     ds = _dataset(root)
+    stores: dict[str, dict[str, str]] = {"city-centre": {}, "tax-bureau": {}, "bank-a": {}}
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres")
+        stores = {n: {"store_url": server.database(n.replace("-", "_"))} for n in stores}
     config = SpaceConfig(
         path=root / "space.toml",
         name="concurrency",
@@ -128,13 +137,20 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
         host="127.0.0.1",
         base_port=0,
         nodes=(
-            NodeConfig("city-centre", ("operator",)),
-            NodeConfig("tax-bureau", ("provider",), settings=QUIET, datasets=(ds,)),
-            NodeConfig("bank-a", ("consumer",), settings=QUIET),
+            NodeConfig("city-centre", ("operator",), settings=stores["city-centre"]),
+            NodeConfig(
+                "tax-bureau",
+                ("provider",),
+                settings={**QUIET, **stores["tax-bureau"]},
+                datasets=(ds,),
+            ),
+            NodeConfig("bank-a", ("consumer",), settings={**QUIET, **stores["bank-a"]}),
         ),
     )
     with up(config, timeout=90) as space:
         bank, operator = space["bank-a"], space.operator
+        on_sqlite = sorted(name for name, n in space.nodes.items() if n.layout.store.exists())
+        assert on_sqlite == ([] if request.param == "postgresql" else sorted(stores))
         steady = _negotiate(bank, str(ds.offers[0]["@id"]))
         limited = _negotiate(bank, str(ds.offers[1]["@id"]))
         assert steady["state"] == limited["state"] == "FINALIZED"
