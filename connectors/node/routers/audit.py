@@ -103,7 +103,12 @@ def verify_ledger(body: LedgerVerifyRequest, runtime: RuntimeDep) -> VerifyRepor
     """Verify a member's whole ledger from outside, against the operator's witness."""
     member = check_participant_id(body.member)
     operator_url, _ = _operator_url(runtime)
-    url = runtime.peer_url(member)
+    try:
+        url = runtime.peer_url(member)
+    except NotFoundError:
+        raise
+    except (TrustedSpaceError, httpx.HTTPError) as exc:
+        raise NotFoundError(f"member {member!r}: no URL known here or at the operator") from exc
     with plain_client(runtime, timeout=_VERIFY_TIMEOUT) as client:
         report = verify_node(client, url, vkey=body.vkey, operator=operator_url)
     doc = report.to_json()
@@ -158,7 +163,7 @@ def verify_receipt(
             f"entry {parsed.index} is in the signed checkpoint of size {checkpoint.size}",
         )
         event = asdict(decode_event(parsed.index, parsed.entry))
-    except (TrustedSpaceError, ValueError) as exc:
+    except (TrustedSpaceError, ValueError, KeyError, TypeError) as exc:
         add("inclusion proof", False, f"does not verify ({type(exc).__name__})")
     return ReceiptCheckView(
         ok=all(c["ok"] for c in checks), participant=pid, checks=checks, event=event
