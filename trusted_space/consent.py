@@ -16,10 +16,13 @@ Threats and what stops them:
 - **Ignoring a withdrawal**: :meth:`ConsentRegistry.revoke` marks a consent revoked; a revoked
   consent never counts again, whatever time is asked about (safe by default: use the ledger to
   reconstruct past decisions).
-- **Leaking who is being looked at**: every check is recorded as ``consent.check``, but with the
-  count and a SHA-256 of the sorted entity list rather than the list itself, since the ledger is
-  shown to auditors and "bank-a asked about enterprise X" is itself sensitive. An auditor who
-  holds the query can recompute the digest.
+- **Leaking who is being looked at, or who is whose customer**: the ledger is public, and
+  "bank-a asked about enterprise X" or "X consented to bank-a" is itself sensitive (an unsalted
+  hash of one USCC is confirmed by hashing the open registry). So ``consent.check`` carries the
+  count and a *salted* commitment to the sorted entity list, and ``consent.registered``,
+  ``consent.revoked`` and ``consent.key_registered`` carry only a salted commitment to their
+  content (:mod:`trusted_space.commitments`); the openings stay in this node's store for its
+  staff and auditors.
 
 Consent token: JWS compact (see :mod:`trusted_space.identity`) with header
 ``{"alg":"EdDSA","kid":<signer key fingerprint>,"typ":"ts-consent+jws"}`` and claims ``cid``
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from trusted_space.commitments import commit
 from trusted_space.errors import NotFoundError, ValidationError, VerificationError
 from trusted_space.events import canonical_json, record_event
 from trusted_space.identity import CompactJWS, check_participant_id, sign_compact, to_epoch
@@ -235,12 +239,10 @@ class ConsentRegistry:
         """
         check_entity_id(entity)
         tx.put(_NS_ENTITY_KEY, entity, {"key": key.to_b64()})
-        record_event(
-            tx,
-            "consent.key_registered",
-            {"entity": entity, "key": key.fingerprint},
-            time=now,
+        registration, _ = commit(
+            tx, "consent.key_registered", {"entity": entity, "key": key.fingerprint}
         )
+        record_event(tx, "consent.key_registered", {"registration": registration}, time=now)
 
     def entity_key(self, tx: Transaction, entity: str) -> VerifyKey:
         """The registered key of ``entity``.
@@ -284,7 +286,8 @@ class ConsentRegistry:
         key = _storage_key(consent)
         tx.insert(_NS_CONSENT_ID, consent.consent_id, {"key": key})
         tx.insert(_NS_CONSENT, key, {"token": token, "revoked_at": None})
-        record_event(
+        signed_by = "operator" if consent.operator_registered else "entity"
+        committed, _ = commit(
             tx,
             "consent.registered",
             {
@@ -292,11 +295,15 @@ class ConsentRegistry:
                 "entity": consent.entity,
                 "grantee": consent.grantee,
                 "purpose": consent.purpose,
-                "signed_by": "operator" if consent.operator_registered else "entity",
+                "signed_by": signed_by,
                 "not_before": consent.not_before.isoformat(),
                 "expires_at": consent.expires_at.isoformat(),
             },
-            time=now,
+        )
+        # Who consented to whom for what is a data subject's and a grantee's business: the
+        # public entry carries only a salted commitment (opened to auditors on request).
+        record_event(
+            tx, "consent.registered", {"consent": committed, "signed_by": signed_by}, time=now
         )
         return consent
 
@@ -336,12 +343,12 @@ class ConsentRegistry:
                 {"token": doc.body["token"], "revoked_at": to_epoch(now)},
                 expect_version=doc.version,
             )
-            record_event(
+            committed, _ = commit(
                 tx,
                 "consent.revoked",
                 {"consent_id": consent_id, "entity": consent.entity, "reason": reason},
-                time=now,
             )
+            record_event(tx, "consent.revoked", {"consent": committed}, time=now)
         return consent
 
     def checker(self, tx: Transaction, *, record: bool = True) -> TransactionConsentChecker:
@@ -407,6 +414,7 @@ class TransactionConsentChecker:
         if not self._record:
             return
         unique = set(entities)
+        committed, _ = commit(self._tx, "entities", _entities_digest(unique), detail=sorted(unique))
         record_event(
             self._tx,
             "consent.check",
@@ -415,7 +423,7 @@ class TransactionConsentChecker:
                 "purpose": purpose,
                 "at": at.astimezone(UTC).isoformat(),
                 "entities": len(unique),
-                "entities_sha256": _entities_digest(unique),
+                "entities_commitment": committed,
                 "missing": missing,
             },
         )

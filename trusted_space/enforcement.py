@@ -27,10 +27,12 @@ to the analyst (403 with the trace at the HTTP edge; ``RemoteError.problem["trac
 
 On allow, in the same transaction: metering (:func:`trusted_space.metering.record_use`) and one
 ``query.use`` ledger entry — query id, analyst, agreement, dataset, columns, protocol, kind,
-purpose, entity count and the SHA-256 of the canonical JSON array of the entity ids in request
-order (never the entities themselves, never a feature). After commit the node builds a receipt
-(:meth:`~trusted_space.ledger.Ledger.receipt` plus the node's ledger vkey and id) that the analyst
-can check with :func:`~trusted_space.ledger.verify_receipt`.
+purpose, entity count and a salted commitment to the entity ids in request order
+(:mod:`trusted_space.commitments`: never the entities themselves, nor an unsalted hash an
+outsider could confirm by guessing; never a feature). After commit the node builds a receipt
+(:meth:`~trusted_space.ledger.Ledger.receipt` plus the node's ledger vkey and id, and the salt of
+the commitment under ``openings``) that the analyst can check with
+:func:`~trusted_space.ledger.verify_receipt`, recomputing the commitment from its own ids.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from trusted_space.catalog import TS_NAMESPACE, FieldType, PublishedDataset, load_dataset
+from trusted_space.commitments import commit
 from trusted_space.compute import ComputeNode
 from trusted_space.contracts import (
     SignedAgreement,
@@ -346,6 +349,7 @@ def authorize_use(
     at = node.clock()
     registry = node.consents
     refusal: RefusedError | None = None
+    entities_salt: str | None = None
     grant: tuple[PublishedDataset, int, int, tuple[str, ...], float | None] | None = None
     with node.store.transaction() as tx:
         checks = Checks(
@@ -397,6 +401,16 @@ def authorize_use(
                 refusal = Checks.refused(decision, participant=node.participant_id)
             else:
                 record_use(tx, request.agreement_id, request.analyst, request.kind)
+                entities_commitment, entities_salt = (
+                    commit(
+                        tx,
+                        "entities",
+                        entities_digest(request.entities),
+                        detail=list(request.entities),
+                    )
+                    if request.entities
+                    else (None, None)
+                )
                 use_index = record_event(
                     tx,
                     "query.use",
@@ -410,9 +424,7 @@ def authorize_use(
                         "kind": request.kind,
                         "purpose": request.purpose,
                         "entities": request.size,
-                        "entities_sha256": entities_digest(request.entities)
-                        if request.entities
-                        else None,
+                        "entities_commitment": entities_commitment,
                         "epsilon": request.epsilon,
                         "decision": decision.ledger_index,
                     },
@@ -432,4 +444,6 @@ def authorize_use(
     published_ds, decision_index, use_index, entities, epsilon_total = grant
     receipt = node.ledger.receipt(use_index).to_json()
     receipt |= {"vkey": node.ledger.vkey, "participant": node.participant_id}
+    if entities_salt is not None:  # the analyst's opening: it recomputes from its own ids
+        receipt["openings"] = {"entities_commitment": entities_salt}
     return UseGrant(published_ds, decision_index, use_index, receipt, entities, epsilon_total)

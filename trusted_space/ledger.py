@@ -65,6 +65,7 @@ from trusted_space.store import Store, Transaction
 __all__ = [
     "CHECKPOINT_NAMESPACE",
     "FORK_NAMESPACE",
+    "WATCH_NAMESPACE",
     "WITNESS_NAMESPACE",
     "Ledger",
     "Receipt",
@@ -72,6 +73,7 @@ __all__ = [
     "WitnessState",
     "detect_fork",
     "open_checkpoint",
+    "record_witness_refusal",
     "verify_log",
     "verify_receipt",
 ]
@@ -79,6 +81,8 @@ __all__ = [
 CHECKPOINT_NAMESPACE = "ledger_checkpoint"
 WITNESS_NAMESPACE = "witness_state"
 FORK_NAMESPACE = "witness_fork"
+WATCH_NAMESPACE = "witness_watch"
+"""Per origin: the last submission's time, refusals, and whether the log was flagged silent."""
 
 
 def _b64(raw: bytes) -> str:
@@ -398,6 +402,26 @@ class WitnessState:
             return None
         return parse_checkpoint(str(doc.body["checkpoint"]))
 
+    def latest_record(self, origin: str) -> dict[str, Any] | None:
+        """The stored record of ``origin``'s newest cosigned head, ``None`` if never cosigned.
+
+        Keys: ``checkpoint`` (body), ``note`` (the log's signed note as cosigned),
+        ``cosigned_at`` (POSIX seconds).
+        """
+        with self._store.transaction(readonly=True) as tx:
+            doc = tx.get(WITNESS_NAMESPACE, origin)
+        return None if doc is None else dict(doc.body)
+
+    def watch(self, origin: str) -> dict[str, Any]:
+        """What the witness saw of ``origin``'s submissions (``{}`` if none).
+
+        Keys: ``last_submission_at``, ``refusals``, ``last_refusal`` (reason), ``last_refused``
+        (whether the last submission was refused), ``silent_since`` (set while flagged silent).
+        """
+        with self._store.transaction(readonly=True) as tx:
+            doc = tx.get(WATCH_NAMESPACE, origin)
+        return {} if doc is None else dict(doc.body)
+
     def forks(self, origin: str) -> list[dict[str, Any]]:
         """Evidence of refused checkpoints: the cosigned note and the conflicting one, signed."""
         with self._store.transaction(readonly=True) as tx:
@@ -429,6 +453,22 @@ class Witness:
     def vkey(self) -> str:
         """The cosigner verifier key (type ``0x04``) clients configure."""
         return make_vkey(self.name, self._key.verify_key, SIG_COSIGNATURE_V1)
+
+    def latest_cosigned(self, origin: str) -> str | None:
+        """The newest checkpoint note of ``origin`` this witness cosigned, with its cosignature.
+
+        This is what the witness publishes so that anyone can anchor a check of the log on it
+        (``trusted-space ledger verify``): the node cannot withhold or replace it. The
+        cosignature is rebuilt from the stored note and time (Ed25519 is deterministic: the same
+        bytes as the answer the node received). ``None`` if this witness never cosigned
+        ``origin``.
+        """
+        record = self.state.latest_record(origin)
+        if record is None:
+            return None
+        return add_cosignature(
+            str(record["note"]), self.name, self._key, int(record["cosigned_at"])
+        )
 
     def cosign(
         self,
@@ -462,30 +502,31 @@ class Witness:
         """
         head = open_checkpoint(note, origin_vkey)
         timestamp = int(time.time()) if now is None else now
+        refusal = ""
         with self._store.transaction() as tx:
             doc = tx.get(WITNESS_NAMESPACE, head.origin)
             cosigned_note = ""
             last = None if doc is None else parse_checkpoint(str(doc.body["checkpoint"]))
             witness_size = 0 if last is None else last.size
-            if head.size < witness_size:
-                raise ConflictError(
-                    f"witness already cosigned {head.origin} at size {witness_size}"
-                )
-            if old_size is not None and old_size != witness_size:
+            if old_size is not None and old_size != witness_size and head.size >= witness_size:
                 raise WitnessSizeError(
                     f"the proof starts at size {old_size}, but this witness last cosigned "
                     f"{head.origin} at size {witness_size}",
                     witness_size=witness_size,
                 )
-            if doc is not None and last is not None and detect_fork(last, head, proof):
+            if head.size < witness_size:
+                refusal = f"rolled back: size {head.size} is below the cosigned {witness_size}"
+            elif doc is not None and last is not None and detect_fork(last, head, proof):
                 cosigned_note = str(doc.body["note"])
-            if not cosigned_note:
+                refusal = f"rewritten: size {head.size} does not extend the cosigned {witness_size}"
+            if not refusal:
                 tx.put(
                     WITNESS_NAMESPACE,
                     head.origin,
                     {"checkpoint": head.body(), "note": note, "cosigned_at": timestamp},
                     expect_version=0 if doc is None else doc.version,
                 )
+                _watch_submission(tx, head.origin, timestamp)
                 record_event(
                     tx,
                     "checkpoint.cosigned",
@@ -499,17 +540,87 @@ class Witness:
                 )
                 return add_cosignature(note, self.name, self._key, timestamp)
         with self._store.transaction() as tx:
-            tx.put(
-                FORK_NAMESPACE,
-                f"{head.origin}/{timestamp:020d}/{head.size:020d}",
-                {
-                    "origin": head.origin,
-                    "cosigned": cosigned_note,
-                    "conflicting": note,
-                    "proof": [_b64(p) for p in proof],
-                    "detected_at": timestamp,
-                },
-            )
+            record_witness_refusal(tx, head.origin, head.size, refusal, timestamp)
+            if cosigned_note:
+                tx.put(
+                    FORK_NAMESPACE,
+                    f"{head.origin}/{timestamp:020d}/{head.size:020d}",
+                    {
+                        "origin": head.origin,
+                        "cosigned": cosigned_note,
+                        "conflicting": note,
+                        "proof": [_b64(p) for p in proof],
+                        "detected_at": timestamp,
+                    },
+                )
+        if not cosigned_note:
+            raise ConflictError(f"witness already cosigned {head.origin} at size {witness_size}")
         raise VerificationError(
             f"checkpoint of {head.origin} is not consistent with the last cosigned"
         )
+
+    def flag_silent(self, origins: Sequence[str], now: int, quiet: int) -> list[str]:
+        """Flag each of ``origins`` whose last submission is older than ``quiet`` seconds.
+
+        A log that stops being witnessed can be rewritten unnoticed from its last cosigned head
+        on; the operator's staff and auditors must see that. Each silence is recorded once, as a
+        ``witness.silent`` event on the witness's own ledger (a later submission clears the
+        flag). A log never witnessed is not flagged here (its alarm is ``never-witnessed``).
+
+        Returns:
+            The origins newly flagged.
+        """
+        flagged = []
+        with self._store.transaction() as tx:
+            for origin in origins:
+                doc = tx.get(WATCH_NAMESPACE, origin)
+                body = {} if doc is None else dict(doc.body)
+                last = body.get("last_submission_at")
+                if not isinstance(last, int) or body.get("silent_since") is not None:
+                    continue
+                if now - last <= quiet:
+                    continue
+                body["silent_since"] = now
+                tx.put(WATCH_NAMESPACE, origin, body)
+                record_event(
+                    tx,
+                    "witness.silent",
+                    {"origin": origin, "last_submission_at": last, "quiet_seconds": now - last},
+                )
+                flagged.append(origin)
+        return flagged
+
+
+def _watch_submission(tx: Transaction, origin: str, timestamp: int) -> None:
+    doc = tx.get(WATCH_NAMESPACE, origin)
+    body = {} if doc is None else dict(doc.body)
+    body["last_submission_at"] = timestamp
+    body["last_refused"] = False
+    body.pop("silent_since", None)
+    tx.put(WATCH_NAMESPACE, origin, body)
+
+
+def record_witness_refusal(
+    tx: Transaction, origin: str, size: int | None, reason: str, timestamp: int
+) -> None:
+    """Record a refused submission of ``origin``'s checkpoint, in ``tx``.
+
+    Writes the watch record and a ``checkpoint.refused`` event on the witness's ledger (its one
+    writer).
+
+    A refusal means the log was rolled back, rewritten, or signed with a key the operator did
+    not register; an auditor reads it on the operator's ledger and its ``/operator/witness/logs``.
+    """
+    doc = tx.get(WATCH_NAMESPACE, origin)
+    body = {} if doc is None else dict(doc.body)
+    body["last_submission_at"] = timestamp
+    body["refusals"] = int(body.get("refusals", 0)) + 1
+    body["last_refusal"] = reason
+    body["last_refused"] = True
+    body.pop("silent_since", None)
+    tx.put(WATCH_NAMESPACE, origin, body)
+    record_event(
+        tx,
+        "checkpoint.refused",
+        {"origin": origin, "size": size, "reason": reason, "timestamp": timestamp},
+    )

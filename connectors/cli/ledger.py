@@ -1,9 +1,12 @@
 """``trusted-space ledger verify|checkpoint``: check a node's ledger from outside; witness it now.
 
-``verify`` needs nothing but the node's public URL (and, to trust nothing the node says, its
-ledger key with ``--vkey`` and the witness key with ``--witness-vkey``); it prints a table of
-checks, or JSON with ``--json``, and exits 1 if any check fails. The work is in
-:mod:`connectors.client.verify`.
+``verify --operator URL`` needs nothing but the operator's public URL (and the node's URL or id):
+the node's ledger key comes from the operator's registry and the node must prove that its log
+extends the newest checkpoint the operator's witness cosigned, so a rewritten, re-signed or rolled
+back log fails and the report says which. ``--receipts FILE`` checks instead that each receipt's
+entry is still in its node's current log. Without ``--operator`` the node's own ``/identity``
+supplies the key (trust on first use, reported). It prints a table of checks, or JSON with
+``--json``, and exits 1 if any check fails. The work is in :mod:`connectors.client.verify`.
 
 ``checkpoint`` is for the node's own staff: sign a checkpoint now and submit it to the operator's
 witness (``POST /management/ledger/checkpoint`` with the admin token).
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -22,7 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from connectors.cli._common import admin_client
-from connectors.client.verify import Report, verify_node
+from connectors.client.verify import Report, verify_node, verify_receipts_file
 from trusted_space.errors import NotReadyError, RemoteError
 
 __all__ = ["print_report", "register"]
@@ -50,17 +53,35 @@ def print_report(report: Report, console: Console) -> None:
 
 @ledger_app.command("verify")
 def _verify(
-    node: Annotated[str, typer.Option(help="The node's URL.")],
+    node: Annotated[
+        str | None,
+        typer.Option(help="The node's URL (default: the URL registered at --operator)."),
+    ] = None,
+    operator: Annotated[
+        str | None,
+        typer.Option(
+            help="The operator's URL: the node's registered ledger key, the witness key and "
+            "the witness's latest cosigned checkpoint (the anchor) come from there."
+        ),
+    ] = None,
+    participant: Annotated[
+        str | None,
+        typer.Option(help="The member's id at the operator (default: the id the node gives)."),
+    ] = None,
+    receipts: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON file of receipts (one, a list, or a result with `receipts`): check "
+            "each entry is still in its node's current log."
+        ),
+    ] = None,
     vkey: Annotated[
         str | None,
-        typer.Option(help="The node's ledger verifier key (default: trust its /identity)."),
+        typer.Option(help="The node's ledger verifier key (default: the operator's registry)."),
     ] = None,
     witness_vkey: Annotated[
         list[str] | None,
         typer.Option("--witness-vkey", help="A witness cosigner key (repeatable)."),
-    ] = None,
-    operator: Annotated[
-        str | None, typer.Option(help="The operator's URL (to fetch the witness key).")
     ] = None,
     samples: Annotated[
         int, typer.Option(min=0, max=10_000, help="Random entries to check inclusion proofs for.")
@@ -68,21 +89,47 @@ def _verify(
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per HTTP call.")] = 60.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Download the whole log, recompute its root, check proofs and witnessed checkpoints."""
+    """Download the whole log, recompute its root, check proofs and the witness's anchor."""
+    if node is None and operator is None:
+        typer.echo("error: give --node, --operator, or both", err=True)
+        raise typer.Exit(2)
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-        report = verify_node(
-            client,
-            node,
-            vkey=vkey,
-            witness_vkeys=witness_vkey or [],
-            operator=operator,
-            samples=samples,
-        )
+        if receipts is not None:
+            try:
+                docs = _load_receipts(receipts)
+            except (OSError, ValueError) as exc:
+                typer.echo(f"error: {receipts}: {exc}", err=True)
+                raise typer.Exit(2) from exc
+            report = verify_receipts_file(client, docs, operator=operator, node=node, vkey=vkey)
+        else:
+            report = verify_node(
+                client,
+                node,
+                vkey=vkey,
+                witness_vkeys=witness_vkey or [],
+                operator=operator,
+                participant=participant,
+                samples=samples,
+            )
     if json_output:
         typer.echo(json.dumps(report.to_json()))
     else:
         print_report(report, Console())
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _load_receipts(path: Path) -> list[Any]:
+    """Receipts from a file: one receipt, a list, or a result document with ``receipts``."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(doc, dict) and "receipts" in doc:
+        doc = doc["receipts"]
+    if isinstance(doc, dict) and "checkpoint" not in doc:
+        doc = list(doc.values())  # {provider: receipt}
+    if isinstance(doc, dict):
+        doc = [doc]
+    if not isinstance(doc, list):
+        raise ValueError("expected a receipt, a list of receipts or a result with receipts")
+    return doc
 
 
 @ledger_app.command("checkpoint")

@@ -35,7 +35,7 @@ import httpx
 
 from trusted_space.errors import TrustedSpaceError, ValidationError, VerificationError
 from trusted_space.events import decode_event
-from trusted_space.ledger import open_checkpoint
+from trusted_space.ledger import Receipt, open_checkpoint
 from trusted_space.merkle import (
     leaf_hash,
     root_hash,
@@ -52,7 +52,15 @@ from trusted_space.notes import (
     verify_cosignature,
 )
 
-__all__ = ["PAGE", "Check", "Report", "verify_node"]
+__all__ = [
+    "PAGE",
+    "Anchor",
+    "Check",
+    "Report",
+    "fetch_anchor",
+    "verify_node",
+    "verify_receipts_file",
+]
 
 PAGE = 1000
 """Entries requested per call (the node serves at most this many)."""
@@ -128,6 +136,49 @@ def _why(exc: BaseException) -> str:
         status = exc.response.status_code
         return f"{exc.request.url.path} answered {status}" + (f": {detail}" if detail else "")
     return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What the operator publishes about one member's log: the trust anchor of a verification.
+
+    ``vkey`` is the ledger key the operator registered at admission; ``cosigned`` the newest
+    checkpoint note of that log its witness cosigned (``None``: never witnessed); ``url`` the
+    member's registered URL.
+    """
+
+    participant: str
+    vkey: NoteVerifier
+    witnesses: tuple[NoteVerifier, ...]
+    cosigned: str | None
+    url: str | None
+
+
+def fetch_anchor(client: httpx.Client, operator: str, participant: str) -> Anchor:
+    """The operator's registered key and witnessed head for ``participant`` (public routes).
+
+    Raises:
+        httpx.HTTPError, ValueError, KeyError, TrustedSpaceError: unreachable, unknown member,
+            or a garbage answer.
+    """
+    base = operator.rstrip("/")
+    identity = _get(client, f"{base}/operator/identity").json()
+    witness = parse_vkey(str(identity["witnessVkey"]))
+    if witness.sig_type != SIG_COSIGNATURE_V1:
+        raise ValidationError("the operator's witness key is not a cosignature/v1 (0x04) key")
+    doc = _get(client, f"{base}/operator/witness/logs/{participant}").json()
+    vkey = parse_vkey(str(doc["ledgerVkey"]))
+    if vkey.sig_type != SIG_ED25519:
+        raise ValidationError("the registered ledger key is not an Ed25519 (0x01) note key")
+    note = doc.get("checkpoint")
+    url = doc.get("url")
+    return Anchor(
+        participant=participant,
+        vkey=vkey,
+        witnesses=(witness,),
+        cosigned=str(note) if note else None,
+        url=str(url) if url else None,
+    )
 
 
 def _ledger_key(client: httpx.Client, node: str, vkey: str | None, report: Report) -> NoteVerifier:
@@ -271,41 +322,154 @@ def _check_cosigned(
     )
 
 
-def verify_node(
+def _check_anchor(
     client: httpx.Client,
     node: str,
+    anchor: Anchor,
+    head: Checkpoint,
+    entries: Sequence[bytes] | None,
+    report: Report,
+) -> None:
+    """The node's current log must extend the head the witness cosigned last (its anchor).
+
+    Says which attack it found: *rolled back* (the log is smaller than the witnessed head),
+    *rewritten* (same size, another root, or no consistency proof, or the entries no longer
+    hash to the witnessed root).
+    """
+    name = "witness anchor"
+    if anchor.cosigned is None:
+        report.add(
+            name, False, "the operator's witness never cosigned this log: nothing anchors it"
+        )
+        return
+    try:
+        witnessed = open_checkpoint(anchor.cosigned, anchor.vkey)
+        for witness in anchor.witnesses:
+            verify_cosignature(anchor.cosigned, witness)
+    except VerificationError as exc:
+        report.add(
+            name, False, f"the operator's witnessed checkpoint does not verify: {exc.reason}"
+        )
+        return
+    m, n = witnessed.size, head.size
+    if n < m:
+        report.add(
+            name,
+            False,
+            f"ROLLED BACK: the node serves {n} entries, the witness cosigned size {m}",
+        )
+        return
+    if n == m and head.root != witnessed.root:
+        report.add(
+            name,
+            False,
+            f"REWRITTEN: the node's root at size {m} is not the one the witness cosigned",
+        )
+        return
+    try:
+        doc = _get(client, f"{node}/ledger/proof/consistency", first=m, second=n).json()
+        verify_consistency(m, n, _hashes(doc["proof"]), witnessed.root, head.root)
+    except _FETCH_ERRORS as exc:
+        report.add(
+            name,
+            False,
+            f"REWRITTEN: the log of size {n} does not extend the head the witness cosigned at "
+            f"size {m} ({_why(exc)})",
+        )
+        return
+    if (
+        entries is not None
+        and len(entries) >= m
+        and root_hash([leaf_hash(e) for e in entries[:m]]) != witnessed.root
+    ):
+        report.add(
+            name,
+            False,
+            f"REWRITTEN: the entries do not hash to the root the witness cosigned at size {m}",
+        )
+        return
+    report.add(
+        name,
+        True,
+        f"extends the witness's latest cosigned head (size {m}, "
+        f"{', '.join(w.name for w in anchor.witnesses)})",
+    )
+
+
+def verify_node(
+    client: httpx.Client,
+    node: str | None,
     *,
     vkey: str | None = None,
     witness_vkeys: Sequence[str] = (),
     operator: str | None = None,
+    participant: str | None = None,
     samples: int = 16,
     rng: random.Random | None = None,
 ) -> Report:
     """Verify the ledger a node serves, trusting only the keys given (or fetched, as reported).
 
+    With ``operator``, the operator is the only trust anchor: the node's ledger key comes from
+    its registry (``GET /operator/witness/logs/{id}``), not from the node, and the node's log
+    must extend the newest head the operator's witness cosigned (so a rewritten, re-signed or
+    rolled-back log fails, and the report says which).
+
     Args:
         client: the HTTP client (tests pass one on an in-process transport).
-        node: the node's base URL.
-        vkey: the node's ledger verifier key; fetched from its ``/identity`` when ``None``.
+        node: the node's base URL (``None``: the URL the operator registered for
+            ``participant``).
+        vkey: the node's ledger verifier key; without it and without ``operator``, fetched from
+            the node's own ``/identity`` (trust on first use, reported as such).
         witness_vkeys: cosigner keys whose cosignatures must be on every witnessed checkpoint.
-        operator: the operator's URL, to fetch the witness key when none is given.
+        operator: the operator's URL: the registry key, the witness key and its latest
+            cosigned head come from there.
+        participant: the member's id at the operator (default: the id the node gives).
         samples: how many random entries (besides the first and last) get an inclusion proof.
         rng: the sampling randomness (default: the system's).
     """
-    node = node.rstrip("/")
-    report = Report(node)
+    report = Report((node or participant or "").rstrip("/"))
     chooser = rng if rng is not None else random.SystemRandom()
+    anchor: Anchor | None = None
 
     try:
-        verifier = _ledger_key(client, node, vkey, report)
+        if operator is not None:
+            pid = participant
+            if pid is None:
+                if node is None:
+                    raise ValidationError("give the node's URL or its participant id")
+                pid = str(_get(client, f"{node.rstrip('/')}/identity").json()["id"])
+            anchor = fetch_anchor(client, operator, pid)
+            if node is None:
+                if anchor.url is None:
+                    raise ValidationError(f"the operator has no URL registered for {pid}")
+                node = anchor.url
+            verifier = anchor.vkey
+            report.key_source = f"registered at the operator {operator} for {pid}"
+            if vkey is not None and parse_vkey(vkey).vkey != verifier.vkey:
+                raise ValidationError("--vkey is not the key the operator registered")
+        else:
+            if node is None:
+                raise ValidationError("give the node's URL (or --operator and --participant)")
+            verifier = _ledger_key(client, node.rstrip("/"), vkey, report)
     except _FETCH_ERRORS as exc:
         report.add("ledger key", False, _why(exc))
         return report
+    node = node.rstrip("/")
+    report.node = node
     report.add("ledger key", True, f"{verifier.name} [{report.key_source}]")
 
     try:
         note = _get(client, f"{node}/ledger/checkpoint").text
         head = open_checkpoint(note, verifier)
+    except VerificationError as exc:
+        detail = exc.reason
+        if anchor is not None:
+            detail = (
+                "RE-SIGNED: the node's checkpoint does not verify under the key the operator "
+                f"registered ({exc.reason})"
+            )
+        report.add("checkpoint", False, detail)
+        return report
     except _FETCH_ERRORS as exc:
         report.add("checkpoint", False, _why(exc))
         return report
@@ -313,7 +477,10 @@ def verify_node(
     report.add("checkpoint", True, f"size {head.size}, root {head.root.hex()[:16]}…")
 
     try:
-        witnesses, witness_source = _witness_keys(client, witness_vkeys, operator)
+        if anchor is not None and not witness_vkeys:
+            witnesses, witness_source = list(anchor.witnesses), f"fetched from {operator}"
+        else:
+            witnesses, witness_source = _witness_keys(client, witness_vkeys, operator)
         if any(w.sig_type != SIG_COSIGNATURE_V1 for w in witnesses):
             raise ValidationError("a witness key is not a cosignature/v1 (0x04) key")
     except _FETCH_ERRORS as exc:
@@ -326,6 +493,8 @@ def verify_node(
         entries = _fetch_entries(client, node, head.size)
     except _FETCH_ERRORS as exc:
         report.add("entries", False, f"download failed: {_why(exc)}")
+        if anchor is not None:
+            _check_anchor(client, node, anchor, head, None, report)
         return report
     if len(entries) < head.size:
         report.add("entries", False, f"the node served {len(entries)} of {head.size} entries")
@@ -342,6 +511,8 @@ def verify_node(
         f"{head.root.hex()[:16]}…: entries were altered or removed",
     )
 
+    if anchor is not None:
+        _check_anchor(client, node, anchor, head, entries, report)
     _check_inclusions(client, node, head, entries, samples, chooser, report)
     _check_cosigned(client, node, verifier, head, entries, witnesses, witness_source, report)
 
@@ -358,4 +529,86 @@ def verify_node(
         not bad,
         f"{len(kinds)} kinds" if not bad else f"{len(bad)} entries are not events, first {bad[0]}",
     )
+    return report
+
+
+def verify_receipts_file(
+    client: httpx.Client,
+    receipts: Sequence[Any],
+    *,
+    operator: str | None = None,
+    node: str | None = None,
+    vkey: str | None = None,
+) -> Report:
+    """Check that every receipt's entry is still in its node's *current* log.
+
+    For each receipt (as a result carries it: ``participant``, ``vkey``, ``checkpoint``,
+    ``index``, ``entry``, ``proof``): the inclusion proof against the receipt's checkpoint,
+    signed by the node's key (from the operator's registry with ``operator``, else ``vkey``, else
+    the receipt's own ``vkey``, reported as such); then the node's current checkpoint and a
+    consistency proof from the receipt's size to it. A node that rewrote or rolled back its log
+    after issuing the receipt fails here, whatever its log says today. With ``operator`` the
+    node's URL is the one it registered (``node`` overrides it).
+    """
+    report = Report(node or operator or "receipts")
+    anchors: dict[str, Anchor] = {}
+    for number, doc in enumerate(receipts):
+        name = f"receipt {number}"
+        try:
+            if not isinstance(doc, dict):
+                raise ValidationError("not a receipt object")
+            parsed = Receipt.from_json(
+                {k: v for k, v in doc.items() if k not in ("vkey", "participant")}
+            )
+            pid = str(doc.get("participant", ""))
+            url = node
+            if operator is not None:
+                if pid not in anchors:
+                    anchors[pid] = fetch_anchor(client, operator, pid)
+                key: NoteVerifier = anchors[pid].vkey
+                url = url or anchors[pid].url
+                source = "operator registry"
+            elif vkey is not None:
+                key, source = parse_vkey(vkey), "--vkey"
+            else:
+                key, source = parse_vkey(str(doc["vkey"])), "the receipt's own vkey (unanchored)"
+            if url is None:
+                raise ValidationError("no node URL: give --node or --operator")
+            old = parsed.verify(key)
+            note = _get(client, f"{url.rstrip('/')}/ledger/checkpoint").text
+            try:
+                now = open_checkpoint(note, key)
+            except VerificationError as exc:
+                raise VerificationError(
+                    f"RE-SIGNED: the node's current checkpoint does not verify ({exc.reason})"
+                ) from exc
+            if now.size < old.size:
+                raise VerificationError(
+                    f"ROLLED BACK: the node's log has {now.size} entries, the receipt was issued "
+                    f"at size {old.size}"
+                )
+            try:
+                proof = _get(
+                    client,
+                    f"{url.rstrip('/')}/ledger/proof/consistency",
+                    first=old.size,
+                    second=now.size,
+                ).json()
+                verify_consistency(old.size, now.size, _hashes(proof["proof"]), old.root, now.root)
+            except _FETCH_ERRORS as exc:
+                raise VerificationError(
+                    f"REWRITTEN: the current log (size {now.size}) does not extend the receipt's "
+                    f"checkpoint (size {old.size}): {_why(exc)}"
+                ) from exc
+        except (*_FETCH_ERRORS, VerificationError) as exc:
+            report.add(name, False, _why(exc))
+            continue
+        report.add(
+            name,
+            True,
+            f"{pid or 'node'} entry {parsed.index} still in the log (size {old.size} -> "
+            f"{now.size}); key: {source}",
+        )
+    if not receipts:
+        report.add("receipts", False, "the file holds no receipt")
     return report

@@ -153,7 +153,10 @@ class NodeSettings(BaseSettings):
         max_compute_body_bytes: largest body on ``/compute`` routes (ciphertext batches).
         request_timeout: seconds for node-to-node calls.
         witness_interval: seconds between checkpoint submissions to the operator's witness
-            (0 disables the background loop; the CLI and tests can trigger it).
+            (default 60; 0 disables the background loop; the CLI and tests can trigger it).
+        witness_silence: operator only: seconds without a submission after which a member's
+            log is flagged ``not-submitting`` (in ``GET /operator/witness/logs`` and as a
+            ``witness.silent`` event on the operator's ledger).
         log_level: ``debug`` … ``error``.
         data_cache_mb: ``TS_DATA_CACHE_MB``, the bound of the node's column cache in MiB (``0``
             disables it; see :attr:`data_cache_bytes`).
@@ -180,7 +183,8 @@ class NodeSettings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_compute_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     request_timeout: float = Field(default=300.0, gt=0)
-    witness_interval: float = Field(default=0.0, ge=0)
+    witness_interval: float = Field(default=60.0, ge=0)
+    witness_silence: float = Field(default=300.0, gt=0)
     log_level: str = "info"
     data_cache_mb: float = DEFAULT_DATA_CACHE_MB
     ckks_workers: int = 1

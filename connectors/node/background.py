@@ -8,7 +8,9 @@ operator's
 2. :func:`~connectors.node.federation.sync_revocations`: a node that was down when the operator
 pushed
    a revocation list fetches it now (otherwise a revoked member stays accepted here);
-3. :func:`~trusted_space.identity.purge_replay_cache`: replay-cache entries whose tokens can no
+3. on the operator, :func:`~connectors.node.federation.flag_silent_logs`: a member whose log
+   was not submitted for ``witness_silence`` seconds is recorded (``witness.silent``);
+4. :func:`~trusted_space.identity.purge_replay_cache`: replay-cache entries whose tokens can no
    longer pass the expiry check are deleted (keeping them longer buys nothing).
 
 A failing job is logged and the loop goes on; one job's failure never skips the others. The loop
@@ -83,6 +85,11 @@ class Background:
             log.exception("checkpoint submission failed")
         if self._stop.is_set():
             return
+        if runtime.witness is not None:
+            try:
+                federation.flag_silent_logs(runtime)
+            except Exception:
+                log.exception("checking members' submissions failed")
         try:
             federation.sync_revocations(runtime)
         except Exception:

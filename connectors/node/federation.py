@@ -51,6 +51,7 @@ __all__ = [
     "OPERATOR_CALL_TIMEOUT",
     "cosigned_notes",
     "cosigned_version",
+    "flag_silent_logs",
     "plain_client",
     "push_catalog",
     "store_cosigned",
@@ -241,6 +242,26 @@ def _cosign(runtime: NodeRuntime, note: str, proof: list[bytes], old: int) -> st
     if not isinstance(answer, dict) or not isinstance(answer.get("note"), str):
         raise VerificationError("the witness answered without a note")
     return str(answer["note"])
+
+
+def flag_silent_logs(runtime: NodeRuntime) -> list[str]:
+    """Operator only: record each member log not submitted for ``witness_silence`` seconds.
+
+    A log nobody witnesses can be rewritten from its last cosigned head on; the operator writes
+    ``witness.silent`` to its own ledger once per silence, and ``GET /operator/witness/logs``
+    shows the alarm ``not-submitting``. Returns the origins newly flagged.
+    """
+    witness = runtime.witness
+    if witness is None:
+        return []
+    with runtime.transaction(readonly=True) as tx:
+        origins = [
+            parse_vkey(str(doc.body["ledgerVkey"])).name
+            for doc in tx.scan("participant")  # routers.operator.PARTICIPANT_NAMESPACE
+            if doc.body.get("ledgerVkey")
+        ]
+    now = int(runtime.clock().timestamp())
+    return witness.flag_silent(origins, now, int(runtime.settings.witness_silence))
 
 
 # -- revocations -----------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from trusted_space.catalog import Field, FieldType
+from trusted_space.commitments import verify_opening
 from trusted_space.contracts import deliver, load_negotiation, offer_for
 from trusted_space.enforcement import UseRequest, authorize_use, entities_digest
 from trusted_space.errors import RefusedError, ValidationError
@@ -71,7 +73,11 @@ def refused(space: Space, req: UseRequest) -> RefusedError:
     decision = after[err.decision_index] if err.decision_index is not None else None
     assert decision is not None and decision.kind == "policy.decision"
     assert decision.body["allowed"] is False
-    assert decision.body["reason"] == err.reason
+    public_reason = err.reason  # the ledger's copy names no entity; the refused analyst's does
+    for entity in ENTITIES:
+        public_reason = public_reason.replace(entity, "[entity]")
+    assert decision.body["reason"] == public_reason
+    assert not any(e in json.dumps(decision.body) for e in ENTITIES)
     assert err.trace and any(step["blocking"] for step in err.trace)
     assert err.participant == PROVIDER
     assert err.problem["trace"] == err.trace
@@ -95,7 +101,13 @@ def test_allowed_use_is_recorded_with_a_verifiable_receipt() -> None:
     assert use.body["protocol"] == "paillier"
     assert use.body["kind"] == "score"
     assert use.body["entities"] == 3
-    assert use.body["entities_sha256"] == entities_digest(ENTITIES)
+    assert "entities_sha256" not in use.body  # an unsalted digest is confirmed by guessing
+    opening = grant.receipt["openings"]["entities_commitment"]
+    assert verify_opening(use.body["entities_commitment"], opening, entities_digest(ENTITIES))
+    assert not verify_opening(
+        use.body["entities_commitment"], opening, entities_digest(ENTITIES[:2])
+    )
+    assert entities_digest(ENTITIES) not in str(use.body)
     assert not any(e in str(use.body) for e in ENTITIES)  # the ids themselves are never logged
     assert log[grant.decision_index].kind == "policy.decision"
     assert log[grant.decision_index].body["allowed"] is True
@@ -227,7 +239,8 @@ def test_min_cohort_applies_to_aggregates() -> None:
         request(ds, ag, kind="aggregate", entities=(), cohort_size=12),
     )
     use = events(space)[grant.use_index]
-    assert use.body["entities"] == 12 and use.body["entities_sha256"] is None
+    assert use.body["entities"] == 12 and use.body["entities_commitment"] is None
+    assert "openings" not in grant.receipt
 
 
 @pytest.mark.parametrize(

@@ -319,7 +319,8 @@ def test_witness_cosigns_consistent_and_catches_a_fork() -> None:
     assert len(evidence) == 1 and evidence[0]["conflicting"] == f1
     assert evidence[0]["cosigned"] == c2
 
-    # Older checkpoints are refused, a wrong origin key too; the witness logged its cosignatures.
+    # Older checkpoints are refused, a wrong origin key too; the witness logged its cosignatures
+    # and each refusal it decided on (the fork, the rollback) with its reason.
     with pytest.raises(ConflictError):
         witness.cosign(c1, ledger.vkey)
     with pytest.raises(VerificationError):
@@ -328,7 +329,22 @@ def test_witness_cosigns_consistent_and_catches_a_fork() -> None:
         witness.cosign(c2, make_vkey("other.example/log", NODE_KEY.verify_key))
     with witness_store.transaction() as tx:
         kinds = [decode_event(i, e).kind for i, e in enumerate(tx.log_entries(EVENT_LOG, 0, 10))]
-    assert kinds == ["checkpoint.cosigned", "checkpoint.cosigned"]
+    assert kinds == [
+        "checkpoint.cosigned",
+        "checkpoint.cosigned",
+        "checkpoint.refused",
+        "checkpoint.refused",
+    ]
+    with witness_store.transaction() as tx:
+        refused = [decode_event(i, e).body for i, e in enumerate(tx.log_entries(EVENT_LOG, 2, 4))]
+    assert refused[0]["reason"].startswith("rewritten") and refused[0]["size"] == 10
+    assert refused[1]["reason"].startswith("rolled back") and refused[1]["size"] == 5
+    watch = witness.state.watch(ORIGIN)
+    assert watch["refusals"] == 2 and watch["last_refused"] is True
+    assert witness.latest_cosigned(ORIGIN) is not None
+    latest = witness.latest_cosigned(ORIGIN)
+    assert latest is not None and parse_note(latest).text == parse_note(c2).text
+    verify_cosignature(latest, parse_vkey(witness.vkey))
 
     # A receipt can demand the witness's cosignature.
     receipt = ledger.receipt(1, cosigned)

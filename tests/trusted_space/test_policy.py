@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 import threading
 from collections.abc import Sequence
@@ -15,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trusted_space import dsp
+from trusted_space import commitments, dsp
 from trusted_space.errors import GradeFloorError, ValidationError
-from trusted_space.events import EVENT_LOG, decode_event
+from trusted_space.events import EVENT_LOG, canonical_json, decode_event
 from trusted_space.policy import (
     COUNT_NAMESPACE,
     ODRL_PROFILE,
@@ -166,7 +168,11 @@ def test_operand_matrix(
     assert body["allowed"] is allowed
     assert body["policy"] == policy.uid
     assert body["reason"] == decision.reason
-    assert body["trace_digest"] == trace_digest(decision.trace)
+    assert body["trace_digest"] == hashlib.sha256(canonical_json(body["trace"])).hexdigest()
+    if not decision.refused_entities:  # the ledger's trace is the decision's own
+        assert body["trace_digest"] == trace_digest(decision.trace)
+    else:  # ... but for the refused ids, which the public entry only commits to
+        assert not any(e in json.dumps(body) for e in decision.refused_entities)
     (step,) = [s for s in body["trace"] if s["left_operand"] == constraint.left_operand][:1]
     assert step["rule"] == "permission" and step["index"] == 0 and step["rule_id"] == "perm-0"
     assert step["operator"] == constraint.operator
@@ -283,7 +289,11 @@ def test_consent_partial_deny_by_default_and_exclude_on_request() -> None:
     assert partial.refused_entities == (E2,) and partial.permitted_entities == (E1, E3)
     step = next(s for s in partial.trace if s.left_operand == "consent")
     assert step.outcome == "partial" and step.refused_entities == (E2,)
-    assert ledger_body(store, partial)["refused_entities"] == [E2]
+    public = ledger_body(store, partial)
+    assert public["refused_entities"]["count"] == 1 and E2 not in json.dumps(public)
+    with store.transaction(readonly=True) as tx:
+        opening = commitments.opening(tx, public["refused_entities"]["commitment"])
+    assert opening is not None and opening["detail"] == [E2]  # the provider's staff can open it
 
 
 def test_consent_without_registry_or_entities_is_refused() -> None:

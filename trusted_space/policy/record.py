@@ -17,20 +17,23 @@ Entry body (kind ``policy.decision``, entry ``time`` = the decision instant ``at
 ``allowed``, ``policy`` (uid, ``None`` before a policy was read), ``target`` (dataset id or
 ``None``), ``agreement``, ``assignee``, ``purpose``, ``query_kind``, ``output``, ``query`` (the
 analyst's query id where the path has one, else ``None``), ``at`` (ISO 8601, UTC), ``reason``,
-``partial``, ``refused_entities``, ``uses``, ``duties``, ``trace_digest`` (SHA-256 hex of the
-canonical JSON of ``trace``), ``trace``.
+``partial``, ``refused_entities`` (``[]``, or ``{"count", "commitment"}``: never an id, see
+:func:`record_decision`), ``uses``, ``duties``, ``trace_digest`` (SHA-256 hex of the canonical
+JSON of ``trace`` as written), ``trace``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from trusted_space.commitments import commit
 from trusted_space.errors import RefusedError, ValidationError
-from trusted_space.events import record_event
-from trusted_space.policy.decision import Decision, DutyDue, TraceStep, trace_digest
+from trusted_space.events import canonical_json, record_event
+from trusted_space.policy.decision import Decision, DutyDue, TraceStep
 from trusted_space.store import Transaction
 
 __all__ = ["DECISION_EVENT", "Checks", "DecisionSubject", "record_decision"]
@@ -83,8 +86,16 @@ def record_decision(
     uses: int | None = None,
     duties: Sequence[DutyDue] = _LOG_ONLY,
 ) -> int:
-    """Append one ``policy.decision`` entry within ``tx``; return its ledger index."""
+    """Append one ``policy.decision`` entry within ``tx``; return its ledger index.
+
+    The entry is public, so it never names an entity: ``refused_entities`` (of the decision
+    and of each trace step) is written as ``{"count": n, "commitment": C}`` (a salted commitment,
+    :mod:`trusted_space.commitments`, opened only to this node's staff and auditors; the refused
+    analyst has the ids in its 403), ``[]`` when there are none; the ids are cut out of
+    ``reason``; ``trace_digest`` covers the trace as written.
+    """
     steps = tuple(trace)
+    public_trace = [_public_step(tx, s) for s in steps]
     body: dict[str, Any] = {
         "allowed": allowed,
         "policy": policy,
@@ -96,15 +107,39 @@ def record_decision(
         "output": subject.output,
         "query": subject.query,
         "at": subject.at.astimezone(UTC).isoformat(),
-        "reason": reason,
+        "reason": _without(reason, refused_entities, steps),
         "partial": partial,
-        "refused_entities": list(refused_entities),
+        "refused_entities": _committed_entities(tx, refused_entities),
         "uses": uses,
         "duties": [d.to_json() for d in duties],
-        "trace_digest": trace_digest(steps),
-        "trace": [s.to_json() for s in steps],
+        "trace_digest": hashlib.sha256(canonical_json(public_trace)).hexdigest(),
+        "trace": public_trace,
     }
     return record_event(tx, DECISION_EVENT, body, time=subject.at)
+
+
+def _committed_entities(tx: Transaction, entities: Sequence[str]) -> Any:
+    if not entities:
+        return []
+    listed = sorted(set(entities))
+    digest = hashlib.sha256(canonical_json(listed)).hexdigest()
+    committed, _ = commit(tx, "refused_entities", digest, detail=listed)
+    return {"count": len(listed), "commitment": committed}
+
+
+def _public_step(tx: Transaction, step: TraceStep) -> dict[str, Any]:
+    doc = step.to_json()
+    doc["refused_entities"] = _committed_entities(tx, step.refused_entities)
+    if step.refused_entities:
+        doc["message"] = _without(step.message, step.refused_entities, ())
+    return doc
+
+
+def _without(text: str, entities: Sequence[str], steps: Sequence[TraceStep]) -> str:
+    """``text`` with every refused entity id replaced by ``[entity]``."""
+    for entity in {*entities, *(e for s in steps for e in s.refused_entities)}:
+        text = text.replace(entity, "[entity]")
+    return text
 
 
 class Checks:

@@ -3,8 +3,9 @@
 Why public: the ledger exists so that *others* can check what this node did. An analyst verifies
 a receipt's inclusion proof, an auditor downloads the whole log and recomputes its root
 (``trusted-space ledger verify``), and anyone holding an older checkpoint asks for a consistency
-proof. Nothing secret is in a ledger entry by construction (events carry ids, digests and
-decisions, never data), so no authentication is needed to read it.
+proof. Nothing secret or identifying is in a ledger entry by construction (events carry member
+ids, salted commitments and decisions, never data, never an entity id), so no authentication is
+needed to read it.
 
 - ``GET /ledger/checkpoint``: the latest signed checkpoint note (``text/plain``). A fresh one is
   signed when the log grew since the last; when this node holds the witness-cosigned form of that
@@ -17,6 +18,12 @@ decisions, never data), so no authentication is needed to read it.
 - ``GET /ledger/cosignatures``: every checkpoint of this log the operator's witness cosigned.
 - ``POST /management/ledger/checkpoint`` (staff): sign a checkpoint now, submit it to the
   witness.
+- ``GET /management/ledger/openings/{commitment}`` (staff, and the auditors they give the token
+  to): the opening (salt, value, and what it stands for) of a salted commitment in an entry.
+
+Who reads what: entries are public because they name no data subject, consent subject or
+customer — those appear only as salted commitments (:mod:`trusted_space.commitments`); the
+analyst of a use gets its opening in its receipt, the node's staff and auditors here.
 
 Bad parameters are ``400``/``422`` with the reason, never a ``500``; all reads are read-only
 transactions.
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 
 from connectors.node import federation
@@ -35,17 +42,20 @@ from connectors.node.runtime import NodeRuntime
 from connectors.node.wire.ledger import (
     MAX_ENTRIES_PER_PAGE,
     CheckpointSubmitted,
+    CommitmentOpening,
     ConsistencyProofOut,
     CosignedNotes,
     EntriesPage,
     InclusionProofOut,
     entries_page,
 )
-from trusted_space.errors import ValidationError
+from trusted_space.commitments import opening as stored_opening
+from trusted_space.errors import NotFoundError, ValidationError
 from trusted_space.ledger import open_checkpoint
 
 __all__ = [
     "checkpoint",
+    "opening",
     "consistency",
     "cosignatures",
     "entries",
@@ -149,3 +159,27 @@ def submit(runtime: RuntimeDep, _: AdminDep) -> CheckpointSubmitted:
     if cosigned is not None:
         return CheckpointSubmitted(note=cosigned, cosigned=True)
     return CheckpointSubmitted(note=runtime.ledger.latest_checkpoint(), cosigned=False)
+
+
+@router.get(
+    "/management/ledger/openings/{commitment}",
+    response_model=CommitmentOpening,
+    tags=["management"],
+)
+def opening(
+    commitment: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    runtime: RuntimeDep,
+    _: AdminDep,
+) -> CommitmentOpening:
+    """Open a commitment of this node's ledger for an auditor (``404`` if not this node's)."""
+    with runtime.transaction(readonly=True) as tx:
+        doc = stored_opening(tx, commitment)
+    if doc is None:
+        raise NotFoundError("no such commitment in this node's ledger")
+    return CommitmentOpening(
+        commitment=commitment,
+        what=str(doc.get("what", "")),
+        salt=str(doc["salt"]),
+        value=doc.get("value"),
+        detail=doc.get("detail"),
+    )

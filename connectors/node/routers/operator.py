@@ -13,6 +13,9 @@ route                                      caller      what
 ``PUT /operator/catalog/{participant}``    member      a provider registers its own DSP catalog
 ``POST /operator/catalog/request``         anyone      the federated DSP catalog, per caller
 ``POST /operator/witness/cosign``          member      cosign the sender's ledger checkpoint
+``GET /operator/witness/logs[/{id}]``      anyone      per member log: registered ledger key, the
+                                                       latest cosigned checkpoint, submissions,
+                                                       refusals and alarms (the verifier's anchor)
 =========================================  ==========  ==========================================
 
 Threats and decisions:
@@ -69,6 +72,7 @@ from connectors.node.wire.operator import (
     RevocationListOut,
     RevokeRequest,
     RevokeResult,
+    WitnessedLog,
     anchor_out,
     participant_out,
     revocation_list_out,
@@ -91,7 +95,7 @@ from trusted_space.identity import (
     record_refusal,
 )
 from trusted_space.keys import VerifyKey
-from trusted_space.ledger import Witness, open_checkpoint
+from trusted_space.ledger import Witness, open_checkpoint, record_witness_refusal
 from trusted_space.notes import SIG_ED25519, NoteVerifier, parse_vkey
 from trusted_space.store import Transaction
 
@@ -108,6 +112,8 @@ __all__ = [
     "revocations",
     "revoke",
     "router",
+    "witness_log",
+    "witness_logs",
 ]
 
 router = APIRouter(prefix="/operator", tags=["operator"])
@@ -443,6 +449,13 @@ def cosign(body: CosignRequest, runtime: RuntimeDep, sender: MemberDep) -> Any:
         open_checkpoint(body.checkpoint, verifier)
     except VerificationError as exc:  # the caller gets the same 401 as any; the ledger the reason
         with runtime.transaction() as tx:
+            record_witness_refusal(
+                tx,
+                verifier.name,
+                None,
+                "signed with a key the operator did not register (re-signed?)",
+                int(runtime.clock().timestamp()),
+            )
             record_refusal(
                 tx,
                 VerificationError(f"checkpoint from {sender.participant_id}: {exc.reason}"),
@@ -469,6 +482,14 @@ def cosign(body: CosignRequest, runtime: RuntimeDep, sender: MemberDep) -> Any:
             str(exc),
             witnessSize=exc.witness_size,
         )
+    except ConflictError:
+        return problem(
+            409,
+            "rolled-back-checkpoint",
+            "Checkpoint older than the witnessed history",
+            f"the witness already cosigned a larger checkpoint of {verifier.name}: the log was "
+            "rolled back; the refusal is recorded",
+        )
     except VerificationError:
         return problem(
             409,
@@ -478,3 +499,73 @@ def cosign(body: CosignRequest, runtime: RuntimeDep, sender: MemberDep) -> Any:
             "cosigned; the evidence is kept",
         )
     return CosignResult(note=note)
+
+
+def _witnessed_log(
+    tx: Transaction, runtime: NodeRuntime, pid: str, record: dict[str, Any], now: int
+) -> WitnessedLog | None:
+    vkey = record.get("ledgerVkey")
+    if not vkey:
+        return None
+    witness = _witness(runtime)
+    origin = parse_vkey(str(vkey)).name
+    note = witness.latest_cosigned(origin)
+    latest = witness.state.latest_record(origin) or {}
+    watch = witness.state.watch(origin)
+    last = watch.get("last_submission_at")
+    alarms = []
+    if note is None:
+        alarms.append("never-witnessed")
+    if watch.get("silent_since") is not None or (
+        isinstance(last, int) and now - last > runtime.settings.witness_silence
+    ):
+        alarms.append("not-submitting")
+    refusals = int(watch.get("refusals", 0))
+    if watch.get("last_refused") is True:
+        alarms.append("refused")
+    checkpoint = latest.get("checkpoint")
+    return WitnessedLog(
+        participant=pid,
+        url=record.get("url"),
+        origin=origin,
+        ledgerVkey=str(vkey),
+        checkpoint=note,
+        size=None if checkpoint is None else int(str(checkpoint).split("\n")[1]),
+        cosignedAt=latest.get("cosigned_at"),
+        lastSubmissionAt=last if isinstance(last, int) else None,
+        refusals=refusals,
+        lastRefusal=watch.get("last_refusal"),
+        alarms=alarms,
+    )
+
+
+@router.get("/witness/logs", response_model=list[WitnessedLog])
+def witness_logs(runtime: RuntimeDep) -> list[WitnessedLog]:
+    """Every member log the operator knows, with what its witness vouches for (public).
+
+    This is the anchor of ``trusted-space ledger verify``: the log key as registered at
+    admission (not as the node says), and the newest head the witness cosigned, which the node's
+    current log must extend. Only public keys, checkpoints (sizes and roots) and times: no entry.
+    """
+    now = int(runtime.clock().timestamp())
+    out = []
+    with runtime.transaction(readonly=True) as tx:
+        ids = [doc.key for doc in tx.scan(_MEMBER_NAMESPACE)]
+        for pid in ids:
+            record = _record(tx, runtime, pid)
+            row = None if record is None else _witnessed_log(tx, runtime, pid, record, now)
+            if row is not None:
+                out.append(row)
+    return out
+
+
+@router.get("/witness/logs/{participant_id}", response_model=WitnessedLog)
+def witness_log(participant_id: str, runtime: RuntimeDep) -> WitnessedLog:
+    """One member's witnessed log (see :func:`witness_logs`); ``404`` if none is registered."""
+    now = int(runtime.clock().timestamp())
+    with runtime.transaction(readonly=True) as tx:
+        record = _record(tx, runtime, participant_id)
+        row = None if record is None else _witnessed_log(tx, runtime, participant_id, record, now)
+    if row is None:
+        raise NotFoundError(f"no ledger registered for {participant_id}")
+    return row

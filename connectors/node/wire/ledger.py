@@ -1,19 +1,22 @@
 """Wire models of the ledger routes: entries, proofs, cosigned checkpoints.
 
 Entries travel as standard base64 of their exact bytes (what the Merkle tree hashes); hashes as
-lowercase hex. Nothing here can hold a secret: a ledger is public by design.
+lowercase hex. Nothing here can hold a secret: a ledger is public by design. The one exception is
+:class:`CommitmentOpening`, served to the node's staff and auditors only (it can name an entity).
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 __all__ = [
     "MAX_ENTRIES_PER_PAGE",
     "CheckpointSubmitted",
+    "CommitmentOpening",
     "ConsistencyProofOut",
     "CosignedNotes",
     "EntriesPage",
@@ -49,6 +52,16 @@ class CosignedNotes(BaseModel):
 class CheckpointSubmitted(BaseModel):
     note: str = Field(description="the checkpoint just signed (cosigned when `cosigned`)")
     cosigned: bool
+
+
+class CommitmentOpening(BaseModel):
+    """How a salted commitment of an entry opens (staff and auditors only)."""
+
+    commitment: str
+    what: str = Field(description="what the value is (entities, consent.registered, ...)")
+    salt: str = Field(description="the 32-byte salt, standard base64")
+    value: Any = Field(description="the committed value")
+    detail: Any = Field(default=None, description="what the value stands for (e.g. the ids)")
 
 
 def entries_page(start: int, entries: Sequence[bytes]) -> EntriesPage:

@@ -24,6 +24,7 @@ __all__ = [
     "RevocationListOut",
     "RevokeRequest",
     "RevokeResult",
+    "WitnessedLog",
     "anchor_out",
     "participant_out",
     "revocation_list_out",
@@ -103,6 +104,34 @@ class CosignRequest(BaseModel):
 
 class CosignResult(BaseModel):
     note: str = Field(description="the checkpoint with the witness cosignature appended")
+
+
+class WitnessedLog(BaseModel):
+    """What the witness vouches for about one member's log: public, so anyone can anchor on it.
+
+    ``checkpoint`` is the newest note of this log the witness cosigned, with the log's signature
+    and the witness's cosignature (check both: the log key is ``ledgerVkey``, the witness key is
+    ``witnessVkey`` of ``GET /operator/identity``). ``ledgerVkey`` is the key the operator
+    registered at admission, not what the node says about itself.
+    """
+
+    participant: str
+    url: str | None
+    origin: str
+    ledgerVkey: str
+    checkpoint: str | None = Field(description="the latest cosigned checkpoint note, or null")
+    size: int | None = Field(description="its tree size")
+    cosignedAt: int | None = Field(description="POSIX seconds of that cosignature")
+    lastSubmissionAt: int | None = Field(
+        default=None, description="POSIX seconds of the member's last submission, accepted or not"
+    )
+    refusals: int = Field(default=0, description="submissions the witness refused")
+    lastRefusal: str | None = Field(default=None, description="why the last one was refused")
+    alarms: list[str] = Field(
+        default_factory=list,
+        description="`not-submitting` (no submission for 3 intervals), `refused` (the last "
+        "submission was refused), `never-witnessed`",
+    )
 
 
 class OperatorIdentity(BaseModel):

@@ -52,7 +52,7 @@ def test_an_honest_node_verifies(space: InProcessSpace, tax: Node) -> None:
     assert report.ok, failed(report)
     assert report.size == tax.runtime.ledger.size()
     assert report.kinds["test.event"] == 33
-    assert "trust-on-first-use" in report.key_source
+    assert report.key_source.startswith("registered at the operator")
     names = [c.name for c in report.checks]
     assert names == [
         "ledger key",
@@ -60,6 +60,7 @@ def test_an_honest_node_verifies(space: InProcessSpace, tax: Node) -> None:
         "checkpoint cosignature",
         "entries",
         "merkle root",
+        "witness anchor",
         "inclusion proofs",
         "witnessed checkpoints",
         "events decode",
@@ -70,14 +71,17 @@ def test_an_honest_node_verifies(space: InProcessSpace, tax: Node) -> None:
     pinned = run(
         space, tax, vkey=tax.runtime.ledger.vkey, witness_vkeys=[space.anchor.witness_vkey]
     )
-    assert pinned.ok and pinned.key_source == "given (--vkey)"
+    assert pinned.ok and pinned.key_source.startswith("registered at the operator")
 
 
 def test_the_wrong_key_fails(space: InProcessSpace, tax: Node) -> None:
     bank = space.add("bank-a", ["consumer"])
     report = run(space, tax, vkey=bank.runtime.ledger.vkey)
     assert not report.ok
-    assert "checkpoint" in failed(report)
+    assert "not the key the operator registered" in failed(report)["ledger key"]
+    with httpx.Client(transport=space.transport) as client:
+        unanchored = verify_node(client, tax.url, vkey=bank.runtime.ledger.vkey)
+    assert not unanchored.ok and "checkpoint" in failed(unanchored)
     wrong_witness = run(space, tax, witness_vkeys=[tax.runtime.ledger.vkey])
     assert not wrong_witness.ok and "witness key" in failed(wrong_witness)
 
@@ -101,8 +105,9 @@ def test_a_log_cut_after_a_witnessed_checkpoint_is_caught(space: InProcessSpace,
     report = run(space, tax)
     assert not report.ok
     problems = failed(report)
-    assert set(problems) == {"witnessed checkpoints"}
+    assert set(problems) == {"witnessed checkpoints", "witness anchor"}
     assert "entries were removed" in problems["witnessed checkpoints"]
+    assert problems["witness anchor"].startswith("ROLLED BACK")
 
 
 def test_a_cut_without_hiding_checkpoints_is_caught(space: InProcessSpace, tax: Node) -> None:
@@ -117,7 +122,8 @@ def test_a_rewritten_history_is_caught(space: InProcessSpace, tax: Node) -> None
     grow(tax, 40)  # longer than before, but a different history
     report = run(space, tax)
     assert not report.ok
-    assert set(failed(report)) == {"witnessed checkpoints"}
+    assert set(failed(report)) == {"witnessed checkpoints", "witness anchor"}
+    assert failed(report)["witness anchor"].startswith("REWRITTEN")
     # and the witness refuses to cosign it
     assert federation.submit_checkpoint(tax.runtime) is None
 
@@ -141,7 +147,7 @@ def test_cli_prints_a_table_or_json_and_exits_by_the_verdict(
     )
     assert result.exit_code == 0, result.output
     assert "verified" in result.output and "merkle root" in result.output
-    assert "[trust-on-first-use" in result.output  # details are printed literally, not as markup
+    assert "[registered" in result.output  # details are printed literally, not as markup
 
     sql(tax, "UPDATE log_entries SET entry = ? WHERE log = 'events' AND idx = 0", b"{}")
     result = runner.invoke(app, ["ledger", "verify", "--node", tax.url, "--json"])

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from trusted_space.commitments import verify_opening
 from trusted_space.compute import DataAccess
 from trusted_space.enforcement import entities_digest
 from trusted_space.errors import ValidationError, VerificationError
@@ -27,6 +28,7 @@ from trusted_space.protocols._common import block_ranges, check_size, encode_ids
 from trusted_space.protocols.base import FloatArray, ScoreProtocol
 from trusted_space.protocols.operator import open_aggregation, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol
+from trusted_space.protocols.scaling import check_precision, scaled_query
 from trusted_space.protocols.score.wire import (
     ENTITY_CHUNK,
     ScoreBlock,
@@ -158,7 +160,8 @@ def check_use_receipt(
         analyst: the analyst the entry must name.
         agreement: the agreement the entry must name.
         dataset: the dataset the entry must name.
-        entities: the entity list whose count and digest the entry must carry.
+        entities: the entity list whose count the entry must carry and to whose digest its
+            ``entities_commitment`` must open with the salt in ``receipt["openings"]``.
         vkey: the provider's ledger vkey as the analyst knows it (from the operator's registry);
             when ``None`` the receipt's own ``vkey`` is used (self-consistency only).
         entities_sha256: :func:`~trusted_space.enforcement.entities_digest` of ``entities``,
@@ -186,11 +189,19 @@ def check_use_receipt(
         "agreement": agreement,
         "dataset": dataset,
         "entities": len(entities),
-        "entities_sha256": entities_sha256 or entities_digest(entities),
     }
     if receipt.get("participant") != participant or event.kind != "query.use":
         raise VerificationError(f"receipt from {participant} is not a query.use of {participant}")
     wrong = [k for k, v in expected.items() if body.get(k) != v]
+    openings = receipt.get("openings")
+    salt = openings.get("entities_commitment") if isinstance(openings, Mapping) else None
+    if not entities:
+        if body.get("entities_commitment") is not None:
+            wrong.append("entities_commitment")
+    elif not isinstance(salt, str) or not verify_opening(
+        str(body.get("entities_commitment")), salt, entities_sha256 or entities_digest(entities)
+    ):
+        wrong.append("entities_commitment")
     if wrong:
         raise VerificationError(f"receipt from {participant} does not match the query: {wrong}")
     return body
@@ -310,6 +321,9 @@ def run_score(
     proto = protocol or get_score_protocol(query.protocol)
     if proto.name != query.protocol:
         raise ValidationError(f"protocol object {proto.name!r} does not run {query.protocol!r}")
+    # Each provider column scaled by its declared range: the protocols see |x| ≤ 1.
+    query, exponents = scaled_query(query)
+    check_precision(query)
     providers = list(query.providers)
     missing: dict[str, list[str]] = {p: [] for p in providers}
     entities = list(query.entities)
@@ -371,6 +385,7 @@ def run_score(
                 params=params,
                 columns=tuple(query.model.columns(p)) if analyst_held else None,
                 model=None if analyst_held else query.model.id,
+                scales=exponents[p] if analyst_held else None,
             )
             transport.call(p, "score.open", opening.to_header(), check_size(material, "material"))
             for start, stop, ids in uploads:
