@@ -40,6 +40,7 @@ from connectors.node.console.sessions import SessionStore
 from connectors.node.problems import BodySizeLimit, document_problems, install_error_handlers
 from connectors.node.routers import (
     audit,
+    budgets,
     compute,
     contracts_admin,
     dsp_catalog,
@@ -123,6 +124,7 @@ def create_app(
     app.include_router(ledger.router)
     app.include_router(management.router)
     app.include_router(usage.router)
+    app.include_router(budgets.router)
     app.include_router(audit.router)
     app.include_router(console.router)
     app.include_router(compute.router)

@@ -200,7 +200,8 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
 
 def test_renegotiating_does_not_reset_count(space: Space) -> None:
     first = space.negotiate(space.scores)
-    assert [space.score_use(first)[0] for _ in range(2)] == [200, 200]
+    uses = [space.score_use(first) for _ in range(2)]
+    assert [u[0] for u in uses] == [200, 200], uses
     status, body = space.score_use(first)
     assert status == 403 and _blocking(body) == ["count"]
 
@@ -227,6 +228,15 @@ def test_renegotiating_does_not_reset_epsilon(space: Space) -> None:
 
     assert status == 403, body
     assert _blocking(body) == ["epsilonTotal"]
+    with space.provider.admin(timeout=30) as admin:  # only the provider's staff reset it
+        seen = admin.get(f"/management/budgets?member=bank-a&dataset={DATASET}")
+        assert seen["spent"] == 1.0 and seen["limit"] is None
+        reset = admin.post(
+            "/management/budgets/reset",
+            {"dataset": DATASET, "member": "bank-a", "reason": "new contract year"},
+        )
+        assert reset["spent"] == 0.0
+    assert space.aggregate(renegotiated, HELD[10:20], epsilon=0.5, missing="fail")[0] == 200
 
 
 def test_the_exact_aggregate_is_refused_when_noise_is_required(space: Space) -> None:
