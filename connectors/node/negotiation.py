@@ -61,6 +61,7 @@ from trusted_space.contracts import (
     negotiation_ack,
     offer_for,
 )
+from trusted_space.contracts.granting import grant_mode, hold, offer_admits, release_hold
 from trusted_space.errors import (
     NotFoundError,
     NotReadyError,
@@ -68,18 +69,21 @@ from trusted_space.errors import (
     TrustedSpaceError,
     ValidationError,
 )
+from trusted_space.store import Transaction
 
 __all__ = [
     "RETRY_DELAYS",
     "AgreeDecision",
     "NegotiationWorker",
     "after_receipt",
+    "approve",
     "check_callback",
     "choose_offer",
     "decide_agreement",
     "drain",
     "endpoint_for",
     "fetch_dataset",
+    "reject",
     "send",
     "resume",
     "shutdown",
@@ -441,7 +445,42 @@ def decide_agreement(runtime: NodeRuntime, record: Negotiation) -> AgreeDecision
     return AgreeDecision(True, f"offer {record.offer.get('@id')!r} is published for {target!r}")
 
 
-def _agree(runtime: NodeRuntime, pid: str) -> None:
+def _roles_of(runtime: NodeRuntime, tx: Transaction, participant: str) -> frozenset[str]:
+    """The roles of ``participant``'s stored, operator-signed credential (empty if none)."""
+    directory = runtime.directory
+    if directory is None:
+        return frozenset()
+    try:
+        return frozenset(directory.get(tx, participant).roles)
+    except NotFoundError:
+        return frozenset()
+
+
+def _held(runtime: NodeRuntime, record: Negotiation) -> bool:
+    """Hold the request for the staff when the provider's grant mode says so (stays REQUESTED)."""
+    offer_id = str(record.offer.get("@id", ""))
+    with runtime.transaction() as tx:
+        mode = grant_mode(tx, offer_id or None)
+        if mode == "auto":
+            return False
+        if mode == "policy":
+            roles = _roles_of(runtime, tx, record.counterparty)
+            if offer_admits(record.offer, record.counterparty, roles):
+                return False
+        hold(
+            tx,
+            pid=record.pid,
+            consumer=record.counterparty,
+            dataset_id=record.dataset_id,
+            offer_id=offer_id,
+            mode=mode,
+            at=runtime.clock(),
+        )
+    log.info("negotiation %s held for the staff (grant mode %s)", record.pid, mode)
+    return True
+
+
+def _agree(runtime: NodeRuntime, pid: str, *, approved: bool = False) -> None:
     record = runtime.negotiator.negotiation(pid)
     if record.state not in (NegotiationState.REQUESTED, NegotiationState.ACCEPTED):
         return
@@ -450,7 +489,30 @@ def _agree(runtime: NodeRuntime, pid: str) -> None:
         log.info("negotiation %s refused: %s", pid, decision.reason)
         terminate(runtime, pid, reason=decision.reason, code="offer-refused")
         return
+    if not approved and _held(runtime, record):
+        return
     send(runtime, runtime.negotiator.agree(pid))
+
+
+def approve(runtime: NodeRuntime, pid: str) -> Negotiation:
+    """The staff approve a held request: the provider agrees now (as it would have automatically).
+
+    Raises:
+        NotFoundError: no request ``pid`` is held here.
+    """
+    with runtime.transaction() as tx:
+        if not release_hold(tx, pid):
+            raise NotFoundError(f"no request {pid!r} is held for approval here")
+    _agree(runtime, pid, approved=True)
+    return runtime.negotiator.negotiation(pid)
+
+
+def reject(runtime: NodeRuntime, pid: str, *, reason: str) -> tuple[Negotiation, bool]:
+    """The staff reject a held request: the provider terminates it and tells the consumer."""
+    with runtime.transaction() as tx:
+        if not release_hold(tx, pid):
+            raise NotFoundError(f"no request {pid!r} is held for approval here")
+    return terminate(runtime, pid, reason=reason, code="rejected-by-staff")
 
 
 def _verify(runtime: NodeRuntime, pid: str) -> None:

@@ -15,6 +15,7 @@ whose blocking step names the rule:
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,3 +278,48 @@ def test_a_suspended_agreement_is_refused_until_resumed(space: Space) -> None:
     status, body = space.score_use(agreement)
     assert status == 403 and "standing" in _blocking(body)
     assert any(s["seen"] == "terminated" for s in body["trace"] if s["left_operand"] == "standing")
+
+
+def test_a_request_held_for_the_staff_stays_requested_until_approved(space: Space) -> None:
+    with space.provider.admin(timeout=30) as admin:
+        admin.put("/management/grants/mode", {"mode": "staff", "offerId": space.noisy})
+    try:
+        with space.bank.admin(timeout=60) as bank:
+            started = bank.post(
+                "/management/negotiations",
+                {"provider": "tax-bureau", "datasetId": DATASET, "offerId": space.noisy},
+            )
+            with space.provider.admin(timeout=30) as admin:
+                pending = _wait_pending(admin, 1)
+                assert [p["consumer"] for p in pending] == ["bank-a"]
+                assert bank.get(f"/management/negotiations/{started['id']}")["state"] == (
+                    "REQUESTED"
+                )
+                admin.post(f"/management/grants/pending/{pending[0]['id']}/approve", {})
+                assert admin.get("/management/grants/pending") == []
+            approved = settled(bank.get, started["id"], 60)
+            assert approved["state"] == "FINALIZED"
+
+            second = bank.post(
+                "/management/negotiations",
+                {"provider": "tax-bureau", "datasetId": DATASET, "offerId": space.noisy},
+            )
+            with space.provider.admin(timeout=30) as admin:
+                held = _wait_pending(admin, 1)
+                admin.post(
+                    f"/management/grants/pending/{held[0]['id']}/reject", {"reason": "not now"}
+                )
+            assert settled(bank.get, second["id"], 60)["state"] == "TERMINATED"
+    finally:
+        with space.provider.admin(timeout=30) as admin:
+            admin.put("/management/grants/mode", {"mode": "auto", "offerId": space.noisy})
+
+
+def _wait_pending(admin: Any, n: int) -> list[dict[str, Any]]:
+    """The held requests once there are ``n`` (the provider holds them in the background)."""
+    for _ in range(600):
+        pending: list[dict[str, Any]] = admin.get("/management/grants/pending")
+        if len(pending) >= n:
+            return pending
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} held requests: {pending}")

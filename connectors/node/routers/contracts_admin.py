@@ -16,6 +16,12 @@
   and transfer is refused with a trace step ``standing`` until it is resumed; ``terminated`` is
   final. Recorded as an ``agreement.standing`` ledger entry; ``409`` for a transition that is
   not allowed, ``404`` for an agreement this node did not grant.
+- ``PUT /management/grants/mode`` ``{"mode": "auto"|"policy"|"staff", "offerId"?}`` (provider):
+  how requests are granted, node-wide or for one offer
+  (:mod:`trusted_space.contracts.granting`); ``GET /management/grants/pending``: the requests held
+  for the staff (they stay ``REQUESTED`` for the consumer);
+  ``POST /management/grants/pending/{pid}/approve`` (the provider agrees now) and
+  ``.../reject`` ``{"reason"}`` (it terminates the negotiation and tells the consumer).
 
 Staff only (the node's admin token). Nothing here returns a key or a token.
 """
@@ -51,19 +57,28 @@ from trusted_space.contracts import (
     load_agreement,
     load_negotiation,
 )
+from trusted_space.contracts.granting import GrantMode, grant_mode, holds, set_grant_mode
 from trusted_space.errors import NotFoundError, ValidationError
 from trusted_space.store import Transaction
 
 __all__ = [
+    "GrantModeChange",
+    "GrantModeView",
+    "HeldView",
+    "RejectRequest",
     "StandingChange",
+    "approve_request",
     "TerminationView",
     "change_agreement_standing",
     "create_negotiation",
     "get_agreement",
     "get_negotiation",
     "list_agreements",
+    "list_held",
     "list_negotiations",
+    "reject_request",
     "router",
+    "set_mode",
     "terminate_negotiation",
 ]
 
@@ -177,3 +192,84 @@ def change_agreement_standing(
             raise NotFoundError(f"agreement {agreement_id!r} was not granted by {runtime.id}")
         change_standing(tx, agreement_id, standing, reason=body.reason, at=runtime.clock())
         return _agreement(runtime, tx, signed)
+
+
+class GrantModeChange(BaseModel):
+    """How requests are granted: node-wide, or for one offer (``offerId``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: GrantMode
+    offerId: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+class GrantModeView(BaseModel):
+    """The mode now in force for the node (or the offer)."""
+
+    mode: str
+    offerId: str | None
+
+
+class HeldView(BaseModel):
+    """A contract request held for the staff (the consumer sees it REQUESTED)."""
+
+    id: str = Field(description="The provider's process id of the negotiation")
+    consumer: str
+    datasetId: str
+    offerId: str
+    mode: str
+    since: str
+
+
+class RejectRequest(BaseModel):
+    """Why the staff reject a held request (sent to the consumer, kept in the ledger)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+def _provider_only(runtime: NodeRuntime) -> None:
+    if "provider" not in runtime.roles:
+        raise ValidationError(f"{runtime.id!r} is not a provider: it grants no agreements")
+
+
+@router.put("/grants/mode", response_model=GrantModeView)
+def set_mode(_: AdminDep, runtime: RuntimeDep, body: GrantModeChange) -> GrantModeView:
+    """Set how this provider grants requests (``auto``, ``policy`` or ``staff``)."""
+    _provider_only(runtime)
+    with runtime.transaction() as tx:
+        set_grant_mode(tx, body.mode, offer_id=body.offerId, at=runtime.clock())
+        return GrantModeView(mode=grant_mode(tx, body.offerId), offerId=body.offerId)
+
+
+@router.get("/grants/pending", response_model=list[HeldView])
+def list_held(_: AdminDep, runtime: RuntimeDep) -> list[HeldView]:
+    """The contract requests waiting for the staff, oldest first."""
+    with runtime.transaction(readonly=True) as tx:
+        return [
+            HeldView(
+                id=h.pid,
+                consumer=h.consumer,
+                datasetId=h.dataset_id,
+                offerId=h.offer_id,
+                mode=h.mode,
+                since=h.since,
+            )
+            for h in holds(tx)
+        ]
+
+
+@router.post("/grants/pending/{pid}/approve", response_model=NegotiationView)
+def approve_request(_: AdminDep, runtime: RuntimeDep, pid: str) -> NegotiationView:
+    """Approve a held request: the provider agrees and signs (the consumer then countersigns)."""
+    return negotiation_view(negotiation.approve(runtime, pid))
+
+
+@router.post("/grants/pending/{pid}/reject", response_model=TerminationView)
+def reject_request(
+    _: AdminDep, runtime: RuntimeDep, pid: str, body: RejectRequest
+) -> TerminationView:
+    """Reject a held request: the negotiation is terminated and the consumer told why."""
+    record, notified = negotiation.reject(runtime, pid, reason=body.reason)
+    return TerminationView(**negotiation_view(record).model_dump(), peerNotified=notified)
