@@ -112,6 +112,13 @@ class UseRequest:
             length).
         epsilon: differential-privacy budget this use asks for (charged by the caller).
         output: the policy ``output`` released; defaults from ``kind`` (:data:`OUTPUT_OF_KIND`).
+        model: (scores) who chose the weights: ``analyst-held``, ``trained`` or ``approved``
+            (the policy operand ``model``); ``None`` for other kinds.
+        model_id: (party-held) the owner's model id, recorded in ``query.use``.
+        model_sha256: (party-held) the SHA-256 of the weights applied, recorded in
+            ``query.use`` (never the weights).
+        model_stats: (party-held) what the provider measured of the weights on its rows,
+            checked by the policy's model rules.
     """
 
     query_id: str
@@ -126,6 +133,10 @@ class UseRequest:
     cohort_size: int | None = None
     epsilon: float | None = None
     output: str | None = None
+    model: str | None = None
+    model_id: str | None = None
+    model_sha256: str | None = None
+    model_stats: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(self.columns))
@@ -191,6 +202,13 @@ class UseGrant:
     receipt: dict[str, Any]
     entities: tuple[str, ...]
     epsilon_total: float | None = None
+
+
+def _model_entry(request: UseRequest) -> dict[str, str | None] | None:
+    """What ``query.use`` records of a score's weights: mode, owner's id and digest only."""
+    if request.model is None:
+        return None
+    return {"mode": request.model, "id": request.model_id, "sha256": request.model_sha256}
 
 
 def _strip_extensions(agreement: Mapping[str, Any]) -> dict[str, Any]:
@@ -388,6 +406,8 @@ def authorize_use(
                     query_id=request.query_id,
                     offer_id=_offer_of(signed),
                     epsilon=request.epsilon if request.kind == "aggregate" else None,
+                    model=request.model if request.kind == "score" else None,
+                    model_stats=request.model_stats,
                 ),
                 tx=tx,
                 consent=registry.checker(tx) if registry is not None else None,
@@ -426,6 +446,7 @@ def authorize_use(
                         "entities": request.size,
                         "entities_commitment": entities_commitment,
                         "epsilon": request.epsilon,
+                        "model": _model_entry(request),
                         "decision": decision.ledger_index,
                     },
                     time=at,

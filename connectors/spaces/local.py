@@ -107,8 +107,13 @@ def local_offer(
     protocols: Sequence[str] = PROTOCOLS,
     purpose: str = LOCAL_PURPOSE,
     kinds: Sequence[str] = ("score",),
+    models: Sequence[str] = ("analyst-held", "party-held"),
 ) -> dict[str, Any]:
     """An ODRL offer permitting joint ``kinds`` with ``protocols`` for ``purpose`` only.
+
+    ``models``: the weights a score may apply (policy operand ``model``). A local space is the
+    user's own trial on its own files, so it opts in to analyst-held weights explicitly (zone
+    data refuses them otherwise).
 
     ``kinds`` are computations (``score``, ``aggregate``, ``train``); the permitted outputs
     match them (training releases aggregates: its weights).
@@ -135,6 +140,7 @@ def local_offer(
                         "rightOperand": list(protocols),
                     },
                     {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": outputs},
+                    {"leftOperand": "model", "operator": "isAnyOf", "rightOperand": list(models)},
                 ],
             }
         ],

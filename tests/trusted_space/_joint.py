@@ -50,8 +50,13 @@ def offer(
     count: int | None = None,
     consent: bool = False,
     min_cohort: int | None = None,
+    models: Sequence[str] | None = ("analyst-held", "party-held"),
 ) -> dict[str, Any]:
-    """A catalog offer fit for a zone dataset."""
+    """A catalog offer fit for a zone dataset.
+
+    ``models``: the ``model`` constraint (the default opts in to analyst-held weights
+    explicitly, as zone data requires; ``None`` leaves it out).
+    """
     constraints: list[dict[str, Any]] = [
         {"leftOperand": "purpose", "operator": "eq", "rightOperand": purpose},
         {"leftOperand": "computation", "operator": "isAnyOf", "rightOperand": list(kinds)},
@@ -65,6 +70,10 @@ def offer(
                 "operator": "lteq",
                 "rightOperand": {"@value": str(count), "@type": "xsd:integer"},
             }
+        )
+    if models is not None:
+        constraints.append(
+            {"leftOperand": "model", "operator": "isAnyOf", "rightOperand": list(models)}
         )
     if consent:
         constraints.append({"leftOperand": "consent", "operator": "eq", "rightOperand": "required"})

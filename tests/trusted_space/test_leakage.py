@@ -156,7 +156,9 @@ def recorded_space(
             ds_id=f"ds-{p}",
         )
         assert ag is not None
-        store_party_weights(node.store, "model-1", {f"c{j}": float(v) for j, v in enumerate(w[p])})
+        store_party_weights(
+            node.store, ANALYST, "model-1", {f"c{j}": float(v) for j, v in enumerate(w[p])}
+        )
         agreements[p], datasets[p] = ag, ds
     log: list[Message] = []
     nodes: list[ComputeNode] = [space.operator.node, space.analyst.node] + [

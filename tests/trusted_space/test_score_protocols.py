@@ -130,7 +130,9 @@ def make_setup(
             space, p, names, held, x[rows], impute=(impute or {}).get(p), ds_id=f"ds-{p}"
         )
         assert ag is not None
-        store_party_weights(node.store, "model-1", dict(zip(names, w.tolist(), strict=True)))
+        store_party_weights(
+            node.store, ANALYST, "model-1", dict(zip(names, w.tolist(), strict=True))
+        )
         blocks[p], weights[p], datasets[p], agreements[p] = x, w, ds, ag
     return Setup(space, keys, blocks, weights, datasets, agreements)
 

@@ -329,7 +329,7 @@ def test_party_held_weights_stay_with_their_party_and_score() -> None:
     assert result.model.id == "credit-lr-1"
     assert np.allclose(result.model.weights_of(ANALYST), plain.weights[:2], atol=2e-3)
     stored = {
-        p: load_party_weights(setup.space.providers[p].node.store, "credit-lr-1")
+        p: load_party_weights(setup.space.providers[p].node.store, ANALYST, "credit-lr-1").weights
         for p in (TAX, COURT)
     }
     assert np.allclose(list(stored[COURT].values()), plain.weights[2:4], atol=2e-3)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -65,6 +65,12 @@ class UsageRequest:
             agreement id is used).
         epsilon: the differential-privacy epsilon of the noisy release asked for; ``None`` for
             an exact release (refused by an ``epsilon`` constraint).
+        model: for a score, who chose the weights applied to this provider's columns:
+            ``analyst-held``, ``trained`` or ``approved`` (:data:`~trusted_space.policy.
+            vocabulary.MODEL_MODES`); ``None`` for other kinds.
+        model_stats: for party-held weights, what the provider measured of them on its own
+            data when it stored them: ``columns`` (how many carry weight), ``maxWeight``
+            (largest |w|) and ``maxShare`` (largest Var(w_j x_j) / Var(sum_j w_j x_j)).
     """
 
     assignee: str
@@ -80,9 +86,13 @@ class UsageRequest:
     query_id: str | None = None
     offer_id: str | None = None
     epsilon: float | None = None
+    model: str | None = None
+    model_stats: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", frozenset(self.roles))
+        if self.model is not None and self.model not in ("analyst-held", "trained", "approved"):
+            raise ValidationError(f"UsageRequest.model: bad value {self.model!r}")
         if self.epsilon is not None and (
             isinstance(self.epsilon, bool)
             or not isinstance(self.epsilon, int | float)

@@ -7,7 +7,7 @@ hard limit, in the same transaction as the decision's ledger entry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -29,6 +29,7 @@ from trusted_space.policy.record import DecisionSubject, record_decision
 from trusted_space.policy.vocabulary import (
     COUNT_NAMESPACE,
     ENTITY_NAMESPACE,
+    MODEL_RULES,
     RightOperand,
     account_key,
     duration_seconds,
@@ -146,6 +147,9 @@ def _check(c: Constraint, ctx: _Ctx, rule: str, index: int, rule_id: str | None)
         else:
             msg = f"{lo} {value!r} {word} {_fmt(c.right_operand)}"
         return done(value, "satisfied" if holds else "violated", msg)
+
+    if lo == "model" or lo in MODEL_RULES:
+        return _check_model(c, req, done)
 
     if lo == "dateTime":
         limit = datetime.fromisoformat(str(c.right_operand))
@@ -269,6 +273,58 @@ def _check(c: Constraint, ctx: _Ctx, rule: str, index: int, rule_id: str | None)
     # retention: not a condition on the request, a duty on the consumer.
     msg = f"results must be deleted within {c.right_operand}"
     return done(None, "not_applicable", msg)
+
+
+_PARTY_HELD: Final = {"trained": "party-held", "approved": "party-held"}
+_RULE_STATS: Final = {
+    "modelMinColumns": ("columns", "columns carrying weight"),
+    "modelMaxWeight": ("maxWeight", "largest |weight|"),
+    "modelMaxShare": ("maxShare", "largest column share of the partial's variance"),
+}
+
+
+def _check_model(c: Constraint, req: UsageRequest, done: Callable[..., TraceStep]) -> TraceStep:
+    """``model`` (who chose the weights) and the approval rules on party-held weights.
+
+    The rules are checked on what the provider measured of the weights it holds; weights the
+    analyst holds are hidden from the provider, so no rule can hold for them.
+    """
+    lo = c.left_operand
+    if req.query_kind != "score":
+        return done(req.model, "not_applicable", f"{lo} applies to scores only")
+    if req.model is None:
+        return done(None, "violated", f"{lo}: the score names no model mode")
+    if lo == "model":
+        seen = {req.model, _PARTY_HELD[req.model]} if req.model in _PARTY_HELD else {req.model}
+        holds = _compare_set(c.operator, sorted(seen), c.right_operand)
+        word = _SET_WORDS[c.operator][0 if holds else 1]
+        msg = f"model {req.model!r} {word} {_fmt(c.right_operand)}"
+        if not holds and req.model == "analyst-held":
+            msg += " (weights the analyst chose freely are not accepted here)"
+        return done(req.model, "satisfied" if holds else "violated", msg)
+    key, what = _RULE_STATS[lo]
+    if req.model == "analyst-held" or req.model_stats is None:
+        msg = f"{lo}: the analyst holds the weights, so this provider cannot check the {what}"
+        return done(None, "violated", msg)
+    value = float(req.model_stats[key])
+    limit = float(str(c.right_operand))
+    holds = _ordered(c.operator, value, limit)
+    relation = {"gteq": ">=", "lteq": "<="}[c.operator]
+    shown = int(value) if lo == "modelMinColumns" else round(value, 6)
+    msg = f"{what} {shown} " + (
+        f"is {relation} {c.right_operand}" if holds else f"breaks {lo} {relation} {c.right_operand}"
+    )
+    return done(shown, "satisfied" if holds else "violated", msg)
+
+
+def _zone_opt_in(rule_constraints: Sequence[Constraint], req: UsageRequest, tier: str) -> bool:
+    """Whether analyst-held weights on zone data lack the permission's explicit opt-in."""
+    return (
+        tier == "zone"
+        and req.query_kind == "score"
+        and req.model == "analyst-held"
+        and not any(c.left_operand == "model" for c in rule_constraints)
+    )
 
 
 def _entity_keys(ctx: _Ctx, rule_index: int, entities: Sequence[str]) -> list[str]:
@@ -410,6 +466,25 @@ def evaluate(
     for i, rule in enumerate(policy.permissions):
         start = len(steps)
         rsteps = [_check(c, ctx, "permission", i, rule.uid) for c in rule.constraints]
+        if _zone_opt_in(rule.constraints, request, tier):
+            msg = (
+                "analyst-held weights on zone data need the provider's explicit opt-in "
+                "(a model constraint allowing analyst-held); this permission has none"
+            )
+            rsteps.append(
+                TraceStep(
+                    "permission",
+                    i,
+                    rule.uid,
+                    "model",
+                    "eq",
+                    "party-held",
+                    "analyst-held",
+                    "violated",
+                    False,
+                    msg,
+                )
+            )
         steps.extend(rsteps)
         bad = [start + j for j, s in enumerate(rsteps) if s.outcome == "violated"]
         part = next((s for s in rsteps if s.outcome == "partial"), None)

@@ -20,6 +20,8 @@ __all__ = [
     "COUNT_NAMESPACE",
     "DUTY_ACTIONS",
     "LEFT_OPERANDS",
+    "MODEL_MODES",
+    "MODEL_RULES",
     "ODRL_PROFILE",
     "OPERATORS",
     "OUTPUT_KINDS",
@@ -66,6 +68,15 @@ the compute headers, the CLI and the registry of score protocols
 (:data:`trusted_space.protocols.registry.SCORE_PROTOCOLS`) all follow."""
 OUTPUT_KINDS: Final = ("score", "aggregate", "raw")
 TIERS: Final = ("unconditional", "conditional", "zone")
+MODEL_MODES: Final = ("analyst-held", "party-held", "trained", "approved")
+"""Values of ``model``: who chose the weights a score applies to the provider's columns.
+
+A request's model is ``analyst-held`` (encrypted or shared weights the provider cannot see),
+``trained`` (party-held weights from a joint training this provider took part in) or
+``approved`` (a party-held model part the analyst submitted and the provider's staff approved);
+the right operand ``party-held`` matches both ``trained`` and ``approved``."""
+MODEL_RULES: Final = ("modelMinColumns", "modelMaxWeight", "modelMaxShare")
+"""Approval rules on party-held weights, checked by the provider on the weights it holds."""
 DUTY_ACTIONS: Final = ("log", "notify", "delete")
 
 _SET_OPS: Final = ("eq", "neq", "isAnyOf", "isNoneOf")
@@ -125,6 +136,10 @@ LEFT_OPERANDS: Final[Mapping[str, _OperandSpec]] = {
     "epsilonTotal": _OperandSpec(("lteq",), "decimal", in_prohibition=False, unique=True),
     "entityCount": _OperandSpec(("lteq",), "int", in_prohibition=False, unique=True),
     "entityPeriod": _OperandSpec(("eq",), "duration", in_prohibition=False, unique=True),
+    "model": _OperandSpec((*_SET_OPS,), "enum", MODEL_MODES),
+    "modelMinColumns": _OperandSpec(("gteq",), "int", in_prohibition=False, unique=True),
+    "modelMaxWeight": _OperandSpec(("lteq",), "decimal", in_prohibition=False, unique=True),
+    "modelMaxShare": _OperandSpec(("lteq",), "decimal", in_prohibition=False, unique=True),
 }
 """Left operands understood in permissions and prohibitions, with their allowed operators."""
 
@@ -212,6 +227,10 @@ def check_constraint(
     if spec.value == "decimal":
         if not isinstance(right, str) or not _DECIMAL_RE.match(right) or float(right) <= 0:
             raise path_error(rpath, f"{left} needs a positive decimal ('0.5'), got {right!r}")
+        if left == "modelMaxShare" and float(right) > 1:
+            raise path_error(
+                rpath, f"modelMaxShare is a share of variance in (0, 1], got {right!r}"
+            )
         return right
     if spec.value == "duration":
         if not isinstance(right, str) or not _DURATION_RE.match(right):

@@ -354,6 +354,9 @@ def _make_open(executor: Executor | None) -> Callable[[CallContext, dict[str, An
                     protocol=protocol,
                     cohort_size=size if kind == "aggregate" else None,
                     epsilon=epsilon if kind == "aggregate" else None,
+                    # A cohort score runs with analyst-held weights only (the strictest mode
+                    # for the policy's model binding); score.run checks its mode again.
+                    model="analyst-held" if kind == "score" else None,
                 ),
                 roles=sender_roles(node, ctx.sender),
             )

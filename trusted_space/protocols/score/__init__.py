@@ -23,8 +23,9 @@ Missing entities (not held, or a null in a used column): ``fail`` refuses the qu
 up *is* a use); ``impute`` fills each such cell with the column's published ``imputeDefault`` and
 refuses if a needed column has none (never a silent zero).
 
-Party-held weights live in the provider's store (namespace ``model``), put there with
-:func:`store_party_weights` after joint training.
+Party-held weights live in the provider's store (namespace ``model``, keyed by owner and model
+id), put there with :func:`store_party_weights` after joint training; only their owner scores
+with them, and ``query.use`` records the model's id and digest.
 
 Large vectors travel in blocks (:data:`~trusted_space.protocols._common.DEFAULT_BLOCK_ROWS`
 entities; no message above 64 MiB), so a million entities never need one giant message.
@@ -52,8 +53,12 @@ from trusted_space.protocols.score.provider import (
 )
 from trusted_space.protocols.score.weights import (
     MODEL_NAMESPACE,
+    PartyModel,
     load_party_weights,
+    model_key,
     store_party_weights,
+    weight_stats,
+    weights_digest,
 )
 
 __all__ = [
@@ -64,10 +69,14 @@ __all__ = [
     "PSI_POOL_MIN_IDS",
     "PSI_WORKERS_MAX",
     "Aligner",
+    "PartyModel",
     "check_use_receipt",
     "load_party_weights",
+    "model_key",
     "psi_aligner",
     "register_provider",
     "run_score",
     "store_party_weights",
+    "weight_stats",
+    "weights_digest",
 ]

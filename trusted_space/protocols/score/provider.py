@@ -21,7 +21,7 @@ from trusted_space.protocols._common import block_ranges, check_size, decode_ids
 from trusted_space.protocols.base import FloatArray, ProviderJob, ProviderSide
 from trusted_space.protocols.operator import add_to_aggregate
 from trusted_space.protocols.registry import get_score_protocol
-from trusted_space.protocols.score.weights import load_party_weights
+from trusted_space.protocols.score.weights import PartyModel, load_party_weights
 from trusted_space.protocols.score.wire import (
     ENTITY_CHUNK,
     MAX_ENTITIES,
@@ -54,10 +54,13 @@ def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
     if node.participant_id not in spec.contributors:
         raise ValidationError("header.contributors: does not include this provider")
     weights: dict[str, float] | None = None
+    model: PartyModel | None = None
     if spec.columns is not None:
         columns = list(spec.columns)
     else:
-        weights = load_party_weights(node.store, spec.model or "")
+        # Only the sender's own model: another member's weights of the same id are not found.
+        model = load_party_weights(node.store, ctx.sender, spec.model or "")
+        weights = model.weights
         columns = list(weights)
     side = protocol.provider(spec.mode, spec.params, payload, workers=node.score_workers)
     state = node.sessions.open(ctx.sender, _SESSION_PREFIX + spec.query)
@@ -65,7 +68,14 @@ def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
         side.close()
         raise ConflictError(f"query {spec.query!r} is already open here")
     state.update(
-        {"spec": spec, "side": side, "columns": columns, "weights": weights, "entities": []}
+        {
+            "spec": spec,
+            "side": side,
+            "columns": columns,
+            "weights": weights,
+            "model": model,
+            "entities": [],
+        }
     )
     return Reply(ScoreOpened(spec.query, len(columns)).to_header())
 
@@ -166,6 +176,18 @@ def _check_bound(values: FloatArray, bound: float, what: str, columns: Sequence[
         raise ValidationError(f"a partial logit exceeds the query's {what} {bound}")
 
 
+def _model_fields(spec: ScoreOpen, model: PartyModel | None) -> dict[str, Any]:
+    """What the enforcement point checks and records of the weights this score applies."""
+    if model is None:
+        return {"model": "analyst-held"}
+    return {
+        "model": model.source,
+        "model_id": model.model_id,
+        "model_sha256": model.sha256,
+        "model_stats": model.stats,
+    }
+
+
 def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """Enforce, read every entity once, and reply with the receipt and the missing bitmap.
 
@@ -198,6 +220,7 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
                 purpose=spec.purpose,
                 protocol=spec.protocol,
                 entities=tuple(entities),
+                **_model_fields(spec, state["model"]),
             ),
             roles=node.sender_roles(ctx.sender),
         )

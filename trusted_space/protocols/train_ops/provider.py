@@ -28,7 +28,7 @@ from trusted_space.events import record_event
 from trusted_space.protocols._common import decode_ids, header_float, header_int, header_str
 from trusted_space.protocols._parts import receive_part, reply_part
 from trusted_space.protocols.align import sender_roles
-from trusted_space.protocols.score import store_party_weights
+from trusted_space.protocols.score import store_party_weights, weight_stats
 from trusted_space.protocols.train import check_weights, dealer_spec, weights_sha256
 from trusted_space.protocols.train.common import weight_block
 from trusted_space.protocols.train_mpc import (
@@ -591,7 +591,15 @@ def _train_finish(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
                 raise ValidationError("payload: the bank's share of this provider's weights")
             values = check_weights(decode_ring(share_b + share_c))
             weights = dict(zip(spec["columns"], (float(v) for v in values), strict=True))
-        store_party_weights(node.store, spec["modelId"], weights)
+        stats = (
+            weight_stats(weights, (x for _, x in node.data.scan(spec["dataset"], list(weights))))
+            if node.data is not None
+            else None
+        )
+        # Owned by the analyst that trained it: another member can neither use nor replace it.
+        store_party_weights(
+            node.store, ctx.sender, spec["modelId"], weights, dataset=spec["dataset"], stats=stats
+        )
         digest = weights_sha256(weights)
         of = "weights"
     with node.store.transaction() as tx:
