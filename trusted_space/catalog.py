@@ -148,6 +148,12 @@ class Field:
     ``impute_default`` (JSON ``imputeDefault``, numeric fields only) is the value the owner
     publishes for joint queries that ask to ``impute`` an entity missing from its table; a query
     that asks to impute a column without one is refused (never a silent zero).
+
+    ``bound`` (JSON ``bound``, numeric fields only) is the column's declared range: every value
+    satisfies ``|x| ≤ bound``. Joint protocols scale the column by the least power of two at or
+    above it (:mod:`trusted_space.protocols.scaling`) and the owner refuses a query using a value
+    outside it, naming the column and never the value. Publishing it reveals only its order of
+    magnitude, which the owner chooses (a loose bound such as ``1e9`` for amounts is fine).
     """
 
     name: str
@@ -156,6 +162,7 @@ class Field:
     description: str = ""
     pi_category: PiCategory | None = None
     impute_default: float | None = None
+    bound: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -184,6 +191,19 @@ class Field:
             if self.type not in (FieldType.INT, FieldType.FLOAT, FieldType.BOOL):
                 raise ValidationError(f"{path}.imputeDefault: only numeric fields have one")
             object.__setattr__(self, "impute_default", float(value))
+        if self.bound is not None:
+            value = self.bound
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= 2.0**60
+            ):
+                raise ValidationError(f"{path}.bound: a number in (0, 2^60], got {value!r}")
+            if self.type not in (FieldType.INT, FieldType.FLOAT, FieldType.BOOL):
+                raise ValidationError(f"{path}.bound: only numeric fields have one")
+            if self.impute_default is not None and abs(self.impute_default) > value:
+                raise ValidationError(f"{path}.imputeDefault: outside the declared bound")
+            object.__setattr__(self, "bound", float(value))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -196,12 +216,17 @@ class Field:
             out["piCategory"] = self.pi_category.value
         if self.impute_default is not None:
             out["imputeDefault"] = self.impute_default
+        if self.bound is not None:
+            out["bound"] = self.bound
         return out
 
     @classmethod
     def from_json(cls, doc: object, path: str = "field") -> Field:
         d = check_object(
-            doc, path, {"name", "type", "grade"}, {"description", "piCategory", "imputeDefault"}
+            doc,
+            path,
+            {"name", "type", "grade"},
+            {"description", "piCategory", "imputeDefault", "bound"},
         )
         try:
             return cls(
@@ -211,6 +236,7 @@ class Field:
                 description=d.get("description", ""),
                 pi_category=d.get("piCategory"),
                 impute_default=d.get("imputeDefault"),
+                bound=d.get("bound"),
             )
         except ValidationError as exc:
             raise ValidationError(f"{path}: {exc}") from exc

@@ -103,6 +103,7 @@ def dataset(
     key_kind: KeyKind = KeyKind.OPAQUE,
     impute: dict[str, float] | None = None,
     extra_fields: Sequence[Field] = (),
+    bounds: dict[str, float] | None = None,
 ) -> Dataset:
     grades = grades or {}
     types = types or {}
@@ -112,6 +113,8 @@ def dataset(
         kw: dict[str, Any] = {}
         if c in impute:
             kw["impute_default"] = impute[c]
+        if c in (bounds or {}):
+            kw["bound"] = (bounds or {})[c]
         fields.append(Field(c, types.get(c, FieldType.FLOAT), grades.get(c, 3), **kw))
     fields.extend(extra_fields)
     return Dataset(

@@ -24,14 +24,20 @@ import pytest
 
 from crypto import ckks, paillier
 from crypto.errors import DecryptionError, SerializationError
-from crypto.fixedpoint import FixedPoint
 from crypto.sharing import BeaverMessage, TripleShare, beaver_finish, beaver_open
 from trusted_space.compute import ComputeNode, InMemoryData
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols import register_operator, register_provider, run_score
-from trusted_space.protocols._common import ring_from_bytes
+from trusted_space.protocols._common import encode_ring, ring_from_bytes
 from trusted_space.protocols.operator import fetch_triple
+from trusted_space.protocols.scaling import (
+    additive_weight_bits,
+    logit_bound,
+    paillier_frac_bits,
+    scaled_query,
+)
 from trusted_space.protocols.score import store_party_weights
+from trusted_space.protocols.score_additive import FRAC_BITS as ADDITIVE_X_BITS
 from trusted_space.protocols.score_additive import AdditiveScore
 from trusted_space.protocols.score_ckks import CkksScore
 from trusted_space.protocols.score_paillier import PaillierScore
@@ -591,14 +597,17 @@ def test_every_paillier_ciphertext_carries_the_protocol_exponent(
     mode: str, paillier_keys: Any, rng: np.random.Generator
 ) -> None:
     rec = recorded_space(rng)
+    query = rec.query("paillier", mode)
     run_score(
         rec.space.transport(ANALYST),
         ANALYST,
         OPERATOR,
-        rec.query("paillier", mode),
+        query,
         protocol=PaillierScore(paillier_keys),
     )
     f = paillier.DEFAULT_FRAC_BITS
+    if mode == "analyst-held":  # the bits that keep the scaled weights' rounding below 1e-8
+        f = max(f, paillier_frac_bits(*logit_bound(scaled_query(query)[0])[:2]))
     partial_exponent = -2 * f if mode == "analyst-held" else -f
     seen: dict[str, set[int]] = {"weights": set(), "partials": set()}
     for m in rec.log:
@@ -673,6 +682,7 @@ def _dealer_attack(
     a1: npt.NDArray[np.uint64],
     b1: int,
     c1: npt.NDArray[np.uint64],
+    guesses: npt.NDArray[np.int64],
 ) -> list[tuple[int, npt.NDArray[np.int64]]]:
     """What an operator that deals the triple *and* receives the provider's share can solve.
 
@@ -692,12 +702,11 @@ def _dealer_attack(
         t = np.subtract(known[i], np.multiply(a1[i], w, dtype=u), dtype=u)
         x = np.multiply(np.right_shift(t, u(shift)), inverse, dtype=u)
         signed = np.right_shift(np.left_shift(x, u(shift)).view(np.int64), shift)
-        return (np.bitwise_and(t, low) == 0) & (np.abs(signed) < 2**20), signed
+        return (np.bitwise_and(t, low) == 0) & (np.abs(signed) <= 2**ADDITIVE_X_BITS), signed
 
-    guesses = np.arange(-(2**18), 2**18, dtype=np.int64).view(u)
-    first, _ = solve(0, guesses)
+    first, _ = solve(0, guesses.view(u))
     found = []
-    for w in guesses[first]:
+    for w in guesses.view(u)[first]:
         features = []
         for i in range(len(known)):
             fits, x = solve(i, np.array([w], dtype=u))
@@ -714,9 +723,8 @@ def test_the_dealer_aggregator_cannot_unmask_a_providers_beaver_share(
 ) -> None:
     """The operator deals the triples and sums the shares: the share it gets must be masked."""
     rec = recorded_space(rng, k={"tax-bureau": 3, "court": 1})
-    run_score(
-        rec.space.transport(ANALYST), ANALYST, OPERATOR, rec.query("additive", "analyst-held")
-    )
+    query = rec.query("additive", "analyst-held")
+    run_score(rec.space.transport(ANALYST), ANALYST, OPERATOR, query)
     dealt = {}
     for i, m in enumerate(rec.log):
         if m.operation == "dealer.triple" and not m.reply and m.header["batch"] == "court.0":
@@ -734,12 +742,18 @@ def test_the_dealer_aggregator_cannot_unmask_a_providers_beaver_share(
     ]
     opening = beaver_open([BeaverMessage.from_bytes(m.payload) for m in beaver])
     bare = beaver_finish(t1, opening)
-    args = (a, b, t1.a[:, 0], int(t1.b[0]), t1.c)
-    # Unmasked, the operator would recover the analyst's weight and every feature ...
+    # The encodings the protocol used: scaled weights at the analyst's bits, scaled features.
+    scaled, exponents = scaled_query(query)
+    weight_bits = additive_weight_bits(*logit_bound(scaled)[:2])
+    w_true = encode_ring(scaled.model.weights_of("court"), weight_bits).view(np.int64)
+    x_true = encode_ring(np.ldexp(rec.x["court"][:, 0], -exponents["court"][0]), ADDITIVE_X_BITS)
+    # A window of 2^17 weight guesses around the true one (an operator that knew the weight's
+    # order of magnitude): the bare share would give the weight and every feature away ...
+    window = np.arange(int(w_true[0]) - 2**16, int(w_true[0]) + 2**16, dtype=np.int64)
+    args = (a, b, t1.a[:, 0], int(t1.b[0]), t1.c, window)
     solutions = _dealer_attack(bare, *args)
-    fixed = FixedPoint(16)
-    assert [w for w, _ in solutions] == fixed.encode(rec.w["court"]).view(np.int64).tolist()
-    assert solutions[0][1].tolist() == fixed.encode(rec.x["court"][:, 0]).view(np.int64).tolist()
+    assert [w for w, _ in solutions] == w_true.tolist()
+    assert solutions[0][1].tolist() == x_true.view(np.int64).tolist()
     # ... but what it actually receives is masked: the same attack finds nothing.
     assert not np.array_equal(received, bare)
     assert _dealer_attack(received, *args) == []

@@ -370,7 +370,7 @@ def test_feature_bound_exceeded_refused(
         run_score(
             setup.space.transport(ANALYST), ANALYST, OPERATOR, query, protocol=protocols["paillier"]
         )
-    assert info.value.status == 400 and "featureBound" in info.value.problem["detail"]
+    assert info.value.status == 400 and "declared range" in info.value.problem["detail"]
 
 
 def test_unknown_party_model_is_404(rng: np.random.Generator) -> None:

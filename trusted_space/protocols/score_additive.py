@@ -1,8 +1,16 @@
 """The ``additive`` joint score: 2-party sharing over Z_2^64, Beaver triples from the operator.
 
-Fixed point: features and weights with ``f = 16`` fractional bits, products (and every value the
-aggregator sums) with ``2f = 32`` (:data:`~trusted_space.protocols._common.RING_FRAC_BITS`). No
-truncation is needed: the analyst reconstructs the total in the ring and divides by ``2^32``.
+Fixed point (analyst-held): every feature arrives scaled into ``[-1, 1]`` by its column's
+declared range (:mod:`trusted_space.protocols.scaling`) and is encoded with ``fx = 30``
+fractional bits; the analyst encodes its scaled weights with ``fw`` bits, the most that keep
+``Σ_j |X_j·w_j|`` below ``2^62`` for ``L = Σ|w'_j|`` (so no sum can wrap: wrap-around is ruled out
+before the query starts, not hoped against). Products carry ``fx + fw`` bits, known only to the
+analyst; no truncation is needed: it reconstructs the total in the ring and divides. The worst
+error is ``L·2^-31 + k·2^-(fw+1)``, and the analyst refuses a query where that exceeds 1e-4
+(:func:`~trusted_space.protocols.scaling.check_precision`). A decoded logit beyond ``L`` (which
+only a corrupted share can give) is refused, never released. Party-held partials are encoded with
+``2^32`` (:data:`~trusted_space.protocols._common.RING_FRAC_BITS`) below the query's
+``partialBound``.
 
 Analyst-held mode, per provider ``P`` and block ``b`` of ``n`` entities (``k`` columns): the
 analyst's input is its weights ``w`` (its share of ``X`` is zero), ``P``'s input is ``X`` (its
@@ -38,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from crypto import sharing
-from crypto.fixedpoint import FixedPoint
 from trusted_space.errors import ValidationError
 from trusted_space.protocols._common import (
     MAX_MESSAGE_BYTES,
@@ -59,13 +66,18 @@ from trusted_space.protocols.base import (
     ScoreProtocol,
 )
 from trusted_space.protocols.operator import add_to_aggregate, fetch_triple
+from trusted_space.protocols.scaling import (
+    ADDITIVE_FEATURE_BITS,
+    additive_weight_bits,
+    logit_bound,
+)
 from trusted_space.queries.score import ScoreQuery
 from trusted_space.transport import Transport
 
 __all__ = ["FRAC_BITS", "AdditiveAnalyst", "AdditiveProvider", "AdditiveScore"]
 
-FRAC_BITS = 16
-"""Fractional bits of features and weights (their products carry ``2·FRAC_BITS``)."""
+FRAC_BITS = ADDITIVE_FEATURE_BITS
+"""Fractional bits of the (scaled, ``|x| ≤ 1``) features; the weights' bits are the analyst's."""
 
 
 def _batch(provider: str, block: int) -> str:
@@ -78,7 +90,15 @@ class AdditiveAnalyst(AnalystSide):
     def __init__(self, query: ScoreQuery) -> None:
         self.query = query
         self.interactive = query.mode == "analyst-held"
-        self.codec_fp = FixedPoint(FRAC_BITS)
+        bound, terms, _ = logit_bound(query)
+        self.weight_bits = additive_weight_bits(bound, terms)
+        if self.interactive:
+            self.frac_bits = FRAC_BITS + self.weight_bits
+            # Every |logit| is at most L plus the rounding of k weights and features.
+            self.limit = bound + terms + 1.0
+        else:
+            self.frac_bits = RING_FRAC_BITS
+            self.limit = query.partial_bound * len(query.providers)
         self._local: dict[int, np.ndarray[Any, np.dtype[np.uint64]]] = {}
         self._ledger = sharing.TripleLedger(0)
         self._lock = threading.Lock()  # providers are served from several threads
@@ -120,8 +140,7 @@ class AdditiveAnalyst(AnalystSide):
         if weights is None:  # pragma: no cover - analyst-held always has weights
             raise ValidationError("analyst-held additive needs weights")
         k = weights.shape[0]
-        with crypto_errors("weights"):
-            w = self.codec_fp.encode(weights)
+        w = encode_ring(weights, self.weight_bits)
         triple = fetch_triple(
             transport,
             operator,
@@ -156,7 +175,13 @@ class AdditiveAnalyst(AnalystSide):
             if local.shape != (count,):
                 raise ValidationError(f"block {block}: local share of the wrong size")
             total = np.add(total, local)
-        return decode_ring(total, RING_FRAC_BITS)
+        values = decode_ring(total, self.frac_bits)
+        if values.size and not float(np.max(np.abs(values))) <= self.limit:
+            # Only a corrupted or mismatched share can land here: never release it.
+            raise ValidationError(
+                f"block {block}: a reconstructed logit is beyond the query's bound {self.limit:g}"
+            )
+        return values
 
 
 class AdditiveProvider(ProviderSide):
@@ -169,7 +194,6 @@ class AdditiveProvider(ProviderSide):
         self.seed = secrets.token_bytes(32)
         self.ledger = sharing.TripleLedger(1)
         self._ledger_lock = threading.Lock()  # blocks may arrive on several threads
-        self.codec_fp = FixedPoint(FRAC_BITS)
 
     def plain_partial(self, job: ProviderJob, block: int, z: FloatArray) -> bytes:
         ring = encode_ring(z, RING_FRAC_BITS)
@@ -202,7 +226,7 @@ class AdditiveProvider(ProviderSide):
         with crypto_errors("beaver round"):
             with self._ledger_lock:
                 mine = sharing.beaver_mask(
-                    self.codec_fp.encode(x), np.zeros(k, dtype=np.uint64), triple, self.ledger
+                    encode_ring(x, FRAC_BITS), np.zeros(k, dtype=np.uint64), triple, self.ledger
                 )
             opening = sharing.beaver_open([theirs, mine])
             share = sharing.beaver_finish(triple, opening)

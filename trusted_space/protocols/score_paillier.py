@@ -34,6 +34,7 @@ from trusted_space.protocols.base import (
     ProviderSide,
     ScoreProtocol,
 )
+from trusted_space.protocols.scaling import logit_bound, paillier_frac_bits
 from trusted_space.queries.score import ScoreQuery
 
 __all__ = ["PaillierAnalyst", "PaillierProvider", "PaillierScore"]
@@ -183,7 +184,12 @@ class PaillierScore(ScoreProtocol):
         with crypto_errors("paillier key"):
             keypair = self.keypair or paillier.generate_keypair(self.key_bits)
         bits = keypair[0].bits
+        frac_bits = self.frac_bits
         if query.mode == "analyst-held":
+            # Features arrive scaled into [-1, 1]; the scaled weights may be large or tiny, so
+            # the fixed point gets the bits that keep (L + k)·2^-(f+1) below 1e-8.
+            bound, count, _ = logit_bound(query)
+            frac_bits = max(frac_bits, paillier_frac_bits(bound, count))
             largest = max(
                 (float(np.max(np.abs(query.model.weights_of(p)))) for p in contributors),
                 default=1.0,
@@ -191,7 +197,7 @@ class PaillierScore(ScoreProtocol):
             weight_bound = 2.0 ** max(0, math.ceil(math.log2(max(largest, 1e-300))))
             layout = paillier.PackingLayout(
                 key_bits=bits,
-                frac_bits=self.frac_bits,
+                frac_bits=frac_bits,
                 value_bound=query.feature_bound,
                 terms=max(terms.values(), default=1),
                 weight_bound=weight_bound,
@@ -207,7 +213,7 @@ class PaillierScore(ScoreProtocol):
         workers = self.workers
         if workers == "auto":
             workers = None if len(query.entities) >= _POOL_ROWS else 0
-        return PaillierAnalyst(keypair, layout, self.frac_bits, workers)
+        return PaillierAnalyst(keypair, layout, frac_bits, workers)
 
     def provider(
         self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1

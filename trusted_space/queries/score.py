@@ -239,6 +239,25 @@ class Model:
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_ranges(doc: object) -> dict[str, dict[str, float]]:
+    """``$.ranges``: provider → column → a positive finite declared range."""
+    if not isinstance(doc, Mapping):
+        raise path_error("$.ranges", "expected an object of providers")
+    out: dict[str, dict[str, float]] = {}
+    for party, columns in doc.items():
+        path = f"$.ranges.{party}"
+        check_participant_id(party, path)
+        if not isinstance(columns, Mapping):
+            raise path_error(path, "expected an object of column ranges")
+        out[party] = {}
+        for column, bound in columns.items():
+            check_text(column, f"{path}.{column}")
+            if not 0 < check_number(bound, f"{path}.{column}") <= 2.0**60:
+                raise path_error(f"{path}.{column}", "must be in (0, 2^60]")
+            out[party][column] = float(bound)
+    return out
+
+
 @dataclass(frozen=True)
 class ScoreQuery:
     """A joint score query, as the analyst submits it.
@@ -255,9 +274,14 @@ class ScoreQuery:
         id_kind: ``uscc`` (validated) or ``opaque``.
         missing: ``fail`` or ``impute``.
         id: the query id (a fresh UUID URN by default).
-        feature_bound: declared ``|x|`` bound of every provider feature (Paillier packing slots
-            are sized from it; a provider refuses values beyond it).
+        feature_bound: the declared ``|x|`` range of a provider column that neither ``ranges``
+            nor the provider's catalog declares (kept for compatibility; a column whose catalog
+            field declares a ``bound`` is scaled by that, see
+            :mod:`trusted_space.protocols.scaling`).
         partial_bound: declared bound of a party-held partial logit.
+        ranges: provider → column → declared ``|x|`` range, as the catalog publishes it
+            (clients fill it from the catalog); each column is scaled by the least power of
+            two at or above its range.
     """
 
     purpose: str
@@ -273,6 +297,7 @@ class ScoreQuery:
     id: str = field(default_factory=lambda: f"urn:uuid:{uuid.uuid4()}")
     feature_bound: float = 64.0
     partial_bound: float = 4096.0
+    ranges: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_text(self.id, "$.id")
@@ -305,6 +330,7 @@ class ScoreQuery:
             raise path_error("$.datasets", f"no dataset named for provider(s) {lacking}")
         object.__setattr__(self, "agreements", agreements)
         object.__setattr__(self, "datasets", datasets)
+        object.__setattr__(self, "ranges", _check_ranges(self.ranges))
         entities = check_entities(self.entities, self.id_kind, "$.entities")
         if not entities:
             raise path_error("$.entities", "no entities to score")
@@ -354,6 +380,7 @@ class ScoreQuery:
             "missing": self.missing,
             "featureBound": self.feature_bound,
             "partialBound": self.partial_bound,
+            **({"ranges": {p: dict(c) for p, c in self.ranges.items()}} if self.ranges else {}),
         }
 
     @classmethod
@@ -376,6 +403,7 @@ class ScoreQuery:
                 "missing",
                 "featureBound",
                 "partialBound",
+                "ranges",
             },
         )
         if d.get("v", QUERY_VERSION) != QUERY_VERSION:
@@ -398,6 +426,8 @@ class ScoreQuery:
             kw["feature_bound"] = check_number(d["featureBound"], "$.featureBound")
         if "partialBound" in d:
             kw["partial_bound"] = check_number(d["partialBound"], "$.partialBound")
+        if "ranges" in d:
+            kw["ranges"] = d["ranges"]
         return cls(
             purpose=d["purpose"],
             protocol=d["protocol"],

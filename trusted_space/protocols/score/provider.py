@@ -21,6 +21,7 @@ from trusted_space.protocols._common import block_ranges, check_size, decode_ids
 from trusted_space.protocols.base import FloatArray, ProviderJob, ProviderSide
 from trusted_space.protocols.operator import add_to_aggregate
 from trusted_space.protocols.registry import get_score_protocol
+from trusted_space.protocols.scaling import check_party_partials, unscaled_features
 from trusted_space.protocols.score.weights import PartyModel, load_party_weights
 from trusted_space.protocols.score.wire import (
     ENTITY_CHUNK,
@@ -230,11 +231,19 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
             node, query, ctx.sender, spec.operator, list(spec.contributors), spec.mode, blocks
         )
         if spec.mode == "analyst-held":
-            _check_bound(x, spec.feature_bound, "featureBound", state["columns"])
+            if spec.scales is None:  # an analyst that does not scale: its featureBound for all
+                _check_bound(x, spec.feature_bound, "featureBound", state["columns"])
+            else:
+                table = grant.dataset.dataset.table
+                declared = {c: table.field(c).bound for c in state["columns"]}
+                x = unscaled_features(x, state["columns"], spec.scales, declared)
             if not side.interactive:
                 job.weights = side.load_weights(payload, len(state["columns"]))
             job.values = {b: x[start:stop] for b, (start, stop) in enumerate(blocks)}
         else:
+            table = grant.dataset.dataset.table
+            declared = {c: table.field(c).bound for c in state["columns"]}
+            check_party_partials(x, state["weights"], declared, spec.partial_bound)
             z = x @ np.array(list(state["weights"].values()), dtype=np.float64)
             _check_bound(z, spec.partial_bound, "partialBound", state["columns"])
             job.values = {b: z[start:stop] for b, (start, stop) in enumerate(blocks)}

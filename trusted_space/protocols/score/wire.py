@@ -92,6 +92,8 @@ class ScoreOpen:
     params: Mapping[str, Any] = field(default_factory=dict)
     columns: tuple[str, ...] | None = None
     model: str | None = None
+    scales: tuple[int, ...] | None = None
+    """Analyst-held: the power-of-two exponent of each column's declared range (column order)."""
 
     def to_header(self) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -115,6 +117,8 @@ class ScoreOpen:
             header["columns"] = list(self.columns)
         if self.model is not None:
             header["model"] = self.model
+        if self.scales is not None:
+            header["scales"] = list(self.scales)
         return header
 
     @classmethod
@@ -142,6 +146,19 @@ class ScoreOpen:
         params = header.get("params")
         if not isinstance(params, dict):
             raise ValidationError("header.params: expected an object")
+        scales: tuple[int, ...] | None = None
+        if "scales" in header:
+            raw = header["scales"]
+            if (
+                columns is None
+                or not isinstance(raw, list)
+                or len(raw) != len(columns)
+                or any(isinstance(e, bool) or not isinstance(e, int) or abs(e) > 60 for e in raw)
+            ):
+                raise ValidationError(
+                    "header.scales: expected one integer exponent in [-60, 60] per column"
+                )
+            scales = tuple(raw)
         return cls(
             query=query,
             protocol=protocol,
@@ -160,6 +177,7 @@ class ScoreOpen:
             params=params,
             columns=columns,
             model=model,
+            scales=scales,
         )
 
 
