@@ -363,6 +363,10 @@ def _permission(*constraints: dict[str, Any], duties: Sequence[str] = ("log",)) 
     return out
 
 
+_SCORE_MODELS: Final = ("analyst-held", "party-held")
+"""The weights the departments' score permissions accept (policy operand ``model``)."""
+
+
 def _offers() -> dict[str, dict[str, Any]]:
     """Each dataset's ODRL offer.
 
@@ -387,6 +391,7 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("computation", "eq", "score"),
                 _constraint("protocol", "isAnyOf", protocols),
                 _constraint("output", "eq", "score"),
+                _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
                 _constraint("count", "lteq", _integer(100)),
             ),
             _permission(
@@ -409,6 +414,7 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("computation", "eq", "score"),
                 _constraint("protocol", "isAnyOf", protocols),
                 _constraint("output", "eq", "score"),
+                _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
                 _constraint("consent", "eq", "required"),
                 _constraint("count", "lteq", _integer(100)),
                 duties=("log", "notify"),
@@ -423,6 +429,7 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("computation", "isAnyOf", ["score", "aggregate", "train"]),
                 _constraint("protocol", "isAnyOf", protocols),
                 _constraint("output", "isAnyOf", ["score", "aggregate"]),
+                _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
                 _constraint("retention", "lteq", "P90D"),
             ),
         ),
@@ -433,6 +440,8 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("purpose", "isAnyOf", purposes),
                 _constraint("computation", "isAnyOf", ["score", "train"]),
                 _constraint("output", "isAnyOf", ["score", "aggregate"]),
+                # the bank's own data under its own model: it opts in to its own weights
+                _constraint("model", "isAnyOf", ["analyst-held", "party-held"]),
             ),
         ),
         BANK_OUTCOMES: _offer(
@@ -1043,8 +1052,15 @@ def _audit(run: DemoRun) -> None:
                 http.get(f"{run.space.operator.url}/operator/identity").json()["witnessVkey"]
             )
             for name, url in run.nodes.items():
+                # The operator is the only anchor: the key it registered, the head its
+                # witness cosigned last (a rewritten or rolled-back log fails here).
                 report = verify_node(
-                    http, url, vkey=run._vkeys.get(name), witness_vkeys=[witness], samples=16
+                    http,
+                    url,
+                    operator=run.space.operator.url,
+                    vkey=run._vkeys.get(name),
+                    witness_vkeys=[witness],
+                    samples=16,
                 )
                 cosigned = len(http.get(f"{url}/ledger/cosignatures").json()["notes"])
                 run.ledgers.append(
@@ -1054,9 +1070,7 @@ def _audit(run: DemoRun) -> None:
                         "size": report.size,
                         "root": report.root,
                         "cosignedCheckpoints": cosigned,
-                        "keySource": "registered at the operator"
-                        if name != OPERATOR
-                        else "the operator's /identity",
+                        "keySource": report.key_source,
                         "events": report.kinds,
                         "checks": [c.to_json() for c in report.checks],
                     }
