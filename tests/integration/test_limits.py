@@ -15,6 +15,7 @@ whose blocking step names the rule:
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from connectors.cli.main import app
 from connectors.client.http import SignedClient
 from connectors.node.compute import COMPUTE_CONTENT_TYPE
 from connectors.spaces.space import (
@@ -170,6 +173,9 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
         encoding="utf-8",
     )
     scores = count_limited_offer(2, purpose=PURPOSE, protocols=["ckks"])
+    # analyst-held weights on zone data need the provider's explicit opt-in (model binding)
+    model = {"leftOperand": "model", "operator": "eq", "rightOperand": "analyst-held"}
+    scores["permission"][0]["constraint"].append(model)
     noisy = _noisy_offer()
     ds = DatasetConfig(
         file=root / "tax.json",
@@ -323,3 +329,29 @@ def _wait_pending(admin: Any, n: int) -> list[dict[str, Any]]:
             return pending
         time.sleep(0.05)
     raise AssertionError(f"no {n} held requests: {pending}")
+
+
+def test_the_cli_suspends_resumes_and_shows_budgets(space: Space) -> None:
+    agreement = space.negotiate(space.noisy)
+    staff = [
+        "--node",
+        space.provider.url,
+        "--token-file",
+        str(space.provider.layout.admin_token),
+    ]
+    runner = CliRunner()
+
+    suspended = runner.invoke(app, ["agreement", "suspend", agreement, "--reason", "audit", *staff])
+    status, body = space.aggregate(agreement, HELD[:10], epsilon=0.1, missing="fail")
+    resumed = runner.invoke(app, ["agreement", "resume", agreement, "--reason", "done", *staff])
+    shown = runner.invoke(
+        app, ["budget", "show", "--member", "bank-a", "--dataset", DATASET, *staff]
+    )
+
+    assert suspended.exit_code == 0, suspended.output
+    assert json.loads(suspended.output)["standing"] == "suspended"
+    assert status == 403 and "standing" in _blocking(body)
+    assert resumed.exit_code == 0 and json.loads(resumed.output)["standing"] == "active"
+    assert shown.exit_code == 0 and json.loads(shown.output)["member"] == "bank-a"
+    refused = runner.invoke(app, ["grants", "approve", "no-such-request", *staff])
+    assert refused.exit_code == 1
