@@ -31,8 +31,9 @@ one root (the connector layer adds only client- and tool-side leaves, see
      │                                      size than the witness's last cosigned one (a lost
      │                                      answer, not a fork: retry from it; the witness's
      │                                      route answers it as 409 witness-size itself)
-     ├── RemoteError                    502 peer-error: another node refused or failed a call
-     │                                      (its status and problem document attached)
+     ├── RemoteError                    502 peer-error: another node failed a call or answered
+     │                                      nonsense; 4xx peer-refused (the peer's status) when
+     │                                      it refused (its status and problem document attached)
      ├── NotReadyError                  503 not-ready: this node lacks something to serve the
      │                                      request (not admitted, no operator, a peer
      │                                      unreachable, shut down)
@@ -206,8 +207,13 @@ class RemoteError(TrustedSpaceError):
 
     Raised by the transports (:class:`~trusted_space.transport.Transport`) and by the connector
     layer's HTTP clients alike. A peer's policy refusal arrives as one of these with status
-    ``403`` and the refusal's trace in :attr:`problem`; if it escapes to a caller of this node,
-    this node answers ``502 peer-error`` with the peer's document as ``peerProblem``.
+    ``403`` and the refusal's trace in :attr:`problem`. If it escapes to a caller of this node,
+    this node relays it: a peer that *refused* (a ``4xx`` with a problem document, see
+    :attr:`refused`) is answered ``4xx peer-refused`` (the peer's status; ``401``, this node's
+    own signature refused by the peer, becomes ``403``), since a refusal is not a gateway failure
+    and retrying it will not help; a peer that failed (``5xx``), could not be reached, or
+    answered something that is not a problem document is ``502 peer-error``. Either way the
+    detail names the peer and its reason, and the peer's document is ``peerProblem``.
 
     Attributes:
         peer: who answered (a participant id, or a URL for calls to a node by address).
@@ -222,6 +228,11 @@ class RemoteError(TrustedSpaceError):
         self.problem = dict(problem or {})
         detail = self.problem.get("detail") or self.problem.get("title") or f"HTTP {status}"
         super().__init__(f"{peer} answered {status}: {detail}")
+
+    @property
+    def refused(self) -> bool:
+        """The peer answered a well-formed refusal (``4xx`` with a problem document)."""
+        return 400 <= self.status < 500 and bool(self.problem.get("type"))
 
     def problem_extensions(self) -> dict[str, Any]:
         return {"peer": self.peer, "peerStatus": self.status, "peerProblem": self.problem or None}
@@ -272,8 +283,26 @@ INTERNAL = ProblemType(500, "internal", "Internal error")
 _INTERNAL_DETAIL = "an internal error occurred; the node's log has the details"
 
 
+_RELAYED_STATUSES = frozenset({400, 403, 404, 409, 410, 413, 422, 429})
+
+
+def _peer_refused(exc: RemoteError) -> ProblemType:
+    status = 403 if exc.status == 401 else exc.status
+    return ProblemType(
+        status if status in _RELAYED_STATUSES else 400,
+        "peer-refused",
+        "Another node refused this request",
+    )
+
+
 def problem_type(exc: BaseException) -> ProblemType:
-    """The row of :data:`PROBLEM_TYPES` that answers ``exc`` (:data:`INTERNAL` for a bug)."""
+    """The row of :data:`PROBLEM_TYPES` that answers ``exc`` (:data:`INTERNAL` for a bug).
+
+    A :class:`RemoteError` whose peer refused (:attr:`RemoteError.refused`) answers
+    ``peer-refused`` with the peer's ``4xx`` status instead of its row's ``502``.
+    """
+    if isinstance(exc, RemoteError) and exc.refused:
+        return _peer_refused(exc)
     for cls in type(exc).__mro__:
         if issubclass(cls, TrustedSpaceError) and cls in PROBLEM_TYPES:
             return PROBLEM_TYPES[cls]

@@ -12,7 +12,8 @@ they specialise::
 
     TrustedSpaceError                  (trusted_space.errors: the tree and its table)
      ├── RefusedError                  403 policy-refused: a usage policy said no (with trace)
-     ├── RemoteError                   502 peer-error: another node answered with an error
+     ├── RemoteError                   4xx peer-refused / 502 peer-error: another node refused
+     │                                 or failed
      ├── NotReadyError                 503 not-ready: not admitted, no operator, peer unreachable
      ├── ValidationError
      │    └── SpaceConfigError         a space config is invalid (connectors.spaces.space)

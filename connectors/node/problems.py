@@ -29,7 +29,8 @@ conflict               409     concurrent change or duplicate id
 illegal-transition     409     a negotiation message not allowed in the current state
 payload-too-large      413     the body exceeds the route's size limit
 not-ready              503     the node is not admitted to a space yet, or a peer is unreachable
-peer-error             502     a node this request depended on refused or failed
+peer-refused           4xx     a node this request depended on refused it (its status; 401 → 403)
+peer-error             502     a node this request depended on failed or answered nonsense
 store-unavailable      503     the durable store failed; nothing was written
 internal               500     a bug; the log has the details under ``instance``
 =====================  ======  ================================================================

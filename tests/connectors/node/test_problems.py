@@ -136,10 +136,13 @@ def test_refusal_keeps_its_trace_both_ways() -> None:
     assert exc.problem == body  # the refusal's own document is the one it answers with
 
 
-def test_a_peer_failure_is_a_peer_error_both_ways() -> None:
+def test_a_peer_refusal_is_relayed_as_a_refusal_both_ways() -> None:
     exc = ERRORS["remote"]
     remote = _in_memory_answer(exc)
-    assert remote.status == 502
+    status, body, _ = _http_answer(exc)
+    assert remote.status == status == 403
+    assert body["type"] == PROBLEM_BASE + "peer-refused"
+    assert body["detail"].startswith("court answered 403: no")
     assert remote.problem["peer"] == "court" and remote.problem["peerStatus"] == 403
     assert remote.problem["peerProblem"] == {
         "type": PROBLEM_BASE + "policy-refused",
@@ -156,3 +159,25 @@ def test_verification_failures_are_indistinguishable() -> None:
     assert all(answer == answers[0] for answer in answers)
     memory = [_in_memory_answer(VerificationError(r)).problem for r in ("expired", "revoked")]
     assert memory[0] == memory[1] == answers[0][1]
+
+
+@pytest.mark.parametrize(
+    ("peer_status", "problem", "answered", "slug"),
+    [
+        (404, {"type": PROBLEM_BASE + "not-found", "detail": "no dataset"}, 404, "peer-refused"),
+        (409, {"type": PROBLEM_BASE + "conflict", "detail": "x"}, 409, "peer-refused"),
+        (401, {"type": PROBLEM_BASE + "unauthorized", "detail": "x"}, 403, "peer-refused"),
+        (418, {"type": PROBLEM_BASE + "teapot", "detail": "x"}, 400, "peer-refused"),
+        (404, {}, 502, "peer-error"),  # a 404 without a problem document: a proxy, not the peer
+        (500, {"type": PROBLEM_BASE + "internal", "detail": "x"}, 502, "peer-error"),
+        (503, {"type": PROBLEM_BASE + "not-ready", "detail": "x"}, 502, "peer-error"),
+    ],
+)
+def test_peer_answers_map_to_refusals_or_gateway_errors(
+    peer_status: int, problem: dict[str, str], answered: int, slug: str
+) -> None:
+    exc = RemoteError("court", peer_status, problem)
+    status, body, _ = _http_answer(exc)
+    assert (status, body["type"]) == (answered, PROBLEM_BASE + slug)
+    assert body["peer"] == "court" and body["peerStatus"] == peer_status
+    assert body["detail"].startswith(f"court answered {peer_status}")

@@ -417,7 +417,8 @@ def test_purpose_not_allowed_is_refused_with_trace_on_the_ledger(
         json={"agreementId": signed.id, "purpose": "marketing"},
         headers=world.bank.admin_headers,
     )
-    assert r.status_code == 502 and r.json()["peerStatus"] == 403
+    assert r.status_code == 403 and r.json()["peerStatus"] == 403  # relayed, not a 502
+    assert r.json()["type"].endswith("/peer-refused") and r.json()["peer"] == "tax-bureau"
     again = r.json()["peerProblem"]["trace"]
     assert [s for s in again if s["blocking"]] == blocking
     # The checks made before the policy open the trace (the instant in them differs per request).
@@ -748,3 +749,28 @@ def test_agreement_purpose_is_the_single_permitted_one() -> None:
     assert agreement_purpose(policy([purpose_is(PURPOSE, "x")])) is None
     assert agreement_purpose(policy([purpose_is(PURPOSE)], [])) is None  # any purpose
     assert agreement_purpose(policy([purpose_is(PURPOSE)], [purpose_is(PURPOSE)])) == PURPOSE
+
+
+def test_transfer_of_a_withdrawn_dataset_is_the_providers_refusal_not_a_502(
+    world: Space, fake_sources: list[sources.SourceSpec]
+) -> None:
+    offer = an_offer(1, purpose_is(PURPOSE))
+    publish_dataset(world.tax, "urn:uuid:ds-gone", offer)
+    signed = agree(world, "urn:uuid:ds-gone", offer)
+    gone = world.tax.client.delete(
+        "/management/datasets/urn:uuid:ds-gone", headers=world.tax.admin_headers
+    )
+    assert gone.status_code == 200, gone.text
+
+    r = world.bank.client.post(
+        "/management/transfers",
+        json={"agreementId": signed.id, "purpose": PURPOSE},
+        headers=world.bank.admin_headers,
+    )
+
+    assert 400 <= r.status_code < 500, r.text  # the provider refused: not a gateway failure
+    problem, tax = r.json(), world.tax.runtime.settings.name
+    assert problem["type"].endswith("/peer-refused")
+    assert problem["peer"] == tax and problem["status"] == problem["peerStatus"] == 404
+    assert problem["detail"].startswith(f"{tax} answered 404")
+    assert "ds-gone" in problem["detail"]
