@@ -59,11 +59,19 @@ def tax_records(
 
 
 def count_limited_offer(
-    count: int, *, purpose: str, protocols: Sequence[str], log: bool = False
+    count: int,
+    *,
+    purpose: str,
+    protocols: Sequence[str],
+    log: bool = False,
+    models: Sequence[str] = ("analyst-held", "party-held"),
+    rules: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """A fresh offer: scores for ``purpose`` under ``protocols``, at most ``count`` uses.
 
-    ``log=True`` adds the duty to log each use.
+    ``log=True`` adds the duty to log each use. ``models``: the weights a score may apply
+    (operand ``model``; the default opts in to analyst-held weights explicitly, as zone data
+    requires); ``rules``: more constraints (the model rules, say).
     """
 
     def any_of(operand: str, values: Sequence[str]) -> dict[str, Any]:
@@ -76,6 +84,8 @@ def count_limited_offer(
             any_of("computation", ["score"]),
             any_of("protocol", protocols),
             any_of("output", ["score"]),
+            any_of("model", models),
+            *rules,
             {
                 "leftOperand": "count",
                 "operator": "lteq",
