@@ -13,7 +13,10 @@ the analyst's node (:class:`connectors.client.analyst.AnalystClient`) and finall
 process.
 
 With ``missing="impute"`` each provider publishes its column means as ``imputeDefault`` (the
-owner's published default, computed from its own file here; never a silent zero).
+owner's published default, computed from its own file here; never a silent zero). Every
+published numeric column declares its range (``bound``: the largest ``|x|`` of the owner's file
+here, a real owner declares it); the protocols scale each column by it, so raw amounts, counts
+and flags are scored as they are (the query's ``ranges`` repeat the catalog's).
 
 :meth:`LocalSpace.verify_receipts` verifies every provider's receipt against the ledger vkey its
 node publishes (:func:`connectors.client.results.verify_receipts`) and returns what an auditor
@@ -26,7 +29,6 @@ directory, which is a fresh temporary directory unless one is given; the files a
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import tempfile
@@ -36,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+import numpy as np
 
 from connectors.client.analyst import AnalystClient, QueryProgress
 from connectors.client.catalog import follow_negotiation
@@ -154,6 +158,7 @@ def local_dataset(
     *,
     id_kind: str = "opaque",
     impute: dict[str, float] | None = None,
+    bounds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Dataset JSON publishing ``columns`` of the party's file in tier ``zone``."""
     fields: list[dict[str, Any]] = [
@@ -163,6 +168,8 @@ def local_dataset(
         f: dict[str, Any] = {"name": c, "type": "float", "grade": 3}
         if impute and c in impute:
             f["imputeDefault"] = impute[c]
+        if bounds and c in bounds:
+            f["bound"] = bounds[c]
         fields.append(f)
     table = _TABLE.sub("_", party.path.stem) or "features"
     if not table[0].isalpha():
@@ -208,6 +215,18 @@ def _means(party: LocalParty, id_column: str, columns: Sequence[str]) -> dict[st
     return {c: (s / rows if rows else 0.0) for c, s in sums.items()}
 
 
+def _declared_ranges(party: LocalParty, id_column: str, columns: Sequence[str]) -> dict[str, float]:
+    """Each column's declared range: the largest ``|x|`` of the file (1 for an all-zero one)."""
+    source = open_source(SourceSpec(party.kind, str(party.path)))
+    worst = dict.fromkeys(columns, 0.0)
+    for chunk in source.chunks(id_column, list(columns)):
+        for c in columns:
+            values = np.abs(np.asarray(chunk.columns[c], dtype=np.float64))
+            if values.size and not np.all(np.isnan(values)):
+                worst[c] = max(worst[c], float(np.nanmax(values)))
+    return {c: (w if w > 0 else 1.0) for c, w in worst.items()}
+
+
 @dataclass
 class LocalSpace:
     """An operator, the analyst and the providers of a local run, as real node processes.
@@ -238,7 +257,7 @@ class LocalSpace:
     agreements: dict[str, str] = field(default_factory=dict)
     space: RunningSpace | None = None
     _made_dir: bool = False
-    _bound: float | None = None
+    _ranges: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.parties) < 2:
@@ -285,8 +304,15 @@ class LocalSpace:
                     if self.missing == "impute" and columns
                     else None
                 )
+                if columns:
+                    self._ranges[p.name] = _declared_ranges(p, self.id_column, columns)
                 doc = local_dataset(
-                    p, self.id_column, self._published(p), id_kind=self.id_kind, impute=impute
+                    p,
+                    self.id_column,
+                    self._published(p),
+                    id_kind=self.id_kind,
+                    impute=impute,
+                    bounds=self._ranges.get(p.name),
                 )
                 datasets = (
                     DatasetConfig(
@@ -330,9 +356,6 @@ class LocalSpace:
             self.stop()
             raise
         self.timings["negotiate"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        self._feature_bound()  # read once here, not in the time of a query
-        self.timings["featureBound"] = time.perf_counter() - mark
 
     def _negotiate(self, step: Callable[[str], None], timeout: float) -> None:
         assert self.space is not None
@@ -382,32 +405,13 @@ class LocalSpace:
             "cohort": cohort,
             "idKind": self.id_kind,
             "missing": self.missing,
-            "featureBound": self._feature_bound(),
+            "ranges": {p.name: self._ranges[p.name] for p in self.providers},
         }
         mark = time.perf_counter()
         with self.client(timeout=600.0) as client:
             result = client.score_json(doc, progress=progress, timeout=timeout)
         self.timings[f"query.{protocol}"] = time.perf_counter() - mark
         return result
-
-    def _feature_bound(self) -> float:
-        """A power of two above every provider value the model reads (the protocols' bound).
-
-        The files are the user's own in a local run; a real analyst declares the bound instead.
-        """
-        if self._bound is not None:
-            return self._bound
-        worst = 1.0
-        for p in self.providers:
-            columns = list(self.model.columns(p.name))
-            source = open_source(SourceSpec(p.kind, str(p.path)))
-            for chunk in source.chunks(self.id_column, columns):
-                for c in columns:
-                    values = chunk.columns[c]
-                    if len(values):
-                        worst = max(worst, float(abs(values).max()))
-        self._bound = float(2 ** math.ceil(math.log2(worst * 1.01)))
-        return self._bound
 
     def ledger_vkeys(self) -> dict[str, str]:
         """Each provider's ledger vkey, as its node publishes it (``GET /identity``)."""
