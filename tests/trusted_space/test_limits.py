@@ -269,3 +269,58 @@ def test_standing_transitions_are_ledgered_and_terminated_is_final() -> None:
         size = tx.log_size(EVENT_LOG)
         kinds = [decode_event(i, e).kind for i, e in enumerate(tx.log_entries(EVENT_LOG, 0, size))]
     assert kinds == ["agreement.standing"] * 3
+
+
+# -- traces show what decided ----------
+
+
+class NoConsent:
+    def has_consent(self, entity: str, grantee: str, purpose: str, at: datetime) -> bool:
+        return False
+
+    def missing_consents(
+        self, entities: Any, grantee: str, purpose: str, at: datetime
+    ) -> list[str]:
+        return list(entities)
+
+
+def test_a_permission_for_another_kind_of_use_does_not_block_a_refusal() -> None:
+    store = MemoryStore()
+    scores = Rule(
+        constraints=(
+            Constraint("computation", "eq", "score"),
+            Constraint("consent", "eq", "required"),
+        ),
+        uid="scores",
+    )
+    training = Rule(
+        constraints=(
+            Constraint("computation", "eq", "train"),
+            Constraint("purpose", "eq", "model-building"),
+        ),
+        uid="training",
+    )
+    policy = replace(agreement("urn:uuid:a1"), permissions=(scores, training))
+
+    decision = decide(store, policy, request("urn:uuid:a1"), consent=NoConsent(), **OPEN)
+
+    assert not decision.allowed
+    assert [(s.rule_id, s.left_operand) for s in decision.trace if s.blocking] == [
+        ("scores", "consent")
+    ]
+    training_steps = [s for s in decision.trace if s.rule_id == "training"]
+    assert training_steps and all(not s.applies and not s.blocking for s in training_steps)
+    assert "training" not in decision.reason
+    assert [s.to_json()["applies"] for s in training_steps] == [False, False]
+
+
+def test_when_no_permission_is_for_this_use_its_scope_steps_decide() -> None:
+    store = MemoryStore()
+    training = Rule(constraints=(Constraint("computation", "eq", "train"),), uid="training")
+    policy = replace(agreement("urn:uuid:a1"), permissions=(training,))
+
+    decision = decide(store, policy, request("urn:uuid:a1"), **OPEN)
+
+    assert not decision.allowed
+    assert [s.left_operand for s in decision.trace if s.blocking] == ["computation"]
+    assert all(s.applies for s in decision.trace)

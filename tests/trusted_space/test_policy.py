@@ -236,10 +236,15 @@ def test_default_deny_without_permissions_and_when_none_applies() -> None:
 
     assert not d1.allowed and d1.trace[-1].rule == "default" and "default deny" in d1.reason
     assert not d2.allowed
+    # 'b' was written for aggregates: its step stays in the trace but did not decide this score
     assert d2.reason == (
         "no permission applies: permission[0] 'a': purpose 'pre-loan-review' is not "
-        "'risk-monitoring'; permission[1] 'b': output 'score' is not 'aggregate'"
+        "'risk-monitoring'"
     )
+    assert [(s.rule_id, s.blocking, s.applies) for s in d2.trace if s.rule == "permission"] == [
+        ("a", True, True),
+        ("b", False, False),
+    ]
 
 
 def test_second_permission_grants_and_carries_its_duties() -> None:
@@ -769,6 +774,7 @@ def test_trace_step_json_is_complete() -> None:
         "blocking",
         "message",
         "refused_entities",
+        "applies",
     }
 
 

@@ -141,6 +141,9 @@ class TraceStep:
         blocking: whether this step is why the request is (or would be) refused.
         message: the human sentence for this step.
         refused_entities: entities without consent (``consent`` steps only).
+        applies: ``False`` for the steps of a permission written for another kind of use
+            (another ``computation`` or ``output``) when some permission was written for this
+            one: kept for a complete trace, but it did not decide the outcome.
     """
 
     rule: str
@@ -154,6 +157,7 @@ class TraceStep:
     blocking: bool
     message: str
     refused_entities: tuple[str, ...] = ()
+    applies: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form written to the ledger and returned with a 403."""
@@ -169,6 +173,7 @@ class TraceStep:
             "blocking": self.blocking,
             "message": self.message,
             "refused_entities": list(self.refused_entities),
+            "applies": self.applies,
         }
 
 

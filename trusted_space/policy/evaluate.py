@@ -334,6 +334,10 @@ def _entity_keys(ctx: _Ctx, rule_index: int, entities: Sequence[str]) -> list[st
     return [f"{ctx.account}|{e}|{bucket}" for e in entities]
 
 
+_SCOPE_OPERANDS: Final = frozenset({"computation", "output"})
+"""Operands that say which kind of use a permission was written for."""
+
+
 def _mark(step: TraceStep) -> TraceStep:
     return replace(step, blocking=True)
 
@@ -462,6 +466,8 @@ def evaluate(
     granted_partial: TraceStep | None = None
     failures: list[str] = []
     perm_blockers: list[int] = []
+    perm_failures: list[tuple[bool, list[int], str]] = []
+    ranges: list[tuple[int, int, bool]] = []
     candidates: list[tuple[int, TraceStep | None]] = []
     for i, rule in enumerate(policy.permissions):
         start = len(steps)
@@ -491,18 +497,38 @@ def evaluate(
         if part is not None and partial_consent == "deny":
             bad.append(start + rsteps.index(part))
             bad.sort()
+        in_scope = not any(
+            s.left_operand in _SCOPE_OPERANDS and s.outcome == "violated" for s in rsteps
+        )
+        ranges.append((start, len(steps), in_scope))
         if bad:
-            perm_blockers.extend(bad)
-            failures.append(
+            perm_failures.append(
                 (
-                    rule_label("permission", i, rule.uid) + ": "
-                    if len(policy.permissions) > 1
-                    else ""
+                    in_scope,
+                    bad,
+                    (
+                        rule_label("permission", i, rule.uid) + ": "
+                        if len(policy.permissions) > 1
+                        else ""
+                    )
+                    + steps[bad[0]].message,
                 )
-                + steps[bad[0]].message
             )
         else:
             candidates.append((i, part))
+    # Permissions written for another kind of use (another computation or output) did not
+    # decide this request when some permission was written for it: their steps stay in the
+    # trace, marked ``applies: false``, and neither block nor explain the refusal.
+    some_in_scope = any(in_scope for _, _, in_scope in ranges)
+    for in_scope, bad, message in perm_failures:
+        if in_scope or not some_in_scope:
+            perm_blockers.extend(bad)
+            failures.append(message)
+    not_applying = (
+        {k for start, end, in_scope in ranges if not in_scope for k in range(start, end)}
+        if some_in_scope
+        else set()
+    )
     if candidates:
         granted, granted_partial = min(candidates, key=lambda c: (c[1] is not None, c[0]))
 
@@ -594,7 +620,10 @@ def evaluate(
         permitted = ()
 
     blocked = set(blockers)
-    trace = tuple(prior) + tuple(_mark(s) if k in blocked else s for k, s in enumerate(steps))
+    trace = tuple(prior) + tuple(
+        _mark(s) if k in blocked else replace(s, applies=False) if k in not_applying else s
+        for k, s in enumerate(steps)
+    )
     duties = _duties(policy, granted) if allowed else (DutyDue("log"),)
     digest = trace_digest(trace)
     decision = Decision(
