@@ -99,7 +99,12 @@ def score_command(
     id_kind: IdKindOpt = "opaque",
     id_column: Annotated[str | None, typer.Option(help="Id column of --entities.")] = None,
     feature_bound: Annotated[
-        float | None, typer.Option(help="Declared bound of |feature| (default 64).")
+        float | None,
+        typer.Option(
+            help="Compatibility only: the range of a provider column whose catalog declares "
+            "none (declared ranges come from the catalog; default 64).",
+            hidden=True,
+        ),
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the result.")] = None,
     node: NodeOpt = None,

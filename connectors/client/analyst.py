@@ -252,7 +252,9 @@ class AnalystClient:
             agreements: agreement ids to use for some providers (others: the one usable).
             datasets: dataset ids to use (the node's own dataset, if it is ambiguous).
             **kw: other :class:`ScoreQuery` fields (``mode``, ``cohort``, ``id_kind``,
-                ``missing``, ``feature_bound``, ...).
+                ``missing``, ...). No bound is needed: the node scales each provider column by
+                the range its catalog declares (``feature_bound`` is kept for columns that
+                declare none).
         """
         parsed = model if isinstance(model, Model) else Model.from_json(model)
         me = self.participant_id

@@ -17,10 +17,17 @@ from typing import Any
 import httpx
 
 from connectors.client.http import AdminClient, SignedClient, raise_for_problem
-from trusted_space.catalog import TS_NAMESPACE
-from trusted_space.errors import NotReadyError, RemoteError
+from trusted_space.catalog import TS_NAMESPACE, Table
+from trusted_space.errors import NotReadyError, RemoteError, ValidationError
 
-__all__ = ["CATALOG_REQUEST", "FINAL_STATES", "catalog_rows", "fetch_catalog", "follow_negotiation"]
+__all__ = [
+    "CATALOG_REQUEST",
+    "FINAL_STATES",
+    "catalog_rows",
+    "declared_ranges",
+    "fetch_catalog",
+    "follow_negotiation",
+]
 
 
 CATALOG_REQUEST: dict[str, Any] = {
@@ -101,6 +108,31 @@ def catalog_rows(catalog: Mapping[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return sorted(rows, key=lambda r: (r["provider"], r["dataset"]))
+
+
+def declared_ranges(
+    catalog: Mapping[str, Any], datasets: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """Each named dataset's declared column ranges (field ``bound``), by its owner.
+
+    ``datasets``: owner → dataset id (a score query's). A dataset the catalog does not show, or
+    whose table does not parse, contributes nothing (its owner then refuses a scale that is not
+    its catalog's, naming the column).
+    """
+    wanted = {(owner, ds) for owner, ds in datasets.items()}
+    out: dict[str, dict[str, float]] = {}
+    for sub in [catalog, *_as_list(catalog.get("catalog"))]:
+        provider = str(sub.get("participantId", ""))
+        for ds in _as_list(sub.get("dataset")):
+            owner = str(ds.get(TS_NAMESPACE + "owner", provider))
+            if (owner, str(ds.get("@id", ""))) not in wanted:
+                continue
+            try:
+                table = Table.from_json(ds.get(TS_NAMESPACE + "table"))
+            except ValidationError:
+                continue
+            out[owner] = {f.name: f.bound for f in table.fields if f.bound is not None}
+    return out
 
 
 def follow_negotiation(

@@ -22,6 +22,7 @@ that runs it. Jobs do not survive a restart (the providers' ledgers keep the use
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from connectors.client.catalog import declared_ranges, fetch_catalog
 from connectors.node.compute import compute_node
 from connectors.node.problems import problem, problem_for
 from connectors.node.runtime import NodeRuntime
@@ -71,6 +73,7 @@ __all__ = [
     "provider_vkeys",
     "runner_for",
     "shutdown",
+    "with_catalog_ranges",
 ]
 
 log = logging.getLogger("trusted_space.queries")
@@ -202,6 +205,39 @@ def _expected_score_calls(query: ScoreQuery) -> int:
 
 
 # -- preparing a score query ------------------------------------------------------------------
+
+
+def with_catalog_ranges(runtime: NodeRuntime, query: ScoreQuery) -> ScoreQuery:
+    """``query`` with every provider column's declared range from the space's catalog.
+
+    The analyst gives no bound: each provider publishes its columns' ranges (field ``bound``) and
+    the protocols scale by them (:mod:`trusted_space.protocols.scaling`). Ranges the query
+    already names are kept (the provider refuses any that is not its catalog's). Party-held
+    queries need none (the providers check their own).
+
+    Raises:
+        NotReadyError: no operator anchor, or the operator cannot be reached.
+    """
+    if query.mode != "analyst-held":
+        return query
+    lacking = {
+        p: query.datasets[p]
+        for p in query.providers
+        if set(query.model.columns(p)) - set(query.ranges.get(p, {}))
+    }
+    if not lacking:
+        return query
+    anchor = runtime.anchor
+    if anchor is None:
+        raise NotReadyError(f"{runtime.id} has no operator anchor: it is not part of a space")
+    catalog = fetch_catalog(
+        anchor.url, federated=True, signer=runtime.client, audience=anchor.operator_id
+    )
+    declared = declared_ranges(catalog, lacking)
+    ranges = {p: dict(r) for p, r in query.ranges.items()}
+    for p, found in declared.items():
+        ranges[p] = {**found, **ranges.get(p, {})}
+    return dataclasses.replace(query, ranges=ranges)
 
 
 def provider_vkeys(runtime: NodeRuntime, providers: Sequence[str]) -> dict[str, str]:
@@ -426,6 +462,7 @@ class QueryRunner:
             raise NotReadyError(f"{runtime.id} has no operator anchor")
         job.progress("looking up the providers' ledger keys")
         vkeys = provider_vkeys(runtime, query.providers)
+        query = with_catalog_ranges(runtime, query)
         node = compute_node(runtime)
         if node.transport is None:  # pragma: no cover - always set by build_compute_node
             raise NotReadyError("no transport")

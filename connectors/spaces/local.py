@@ -16,7 +16,8 @@ With ``missing="impute"`` each provider publishes its column means as ``imputeDe
 owner's published default, computed from its own file here; never a silent zero). Every
 published numeric column declares its range (``bound``: the largest ``|x|`` of the owner's file
 here, a real owner declares it); the protocols scale each column by it, so raw amounts, counts
-and flags are scored as they are (the query's ``ranges`` repeat the catalog's).
+and flags are scored as they are (the analyst's node reads the ranges from the space's catalog:
+the query names no bound).
 
 :meth:`LocalSpace.verify_receipts` verifies every provider's receipt against the ledger vkey its
 node publishes (:func:`connectors.client.results.verify_receipts`) and returns what an auditor
@@ -405,7 +406,6 @@ class LocalSpace:
             "cohort": cohort,
             "idKind": self.id_kind,
             "missing": self.missing,
-            "ranges": {p.name: self._ranges[p.name] for p in self.providers},
         }
         mark = time.perf_counter()
         with self.client(timeout=600.0) as client:
