@@ -1,0 +1,178 @@
+"""A score is not a column read, across real node processes (issue 13, model binding).
+
+A provider (tax bureau) publishes a zone dataset whose score permission binds the model: only
+party-held weights (``model eq party-held``), at least two of its columns carrying weight, no
+column above 80% of the partial's variance. A bank, following the protocol but choosing its
+inputs, tries to read the columns with weights of its own choice; each attempt is refused by the
+provider's node with ``403`` and a trace whose blocking step names ``model``, and nothing is
+read (no ``query.use`` on the provider's ledger):
+
+* an analyst-held model with weight 1 on one column (the identity link: the column read);
+* several columns packed into one logit (weights 1, 2^8, 2^16, 2^24 here);
+* a linear system: several queries with different weight vectors (binding makes every query
+  use weights the provider holds, so the analyst cannot vary them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from connectors.client.analyst import AnalystClient, QueryFailed
+from connectors.spaces.space import (
+    DatasetConfig,
+    NodeConfig,
+    RunningSpace,
+    SourceConfig,
+    SpaceConfig,
+    up,
+)
+from tests.integration._space import count_limited_offer, settled, tax_records
+from tests.integration.conftest import ledger_events
+
+pytestmark = pytest.mark.integration
+
+DATASET = "tax-binding"
+PURPOSE = "pre-loan-review"
+QUIET = {"log_level": "warning"}
+COLUMNS = ("a", "b", "c", "d")
+HELD = [f"ent-{i:03d}" for i in range(24)]
+# Four columns in one logit: values are below 16 in steps of 0.5, so 2^8 apart none overlap.
+# (The issue's 1, 2^15, 2^36, 2^39 are refused the same way; an honest analyst's own node would
+# already decline logits that large, but an attacker runs its own node, so the provider's
+# refusal is what counts.)
+PACKED = {"a": 1.0, "b": 2.0**8, "c": 2.0**16, "d": 2.0**24}
+
+
+def _rule(left: str, op: str, value: str) -> dict[str, Any]:
+    return {"leftOperand": left, "operator": op, "rightOperand": value}
+
+
+@dataclasses.dataclass
+class Space:
+    running: RunningSpace
+    agreement: str
+
+    def bank(self) -> AnalystClient:
+        return AnalystClient.from_dir(self.running["bank-a"].dir, timeout=60)
+
+    def score(self, weights: dict[str, float], protocol: str = "ckks") -> dict[str, Any]:
+        """An analyst-held score of every held entity with ``weights`` on the tax columns."""
+        model = {"intercept": 0.0, "link": "identity", "weights": {"tax-bureau": weights}}
+        with self.bank() as bank:
+            query = bank.score_query(
+                model,
+                HELD,
+                protocol=protocol,
+                purpose=PURPOSE,
+                agreements={"tax-bureau": self.agreement},
+            )
+            return bank.score_json(query, timeout=60)
+
+    def uses(self) -> list[Any]:
+        with httpx.Client(timeout=30) as http:
+            events = ledger_events(http, self.running["tax-bureau"].url)
+        return [e for e in events if e.kind == "query.use"]
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
+    root: Path = tmp_path_factory.mktemp("binding")
+    rows = root / "tax.csv"
+    rows.write_text(
+        "entity,"
+        + ",".join(COLUMNS)
+        + "\n"
+        + "".join(
+            f"{e}," + ",".join(f"{(7 * i + 3 * j) % 11}.5" for j in range(len(COLUMNS))) + "\n"
+            for i, e in enumerate(HELD)
+        ),
+        encoding="utf-8",
+    )
+    offer = count_limited_offer(
+        1000,
+        purpose=PURPOSE,
+        protocols=["ckks", "paillier"],
+        models=["party-held"],
+        rules=[_rule("modelMinColumns", "gteq", "2"), _rule("modelMaxShare", "lteq", "0.8")],
+    )
+    ds = DatasetConfig(
+        file=root / "tax.json",
+        dataset=tax_records(DATASET, "Tax columns (model binding)", COLUMNS),
+        source=SourceConfig("csv", rows),
+        offers=(offer,),
+    )
+    config = SpaceConfig(
+        path=root / "space.toml",
+        name="binding",
+        dir=root / "space",
+        host="127.0.0.1",
+        base_port=0,
+        nodes=(
+            NodeConfig("city-centre", ("operator",)),
+            NodeConfig("tax-bureau", ("provider",), settings=QUIET, datasets=(ds,)),
+            NodeConfig("bank-a", ("consumer",), settings=QUIET),
+        ),
+    )
+    with up(config, timeout=90) as running:
+        with running["bank-a"].admin(timeout=60) as admin:
+            started = admin.post(
+                "/management/negotiations",
+                {"provider": "tax-bureau", "datasetId": DATASET, "offerId": str(offer["@id"])},
+            )
+            view = settled(admin.get, started["id"], 60)
+        assert view["state"] == "FINALIZED", view
+        yield Space(running, str(view["agreementId"]))
+
+
+def _refused_by_model(
+    space: Space, weights: dict[str, float], protocol: str = "ckks"
+) -> dict[str, Any]:
+    with pytest.raises(QueryFailed) as info:
+        space.score(weights, protocol)
+    failed = info.value
+    assert failed.peer == "tax-bureau", failed.problem
+    blocking = [s for s in failed.trace if s["blocking"]]
+    operands = {s["left_operand"] for s in blocking}
+    # ``model`` refuses weights of the analyst's choice; the rules cannot hold for them either
+    assert operands == {"model", "modelMinColumns", "modelMaxShare"}, blocking
+    assert [s["seen"] for s in blocking if s["left_operand"] == "model"] == ["analyst-held"]
+    return failed.problem
+
+
+def test_a_unit_weight_on_one_column_is_refused(space: Space) -> None:
+    before = len(space.uses())
+
+    problem = _refused_by_model(space, {"a": 1.0})
+
+    assert "not accepted here" in str(problem.get("detail")) or any(
+        "not accepted here" in s["message"] for s in problem["trace"]
+    )
+    assert len(space.uses()) == before  # refused before anything was read
+
+
+def test_columns_packed_into_one_logit_are_refused(space: Space) -> None:
+    before = len(space.uses())
+
+    # Paillier: exact integers, so a packed logit would unpack (CKKS could not carry it)
+    _refused_by_model(space, PACKED, "paillier")
+
+    assert len(space.uses()) == before
+
+
+def test_a_linear_system_over_several_queries_is_refused_query_by_query(
+    space: Space, rng: np.random.Generator
+) -> None:
+    before = len(space.uses())
+    vectors = rng.uniform(-2.0, 2.0, size=(len(COLUMNS), len(COLUMNS)))
+
+    for row in vectors:
+        _refused_by_model(space, {c: float(w) for c, w in zip(COLUMNS, row, strict=True)})
+
+    assert len(space.uses()) == before  # not one of the equations was answered
