@@ -52,10 +52,8 @@ import hashlib
 import math
 import struct
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any, Final
 
 import numpy as np
@@ -70,6 +68,7 @@ from crypto.errors import (
     ParameterError,
     SerializationError,
 )
+from crypto.workers import worker_pool
 
 __all__ = [
     "MAX_COEFF_MODULUS_BITS",
@@ -755,12 +754,7 @@ def _weighted_chunks_parallel(
     n_chunks = -(-x.shape[0] // slots)
     per_task = max(1, min(16, -(-n_chunks // (4 * workers))))
     starts = range(0, x.shape[0], per_task * slots)
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=get_context("spawn"),
-        initializer=_worker_init,
-        initargs=(ctx_bytes, weights.serialize()),
-    )
+    pool = worker_pool(workers, _worker_init, (ctx_bytes, weights.serialize()))
     out: list[Any] = []
     try:
         futures = [

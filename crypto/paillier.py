@@ -53,7 +53,6 @@ import binascii
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
 import threading
@@ -80,6 +79,7 @@ from crypto.errors import (
     ParameterError,
     SerializationError,
 )
+from crypto.workers import worker_pool
 
 __all__ = [
     "DEFAULT_FRAC_BITS",
@@ -810,9 +810,8 @@ class PaillierEngine:
         if self.workers == 0:
             return None
         if self._executor is None:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            # Spawned, never forked: a forked worker kept the node's sockets after a kill.
+            self._executor = worker_pool(self.workers)
         return self._executor
 
     def close(self) -> None:

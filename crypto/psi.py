@@ -60,7 +60,6 @@ Wire format (version 1), all integers big-endian::
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -74,6 +73,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from crypto.errors import EncodingError, KeyMismatchError, ParameterError, SerializationError
+from crypto.workers import worker_pool
 
 __all__ = [
     "MAX_SET_SIZE",
@@ -535,19 +535,16 @@ class PsiSender:
 def psi_executor(workers: int = 2) -> ProcessPoolExecutor:
     """A process pool for one party's scalar multiplications; use it as a context manager.
 
-    Workers are started with ``spawn`` so they never inherit other secrets or locks by ``fork``;
-    each imports this module on start-up, so the first session does not pay for it.
+    Workers come from :func:`crypto.workers.worker_pool` (spawned, so they never inherit secrets,
+    locks or sockets by ``fork``; gone with their parent); each imports this module on start-up,
+    so the first session does not pay for it.
 
     Args:
         workers: Number of worker processes (one per core to use).
     """
     if workers < 1:
         raise ParameterError("workers must be at least 1")
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_ready,
-    )
+    return worker_pool(workers, _worker_ready)
 
 
 def _worker_ready() -> None:

@@ -25,10 +25,10 @@ import os
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any, Final
 
 from crypto import ckks
+from crypto.workers import worker_pool
 from trusted_space.errors import ValidationError
 from trusted_space.protocols._common import crypto_errors
 from trusted_space.protocols.base import (
@@ -124,11 +124,8 @@ class CkksProvider(ProviderSide):
         """The weighted sum over the session's pool, in slices of whole ciphertexts."""
         with self._context_lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self.workers,
-                    mp_context=get_context("spawn"),
-                    initializer=_pool_init,
-                    initargs=(self.material, weights.serialize()),
+                self._pool = worker_pool(
+                    self.workers, _pool_init, (self.material, weights.serialize())
                 )
             pool = self._pool
         slots = self.context.preset.slots
