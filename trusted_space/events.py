@@ -9,7 +9,11 @@ Event kinds used across the product (``kind`` field): ``policy.decision``,
 ``negotiation.transition``, ``agreement.signed``, ``query.use``, ``consent.check``,
 ``consent.registered``, ``consent.revoked``, ``consent.key_registered``,
 ``credential.issued``, ``credential.revoked``, ``auth.refused``,
-``dataset.published``, ``policy.published``, ``triple.consumed``, ``checkpoint.cosigned``.
+``dataset.published``, ``policy.published``, ``triple.consumed``, ``checkpoint.cosigned``,
+``checkpoint.refused``, ``witness.silent``.
+
+Entries are public: none names a data subject, a consent subject or a member's customers; where
+one must refer to them it carries a salted commitment (:mod:`trusted_space.commitments`).
 
 Each kind has one writer, so every path records the same fields: ``policy.decision`` is built
 only by :func:`trusted_space.policy.record_decision`, ``query.use`` by
@@ -17,7 +21,8 @@ only by :func:`trusted_space.policy.record_decision`, ``query.use`` by
 :mod:`trusted_space.contracts.agreements`, ``consent.*`` by :mod:`trusted_space.consent`,
 ``auth.refused`` by :func:`trusted_space.identity.record_refusal`, ``transfer.transition`` and
 ``transfer.served`` by :mod:`trusted_space.contracts.transfer` (``write_transfer``,
-``record_served``).
+``record_served``), ``checkpoint.cosigned``, ``checkpoint.refused`` and ``witness.silent`` by
+:class:`trusted_space.ledger.Witness` (``cosign``, ``record_witness_refusal``, ``flag_silent``).
 """
 
 from __future__ import annotations
