@@ -10,7 +10,8 @@ Event kinds used across the product (``kind`` field): ``policy.decision``,
 ``consent.registered``, ``consent.revoked``, ``consent.key_registered``,
 ``credential.issued``, ``credential.revoked``, ``auth.refused``,
 ``dataset.published``, ``policy.published``, ``triple.consumed``, ``checkpoint.cosigned``,
-``checkpoint.refused``, ``witness.silent``.
+``checkpoint.refused``, ``witness.silent``, ``agreement.standing``, ``contracts.grant_mode``,
+``budget.charged``, ``budget.limit``, ``budget.reset``.
 
 Entries are public: none names a data subject, a consent subject or a member's customers; where
 one must refer to them it carries a salted commitment (:mod:`trusted_space.commitments`).
@@ -22,7 +23,10 @@ only by :func:`trusted_space.policy.record_decision`, ``query.use`` by
 ``auth.refused`` by :func:`trusted_space.identity.record_refusal`, ``transfer.transition`` and
 ``transfer.served`` by :mod:`trusted_space.contracts.transfer` (``write_transfer``,
 ``record_served``), ``checkpoint.cosigned``, ``checkpoint.refused`` and ``witness.silent`` by
-:class:`trusted_space.ledger.Witness` (``cosign``, ``record_witness_refusal``, ``flag_silent``).
+:class:`trusted_space.ledger.Witness` (``cosign``, ``record_witness_refusal``, ``flag_silent``),
+``agreement.standing`` by :mod:`trusted_space.contracts.standing`, ``contracts.grant_mode`` by
+:mod:`trusted_space.contracts.granting`, ``budget.charged``, ``budget.limit`` and
+``budget.reset`` by :mod:`trusted_space.budget`.
 """
 
 from __future__ import annotations

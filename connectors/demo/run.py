@@ -102,6 +102,7 @@ from trusted_space.consent import sign_consent
 from trusted_space.errors import TrustedSpaceError
 from trusted_space.keys import SigningKey
 from trusted_space.policy import PROTOCOLS
+from trusted_space.protocols.aggregate.bounds import NOISE_TAIL
 from trusted_space.protocols.train import train_plaintext
 from trusted_space.queries.score import Model, logistic
 from trusted_space.queries.train import TrainParams, TrainQuery
@@ -342,6 +343,15 @@ def _integer(value: int) -> dict[str, str]:
     return {"@value": str(value), "@type": "xsd:integer"}
 
 
+def _decimal(value: float) -> dict[str, str]:
+    return {"@value": repr(float(value)), "@type": "xsd:decimal"}
+
+
+DEMO_EPSILON: Final = 1.0
+"""The epsilon the tax bureau's aggregate permission allows a release at most (and the demo
+asks): noise is required, an exact aggregate is refused."""
+
+
 def _constraint(left: str, operator: str, right: Any) -> dict[str, Any]:
     return {"leftOperand": left, "operator": operator, "rightOperand": right}
 
@@ -400,6 +410,9 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("protocol", "isAnyOf", protocols),
                 _constraint("output", "eq", "aggregate"),
                 _constraint("minCohort", "gteq", _integer(10)),
+                # noise is required: at most epsilon 1 a release, 10 in all per member
+                _constraint("epsilon", "lteq", _decimal(DEMO_EPSILON)),
+                _constraint("epsilonTotal", "lteq", _decimal(10.0)),
                 _constraint("count", "lteq", _integer(100)),
             ),
             _permission(_constraint("purpose", "eq", PURPOSE), *train),
@@ -416,6 +429,9 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("output", "eq", "score"),
                 _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
                 _constraint("consent", "eq", "required"),
+                # pre-loan review touches an applicant a few times, not hundreds
+                _constraint("entityCount", "lteq", _integer(20)),
+                _constraint("entityPeriod", "eq", "P30D"),
                 _constraint("count", "lteq", _integer(100)),
                 duties=("log", "notify"),
             ),
@@ -914,6 +930,7 @@ def _aggregate(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> N
             "purpose": PURPOSE,
             "cohort": applicants,
             "bins": edges,
+            "epsilon": DEMO_EPSILON,
         }
         view = bank.submit_aggregate(body)
         result = bank.wait(view["id"], timeout=run.options.timeout)
@@ -921,22 +938,33 @@ def _aggregate(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> N
         np.asarray(data.tables[TAX]["credit_rank"], dtype=np.float64)[data.applicants], edges
     )
     counts = [round(float(c), 6) for c in result.get("counts", [])]
+    scales = [float(b) for b in result.get("noiseScales", [])]
+    # The release is noisy (required by the policy); Laplace noise is clamped at NOISE_TAIL
+    # scales, so each bin is within that of the plaintext count, never by chance.
+    tolerance = np.asarray(scales or [0.0], dtype=np.float64) * NOISE_TAIL + 1e-3
     receipts = _verify_receipts(
         run, {f"{TAX}#{i}": r for i, r in enumerate(result.get("receipts", []))}
     )
     run.facts["aggregate"] = {
         "what": "histogram of tax credit grades (A, B, M, C, D) over the applicants, cohort "
-        "aligned by PSI (the tax bureau never learns who applied)",
+        "aligned by PSI (the tax bureau never learns who applied), released with the Laplace "
+        "noise the tax bureau's policy requires",
         "protocol": "additive",
         "cohortSize": result.get("cohortSize"),
         "counts": dict(zip(["A", "B", "M", "C", "D"], counts, strict=False)),
+        "epsilon": result.get("epsilon"),
+        "noiseScales": scales,
         "expected": dict(zip(["A", "B", "M", "C", "D"], expected.tolist(), strict=True)),
         "receipts": receipts,
     }
     run.check(
-        "aggregate equals plaintext",
-        np.allclose(counts, expected, atol=1e-3) and result.get("cohortSize") == len(applicants),
-        f"counts {counts} vs {expected.tolist()}, cohort {result.get('cohortSize')}",
+        "aggregate within its noise bound of the plaintext",
+        len(counts) == len(expected)
+        and bool(np.all(np.abs(np.asarray(counts) - expected) <= tolerance))
+        and bool(scales)
+        and result.get("cohortSize") == len(applicants),
+        f"counts {counts} vs {expected.tolist()} (noise scales {scales}), "
+        f"cohort {result.get('cohortSize')}",
     )
     run.check(
         "aggregate receipt verifies",
