@@ -22,7 +22,7 @@ from crypto import ckks, paillier
 from trusted_space.catalog import Field, FieldType
 from trusted_space.errors import ValidationError
 from trusted_space.policy import PROTOCOLS
-from trusted_space.protocols import register_operator, register_provider, run_score
+from trusted_space.protocols import _common, register_operator, register_provider, run_score
 from trusted_space.protocols.base import ScoreProtocol
 from trusted_space.protocols.scaling import (
     STATED_PRECISION,
@@ -307,3 +307,71 @@ def test_a_field_bound_is_checked_and_round_trips() -> None:
             Field("amount", FieldType.FLOAT, 3, bound=bad)
     with pytest.raises(ValidationError, match="only numeric"):
         Field("name", FieldType.STRING, 3, bound=1.0)
+
+
+@pytest.fixture
+def blocks_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block holds one entity (CKKS blocks stay whole ciphertexts: its own rule)."""
+    monkeypatch.setattr(_common, "DEFAULT_BLOCK_ROWS", 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_degenerate_inputs_blocks_of_one_and_a_provider_holding_nobody(
+    protocol: str, mode: str, protocols: dict[str, ScoreProtocol], blocks_of_one: None
+) -> None:
+    """Zero and constant columns, a zero weight, blocks of one entity, and a provider that holds
+    none of the entities (every value imputed from its published default)."""
+    space = build_space(["tax-bureau", "court"])
+    register_operator(space.operator.node)
+    keys = ["ent-0", "ent-1", "ent-2"]
+    tax = np.array([[0.0, 7.0, 1_500_000.0], [0.0, 7.0, 0.0], [0.0, 7.0, 2.5]])
+    tax_w = {"flag": 0.9, "constant": 0.0, "amount": 3e-7}
+    court_w = {"judgments": -0.4}
+    agreements, datasets = {}, {}
+    for p, x, w, held, impute in (
+        ("tax-bureau", tax, tax_w, keys, None),
+        ("court", np.array([[3.0]]), court_w, ["someone-else"], {"judgments": 2.0}),
+    ):
+        node = space.providers[p].node
+        register_provider(node)
+        node.operator = OPERATOR
+        bounds = {"flag": 1.0, "constant": 7.0, "amount": 2e6, "judgments": 10.0}
+        ds, ag = provide(
+            space,
+            p,
+            list(w),
+            held,
+            x,
+            ds_id=f"ds-{p}",
+            impute=impute,
+            bounds={c: bounds[c] for c in w},
+        )
+        assert ag is not None
+        store_party_weights(node.store, ANALYST, "model-1", w)
+        agreements[p], datasets[p] = ag, ds
+    weights = (
+        (("tax-bureau", tuple(tax_w.items())), ("court", tuple(court_w.items())))
+        if mode == "analyst-held"
+        else ()
+    )
+    query = ScoreQuery(
+        purpose=PURPOSE,
+        protocol=protocol,
+        mode=mode,
+        model=Model(INTERCEPT, Link("logistic"), weights, id="model-1"),
+        agreements=agreements,
+        datasets=datasets,
+        entities=tuple(keys),
+        missing="impute",
+        ranges={
+            "tax-bureau": {"flag": 1.0, "constant": 7.0, "amount": 2e6},
+            "court": {"judgments": 10.0},
+        },
+    )
+    result = run_score(
+        space.transport(ANALYST), ANALYST, OPERATOR, query, protocol=protocols[protocol]
+    )
+    expected = INTERCEPT + tax @ np.array(list(tax_w.values())) + 2.0 * -0.4
+    assert result.missing == {"court": tuple(keys)}
+    assert float(np.max(np.abs(result.logits - expected))) <= STATED_PRECISION[protocol]
