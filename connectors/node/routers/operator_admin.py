@@ -10,9 +10,11 @@ Mounted on the operator only, staff only (``require_admin``). Members read the r
 the signed ``GET /operator/participants``; this view is for running the space. No credential
 token or key is in it, only fingerprints.
 
-Alarms today: a member whose checkpoints the witness refused (``fork evidence``), one that is
-unreachable, one whose ledger grew past :data:`LAG_ALARM` entries without being witnessed. Later
-issues (witness alarms proper) add theirs to the same list.
+Alarms today: a member whose checkpoints the witness refused (``fork evidence``), one whose
+last submission was refused (rolled back, rewritten, or an unregistered key), one that stopped
+submitting (``witness_silence``), one that is unreachable, one whose ledger grew past
+:data:`LAG_ALARM` entries without being witnessed. The same record is public at
+``GET /operator/witness/logs``.
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ def members(runtime: RuntimeDep) -> list[MemberStatus]:
             alarms.append("its ledger does not answer")
         if lag is not None and lag > LAG_ALARM:
             alarms.append(f"{lag} entries not witnessed yet")
+        watch = witness.watch(str(origin)) if origin else {}
+        if watch.get("last_refused") is True:
+            alarms.append(f"its last checkpoint was refused: {watch.get('last_refusal')}")
+        if watch.get("silent_since") is not None and not revoked:
+            alarms.append("it stopped submitting checkpoints to the witness")
         out.append(
             MemberStatus(
                 id=pid,

@@ -136,8 +136,17 @@ def test_a_log_signed_by_another_key_is_reported_re_signed(
     with httpx.Client(transport=space.transport) as client:
         report = verify_node(client, tax.url, operator=space.operator.url)
 
+    submitted = federation.submit_checkpoint(tax.runtime)
+    record = space.operator.client.get("/operator/witness/logs/tax-bureau").json()
+
     failed = {c.name: c.detail for c in report.checks if not c.ok}
     assert failed["checkpoint"].startswith("RE-SIGNED"), failed
+    assert submitted is None  # the witness refuses it, and the operator shows it
+    assert record["lastRefusal"].startswith("signed with a key the operator did not register")
+    assert "refused" in record["alarms"]
+    staff = space.operator.client.get("/operator/members", headers=space.operator.admin_headers)
+    (member,) = [m for m in staff.json() if m["id"] == "tax-bureau"]
+    assert any("last checkpoint was refused" in a for a in member["alarms"])
 
 
 def test_an_opening_is_served_to_staff_only(space: InProcessSpace, tax: Node) -> None:
