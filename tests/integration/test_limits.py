@@ -221,6 +221,22 @@ def test_renegotiating_does_not_reset_count(space: Space) -> None:
     assert "renegotiating does not reset it" in body["detail"] or any(
         "renegotiating does not reset it" in s["message"] for s in body["trace"]
     )
+    with space.provider.admin(timeout=30) as admin:  # the staff's views read the same account
+        dry = admin.post(
+            "/management/policy/dry-run",
+            {
+                "dataset": DATASET,
+                "agreement": renegotiated,
+                "assignee": "bank-a",
+                "purpose": PURPOSE,
+                "kind": "score",
+                "protocol": "ckks",
+            },
+        )
+        report = admin.get("/management/usage")
+    assert not dry["allowed"]
+    assert any(s["left_operand"] == "count" and s["blocking"] for s in dry["trace"])
+    assert {b["agreement"]: b["uses"] for b in report["budgets"]}[first] == 2
 
 
 def test_renegotiating_does_not_reset_epsilon(space: Space) -> None:

@@ -13,7 +13,8 @@
   decides when the request comes.
 - ``GET /management/usage``: every use (``query.use``) and every refusal (``policy.decision``
   denied) of this node's data, from its own ledger, newest first, with traces; and per agreement
-  the uses counted so far and the ``count`` limit of its policy (the budget left).
+  the uses counted so far on its account — the member's uses of the dataset under the offer the
+  agreement came from, across all its agreements — and the ``count`` limit of its policy.
 
 Threats: staff only (``require_admin``). A dry run evaluates against the node's real state but
 cannot change it: the rollback is the mechanism, not a flag the engine could forget. Usage
@@ -22,6 +23,7 @@ entries carry what the ledger carries (counts and digests), never an entity id.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -39,10 +41,11 @@ from connectors.node.wire.console import (
 from trusted_space import policy as policies
 from trusted_space.catalog import DATASET_NAMESPACE, TS_NAMESPACE, load_dataset
 from trusted_space.contracts import load_agreement
+from trusted_space.contracts.states import OFFER_PROPERTY
 from trusted_space.errors import ConflictError, NotFoundError, ValidationError
 from trusted_space.events import EVENT_LOG, Event, decode_event
-from trusted_space.metering import usage
-from trusted_space.policy import Decision, Policy, UsageRequest, evaluate
+from trusted_space.policy import COUNT_NAMESPACE, Decision, Policy, UsageRequest, evaluate
+from trusted_space.policy.vocabulary import account_key
 
 __all__ = ["MAX_USAGE_ENTRIES", "dry_run", "router", "usage_report"]
 
@@ -58,6 +61,12 @@ class _RollBack(Exception):
     def __init__(self, decision: Decision) -> None:
         super().__init__("dry run")
         self.decision = decision
+
+
+def _offer_of(agreement: dict[str, Any]) -> str | None:
+    """The offer an agreement was granted from (its count account), if it names one."""
+    offer = agreement.get(OFFER_PROPERTY)
+    return offer if isinstance(offer, str) and offer else None
 
 
 def _odrl(agreement: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +107,8 @@ def dry_run(body: DryRunRequest, runtime: RuntimeDep) -> DryRunView:
                     f"agreement: {body.agreement!r} does not cover dataset {body.dataset!r}"
                 )
             policy = policies.from_odrl(_odrl(dict(signed.agreement)))
+            # count is kept per (member, dataset, offer): read the account the real use would
+            request = replace(request, offer_id=_offer_of(signed.agreement))
             evaluated = "agreement"
         else:
             offers = {str(o.get("@id")): o for o in published.offers}
@@ -287,7 +298,10 @@ def usage_report(
                     agreement=e.agreement,
                     member=e.member,
                     dataset=e.dataset or "",
-                    uses=usage(tx, agreement_id=e.agreement).total,
+                    uses=tx.counter(
+                        COUNT_NAMESPACE,
+                        account_key(e.member, e.dataset, _offer_of(agreement) or e.agreement),
+                    ),
                     limit=_limit(agreement),
                 )
             )
