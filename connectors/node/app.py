@@ -48,6 +48,7 @@ from connectors.node.routers import (
     dsp_transfer,
     ledger,
     management,
+    models,
     node,
     operator,
     operator_admin,
@@ -125,6 +126,7 @@ def create_app(
     app.include_router(management.router)
     app.include_router(usage.router)
     app.include_router(budgets.router)
+    app.include_router(models.router)
     app.include_router(audit.router)
     app.include_router(console.router)
     app.include_router(compute.router)

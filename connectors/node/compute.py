@@ -85,7 +85,7 @@ from trusted_space.errors import (
 from trusted_space.protocols.aggregate import register_aggregate
 from trusted_space.protocols.align import register_align
 from trusted_space.protocols.operator import register_operator
-from trusted_space.protocols.score import register_provider
+from trusted_space.protocols.score import register_approval, register_provider
 from trusted_space.protocols.train_ops import register_train, register_train_dealer
 from trusted_space.store import Store
 from trusted_space.transport import Reply, Transport, check_operation, frame, unframe
@@ -624,6 +624,7 @@ def build_compute_node(runtime: NodeRuntime) -> ComputeNode:
         register_train_dealer(node)
     if "provider" in runtime.roles:
         register_provider(node)
+        register_approval(node)
         register_align(node, executor=_psi_pool(settings.psi_workers))
         register_aggregate(node)
         register_train(node)

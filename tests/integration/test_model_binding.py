@@ -11,11 +11,17 @@ read (no ``query.use`` on the provider's ledger):
 * several columns packed into one logit (weights 1, 2^8, 2^16, 2^24 here);
 * a linear system: several queries with different weight vectors (binding makes every query
   use weights the provider holds, so the analyst cannot vary them).
+
+Party-held models are owned: bank-a submits its model part, the provider's staff approve it
+(a record in both ledgers, by digest), and bank-a scores with it; bank-b can neither score with
+bank-a's model nor replace it by submitting under the same id; a model part that breaks a rule
+is refused at submission with the trace naming the rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,8 @@ from connectors.spaces.space import (
 )
 from tests.integration._space import count_limited_offer, settled, tax_records
 from tests.integration.conftest import ledger_events
+from trusted_space.errors import RemoteError
+from trusted_space.queries.score import Model, ScoreQuery
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +66,57 @@ def _rule(left: str, op: str, value: str) -> dict[str, Any]:
 class Space:
     running: RunningSpace
     agreement: str
+    agreements: dict[str, str]
 
-    def bank(self) -> AnalystClient:
-        return AnalystClient.from_dir(self.running["bank-a"].dir, timeout=60)
+    def bank(self, name: str = "bank-a") -> AnalystClient:
+        return AnalystClient.from_dir(self.running[name].dir, timeout=60)
+
+    def party_held(self, name: str, model_id: str) -> dict[str, Any]:
+        """A party-held score by ``name`` of every held entity with the model ``model_id``."""
+        model = Model.from_json(
+            {"intercept": 0.0, "link": "identity", "weights": {}, "id": model_id}
+        )
+        query = ScoreQuery(
+            purpose=PURPOSE,
+            protocol="paillier",
+            model=model,
+            agreements={"tax-bureau": self.agreements[name]},
+            datasets={"tax-bureau": DATASET},
+            entities=tuple(HELD),
+            id_kind="opaque",
+            mode="party-held",
+        )
+        with self.bank(name) as bank:
+            return bank.score_json(query, timeout=60)
+
+    def submit(self, name: str, model_id: str, weights: dict[str, float]) -> tuple[int, Any]:
+        """``name``'s node submits a model part: (status, body or problem document)."""
+        with self.running[name].admin(timeout=60) as admin:
+            try:
+                body = admin.post(
+                    "/management/models/submit",
+                    {
+                        "provider": "tax-bureau",
+                        "agreement": self.agreements[name],
+                        "dataset": DATASET,
+                        "model": model_id,
+                        "weights": weights,
+                    },
+                )
+            except RemoteError as exc:
+                return exc.status, exc.problem
+        return 200, body
+
+    def staff(self, action: str, owner: str, model_id: str) -> Any:
+        with self.running["tax-bureau"].admin(timeout=60) as admin:
+            return admin.post(
+                f"/management/models/submissions/{action}",
+                {"owner": owner, "model": model_id, "reason": "checked by the risk office"},
+            )
+
+    def ledger(self, name: str) -> list[Any]:
+        with httpx.Client(timeout=30) as http:
+            return ledger_events(http, self.running[name].url)
 
     def score(self, weights: dict[str, float], protocol: str = "ckks") -> dict[str, Any]:
         """An analyst-held score of every held entity with ``weights`` on the tax columns."""
@@ -118,17 +174,21 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
             NodeConfig("city-centre", ("operator",)),
             NodeConfig("tax-bureau", ("provider",), settings=QUIET, datasets=(ds,)),
             NodeConfig("bank-a", ("consumer",), settings=QUIET),
+            NodeConfig("bank-b", ("consumer",), settings=QUIET),
         ),
     )
     with up(config, timeout=90) as running:
-        with running["bank-a"].admin(timeout=60) as admin:
-            started = admin.post(
-                "/management/negotiations",
-                {"provider": "tax-bureau", "datasetId": DATASET, "offerId": str(offer["@id"])},
-            )
-            view = settled(admin.get, started["id"], 60)
-        assert view["state"] == "FINALIZED", view
-        yield Space(running, str(view["agreementId"]))
+        agreements = {}
+        for bank in ("bank-a", "bank-b"):
+            with running[bank].admin(timeout=60) as admin:
+                started = admin.post(
+                    "/management/negotiations",
+                    {"provider": "tax-bureau", "datasetId": DATASET, "offerId": str(offer["@id"])},
+                )
+                view = settled(admin.get, started["id"], 60)
+            assert view["state"] == "FINALIZED", view
+            agreements[bank] = str(view["agreementId"])
+        yield Space(running, agreements["bank-a"], agreements)
 
 
 def _refused_by_model(
@@ -176,3 +236,82 @@ def test_a_linear_system_over_several_queries_is_refused_query_by_query(
         _refused_by_model(space, {c: float(w) for c, w in zip(COLUMNS, row, strict=True)})
 
     assert len(space.uses()) == before  # not one of the equations was answered
+
+
+BALANCED = {"a": 0.5, "b": -0.4, "c": 0.3, "d": 0.45}
+
+
+def _plain(weights: dict[str, float]) -> list[float]:
+    rows = [[(7 * i + 3 * j) % 11 + 0.5 for j in range(len(COLUMNS))] for i in range(len(HELD))]
+    return [sum(weights[c] * x for c, x in zip(COLUMNS, row, strict=True)) for row in rows]
+
+
+def test_an_approved_model_part_is_owned_and_bound(space: Space) -> None:
+    status_code, sent = space.submit("bank-a", "credit-a", BALANCED)
+    assert status_code == 200, sent
+    pending = space.staff("approve", "bank-a", "credit-a")
+    assert pending["state"] == "approved"
+    with space.running["bank-a"].admin(timeout=60) as admin:
+        status = admin.post(
+            "/management/models/status", {"provider": "tax-bureau", "model": "credit-a"}
+        )
+    assert status["state"] == "approved" and status["sha256"] == sent["sha256"]
+
+    result = space.party_held("bank-a", "credit-a")
+
+    order = [HELD.index(e) for e in result["entities"]]
+    expected = _plain(BALANCED)
+    assert np.allclose(result["logits"], [expected[i] for i in order], atol=1e-6)
+    # both ledgers hold the approval by digest; the provider's query.use names model and digest
+    provider = space.ledger("tax-bureau")
+    (approved,) = [e for e in provider if e.kind == "model.approved"]
+    (seen,) = [e for e in space.ledger("bank-a") if e.kind == "model.approval"]
+    assert approved.body["sha256"] == seen.body["sha256"] == sent["sha256"]
+    use = [e for e in provider if e.kind == "query.use"][-1]
+    assert use.body["model"] == {
+        "mode": "approved",
+        "id": "credit-a",
+        "sha256": sent["sha256"],
+    }
+    assert "0.45" not in json.dumps(use.body) and "0.45" not in json.dumps(approved.body)
+
+
+def test_another_member_cannot_use_a_party_held_model(space: Space) -> None:
+    if not any(e.kind == "model.approved" for e in space.ledger("tax-bureau")):
+        test_an_approved_model_part_is_owned_and_bound(space)
+
+    with pytest.raises(QueryFailed) as info:
+        space.party_held("bank-b", "credit-a")
+
+    assert info.value.peer == "tax-bureau"
+    assert "no model 'credit-a' of yours" in str(info.value.problem.get("detail"))
+
+
+def test_another_member_cannot_overwrite_a_party_held_model(space: Space) -> None:
+    if not any(e.kind == "model.approved" for e in space.ledger("tax-bureau")):
+        test_an_approved_model_part_is_owned_and_bound(space)
+    before = space.party_held("bank-a", "credit-a")
+    other = {"a": -1.0, "b": 0.9, "c": 0.8, "d": -0.7}
+
+    assert space.submit("bank-b", "credit-a", other)[0] == 200
+    space.staff("approve", "bank-b", "credit-a")  # bank-b's own model of that id
+
+    after = space.party_held("bank-a", "credit-a")
+    assert after["logits"] == before["logits"]
+    mine = space.party_held("bank-b", "credit-a")
+    assert np.allclose(sorted(mine["logits"]), sorted(_plain(other)), atol=1e-6)
+    status, again = space.submit("bank-a", "credit-a", other)  # an id names one set of weights
+    assert status == 409, again
+
+
+def test_a_model_part_breaking_a_rule_is_refused_naming_it(space: Space) -> None:
+    status, refused = space.submit(
+        "bank-a", "unit-weight", {"a": 1.0, "b": 0.0, "c": 0.0, "d": 0.0}
+    )
+
+    assert status == 403, refused
+    assert refused["peer"] == "tax-bureau"  # relayed by bank-a's node: the provider's trace
+    blocking = [s for s in refused["peerProblem"]["trace"] if s["blocking"]]
+    assert {s["left_operand"] for s in blocking} == {"modelMinColumns", "modelMaxShare"}
+    pending = [e for e in space.ledger("tax-bureau") if e.kind == "model.submitted"]
+    assert pending[-1].body["rulesHeld"] is False

@@ -30,9 +30,11 @@ with them, and ``query.use`` records the model's id and digest.
 Large vectors travel in blocks (:data:`~trusted_space.protocols._common.DEFAULT_BLOCK_ROWS`
 entities; no message above 64 MiB), so a million entities never need one giant message.
 
-Layout: :mod:`.weights` (party-held weights), :mod:`.wire` (the ``score.*`` headers as typed
-messages, each with ``to_header``/``from_header``, and the wire limits), :mod:`.provider` (the
-``score.*`` operations), :mod:`.analyst` (:func:`run_score`, PSI alignment, receipt checks).
+Layout: :mod:`.weights` (party-held weights, owned), :mod:`.approval` (submitted model parts
+checked against the provider's model rules and decided by its staff), :mod:`.wire` (the
+``score.*`` headers as typed messages, each with ``to_header``/``from_header``, and the wire
+limits), :mod:`.provider` (the ``score.*`` operations), :mod:`.analyst` (:func:`run_score`,
+PSI alignment, receipt checks).
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ from trusted_space.protocols.score.analyst import (
     psi_aligner,
     run_score,
 )
+from trusted_space.protocols.score.approval import (
+    SENT_NAMESPACE,
+    SUBMISSION_NAMESPACE,
+    Submission,
+    decide_submission,
+    load_submission,
+    model_status,
+    register_approval,
+    send_model,
+    submissions,
+    submit_model,
+)
 from trusted_space.protocols.score.provider import (
     ENTITY_CHUNK,
     MAX_ENTITIES,
@@ -54,6 +68,7 @@ from trusted_space.protocols.score.provider import (
 from trusted_space.protocols.score.weights import (
     MODEL_NAMESPACE,
     PartyModel,
+    clean_weights,
     load_party_weights,
     model_key,
     store_party_weights,
@@ -68,15 +83,26 @@ __all__ = [
     "MODEL_NAMESPACE",
     "PSI_POOL_MIN_IDS",
     "PSI_WORKERS_MAX",
+    "SENT_NAMESPACE",
+    "SUBMISSION_NAMESPACE",
     "Aligner",
     "PartyModel",
+    "Submission",
     "check_use_receipt",
+    "clean_weights",
+    "decide_submission",
     "load_party_weights",
+    "load_submission",
+    "model_status",
     "model_key",
     "psi_aligner",
+    "register_approval",
     "register_provider",
     "run_score",
+    "send_model",
     "store_party_weights",
+    "submissions",
+    "submit_model",
     "weight_stats",
     "weights_digest",
 ]

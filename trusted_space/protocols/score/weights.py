@@ -34,6 +34,7 @@ from trusted_space.store import Store
 __all__ = [
     "MODEL_NAMESPACE",
     "PartyModel",
+    "clean_weights",
     "load_party_weights",
     "model_key",
     "store_party_weights",
@@ -118,7 +119,8 @@ def weight_stats(weights: Mapping[str, float], rows: Iterable[FloatArray]) -> di
     }
 
 
-def _clean(weights: Mapping[str, float]) -> dict[str, float]:
+def clean_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """The weights as ``{column: float}``, checked (names non-empty, values finite)."""
     if not weights:
         raise ValidationError("no weights")
     clean: dict[str, float] = {}
@@ -153,7 +155,7 @@ def store_party_weights(
             raise ValidationError(f"{name} must be a non-empty string")
     if source not in ("trained", "approved"):
         raise ValidationError(f"model source must be 'trained' or 'approved', not {source!r}")
-    clean = _clean(weights)
+    clean = clean_weights(weights)
     digest = weights_digest(clean)
     model = PartyModel(owner, model_id, clean, digest, source, dict(stats or {}))
     with store.transaction() as tx:
