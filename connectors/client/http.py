@@ -33,6 +33,7 @@ from trusted_space.identity import issue_request_token
 from trusted_space.keys import SigningKey
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "CREDENTIAL_HEADER",
     "REQUEST_HEADER",
     "AdminClient",
@@ -43,6 +44,8 @@ __all__ = [
 
 REQUEST_HEADER = "TS-Request"
 CREDENTIAL_HEADER = "TS-Credential"
+CONNECT_TIMEOUT = 10.0
+"""Seconds to open a connection to a node: a peer that does not accept one by then is down."""
 
 
 def encode_json(body: Any) -> bytes:
@@ -72,7 +75,7 @@ class SignedClient:
         credential: returns this node's current membership credential token (``None`` before
             admission: requests then go without ``TS-Credential`` and only the operator, which
             knows every member, accepts them).
-        timeout: seconds for connect/read.
+        timeout: seconds for a read (connecting gets at most :data:`CONNECT_TIMEOUT`).
         transport: an httpx transport (tests pass an ASGI or mock transport).
         clock: the current time (tests inject one).
     """
@@ -91,7 +94,10 @@ class SignedClient:
         self._key = key
         self._credential = credential
         self._clock = clock
-        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        # A peer that does not even accept a connection is down: say so in seconds, not after
+        # the read timeout that a long computation may need.
+        limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+        self._http = httpx.Client(timeout=limits, transport=transport, follow_redirects=False)
 
     def close(self) -> None:
         self._http.close()
