@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -129,11 +130,6 @@ def shoot(driver: Chrome, folder: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def newcomer(space: RunningSpace) -> Iterator[tuple[str, Path]]:
     """A fresh node (an insurer) that is running but not yet admitted."""
-    with httpx.Client() as http:
-        port_probe = httpx.URL(space.operator.url).port or 0
-    del http, port_probe
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -144,6 +140,7 @@ def newcomer(space: RunningSpace) -> Iterator[tuple[str, Path]]:
         port=port,
         operator=OperatorAnchor.load(space.operator.layout.operator),
     )
+    log = (settings.dir / "node.log").open("wb")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -154,8 +151,8 @@ def newcomer(space: RunningSpace) -> Iterator[tuple[str, Path]]:
             "--dir",
             str(settings.dir),
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
@@ -166,12 +163,14 @@ def newcomer(space: RunningSpace) -> Iterator[tuple[str, Path]]:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the insurer's node did not start")
+                tail = (settings.dir / "node.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the insurer's node did not start:\n{tail}")
             time.sleep(0.2)
         yield settings.url, settings.dir
     finally:
         process.terminate()
         process.wait(timeout=20)
+        log.close()
 
 
 def test_operator_admits_a_member(
@@ -252,6 +251,11 @@ def _provider_files(tmp: Path) -> tuple[Path, Path, dict[str, Any], dict[str, An
                         "rightOperand": ["score"],
                     },
                     {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": ["score"]},
+                    {
+                        "leftOperand": "model",
+                        "operator": "isAnyOf",
+                        "rightOperand": ["analyst-held", "party-held"],
+                    },
                     {
                         "leftOperand": "minCohort",
                         "operator": "gteq",
@@ -381,6 +385,22 @@ def test_analyst_negotiates_scores_and_sees_a_refusal(
     assert "What to change" in refusal.text
     text_appears(browser, ".score-result table", "marketing")
     shoot(browser, screenshots, "analyst-refusal")
+
+    # an aggregate over a cohort aligned by PSI, under a second agreement
+    find(browser, 'button[aria-label="Negotiate tax-paid with tax-bureau"]').click()
+    text_appears(browser, "p.ok", "for tax-paid: FINALIZED", timeout=60)
+    agreement = find(browser, "select[name=agg-agreement]")
+    browser.execute_script(
+        "const s = arguments[0];"
+        "s.value = [...s.options].find(o => o.text.includes('tax-paid')).value;",
+        agreement,
+    )
+    set_value(browser, find(browser, "input[name=agg-column]"), "employees")
+    statistic = find(browser, "select[name=agg-statistic]")
+    browser.execute_script("arguments[0].value = 'count';", statistic)
+    find(browser, "input[name=cohort]").send_keys(str(entities))
+    text_appears(browser, "button", "Run aggregate").click()
+    text_appears(browser, ".aggregate-result p.ok", f"count = {ENTITIES}", timeout=120)
 
 
 def test_auditor_verifies_a_ledger_and_receipts(

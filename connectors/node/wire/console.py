@@ -26,6 +26,7 @@ __all__ = [
     "LedgerEventsPage",
     "LedgerVerifyRequest",
     "MemberStatus",
+    "ModelView",
     "ReceiptCheckView",
     "SessionView",
     "SignIn",
@@ -67,6 +68,11 @@ class DryRunRequest(BaseModel):
     )
     offer: str | None = Field(
         default=None, max_length=512, description="Evaluate this offer of the dataset."
+    )
+    model: Literal["analyst-held", "trained", "approved"] | None = Field(
+        default=None,
+        description="For a score: who chose the weights on this node's columns (default: "
+        "`analyst-held`, as the console's and the CLI's scores are).",
     )
     roles: list[str] = Field(default_factory=list, max_length=8)
     entities: list[str] = Field(default_factory=list, max_length=10_000)
@@ -176,3 +182,14 @@ class MemberStatus(BaseModel):
 class FederatedCatalog(BaseModel):
     rows: list[dict[str, Any]]
     catalog: dict[str, Any]
+
+
+class ModelView(BaseModel):
+    """A model's weights on this node's columns, stored here (trained jointly or approved)."""
+
+    owner: str = Field(description="The member whose model it is.")
+    model: str
+    source: str = Field(description="`trained` (joint training) or `approved` (by this node).")
+    dataset: str | None
+    columns: list[str]
+    sha256: str = Field(description="Digest of the weights, as in the ledger's `model.stored`.")

@@ -3,7 +3,7 @@
 import { enc, get, post } from "./api.js";
 import { badge, card, clear, download, errorText, field, h, readFile, select, short, table, when } from "./dom.js";
 import { explain } from "./explain.js";
-import { bandRows, histogram } from "./plots.js";
+import { bandRows, bars, histogram } from "./plots.js";
 
 const FINAL = ["FINALIZED", "TERMINATED"];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -139,6 +139,61 @@ function dryRunForm(me, agreements) {
   );
 }
 
+function aggregateForm(me, agreements, state) {
+  const usable = agreements.filter((a) => a.authorises);
+  if (!usable.length) return h("p", { class: "muted" }, "Negotiate an agreement first.");
+  const agreement = select("agg-agreement", usable.map((a) => [a.id, `${a.agreement.assigner}: ${a.agreement.target}`]), usable[0].id);
+  const column = h("input", { name: "agg-column", size: 14, required: true });
+  const statistic = select("agg-statistic", ["mean", "sum", "count", "histogram"], "mean");
+  const protocol = select("agg-protocol", ["paillier", "ckks", "additive"], "paillier");
+  const purpose = h("input", { name: "agg-purpose", value: "risk-monitoring", size: 16 });
+  const bins = h("input", { name: "agg-bins", size: 16, placeholder: "histogram: 0,1,2,5" });
+  const file = h("input", { type: "file", name: "cohort", accept: ".csv,text/csv", required: true });
+  const idColumn = h("input", { name: "agg-id-column", value: "uscc", size: 10 });
+  const stage = h("p", { class: "muted", role: "status" });
+  const out = h("div", { class: "aggregate-result" });
+  return h(
+    "form",
+    {
+      onsubmit: async (event) => {
+        event.preventDefault();
+        clear(out);
+        try {
+          const csv = parseCsv(await readFile(file));
+          const col = csv.header.indexOf(idColumn.value);
+          if (col < 0) throw new Error(`the file has no column “${idColumn.value}”`);
+          const a = usable.find((x) => x.id === agreement.value);
+          const body = { provider: a.agreement.assigner, agreement: a.id, dataset: a.agreement.target, column: column.value, statistic: statistic.value, protocol: protocol.value, purpose: purpose.value, cohort: csv.rows.map((r) => r[col]).filter(Boolean) };
+          if (statistic.value === "histogram") body.bins = bins.value.split(",").map(Number);
+          let view = await post("/management/queries/aggregate", body);
+          while (view.state === "queued" || view.state === "running") {
+            stage.textContent = `${view.state}: ${view.stage} (${Math.round(view.fraction * 100)} %)`;
+            view = await get(`/management/queries/${enc(view.id)}?wait=1`);
+          }
+          stage.textContent = `${view.state}: ${view.stage}`;
+          if (view.state === "done") {
+            const r = view.result;
+            out.append(h("p", { class: "ok" }, r.statistic === "histogram" ? `Histogram over a cohort of ${r.cohortSize}.` : `${r.statistic} = ${r.value} over a cohort of ${r.cohortSize}.`));
+            if (r.statistic === "histogram") out.append(bars(r.counts.map((c, i) => ({ label: String(r.bins[i] ?? i), a: c })), { title: "histogram", aLabel: "entities" }));
+            out.append(h("button", { type: "button", class: "secondary", onclick: () => download("aggregate-receipts.json", JSON.stringify(r.receipts, null, 2)) }, "Download receipts (JSON)"));
+          } else {
+            const e = view.error || {};
+            out.append(explain(e.trace || [], { allowed: false, reason: e.detail || e.title, peer: e.peer }));
+          }
+          state.refreshQueries();
+        } catch (err) {
+          out.append(h("p", { class: "error", role: "alert" }, errorText(err)));
+        }
+      },
+    },
+    h("p", { class: "muted" }, "A statistic of one provider column over your cohort, aligned by private set intersection: the provider never learns which entities you chose."),
+    h("div", { class: "row" }, field("Agreement", agreement), field("Column", column), field("Statistic", statistic), field("Protocol", protocol), field("Purpose", purpose), field("Bins", bins)),
+    h("div", { class: "row" }, field("Cohort (CSV file)", file), field("Id column", idColumn), h("button", { type: "submit" }, "Run aggregate")),
+    stage,
+    out,
+  );
+}
+
 function scoreForm(me, state) {
   const file = h("input", { type: "file", name: "entities", accept: ".csv,text/csv", required: true });
   const idColumn = h("input", { name: "id-column", value: "uscc", size: 10 });
@@ -208,6 +263,7 @@ export async function renderAnalyst(root, me) {
   const status = h("div", { role: "status" });
   const agreementsBox = h("div");
   const askBox = h("div");
+  const aggBox = h("div");
   const queriesBox = h("div");
   const state = {};
   const refresh = async () => {
@@ -225,6 +281,7 @@ export async function renderAnalyst(root, me) {
       ),
     );
     clear(askBox).append(dryRunForm(me, agreements));
+    clear(aggBox).append(aggregateForm(me, agreements, state));
   };
   state.refreshQueries = async () => {
     const qs = await get("/management/queries");
@@ -248,6 +305,7 @@ export async function renderAnalyst(root, me) {
     h("div", { class: "grid" }, card("Agreements held", agreementsBox), card("Queries", queriesBox)),
     card("Before asking: would it be allowed?", h("p", { class: "muted" }, "The agreement's policy evaluated by the same engine the provider runs, on this node's copy; nothing is sent or consumed."), askBox),
     card("Joint score", h("p", { class: "muted" }, "Upload the entities to score; the model names each provider's columns. Providers check their policies before touching a row; a refusal comes back with the provider's trace."), scoreForm(me, state)),
+    card("Aggregate", aggBox),
   );
   try {
     const fed = await get("/management/catalog");

@@ -13,6 +13,7 @@ const HINTS = {
   assignee: () => "The policy names another member: only that member may use it.",
   agreement: () => "Use the agreement the provider signed with you for this dataset.",
   role: (s) => `Your membership role must be${list(s.right_operand ?? s.rightOperand)}.`,
+  model: (s) => `The weights must be of a kind the provider allows${list(s.right_operand ?? s.rightOperand)}; on computation-only data analyst-held weights need the provider's explicit opt-in.`,
   grade: () => "The dataset's grades forbid this use at its tier: ask the provider.",
 };
 

@@ -46,6 +46,7 @@ const TEMPLATE_OFFER = {
         { leftOperand: "purpose", operator: "isAnyOf", rightOperand: ["pre-loan-review"] },
         { leftOperand: "computation", operator: "isAnyOf", rightOperand: ["score"] },
         { leftOperand: "output", operator: "isAnyOf", rightOperand: ["score"] },
+        { leftOperand: "model", operator: "isAnyOf", rightOperand: ["analyst-held", "party-held"] },
       ],
       duty: [{ action: "log" }],
     },
@@ -213,6 +214,7 @@ function dryRunForm(views, agreements) {
   const purpose = h("input", { name: "dry-purpose", value: "pre-loan-review", size: 16, required: true });
   const kind = select("dry-kind", ["score", "aggregate", "train", "transfer"], "score");
   const protocol = select("dry-protocol", [["", "(none)"], "ckks", "paillier", "additive"], "ckks");
+  const model = select("dry-model", [["analyst-held", "analyst-held"], ["trained", "trained jointly"], ["approved", "approved"]], "analyst-held");
   const cohort = h("input", { name: "dry-cohort", type: "number", min: 0, value: 100, size: 6 });
   const out = h("div", { class: "dry-run-result" });
   const form = h(
@@ -224,6 +226,7 @@ function dryRunForm(views, agreements) {
         const [which, id] = [policy.value.split(":")[0], policy.value.slice(policy.value.indexOf(":") + 1)];
         const body = { dataset: dataset.value, assignee: assignee.value, purpose: purpose.value, kind: kind.value, cohortSize: Number(cohort.value) };
         if (protocol.value) body.protocol = protocol.value;
+        if (kind.value === "score") body.model = model.value;
         body[which] = id;
         try {
           const d = await post("/management/policy/dry-run", body);
@@ -234,7 +237,7 @@ function dryRunForm(views, agreements) {
       },
     },
     h("p", { class: "muted" }, "Would this request be allowed? The node's own policy engine answers with its full trace, without consuming a use or writing to the ledger."),
-    h("div", { class: "row" }, field("Dataset", dataset), field("Policy", policy), field("Member", assignee), field("Purpose", purpose), field("Computation", kind), field("Protocol", protocol), field("Entities", cohort)),
+    h("div", { class: "row" }, field("Dataset", dataset), field("Policy", policy), field("Member", assignee), field("Purpose", purpose), field("Computation", kind), field("Protocol", protocol), field("Weights", model), field("Entities", cohort)),
     h("button", { type: "submit" }, "Dry run"),
     out,
   );
@@ -327,6 +330,25 @@ function usageCard(report) {
   );
 }
 
+function modelsCard(list) {
+  return card(
+    "Approved models",
+    h("p", { class: "muted" }, "Weights on this node's columns stored here, trained jointly or approved; a score in party-held mode can use only these. Approval of analysts' models will be added here."),
+    table(
+      [
+        { label: "owner", value: (m) => m.owner },
+        { label: "model", value: (m) => h("code", {}, m.model) },
+        { label: "source", value: (m) => badge(m.source) },
+        { label: "dataset", value: (m) => m.dataset || "" },
+        { label: "columns", value: (m) => m.columns.join(", ") },
+        { label: "sha256", value: (m) => h("code", { title: m.sha256 }, short(m.sha256, 12)) },
+      ],
+      list,
+      { empty: "No model stored here yet." },
+    ),
+  );
+}
+
 function consentCard() {
   const id = h("input", { name: "consent-id", size: 30, required: true });
   const out = h("div", { role: "status" });
@@ -359,20 +381,22 @@ export async function renderProvider(root, me) {
   const dryBox = h("div");
   const agreementsBox = h("div");
   const usageBox = h("div");
+  const modelsBox = h("div");
   const refresh = async () => {
     const summaries = await get("/management/datasets");
     const views = await Promise.all(summaries.map((s) => get(`/management/datasets/${enc(s.id)}`)));
-    const [agreements, negotiations, usage] = await Promise.all([get("/management/agreements"), get("/management/negotiations"), get("/management/usage")]);
+    const [agreements, negotiations, usage, models] = await Promise.all([get("/management/agreements"), get("/management/negotiations"), get("/management/usage"), get("/management/models")]);
     clear(catalogBox).append(views.length ? catalogTree(views) : h("p", { class: "muted" }, "Nothing published yet."));
     clear(dryBox).append(views.length ? dryRunForm(views, agreements) : h("p", { class: "muted" }, "Publish a dataset first."));
     clear(agreementsBox).append(agreementsCard(agreements, negotiations, refresh));
     clear(usageBox).append(usageCard(usage));
+    clear(modelsBox).append(modelsCard(models));
   };
   root.append(
     card("Datasets by catalog", catalogBox),
     card("Policy dry run", dryBox),
     usageBox,
-    h("div", { class: "grid" }, agreementsBox, consentCard()),
+    h("div", { class: "grid" }, agreementsBox, h("div", {}, modelsBox, consentCard())),
     card("Publish a dataset", publishForm(refresh)),
   );
   await refresh();
