@@ -71,7 +71,7 @@ def _verify(
     receipts: Annotated[
         Path | None,
         typer.Option(
-            help="A JSON file of receipts (one, a list, or a result with `receipts`): check "
+            help="A JSON file holding receipts (one, a list, a result, any nesting): check "
             "each entry is still in its node's current log."
         ),
     ] = None,
@@ -119,17 +119,26 @@ def _verify(
 
 
 def _load_receipts(path: Path) -> list[Any]:
-    """Receipts from a file: one receipt, a list, or a result document with ``receipts``."""
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(doc, dict) and "receipts" in doc:
-        doc = doc["receipts"]
-    if isinstance(doc, dict) and "checkpoint" not in doc:
-        doc = list(doc.values())  # {provider: receipt}
-    if isinstance(doc, dict):
-        doc = [doc]
-    if not isinstance(doc, list):
-        raise ValueError("expected a receipt, a list of receipts or a result with receipts")
-    return doc
+    """Every receipt in a JSON file: one, a list, a result, or results nested in any shape.
+
+    A receipt is any object with ``checkpoint``, ``index`` and ``entry``; everything else is
+    searched (a score result's ``receipts`` by provider, a training's per round, ...).
+    """
+    found: list[Any] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if {"checkpoint", "index", "entry"} <= value.keys():
+                found.append(value)
+                return
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(json.loads(path.read_text(encoding="utf-8")))
+    return found
 
 
 @ledger_app.command("checkpoint")

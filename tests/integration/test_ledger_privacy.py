@@ -29,8 +29,12 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.demo.data import generate
+from connectors.client.http import AdminClient
+from connectors.demo.data import PROVIDERS, generate
+from connectors.demo.run import OPERATOR
 from trusted_space.events import canonical_json, decode_event
+
+from .conftest import cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -112,10 +116,21 @@ def test_no_public_ledger_names_an_entity_after_a_demo_run(tmp_path: Path) -> No
     lists = _list_forms(applicants) + _list_forms(data.ids_at(data.train))
     digests = _hashes(singles) | _hashes(lists)
 
-    process, summary = _start(tmp_path / "demo-output")
+    out = tmp_path / "demo-output"
+    process, summary = _start(out)
     try:
         with httpx.Client(timeout=60) as http:
             ledgers = {name: scrape(http, url) for name, url in summary["nodes"].items()}
+        # The bank's receipts, as its staff get them with each result, re-checked from outside
+        # against each provider's current log, anchored at the operator only.
+        results = _bank_receipts(summary["nodes"]["bank"], out / "nodes" / "bank")
+        receipts = _receipts_in(results)
+        receipts_file = tmp_path / "results.json"
+        receipts_file.write_text(json.dumps(results), encoding="utf-8")
+        operator = summary["nodes"][OPERATOR]
+        rechecked = cli(
+            "ledger", "verify", "--operator", operator, "--receipts", str(receipts_file), "--json"
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -135,9 +150,15 @@ def test_no_public_ledger_names_an_entity_after_a_demo_run(tmp_path: Path) -> No
     assert sum(len(entries) for entries in ledgers.values()) > 100
 
     id_hits, digest_hits = _search(text, ids, digests)
+    report = json.loads(rechecked.stdout)
 
     assert not id_hits, sorted(id_hits)[:5]
     assert not digest_hits, sorted(digest_hits)[:5]
+    # Every score receipt carries the opening of its entities commitment, and all still hold.
+    scored = [r for r in receipts if "openings" in r]
+    assert len(scored) >= 3 * len(PROVIDERS)
+    assert rechecked.returncode == 0 and report["ok"] is True, rechecked.stdout[-2000:]
+    assert len(report["checks"]) == len(receipts)
     # The search itself finds what it looks for (an id inside a string, an old-style digest).
     planted = json.dumps(
         {
@@ -149,6 +170,24 @@ def test_no_public_ledger_names_an_entity_after_a_demo_run(tmp_path: Path) -> No
         {applicants[0]},
         {hashlib.sha256(lists[0]).hexdigest()},
     )
+
+
+def _bank_receipts(url: str, node_dir: Path) -> list[dict[str, Any]]:
+    """Every finished query of the bank with its result (its staff's API)."""
+    with AdminClient.from_dir(url, node_dir, timeout=60) as admin:
+        return [
+            admin.get(f"/management/queries/{q['id']}") for q in admin.get("/management/queries")
+        ]
+
+
+def _receipts_in(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, dict):
+        if {"checkpoint", "index", "entry"} <= value.keys():
+            return [value]
+        return [r for v in value.values() for r in _receipts_in(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _receipts_in(v)]
+    return []
 
 
 def _search(text: str, ids: set[str], digests: set[str]) -> tuple[set[str], set[str]]:
