@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests._seeding import rng_for
 from tests.trusted_space._joint import (
     ANALYST,
     OPERATOR,
@@ -166,12 +167,12 @@ class Setup:
         return out
 
 
-def _setup(*, offers: dict[str, dict[str, Any]] | None = None, n: int = N) -> Setup:
-    # A fixed seed, not the session's (tests._seeding): under other data the AUC comparison of
-    # test_joint_model_equals_the_plaintext_reference fails for ~6% of seeds -- the piecewise
-    # and exact-sigmoid references pick different best epochs when their validation losses are
-    # within ~0.004 -- so that check needs a sound bound before this data can vary.
-    rng = np.random.default_rng(11)
+def _setup(
+    *, offers: dict[str, dict[str, Any]] | None = None, n: int = N, seed: int | None = None
+) -> Setup:
+    """A space with the bank and two providers over ``n`` random entities (the session's seed,
+    tests._seeding, unless ``seed`` is given)."""
+    rng = rng_for(f"{__name__}._setup", seed)
     keys = [f"ent-{i:05d}" for i in range(n)]
     x = {
         ANALYST: rng.normal(size=(n, 2)),
@@ -230,18 +231,46 @@ def trained() -> tuple[Setup, Any, TrainQuery]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _early_stopping(losses: Sequence[float], params: TrainParams) -> tuple[int, int]:
+    """``(epochs run, best epoch)`` that the stopping rule gives for these held-out losses: stop
+    at the first epoch ``patience`` epochs past the best so far, else run every epoch."""
+    for epoch in range(1, len(losses) + 1):
+        best = int(np.argmin(losses[:epoch])) + 1
+        if epoch - best >= params.patience:
+            return epoch, best
+    return params.epochs, int(np.argmin(losses)) + 1
+
+
 def test_joint_model_equals_the_plaintext_reference(trained: tuple[Setup, Any, TrainQuery]) -> None:
     setup, result, query = trained
-    plain = train_plaintext(setup.design(), setup.y, query.params, sigmoid=query.params.sigmoid)
+    params, design = query.params, setup.design()
+    # The joint run's stopping decisions follow its own held-out losses, and those equal the
+    # reference's (same sigmoid) epoch by epoch. Its decisions are compared through its losses,
+    # not with the reference's own early stopping: the joint losses differ from the reference's by
+    # up to 2e-5 (fixed point; measured over 500 data seeds), and two epochs' losses come within
+    # 4e-5 of each other for 12 of 3,000 seeds, where the two runs may keep different epochs.
+    assert len(result.losses) == result.epochs_run
+    assert (result.epochs_run, result.best_epoch) == _early_stopping(result.losses, params)
+    ran = train_plaintext(
+        design, setup.y, params, sigmoid=params.sigmoid, keep_epoch=result.epochs_run
+    )
+    assert np.allclose(result.losses, ran.losses, atol=1e-3)
+    # The weights are the reference's (same sigmoid) at the kept epoch.
+    plain = train_plaintext(
+        design, setup.y, params, sigmoid=params.sigmoid, keep_epoch=result.best_epoch
+    )
     model = result.model
     joint = np.array([w for _, cols in model.weights for _, w in cols])
-    assert result.epochs_run == plain.epochs_run and result.best_epoch == plain.best_epoch
     assert np.allclose(joint, plain.weights, atol=2e-3)
     assert model.intercept == pytest.approx(plain.intercept, abs=2e-3)
-    assert np.allclose(result.losses, plain.losses, atol=1e-3)
-    exact = train_plaintext(setup.design(), setup.y, query.params)
-    z_joint = model.intercept + setup.design() @ joint
-    assert abs(auc(z_joint, setup.y) - auc(exact.logits(setup.design()), setup.y)) < 0.005
+    # The piecewise-linear sigmoid costs little: the AUC is the exact-sigmoid reference's at the
+    # same epoch within 0.005. Measured on this data: worst 0.0036 over 500 data seeds of the
+    # joint run, 0.0042 over 20,000 with the piecewise reference standing in for the joint model
+    # (they agree to 1e-4 in the weights); an exponential fit of that tail puts 0.005 at odds
+    # about 5e-6 per seed.
+    exact = train_plaintext(design, setup.y, params, keep_epoch=result.best_epoch)
+    z_joint = model.intercept + design @ joint
+    assert abs(auc(z_joint, setup.y) - auc(exact.logits(design), setup.y)) < 0.005
     assert [p for p, _ in model.weights] == [ANALYST, COURT, TAX]
     assert result.cohort == N and result.train_rows + result.valid_rows == N
 
@@ -475,15 +504,44 @@ def test_query_json_roundtrip_and_errors_name_the_path() -> None:
             TrainQuery.from_json({**doc, **change})
 
 
+def test_the_reference_keeps_the_weights_of_a_given_epoch(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(200, 3))
+    y = (rng.random(200) < 0.4).astype(float)
+    params = TrainParams(epochs=6, batch_size=32, learning_rate=0.3, validation=0.25, patience=1)
+    full = train_plaintext(x, y, replace(params, patience=6))  # never stops: every loss
+    for epoch in range(1, 7):
+        kept = train_plaintext(x, y, params, keep_epoch=epoch)
+        # exactly `epoch` epochs on the same split and orders, no early stopping, the last kept
+        assert (kept.epochs_run, kept.best_epoch) == (epoch, epoch)
+        assert kept.losses == full.losses[:epoch]
+        no_split = replace(params, validation=0.0)
+        short = train_plaintext(x, y, replace(no_split, epochs=epoch))
+        again = train_plaintext(x, y, no_split, keep_epoch=epoch)
+        assert np.array_equal(again.weights, short.weights) and again.intercept == short.intercept
+    for bad in (0, 7):
+        with pytest.raises(ValidationError, match="keep_epoch"):
+            train_plaintext(x, y, params, keep_epoch=bad)
+
+
 def test_early_stopping_releases_the_best_epoch() -> None:
     setup = _setup(n=240)
-    params = TrainParams(epochs=8, batch_size=32, learning_rate=0.3, validation=0.25, patience=1)
+    # 24 epochs at most: the held-out loss stops improving long before. Measured over 20,000
+    # data seeds: every run stopped by epoch 14, the runs still going about halving with each
+    # epoch after the 8th (so odds of reaching 24 are below 1e-7); at most 8 epochs, 0.3 % of
+    # the seeds never stopped. The last epoch's weights differ from the best's by 0.023 or more.
+    params = TrainParams(epochs=24, batch_size=32, learning_rate=0.3, validation=0.25, patience=1)
     query = setup.query(entities=setup.keys[:240], params=params)
+    design, y = setup.design()[:240], setup.y[:240]
     result = setup.train(query)
-    plain = train_plaintext(setup.design()[:240], setup.y[:240], params, sigmoid=params.sigmoid)
-    assert (result.epochs_run, result.best_epoch) == (plain.epochs_run, plain.best_epoch) == (4, 3)
+    # it stopped early, by the rule, on losses equal to the reference's
+    assert result.best_epoch < result.epochs_run < params.epochs
+    assert (result.epochs_run, result.best_epoch) == _early_stopping(result.losses, params)
+    ran = train_plaintext(design, y, params, sigmoid=params.sigmoid, keep_epoch=result.epochs_run)
+    assert np.allclose(result.losses, ran.losses, atol=1e-3)
+    # the best epoch's weights were released, not the last epoch's
+    best = train_plaintext(design, y, params, sigmoid=params.sigmoid, keep_epoch=result.best_epoch)
     joint = np.array([w for _, cols in result.model.weights for _, w in cols])
-    assert np.allclose(joint, plain.weights, atol=2e-3)  # epoch 3's, not the last epoch's
-    assert np.allclose(result.losses, plain.losses, atol=1e-3)
+    assert np.allclose(joint, best.weights, atol=2e-3)
+    assert not np.allclose(joint, ran.weights, atol=2e-3)
     uses = [u for u in setup.events(TAX, "query.use") if u["query"].startswith(query.id)]
-    assert len(uses) == 1 + 4
+    assert len(uses) == 1 + result.epochs_run

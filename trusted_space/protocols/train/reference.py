@@ -121,6 +121,7 @@ def train_plaintext(
     params: TrainParams,
     *,
     sigmoid: Callable[[FloatArray], FloatArray] | None = None,
+    keep_epoch: int | None = None,
 ) -> PlainTraining:
     """Logistic regression in float64 with the joint protocol's schedule (the reference).
 
@@ -130,6 +131,10 @@ def train_plaintext(
         params: the hyper-parameters.
         sigmoid: the link used in the gradient: the exact sigmoid by default;
             ``params.sigmoid`` reproduces the protocol's approximation.
+        keep_epoch: keep the weights of this epoch (1-based, at most ``params.epochs``)
+            instead of the best one: exactly ``keep_epoch`` epochs run, on the same split and
+            orders, with no early stopping. Compares two runs at the same epoch, e.g. the
+            exact-sigmoid reference at the epoch a run with the approximation kept.
 
     Returns:
         The :class:`PlainTraining`.
@@ -140,6 +145,9 @@ def train_plaintext(
     if features.ndim != 2 or labels.shape != (n,):
         raise ValidationError("x must be (n, k) and y (n,)")
     link = sigmoid or logistic
+    if keep_epoch is not None and not 1 <= keep_epoch <= params.epochs:
+        raise ValidationError(f"keep_epoch must be in 1..{params.epochs}, not {keep_epoch}")
+    last_epoch = params.epochs if keep_epoch is None else keep_epoch
     design = np.hstack([np.ones((n, 1)), features])
     train_rows, valid_rows = split_rows(n, params.validation, params.seed)
     w = np.zeros(design.shape[1])
@@ -148,7 +156,7 @@ def train_plaintext(
     history: list[FloatArray] = []
     losses: list[float] = []
     seconds: list[float] = []
-    for epoch in range(1, params.epochs + 1):
+    for epoch in range(1, last_epoch + 1):
         started = time.perf_counter()
         order = epoch_order(train_rows, params.seed, epoch)
         for start in range(0, len(order), params.batch_size):
@@ -160,9 +168,12 @@ def train_plaintext(
         if len(valid_rows):
             losses.append(taylor_loss(design[valid_rows] @ w, labels[valid_rows]))
         seconds.append(time.perf_counter() - started)
-        if losses and should_stop(losses, params.patience):
+        if keep_epoch is None and losses and should_stop(losses, params.patience):
             break
-    best = int(np.argmin(losses)) if losses else len(history) - 1
+    if keep_epoch is not None:
+        best = keep_epoch - 1
+    else:
+        best = int(np.argmin(losses)) if losses else len(history) - 1
     chosen = history[best]
     return PlainTraining(
         intercept=float(chosen[0]),
