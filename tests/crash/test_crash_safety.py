@@ -10,9 +10,10 @@ its own on the real PostgreSQL server the suite starts (``tests/_postgres.py``) 
 ``TS_CRASH_PG_ROUNDS`` rounds (default 300 thorough, 20 otherwise: the server's durability is not
 ours to prove, the store's use of transactions is, and it needs fewer rounds to be exercised).
 
-The kill moments come from a numpy generator seeded from the OS; the seed is printed, and
-``TS_CRASH_SEED=<seed>`` replays the same kill moments (thread timing still varies from run to
-run).
+The kill moments come from a numpy generator seeded from the session's seed of test data
+(``--test-seed`` / ``TS_TEST_SEED``, see ``tests/_seeding.py``; ``python -m tests.run_seeds``
+varies it); the generator's seed is printed, and ``TS_CRASH_SEED=<seed>`` replays the same kill
+moments (thread timing still varies from run to run).
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ PG_ROUNDS = int(os.environ.get("TS_CRASH_PG_ROUNDS") or (300 if THOROUGH else 20
 @pytest.mark.timeout(300 + 6 * max(ROUNDS, PG_ROUNDS))
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_acknowledged_writes_survive_sigkill(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, rng: np.random.Generator
 ) -> None:
     rounds = ROUNDS if backend == "sqlite" else PG_ROUNDS
     stores: dict[str, str] = {}
     if backend == "postgresql":
         server = request.getfixturevalue("postgres")
         stores = {name: server.database(name.replace("-", "_")) for name in NODES}
-    seed = int(os.environ.get("TS_CRASH_SEED") or np.random.SeedSequence().entropy)
+    seed = int(os.environ.get("TS_CRASH_SEED") or rng.integers(2**63))
     print(f"crash harness ({backend}): seed {seed} (replay with TS_CRASH_SEED={seed}), {rounds}")
     started = time.monotonic()
     with CrashHarness(tmp_path, np.random.default_rng(seed), store_urls=stores) as harness:

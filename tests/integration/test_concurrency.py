@@ -243,8 +243,9 @@ def _client_script(index: int, rng: np.random.Generator) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_32_clients_no_5xx_no_deadlock_and_count_is_exact(load: Load) -> None:
-    rng = np.random.default_rng(int(np.random.SeedSequence().entropy))
+def test_32_clients_no_5xx_no_deadlock_and_count_is_exact(
+    load: Load, rng: np.random.Generator
+) -> None:
     scripts = [_client_script(i, rng) for i in range(CLIENTS)]
     token = load.bank.layout.admin_token.read_text(encoding="utf-8").strip()
     barrier = threading.Barrier(CLIENTS)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests._seeding import rng_for
 from trusted_space.errors import VerificationError
 from trusted_space.events import decode_event
 from trusted_space.ledger import verify_receipt
@@ -29,7 +30,7 @@ PARTIES = {"bank": ["loans", "age"], "tax": ["tax_paid", "employees"], "court": 
 
 
 def _files(directory: Path) -> tuple[list[str], dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
-    rng = np.random.default_rng(11)
+    rng = rng_for(f"{__name__}._files")
     ids = [f"firm-{i:04d}" for i in range(ROWS)]
     values = {}
     for party, columns in PARTIES.items():

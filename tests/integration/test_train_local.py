@@ -45,14 +45,16 @@ def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1 : ROWS + 1]
 
 
-def test_local_train_matches_the_plaintext_reference(tmp_path: Path) -> None:
+def test_local_train_matches_the_plaintext_reference(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     data = _data_dir()
     if data is None:
         pytest.skip("default_credit is not available (../shared/data/default_credit)")
     guest_header, guest = _rows(data / GUEST)
     host_header, host = _rows(data / HOST)
     assert [r[0] for r in guest] == [r[0] for r in host]
-    order = np.random.default_rng(0).permutation(ROWS)
+    order = rng.permutation(ROWS)
     train, test = np.sort(order[:TRAIN]), np.sort(order[TRAIN:])
     with (tmp_path / "bank.csv").open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([guest_header, *(guest[i] for i in train)])

@@ -26,7 +26,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _run_keep_running(out: Path) -> tuple[subprocess.Popen[str], dict[str, Any], dict[str, Any]]:
-    """Start the demo small with --json --keep-running; return it, its summary and ready line."""
+    """Start the demo small with --json --keep-running; return it, its summary and ready line.
+
+    On the demo's own data seed (2025), not the session's (tests._seeding): two of its checks
+    are seed-dependent by nature at this size. "Government data improve the prediction" compares
+    AUCs on 200 applicants (about 24 defaults): the joint model is not above the bank's alone for
+    19 of 500 seeds measured. And "AUC equals the plaintext AUC (3 decimals)" turns on whether
+    the protocol's logit error reorders a defaulter and a non-defaulter (about two such pairs
+    per seed lie within 2e-3, and one swap moves the AUC by ~2e-4).
+    """
     command = [
         sys.executable,
         "-c",

@@ -24,6 +24,7 @@ from connectors.node.compute import (
     SourceData,
     compute_node,
 )
+from tests._seeding import rng_for
 from tests.connectors._space import InProcessSpace, Node, stop_negotiations
 from tests.connectors.node._joint import negotiate_features, publish_table, write_table
 from trusted_space.errors import NotFoundError, StoreError, ValidationError
@@ -87,7 +88,7 @@ class Joint:
 @pytest.fixture(scope="module")
 def joint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joint]:
     root = tmp_path_factory.mktemp("compute")
-    rng = np.random.default_rng(7)
+    rng = rng_for(f"{__name__}.joint")
     ids = [f"ent-{i:03d}" for i in range(N)]
     with InProcessSpace(root, base_port=19400) as space:
         nodes = {

@@ -53,6 +53,7 @@ import pytest
 
 from connectors.client.http import REQUEST_HEADER, SignedClient
 from connectors.node.compute import COMPUTE_CONTENT_TYPE
+from tests._seeding import rng_for
 from tests.connectors._space import InProcessSpace, Node, RoutingTransport, stop_negotiations
 from tests.connectors.node._joint import negotiate_features, publish_table, write_table
 from trusted_space.events import canonical_json, decode_event
@@ -97,7 +98,7 @@ def _split(body: bytes) -> tuple[bytes, bytes]:
 
 def _variants(body: bytes, donor: bytes | None, kinds: tuple[str, ...]) -> dict[str, bytes]:
     head, payload = _split(body)
-    rng = np.random.default_rng(len(body))
+    rng = rng_for(f"{__name__}._variants/{len(body)}")
     out: dict[str, bytes] = {}
     for kind in kinds:
         if kind == "truncated-frame":
@@ -345,7 +346,7 @@ class Hostile:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     root = tmp_path_factory.mktemp("hostile")
-    rng = np.random.default_rng(11)
+    rng = rng_for(f"{__name__}.hostile")
     ids = [f"ent-{i:03d}" for i in range(N)]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TS_MAX_COMPUTE_BODY_BYTES", str(LIMIT))

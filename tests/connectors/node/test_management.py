@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import random
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from connectors.common.errors import PROBLEM_MEDIA_TYPE
 from connectors.node.wire.management import ID_PATTERN
+from tests._seeding import random_for
 from tests.connectors._space import InProcessSpace, Node
 from trusted_space.catalog import list_datasets, to_dsp_catalog
 from trusted_space.consent import sign_consent
@@ -72,7 +72,7 @@ def dataset_doc(**changes: Any) -> dict[str, Any]:
 
 def write_csv(node: Node, name: str = "tax.csv", *, bad_row: int | None = None) -> str:
     """A CSV in the node's data dir; returns the path relative to the node dir."""
-    rng = random.Random(3)
+    rng = random_for(f"{__name__}.write_csv")
     path = Path(node.settings.dir) / "data" / name
     path.parent.mkdir(exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as handle:
@@ -474,7 +474,7 @@ def test_policies_are_parsed_strictly_and_listed(tax: Node) -> None:
 
 def test_consents_round_trip(space: InProcessSpace, tax: Node) -> None:
     now = tax.runtime.clock()
-    entity = generate_uscc(random.Random(11))
+    entity = generate_uscc(random_for(f"{__name__}.test_consents_round_trip"))
     entity_key = SigningKey.generate()
     consent = sign_consent(
         entity_key,

@@ -27,6 +27,7 @@ import connectors.node.sources as sources_module
 from connectors.common.settings import NodeSettings
 from connectors.node.compute import ColumnCache, SourceData
 from connectors.node.sources import SOURCE_NAMESPACE, SourceSpec, open_source
+from tests._seeding import rng_for
 from tests.trusted_space._joint import dataset, offer
 from trusted_space.catalog import FieldType, publish
 from trusted_space.errors import StoreError, ValidationError
@@ -44,8 +45,8 @@ def write_rows(path: Path, rows: list[list[str]], header: str = "entity,a,b") ->
     return path
 
 
-def clean_rows(n: int, seed: int = 1) -> list[list[str]]:
-    rng = np.random.default_rng(seed)
+def clean_rows(n: int) -> list[list[str]]:
+    rng = rng_for(f"{__name__}.clean_rows")
     return [[f"k{i:05d}", f"{rng.normal():.6f}", f"{rng.integers(0, 99)}"] for i in range(n)]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import random
 import sqlite3
 import tracemalloc
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from connectors.node.sources import (
     open_source,
     validate_against,
 )
+from tests._seeding import random_for
 from trusted_space.catalog import Dataset
 from trusted_space.errors import NotFoundError, ValidationError
 from trusted_space.store import MemoryStore
@@ -35,8 +35,8 @@ COLUMNS = ["uscc", "name", "revenue", "employees"]
 ROWS = 53
 
 
-def make_rows(n: int, seed: int = 7) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
+def make_rows(n: int) -> list[dict[str, Any]]:
+    rng = random_for(f"{__name__}.make_rows")
     return [
         {
             "uscc": generate_uscc(rng),

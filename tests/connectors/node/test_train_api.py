@@ -22,6 +22,7 @@ from connectors.cli import train as train_commands
 from connectors.cli.main import app as cli_app
 from connectors.client.analyst import AnalystClient, QueryFailed
 from connectors.node.queries import QueryJob
+from tests._seeding import rng_for
 from tests.connectors._space import InProcessSpace, Node, stop_negotiations
 from tests.connectors.node._joint import negotiate_features, publish_table, write_table
 from trusted_space.errors import RemoteError
@@ -73,7 +74,7 @@ class Training:
 @pytest.fixture(scope="module")
 def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Training]:
     root = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(3)
+    rng = rng_for(f"{__name__}.training")
     ids = [f"ent-{i:03d}" for i in range(N)]
     with InProcessSpace(root, base_port=19470) as space:
         nodes = {p: space.add(p, ["consumer", "provider"] if p == "bank-a" else ["provider"])
