@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from connectors.cli import catalog, contracts, demo, ledger, node, query, space, train
+from connectors.cli import catalog, contracts, demo, ledger, models, node, query, space, train
 from connectors.cli._common import local_app, query_app
 
 __all__ = ["app", "main"]
@@ -30,7 +30,7 @@ def _version_command() -> None:
     typer.echo(version("trusted-space"))
 
 
-for _group in (node, space, catalog, contracts, ledger, demo):
+for _group in (node, space, catalog, contracts, models, ledger, demo):
     _group.register(app)
 
 # ``query`` and ``train`` add their commands to the two shared groups.

@@ -29,7 +29,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from connectors.cli.main import app
 from connectors.client.analyst import AnalystClient, QueryFailed
 from connectors.spaces.space import (
     DatasetConfig,
@@ -315,3 +317,34 @@ def test_a_model_part_breaking_a_rule_is_refused_naming_it(space: Space) -> None
     assert {s["left_operand"] for s in blocking} == {"modelMinColumns", "modelMaxShare"}
     pending = [e for e in space.ledger("tax-bureau") if e.kind == "model.submitted"]
     assert pending[-1].body["rulesHeld"] is False
+
+
+def test_the_cli_submits_a_model_part_and_the_staff_approve_it(
+    space: Space, tmp_path: Path
+) -> None:
+    weights = tmp_path / "part.json"
+    weights.write_text(json.dumps({"a": 0.2, "b": 0.3, "c": -0.25, "d": 0.1}), encoding="utf-8")
+    bank = ["--node-dir", str(space.running["bank-a"].dir)]
+    staff = ["--node-dir", str(space.running["tax-bureau"].dir)]
+    runner = CliRunner()
+
+    to = ["--provider", "tax-bureau", "--agreement", space.agreement, "--dataset", DATASET]
+    submitted = runner.invoke(
+        app, ["model", "submit", *to, "--model", "cli-part", "--weights", str(weights), *bank]
+    )
+    pending = runner.invoke(app, ["model", "submissions", "--state", "pending", *staff])
+    which = ["--owner", "bank-a", "--model", "cli-part"]
+    approved = runner.invoke(app, ["model", "approve", *which, "--reason", "reviewed", *staff])
+    status = runner.invoke(
+        app, ["model", "status", "--provider", "tax-bureau", "--model", "cli-part", *bank]
+    )
+
+    assert submitted.exit_code == 0, submitted.output
+    assert json.loads(submitted.output)["state"] == "pending"
+    assert pending.exit_code == 0, pending.output
+    assert [(s["owner"], s["model"]) for s in json.loads(pending.output)] == [
+        ("bank-a", "cli-part")
+    ]
+    assert approved.exit_code == 0 and json.loads(approved.output)["state"] == "approved"
+    assert status.exit_code == 0 and json.loads(status.output)["state"] == "approved"
+    assert len(space.party_held("bank-a", "cli-part")["logits"]) == len(HELD)
