@@ -1,4 +1,4 @@
-// Small DOM helpers: every node is built with createElement and textContent (never innerHTML),
+// Small DOM helpers: every node is built with createElement and textContent (no HTML parsing),
 // so data from the node can never become markup or script.
 
 export function h(tag, attrs = {}, ...children) {
