@@ -22,7 +22,16 @@ import typer
 
 from connectors.cli._common import CLI_ERRORS, admin_client, fail
 
-__all__ = ["register"]
+__all__ = [
+    "approve_command",
+    "mode_command",
+    "pending_command",
+    "register",
+    "reject_command",
+    "reset_command",
+    "set_command",
+    "show_command",
+]
 
 agreement_app = typer.Typer(help="Suspend, resume or terminate an agreement.", no_args_is_help=True)
 grants_app = typer.Typer(help="How contract requests are granted.", no_args_is_help=True)

@@ -682,15 +682,6 @@ def _precheck(
         state.value == "FINALIZED",
         f"the negotiation of agreement {agreement_id!r} is {state.value}",
     )
-    standing = agreement_standing(tx, signed.id).standing
-    checks.check(
-        "standing",
-        "active",
-        standing,
-        standing == "active",
-        f"agreement {agreement_id!r} is {standing}"
-        + ("" if standing == "active" else " by its provider: no use is allowed"),
-    )
     window = [signed.valid_from.isoformat(), signed.valid_until.isoformat()]
     inside = signed.valid_from <= now < signed.valid_until
     checks.check(
@@ -700,6 +691,15 @@ def _precheck(
         inside,
         f"{now.astimezone(UTC).isoformat()} is {'inside' if inside else 'outside'} the "
         f"agreement's validity window [{window[0]}, {window[1]})",
+    )
+    standing = agreement_standing(tx, signed.id).standing
+    checks.check(
+        "standing",
+        "active",
+        standing,
+        standing == "active",
+        f"agreement {agreement_id!r} is {standing}"
+        + ("" if standing == "active" else " by its provider: no use is allowed"),
     )
     if not agreement_authorises(signed, state, now) or standing != "active":
         return checks.refusal(tx, participant=provider, target=signed.target)
