@@ -16,8 +16,14 @@ providers' receipts, or the error as a problem document (a provider's refusal ke
 Receipts are checked by the driver against the providers' ledger keys as registered at the
 operator (``GET /operator/participants/{id}``), not only against the key a receipt carries.
 Keys generated for a query (Paillier pairs, CKKS secret contexts) live only inside the worker
-that runs it. Jobs do not survive a restart (the providers' ledgers keep the uses); at most
-:data:`KEEP_FINISHED` finished jobs are kept.
+that runs it, so a query cannot resume after a restart.
+
+Jobs are durable: each job's record (``query.job``, without its result) is written to the node's
+store when it is queued, when it starts and when it ends, and a finished job's result is kept
+beside it (``query.result``). After a restart the node finds every job it had: finished ones as
+they ended, and those that were queued or running end as ``failed`` with an ``interrupted``
+problem saying so (their providers' ledgers keep the uses they made). At most
+:data:`KEEP_FINISHED` finished jobs are also kept in memory.
 """
 
 from __future__ import annotations
@@ -79,7 +85,9 @@ __all__ = [
 log = logging.getLogger("trusted_space.queries")
 
 KEEP_FINISHED: Final = 64
-"""Finished jobs kept in memory per node (oldest dropped first)."""
+"""Finished jobs kept in memory per node (oldest dropped first; the store keeps them all)."""
+JOB_NAMESPACE: Final = "query.job"
+RESULT_NAMESPACE: Final = "query.result"
 _WORKERS: Final = 2
 
 
@@ -112,6 +120,36 @@ class QueryJob:
             self.stage = stage
             if fraction is not None:
                 self.fraction = max(self.fraction, min(0.99, max(0.0, fraction)))
+
+    def record(self) -> dict[str, Any]:
+        """The job's durable record (its result is stored apart, :data:`RESULT_NAMESPACE`)."""
+        return self.view(with_result=False).model_dump(mode="json")
+
+    @classmethod
+    def from_record(cls, doc: Mapping[str, Any], result: dict[str, Any] | None) -> QueryJob:
+        """A finished job as read back from the store."""
+
+        def when(value: Any) -> datetime | None:
+            return None if value is None else datetime.fromisoformat(str(value))
+
+        job = cls(
+            id=str(doc["id"]),
+            kind=str(doc["kind"]),
+            protocol=str(doc["protocol"]),
+            providers=tuple(str(p) for p in doc["providers"]),
+            entities=int(doc["entities"]),
+            submitted_at=datetime.fromisoformat(str(doc["submittedAt"])),
+            state=str(doc["state"]),
+            stage=str(doc["stage"]),
+            fraction=float(doc["fraction"]),
+            started_at=when(doc.get("startedAt")),
+            finished_at=when(doc.get("finishedAt")),
+            result=result,
+            error=doc.get("error"),
+        )
+        if job.state in ("done", "failed"):
+            job.finished.set()
+        return job
 
     def view(self, *, with_result: bool = True) -> QueryView:
         with self._lock:
@@ -351,6 +389,44 @@ class QueryRunner:
         self._jobs: OrderedDict[str, QueryJob] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+        self._recover()
+
+    # -- durability ------------------------------------------------------------------------
+    def _recover(self) -> None:
+        """End the jobs a previous run of this node left queued or running (it cannot resume)."""
+        runtime = self.runtime
+        with runtime.transaction() as tx:
+            for doc in tx.scan(JOB_NAMESPACE):
+                if doc.body.get("state") in ("done", "failed"):
+                    continue
+                was = doc.body.get("state")
+                body = dict(doc.body)
+                body.update(
+                    state="failed",
+                    stage="interrupted",
+                    finishedAt=runtime.clock().isoformat(),
+                    error=json.loads(
+                        bytes(
+                            problem(
+                                503,
+                                "interrupted",
+                                "Interrupted by a restart",
+                                f"the node restarted while the query was {was}; its keys were "
+                                "lost with the process, so it cannot resume: submit it again",
+                            ).body
+                        )
+                    ),
+                )
+                tx.put(JOB_NAMESPACE, doc.key, body)
+                log.warning("query %s was %s when the node stopped: failed", doc.key, was)
+
+    def _save(self, job: QueryJob) -> None:
+        """Write the job's record (and its result once done) in one transaction."""
+        record = job.record()
+        with self.runtime.transaction() as tx:
+            tx.put(JOB_NAMESPACE, job.id, record)
+            if job.result is not None:
+                tx.put(RESULT_NAMESPACE, job.id, job.result)
 
     @property
     def runtime(self) -> NodeRuntime:
@@ -367,6 +443,8 @@ class QueryRunner:
                 raise NotReadyError(f"{self.runtime.id} is shutting down")
             if job.id in self._jobs:
                 raise ConflictError(f"query {job.id!r} was already submitted here")
+            with self.runtime.transaction() as tx:
+                tx.insert(JOB_NAMESPACE, job.id, job.record())  # a ConflictError if known
             self._jobs[job.id] = job
             self._trim()
             self._pool.submit(self._run, job, work)
@@ -437,6 +515,7 @@ class QueryRunner:
             job.stage = "starting"
             job.started_at = self.runtime.clock()
         try:
+            self._save(job)
             result = work(job)
         except BaseException as exc:  # a job never raises into the pool
             if isinstance(exc, TrustedSpaceError):
@@ -451,6 +530,10 @@ class QueryRunner:
             with job._lock:
                 job.state, job.stage, job.fraction, job.result = "done", "done", 1.0, result
                 job.finished_at = self.runtime.clock()
+        try:
+            self._save(job)
+        except TrustedSpaceError:  # the store failed: the job's end is still seen in memory
+            log.exception("query %s: its end could not be stored", job.id)
         finally:
             job.finished.set()
 
@@ -498,13 +581,22 @@ class QueryRunner:
     def get(self, query_id: str) -> QueryJob:
         with self._lock:
             job = self._jobs.get(query_id)
-        if job is None:
+        if job is not None:
+            return job
+        with self.runtime.transaction(readonly=True) as tx:
+            doc = tx.get(JOB_NAMESPACE, query_id)
+            result = tx.get(RESULT_NAMESPACE, query_id)
+        if doc is None:
             raise NotFoundError(f"no query {query_id!r} on this node")
-        return job
+        return QueryJob.from_record(doc.body, None if result is None else result.body)
 
     def jobs(self) -> list[QueryJob]:
+        """Every job this node has run or runs, oldest first (without results)."""
+        with self.runtime.transaction(readonly=True) as tx:
+            stored = {d.key: QueryJob.from_record(d.body, None) for d in tx.scan(JOB_NAMESPACE)}
         with self._lock:
-            return list(self._jobs.values())
+            stored.update(self._jobs)  # the live view of jobs this run holds
+        return sorted(stored.values(), key=lambda j: (j.submitted_at, j.id))
 
     def wait(self, query_id: str, timeout: float) -> QueryJob:
         """The job, after waiting up to ``timeout`` seconds for it to finish."""
