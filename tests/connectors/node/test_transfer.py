@@ -473,6 +473,36 @@ def test_expired_agreement_is_refused_with_its_window(
     assert events(world.tax, "policy.decision")[-1].index == r.json()["decisionIndex"]
 
 
+def test_a_suspended_agreement_transfers_nothing_until_resumed(
+    world: Space, fake_sources: list[sources.SourceSpec]
+) -> None:
+    offer = an_offer(9, purpose_is(PURPOSE))
+    publish_dataset(world.tax, "urn:uuid:ds-tax", offer)
+    signed = agree(world, "urn:uuid:ds-tax", offer)
+    suspended = world.tax.client.post(
+        f"/management/agreements/{signed.id}/suspend",
+        json={"reason": "under review"},
+        headers=world.tax.admin_headers,
+    )
+
+    r = dsp_post(
+        world.bank, world.tax, "/transfers/request", request_message(world.bank, signed.id)
+    )
+
+    assert suspended.status_code == 200 and suspended.json()["standing"] == "suspended"
+    assert r.status_code == 403
+    blocking = [s for s in r.json()["trace"] if s["blocking"]]
+    assert [(s["left_operand"], s["seen"]) for s in blocking] == [("standing", "suspended")]
+    assert events(world.tax, "agreement.standing")[-1].body["to"] == "suspended"
+    # Only the provider that granted it can change its standing.
+    foreign = world.bank.client.post(
+        f"/management/agreements/{signed.id}/resume",
+        json={"reason": "mine now"},
+        headers=world.bank.admin_headers,
+    )
+    assert foreign.status_code == 404
+
+
 def test_request_checks_format_callback_and_schema(
     world: Space, fake_sources: list[sources.SourceSpec]
 ) -> None:
