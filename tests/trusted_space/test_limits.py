@@ -17,6 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from trusted_space.contracts import agreement_standing, change_standing
+from trusted_space.contracts.granting import (
+    grant_mode,
+    hold,
+    holds,
+    offer_admits,
+    release_hold,
+    set_grant_mode,
+)
 from trusted_space.errors import ConflictError, ValidationError
 from trusted_space.events import EVENT_LOG, decode_event
 from trusted_space.policy import (
@@ -324,3 +332,58 @@ def test_when_no_permission_is_for_this_use_its_scope_steps_decide() -> None:
     assert not decision.allowed
     assert [s.left_operand for s in decision.trace if s.blocking] == ["computation"]
     assert all(s.applies for s in decision.trace)
+
+
+# -- granting ----------
+
+
+def test_grant_mode_per_offer_wins_over_the_node_and_changes_are_ledgered() -> None:
+    store = MemoryStore()
+    with store.transaction() as tx:
+        assert grant_mode(tx, OFFER) == "auto"
+        set_grant_mode(tx, "staff", at=AT)
+        set_grant_mode(tx, "policy", offer_id=OFFER, at=AT)
+        assert (grant_mode(tx, OFFER), grant_mode(tx, "urn:uuid:other")) == ("policy", "staff")
+        with pytest.raises(ValidationError):
+            set_grant_mode(tx, "sometimes", at=AT)
+        size = tx.log_size(EVENT_LOG)
+        kinds = [decode_event(i, e).kind for i, e in enumerate(tx.log_entries(EVENT_LOG, 0, size))]
+    assert kinds == ["contracts.grant_mode"] * 2
+
+
+def test_policy_mode_admits_by_assignee_and_role_only() -> None:
+    offer = {
+        "permission": [
+            {
+                "constraint": [
+                    {"leftOperand": "role", "operator": "eq", "rightOperand": "bank"},
+                    {"leftOperand": "purpose", "operator": "eq", "rightOperand": "x"},
+                ]
+            },
+            {"constraint": [{"leftOperand": "assignee", "operator": "eq", "rightOperand": BANK}]},
+        ]
+    }
+
+    assert offer_admits(offer, "did:web:other.example", {"bank"})  # purpose: not known yet
+    assert offer_admits(offer, BANK, set())
+    assert not offer_admits(offer, "did:web:other.example", {"consumer"})
+
+
+def test_a_hold_is_kept_once_and_released_once() -> None:
+    store = MemoryStore()
+    with store.transaction() as tx:
+        first = hold(
+            tx, pid="p1", consumer=BANK, dataset_id=DATASET, offer_id=OFFER, mode="staff", at=AT
+        )
+        again = hold(
+            tx,
+            pid="p1",
+            consumer=BANK,
+            dataset_id=DATASET,
+            offer_id=OFFER,
+            mode="policy",
+            at=AT + timedelta(hours=1),
+        )
+        assert again == first and holds(tx) == [first]
+        assert release_hold(tx, "p1") and not release_hold(tx, "p1")
+        assert holds(tx) == []
