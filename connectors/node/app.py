@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from connectors import __version__
 from connectors.common.settings import NodeSettings
 from connectors.node import negotiation, queries
+from connectors.node.apidocs import install_api_docs
 from connectors.node.background import Background
 from connectors.node.console import router as console
 from connectors.node.console.sessions import SessionStore
@@ -107,11 +108,14 @@ def create_app(
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_api_docs: no CDN
+        redoc_url=None,
     )
     app.state.runtime = rt
     app.state.background = background
     app.state.console_sessions = SessionStore()
     install_error_handlers(app)
+    install_api_docs(app)
 
     def limit_for(path: str) -> int:
         if path.startswith(("/compute", "/management/queries")):
