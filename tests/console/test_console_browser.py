@@ -318,13 +318,13 @@ def test_provider_publishes_and_dry_runs(
     )
     set_value(browser, find(browser, "input[name=dry-purpose]"), "marketing")
     text_appears(browser, "button", "Dry run").click()
-    refused = text_appears(browser, ".dry-run-result .verdict.bad", "Refused")
+    refused = text_appears(browser, ".dry-run-result .verdict.bad", "Would be refused")
     assert "prohibit" in refused.text.lower()
     text_appears(browser, ".dry-run-result table", "purpose")
     shoot(browser, screenshots, "provider")
     set_value(browser, find(browser, "input[name=dry-purpose]"), "pre-loan-review")
     text_appears(browser, "button", "Dry run").click()
-    text_appears(browser, ".dry-run-result .verdict.ok", "Allowed")
+    text_appears(browser, ".dry-run-result .verdict.ok", "Would be allowed")
     assert ledger_size_of(space, "tax-bureau") == ledger_size
 
 
@@ -345,7 +345,7 @@ def test_analyst_negotiates_scores_and_sees_a_refusal(
     # before asking: would a marketing score be allowed under this agreement?
     set_value(browser, find(browser, "input[name=ask-purpose]"), "marketing")
     text_appears(browser, "button", "Would it be allowed?").click()
-    text_appears(browser, ".ask-result .verdict.bad", "Refused by tax-bureau")
+    text_appears(browser, ".ask-result .verdict.bad", "Would be refused by tax-bureau")
 
     model = {"intercept": -0.5, "link": "logistic", "weights": {"tax-bureau": {"risk_index": 1.2}}}
     find(browser, "input[name=entities]").send_keys(str(entities))

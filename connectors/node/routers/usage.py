@@ -11,8 +11,6 @@
   with the dataset's tier and grade from the federated catalog; only the provider can check
   consents and its own use counts, so the answer says so (``note``) and the provider still
   decides when the request comes.
-- ``GET /management/models``: the models whose weights on this node's columns are stored here
-  (trained jointly or approved), by owner, with the digest the ledger holds (not the weights).
 - ``GET /management/usage``: every use (``query.use``) and every refusal (``policy.decision``
   denied) of this node's data, from its own ledger, newest first, with traces; and per agreement
   the uses counted so far on its account — the member's uses of the dataset under the offer the
@@ -36,7 +34,6 @@ from connectors.node.runtime import NodeRuntime
 from connectors.node.wire.console import (
     DryRunRequest,
     DryRunView,
-    ModelView,
     UsageBudget,
     UsageEntry,
     UsageReport,
@@ -49,9 +46,8 @@ from trusted_space.errors import ConflictError, NotFoundError, ValidationError
 from trusted_space.events import EVENT_LOG, Event, decode_event
 from trusted_space.policy import COUNT_NAMESPACE, Decision, Policy, UsageRequest, evaluate
 from trusted_space.policy.vocabulary import account_key
-from trusted_space.protocols.score import MODEL_NAMESPACE
 
-__all__ = ["MAX_USAGE_ENTRIES", "dry_run", "models", "router", "usage_report"]
+__all__ = ["MAX_USAGE_ENTRIES", "dry_run", "router", "usage_report"]
 
 MAX_USAGE_ENTRIES = 1000
 _DEFAULT_OUTPUT = {"score": "score", "aggregate": "aggregate", "train": "aggregate"}
@@ -311,21 +307,3 @@ def usage_report(
                 )
             )
     return UsageReport(entries=entries, budgets=budgets, ledgerSize=size)
-
-
-@router.get("/models")
-def models(runtime: RuntimeDep) -> list[ModelView]:
-    """Models stored at this node for its columns (party-held or approved), without weights."""
-    with runtime.transaction(readonly=True) as tx:
-        docs = tx.scan(MODEL_NAMESPACE)
-    return [
-        ModelView(
-            owner=str(d.body.get("owner", "")),
-            model=str(d.body.get("model", "")),
-            source=str(d.body.get("source", "")),
-            dataset=d.body.get("dataset"),
-            columns=sorted(dict(d.body.get("weights") or {})),
-            sha256=str(d.body.get("sha256", "")),
-        )
-        for d in docs
-    ]

@@ -26,7 +26,6 @@ __all__ = [
     "LedgerEventsPage",
     "LedgerVerifyRequest",
     "MemberStatus",
-    "ModelView",
     "ReceiptCheckView",
     "SessionView",
     "SignIn",
@@ -182,14 +181,3 @@ class MemberStatus(BaseModel):
 class FederatedCatalog(BaseModel):
     rows: list[dict[str, Any]]
     catalog: dict[str, Any]
-
-
-class ModelView(BaseModel):
-    """A model's weights on this node's columns, stored here (trained jointly or approved)."""
-
-    owner: str = Field(description="The member whose model it is.")
-    model: str
-    source: str = Field(description="`trained` (joint training) or `approved` (by this node).")
-    dataset: str | None
-    columns: list[str]
-    sha256: str = Field(description="Digest of the weights, as in the ledger's `model.stored`.")

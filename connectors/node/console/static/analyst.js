@@ -128,7 +128,7 @@ function dryRunForm(me, agreements) {
         const a = usable.find((x) => x.id === agreement.value);
         try {
           const d = await post("/management/policy/dry-run", { dataset: a.agreement.target, agreement: a.id, assignee: me.node, purpose: purpose.value, kind: kind.value, protocol: protocol.value, cohortSize: Number(cohort.value) });
-          out.append(explain(d.trace, { ...d, peer: d.allowed ? null : a.agreement.assigner }), d.note ? h("p", { class: "muted" }, `Note: ${d.note}.`) : null);
+          out.append(explain(d.trace, { ...d, dry: true, peer: d.allowed ? null : a.agreement.assigner }), d.note ? h("p", { class: "muted" }, `Note: ${d.note}.`) : null);
         } catch (err) {
           out.append(h("p", { class: "error", role: "alert" }, errorText(err)));
         }
@@ -234,7 +234,7 @@ function scoreForm(me, state) {
             view = await get(`/management/queries/${enc(view.id)}?wait=1`);
           }
           bar.value = view.state === "done" ? 1 : bar.value;
-          stage.textContent = `${view.state}: ${view.stage}`;
+          stage.textContent = view.state === "done" ? "done" : `${view.state}: ${view.stage}`;
           if (view.state === "done") out.append(resultView(view.result, labelsById, `query-${view.id.replace(/^urn:uuid:/, "").replace(/[^A-Za-z0-9-]/g, "").slice(0, 8)}`));
           else {
             const e = view.error || {};

@@ -34,7 +34,7 @@ function fmt(v) {
   return typeof x === "object" ? JSON.stringify(x) : String(x);
 }
 
-export function explain(trace, { allowed, reason, peer } = {}) {
+export function explain(trace, { allowed, reason, peer, dry = false } = {}) {
   const steps = trace || [];
   const hints = [];
   const add = (text) => {
@@ -50,11 +50,11 @@ export function explain(trace, { allowed, reason, peer } = {}) {
     add(HINTS[operand] ? HINTS[operand](s) : s.message);
   }
   const verdict = allowed
-    ? h("div", { class: "verdict ok", role: "status" }, h("strong", {}, `Allowed${reason ? `: ${reason}` : ""}`))
+    ? h("div", { class: "verdict ok", role: "status" }, h("strong", {}, `${dry ? "Would be allowed" : "Allowed"}${reason ? `: ${reason}` : ""}`))
     : h(
         "div",
         { class: "verdict bad", role: "alert" },
-        h("strong", {}, `${peer ? `Refused by ${peer}` : "Refused"}: ${reason || "see the trace"}`),
+        h("strong", {}, `${dry ? "Would be refused" : "Refused"}${peer ? ` by ${peer}` : ""}: ${reason || "see the trace"}`),
         hints.length ? h("ul", {}, hints.map((t) => h("li", {}, `What to change: ${t}`))) : null,
       );
   const rows = table(

@@ -230,7 +230,7 @@ function dryRunForm(views, agreements) {
         body[which] = id;
         try {
           const d = await post("/management/policy/dry-run", body);
-          out.append(h("p", { class: "muted" }, `Evaluated the ${d.evaluated} ${short(d.policy, 40)}; nothing was consumed or recorded.`), explain(d.trace, d));
+          out.append(h("p", { class: "muted" }, `Evaluated the ${d.evaluated} ${short(d.policy, 40)}; nothing was consumed or recorded.`), explain(d.trace, { ...d, dry: true }));
         } catch (err) {
           out.append(h("p", { class: "error", role: "alert" }, errorText(err)));
         }
@@ -249,7 +249,7 @@ function agreementsCard(agreements, negotiations, refresh) {
   return card(
     "Agreements",
     h("h3", {}, "Pending approvals"),
-    h("p", { class: "muted" }, "None: agreements on this node's offers are concluded automatically today. Approvals, suspension and per-member budgets will appear here."),
+    h("p", { class: "muted" }, "None: agreements on this node's offers are concluded automatically today (model parts wait for approval under Models). Approvals of agreements, suspension and per-member budgets will appear here."),
     h("h3", {}, "Signed"),
     table(
       [
@@ -330,20 +330,46 @@ function usageCard(report) {
   );
 }
 
-function modelsCard(list) {
+function modelsCard(models, pending, refresh) {
+  const decide = async (action, m) => {
+    const reason = action === "reject" ? window.prompt(`Reject ${m.owner}'s model ${m.model}? Reason:`, "") : null;
+    if (action === "reject" && reason === null) return;
+    await post(`/management/models/submissions/${action}`, { owner: m.owner, model: m.model, reason: reason || null });
+    await refresh();
+  };
   return card(
-    "Approved models",
-    h("p", { class: "muted" }, "Weights on this node's columns stored here, trained jointly or approved; a score in party-held mode can use only these. Approval of analysts' models will be added here."),
+    "Models",
+    h("h3", {}, "Pending approvals"),
+    h("p", { class: "muted" }, "Model parts members submitted for this node's columns, measured on its rows. Approving stores them as the member's party-held model."),
+    table(
+      [
+        { label: "member", value: (m) => m.owner },
+        { label: "model", value: (m) => h("code", {}, m.model) },
+        { label: "dataset", value: (m) => m.dataset },
+        { label: "columns", value: (m) => m.columns.join(", ") },
+        { label: "measured", value: (m) => Object.entries(m.stats || {}).map(([k, v]) => `${k} ${Number(v).toPrecision(3)}`).join(", ") },
+        {
+          label: "",
+          value: (m) => [
+            h("button", { type: "button", "aria-label": `Approve ${m.model} of ${m.owner}`, onclick: () => decide("approve", m) }, "Approve"),
+            " ",
+            h("button", { type: "button", class: "danger", "aria-label": `Reject ${m.model} of ${m.owner}`, onclick: () => decide("reject", m) }, "Reject"),
+          ],
+        },
+      ],
+      pending,
+      { empty: "No submission waiting." },
+    ),
+    h("h3", {}, "Approved and trained models"),
     table(
       [
         { label: "owner", value: (m) => m.owner },
         { label: "model", value: (m) => h("code", {}, m.model) },
         { label: "source", value: (m) => badge(m.source) },
-        { label: "dataset", value: (m) => m.dataset || "" },
-        { label: "columns", value: (m) => m.columns.join(", ") },
+        { label: "columns", value: (m) => Object.keys(m.weights || {}).join(", ") },
         { label: "sha256", value: (m) => h("code", { title: m.sha256 }, short(m.sha256, 12)) },
       ],
-      list,
+      models,
       { empty: "No model stored here yet." },
     ),
   );
@@ -385,12 +411,14 @@ export async function renderProvider(root, me) {
   const refresh = async () => {
     const summaries = await get("/management/datasets");
     const views = await Promise.all(summaries.map((s) => get(`/management/datasets/${enc(s.id)}`)));
-    const [agreements, negotiations, usage, models] = await Promise.all([get("/management/agreements"), get("/management/negotiations"), get("/management/usage"), get("/management/models")]);
+    const [agreements, negotiations, usage] = await Promise.all([get("/management/agreements"), get("/management/negotiations"), get("/management/usage")]);
+    // the model routes come with approved model parts; an older node without them shows none
+    const [models, pending] = await Promise.all([get("/management/models").catch(() => []), get("/management/models/submissions?state=pending").catch(() => [])]);
     clear(catalogBox).append(views.length ? catalogTree(views) : h("p", { class: "muted" }, "Nothing published yet."));
     clear(dryBox).append(views.length ? dryRunForm(views, agreements) : h("p", { class: "muted" }, "Publish a dataset first."));
     clear(agreementsBox).append(agreementsCard(agreements, negotiations, refresh));
     clear(usageBox).append(usageCard(usage));
-    clear(modelsBox).append(modelsCard(models));
+    clear(modelsBox).append(modelsCard(models, pending, refresh));
   };
   root.append(
     card("Datasets by catalog", catalogBox),
