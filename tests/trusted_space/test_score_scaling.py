@@ -32,6 +32,7 @@ from trusted_space.protocols.scaling import (
     scaled_query,
 )
 from trusted_space.protocols.score import store_party_weights
+from trusted_space.protocols.score.wire import ScoreOpen
 from trusted_space.protocols.score_additive import AdditiveScore
 from trusted_space.protocols.score_ckks import CkksScore
 from trusted_space.protocols.score_paillier import PaillierScore
@@ -375,3 +376,54 @@ def test_degenerate_inputs_blocks_of_one_and_a_provider_holding_nobody(
     expected = INTERCEPT + tax @ np.array(list(tax_w.values())) + 2.0 * -0.4
     assert result.missing == {"court": tuple(keys)}
     assert float(np.max(np.abs(result.logits - expected))) <= STATED_PRECISION[protocol]
+
+
+def test_query_ranges_round_trip_and_bad_ones_name_the_path() -> None:
+    doc = {
+        "purpose": PURPOSE,
+        "protocol": "additive",
+        "mode": "analyst-held",
+        "model": {"intercept": 0.0, "link": "logistic", "weights": {"court": {"fine": 1e-4}}},
+        "agreements": {"court": "ag"},
+        "datasets": {"court": "ds"},
+        "entities": ["e1"],
+        "ranges": {"court": {"fine": 25000}},
+    }
+    query = ScoreQuery.from_json(doc)
+    assert query.ranges == {"court": {"fine": 25000.0}}
+    assert ScoreQuery.from_json(query.to_json()) == query
+    for bad, path in (
+        ({"court": {"fine": 0}}, "$.ranges.court.fine"),
+        ({"court": {"fine": "big"}}, "$.ranges.court.fine"),
+        ({"court": [1]}, "$.ranges.court"),
+        ([1], "$.ranges"),
+    ):
+        with pytest.raises(ValidationError, match=path.replace("$", r"\$").replace(".", r"\.")):
+            ScoreQuery.from_json({**doc, "ranges": bad})
+
+
+def test_score_open_carries_one_scale_exponent_per_column() -> None:
+    opening = ScoreOpen(
+        query="urn:uuid:q-1",
+        protocol="additive",
+        mode="analyst-held",
+        purpose=PURPOSE,
+        agreement="ag",
+        dataset="ds",
+        id_kind="opaque",
+        missing="fail",
+        operator=OPERATOR,
+        contributors=("court",),
+        entities=1,
+        block=1,
+        feature_bound=1.0,
+        partial_bound=4096.0,
+        columns=("fine", "flag"),
+        scales=(15, 0),
+    )
+    header = opening.to_header()
+    assert header["scales"] == [15, 0]
+    assert ScoreOpen.from_header(header) == opening
+    for bad in ([15], [15, 0.5], [15, True], [61, 0], "15,0"):
+        with pytest.raises(ValidationError, match=r"header\.scales"):
+            ScoreOpen.from_header({**header, "scales": bad})
