@@ -429,3 +429,17 @@ def test_auditor_verifies_a_ledger_and_receipts(
     find(browser, "#sign-in-form")
     browser.get(f"{space['court'].url}/management/datasets")
     assert '"status":401' in browser.page_source.replace(" ", "")
+
+
+def test_provider_sees_the_use_and_suspends_the_agreement(
+    browser: Chrome, space: RunningSpace, screenshots: Path
+) -> None:
+    sign_in(browser, space, "tax-bureau", "provider")
+    text_appears(browser, "[data-page=provider] table", "pre-loan-review")  # the use, by purpose
+    text_appears(browser, "[data-page=provider] table", "prohibited")  # the refusal, with why
+    find(browser, 'button[aria-label="Suspend agreement with bank-a"]').click()
+    alert = browser.switch_to.alert
+    alert.send_keys("review of the bank's model")
+    alert.accept()
+    text_appears(browser, "[data-page=provider] table", "suspended")
+    shoot(browser, screenshots, "provider-usage")

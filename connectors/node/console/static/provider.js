@@ -1,6 +1,6 @@
 // The provider: its catalog (responsibility → resource → table), publishing with the grade
 // floor, the policy dry run, agreements, consents, and every use and refusal of its data.
-import { enc, get, post } from "./api.js";
+import { api, enc, get, post } from "./api.js";
 import { badge, card, clear, errorText, field, h, select, short, table, when } from "./dom.js";
 import { explain } from "./explain.js";
 import { bars, meter } from "./plots.js";
@@ -244,12 +244,51 @@ function dryRunForm(views, agreements) {
   return form;
 }
 
-function agreementsCard(agreements, negotiations, refresh) {
+function ask(question) {
+  const reason = window.prompt(question, "");
+  return reason === null ? null : reason.trim() || "by the provider's staff";
+}
+
+function agreementsCard(me, agreements, negotiations, held, refresh) {
   const provided = negotiations.filter((n) => n.role === "provider");
+  const granted = agreements.filter((a) => a.agreement.assigner === me.node);
+  const act = async (path, body) => {
+    await post(path, body);
+    await refresh();
+  };
+  const standingActions = (a) => {
+    if (a.state !== "FINALIZED" || a.standing === "terminated") return "";
+    const out = [];
+    const button = (action, label, cls) =>
+      h("button", { type: "button", class: cls, "aria-label": `${label} agreement with ${a.agreement.assignee}`, onclick: () => { const reason = ask(`${label} this agreement with ${a.agreement.assignee}? Reason:`); if (reason !== null) act(`/management/agreements/${enc(a.id)}/${action}`, { reason }); } }, label);
+    if (a.standing === "suspended") out.push(button("resume", "Resume", "secondary"));
+    else out.push(button("suspend", "Suspend", "secondary"));
+    out.push(" ", button("terminate", "Terminate", "danger"));
+    return out;
+  };
+  const mode = select("grant-mode", [["auto", "auto: every request that meets the offer"], ["policy", "policy: members the policy names"], ["staff", "staff: every request waits for approval"]], "auto");
   return card(
     "Agreements",
     h("h3", {}, "Pending approvals"),
-    h("p", { class: "muted" }, "None: agreements on this node's offers are concluded automatically today (model parts wait for approval under Models). Approvals of agreements, suspension and per-member budgets will appear here."),
+    table(
+      [
+        { label: "member", value: (x) => x.consumer },
+        { label: "dataset", value: (x) => x.datasetId },
+        { label: "offer", value: (x) => h("code", { title: x.offerId }, short(x.offerId, 18)) },
+        { label: "held since", value: (x) => when(x.since) },
+        {
+          label: "",
+          value: (x) => [
+            h("button", { type: "button", "aria-label": `Approve the request of ${x.consumer}`, onclick: () => act(`/management/grants/pending/${enc(x.id)}/approve`) }, "Approve"),
+            " ",
+            h("button", { type: "button", class: "danger", "aria-label": `Reject the request of ${x.consumer}`, onclick: () => { const reason = ask(`Reject ${x.consumer}'s request? Reason (sent to them):`); if (reason !== null) act(`/management/grants/pending/${enc(x.id)}/reject`, { reason }); } }, "Reject"),
+          ],
+        },
+      ],
+      held,
+      { empty: "No request waiting." },
+    ),
+    h("div", { class: "row" }, field("How requests are granted", mode), h("button", { type: "button", class: "secondary", onclick: async () => { await api("PUT", "/management/grants/mode", { mode: mode.value }); await refresh(); } }, "Set")),
     h("h3", {}, "Signed"),
     table(
       [
@@ -257,9 +296,10 @@ function agreementsCard(agreements, negotiations, refresh) {
         { label: "member", value: (a) => a.agreement.assignee },
         { label: "dataset", value: (a) => a.agreement.target },
         { label: "state", value: (a) => badge(a.state, a.authorises ? "ok" : "warn") },
-        { label: "in force", value: (a) => (a.authorises ? "yes" : "no") },
+        { label: "standing", value: (a) => badge(a.standing || "active", a.standing === "active" || !a.standing ? "ok" : "bad") },
+        { label: "", value: standingActions },
       ],
-      agreements,
+      granted,
       { empty: "No agreement yet." },
     ),
     h("h3", {}, "Negotiations"),
@@ -273,7 +313,7 @@ function agreementsCard(agreements, negotiations, refresh) {
           value: (n) =>
             ["FINALIZED", "TERMINATED"].includes(n.state)
               ? ""
-              : h("button", { type: "button", class: "danger", onclick: async () => { await post(`/management/negotiations/${enc(n.id)}/terminate`, { reason: "terminated by the provider's staff" }); await refresh(); } }, "Terminate"),
+              : h("button", { type: "button", class: "danger", onclick: () => act(`/management/negotiations/${enc(n.id)}/terminate`, { reason: "terminated by the provider's staff" }) }, "Terminate"),
         },
       ],
       provided,
@@ -302,6 +342,7 @@ function usageCard(report) {
       { label: "limit", num: true, value: (b) => (b.limit ?? "none") },
       { label: "left", num: true, value: (b) => (b.limit == null ? "–" : Math.max(0, b.limit - b.uses)) },
       { label: "consumption", value: (b) => meter(b.uses, b.limit) },
+      { label: "ε spent / limit", num: true, value: (b) => (b.epsilon ? `${b.epsilon.spent.toFixed(2)} / ${b.epsilon.limit ?? "–"}` : "–") },
     ],
     report.budgets,
     { empty: "No use yet." },
@@ -324,7 +365,10 @@ function usageCard(report) {
   );
   return card(
     "Usage of this node's data",
-    h("div", { class: "grid" }, h("div", {}, h("h3", {}, "Uses and refusals per hour (UTC)"), byHour.size ? bars([...byHour.values()], { title: "uses and refusals per hour", aLabel: "uses", bLabel: "refusals" }) : h("p", { class: "muted" }, "Nothing yet.")), h("div", {}, h("h3", {}, "Budgets per agreement"), budgets)),
+    h("h3", {}, "Uses and refusals per hour (UTC)"),
+    byHour.size ? bars([...byHour.values()], { title: "uses and refusals per hour", aLabel: "uses", bLabel: "refusals", width: Math.min(900, 120 + 60 * byHour.size) }) : h("p", { class: "muted" }, "Nothing yet."),
+    h("h3", {}, "Budgets per agreement"),
+    budgets,
     h("h3", {}, `Every use and refusal (newest first; ledger size ${report.ledgerSize})`),
     entries,
   );
@@ -413,10 +457,15 @@ export async function renderProvider(root, me) {
     const views = await Promise.all(summaries.map((s) => get(`/management/datasets/${enc(s.id)}`)));
     const [agreements, negotiations, usage] = await Promise.all([get("/management/agreements"), get("/management/negotiations"), get("/management/usage")]);
     // the model routes come with approved model parts; an older node without them shows none
-    const [models, pending] = await Promise.all([get("/management/models").catch(() => []), get("/management/models/submissions?state=pending").catch(() => [])]);
+    const [models, pending, held] = await Promise.all([get("/management/models").catch(() => []), get("/management/models/submissions?state=pending").catch(() => []), get("/management/grants/pending").catch(() => [])]);
     clear(catalogBox).append(views.length ? catalogTree(views) : h("p", { class: "muted" }, "Nothing published yet."));
     clear(dryBox).append(views.length ? dryRunForm(views, agreements) : h("p", { class: "muted" }, "Publish a dataset first."));
-    clear(agreementsBox).append(agreementsCard(agreements, negotiations, refresh));
+    clear(agreementsBox).append(agreementsCard(me, agreements, negotiations, held, refresh));
+    await Promise.all(
+      usage.budgets.map(async (b) => {
+        b.epsilon = await get(`/management/budgets?member=${enc(b.member)}&dataset=${enc(b.dataset)}`).catch(() => null);
+      }),
+    );
     clear(usageBox).append(usageCard(usage));
     clear(modelsBox).append(modelsCard(models, pending, refresh));
   };
@@ -424,7 +473,8 @@ export async function renderProvider(root, me) {
     card("Datasets by catalog", catalogBox),
     card("Policy dry run", dryBox),
     usageBox,
-    h("div", { class: "grid" }, agreementsBox, h("div", {}, modelsBox, consentCard())),
+    agreementsBox,
+    h("div", { class: "grid" }, modelsBox, consentCard()),
     card("Publish a dataset", publishForm(refresh)),
   );
   await refresh();
