@@ -95,6 +95,14 @@ def score_command(
     ] = None,
     missing: Annotated[str, typer.Option(help="fail | impute")] = "fail",
     mode: Annotated[str, typer.Option(help="analyst-held | party-held")] = "analyst-held",
+    provider: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider",
+            help="A provider holding its part of a party-held model (repeat; the model file "
+            "names only your own part).",
+        ),
+    ] = None,
     cohort: Annotated[bool, typer.Option(help="Align by PSI; score the intersection.")] = False,
     id_kind: IdKindOpt = "opaque",
     id_column: Annotated[str | None, typer.Option(help="Id column of --entities.")] = None,
@@ -139,6 +147,7 @@ def score_command(
                 purpose=purpose,
                 agreements=pairs(agreement, "--agreement"),
                 datasets=pairs(dataset, "--dataset"),
+                providers=provider or (),
                 **extra,
             )
             result = client.score_json(query, progress=progress, timeout=timeout)

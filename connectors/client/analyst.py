@@ -240,6 +240,7 @@ class AnalystClient:
         purpose: str,
         agreements: Mapping[str, str] | None = None,
         datasets: Mapping[str, str] | None = None,
+        providers: Sequence[str] = (),
         **kw: Any,
     ) -> ScoreQuery:
         """A score query whose agreements and datasets are resolved from what the node holds.
@@ -251,6 +252,8 @@ class AnalystClient:
             purpose: the declared purpose.
             agreements: agreement ids to use for some providers (others: the one usable).
             datasets: dataset ids to use (the node's own dataset, if it is ambiguous).
+            providers: more providers than the model names: in ``party-held`` mode the model
+                file names only the analyst's own part, the providers hold theirs.
             **kw: other :class:`ScoreQuery` fields (``mode``, ``cohort``, ``id_kind``,
                 ``missing``, ...). No bound is needed: the node scales each provider column by
                 the range its catalog declares (``feature_bound`` is kept for columns that
@@ -258,8 +261,9 @@ class AnalystClient:
         """
         parsed = model if isinstance(model, Model) else Model.from_json(model)
         me = self.participant_id
-        providers = [p for p in parsed.parties if p != me]
-        found_agreements, found_datasets = self.resolve_agreements(providers, agreements)
+        named = [p for p in parsed.parties if p != me]
+        wanted = [*named, *(p for p in dict.fromkeys(providers) if p not in named and p != me)]
+        found_agreements, found_datasets = self.resolve_agreements(wanted, agreements)
         all_datasets = {**found_datasets, **dict(datasets or {})}
         own = parsed.columns(me)
         if own and me not in all_datasets:

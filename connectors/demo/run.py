@@ -104,7 +104,7 @@ from trusted_space.keys import SigningKey
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols.aggregate.bounds import NOISE_TAIL
 from trusted_space.protocols.train import train_plaintext
-from trusted_space.queries.score import Model, logistic
+from trusted_space.queries.score import Model, ScoreQuery, logistic
 from trusted_space.queries.train import TrainParams, TrainQuery
 
 __all__ = [
@@ -373,8 +373,12 @@ def _permission(*constraints: dict[str, Any], duties: Sequence[str] = ("log",)) 
     return out
 
 
-_SCORE_MODELS: Final = ("analyst-held", "party-held")
-"""The weights the departments' score permissions accept (policy operand ``model``)."""
+_SCORE_MODELS: Final = ("party-held",)
+"""The weights the departments' score permissions accept (policy operand ``model``): only
+weights they hold, from the joint training they took part in (or a model part their staff
+approved) — never weights the bank chooses per query, so a score is not a column read."""
+MODEL_ID: Final = "credit-lr-demo"
+"""The id the bank trains its model under (each party keeps its own weights under it)."""
 
 
 def _offers() -> dict[str, dict[str, Any]]:
@@ -402,6 +406,7 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("protocol", "isAnyOf", protocols),
                 _constraint("output", "eq", "score"),
                 _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
+                _constraint("modelMinColumns", "gteq", _integer(2)),
                 _constraint("count", "lteq", _integer(100)),
             ),
             _permission(
@@ -428,6 +433,7 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("protocol", "isAnyOf", protocols),
                 _constraint("output", "eq", "score"),
                 _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
+                _constraint("modelMinColumns", "gteq", _integer(2)),
                 _constraint("consent", "eq", "required"),
                 # pre-loan review touches an applicant a few times, not hundreds
                 _constraint("entityCount", "lteq", _integer(20)),
@@ -446,6 +452,7 @@ def _offers() -> dict[str, dict[str, Any]]:
                 _constraint("protocol", "isAnyOf", protocols),
                 _constraint("output", "isAnyOf", ["score", "aggregate"]),
                 _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
+                _constraint("modelMinColumns", "gteq", _integer(2)),
                 _constraint("retention", "lteq", "P90D"),
             ),
         ),
@@ -710,7 +717,32 @@ def _bank_alone(data: DemoData) -> Model:
     )
 
 
-def _train(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> tuple[Model, Model]:
+def _held_weights(run: DemoRun, bound: Model) -> Model:
+    """The whole model, for the demo's own checks: the bank's part and each provider's weights.
+
+    Each provider keeps its weights (party-held); the demo plays every party's staff, so it reads
+    them from each provider's management API (``GET /management/models``) to compare the secure
+    results with float64. No member could: the bank holds its own part only.
+    """
+    weights: dict[str, dict[str, float]] = {
+        BANK: dict(zip(bound.columns(BANK), bound.weights_of(BANK).tolist(), strict=True))
+    }
+    for provider in PROVIDERS:
+        with run.admin(provider) as admin:
+            held = [
+                m
+                for m in admin.get("/management/models")
+                if m["owner"] == BANK and m["model"] == bound.id
+            ]
+        if len(held) != 1:
+            raise ValueError(f"{provider} holds no model {bound.id!r} of {BANK}")
+        weights[provider] = {c: float(held[0]["weights"][c]) for c in MODEL_COLUMNS[provider]}
+    return Model.from_json({"intercept": bound.intercept, "link": "logistic", "weights": weights})
+
+
+def _train(
+    run: DemoRun, data: DemoData, agreements: Mapping[str, str]
+) -> tuple[Model, Model, Model]:
     """Train the bank's model jointly through the nodes; compare it with the plaintext reference.
 
     Two-party secure SGD between the bank and one provider (the compute party), the other
@@ -721,7 +753,8 @@ def _train(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> tuple
     params = TrainParams(**TRAIN_PARAMS, seed=run.options.seed)
     doc = {
         "purpose": PURPOSE,
-        "mode": "analyst-held",
+        "mode": "party-held",
+        "modelId": MODEL_ID,
         "agreements": dict(agreements),
         "datasets": {BANK: DATASET_IDS[BANK_OUTCOMES], **{p: DATASET_IDS[p] for p in PROVIDERS}},
         "features": {p: list(MODEL_COLUMNS[p]) for p in PARTIES},
@@ -738,7 +771,8 @@ def _train(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> tuple
     with run.step("train", label), run.analyst() as bank:
         view = bank.submit_train(doc)
         result = bank.wait(view["id"], timeout=run.options.timeout)
-    model = Model.from_json(result["model"])
+    bound = Model.from_json(result["model"])  # the bank's part, the intercept and the id
+    model = _held_weights(run, bound)
     # The plaintext reference: the same schedule, initialisation and sigmoid approximation, in
     # float64 on the rows in the same (query) order and the columns in the protocol's layout.
     query = TrainQuery.from_json(doc)
@@ -764,7 +798,7 @@ def _train(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> tuple
             )
         )
     (run.options.out / "model.json").write_text(
-        json.dumps(model.to_json(), indent=2) + "\n", encoding="utf-8"
+        json.dumps(bound.to_json(), indent=2) + "\n", encoding="utf-8"
     )
     epochs = [float(e["seconds"]) for e in result.get("timings", {}).get("epochs", [])]
     run.facts["model"] = {
@@ -802,7 +836,7 @@ def _train(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> tuple
         bool(receipts) and all(r["verified"] for r in receipts.values()),
         f"{len(receipts)} receipts (an alignment and one use per epoch at each provider)",
     )
-    return model, _bank_alone(data)
+    return bound, model, _bank_alone(data)
 
 
 def _plain_logits(model: Model, data: DemoData, rows: np.ndarray) -> np.ndarray:
@@ -828,7 +862,36 @@ def _verify_receipts(run: DemoRun, receipts: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def _score(run: DemoRun, data: DemoData, model: Model, alone: Model) -> None:
+def _bound_query(
+    bound: Model,
+    entities: Sequence[str],
+    agreements: Mapping[str, str],
+    providers: Sequence[str],
+    *,
+    protocol: str,
+    purpose: str,
+) -> ScoreQuery:
+    """A party-held score: the bank's part and the model id; each provider uses its own weights."""
+    return ScoreQuery(
+        purpose=purpose,
+        protocol=protocol,
+        model=bound,
+        agreements={p: agreements[p] for p in providers},
+        datasets={BANK: DATASET_IDS[BANK], **{p: DATASET_IDS[p] for p in providers}},
+        entities=tuple(entities),
+        id_kind="uscc",
+        mode="party-held",
+    )
+
+
+def _score(
+    run: DemoRun,
+    data: DemoData,
+    bound: Model,
+    model: Model,
+    alone: Model,
+    agreements: Mapping[str, str],
+) -> None:
     applicants = data.ids_at(data.applicants)
     labels = data.labels[data.applicants]
     plain = _plain_logits(model, data, data.applicants)
@@ -856,13 +919,8 @@ def _score(run: DemoRun, data: DemoData, model: Model, alone: Model) -> None:
             ),
             run.analyst() as bank,
         ):
-            query = bank.score_query(
-                model,
-                applicants,
-                protocol=protocol,
-                purpose=PURPOSE,
-                id_kind="uscc",
-                datasets={BANK: DATASET_IDS[BANK]},
+            query = _bound_query(
+                bound, applicants, agreements, PROVIDERS, protocol=protocol, purpose=PURPOSE
             )
             started = time.perf_counter()
             result = bank.score_json(query, timeout=run.options.timeout)
@@ -977,55 +1035,55 @@ def _blocking(trace: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [dict(s) for s in trace if s.get("blocking")]
 
 
-def _refusals(run: DemoRun, data: DemoData, model: Model) -> None:
-    def sub_model(provider: str) -> Model:
-        return Model.from_json(
-            {
-                "intercept": model.intercept,
-                "link": "logistic",
-                "weights": {
-                    BANK: dict(
-                        zip(model.columns(BANK), model.weights_of(BANK).tolist(), strict=True)
-                    ),
-                    provider: dict(
-                        zip(
-                            model.columns(provider),
-                            model.weights_of(provider).tolist(),
-                            strict=True,
-                        )
-                    ),
-                },
-            }
-        )
-
-    cases = [
+def _refusals(run: DemoRun, data: DemoData, bound: Model, agreements: Mapping[str, str]) -> None:
+    sample = data.ids_at(data.applicants[:_CONSENT_SAMPLE])
+    # The column read: weights of the bank's choice, one weight of 1 on one tax column and the
+    # identity link, would return that column for every entity. The tax bureau binds the model.
+    column_read = Model.from_json(
+        {"intercept": 0.0, "link": "identity", "weights": {TAX: {"log_tax_paid": 1.0}}}
+    )
+    cases: list[tuple[str, ScoreQuery, str, str | None, str | None]] = [
         (
             "wrong purpose",
-            sub_model(TAX),
-            data.ids_at(data.applicants[:_CONSENT_SAMPLE]),
-            "marketing",
+            _bound_query(bound, sample, agreements, [TAX], protocol="ckks", purpose="marketing"),
             TAX,
+            None,
             None,
         ),
         (
             "no consent",
-            sub_model(SOCIAL),
-            [*data.ids_at(data.applicants[:_CONSENT_SAMPLE]), data.ids[data.no_consent]],
-            PURPOSE,
+            _bound_query(
+                bound,
+                [*sample, data.ids[data.no_consent]],
+                agreements,
+                [SOCIAL],
+                protocol="ckks",
+                purpose=PURPOSE,
+            ),
             SOCIAL,
             data.ids[data.no_consent],
+            None,
+        ),
+        (
+            "column read",
+            ScoreQuery(
+                purpose=PURPOSE,
+                protocol="ckks",
+                model=column_read,
+                agreements={TAX: agreements[TAX]},
+                datasets={TAX: DATASET_IDS[TAX]},
+                entities=tuple(sample),
+                id_kind="uscc",
+                mode="analyst-held",
+            ),
+            TAX,
+            None,
+            "model",
         ),
     ]
-    with run.step("refusals", "two queries the providers must refuse"), run.analyst() as bank:
-        for name, sub, entities, purpose, provider, entity in cases:
-            query = bank.score_query(
-                sub,
-                entities,
-                protocol="ckks",
-                purpose=purpose,
-                id_kind="uscc",
-                datasets={BANK: DATASET_IDS[BANK]},
-            )
+    with run.step("refusals", "three queries the providers must refuse"), run.analyst() as bank:
+        for name, query, provider, entity, operand in cases:
+            purpose = query.purpose
             try:
                 bank.score_json(query, timeout=run.options.timeout)
             except QueryFailed as refused:
@@ -1051,6 +1109,8 @@ def _refusals(run: DemoRun, data: DemoData, model: Model) -> None:
                     }
                 )
                 ok = refused.peer == provider and bool(blocking)
+                if operand is not None:
+                    ok = ok and operand in {s.get("left_operand") for s in blocking}
                 if entity is not None:
                     ok = ok and refused_entities == [entity]
                 run.check(
@@ -1158,11 +1218,11 @@ def run(
             # not depend on each other, and both spend most of their time waiting on HTTP.
             with ThreadPoolExecutor(max_workers=1) as background:
                 consents = background.submit(_register_consents, demo, data)
-                model, alone = _train(demo, data, agreements)
+                bound, model, alone = _train(demo, data, agreements)
                 consents.result()
-            _score(demo, data, model, alone)
+            _score(demo, data, bound, model, alone, agreements)
             _aggregate(demo, data, agreements)
-            _refusals(demo, data, model)
+            _refusals(demo, data, bound, agreements)
         _audit(demo)
     except Exception as exc:
         demo.check("the run finished", False, f"{type(exc).__name__}: {exc}")

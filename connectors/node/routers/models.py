@@ -11,6 +11,8 @@ Analyst's node (admin token):
 
 Provider's staff (admin token):
 
+- ``GET /management/models``: the party-held models stored here (owner, id, source, digest,
+  the provider's measurements and the weights of its own columns).
 - ``GET /management/models/submissions?state=pending``: the submissions kept here.
 - ``POST /management/models/submissions/approve|reject`` ``{"owner", "model", "reason"}``:
   decide one; approval stores the weights as the owner's party-held model (``model.approved``).
@@ -28,11 +30,25 @@ from connectors.node.wire.models import (
     ModelDecision,
     ModelStatusRequest,
     ModelSubmit,
+    PartyModelView,
     SubmissionView,
 )
-from trusted_space.protocols.score import decide_submission, model_status, send_model, submissions
+from trusted_space.protocols.score import (
+    decide_submission,
+    model_status,
+    party_models,
+    send_model,
+    submissions,
+)
 
-__all__ = ["decide_model", "list_submissions", "router", "submission_status", "submit_model_part"]
+__all__ = [
+    "decide_model",
+    "list_models",
+    "list_submissions",
+    "router",
+    "submission_status",
+    "submit_model_part",
+]
 
 router = APIRouter(
     prefix="/management/models", tags=["models"], dependencies=[Depends(require_admin)]
@@ -65,6 +81,22 @@ def submission_status(runtime: RuntimeDep, body: ModelStatusRequest) -> dict[str
         raise RuntimeError("no transport")
     reply = model_status(node.transport, runtime.store, body.provider, body.model)
     return {k: str(v) for k, v in reply.items()}
+
+
+@router.get("", response_model=list[PartyModelView])
+def list_models(runtime: RuntimeDep) -> list[PartyModelView]:
+    """The party-held models stored at this node (its staff's view: its own columns' weights)."""
+    return [
+        PartyModelView(
+            owner=m.owner,
+            model=m.model_id,
+            source=m.source,
+            sha256=m.sha256,
+            stats=m.stats,
+            weights=m.weights,
+        )
+        for m in party_models(runtime.store)
+    ]
 
 
 @router.get("/submissions", response_model=list[SubmissionView])

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ModelDecision", "ModelStatusRequest", "ModelSubmit", "SubmissionView"]
+__all__ = ["ModelDecision", "ModelStatusRequest", "ModelSubmit", "PartyModelView", "SubmissionView"]
 
 _ID = Field(min_length=1, max_length=512)
 
@@ -59,3 +59,14 @@ class SubmissionView(BaseModel):
     @classmethod
     def of(cls, doc: dict[str, Any]) -> SubmissionView:
         return cls.model_validate(doc)
+
+
+class PartyModelView(BaseModel):
+    """A party-held model stored at this provider, as its staff see it."""
+
+    owner: str
+    model: str
+    source: Literal["trained", "approved"]
+    sha256: str
+    stats: dict[str, float]
+    weights: dict[str, float]

@@ -122,12 +122,15 @@ def test_demo_runs_a_space_passes_every_check_and_stops_on_sigterm(tmp_path: Pat
     bound = 64 * max(aggregate["noiseScales"]) + 1e-3
     assert set(aggregate["counts"]) == set(aggregate["expected"])
     assert all(abs(aggregate["counts"][g] - c) <= bound for g, c in aggregate["expected"].items())
-    # The two refusals, each with the provider's trace.
+    # The three refusals, each with the provider's trace.
     refusals = {r["case"]: r for r in summary["refusals"]}
     assert refusals["wrong purpose"]["refusedBy"] == TAX
     assert any(s["left_operand"] == "purpose" for s in refusals["wrong purpose"]["blocking"])
     assert refusals["no consent"]["refusedBy"] == SOCIAL
     assert refusals["no consent"]["refusedEntities"] == [summary["consents"]["withoutConsent"]]
+    # The column read (weight 1 on one tax column, analyst-held): the tax bureau binds the model.
+    assert refusals["column read"]["refusedBy"] == TAX
+    assert "model" in {s["left_operand"] for s in refusals["column read"]["blocking"]}
     # Ledgers verified from outside and witnessed.
     assert {entry["node"] for entry in summary["ledgers"]} == set(summary["nodes"])
     assert all(e["ok"] and e["cosignedCheckpoints"] >= 1 for e in summary["ledgers"])

@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -37,6 +37,7 @@ __all__ = [
     "clean_weights",
     "load_party_weights",
     "model_key",
+    "party_models",
     "store_party_weights",
     "weight_stats",
     "weights_digest",
@@ -196,6 +197,13 @@ def store_party_weights(
     return model
 
 
+def party_models(store: Store) -> list[PartyModel]:
+    """Every party-held model stored here, by owner and id (for the provider's own staff)."""
+    with store.transaction(readonly=True) as tx:
+        docs = [doc.body for doc in tx.scan(MODEL_NAMESPACE)]
+    return [_model_of(body) for body in docs if "owner" in body]
+
+
 def load_party_weights(store: Store, owner: str, model_id: str) -> PartyModel:
     """``owner``'s model ``model_id`` (:class:`NotFoundError` if ``owner`` has none by that id).
 
@@ -206,7 +214,10 @@ def load_party_weights(store: Store, owner: str, model_id: str) -> PartyModel:
         doc = tx.get(MODEL_NAMESPACE, model_key(owner, model_id))
     if doc is None:
         raise NotFoundError(f"no model {model_id!r} of yours here")
-    body = doc.body
+    return _model_of(doc.body)
+
+
+def _model_of(body: Mapping[str, Any]) -> PartyModel:
     return PartyModel(
         owner=str(body["owner"]),
         model_id=str(body["model"]),
