@@ -168,7 +168,7 @@ def _partial_bounds(case: Case) -> list[float]:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @settings(
-    max_examples=12,
+    max_examples=10,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
