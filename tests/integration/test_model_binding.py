@@ -20,6 +20,7 @@ is refused at submission with the trace naming the rule.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -276,6 +277,10 @@ def test_an_approved_model_part_is_owned_and_bound(space: Space) -> None:
         "sha256": sent["sha256"],
     }
     assert "0.45" not in json.dumps(use.body) and "0.45" not in json.dumps(approved.body)
+    # the owner is told: its receipt carries the query.use entry, with the model's digest
+    receipt = result["receipts"]["tax-bureau"]
+    entry = json.loads(base64.b64decode(receipt["entry"]))
+    assert entry["body"]["model"]["sha256"] == sent["sha256"]
 
 
 def test_another_member_cannot_use_a_party_held_model(space: Space) -> None:
