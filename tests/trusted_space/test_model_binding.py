@@ -15,12 +15,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trusted_space.errors import ConflictError, NotFoundError, ValidationError
+from trusted_space.errors import ConflictError, NotFoundError, RemoteError, ValidationError
 from trusted_space.events import EVENT_LOG, decode_event
 from trusted_space.policy import Constraint, Policy, Rule, UsageRequest, decide, from_odrl, to_odrl
 from trusted_space.protocols.score import (
+    decide_submission,
     load_party_weights,
+    model_status,
+    register_approval,
+    send_model,
     store_party_weights,
+    submissions,
     weight_stats,
     weights_digest,
 )
@@ -30,6 +35,7 @@ AT = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 BANK = "bank-a"
 OTHER = "bank-b"
 ZONE: dict[str, Any] = {"tier": "zone", "max_grade": 3}
+DS = "ds-tax"
 PACKED = {"a": 1.0, "b": 2.0**15, "c": 2.0**36, "d": 2.0**39}
 
 
@@ -240,3 +246,102 @@ def test_the_ledger_records_the_owner_and_digest_never_the_weights() -> None:
     assert stored.body["owner"] == BANK
     assert stored.body["sha256"] == weights_digest({"a": 0.123456789})
     assert "0.123456789" not in repr(stored)
+
+
+# --- submitted model parts (in-process space; the real-node flow is in tests/integration) -----
+
+
+def _approval_space(rng: np.random.Generator, rules: list[dict[str, Any]]) -> tuple[Any, str]:
+    from tests.trusted_space._joint import ANALYST as analyst
+    from tests.trusted_space._joint import build_space, offer, provide
+
+    space = build_space(("tax-bureau",))
+    doc = offer(models=("party-held",))
+    doc["permission"][0]["constraint"].extend(rules)
+    node = space.providers["tax-bureau"].node
+    register_approval(node)
+    keys = [f"ent-{i}" for i in range(40)]
+    _, agreement = provide(
+        space,
+        "tax-bureau",
+        ["a", "b", "c"],
+        keys,
+        rng.normal(size=(40, 3)),
+        offer_doc=doc,
+        ds_id=DS,
+    )
+    assert agreement is not None and analyst == "bank-a"
+    return space, agreement
+
+
+def _rule(left: str, op: str, value: str) -> dict[str, Any]:
+    return {"leftOperand": left, "operator": op, "rightOperand": value}
+
+
+def test_a_submitted_part_is_pending_until_the_staff_approve_it(rng: np.random.Generator) -> None:
+    space, agreement = _approval_space(rng, [_rule("modelMinColumns", "gteq", "2")])
+    bank = space.transport(BANK)
+    store = space.analyst.node.store
+    provider = space.providers["tax-bureau"].node.store
+
+    sent = send_model(bank, store, "tax-bureau", "m1", agreement, DS, {"a": 0.5, "b": -0.3})
+    pending = model_status(bank, store, "tax-bureau", "m1")
+    with pytest.raises(NotFoundError):
+        load_party_weights(provider, BANK, "m1")  # not usable before approval
+    decided = decide_submission(provider, BANK, "m1", approve=True, reason="reviewed")
+    approved = model_status(bank, store, "tax-bureau", "m1")
+
+    assert sent["state"] == pending["state"] == "pending"
+    assert decided.state == approved["state"] == "approved"
+    model = load_party_weights(provider, BANK, "m1")
+    assert model.source == "approved" and model.sha256 == sent["sha256"]
+    with pytest.raises(ConflictError, match="already approved"):
+        decide_submission(provider, BANK, "m1", approve=False, reason="changed my mind")
+
+
+def test_a_part_breaking_a_rule_is_refused_naming_it_and_nothing_is_kept(
+    rng: np.random.Generator,
+) -> None:
+    space, agreement = _approval_space(
+        rng, [_rule("modelMinColumns", "gteq", "2"), _rule("modelMaxWeight", "lteq", "4")]
+    )
+    bank = space.transport(BANK)
+
+    with pytest.raises(RemoteError) as info:
+        send_model(
+            bank,
+            space.analyst.node.store,
+            "tax-bureau",
+            "m2",
+            agreement,
+            DS,
+            {"a": 2.0**15},
+        )
+
+    blocking = [s["left_operand"] for s in info.value.problem["trace"] if s["blocking"]]
+    assert info.value.status == 403 and blocking == ["modelMinColumns", "modelMaxWeight"]
+    assert submissions(space.providers["tax-bureau"].node.store) == []
+
+
+def test_a_part_under_another_members_agreement_or_unknown_columns_is_refused(
+    rng: np.random.Generator,
+) -> None:
+    space, agreement = _approval_space(rng, [])
+    store = space.analyst.node.store
+    as_other = space.transport("court")  # a member that holds no agreement for this dataset
+
+    with pytest.raises(RemoteError) as other:
+        send_model(as_other, store, "tax-bureau", "m3", agreement, DS, {"a": 1.0})
+    with pytest.raises(RemoteError) as unknown:
+        send_model(
+            space.transport(BANK),
+            store,
+            "tax-bureau",
+            "m3",
+            agreement,
+            DS,
+            {"secret_col": 1.0},
+        )
+
+    assert other.value.status == 403
+    assert unknown.value.status == 400 and "offers no column" in str(unknown.value)
