@@ -6,13 +6,15 @@ result's ``model`` is a model file in :mod:`trusted_space.queries.score` format 
 which
 ``trusted-space local score`` takes as it is.
 
-Raw magnitudes (analyst-held): a party whose columns are not already on a standard scale
-(some ``|mean| > 1``, ``sd > 4`` or ``|x| > STANDARDISE_ABOVE``) standardises all of them (``(x - mean) / sd``, computed from its own file; a constant column is only centred)
-before its node sees them, the training runs on the standardised values, and the
-released model is folded back to the raw scale (``w / sd`` per column, ``Σ w·mean / sd`` out of
-the intercept), so it scores the raw files. Here every party is the user's own file, so the means
-and scales stay in the user's process; a party whose columns are already standard is left as
-it is. Party-held training keeps each party's weights at its node, on the values its node holds, so it standardises nothing (values beyond :data:`MAX_FEATURE_BOUND` are refused).
+Raw magnitudes (analyst-held): a party whose columns are not already on a standard scale (some
+``|mean| > 1``, ``sd > 4`` or ``|x| > STANDARDISE_ABOVE``) standardises all of them
+(``(x - mean) / sd``, computed from its own file; a constant column is only centred) before its
+node sees them, the training runs on the standardised values, and the released model is folded
+back to the raw scale (``w / sd`` per column, ``Σ w·mean / sd`` out of the intercept), so it
+scores the raw files. Here every party is the user's own file, so the means and scales stay in
+the user's process; a party whose columns are already standard is left as it is. Party-held
+training keeps each party's weights at its node, on the values its node holds, so it
+standardises nothing (values beyond :data:`MAX_FEATURE_BOUND` are refused).
 """
 
 from __future__ import annotations
@@ -69,12 +71,13 @@ def _standard(values: Mapping[str, np.ndarray[Any, Any]], columns: Sequence[str]
 def standardise_party(
     party: LocalParty, id_column: str, columns: Sequence[str], keep: Sequence[str], out_dir: Path
 ) -> tuple[LocalParty, dict[str, tuple[float, float]]]:
-    """Write the party's file with its large columns standardised; return it and the statistics.
+    """Write the party's file with its columns standardised; return it and the statistics.
 
     ``columns``: the features; unless all of them are already on a standard scale, every one
-    becomes ``(x - mean) / sd`` (sd 1 for a constant column: centred only; SGD needs centred columns),
-    else all are copied as they are, and so is ``keep`` (the label). Missing cells stay empty. Returns the new party (same name, a CSV in ``out_dir``)
-    and column → (mean, sd) of the standardised columns.
+    becomes ``(x - mean) / sd`` (sd 1 for a constant column: centred only; SGD needs centred
+    columns), else all are copied as they are, and so is ``keep`` (the label). Missing cells stay
+    empty. Returns the new party (same name, a CSV in ``out_dir``) and column → (mean, sd) of the
+    standardised columns.
     """
     source = open_source(SourceSpec(party.kind, str(party.path)))
     names = [*columns, *keep]
