@@ -70,9 +70,15 @@ from trusted_space.errors import (
 )
 from trusted_space.events import decode_event
 from trusted_space.ledger import Receipt
-from trusted_space.policy import COMPUTATIONS, PROTOCOLS
-from trusted_space.protocols._common import crypto_errors, header_int, header_str
+from trusted_space.protocols._common import crypto_errors
 from trusted_space.protocols._parts import fetch_rest, receive_part, reply_part, send_in_parts
+from trusted_space.protocols.align_wire import (
+    AlignOpen,
+    AlignOpened,
+    AlignReceived,
+    AlignRequest,
+    AlignResponse,
+)
 from trusted_space.transport import Reply, Transport
 
 __all__ = [
@@ -90,7 +96,6 @@ __all__ = [
 
 ALIGN_OPERATIONS: Final = ("align.open", "align.request", "align.response")
 _SCAN_ROWS: Final = 100_000
-_MAX_COLUMNS: Final = 256
 _MESSAGE_OVERHEAD: Final = 256
 
 
@@ -236,29 +241,6 @@ class _Background:
             raise self._error
 
 
-def _header_columns(header: Mapping[str, Any]) -> tuple[str, ...]:
-    value = header.get("columns")
-    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_COLUMNS:
-        raise ValidationError("header.columns: expected a non-empty list of column names")
-    return tuple(header_str({"column": v}, "column") for v in value)
-
-
-def _header_choice(header: Mapping[str, Any], name: str, choices: Sequence[str]) -> str:
-    value = header_str(header, name)
-    if value not in choices:
-        raise ValidationError(f"header.{name}: {value!r} not in {list(choices)}")
-    return value
-
-
-def _header_epsilon(header: Mapping[str, Any]) -> float | None:
-    value = header.get("epsilon")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError("header.epsilon: expected a number")
-    return float(value)
-
-
 def refuse_on_budget(
     node: ComputeNode,
     *,
@@ -306,24 +288,17 @@ def _read_keys(node: ComputeNode, dataset_id: str) -> list[str]:
     return ids
 
 
-def _state(ctx: CallContext, header: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    query = header_str(header, "query")
-    dataset = header_str(header, "dataset")
-    return query, dataset, ctx.node.sessions.get(ctx.sender, alignment_session(query, dataset))
+def _state(ctx: CallContext, query: str, dataset: str) -> dict[str, Any]:
+    return ctx.node.sessions.get(ctx.sender, alignment_session(query, dataset))
 
 
 def _make_open(executor: Executor | None) -> Callable[[CallContext, dict[str, Any], bytes], Reply]:
     def align_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
         node = ctx.node
-        query = header_str(header, "query")
-        agreement = header_str(header, "agreement")
-        dataset = header_str(header, "dataset")
-        purpose = header_str(header, "purpose")
-        kind = _header_choice(header, "kind", COMPUTATIONS)
-        protocol = _header_choice(header, "protocol", PROTOCOLS)
-        columns = _header_columns(header)
-        size = header_int(header, "size", 1, psi.MAX_SET_SIZE)
-        epsilon = _header_epsilon(header)
+        message = AlignOpen.from_header(header)
+        query, agreement, dataset = message.query, message.agreement, message.dataset
+        purpose, kind, protocol = message.purpose, message.kind, message.protocol
+        columns, size, epsilon = message.columns, message.size, message.epsilon
         if payload:
             raise ValidationError("align.open takes no payload")
         state = node.sessions.open(ctx.sender, alignment_session(query, dataset))
@@ -396,20 +371,21 @@ def _make_open(executor: Executor | None) -> Callable[[CallContext, dict[str, An
                 ),
             }
         )
-        return Reply({"session": session_id.hex(), "receipt": grant.receipt})
+        return Reply(AlignOpened(session_id, grant.receipt).to_header())
 
     return align_open
 
 
 def _align_request(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    _, _, state = _state(ctx, header)
+    message = AlignRequest.from_header(header)
+    state = _state(ctx, message.query, message.dataset)
     sender = state.get("psi")
     if not isinstance(sender, psi.PsiSender):
         raise ConflictError("this alignment was already answered")
     max_total = _MESSAGE_OVERHEAD + psi.POINT_SIZE * int(state["size"])
     request = receive_part(state, "request", header, payload, max_total=max_total)
     if request is None:
-        return Reply({"received": header["part"] + 1})
+        return Reply(AlignReceived(header["part"] + 1).to_header())
     expected = _request_size(request, int(state["size"]))
     if len(request) != expected:
         raise ValidationError(
@@ -448,8 +424,8 @@ def _serve(state: dict[str, Any], offset: int) -> Reply:
 
 
 def _align_response(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    _, _, state = _state(ctx, header)
-    return _serve(state, header_int(header, "offset", 0, 1 << 40))
+    message = AlignResponse.from_header(header)
+    return _serve(_state(ctx, message.query, message.dataset), message.offset)
 
 
 def register_align(node: ComputeNode, *, executor: Executor | None = None) -> None:
@@ -511,32 +487,27 @@ def align(
     distinct = list(dict.fromkeys(ids))
     if not distinct:
         raise ValidationError("nothing to align: no ids")
-    header: dict[str, Any] = {
-        "query": query_id,
-        "agreement": agreement_id,
-        "dataset": dataset_id,
-        "purpose": purpose,
-        "kind": kind,
-        "protocol": protocol,
-        "columns": list(columns),
-        "size": len(distinct),
-    }
-    if epsilon is not None:
-        header["epsilon"] = epsilon
-    opened = transport.call(provider, "align.open", header)
-    session_hex = header_str(opened.header, "session")
-    try:
-        session_id = bytes.fromhex(session_hex)
-    except ValueError as exc:
-        raise ValidationError(f"{provider}: PSI session id is not hex") from exc
-    receipt = opened.header.get("receipt")
-    if not isinstance(receipt, dict):
-        raise ValidationError(f"{provider}: no receipt for the alignment")
+    message = AlignOpen(
+        query=query_id,
+        agreement=agreement_id,
+        dataset=dataset_id,
+        purpose=purpose,
+        kind=kind,
+        protocol=protocol,
+        columns=tuple(columns),
+        size=len(distinct),
+        epsilon=epsilon,
+    )
+    opened = AlignOpened.from_header(
+        transport.call(provider, "align.open", message.to_header()).header, provider
+    )
+    session_id, receipt = opened.session, opened.receipt
     check_receipt(receipt, provider=provider, query_id=query_id, dataset_id=dataset_id)
     with crypto_errors(f"{provider}: PSI"):
         receiver = psi.PsiReceiver(distinct, session_id, executor=executor)
         request = receiver.request()
-    ref = {"query": query_id, "dataset": dataset_id}
+    # The parts layer adds part/parts/total to the request and the offset of each AlignResponse.
+    ref = AlignRequest(query_id, dataset_id).to_header()
     first = send_in_parts(transport, provider, "align.request", ref, request)
     response = fetch_rest(
         transport,
