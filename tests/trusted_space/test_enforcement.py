@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +41,7 @@ def request(ds: str, ag: str, **kw: Any) -> UseRequest:
         "purpose": PURPOSE,
         "protocol": "paillier",
         "entities": ENTITIES,
+        "model": "analyst-held",
     } | kw
     return UseRequest(**fields)
 
@@ -77,7 +79,8 @@ def refused(space: Space, req: UseRequest) -> RefusedError:
     for entity in ENTITIES:
         public_reason = public_reason.replace(entity, "[entity]")
     assert decision.body["reason"] == public_reason
-    assert not any(e in json.dumps(decision.body) for e in ENTITIES)
+    public = json.dumps(decision.body)
+    assert not any(re.search(rf"(?<![\w-]){re.escape(e)}(?![\w-])", public) for e in ENTITIES)
     assert err.trace and any(step["blocking"] for step in err.trace)
     assert err.participant == PROVIDER
     assert err.problem["trace"] == err.trace
