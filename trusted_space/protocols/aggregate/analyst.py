@@ -25,6 +25,12 @@ from trusted_space.protocols.aggregate.wire import (
     RING_FRAC_BITS,
     FloatArray,
     Ring,
+    StatsEntities,
+    StatsQuery,
+    StatsRef,
+    StatsRelease,
+    StatsReleased,
+    StatsTotals,
     dealer_session,
     material_blocks,
     pack,
@@ -41,37 +47,32 @@ __all__ = ["run_aggregate"]
 # ----------------------------------------------------------------------------------------------
 
 
-def _query_header(query: AggregateQuery) -> dict[str, Any]:
-    header: dict[str, Any] = {
-        "query": query.id,
-        "agreement": query.agreement_id,
-        "dataset": query.dataset_id,
-        "column": query.column,
-        "statistic": query.statistic,
-        "protocol": query.protocol,
-        "purpose": query.purpose,
-        "bins": list(query.bins),
-    }
-    if query.epsilon is not None:
-        header["epsilon"] = query.epsilon
-    return header
+def _stats_query(query: AggregateQuery) -> StatsQuery:
+    return StatsQuery(
+        query=query.id,
+        agreement=query.agreement_id,
+        dataset=query.dataset_id,
+        column=query.column,
+        statistic=query.statistic,
+        protocol=query.protocol,
+        purpose=query.purpose,
+        bins=tuple(query.bins),
+        epsilon=query.epsilon,
+    )
 
 
 def _result(
     query: AggregateQuery,
     totals: Sequence[float],
-    reply: Mapping[str, Any],
+    names: Sequence[str],
+    scales: Sequence[float],
     cohort_size: int,
     receipts: Sequence[dict[str, Any]],
     missing: Sequence[str] = (),
 ) -> AggregateResult:
     plan = StatisticPlan(query.statistic, query.bins, None, query.epsilon)
-    names = reply.get("names")
-    if names != plan.names or len(totals) != len(plan.names):
+    if list(names) != plan.names or len(totals) != len(plan.names):
         raise ValidationError(f"{query.provider} released other values than asked for")
-    scales = reply.get("noiseScales")
-    if not isinstance(scales, list) or len(scales) != len(names):
-        raise ValidationError(f"{query.provider}: no noise scales")
     value, counts = plan.finish(totals)
     return AggregateResult(
         query_id=query.id,
@@ -88,38 +89,30 @@ def _result(
     )
 
 
-def _release_receipt(query: AggregateQuery, reply: Mapping[str, Any]) -> dict[str, Any]:
-    receipt = reply.get("receipt")
-    if not isinstance(receipt, dict):
-        raise ValidationError(f"{query.provider}: no receipt for the release")
+def _release_receipt(query: AggregateQuery, receipt: Mapping[str, Any]) -> dict[str, Any]:
     body = check_receipt(
         receipt, provider=query.provider, query_id=query.id, dataset_id=query.dataset_id
     )
     if body.get("kind") != "aggregate" or body.get("columns") != [query.column]:
         raise ValidationError(f"{query.provider}: the receipt records another use")
-    return receipt
+    return dict(receipt)
 
 
 def _run_explicit(transport: Transport, query: AggregateQuery) -> AggregateResult:
-    header = {
-        **_query_header(query),
-        "count": len(query.entities),
-        "missing": query.missing,
-    }
+    header = StatsEntities(_stats_query(query), len(query.entities), query.missing).to_header()
     reply = send_in_parts(
         transport, query.provider, "stats.entities", header, encode_ids(query.entities)
     )
-    totals = reply.header.get("totals")
-    if not isinstance(totals, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in totals
-    ):
-        raise ValidationError(f"{query.provider}: no totals")
-    missing = reply.header.get("missing", [])
-    if not isinstance(missing, list):
-        raise ValidationError(f"{query.provider}: malformed missing list")
-    receipt = _release_receipt(query, reply.header)
+    got = StatsTotals.from_header(reply.header, query.provider)
+    receipt = _release_receipt(query, got.receipt)
     return _result(
-        query, totals, reply.header, len(query.entities), [receipt], [str(m) for m in missing]
+        query,
+        got.totals,
+        got.names,
+        got.noise_scales,
+        len(query.entities),
+        [receipt],
+        got.missing,
     )
 
 
@@ -151,7 +144,7 @@ class _AnalystSide:
         self.share = mine
         return pack([ring_to_bytes(theirs)])
 
-    def unmask_request(self, payload: bytes) -> Any:
+    def unmask_request(self, payload: bytes) -> str | float:
         if self.protocol == "paillier":
             if self.engine is None or self.paillier_keys is None:  # pragma: no cover
                 raise ValidationError("no Paillier engine")
@@ -202,7 +195,7 @@ def _beaver_messages(
 def _iter_totals(
     side: _AnalystSide,
     payload: bytes,
-    reply: Mapping[str, Any],
+    divisors: Sequence[float] | None,
     names: list[str],
     additive: tuple[list[sharing.TripleShare], list[sharing.BeaverMessage]] | None,
 ) -> Iterator[float]:
@@ -217,8 +210,7 @@ def _iter_totals(
     elif side.protocol == "ckks":
         if side.ckks_context is None:  # pragma: no cover
             raise ValidationError("no CKKS context")
-        divisors = reply.get("divisors")
-        if not isinstance(divisors, list) or len(divisors) != len(names):
+        if divisors is None or len(divisors) != len(names):
             raise ValidationError("released CKKS values come without their divisors")
         for blob, divisor in zip(unpack(payload, len(names)), divisors, strict=True):
             vector = side.ckks_context.load_vector(blob)
@@ -312,31 +304,43 @@ def _run_cohort(
     indicator = np.zeros(rows)
     indicator[list(aligned.positions)] = 1.0
     side = _AnalystSide(query.protocol, paillier_keys, ckks_context, workers)
-    ref = {"query": query.id, "dataset": query.dataset_id}
+    # The parts layer adds part/parts/total to stats.open and .release, and stats.fetch's offset.
+    ref = StatsRef(query.id, query.dataset_id).to_header()
     names = StatisticPlan(query.statistic, query.bins, None, None).names
     try:
         send_in_parts(
-            transport, query.provider, "stats.open", _query_header(query), side.material(indicator)
+            transport,
+            query.provider,
+            "stats.open",
+            _stats_query(query).to_header(),
+            side.material(indicator),
         )
         payload = b""
         additive = None
         if query.protocol == "additive":
             if side.share is None:  # pragma: no cover
                 raise ValidationError("no share")
-            count: Any = str(int(side.share.sum(dtype=np.uint64)))
+            count: str | float = str(int(side.share.sum(dtype=np.uint64)))
             additive = _beaver_messages(side, transport, query, analyst_id, rows, len(names))
             payload = pack([m.to_bytes() for m in additive[1]])
         else:
             masked = transport.call(query.provider, "stats.count", ref).payload
             count = side.unmask_request(masked)
-        first = send_in_parts(
-            transport, query.provider, "stats.release", {**ref, "count": count}, payload
-        )
+        release = StatsRelease(query.id, query.dataset_id, count).to_header()
+        first = send_in_parts(transport, query.provider, "stats.release", release, payload)
         released = fetch_rest(
             transport, query.provider, "stats.fetch", ref, first, max_total=MAX_MATERIAL
         )
-        receipt = _release_receipt(query, first.header)
-        totals = list(_iter_totals(side, released, first.header, names, additive))
+        got = StatsReleased.from_header(first.header, query.provider)
+        receipt = _release_receipt(query, got.receipt)
+        totals = list(_iter_totals(side, released, got.divisors, names, additive))
     finally:
         side.close()
-    return _result(query, totals, first.header, len(aligned.ids), [aligned.receipt, receipt])
+    return _result(
+        query,
+        totals,
+        got.names,
+        got.noise_scales,
+        len(aligned.ids),
+        [aligned.receipt, receipt],
+    )

@@ -15,14 +15,11 @@ from typing import Any, Final
 import numpy as np
 
 from crypto import ckks, paillier, sharing
-from crypto.psi import MAX_SET_SIZE
 from trusted_space.budget import (
     BudgetCheck,
     charge,
     check_budget,
-    from_micro,
     record_refusal,
-    to_micro,
 )
 from trusted_space.catalog import load_dataset
 from trusted_space.compute import CallContext, ComputeNode
@@ -34,12 +31,10 @@ from trusted_space.errors import (
     RefusedError,
     ValidationError,
 )
-from trusted_space.policy import PROTOCOLS, TraceStep
+from trusted_space.policy import TraceStep
 from trusted_space.protocols._common import (
     crypto_errors,
     decode_ids,
-    header_int,
-    header_str,
     ring_from_bytes,
     ring_to_bytes,
 )
@@ -50,6 +45,15 @@ from trusted_space.protocols.aggregate.wire import (
     MAX_MATERIAL,
     FloatArray,
     Ring,
+    StatsEntities,
+    StatsFetch,
+    StatsOpened,
+    StatsQuery,
+    StatsReceived,
+    StatsRef,
+    StatsRelease,
+    StatsReleased,
+    StatsTotals,
     ckks_total,
     dealer_session,
     encode_ring,
@@ -64,8 +68,6 @@ from trusted_space.protocols.align import (
     sender_roles,
 )
 from trusted_space.protocols.operator import fetch_triple
-from trusted_space.queries.aggregate import check_statistic
-from trusted_space.queries.common import MISSING_RULES
 from trusted_space.store import Transaction
 from trusted_space.transport import Reply, Transport
 
@@ -102,15 +104,6 @@ def _divisor(worst: float, target: float) -> float:
 
 def _session_key(query: str, dataset: str) -> str:
     return f"stats/{query}/{dataset}"
-
-
-def _header_epsilon(header: Mapping[str, Any]) -> float | None:
-    value = header.get("epsilon")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError("header.epsilon: expected a number")
-    return from_micro(to_micro(float(value)))
 
 
 def _values_in_order(node: ComputeNode, order: AlignedOrder, column: str) -> FloatArray:
@@ -201,21 +194,19 @@ def _charge(ctx: CallContext, meta: Mapping[str, Any], grant: UseGrant) -> None:
     )
 
 
-def _meta_from(ctx: CallContext, header: Mapping[str, Any]) -> tuple[dict[str, Any], StatisticPlan]:
-    """Parse and check an aggregate's header at the provider (nothing of the data is read)."""
+def _meta_from(ctx: CallContext, message: StatsQuery) -> tuple[dict[str, Any], StatisticPlan]:
+    """Check an aggregate's parsed header at the provider (nothing of the data is read)."""
     node = ctx.node
     meta: dict[str, Any] = {
-        "query": header_str(header, "query"),
-        "agreement": header_str(header, "agreement"),
-        "dataset": header_str(header, "dataset"),
-        "column": header_str(header, "column"),
-        "statistic": check_statistic(header.get("statistic")),
-        "protocol": header_str(header, "protocol"),
-        "purpose": header_str(header, "purpose"),
-        "epsilon": _header_epsilon(header),
+        "query": message.query,
+        "agreement": message.agreement,
+        "dataset": message.dataset,
+        "column": message.column,
+        "statistic": message.statistic,
+        "protocol": message.protocol,
+        "purpose": message.purpose,
+        "epsilon": message.epsilon,
     }
-    if meta["protocol"] not in PROTOCOLS:
-        raise ValidationError(f"header.protocol: {meta['protocol']!r} not in {list(PROTOCOLS)}")
     if meta["epsilon"] is not None:
         refuse_on_budget(
             node,
@@ -236,7 +227,7 @@ def _meta_from(ctx: CallContext, header: Mapping[str, Any]) -> tuple[dict[str, A
             dataset,
             meta["column"],
             meta["statistic"],
-            header.get("bins", []),
+            list(message.bins),
             meta["epsilon"],
         )
     return meta, plan
@@ -309,12 +300,12 @@ class _ProviderStats:
             return bytes(vector.serialize())
         raise ValidationError("the additive protocol has no count round")
 
-    def unmask(self, header: Mapping[str, Any]) -> int:
+    def unmask(self, value: str | float) -> int:
+        """The count behind the analyst's ``value`` (parsed by :class:`StatsRelease`)."""
         n = self.rows
         protocol = self.meta["protocol"]
-        value = header.get("count")
         if protocol == "paillier":
-            if self.mask is None or not isinstance(value, str) or not value.isdigit():
+            if self.mask is None:
                 raise ValidationError("header.count: expected the decrypted count as digits")
             unit = 1 << (2 * paillier.DEFAULT_FRAC_BITS)
             diff = int(value) - int(self.mask)
@@ -322,7 +313,7 @@ class _ProviderStats:
                 raise ValidationError("header.count is not a count of this indicator")
             return diff // unit
         if protocol == "ckks":
-            if self.mask is None or isinstance(value, bool) or not isinstance(value, int | float):
+            if self.mask is None:
                 raise ValidationError("header.count: expected the decrypted count")
             divisor = float(self.meta["countDivisor"])
             raw = float(value) * divisor - float(self.mask)
@@ -331,7 +322,7 @@ class _ProviderStats:
             if not math.isfinite(raw) or raw < -0.5 - slack or count > n:
                 raise ValidationError("header.count is not a count of this indicator")
             return min(count, n)
-        if self.share is None or not isinstance(value, str) or not value.isdigit():
+        if self.share is None:
             raise ValidationError("header.count: expected the analyst's share as digits")
         theirs = int(value)
         if theirs >= 1 << 64:
@@ -423,9 +414,7 @@ class _ProviderStats:
         return pack([pack(mine), ring_to_bytes(z)])
 
 
-def _stats(ctx: CallContext, header: Mapping[str, Any]) -> _ProviderStats:
-    query = header_str(header, "query")
-    dataset = header_str(header, "dataset")
+def _stats(ctx: CallContext, query: str, dataset: str) -> _ProviderStats:
     state = ctx.node.sessions.get(ctx.sender, _session_key(query, dataset))
     stats = state.get("stats")
     if not isinstance(stats, _ProviderStats):
@@ -435,15 +424,15 @@ def _stats(ctx: CallContext, header: Mapping[str, Any]) -> _ProviderStats:
 
 def _stats_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
-    query = header_str(header, "query")
-    dataset = header_str(header, "dataset")
+    ref = StatsRef.from_header(header)
+    query, dataset = ref.query, ref.dataset
     state = node.sessions.open(ctx.sender, _session_key(query, dataset))
     if header.get("part") == 0:
         marker = object()
         if state.setdefault("owner", marker) is not marker:
             raise ConflictError(f"an aggregate of query {query!r} was already opened")
         order = aligned_order(node, ctx.sender, query, dataset)
-        meta, plan = _meta_from(ctx, header)
+        meta, plan = _meta_from(ctx, StatsQuery.from_header(header))
         if meta["agreement"] != order.agreement_id or meta["purpose"] != order.purpose:
             raise ValidationError("the aggregate names another agreement or purpose than its PSI")
         state["stats"] = _ProviderStats(meta, plan, order)
@@ -452,13 +441,14 @@ def _stats_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
         raise ConflictError("aggregate parts before its first part")
     material = receive_part(state, "material", header, payload, max_total=MAX_MATERIAL)
     if material is None:
-        return Reply({"received": header["part"] + 1})
+        return Reply(StatsReceived(header["part"] + 1).to_header())
     stats.load(material)
-    return Reply({"rows": stats.rows})
+    return Reply(StatsOpened(stats.rows).to_header())
 
 
 def _stats_count(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    stats = _stats(ctx, header)
+    ref = StatsRef.from_header(header)
+    stats = _stats(ctx, ref.query, ref.dataset)
     if stats.indicator is None or stats.mask is not None:
         raise ConflictError("the count round runs once, after the indicator arrived")
     return Reply({}, stats.masked_count())
@@ -466,33 +456,32 @@ def _stats_count(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Re
 
 def _stats_release(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
-    query = header_str(header, "query")
-    dataset = header_str(header, "dataset")
-    state = node.sessions.get(ctx.sender, _session_key(query, dataset))
-    stats = _stats(ctx, header)
+    ref = StatsRef.from_header(header)
+    state = node.sessions.get(ctx.sender, _session_key(ref.query, ref.dataset))
+    stats = _stats(ctx, ref.query, ref.dataset)
     if stats.released:
         raise ConflictError("this aggregate was already released")
     messages = b""
     if stats.meta["protocol"] == "additive":
         whole = receive_part(state, "beaver", header, payload, max_total=MAX_MATERIAL)
         if whole is None:
-            return Reply({"received": header["part"] + 1})
+            return Reply(StatsReceived(header["part"] + 1).to_header())
         messages = whole
     elif payload:
         raise ValidationError("stats.release takes no payload for this protocol")
     stats.released = True  # one attempt: a refused count cannot be retried with another value
-    count = stats.unmask(header)
+    count = stats.unmask(StatsRelease.from_header(header, stats.meta["protocol"]).count)
     grant = _authorize_release(ctx, stats.meta, count=count)
     stats.reply = stats.release(node, node.transport, messages)
-    extras = {
-        "names": stats.plan.names,
-        "noiseScales": stats.plan.noise_scales(),
-        "count": count,
-        "receipt": grant.receipt,
-    }
-    if "divisors" in stats.meta:
-        extras["divisors"] = stats.meta["divisors"]
-    return _serve(stats, 0, extras)
+    divisors = stats.meta.get("divisors")
+    released = StatsReleased(
+        names=tuple(stats.plan.names),
+        noise_scales=tuple(stats.plan.noise_scales()),
+        count=count,
+        receipt=grant.receipt,
+        divisors=None if divisors is None else tuple(divisors),
+    )
+    return _serve(stats, 0, released.to_header())
 
 
 def _serve(stats: _ProviderStats, offset: int, extras: Mapping[str, Any] | None = None) -> Reply:
@@ -505,7 +494,8 @@ def _serve(stats: _ProviderStats, offset: int, extras: Mapping[str, Any] | None 
 
 
 def _stats_fetch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    return _serve(_stats(ctx, header), header_int(header, "offset", 0, MAX_MATERIAL))
+    message = StatsFetch.from_header(header)
+    return _serve(_stats(ctx, message.query, message.dataset), message.offset)
 
 
 def _missing_refusal(node: ComputeNode, missing: list[str], total: int, why: str) -> RefusedError:
@@ -529,24 +519,23 @@ def _missing_refusal(node: ComputeNode, missing: list[str], total: int, why: str
 
 def _stats_entities(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
-    query = header_str(header, "query")
-    dataset = header_str(header, "dataset")
+    ref = StatsRef.from_header(header)
+    query, dataset = ref.query, ref.dataset
     state = node.sessions.open(ctx.sender, _session_key(query, dataset))
     if header.get("part") == 0:
         marker = object()
         if state.setdefault("owner", marker) is not marker:
             raise ConflictError(f"an aggregate of query {query!r} was already run")
-    count = header_int(header, "count", 1, MAX_SET_SIZE)
+    count = StatsEntities.declared_count(header)
     raw = receive_part(state, "entities", header, payload, max_total=count * 130)
     if raw is None:
-        return Reply({"received": header["part"] + 1})
-    missing_rule = header_str(header, "missing")
-    if missing_rule not in MISSING_RULES:
-        raise ValidationError(f"header.missing: {missing_rule!r} not in {list(MISSING_RULES)}")
+        return Reply(StatsReceived(header["part"] + 1).to_header())
+    message = StatsEntities.from_header(header)
+    missing_rule = message.missing
     entities = decode_ids(raw, count, "opaque")
     if len(set(entities)) != len(entities):
         raise ValidationError("payload: entities must be distinct")
-    meta, plan = _meta_from(ctx, header)
+    meta, plan = _meta_from(ctx, message.aggregate)
     if node.data is None:
         raise NotFoundError(f"{node.participant_id} holds no data")
     # The cohort is the entities this provider holds, never the ids it was sent: nine made-up
@@ -576,16 +565,15 @@ def _stats_entities(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
         column = np.where(holes, default if default is not None else 0.0, column)
     rows = plan.features(column)
     totals = rows.sum(axis=1) + laplace_noise(plan.noise_scales())
-    return Reply(
-        {
-            "names": plan.names,
-            "totals": [float(v) for v in totals],
-            "noiseScales": plan.noise_scales(),
-            "count": len(entities),
-            "missing": missing[:_MISSING_LISTED],
-            "receipt": grant.receipt,
-        }
+    reply = StatsTotals(
+        names=tuple(plan.names),
+        totals=tuple(float(v) for v in totals),
+        noise_scales=tuple(plan.noise_scales()),
+        count=len(entities),
+        missing=tuple(missing[:_MISSING_LISTED]),
+        receipt=grant.receipt,
     )
+    return Reply(reply.to_header())
 
 
 def register_aggregate(node: ComputeNode) -> None:
