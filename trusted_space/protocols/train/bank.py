@@ -40,6 +40,7 @@ from trusted_space.protocols.train.reference import (
     should_stop,
     split_rows,
 )
+from trusted_space.protocols.train.wire import DealSeed, SeedDealt
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
     SEED_BYTES,
@@ -171,18 +172,15 @@ def run_train(
         x0[:, 0] = encode_ring(np.ones(n), FRAC_BITS)
         start, stop = offsets[analyst_id]
         x0[:, start:stop] = encode_ring(x_bank, FRAC_BITS)
-        dealt = transport.call(
-            operator_id,
-            "train.deal",
-            {
-                "session": query.id,
-                "analyst": analyst_id,
-                "op": "seed",
-                "parties": [analyst_id, compute],
-                "spec": dealer_spec(len(train_rows), len(valid_rows), params, d),
-            },
+        deal = DealSeed(
+            session=query.id,
+            analyst=analyst_id,
+            parties=(analyst_id, compute),
+            spec=dealer_spec(len(train_rows), len(valid_rows), params, d),
         )
-        if len(dealt.payload) != SEED_BYTES or dealt.header.get("party") != 0:
+        dealt = transport.call(operator_id, "train.deal", deal.to_header())
+        SeedDealt.from_header(dealt.header, 0)
+        if len(dealt.payload) != SEED_BYTES:
             raise ValidationError("the dealer sent no seed for party 0")
         seed = dealt.payload
         layout = [{"party": p, "columns": len(cols)} for p, cols in query.layout]

@@ -11,6 +11,7 @@ import numpy as np
 from trusted_space.errors import ConflictError
 from trusted_space.events import canonical_json
 from trusted_space.protocols.train.reference import FloatArray, Ring
+from trusted_space.protocols.train.wire import DealerSpec
 from trusted_space.queries.score import Model
 from trusted_space.queries.train import TrainParams
 
@@ -29,16 +30,16 @@ def weights_sha256(weights: Mapping[str, float]) -> str:
     return hashlib.sha256(canonical_json({c: float(w) for c, w in weights.items()})).hexdigest()
 
 
-def dealer_spec(n_train: int, n_valid: int, params: TrainParams, columns: int) -> dict[str, int]:
+def dealer_spec(n_train: int, n_valid: int, params: TrainParams, columns: int) -> DealerSpec:
     """The shapes both compute parties declare to the dealer (it checks they agree)."""
-    return {
-        "nTrain": n_train,
-        "nValid": n_valid,
-        "batch": params.batch_size,
-        "columns": columns,
-        "knots": len(params.knots),
-        "epochs": params.epochs,
-    }
+    return DealerSpec(
+        n_train=n_train,
+        n_valid=n_valid,
+        batch=params.batch_size,
+        columns=columns,
+        knots=len(params.knots),
+        epochs=params.epochs,
+    )
 
 
 def check_weights(values: FloatArray) -> FloatArray:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Mapping
 from typing import Any, Final
 
-from trusted_space.catalog import check_participant_id
 from trusted_space.compute import CallContext, ComputeNode
 from trusted_space.errors import (
     ConflictError,
@@ -19,8 +17,14 @@ from trusted_space.errors import (
     ValidationError,
 )
 from trusted_space.events import record_event
-from trusted_space.protocols._common import header_int, header_str
 from trusted_space.protocols._parts import PART_BYTES
+from trusted_space.protocols.train.wire import (
+    DealMaterial,
+    DealSeed,
+    MaterialDealt,
+    SeedDealt,
+    deal_key,
+)
 from trusted_space.protocols.train_mpc import (
     SEED_BYTES,
     batch_sizes,
@@ -28,7 +32,6 @@ from trusted_space.protocols.train_mpc import (
     layout_for,
     pack_messages,
 )
-from trusted_space.queries.train import MAX_BATCH, MAX_COLUMNS, MAX_EPOCHS, MAX_ROWS
 from trusted_space.transport import Reply
 
 __all__ = ["DEALER_NAMESPACE", "register_train_dealer"]
@@ -38,37 +41,17 @@ DEALER_NAMESPACE: Final = "train.dealer"
 _DEALER_SESSION: Final = "#train-dealer"
 
 
-def _dealer_spec(header: Mapping[str, Any]) -> dict[str, int]:
-    spec = header.get("spec")
-    if not isinstance(spec, dict):
-        raise ValidationError("header.spec: expected an object")
-    return {
-        "nTrain": header_int(spec, "nTrain", 1, MAX_ROWS),
-        "nValid": header_int(spec, "nValid", 0, MAX_ROWS),
-        "batch": header_int(spec, "batch", 1, MAX_BATCH),
-        "columns": header_int(spec, "columns", 2, MAX_COLUMNS),
-        "knots": header_int(spec, "knots", 2, 16),
-        "epochs": header_int(spec, "epochs", 1, MAX_EPOCHS),
-    }
-
-
 def _train_deal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """``train.deal``: a party's seed (once), or party 1's derived material (each batch once)."""
     node = ctx.node
-    session = header_str(header, "session")
-    analyst = header_str(header, "analyst")
-    op = header_str(header, "op")
+    session, analyst, op = deal_key(header)
     key = f"{analyst}/{session}"
     if payload:
         raise ValidationError("train.deal takes no payload")
     if op == "seed":
-        value = header.get("parties")
-        if not isinstance(value, list) or len(value) != 2 or value[0] != analyst:
-            raise ValidationError("header.parties: [analyst, compute party]")
-        parties = [check_participant_id(p, "header.parties") for p in value]
-        if parties[0] == parties[1]:
-            raise ValidationError("header.parties: two distinct parties")
-        spec = _dealer_spec(header)
+        seed = DealSeed.from_header(header)
+        parties = list(seed.parties)
+        spec = seed.spec.to_json()
         if ctx.sender not in parties:
             raise ConflictError(f"{ctx.sender} is not a party of this training")
         party = parties.index(ctx.sender)
@@ -96,7 +79,7 @@ def _train_deal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
             record_event(
                 tx, "train.dealt", {"session": session, "party": ctx.sender, "what": "seed"}
             )
-        return Reply({"party": party}, seeds[party])
+        return Reply(SeedDealt(party).to_header(), seeds[party])
     if op != "material":
         raise ValidationError("header.op: 'seed' or 'material'")
     with node.store.transaction(readonly=True) as tx:
@@ -107,10 +90,9 @@ def _train_deal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
     spec = doc.body["spec"]
     if ctx.sender != parties[1]:
         raise ConflictError("only the compute party fetches derived material")
-    epoch = header_int(header, "epoch", 1, spec["epochs"])
     sizes = batch_sizes(spec["nTrain"], spec["nValid"], spec["batch"])
-    first = header_int(header, "first", 0, len(sizes) - 1)
-    count = header_int(header, "count", 1, len(sizes) - first)
+    material = DealMaterial.from_header(header, spec["epochs"], len(sizes))
+    epoch, first, count = material.epoch, material.first, material.count
     try:
         state = node.sessions.get(_DEALER_SESSION, key)
     except NotFoundError as exc:
@@ -151,7 +133,7 @@ def _train_deal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
             dealer_correction(state["seeds"], epoch, first + i, lay)
             for i, lay in enumerate(layouts)
         ]
-    return Reply({"epoch": epoch, "first": first, "count": count}, pack_messages(parts))
+    return Reply(MaterialDealt(epoch, first, count).to_header(), pack_messages(parts))
 
 
 def register_train_dealer(node: ComputeNode) -> None:

@@ -31,6 +31,7 @@ from trusted_space.protocols.align import sender_roles
 from trusted_space.protocols.score import store_party_weights, weight_stats
 from trusted_space.protocols.train import check_weights, dealer_spec, weights_sha256
 from trusted_space.protocols.train.common import weight_block
+from trusted_space.protocols.train.wire import DealMaterial, DealSeed, MaterialDealt, SeedDealt
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
     SEED_BYTES,
@@ -408,20 +409,12 @@ def _dealer_material(
                     break
                 count += 1
                 total += words
-            reply = node.transport.call(
-                spec["operator"],
-                "train.deal",
-                {
-                    "session": spec["query"],
-                    "analyst": analyst,
-                    "op": "material",
-                    "epoch": epoch,
-                    "first": batch,
-                    "count": count,
-                },
-            )
+            deal = DealMaterial(spec["query"], analyst, epoch, batch, count)
+            reply = node.transport.call(spec["operator"], "train.deal", deal.to_header())
             parts = unpack_messages(reply.payload, max_messages=count)
-            if len(parts) != count:
+            if len(parts) != count or MaterialDealt.from_header(reply.header) != MaterialDealt(
+                epoch, batch, count
+            ):
                 raise ValidationError("the dealer sent material for other batches")
             for i, part in enumerate(parts):
                 cache[(epoch, batch + i)] = part
@@ -447,18 +440,15 @@ def _start_epoch(
         if node.transport is None:
             raise ValidationError(f"{node.participant_id} has no transport to the operator")
         d = state["x"].shape[1]
-        reply = node.transport.call(
-            spec["operator"],
-            "train.deal",
-            {
-                "session": spec["query"],
-                "analyst": ctx.sender,
-                "op": "seed",
-                "parties": [ctx.sender, node.participant_id],
-                "spec": dealer_spec(len(order), len(valid), params, d),
-            },
+        deal = DealSeed(
+            session=spec["query"],
+            analyst=ctx.sender,
+            parties=(ctx.sender, node.participant_id),
+            spec=dealer_spec(len(order), len(valid), params, d),
         )
-        if len(reply.payload) != SEED_BYTES or reply.header.get("party") != 1:
+        reply = node.transport.call(spec["operator"], "train.deal", deal.to_header())
+        SeedDealt.from_header(reply.header, 1)
+        if len(reply.payload) != SEED_BYTES:
             raise ValidationError("the dealer sent no seed for party 1")
         state["seed"] = reply.payload
         state["sizes"] = batch_sizes(len(order), len(valid), params.batch_size)

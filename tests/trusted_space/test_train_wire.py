@@ -1,0 +1,101 @@
+"""The training dealer's ``train.deal`` headers: each reads back what it wrote; a bad field is
+named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trusted_space.errors import ValidationError
+from trusted_space.protocols.train.wire import (
+    DealerSpec,
+    DealMaterial,
+    DealSeed,
+    MaterialDealt,
+    SeedDealt,
+    deal_key,
+)
+from trusted_space.transport import frame, unframe
+
+SPEC = DealerSpec(n_train=32, n_valid=8, batch=16, columns=8, knots=6, epochs=2)
+
+
+def _over_the_wire(header: dict[str, Any]) -> dict[str, Any]:
+    return unframe(frame(header))[0]
+
+
+def _seed() -> DealSeed:
+    return DealSeed("urn:uuid:q-1", "bank", ("bank", "court"), SPEC)
+
+
+MESSAGES = [_seed(), MaterialDealt(2, 3, 4)]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_reads_back_what_it_wrote(message: Any) -> None:
+    assert type(message).from_header(_over_the_wire(message.to_header())) == message
+
+
+def test_messages_with_their_context_read_back() -> None:
+    material = DealMaterial("urn:uuid:q-1", "bank", 2, 3, 2)
+    header = _over_the_wire(material.to_header())
+    assert deal_key(header) == ("urn:uuid:q-1", "bank", "material")
+    assert DealMaterial.from_header(header, epochs=2, batches=5) == material
+    assert SeedDealt.from_header(_over_the_wire(SeedDealt(1).to_header()), 1) == SeedDealt(1)
+
+
+def test_the_headers_keep_their_wire_keys() -> None:
+    assert list(_seed().to_header()) == ["session", "analyst", "op", "parties", "spec"]
+    assert list(SPEC.to_json()) == ["nTrain", "nValid", "batch", "columns", "knots", "epochs"]
+    assert _seed().to_header()["op"] == "seed"
+    assert DealMaterial("s", "a", 1, 0, 1).to_header() == {
+        "session": "s",
+        "analyst": "a",
+        "op": "material",
+        "epoch": 1,
+        "first": 0,
+        "count": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"session": ""}, "header.session: expected a non-empty string"),
+        ({"op": "triple"}, "header.op: 'seed' or 'material'"),
+        ({"parties": ["court", "bank"]}, "header.parties: [analyst, compute party]"),
+        ({"parties": ["bank"]}, "header.parties: [analyst, compute party]"),
+        ({"parties": ["bank", "bank"]}, "header.parties: two distinct parties"),
+        ({"spec": []}, "header.spec: expected an object"),
+        ({"spec": {**SPEC.to_json(), "knots": 1}}, "header.knots: expected an integer in [2, 16]"),
+    ],
+)
+def test_a_bad_seed_request_is_named(changes: dict[str, Any], message: str) -> None:
+    header = {**_seed().to_header(), **changes}
+    with pytest.raises(ValidationError) as info:
+        DealSeed.from_header(header)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"epoch": 3}, "header.epoch: expected an integer in [1, 2]"),
+        ({"first": 5}, "header.first: expected an integer in [0, 4]"),
+        ({"count": 3}, "header.count: expected an integer in [1, 2]"),
+        ({"op": "seed"}, "header.op: 'seed' or 'material'"),
+    ],
+)
+def test_a_bad_material_request_is_named(changes: dict[str, Any], message: str) -> None:
+    header = {**DealMaterial("s", "bank", 1, 3, 1).to_header(), **changes}
+    with pytest.raises(ValidationError) as info:
+        DealMaterial.from_header(header, epochs=2, batches=5)
+    assert str(info.value) == message
+
+
+def test_a_seed_for_another_party_is_refused() -> None:
+    with pytest.raises(ValidationError, match="the dealer sent no seed for party 1"):
+        SeedDealt.from_header({"party": 0}, 1)
+    with pytest.raises(ValidationError, match="the dealer sent no seed for party 0"):
+        SeedDealt.from_header({}, 0)
