@@ -1,4 +1,4 @@
-"""The training dealer's ``train.deal`` headers: each reads back what it wrote; a bad field is
+"""The ``train.deal`` and ``train.open`` headers: each reads back what it wrote; a bad field is
 named."""
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from trusted_space.protocols.train.wire import (
     DealSeed,
     MaterialDealt,
     SeedDealt,
+    TrainOpen,
+    TrainOpened,
+    TrainReceived,
     deal_key,
 )
+from trusted_space.queries.train import TrainParams
 from trusted_space.transport import frame, unframe
 
 SPEC = DealerSpec(n_train=32, n_valid=8, batch=16, columns=8, knots=6, epochs=2)
@@ -29,7 +33,37 @@ def _seed() -> DealSeed:
     return DealSeed("urn:uuid:q-1", "bank", ("bank", "court"), SPEC)
 
 
-MESSAGES = [_seed(), MaterialDealt(2, 3, 4)]
+def _open(**changes: Any) -> TrainOpen:
+    values: dict[str, Any] = {
+        "query": "urn:uuid:q-1",
+        "protocol": "additive",
+        "mode": "party-held",
+        "purpose": "credit-risk",
+        "agreement": "urn:uuid:a-1",
+        "dataset": "ds-tax",
+        "columns": ("income", "debt"),
+        "id_kind": "uscc",
+        "missing": "impute",
+        "operator": "operator",
+        "compute_party": "court",
+        "layout": (("bank", 1), ("court", 2), ("tax-bureau", 2)),
+        "params": TrainParams(epochs=3, batch_size=64, validation=0.25),
+        "entities": 100,
+        "feature_bound": 64.0,
+        "model_id": "urn:uuid:m-1",
+    }
+    values.update(changes)
+    return TrainOpen(**values)
+
+
+MESSAGES = [
+    _seed(),
+    MaterialDealt(2, 3, 4),
+    _open(),
+    _open(mode="analyst-held", missing="fail", id_kind="opaque"),
+    TrainReceived(2),
+    TrainOpened("urn:uuid:q-1", 100),
+]
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
@@ -99,3 +133,59 @@ def test_a_seed_for_another_party_is_refused() -> None:
         SeedDealt.from_header({"party": 0}, 1)
     with pytest.raises(ValidationError, match="the dealer sent no seed for party 0"):
         SeedDealt.from_header({}, 0)
+
+
+def test_the_open_header_keeps_its_wire_keys() -> None:
+    header = _open().to_header()
+    assert list(header) == [
+        "query",
+        "protocol",
+        "mode",
+        "purpose",
+        "agreement",
+        "dataset",
+        "columns",
+        "idKind",
+        "missing",
+        "operator",
+        "computeParty",
+        "layout",
+        "params",
+        "entities",
+        "featureBound",
+        "modelId",
+    ]
+    assert header["layout"][0] == {"party": "bank", "columns": 1}
+    assert TrainOpen.key(header) == "urn:uuid:q-1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"query": None}, "header.query: expected a non-empty string"),
+        ({"protocol": "paillier"}, "header.protocol: training runs on 'additive'"),
+        ({"mode": "both"}, "header.mode: one of"),
+        ({"idKind": "vat"}, "header.idKind / header.missing: unknown value"),
+        ({"layout": [{"party": "bank", "columns": 1}]}, "header.layout: expected the column"),
+        ({"layout": [["bank", 1], ["court", 2]]}, "header.layout: expected objects"),
+        (
+            {"layout": [{"party": "bank", "columns": 1}, {"party": "bank", "columns": 2}]},
+            "header.layout: a party appears twice",
+        ),
+        ({"columns": ["a", "a"]}, "header.columns: expected a list of distinct column names"),
+        ({"entities": 1}, "header.entities: expected an integer in [2,"),
+        ({"featureBound": 0}, "header.featureBound: expected a positive finite number"),
+        ({"modelId": ""}, "header.modelId: expected a non-empty string"),
+    ],
+)
+def test_a_bad_open_field_is_named(changes: dict[str, Any], message: str) -> None:
+    header = {**_open().to_header(), **changes}
+    with pytest.raises(ValidationError) as info:
+        TrainOpen.from_header(header)
+    assert str(info.value).startswith(message)
+
+
+def test_bad_open_params_are_refused() -> None:
+    header = {**_open().to_header(), "params": {"epochs": 0}}
+    with pytest.raises(ValidationError):
+        TrainOpen.from_header(header)

@@ -40,7 +40,7 @@ from trusted_space.protocols.train.reference import (
     should_stop,
     split_rows,
 )
-from trusted_space.protocols.train.wire import DealSeed, SeedDealt
+from trusted_space.protocols.train.wire import DealSeed, SeedDealt, TrainOpen
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
     SEED_BYTES,
@@ -183,28 +183,28 @@ def run_train(
         if len(dealt.payload) != SEED_BYTES:
             raise ValidationError("the dealer sent no seed for party 0")
         seed = dealt.payload
-        layout = [{"party": p, "columns": len(cols)} for p, cols in query.layout]
+        layout = tuple((p, len(cols)) for p, cols in query.layout)
         for p in query.providers:
-            header = {
-                "query": query.id,
-                "protocol": query.protocol,
-                "mode": query.mode,
-                "purpose": query.purpose,
-                "agreement": query.agreements[p],
-                "dataset": query.datasets[p],
-                "columns": list(query.features[p]),
-                "idKind": query.id_kind,
-                "missing": query.missing,
-                "operator": operator_id,
-                "computeParty": compute,
-                "layout": layout,
-                "params": params.to_json(),
-                "entities": n,
-                "featureBound": query.feature_bound,
-                "modelId": query.model_id,
-            }
+            message = TrainOpen(
+                query=query.id,
+                protocol=query.protocol,
+                mode=query.mode,
+                purpose=query.purpose,
+                agreement=query.agreements[p],
+                dataset=query.datasets[p],
+                columns=tuple(query.features[p]),
+                id_kind=query.id_kind,
+                missing=query.missing,
+                operator=operator_id,
+                compute_party=compute,
+                layout=layout,
+                params=params,
+                entities=n,
+                feature_bound=query.feature_bound,
+                model_id=query.model_id or query.id,  # set so by TrainQuery already
+            )
             opened.append(p)
-            send_in_parts(transport, p, "train.open", header, encode_ids(cohort))
+            send_in_parts(transport, p, "train.open", message.to_header(), encode_ids(cohort))
         timings["setup"] = time.perf_counter() - mark
         bank = Party(
             0,

@@ -1,4 +1,4 @@
-"""The training dealer's message ``train.deal`` as typed headers: paired serde.
+"""Training messages as typed headers: ``train.deal`` (the dealer's) and ``train.open``.
 
 Each message has ``to_header()`` (what the sender frames) beside ``from_header(header)`` (what
 the receiver accepts), as in :mod:`trusted_space.protocols.score.wire`. Parsing is strict: a
@@ -10,6 +10,10 @@ Requests (a compute party → the operator): :class:`DealSeed` (``op: seed``, wi
 :class:`DealerSpec` both parties declare) and :class:`DealMaterial` (``op: material``, party
 1's derived material for some batches); :func:`deal_key` reads what both share. Replies
 (the payload is the seed, or the packed material): :class:`SeedDealt`, :class:`MaterialDealt`.
+
+The bank's :class:`TrainOpen` to each provider, with the replies :class:`TrainReceived` (a part
+that was not the last) and :class:`TrainOpened`. The other ``train.*`` operations are not typed
+yet.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any, Final, Self
 
 from trusted_space.catalog import check_participant_id
 from trusted_space.errors import ValidationError
-from trusted_space.protocols._common import header_int, header_str
-from trusted_space.queries.train import MAX_BATCH, MAX_COLUMNS, MAX_EPOCHS, MAX_ROWS
+from trusted_space.protocols._common import header_float, header_int, header_str
+from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.queries.train import MAX_BATCH, MAX_COLUMNS, MAX_EPOCHS, MAX_ROWS, TrainParams
 
 __all__ = [
     "DealMaterial",
@@ -29,6 +34,9 @@ __all__ = [
     "DealerSpec",
     "MaterialDealt",
     "SeedDealt",
+    "TrainOpen",
+    "TrainOpened",
+    "TrainReceived",
     "deal_key",
 ]
 
@@ -180,3 +188,155 @@ class MaterialDealt:
             header_int(header, "first", 0, _MAX_BATCHES),
             header_int(header, "count", 1, _MAX_BATCHES),
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# train.open (the bank → each provider)
+# ----------------------------------------------------------------------------------------------
+
+
+def _layout(header: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    value = header.get("layout")
+    if not isinstance(value, list) or not 2 <= len(value) <= 257:
+        raise ValidationError("header.layout: expected the column blocks of every party")
+    out: list[tuple[str, int]] = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise ValidationError("header.layout: expected objects {party, columns}")
+        party = check_participant_id(item.get("party"), "header.layout.party")
+        out.append((party, header_int(item, "columns", 0, MAX_COLUMNS)))
+    if len({p for p, _ in out}) != len(out):
+        raise ValidationError("header.layout: a party appears twice")
+    return tuple(out)
+
+
+def _columns(header: Mapping[str, Any]) -> tuple[str, ...]:
+    value = header.get("columns")
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= MAX_COLUMNS
+        or not all(isinstance(c, str) and c for c in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ValidationError("header.columns: expected a list of distinct column names")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class TrainOpen:
+    """``train.open``: the training as one provider needs it; the payload is the cohort's ids.
+
+    The ids come in parts (the header of each is this plus the parts layer's ``part``,
+    ``parts`` and ``total``); the provider reads the whole header at part 0 and only
+    :meth:`key` after. ``layout`` is every party's column block, the bank first, then the
+    compute party. Checks that need the provider (the space's operator, its own block, the
+    sender) stay with the operation.
+    """
+
+    query: str
+    protocol: str
+    mode: str
+    purpose: str
+    agreement: str
+    dataset: str
+    columns: tuple[str, ...]
+    id_kind: str
+    missing: str
+    operator: str
+    compute_party: str
+    layout: tuple[tuple[str, int], ...]
+    params: TrainParams
+    entities: int
+    feature_bound: float
+    model_id: str
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "protocol": self.protocol,
+            "mode": self.mode,
+            "purpose": self.purpose,
+            "agreement": self.agreement,
+            "dataset": self.dataset,
+            "columns": list(self.columns),
+            "idKind": self.id_kind,
+            "missing": self.missing,
+            "operator": self.operator,
+            "computeParty": self.compute_party,
+            "layout": [{"party": p, "columns": k} for p, k in self.layout],
+            "params": self.params.to_json(),
+            "entities": self.entities,
+            "featureBound": self.feature_bound,
+            "modelId": self.model_id,
+        }
+
+    @staticmethod
+    def key(header: Mapping[str, Any]) -> str:
+        """The query a part is for (checked)."""
+        return header_str(header, "query")
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        query = cls.key(header)
+        protocol = header_str(header, "protocol")
+        if protocol != "additive":
+            raise ValidationError("header.protocol: training runs on 'additive'")
+        operator = header_str(header, "operator")
+        mode = header_str(header, "mode")
+        if mode not in MODES:
+            raise ValidationError(f"header.mode: one of {list(MODES)}")
+        id_kind = header_str(header, "idKind")
+        missing = header_str(header, "missing")
+        if id_kind not in ID_KINDS or missing not in MISSING_RULES:
+            raise ValidationError("header.idKind / header.missing: unknown value")
+        layout = _layout(header)
+        compute = header_str(header, "computeParty")
+        columns = _columns(header)
+        params = TrainParams.from_json(header.get("params"))
+        return cls(
+            query=query,
+            protocol=protocol,
+            mode=mode,
+            purpose=header_str(header, "purpose"),
+            agreement=header_str(header, "agreement"),
+            dataset=header_str(header, "dataset"),
+            columns=columns,
+            id_kind=id_kind,
+            missing=missing,
+            operator=operator,
+            compute_party=compute,
+            layout=layout,
+            params=params,
+            entities=header_int(header, "entities", 2, MAX_ROWS),
+            feature_bound=header_float(header, "featureBound"),
+            model_id=header_str(header, "modelId"),
+        )
+
+
+@dataclass(frozen=True)
+class TrainReceived:
+    """The reply to a ``train.open`` part that was not the last: parts received so far."""
+
+    received: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"received": self.received}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        return cls(header_int(header, "received", 1, 1 << 16))
+
+
+@dataclass(frozen=True)
+class TrainOpened:
+    """The ``train.open`` reply: the training is open over ``entities`` ids."""
+
+    query: str
+    entities: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "entities": self.entities}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        return cls(header_str(header, "query"), header_int(header, "entities", 2, MAX_ROWS))

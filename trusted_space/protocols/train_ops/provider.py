@@ -25,13 +25,21 @@ from trusted_space.errors import (
     ValidationError,
 )
 from trusted_space.events import record_event
-from trusted_space.protocols._common import decode_ids, header_float, header_int, header_str
+from trusted_space.protocols._common import decode_ids, header_int, header_str
 from trusted_space.protocols._parts import receive_part, reply_part
 from trusted_space.protocols.align import sender_roles
 from trusted_space.protocols.score import store_party_weights, weight_stats
 from trusted_space.protocols.train import check_weights, dealer_spec, weights_sha256
 from trusted_space.protocols.train.common import weight_block
-from trusted_space.protocols.train.wire import DealMaterial, DealSeed, MaterialDealt, SeedDealt
+from trusted_space.protocols.train.wire import (
+    DealMaterial,
+    DealSeed,
+    MaterialDealt,
+    SeedDealt,
+    TrainOpen,
+    TrainOpened,
+    TrainReceived,
+)
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
     SEED_BYTES,
@@ -47,8 +55,7 @@ from trusted_space.protocols.train_mpc import (
     pack_messages,
     unpack_messages,
 )
-from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
-from trusted_space.queries.train import MAX_COLUMNS, MAX_EPOCHS, MAX_ROWS, TrainParams
+from trusted_space.queries.train import MAX_EPOCHS, TrainParams
 from trusted_space.transport import Reply
 
 __all__ = ["TRAIN_OPERATIONS", "register_train"]
@@ -90,76 +97,40 @@ def _state(
     return state
 
 
-def _layout_header(header: Mapping[str, Any]) -> list[tuple[str, int]]:
-    value = header.get("layout")
-    if not isinstance(value, list) or not 2 <= len(value) <= 257:
-        raise ValidationError("header.layout: expected the column blocks of every party")
-    out: list[tuple[str, int]] = []
-    for item in value:
-        if not isinstance(item, dict):
-            raise ValidationError("header.layout: expected objects {party, columns}")
-        party = check_participant_id(item.get("party"), "header.layout.party")
-        out.append((party, header_int(item, "columns", 0, MAX_COLUMNS)))
-    if len({p for p, _ in out}) != len(out):
-        raise ValidationError("header.layout: a party appears twice")
-    return out
-
-
-def _columns_header(header: Mapping[str, Any]) -> list[str]:
-    value = header.get("columns")
-    if (
-        not isinstance(value, list)
-        or not 1 <= len(value) <= MAX_COLUMNS
-        or not all(isinstance(c, str) and c for c in value)
-        or len(set(value)) != len(value)
-    ):
-        raise ValidationError("header.columns: expected a list of distinct column names")
-    return value
-
-
 def _train_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
-    query = header_str(header, "query")
+    query = TrainOpen.key(header)
     key = _session_key(query)
     if header.get("part", 0) == 0:
-        if header_str(header, "protocol") != "additive":
-            raise ValidationError("header.protocol: training runs on 'additive'")
-        operator = header_str(header, "operator")
+        message = TrainOpen.from_header(header)
+        operator = message.operator
         expected_operator = node.operator
         if expected_operator is not None and operator != expected_operator:
             raise ValidationError(f"header.operator: {operator!r} is not this space's operator")
-        mode = header_str(header, "mode")
-        if mode not in MODES:
-            raise ValidationError(f"header.mode: one of {list(MODES)}")
-        id_kind = header_str(header, "idKind")
-        missing = header_str(header, "missing")
-        if id_kind not in ID_KINDS or missing not in MISSING_RULES:
-            raise ValidationError("header.idKind / header.missing: unknown value")
-        layout = _layout_header(header)
-        compute = header_str(header, "computeParty")
-        columns = _columns_header(header)
+        layout = list(message.layout)
+        compute = message.compute_party
+        columns = list(message.columns)
         blocks = dict(layout)
         if blocks.get(node.participant_id) != len(columns):
             raise ValidationError("header.layout: this provider's block does not match columns")
         if layout[0][0] != ctx.sender or layout[1][0] != compute or compute == ctx.sender:
             raise ValidationError("header.layout: the bank first, then the compute party")
-        params = TrainParams.from_json(header.get("params"))
         spec = {
             "query": query,
-            "purpose": header_str(header, "purpose"),
-            "agreement": header_str(header, "agreement"),
-            "dataset": header_str(header, "dataset"),
+            "purpose": message.purpose,
+            "agreement": message.agreement,
+            "dataset": message.dataset,
             "columns": columns,
-            "mode": mode,
-            "idKind": id_kind,
-            "missing": missing,
+            "mode": message.mode,
+            "idKind": message.id_kind,
+            "missing": message.missing,
             "operator": operator,
             "compute": compute,
             "layout": layout,
-            "params": params,
-            "entities": header_int(header, "entities", 2, MAX_ROWS),
-            "featureBound": header_float(header, "featureBound"),
-            "modelId": header_str(header, "modelId"),
+            "params": message.params,
+            "entities": message.entities,
+            "featureBound": message.feature_bound,
+            "modelId": message.model_id,
         }
         state = node.sessions.open(ctx.sender, key)
         if "spec" in state or "opening" in state:
@@ -172,7 +143,7 @@ def _train_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
     spec = state["opening"]
     data = receive_part(state, "ids", header, payload, max_total=129 * spec["entities"])
     if data is None:
-        return Reply({"received": header.get("part", 0) + 1})
+        return Reply(TrainReceived(header.get("part", 0) + 1).to_header())
     ids = decode_ids(data, spec["entities"], spec["idKind"])
     if len(set(ids)) != len(ids):
         raise ValidationError("payload: an entity appears twice")
@@ -180,7 +151,7 @@ def _train_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
     if spec["compute"] == node.participant_id:
         d = 1 + sum(k for _, k in spec["layout"])
         state.update({"x": np.zeros((len(ids), d), dtype=np.uint64), "shared": set()})
-    return Reply({"query": query, "entities": len(ids)})
+    return Reply(TrainOpened(query, len(ids)).to_header())
 
 
 def _offsets(layout: Sequence[tuple[str, int]]) -> dict[str, tuple[int, int]]:
