@@ -4,6 +4,7 @@
 router                 mounted on             who may call
 =====================  =====================  ==============================================
 node                   every node             anyone (health, identity)
+metrics                every node             the node's staff (Prometheus text, /metrics)
 dsp_catalog            every node             anyone (open tier) / members (their view)
 dsp_negotiation        provider, consumer     members (signed requests)
 contracts_admin        provider, consumer     the node's staff (start/track negotiations)
@@ -38,6 +39,7 @@ from connectors.node.apidocs import install_api_docs
 from connectors.node.background import Background
 from connectors.node.console import router as console
 from connectors.node.console.sessions import SessionStore
+from connectors.node.metrics import install_metrics
 from connectors.node.problems import BodySizeLimit, document_problems, install_error_handlers
 from connectors.node.routers import (
     audit,
@@ -116,6 +118,7 @@ def create_app(
     app.state.console_sessions = SessionStore()
     install_error_handlers(app)
     install_api_docs(app)
+    install_metrics(app)
 
     def limit_for(path: str) -> int:
         if path.startswith(("/compute", "/management/queries")):

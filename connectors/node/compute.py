@@ -567,8 +567,12 @@ class HttpTransport(Transport):
                 content_type=COMPUTE_CONTENT_TYPE,
                 check=False,
             )
-        except (NotReadyError, RemoteError) as exc:  # unreachable, or the operator would not
-            # say where the peer is: the peer is not ready for us, as an unknown one in memory
+        except RemoteError as exc:
+            if exc.refused:  # the operator knows no such member: its refusal, relayed as a 4xx
+                raise
+            raise RemoteError(peer, 503, problem_document(NotReadyError(str(exc)))) from exc
+        except NotReadyError as exc:  # the operator is unreachable, or there is none to ask:
+            # the peer is not ready for us, as an unknown one in memory
             raise RemoteError(peer, 503, problem_document(NotReadyError(str(exc)))) from exc
         if not response.is_success:
             raise RemoteError(peer, response.status_code, _problem(response))

@@ -44,6 +44,7 @@ from trusted_space.identity import (
     OperatorAuthority,
     VerifiedRequest,
     Verifier,
+    check_participant_id,
     record_refusal,
 )
 from trusted_space.keys import SigningKey, VerifyKey
@@ -274,7 +275,9 @@ class NodeRuntime:
         Raises:
             NotReadyError: unknown here and no operator to ask, or the operator is unreachable.
             RemoteError: the operator refused to say (``404``: it knows no such member).
+            ValidationError: not a participant id (it would otherwise end up in a URL).
         """
+        check_participant_id(participant_id)
         if participant_id == self.id:
             return self.url
         with self.store.transaction(readonly=True) as tx:

@@ -804,3 +804,44 @@ def test_transfer_of_a_withdrawn_dataset_is_the_providers_refusal_not_a_502(
     assert problem["peer"] == tax and problem["status"] == problem["peerStatus"] == 404
     assert problem["detail"].startswith(f"{tax} answered 404")
     assert "ds-gone" in problem["detail"]
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    line = next(x for x in text.splitlines() if x.startswith(f"{name}{labels} "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_metrics_count_requests_decisions_and_the_ledger(
+    world: Space, fake_sources: list[sources.SourceSpec]
+) -> None:
+    offer = an_offer(1, purpose_is(PURPOSE))
+    publish_dataset(world.tax, "urn:uuid:ds-metrics", offer)
+    signed = agree(world, "urn:uuid:ds-metrics", offer)
+    start_transfer(world, signed.id)  # allowed
+    refused = world.bank.client.post(
+        "/management/transfers",
+        json={"agreementId": signed.id, "purpose": "marketing"},
+        headers=world.bank.admin_headers,
+    )
+    assert refused.status_code == 403
+    assert world.tax.client.get("/healthz").status_code == 200
+
+    assert world.tax.client.get("/metrics").status_code == 401  # the node's staff only
+    page = world.tax.client.get("/metrics", headers=world.tax.admin_headers)
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = page.text
+    decisions = events(world.tax, "policy.decision")
+    allowed = sum(1 for e in decisions if e.body["allowed"] is True)
+    assert _metric(text, "ts_policy_decisions_total", '{outcome="allowed"}') == allowed >= 1
+    refusals = len(decisions) - allowed
+    assert _metric(text, "ts_policy_decisions_total", '{outcome="refused"}') == refusals >= 1
+    assert _metric(text, "ts_ledger_entries") == len(events(world.tax))
+    assert _metric(text, "ts_witness_lag_entries") == len(events(world.tax))  # no witness here
+    healthz = '{method="GET",route="/healthz",status="200"}'
+    assert _metric(text, "ts_http_requests_total", healthz) >= 1
+    assert _metric(text, "ts_http_request_duration_seconds_count", '{route="/healthz"}') >= 1
+    assert "urn:uuid:ds-metrics" not in text  # routes are templates, ids are not labels
+    bank = world.bank.client.get("/metrics", headers=world.bank.admin_headers).text
+    assert "# TYPE ts_queries gauge" in bank
