@@ -22,12 +22,35 @@ app = typer.Typer(
 )
 
 
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("trusted-space")
+
+
 @app.command("version")
 def _version_command() -> None:
     """Print the version."""
-    from importlib.metadata import version
+    typer.echo(_version())
 
-    typer.echo(version("trusted-space"))
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(_version())
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """A privacy-preserving trusted data space: data usable but not visible."""
 
 
 for _group in (node, space, catalog, contracts, models, ledger, demo):
