@@ -1,4 +1,4 @@
-"""The ``train.deal`` and ``train.open`` headers: each reads back what it wrote; a bad field is
+"""The ``train.deal`` and ``train.*`` headers: each reads back what it wrote; a bad field is
 named."""
 
 from __future__ import annotations
@@ -7,16 +7,29 @@ from typing import Any
 
 import pytest
 
-from trusted_space.errors import ValidationError
+from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.protocols.train.wire import (
     DealerSpec,
     DealMaterial,
     DealSeed,
+    EpochStarted,
     MaterialDealt,
+    ModelRecorded,
+    Revealed,
     SeedDealt,
+    ShareReceived,
+    StepDone,
+    TrainEpoch,
+    TrainFetch,
+    TrainFinish,
     TrainOpen,
     TrainOpened,
     TrainReceived,
+    TrainRef,
+    TrainReveal,
+    TrainShare,
+    TrainStep,
+    TrainWeights,
     deal_key,
 )
 from trusted_space.queries.train import TrainParams
@@ -63,6 +76,12 @@ MESSAGES = [
     _open(mode="analyst-held", missing="fail", id_kind="opaque"),
     TrainReceived(2),
     TrainOpened("urn:uuid:q-1", 100),
+    TrainRef("urn:uuid:q-1"),
+    ShareReceived("urn:uuid:q-1", 2),
+    TrainStep("urn:uuid:q-1", 2, 17),
+    StepDone("urn:uuid:q-1", True),
+    Revealed("urn:uuid:q-1", 3),
+    TrainWeights("urn:uuid:q-1", "bank"),
 ]
 
 
@@ -189,3 +208,76 @@ def test_bad_open_params_are_refused() -> None:
     header = {**_open().to_header(), "params": {"epochs": 0}}
     with pytest.raises(ValidationError):
         TrainOpen.from_header(header)
+
+
+def test_the_step_messages_read_back_with_their_context() -> None:
+    def wire(message: Any) -> dict[str, Any]:
+        return _over_the_wire(message.to_header())
+
+    epoch = TrainEpoch("q", 2)
+    assert TrainEpoch.from_header(wire(epoch), 3) == epoch
+    started = EpochStarted("q", 2, {"index": 5})
+    assert EpochStarted.from_header(wire(started), "tax-bureau", 2) == started
+    share = TrainShare("q", "bank", 100, 2)
+    assert TrainShare.key(wire(share)) == ("bank", "q")
+    assert TrainShare.from_header(wire(share), 100, 2) == share
+    fetch = TrainFetch("q", 800)
+    assert TrainFetch.from_header(wire(fetch), 1600) == fetch
+    reveal = TrainReveal("q", 2)
+    assert TrainReveal.from_header(wire(reveal), 2) == reveal
+    finish = TrainFinish("q", "ab" * 32)
+    assert TrainFinish.from_header(wire(finish), "analyst-held") == finish
+    assert TrainFinish.from_header(wire(TrainFinish("q")), "party-held") == TrainFinish("q")
+    assert "modelSha256" not in TrainFinish("q").to_header()
+    recorded = ModelRecorded("q", "ab" * 32, 7, "weights")
+    assert ModelRecorded.from_header(wire(recorded), "tax-bureau") == recorded
+    assert list(recorded.to_header()) == ["query", "sha256", "ledgerIndex", "of"]
+
+
+@pytest.mark.parametrize(
+    ("parse", "header", "message"),
+    [
+        (lambda h: TrainEpoch.from_header(h, 3), {"query": "q", "epoch": 4}, "header.epoch"),
+        (lambda h: TrainShare.key(h), {"query": "q", "analyst": ""}, "header.analyst"),
+        (
+            lambda h: TrainShare.from_header(h, 100, 2),
+            {"query": "q", "analyst": "bank", "rows": 99, "columns": 2},
+            "header.rows: expected an integer in [100, 100]",
+        ),
+        (
+            lambda h: TrainShare.from_header(h, 100, 2),
+            {"query": "q", "analyst": "bank", "rows": 100, "columns": 3},
+            "header.columns: expected an integer in [2, 2]",
+        ),
+        (lambda h: TrainFetch.from_header(h, 10), {"query": "q", "offset": 11}, "header.offset"),
+        (lambda h: TrainStep.from_header(h), {"query": "q", "epoch": 1, "seq": -1}, "header.seq"),
+        (lambda h: TrainReveal.from_header(h, 2), {"query": "q", "epoch": 3}, "header.epoch"),
+        (lambda h: TrainWeights.from_header(h), {"query": "q"}, "header.analyst"),
+        (
+            lambda h: TrainFinish.from_header(h, "analyst-held"),
+            {"query": "q", "modelSha256": "AB" * 32},
+            "header.modelSha256: 64 lower-case hex digits",
+        ),
+        (
+            lambda h: TrainFinish.from_header(h, "analyst-held"),
+            {"query": "q"},
+            "header.modelSha256: expected a non-empty string",
+        ),
+        (lambda h: StepDone.from_header(h), {"query": "q", "done": 1}, "header.done"),
+        (
+            lambda h: ModelRecorded.from_header(h, "court"),
+            {"query": "q", "sha256": "ab", "ledgerIndex": True, "of": "model"},
+            "court did not record the model",
+        ),
+    ],
+)
+def test_a_bad_step_field_is_named(parse: Any, header: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse(header)
+    assert str(info.value).startswith(message)
+
+
+def test_an_epoch_reply_without_receipt_is_refused() -> None:
+    with pytest.raises(VerificationError) as info:
+        EpochStarted.from_header({"query": "q", "epoch": 1}, "tax-bureau", 1)
+    assert info.value.reason == "tax-bureau returned no receipt for epoch 1"

@@ -40,7 +40,19 @@ from trusted_space.protocols.train.reference import (
     should_stop,
     split_rows,
 )
-from trusted_space.protocols.train.wire import DealSeed, SeedDealt, TrainOpen
+from trusted_space.protocols.train.wire import (
+    DealSeed,
+    EpochStarted,
+    ModelRecorded,
+    SeedDealt,
+    StepDone,
+    TrainEpoch,
+    TrainFinish,
+    TrainOpen,
+    TrainRef,
+    TrainReveal,
+    TrainStep,
+)
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
     SEED_BYTES,
@@ -89,11 +101,10 @@ def _call_steps(transport: Transport, peer: str, query: str, epoch: int, exchang
     while not (exchange.done and peer_done):
         if not pending:
             raise ValidationError("training protocol deadlock")
-        reply = transport.call(
-            peer, "train.step", {"query": query, "epoch": epoch, "seq": seq}, pack_messages(pending)
-        )
+        step = TrainStep(query, epoch, seq)
+        reply = transport.call(peer, "train.step", step.to_header(), pack_messages(pending))
         seq += 1
-        peer_done = bool(reply.header.get("done"))
+        peer_done = StepDone.from_header(reply.header).done
         pending = exchange.feed(unpack_messages(reply.payload, max_messages=8))
         if exchange.done and not peer_done and not pending:
             raise ValidationError(f"{peer} did not finish the epoch")
@@ -228,11 +239,9 @@ def run_train(
                 if p == compute:
                     payload = pack_messages([order.astype(np.uint64), valid_rows.astype(np.uint64)])
                 reply = transport.call(
-                    p, "train.epoch", {"query": query.id, "epoch": epoch}, payload
+                    p, "train.epoch", TrainEpoch(query.id, epoch).to_header(), payload
                 )
-                receipt = reply.header.get("receipt")
-                if not isinstance(receipt, dict):
-                    raise VerificationError(f"{p} returned no receipt for epoch {epoch}")
+                receipt = dict(EpochStarted.from_header(reply.header, p, epoch).receipt)
                 check_use_receipt(
                     receipt,
                     participant=p,
@@ -250,7 +259,7 @@ def run_train(
                         transport,
                         p,
                         "train.fetch",
-                        {"query": query.id},
+                        TrainRef(query.id).to_header(),  # fetch_rest adds TrainFetch's offset
                         reply,
                         max_total=8 * n * k,
                     )
@@ -299,7 +308,7 @@ def run_train(
     except BaseException:
         for p in opened:
             with contextlib.suppress(RemoteError, TrustedSpaceError):
-                transport.call(p, "train.abort", {"query": query.id})
+                transport.call(p, "train.abort", TrainRef(query.id).to_header())
         raise
     digest = model_sha256(model)
     if analyst_store is not None:
@@ -352,7 +361,7 @@ def _release(
     """Reveal the weights the mode releases, build the model file, have providers record it."""
     records: dict[str, dict[str, Any]] = {}
     if query.mode == "analyst-held":
-        reply = transport.call(compute, "train.reveal", {"query": query.id, "epoch": epoch})
+        reply = transport.call(compute, "train.reveal", TrainReveal(query.id, epoch).to_header())
         (theirs,) = unpack_messages(reply.payload, max_messages=1)
         if theirs.shape != share.shape:
             raise ValidationError(f"{compute} revealed a share of the wrong size")
@@ -364,11 +373,13 @@ def _release(
         model = Model(float(w[0]), Link("logistic"), weights, id=query.model_id)
         digest = model_sha256(model)
         for p in query.providers:
-            reply = transport.call(p, "train.finish", {"query": query.id, "modelSha256": digest})
+            finish = TrainFinish(query.id, digest).to_header()
+            reply = transport.call(p, "train.finish", finish)
             records[p] = _record_of(p, reply, digest)
         return model, records
     mine = pack_messages([weight_block(share, offsets[compute])])
-    reply = transport.call(compute, "train.reveal", {"query": query.id, "epoch": epoch}, mine)
+    reveal = TrainReveal(query.id, epoch).to_header()
+    reply = transport.call(compute, "train.reveal", reveal, mine)
     (theirs,) = unpack_messages(reply.payload, max_messages=1)
     bank = offsets[analyst_id]
     own = np.concatenate([share[:1], weight_block(share, bank)])
@@ -380,16 +391,13 @@ def _release(
     model = Model(float(w[0]), Link("logistic"), weights if cols else (), id=query.model_id)
     for p in [compute, *query.others]:
         payload = b"" if p == compute else pack_messages([weight_block(share, offsets[p])])
-        reply = transport.call(p, "train.finish", {"query": query.id}, payload)
+        reply = transport.call(p, "train.finish", TrainFinish(query.id).to_header(), payload)
         records[p] = _record_of(p, reply, None)
     return model, records
 
 
 def _record_of(provider: str, reply: Reply, digest: str | None) -> dict[str, Any]:
-    sha = reply.header.get("sha256")
-    index = reply.header.get("ledgerIndex")
-    if not isinstance(sha, str) or not isinstance(index, int):
-        raise ValidationError(f"{provider} did not record the model")
-    if digest is not None and sha != digest:
+    recorded = ModelRecorded.from_header(reply.header, provider)
+    if digest is not None and recorded.sha256 != digest:
         raise VerificationError(f"{provider} recorded another model hash")
-    return {"sha256": sha, "ledgerIndex": index, "of": reply.header.get("of")}
+    return {"sha256": recorded.sha256, "ledgerIndex": recorded.ledger_index, "of": recorded.of}

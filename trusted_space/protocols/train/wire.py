@@ -1,4 +1,4 @@
-"""Training messages as typed headers: ``train.deal`` (the dealer's) and ``train.open``.
+"""The training messages as typed headers: ``train.deal`` (the dealer's) and ``train.*``.
 
 Each message has ``to_header()`` (what the sender frames) beside ``from_header(header)`` (what
 the receiver accepts), as in :mod:`trusted_space.protocols.score.wire`. Parsing is strict: a
@@ -12,8 +12,11 @@ Requests (a compute party → the operator): :class:`DealSeed` (``op: seed``, wi
 (the payload is the seed, or the packed material): :class:`SeedDealt`, :class:`MaterialDealt`.
 
 The bank's :class:`TrainOpen` to each provider, with the replies :class:`TrainReceived` (a part
-that was not the last) and :class:`TrainOpened`. The other ``train.*`` operations are not typed
-yet.
+that was not the last) and :class:`TrainOpened`; then :class:`TrainEpoch` (:class:`EpochStarted`),
+:class:`TrainFetch`, :class:`TrainStep` (:class:`StepDone`), :class:`TrainReveal`
+(:class:`Revealed`), :class:`TrainFinish` (:class:`ModelRecorded`) and :class:`TrainRef`
+(``train.abort`` and its reply); between parties :class:`TrainShare` (:class:`ShareReceived`)
+and :class:`TrainWeights` (replied with a :class:`TrainRef`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Self
 
 from trusted_space.catalog import check_participant_id
-from trusted_space.errors import ValidationError
+from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.protocols._common import header_float, header_int, header_str
 from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
 from trusted_space.queries.train import MAX_BATCH, MAX_COLUMNS, MAX_EPOCHS, MAX_ROWS, TrainParams
@@ -32,11 +35,24 @@ __all__ = [
     "DealMaterial",
     "DealSeed",
     "DealerSpec",
+    "EpochStarted",
     "MaterialDealt",
+    "ModelRecorded",
+    "Revealed",
     "SeedDealt",
+    "ShareReceived",
+    "StepDone",
+    "TrainEpoch",
+    "TrainFetch",
+    "TrainFinish",
     "TrainOpen",
     "TrainOpened",
     "TrainReceived",
+    "TrainRef",
+    "TrainReveal",
+    "TrainShare",
+    "TrainStep",
+    "TrainWeights",
     "deal_key",
 ]
 
@@ -340,3 +356,292 @@ class TrainOpened:
     @classmethod
     def from_header(cls, header: Mapping[str, Any]) -> Self:
         return cls(header_str(header, "query"), header_int(header, "entities", 2, MAX_ROWS))
+
+
+# ----------------------------------------------------------------------------------------------
+# The rest of train.* (the bank → the providers and the compute party; between parties)
+# ----------------------------------------------------------------------------------------------
+
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class TrainRef:
+    """Which training a message is for: ``train.abort`` and its reply."""
+
+    query: str
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        return cls(header_str(header, "query"))
+
+
+@dataclass(frozen=True)
+class TrainEpoch:
+    """``train.epoch``: authorise and start epoch ``epoch`` (compute party: the schedule)."""
+
+    query: str
+    epoch: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "epoch": self.epoch}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], epochs: int) -> Self:
+        """The message, for a training of at most ``epochs`` epochs."""
+        return cls(header_str(header, "query"), header_int(header, "epoch", 1, epochs))
+
+
+@dataclass(frozen=True)
+class EpochStarted:
+    """The ``train.epoch`` reply: the epoch's ``query.use`` receipt.
+
+    At epoch 1 a sharing provider's reply is also the first part of its masked features (the
+    parts layer's ``total`` and ``offset`` beside these keys; the rest by ``train.fetch``).
+    """
+
+    query: str
+    epoch: int
+    receipt: Mapping[str, Any]
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "epoch": self.epoch, "receipt": dict(self.receipt)}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], provider: str, epoch: int) -> Self:
+        """The reply of ``provider`` for ``epoch`` (named in the errors).
+
+        Raises:
+            VerificationError: no receipt.
+        """
+        receipt = header.get("receipt")
+        if not isinstance(receipt, dict):
+            raise VerificationError(f"{provider} returned no receipt for epoch {epoch}")
+        return cls(header_str(header, "query"), header_int(header, "epoch", 1, MAX_EPOCHS), receipt)
+
+
+@dataclass(frozen=True)
+class TrainShare:
+    """``train.share`` (a provider → the compute party): the seed of its ``rows x columns`` mask.
+
+    For ``analyst``'s training; the payload is the seed.
+    """
+
+    query: str
+    analyst: str
+    rows: int
+    columns: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "analyst": self.analyst,
+            "rows": self.rows,
+            "columns": self.columns,
+        }
+
+    @staticmethod
+    def key(header: Mapping[str, Any]) -> tuple[str, str]:
+        """``(analyst, query)``: whose training the message is for (checked, in this order)."""
+        analyst = check_participant_id(header.get("analyst"), "header.analyst")
+        return analyst, header_str(header, "query")
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], rows: int, columns: int) -> Self:
+        """The message of a provider whose block is ``rows x columns`` (exactly)."""
+        analyst, query = cls.key(header)
+        return cls(
+            query,
+            analyst,
+            header_int(header, "rows", rows, rows),
+            header_int(header, "columns", columns, columns),
+        )
+
+
+@dataclass(frozen=True)
+class ShareReceived:
+    """The ``train.share`` reply: providers that shared so far."""
+
+    query: str
+    received: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "received": self.received}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        return cls(header_str(header, "query"), header_int(header, "received", 1, 256))
+
+
+@dataclass(frozen=True)
+class TrainFetch:
+    """``train.fetch``: the provider's masked features from ``offset`` (no payload)."""
+
+    query: str
+    offset: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "offset": self.offset}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], size: int) -> Self:
+        """The message, for ``size`` bytes waiting to be fetched."""
+        return cls(header_str(header, "query"), header_int(header, "offset", 0, size))
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """``train.step`` (the bank → the compute party): step ``seq`` of ``epoch``'s rounds.
+
+    The payload is the bank's packed messages; the reply's, the compute party's.
+    """
+
+    query: str
+    epoch: int
+    seq: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "epoch": self.epoch, "seq": self.seq}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        return cls(
+            header_str(header, "query"),
+            header_int(header, "epoch", 1, MAX_EPOCHS),
+            header_int(header, "seq", 0, 1 << 40),
+        )
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """The ``train.step`` reply: whether the compute party finished the epoch."""
+
+    query: str
+    done: bool
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "done": self.done}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        done = header.get("done")
+        if not isinstance(done, bool):
+            raise ValidationError("header.done: expected true or false")
+        return cls(header_str(header, "query"), done)
+
+
+@dataclass(frozen=True)
+class TrainReveal:
+    """``train.reveal`` (the bank → the compute party): its share of ``epoch``'s weights.
+
+    Party-held, the payload is the bank's share of the compute party's own weights.
+    """
+
+    query: str
+    epoch: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "epoch": self.epoch}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], epochs: int) -> Self:
+        """The message, for a training that ran ``epochs`` epochs."""
+        return cls(header_str(header, "query"), header_int(header, "epoch", 1, epochs))
+
+
+@dataclass(frozen=True)
+class Revealed:
+    """The ``train.reveal`` reply (the payload is the share)."""
+
+    query: str
+    epoch: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "epoch": self.epoch}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        return cls(header_str(header, "query"), header_int(header, "epoch", 1, MAX_EPOCHS))
+
+
+@dataclass(frozen=True)
+class TrainWeights:
+    """``train.weights`` (the compute party → a sharing provider, party-held).
+
+    For ``analyst``'s training; the payload is the compute party's share of its weights.
+    """
+
+    query: str
+    analyst: str
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "analyst": self.analyst}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        analyst = check_participant_id(header.get("analyst"), "header.analyst")
+        return cls(header_str(header, "query"), analyst)
+
+
+@dataclass(frozen=True)
+class TrainFinish:
+    """``train.finish``: record the model; analyst-held, by the digest of its model file.
+
+    Party-held there is no ``modelSha256`` (the payload is the bank's share of the weights).
+    """
+
+    query: str
+    model_sha256: str | None = None
+
+    def to_header(self) -> dict[str, Any]:
+        header: dict[str, Any] = {"query": self.query}
+        if self.model_sha256 is not None:
+            header["modelSha256"] = self.model_sha256
+        return header
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], mode: str) -> Self:
+        """The message, for a training in ``mode`` (only analyst-held reads the digest)."""
+        query = header_str(header, "query")
+        if mode != "analyst-held":
+            return cls(query)
+        digest = header_str(header, "modelSha256")
+        if len(digest) != 64 or not set(digest) <= _HEX:
+            raise ValidationError("header.modelSha256: 64 lower-case hex digits")
+        return cls(query, digest)
+
+
+@dataclass(frozen=True)
+class ModelRecorded:
+    """The ``train.finish`` reply: the provider's ledger entry of the model (or its weights)."""
+
+    query: str
+    sha256: str
+    ledger_index: int
+    of: str
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "sha256": self.sha256,
+            "ledgerIndex": self.ledger_index,
+            "of": self.of,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], provider: str) -> Self:
+        """The reply of ``provider`` (named in the error)."""
+        sha = header.get("sha256")
+        index = header.get("ledgerIndex")
+        of = header.get("of")
+        if (
+            not isinstance(sha, str)
+            or isinstance(index, bool)
+            or not isinstance(index, int)
+            or of not in ("model", "weights")
+        ):
+            raise ValidationError(f"{provider} did not record the model")
+        return cls(header_str(header, "query"), sha, index, str(of))

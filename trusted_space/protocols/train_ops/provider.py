@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from trusted_space.catalog import check_participant_id
 from trusted_space.compute import CallContext, ComputeNode
 from trusted_space.enforcement import UseRequest, authorize_use
 from trusted_space.errors import (
@@ -25,7 +24,7 @@ from trusted_space.errors import (
     ValidationError,
 )
 from trusted_space.events import record_event
-from trusted_space.protocols._common import decode_ids, header_int, header_str
+from trusted_space.protocols._common import decode_ids
 from trusted_space.protocols._parts import receive_part, reply_part
 from trusted_space.protocols.align import sender_roles
 from trusted_space.protocols.score import store_party_weights, weight_stats
@@ -34,11 +33,24 @@ from trusted_space.protocols.train.common import weight_block
 from trusted_space.protocols.train.wire import (
     DealMaterial,
     DealSeed,
+    EpochStarted,
     MaterialDealt,
+    ModelRecorded,
+    Revealed,
     SeedDealt,
+    ShareReceived,
+    StepDone,
+    TrainEpoch,
+    TrainFetch,
+    TrainFinish,
     TrainOpen,
     TrainOpened,
     TrainReceived,
+    TrainRef,
+    TrainReveal,
+    TrainShare,
+    TrainStep,
+    TrainWeights,
 )
 from trusted_space.protocols.train_mpc import (
     FRAC_BITS,
@@ -55,7 +67,7 @@ from trusted_space.protocols.train_mpc import (
     pack_messages,
     unpack_messages,
 )
-from trusted_space.queries.train import MAX_EPOCHS, TrainParams
+from trusted_space.queries.train import TrainParams
 from trusted_space.transport import Reply
 
 __all__ = ["TRAIN_OPERATIONS", "register_train"]
@@ -87,10 +99,7 @@ def _session_key(query: str) -> str:
     return _SESSION_PREFIX + query
 
 
-def _state(
-    ctx: CallContext, header: Mapping[str, Any], analyst: str | None = None
-) -> dict[str, Any]:
-    query = header_str(header, "query")
+def _state(ctx: CallContext, query: str, analyst: str | None = None) -> dict[str, Any]:
     state = ctx.node.sessions.get(analyst or ctx.sender, _session_key(query))
     if "spec" not in state or "ids" not in state:
         raise ConflictError(f"training {query!r} is not open here")
@@ -226,10 +235,10 @@ def _read_features(node: ComputeNode, state: dict[str, Any], grant: Any) -> Floa
 
 def _train_epoch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
-    state = _state(ctx, header)
+    state = _state(ctx, TrainRef.from_header(header).query)
     spec = state["spec"]
     params: TrainParams = spec["params"]
-    epoch = header_int(header, "epoch", 1, params.epochs)
+    epoch = TrainEpoch.from_header(header, params.epochs).epoch
     compute = spec["compute"] == node.participant_id
     with state["lock"]:
         if epoch != state["epoch"] + 1:
@@ -267,7 +276,7 @@ def _train_epoch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Re
                 out = _share_features(ctx, state, values)
         if compute:
             _start_epoch(ctx, state, epoch, schedule)
-    reply_header = {"query": spec["query"], "epoch": epoch, "receipt": grant.receipt}
+    reply_header = EpochStarted(spec["query"], epoch, grant.receipt).to_header()
     if out:
         reply = reply_part(out, 0, reply_header)
         if len(reply.payload) == len(out):
@@ -284,12 +293,8 @@ def _share_features(ctx: CallContext, state: dict[str, Any], values: Any) -> byt
         raise ValidationError(f"{node.participant_id} has no transport")
     seed = secrets.token_bytes(SEED_BYTES)
     n, k = values.shape
-    node.transport.call(
-        spec["compute"],
-        "train.share",
-        {"query": spec["query"], "analyst": ctx.sender, "rows": n, "columns": k},
-        seed,
-    )
+    share = TrainShare(spec["query"], ctx.sender, n, k)
+    node.transport.call(spec["compute"], "train.share", share.to_header(), seed)
     masked = values - expand(seed, 0, 0, n * k).reshape(n, k)
     out = np.ascontiguousarray(masked, dtype="<u8").tobytes()
     state["shareOut"] = out
@@ -297,11 +302,11 @@ def _share_features(ctx: CallContext, state: dict[str, Any], values: Any) -> byt
 
 
 def _train_fetch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    state = _state(ctx, header)
+    state = _state(ctx, TrainRef.from_header(header).query)
     data = state.get("shareOut")
     if not isinstance(data, bytes):
         raise ConflictError("no share is waiting to be fetched")
-    offset = header_int(header, "offset", 0, len(data))
+    offset = TrainFetch.from_header(header, len(data)).offset
     reply = reply_part(data, offset)
     if offset + len(reply.payload) >= len(data):
         state["shareOut"] = None
@@ -310,8 +315,8 @@ def _train_fetch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Re
 
 def _train_share(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """At the compute party: a provider's seed for its ``r`` (its share of that block is ``r``)."""
-    analyst = check_participant_id(header.get("analyst"), "header.analyst")
-    state = _state(ctx, header, analyst)
+    analyst, query = TrainShare.key(header)
+    state = _state(ctx, query, analyst)
     spec = state["spec"]
     if spec["compute"] != ctx.node.participant_id:
         raise ConflictError("this node is not the training's compute party")
@@ -321,14 +326,14 @@ def _train_share(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Re
     with state["lock"]:
         if ctx.sender in state["shared"]:
             raise ConflictError(f"{ctx.sender} already shared its features")
-        n = header_int(header, "rows", len(state["ids"]), len(state["ids"]))
-        k = header_int(header, "columns", blocks[ctx.sender], blocks[ctx.sender])
+        message = TrainShare.from_header(header, len(state["ids"]), blocks[ctx.sender])
+        n, k = message.rows, message.columns
         if len(payload) != SEED_BYTES:
             raise ValidationError(f"payload: a {SEED_BYTES}-byte seed")
         start, stop = _offsets(spec["layout"])[ctx.sender]
         state["x"][:, start:stop] = expand(payload, 0, 0, n * k).reshape(n, k)
         state["shared"].add(ctx.sender)
-    return Reply({"query": spec["query"], "received": len(state["shared"])})
+    return Reply(ShareReceived(spec["query"], len(state["shared"])).to_header())
 
 
 def _rows_array(values: Any, n: int, what: str) -> IntArray:
@@ -441,15 +446,15 @@ def _start_epoch(
 
 def _train_step(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """At the compute party: the bank's messages in, its own messages out (train_mpc rounds)."""
-    state = _state(ctx, header)
+    state = _state(ctx, TrainRef.from_header(header).query)
     if state["spec"]["compute"] != ctx.node.participant_id:
         raise ConflictError("this node is not the training's compute party")
     with state["lock"]:
-        epoch = header_int(header, "epoch", 1, MAX_EPOCHS)
+        step = TrainStep.from_header(header)
+        epoch, seq = step.epoch, step.seq
         exchange: Exchange | None = state.get("exchange")
         if exchange is None or epoch != state["epoch"]:
             raise ConflictError(f"epoch {epoch} is not running here")
-        seq = header_int(header, "seq", 0, 1 << 40)
         if seq != state["seq"]:
             raise ConflictError(f"expected step {state['seq']}, got {seq}")
         state["seq"] = seq + 1
@@ -460,13 +465,14 @@ def _train_step(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
             raise
         except (ValueError, TypeError) as exc:  # a malformed message from the bank
             raise ValidationError(f"training step failed: {exc}") from exc
-    return Reply({"query": state["spec"]["query"], "done": exchange.done}, pack_messages(replies))
+    done = StepDone(state["spec"]["query"], exchange.done)
+    return Reply(done.to_header(), pack_messages(replies))
 
 
 def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """At the compute party: its share of the released weights (and, party-held, its own)."""
     node = ctx.node
-    state = _state(ctx, header)
+    state = _state(ctx, TrainRef.from_header(header).query)
     spec = state["spec"]
     if spec["compute"] != node.participant_id:
         raise ConflictError("this node is not the training's compute party")
@@ -476,7 +482,7 @@ def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
         exchange = state.get("exchange")
         if exchange is None or not exchange.done:
             raise ConflictError("the training has not finished an epoch")
-        epoch = header_int(header, "epoch", 1, state["epoch"])
+        epoch = TrainReveal.from_header(header, state["epoch"]).epoch
         party: Party = state["party"]
         share = party.history[epoch]
         state["revealed"] = True
@@ -484,7 +490,7 @@ def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
     if spec["mode"] == "analyst-held":
         if payload:
             raise ValidationError("analyst-held: train.reveal takes no payload")
-        return Reply({"query": spec["query"], "epoch": epoch}, pack_messages([share]))
+        return Reply(Revealed(spec["query"], epoch).to_header(), pack_messages([share]))
     own = offsets[node.participant_id]
     (theirs,) = unpack_messages(payload, max_messages=1)
     if theirs.shape != (own[1] - own[0],):
@@ -497,18 +503,18 @@ def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
         node.transport.call(
             p,
             "train.weights",
-            {"query": spec["query"], "analyst": ctx.sender},
+            TrainWeights(spec["query"], ctx.sender).to_header(),
             pack_messages([weight_block(share, offsets[p])]),
         )
     bank = offsets[spec["layout"][0][0]]
     mine = np.concatenate([share[:1], weight_block(share, bank)])
-    return Reply({"query": spec["query"], "epoch": epoch}, pack_messages([mine]))
+    return Reply(Revealed(spec["query"], epoch).to_header(), pack_messages([mine]))
 
 
 def _train_weights(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """At a sharing provider (party-held): the compute party's share of its weights."""
-    analyst = check_participant_id(header.get("analyst"), "header.analyst")
-    state = _state(ctx, header, analyst)
+    message = TrainWeights.from_header(header)
+    state = _state(ctx, message.query, message.analyst)
     spec = state["spec"]
     if ctx.sender != spec["compute"] or spec["mode"] != "party-held":
         raise ConflictError(f"{ctx.sender} sends no weights in this training")
@@ -518,13 +524,13 @@ def _train_weights(ctx: CallContext, header: dict[str, Any], payload: bytes) -> 
     if share.shape != (len(spec["columns"]),):
         raise ValidationError("payload: a share of this provider's weights")
     state["shareC"] = share
-    return Reply({"query": spec["query"]})
+    return Reply(TrainRef(spec["query"]).to_header())
 
 
 def _train_finish(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """At every provider: record the trained model by hash (party-held: store its weights)."""
     node = ctx.node
-    state = _state(ctx, header)
+    state = _state(ctx, TrainRef.from_header(header).query)
     spec = state["spec"]
     compute = spec["compute"] == node.participant_id
     if state["epoch"] < 1:
@@ -532,9 +538,7 @@ def _train_finish(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
     if spec["mode"] == "analyst-held":
         if payload:
             raise ValidationError("analyst-held: train.finish takes no payload")
-        digest = header_str(header, "modelSha256")
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValidationError("header.modelSha256: 64 lower-case hex digits")
+        digest = TrainFinish.from_header(header, spec["mode"]).model_sha256 or ""
         of = "model"
     else:
         if compute:
@@ -580,14 +584,14 @@ def _train_finish(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
             },
         )
     node.sessions.close(ctx.sender, _session_key(spec["query"]))
-    return Reply({"query": spec["query"], "sha256": digest, "ledgerIndex": index, "of": of})
+    return Reply(ModelRecorded(spec["query"], digest, index, of).to_header())
 
 
 def _train_abort(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    query = header_str(header, "query")
+    query = TrainRef.from_header(header).query
     ctx.node.sessions.get(ctx.sender, _session_key(query))  # NotFoundError if none
     ctx.node.sessions.close(ctx.sender, _session_key(query))
-    return Reply({"query": query})
+    return Reply(TrainRef(query).to_header())
 
 
 def register_train(node: ComputeNode) -> None:
