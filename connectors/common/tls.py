@@ -15,8 +15,9 @@ accepts it: issue it for both ``serverAuth`` and ``clientAuth``). Both contexts 
 least and verify host names; a file that cannot be read or parsed is a :class:`ValidationError`
 naming the setting, at start-up rather than at the first handshake.
 
-Contexts are cached per set of files: building one from the system store costs ~20 ms, and a
-node builds clients often. Replaced certificate files take effect at the next start.
+Contexts are cached per set of files: one built from the system store costs tens of
+milliseconds (docs/decisions.md 42), and a node builds clients often. Replaced certificate files
+take effect at the next start.
 """
 
 from __future__ import annotations
