@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 
+from tests._backups import sqlite_backup
 from tests._postgres import PostgresServer
 from trusted_space.events import EVENT_LOG
 from trusted_space.merkle import leaf_hash
@@ -46,12 +47,7 @@ def test_sqlite_online_backup_restores_what_was_committed(tmp_path: Path) -> Non
     backup = tmp_path / "backup.db"
     # The documented online backup (sqlite3's .backup; here the same API from Python), taken
     # while the node's store is open and its last commit may still sit in the WAL.
-    src, dst = sqlite3.connect(live_path), sqlite3.connect(backup)
-    try:
-        src.backup(dst)
-    finally:
-        dst.close()
-        src.close()
+    sqlite_backup(live_path, backup)
     _write(live, "after", 2)
     assert _state(live) != expected
     live.close()
