@@ -15,10 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from connectors.cli._common import admin_client
 from connectors.common.settings import load_settings
 from connectors.common.tls import client_context
 from connectors.spaces.certs import CertificateAuthority
 from connectors.spaces.space import RunningSpace, load_config, up
+from trusted_space.errors import NotReadyError
+
+from .conftest import cli
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +97,20 @@ def test_a_client_without_a_certificate_is_refused(tls_space: RunningSpace) -> N
     # The same client with a certificate from the space's CA gets in.
     with httpx.Client(verify=client_context(settings), timeout=5) as http:
         assert http.get(tls_space.operator.url + "/healthz").status_code == 200
+
+
+def test_the_staff_cli_reaches_its_tls_node_from_the_node_directory(
+    tls_space: RunningSpace,
+) -> None:
+    # `--node-dir`: URL, token and TLS settings (CA, client certificate) from the node's files;
+    # the node then has its checkpoint cosigned by the operator's witness over mutual TLS.
+    tax = tls_space["tax-bureau"]
+    done = cli("ledger", "checkpoint", "--node-dir", str(tax.dir))
+    assert done.returncode == 0, done.stderr
+    assert f"— {tls_space.operator.name}/witness " in done.stdout  # the witness's cosignature
+    # With only `--node URL` and the token, the staff client trusts no private CA: refused.
+    with (
+        admin_client(tax.url, None, tax.layout.admin_token) as staff,
+        pytest.raises(NotReadyError, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
+        staff.get("/identity")
