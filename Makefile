@@ -6,19 +6,37 @@ BIN    := $(VENV)/bin
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: demo test lint typecheck pytest thorough bench clean browser postgresql
+.PHONY: demo test lint typecheck pytest thorough bench clean browser postgresql lock
+
+# Every install takes the exact versions in constraints.txt (native wheels included: tenseal,
+# gmpy2, psycopg), so a fresh clone builds the environment the suite was last run with.
+CONSTRAINTS := constraints.txt
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(VENV)/.installed $@
+
+# Regenerate constraints.txt: the newest versions pyproject.toml allows, resolved in a throwaway
+# venv (never the working one, whose leftovers would be frozen too). Review the diff, run
+# `make test`, commit both.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } \
+	  > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
 
 demo: $(VENV)/.installed
 	$(BIN)/trusted-space demo
@@ -62,4 +80,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/crypto_bench.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) demo-output .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -7,6 +7,7 @@ with ``--token-file``): :func:`admin_client` and :func:`analyst_client` build th
 from __future__ import annotations
 
 import csv
+import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from connectors.client.analyst import AnalystClient, QueryFailed, QueryProgress
 from connectors.client.http import AdminClient
 from connectors.common.errors import ConnectorError
 from connectors.common.settings import load_settings
+from connectors.common.tls import client_context
 from connectors.spaces.local import LocalSpace
 from trusted_space.errors import NotReadyError, RemoteError, TrustedSpaceError, ValidationError
 
@@ -43,9 +45,18 @@ def staff_address(
     return url, token_path.read_text(encoding="utf-8").strip()
 
 
+def staff_tls(node_dir: Path | None) -> ssl.SSLContext | bool:
+    """How the staff's client checks an ``https`` node.
+
+    With ``--node-dir``, the node's own TLS settings (its CA bundle; its certificate for a node
+    that requires client certificates); else httpx's defaults (which honour ``SSL_CERT_FILE``).
+    """
+    return client_context(load_settings(node_dir)) if node_dir is not None else True
+
+
 def admin_client(node: str | None, node_dir: Path | None, token_file: Path | None) -> AdminClient:
     """An :class:`AdminClient` for the node (see :func:`staff_address`)."""
-    return AdminClient(*staff_address(node, node_dir, token_file))
+    return AdminClient(*staff_address(node, node_dir, token_file), verify=staff_tls(node_dir))
 
 
 def check_choices(choices: Iterable[tuple[str, Sequence[str], str]]) -> None:
@@ -85,7 +96,9 @@ def analyst_client(
     node: str | None, node_dir: Path | None, token_file: Path | None, **kw: Any
 ) -> AnalystClient:
     """An :class:`AnalystClient` for the node (see :func:`staff_address`)."""
-    return AnalystClient(*staff_address(node, node_dir, token_file), **kw)
+    return AnalystClient(
+        *staff_address(node, node_dir, token_file), verify=staff_tls(node_dir), **kw
+    )
 
 
 def read_ids(path: Path, column: str | None = None) -> list[str]:

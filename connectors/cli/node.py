@@ -13,6 +13,7 @@ import typer
 
 from connectors.cli._common import admin_client
 from connectors.common.settings import NodeLayout, OperatorAnchor, init_node, load_settings
+from connectors.common.tls import server_context
 from connectors.spaces.space import admit
 from trusted_space.errors import NotReadyError, RemoteError, ValidationError
 
@@ -85,6 +86,7 @@ def serve(directory: Path, host: str | None = None, port: int | None = None) -> 
         overrides["port"] = port
     settings = load_settings(directory, **overrides)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    tls = server_context(settings)  # checked before the app opens its store
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -93,6 +95,7 @@ def serve(directory: Path, host: str | None = None, port: int | None = None) -> 
         log_level=settings.log_level,
         log_config=None,
         timeout_graceful_shutdown=5,
+        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
 
 
@@ -102,7 +105,7 @@ def _serve(
     host: Annotated[str | None, typer.Option(help="Listen address (overrides node.toml).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (overrides node.toml).")] = None,
 ) -> None:
-    """Run the node (FastAPI under uvicorn); OpenAPI at /docs."""
+    """Run the node (FastAPI under uvicorn); OpenAPI at /docs; HTTPS when node.toml has tls_cert."""
     try:
         serve(directory, host, port)
     except ValidationError as exc:

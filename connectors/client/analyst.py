@@ -26,6 +26,7 @@ URL (over loopback or TLS in deployment) and never printed.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import numpy as np
 from connectors.client.http import AdminClient
 from connectors.common.errors import ConnectorError
 from connectors.common.settings import load_settings
+from connectors.common.tls import client_context
 from trusted_space.queries.aggregate import AggregateResult
 from trusted_space.queries.score import Model, ScoreQuery, ScoreResult
 
@@ -129,6 +131,8 @@ class AnalystClient:
         timeout: seconds per HTTP call.
         poll: seconds between progress updates while a query runs (long polls).
         transport: an httpx transport (tests).
+        verify: how an ``https`` node is checked (as for
+            :class:`~connectors.client.http.SignedClient`).
     """
 
     def __init__(
@@ -139,11 +143,16 @@ class AnalystClient:
         timeout: float = 300.0,
         poll: float = _POLL_WAIT,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.node_url = node_url.rstrip("/")
         self.poll = poll
         self._http = AdminClient(
-            self.node_url, admin_token, timeout=max(timeout, poll + 10), transport=transport
+            self.node_url,
+            admin_token,
+            timeout=max(timeout, poll + 10),
+            transport=transport,
+            verify=verify,
         )
         self._id: str | None = None
 
@@ -152,6 +161,7 @@ class AnalystClient:
         """The client of the node in ``node_dir`` (URL from its settings, token from its keys)."""
         settings = load_settings(node_dir)
         token = settings.layout.admin_token.read_text(encoding="utf-8").strip()
+        kw.setdefault("verify", client_context(settings))
         return cls(url or settings.url, token, **kw)
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ admin token as ``Authorization: Bearer``; :class:`AdminClient` reads it from the
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from connectors.common.settings import load_settings
+from connectors.common.tls import client_context
 from trusted_space.errors import NotReadyError, RemoteError
 from trusted_space.identity import issue_request_token
 from trusted_space.keys import SigningKey
@@ -78,6 +81,8 @@ class SignedClient:
         timeout: seconds for a read (connecting gets at most :data:`CONNECT_TIMEOUT`).
         transport: an httpx transport (tests pass an ASGI or mock transport).
         clock: the current time (tests inject one).
+        verify: how ``https`` peers are checked: the node's TLS client context
+            (:func:`connectors.common.tls.client_context`), or ``True`` for httpx's defaults.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class SignedClient:
         timeout: float = 300.0,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.participant_id = participant_id
         self._key = key
@@ -97,7 +103,9 @@ class SignedClient:
         # A peer that does not even accept a connection is down: say so in seconds, not after
         # the read timeout that a long computation may need.
         limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
-        self._http = httpx.Client(timeout=limits, transport=transport, follow_redirects=False)
+        self._http = httpx.Client(
+            timeout=limits, transport=transport, follow_redirects=False, verify=verify
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -208,6 +216,7 @@ class AdminClient:
         token: the node's admin token (see :meth:`from_dir`).
         timeout: seconds.
         transport: an httpx transport (tests).
+        verify: how an ``https`` node is checked (see :class:`SignedClient`).
     """
 
     def __init__(
@@ -217,19 +226,23 @@ class AdminClient:
         *,
         timeout: float = 300.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
+            verify=verify,
             headers={"Authorization": f"Bearer {token}"},
         )
 
     @classmethod
     def from_dir(cls, base_url: str, node_dir: str | Path, **kwargs: Any) -> AdminClient:
-        """Read the admin token from ``<node_dir>/keys/admin.token``."""
-        token = (Path(node_dir) / "keys" / "admin.token").read_text(encoding="utf-8").strip()
+        """The node's staff: token from ``<node_dir>/keys/admin.token``, TLS from its settings."""
+        settings = load_settings(node_dir)
+        token = settings.layout.admin_token.read_text(encoding="utf-8").strip()
+        kwargs.setdefault("verify", client_context(settings))
         return cls(base_url, token, **kwargs)
 
     def close(self) -> None:

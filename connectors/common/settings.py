@@ -11,6 +11,8 @@ lives there::
     <dir>/store.db           SQLite store (WAL, synchronous=FULL): catalog, policies, negotiations,
                              agreements, consents, replay cache, and the ledger itself
     <dir>/logs/node.log      when started by ``space up``
+    <dir>/tls/node.pem       optional: the certificate ``node serve`` presents (``tls_cert``)
+    <dir>/keys/tls.key       optional: its private key (``tls_key``, 0600)
 
 Settings are read once, when the app is created (never at import), from ``node.toml`` and then
 ``TS_*`` environment variables, which win. Secrets are never settings: keys and the admin token
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -164,6 +166,12 @@ class NodeSettings(BaseSettings):
             pool per query; at most the host's cores; default 1: in-process).
         psi_workers: ``TS_PSI_WORKERS``, worker processes for a provider's PSI scalar
             multiplications, shared by the node's queries (default 1: in-process).
+        tls_cert / tls_key: PEM certificate chain and private key: ``node serve`` speaks HTTPS
+            (and :attr:`url` defaults to ``https://``); the node also presents this certificate
+            to peers that require client certificates. Relative paths are in the node directory.
+        tls_client_ca: mutual TLS: clients must present a certificate issued by this CA (PEM).
+        tls_ca: the CA bundle (PEM) this node trusts for ``https`` peers (default: the system's
+            trust store).
 
     The three tuning settings are lenient, as they were when read from the environment by the
     code that used them: a value that is not a number is logged and the default used, so a typo
@@ -189,6 +197,10 @@ class NodeSettings(BaseSettings):
     data_cache_mb: float = DEFAULT_DATA_CACHE_MB
     ckks_workers: int = 1
     psi_workers: int = 1
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_ca: str = ""
 
     @field_validator("name")
     @classmethod
@@ -223,6 +235,14 @@ class NodeSettings(BaseSettings):
     def _workers(cls, value: Any, info: ValidationInfo) -> int:
         return _lenient(value, int, str(info.field_name), 1)
 
+    @model_validator(mode="after")
+    def _tls(self) -> NodeSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (client certificates) needs tls_cert and tls_key")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -242,7 +262,8 @@ class NodeSettings(BaseSettings):
     @property
     def url(self) -> str:
         """The URL other nodes use for this one."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def store(self) -> str:
@@ -259,6 +280,10 @@ class NodeSettings(BaseSettings):
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
+
+    def file(self, value: str) -> Path | None:
+        """A path setting (e.g. ``tls_cert``) made absolute (relative to the node directory)."""
+        return (self.dir / value).resolve() if value else None
 
 
 def _lenient(value: Any, kind: type[_N], name: str, default: _N) -> _N:

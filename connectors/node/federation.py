@@ -76,6 +76,7 @@ def plain_client(runtime: NodeRuntime, timeout: float = OPERATOR_CALL_TIMEOUT) -
         timeout=min(timeout, runtime.settings.request_timeout),
         transport=runtime.transport,
         follow_redirects=False,
+        verify=runtime.tls,
     )
 
 

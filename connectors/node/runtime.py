@@ -10,7 +10,8 @@
 - ``negotiator``: this participant's side of every contract negotiation;
 - ``consents``: data-subject authorisations held here;
 - ``authority`` and ``witness``: operator only — admission/revocation and checkpoint cosigning;
-- ``client``: the signed HTTP client for calls to other nodes;
+- ``client``: the signed HTTP client for calls to other nodes (``tls``: how it checks ``https``
+  peers and the certificate it presents, :func:`connectors.common.tls.client_context`);
 - ``peers``: participant id → URL, learned from the operator's participant registry;
 - its long-lived **services** (:meth:`NodeRuntime.service`): the compute node, the query runner
   and the negotiation worker, one of each per runtime, built on first use by their own modules and
@@ -34,6 +35,7 @@ import httpx
 
 from connectors.client.http import SignedClient
 from connectors.common.settings import NodeSettings, OperatorAnchor
+from connectors.common.tls import client_context
 from trusted_space.catalog import load_dataset
 from trusted_space.consent import ConsentRegistry
 from trusted_space.contracts import Negotiator
@@ -87,6 +89,7 @@ class NodeRuntime:
         self.roles = frozenset(settings.roles)
         self.clock = clock
         self.transport = transport  # plain (unsigned) calls reuse it, e.g. pushes to peers
+        self.tls = client_context(settings)  # how https peers are checked; plain calls too
         layout = settings.layout
         self.key = SigningKey.load(layout.node_key)
         self.admin_token = layout.admin_token.read_text(encoding="utf-8").strip()
@@ -129,6 +132,7 @@ class NodeRuntime:
             timeout=settings.request_timeout,
             transport=transport,
             clock=clock,
+            verify=self.tls,
         )
         self._services: dict[type[Any], Any] = {}
         self._services_lock = threading.RLock()

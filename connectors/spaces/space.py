@@ -9,6 +9,8 @@ the node directories go, and each node with its roles and the datasets it publis
     dir = "space-output"          # node directories (relative to this file)
     host = "127.0.0.1"
     base_port = 18700             # node i listens on base_port + i; 0 = free ports
+    tls = false                   # true: HTTPS everywhere, certificates from a throwaway CA
+    client_certs = false          # true (with tls): every node requires client certificates
 
     [[node]]
     name = "city-centre"
@@ -35,6 +37,13 @@ once, then admission of every other node by the operator (``GET /identity``, the
 finally ``POST /management/datasets`` for every dataset. ``<space dir>/space.json`` records node
 names, URLs, directories and process ids for :func:`down`.
 
+With ``tls = true`` the space gets its own CA (``<space dir>/tls/``, from
+:class:`~connectors.spaces.certs.CertificateAuthority`) and each node a certificate and the
+``tls_*`` settings that make it serve HTTPS and trust only that CA for its peers;
+``client_certs = true`` adds ``tls_client_ca``, so every node also requires a client certificate
+from it (mutual TLS). The space's own calls (readiness, admission, publishing) use each node's
+own TLS settings, as its staff would.
+
 Threats and care taken: admin tokens are read from the node directories (mode 0600) and sent only
 to the node they belong to, over loopback by default; nothing secret is printed or written to
 ``space.json``. :func:`down` only signals a process id it finds in ``space.json`` if that process
@@ -50,6 +59,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -71,6 +81,8 @@ from connectors.common.settings import (
     init_node,
     load_settings,
 )
+from connectors.common.tls import client_context
+from connectors.spaces.certs import CertificateAuthority
 from trusted_space.catalog import Dataset, check_grade_floor, validate_offer
 from trusted_space.errors import NotReadyError, RemoteError, TrustedSpaceError, ValidationError
 from trusted_space.identity import ROLES, check_participant_id
@@ -193,6 +205,8 @@ class SpaceConfig:
     host: str
     base_port: int
     nodes: tuple[NodeConfig, ...]
+    tls: bool = False
+    client_certs: bool = False
 
     @property
     def operator(self) -> NodeConfig:
@@ -301,7 +315,15 @@ class _Parser:
         space_line = self.at.table("space")
         if not isinstance(space, dict):
             raise self.fail(space_line or 1, "a [space] table is required")
-        self.check_keys(space, {"name", "dir", "host", "base_port"}, space_line, "[space]")
+        allowed = {"name", "dir", "host", "base_port", "tls", "client_certs"}
+        self.check_keys(space, allowed, space_line, "[space]")
+        tls, client_certs = (
+            self.flag(space, key, space_line, "space") for key in ("tls", "client_certs")
+        )
+        if client_certs and not tls:
+            raise self.fail(
+                self.at.key("client_certs", space_line), "space.client_certs needs tls = true"
+            )
         name = self.text(space, "name", space_line, "space")
         directory = (
             self.text(space, "dir", space_line, "space") if "dir" in space else "space-output"
@@ -328,6 +350,13 @@ class _Parser:
         for index, raw in enumerate(nodes_raw):
             line = self.at.table("node", index)
             node = self.node(raw, line, index)
+            tls_settings = sorted(k for k in node.settings if k.startswith("tls_"))
+            if tls and tls_settings:
+                raise self.fail(
+                    self.at.key("settings", line),
+                    f"node {node.name!r}: settings.{tls_settings[0]} is set by the space "
+                    "when [space] tls = true",
+                )
             if node.name in seen:
                 raise self.fail(
                     self.at.key("name", line),
@@ -362,7 +391,15 @@ class _Parser:
             host=host,
             base_port=base_port,
             nodes=tuple(nodes),
+            tls=tls,
+            client_certs=client_certs,
         )
+
+    def flag(self, table: Mapping[str, Any], key: str, line: int, what: str) -> bool:
+        value = table.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(self.at.key(key, line), f"{what}.{key}: expected true or false")
+        return value
 
     def node(self, raw: object, line: int, index: int) -> NodeConfig:
         if not isinstance(raw, dict):
@@ -566,8 +603,13 @@ class RunningNode:
         return self.layout.logs / "node.log"
 
     def admin(self, *, timeout: float = 30.0) -> AdminClient:
-        """An admin client for this node (token read from its directory)."""
+        """An admin client for this node (token and TLS settings read from its directory)."""
         return AdminClient.from_dir(self.url, self.dir, timeout=timeout)
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        """How this node's staff check it (its CA bundle; its certificate, for mutual TLS)."""
+        return client_context(load_settings(self.dir))
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         try:
@@ -763,7 +805,9 @@ class RunningSpace:
             host=self.config.host,
             port=_free_port(self.config.host),
             operator=OperatorAnchor.load(self.operator.layout.operator),
+            extra=_tls_settings(self.config),
         )
+        _issue_certificate(self.config, settings)
         settings.dir.chmod(0o700)
         node = RunningNode(config, settings.dir, settings.url)
         self.nodes[name] = node
@@ -802,7 +846,7 @@ class RunningSpace:
 def _wait_http(node: RunningNode, path: str, deadline: float) -> None:
     """Poll ``GET node.url + path`` until it answers 200; fail early if the process exits."""
     last = "no answer"
-    with httpx.Client(timeout=2.0) as http:
+    with httpx.Client(timeout=2.0, verify=node.tls) as http:
         while True:
             if node.process is not None and node.process.poll() is not None:
                 raise SpaceError(
@@ -898,7 +942,14 @@ def _prepare(config: SpaceConfig) -> list[RunningNode]:
                 host=config.host,
                 port=port,
                 operator=anchor,
-                extra=dict(node.settings),
+                extra={**node.settings, **_tls_settings(config)},
+            )
+            _issue_certificate(config, settings)
+        if config.tls and not settings.tls_cert:
+            raise SpaceError(
+                f"{directory} was created without TLS, but the config says tls = true; "
+                "remove the directory or fix the config",
+                node=node.name,
             )
         if node.is_operator:
             anchor = OperatorAnchor.load(layout.operator)
@@ -914,6 +965,28 @@ def _prepare(config: SpaceConfig) -> list[RunningNode]:
         layout.root.chmod(0o700)
         out.append(RunningNode(node, layout.root, settings.url))
     return out
+
+
+def _tls_settings(config: SpaceConfig) -> dict[str, str]:
+    """The ``tls_*`` settings of a new node of a TLS space (none otherwise)."""
+    if not config.tls:
+        return {}
+    ca = str(config.dir / "tls" / "ca.pem")
+    out = {"tls_cert": "tls/node.pem", "tls_key": "keys/tls.key", "tls_ca": ca}
+    if config.client_certs:
+        out["tls_client_ca"] = ca
+    return out
+
+
+def _issue_certificate(config: SpaceConfig, settings: NodeSettings) -> None:
+    """Give a new node of a TLS space its certificate from the space's CA (made on first use)."""
+    cert, key = settings.file(settings.tls_cert), settings.file(settings.tls_key)
+    if not config.tls or cert is None or key is None:
+        return
+    ca_dir = config.dir / "tls"
+    ca_dir.mkdir(mode=0o700, exist_ok=True)
+    ca = CertificateAuthority.open(ca_dir, f"{config.name} space CA")
+    ca.issue(settings.name, [settings.host], cert, key)
 
 
 def _admit_node(operator: RunningNode, node: RunningNode) -> None:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from connectors.spaces.space import RunningSpace
+from tests._backups import sqlite_backup
 
 from .conftest import cli
 
@@ -39,15 +40,6 @@ def test_every_ledger_verifies(space: RunningSpace) -> None:
         report = json.loads(result.stdout)
         assert report["ok"] is True
         assert report["size"] > 0, name
-
-
-def backup(db: Path, target: Path) -> None:
-    src, dst = sqlite3.connect(db), sqlite3.connect(target)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
 
 
 def restore(db: Path, copy: Path) -> None:
@@ -80,7 +72,7 @@ def test_tampered_store_is_detected(
     space.stop_node("court")
     db = court.layout.store
     saved = tmp_path / "court-backup.db"
-    backup(db, saved)
+    sqlite_backup(db, saved)
     try:
         tamper(db, 1)
         space.start_node("court")

@@ -284,3 +284,27 @@ def test_error_line_follows_the_nth_node(space_dir: Path, index: int) -> None:
         if i == index:
             text += "colour = 1  # <-\n"
     fails_at(space_dir, text, "unknown key 'colour'")
+
+
+def test_tls_flags_load(space_dir: Path) -> None:
+    flags = "tls = true\nclient_certs = true"
+    path, _ = write(space_dir, GOOD_HEAD.replace("base_port = 0", flags))
+    config = load_config(path)
+    assert (config.tls, config.client_certs) == (True, True)
+    assert (load_config(write(space_dir, GOOD_HEAD)[0]).tls) is False
+
+
+def test_client_certs_need_tls(space_dir: Path) -> None:
+    text = GOOD_HEAD.replace("base_port = 0", "client_certs = true  # <-")
+    fails_at(space_dir, text, "client_certs needs tls = true")
+
+
+def test_tls_is_a_boolean(space_dir: Path) -> None:
+    fails_at(space_dir, GOOD_HEAD.replace("base_port = 0", 'tls = "yes"  # <-'), "true or false")
+
+
+def test_tls_files_are_the_spaces_in_a_tls_space(space_dir: Path) -> None:
+    text = GOOD_HEAD.replace("base_port = 0", "tls = true")
+    text += '\n[[node]]\nname = "b1"\nroles = ["consumer"]\n'
+    text += 'settings = { tls_cert = "a.pem", tls_key = "a.key" }  # <-\n'
+    fails_at(space_dir, text, "settings.tls_cert is set by the space")
