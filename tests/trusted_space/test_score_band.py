@@ -16,10 +16,18 @@ from hypothesis import strategies as st
 from trusted_space.compute import InMemoryData
 from trusted_space.errors import ValidationError
 from trusted_space.protocols import _common, run_score
-from trusted_space.protocols.compare import deal_and_triples, sign_program
+from trusted_space.protocols._common import ring_from_bytes, ring_to_bytes
+from trusted_space.protocols.compare import AND_WORDS, deal_and_triples, sign_program
+from trusted_space.protocols.operator import (
+    add_to_aggregate,
+    fetch_and_triples,
+    open_aggregation,
+    take_aggregate,
+)
 from trusted_space.protocols.score.band import comparer_of
 from trusted_space.protocols.train_mpc import run_pair
 from trusted_space.queries.common import MODES
+from trusted_space.transport import RemoteError
 
 from ._joint import ANALYST, OPERATOR
 from .test_score_protocols import _named, calls, make_setup
@@ -79,3 +87,55 @@ def test_a_band_release_is_refused_for_protocols_that_open_the_logit(
     for protocol in ("paillier", "ckks"):
         with pytest.raises(ValidationError, match=r"bandEdges.*additive"):
             setup.query(protocol, "party-held", band_edges=(0.0,))
+
+
+def test_the_aggregator_hands_a_band_release_sum_to_the_comparer_only(
+    rng: np.random.Generator,
+) -> None:
+    setup = make_setup(3, {"tax-bureau": 1, "court": 1}, rng)
+    net = setup.space.transport
+    contributors = ["court", "tax-bureau"]
+    open_aggregation(
+        net(ANALYST), OPERATOR, query="q1", codec="ring64", contributors=contributors,
+        counts=[3], recipient="court",
+    )  # fmt: skip
+    block = ring_to_bytes(np.arange(3, dtype=np.uint64))
+
+    def add(provider: str, recipient: str | None) -> None:
+        add_to_aggregate(
+            net(provider), OPERATOR, query="q1", analyst=ANALYST, contributors=contributors,
+            block=0, count=3, payload=block, recipient=recipient,
+        )  # fmt: skip
+
+    with pytest.raises(RemoteError) as told_otherwise:  # a provider told the analyst takes it
+        add("tax-bureau", None)
+    add("tax-bureau", "court")
+    add("court", "court")
+    with pytest.raises(RemoteError) as by_the_analyst:
+        take_aggregate(net(ANALYST), OPERATOR, query="q1", block=0)
+    taken = take_aggregate(net("court"), OPERATOR, query="q1", block=0, analyst=ANALYST)
+
+    assert told_otherwise.value.status == 409
+    assert by_the_analyst.value.status == 404
+    assert np.array_equal(ring_from_bytes(taken, 3), 2 * np.arange(3, dtype=np.uint64))
+
+
+def test_comparison_triples_are_dealt_once_to_each_of_their_two_parties(
+    rng: np.random.Generator,
+) -> None:
+    setup = make_setup(2, {"tax-bureau": 1}, rng)
+    net = setup.space.transport
+    parties = (ANALYST, "tax-bureau")
+
+    def fetch(who: str) -> np.ndarray[Any, Any]:
+        return fetch_and_triples(
+            net(who), OPERATOR, session="q2", batch="band.0", parties=parties, values=5
+        )
+
+    mine, theirs = fetch(ANALYST), fetch("tax-bureau")
+    with pytest.raises(RemoteError) as again:
+        fetch(ANALYST)
+
+    assert again.value.status == 409
+    u, v, w = (np.split(mine, 3)[i] ^ np.split(theirs, 3)[i] for i in range(3))
+    assert u.size == AND_WORDS * 5 and np.array_equal(w, u & v)
