@@ -162,8 +162,14 @@ TRAIN_PARAMS: Final[Mapping[str, Any]] = {"epochs": 5, "batch_size": 512, "learn
 # -- catalog: datasets and offers ---------------------------------------------------------------
 
 
-def _field(name: str, kind: str, grade: int, description: str) -> dict[str, Any]:
-    return {"name": name, "type": kind, "grade": grade, "description": description}
+def _field(
+    name: str, kind: str, grade: int, description: str, bound: float | None = None
+) -> dict[str, Any]:
+    """A catalog field; ``bound``: the declared range of a numeric one (no query probes it)."""
+    out: dict[str, Any] = {"name": name, "type": kind, "grade": grade, "description": description}
+    if bound is not None:
+        out["bound"] = bound
+    return out
 
 
 _USCC_FIELD: Final = _field("uscc", "string", 1, "unified social credit code (GB 32100-2015)")
@@ -180,10 +186,10 @@ def _loan_fields() -> list[dict[str, Any]]:
     """The bank's loan-history fields, shared by its scoring and its training datasets."""
     return [
         _USCC_FIELD,
-        _field("prior_loans", "int", 4, "earlier loans with the bank"),
-        _field("max_overdue_days", "int", 4, "most days overdue, last 24 months"),
-        _field("overdue_30", "int", 4, "1: ever 30+ days overdue"),
-        _field("utilisation", "float", 4, "credit-line utilisation"),
+        _field("prior_loans", "int", 4, "earlier loans with the bank", 20.0),
+        _field("max_overdue_days", "int", 4, "most days overdue, last 24 months", 360.0),
+        _field("overdue_30", "int", 4, "1: ever 30+ days overdue", 1.0),
+        _field("utilisation", "float", 4, "credit-line utilisation", 1.5),
     ]
 
 
@@ -213,10 +219,12 @@ def _datasets() -> dict[str, dict[str, Any]]:
                     _USCC_FIELD,
                     _field("status", "category", 1, "active, revoked or cancelled"),
                     _field("established", "date", 1, "date of establishment"),
-                    _field("age_years", "float", 1, "years since establishment"),
-                    _field("registered_capital", "float", 1, "registered capital, 10k CNY"),
-                    _field("paid_in_ratio", "float", 1, "paid-in / registered capital"),
-                    _field("abnormal_operation", "int", 1, "1: on the abnormal-operation list"),
+                    _field("age_years", "float", 1, "years since establishment", 40.0),
+                    _field("registered_capital", "float", 1, "registered capital, 10k CNY", 1e5),
+                    _field("paid_in_ratio", "float", 1, "paid-in / registered capital", 1.0),
+                    _field(
+                        "abnormal_operation", "int", 1, "1: on the abnormal-operation list", 1.0
+                    ),
                 ],
             },
         },
@@ -241,11 +249,11 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "fields": [
                     _USCC_FIELD,
                     _field("credit_grade", "category", 3, "tax credit grade A, B, M, C or D"),
-                    _field("credit_rank", "int", 3, "the grade as 0 (A) … 4 (D); M = 2"),
-                    _field("tax_paid", "float", 3, "tax paid, 10k CNY"),
-                    _field("log_tax_paid", "float", 3, "log10 of tax paid in CNY"),
-                    _field("tax_growth", "float", 3, "year-on-year growth of tax paid"),
-                    _field("tax_arrears", "int", 3, "1: tax in arrears"),
+                    _field("credit_rank", "int", 3, "the grade as 0 (A) … 4 (D); M = 2", 4.0),
+                    _field("tax_paid", "float", 3, "tax paid, 10k CNY", 1e5),
+                    _field("log_tax_paid", "float", 3, "log10 of tax paid in CNY", 9.0),
+                    _field("tax_growth", "float", 3, "year-on-year growth of tax paid", 3.0),
+                    _field("tax_arrears", "int", 3, "1: tax in arrears", 1.0),
                 ],
             },
         },
@@ -269,10 +277,12 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "description": "one row per employer",
                 "fields": [
                     _USCC_FIELD,
-                    _field("insured_staff", "int", 3, "employees insured"),
-                    _field("log_insured_staff", "float", 3, "log10(1 + insured staff)"),
-                    _field("contribution_years", "float", 3, "years of continuous contributions"),
-                    _field("arrears_months", "int", 3, "months of contributions in arrears"),
+                    _field("insured_staff", "int", 3, "employees insured", 5000.0),
+                    _field("log_insured_staff", "float", 3, "log10(1 + insured staff)", 4.0),
+                    _field(
+                        "contribution_years", "float", 3, "years of continuous contributions", 15.0
+                    ),
+                    _field("arrears_months", "int", 3, "months of contributions in arrears", 24.0),
                 ],
             },
         },
@@ -296,10 +306,12 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "description": "one row per enterprise",
                 "fields": [
                     _USCC_FIELD,
-                    _field("dishonest_debtor", "int", 1, "1: on the dishonest-debtor list"),
+                    _field("dishonest_debtor", "int", 1, "1: on the dishonest-debtor list", 1.0),
                     _field("enforcement_amount", "float", 2, "amount under enforcement, 10k CNY"),
-                    _field("log_enforcement", "float", 2, "log10(1 + amount under enforcement)"),
-                    _field("lawsuits", "int", 2, "lawsuits as defendant, last 3 years"),
+                    _field(
+                        "log_enforcement", "float", 2, "log10(1 + amount under enforcement)", 16.0
+                    ),
+                    _field("lawsuits", "int", 2, "lawsuits as defendant, last 3 years", 40.0),
                 ],
             },
         },
