@@ -3,7 +3,8 @@
 It aligns a cohort by PSI when asked (:func:`psi_aligner`), opens the aggregation at the
 operator, sends each provider its part in blocks (several in flight when the transport allows),
 checks every provider's ``query.use`` receipt (:func:`check_use_receipt`) and takes the sum
-from the operator once.
+from the operator once — or, for a band release, never: the first provider takes it and compares
+with the analyst's share, block by block (:mod:`trusted_space.protocols.score.band`).
 """
 
 from __future__ import annotations
