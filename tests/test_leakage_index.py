@@ -55,6 +55,16 @@ GUARANTEES: tuple[Guarantee, ...] = (
     ),
     Guarantee(
         "score",
+        "analyst (band release)",
+        "the logit or a partial: only the band leaves, the aggregator's sums go to the comparer",
+        (
+            f"{LEAKAGE}::test_a_band_release_never_sends_the_analyst_a_logit",
+            "tests/trusted_space/test_score_band.py::"
+            "test_bands_equal_the_plaintext_bands_and_the_analyst_never_takes_a_sum",
+        ),
+    ),
+    Guarantee(
+        "score",
         "provider, operator",
         "a CKKS secret key inside a context",
         (

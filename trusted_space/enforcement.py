@@ -119,6 +119,9 @@ class UseRequest:
             ``query.use`` (never the weights).
         model_stats: (party-held) what the provider measured of the weights on its rows,
             checked by the policy's model rules.
+        release: (scores) what leaves to the analyst: ``logit`` or ``band`` (the policy
+            operand ``release``); ``None`` for other kinds.
+        bands: (band releases) the number of bands (``releaseBands``).
     """
 
     query_id: str
@@ -137,6 +140,8 @@ class UseRequest:
     model_id: str | None = None
     model_sha256: str | None = None
     model_stats: Mapping[str, float] | None = None
+    release: str | None = None
+    bands: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(self.columns))
@@ -209,6 +214,15 @@ def _model_entry(request: UseRequest) -> dict[str, str | None] | None:
     if request.model is None:
         return None
     return {"mode": request.model, "id": request.model_id, "sha256": request.model_sha256}
+
+
+def _release_entry(request: UseRequest) -> dict[str, Any] | None:
+    """What ``query.use`` records of what a score releases: ``logit``, or ``band`` and how many."""
+    if request.kind != "score":
+        return None
+    if request.release == "band":
+        return {"kind": "band", "bands": request.bands}
+    return {"kind": "logit"}
 
 
 def _strip_extensions(agreement: Mapping[str, Any]) -> dict[str, Any]:
@@ -408,6 +422,8 @@ def authorize_use(
                     epsilon=request.epsilon if request.kind == "aggregate" else None,
                     model=request.model if request.kind == "score" else None,
                     model_stats=request.model_stats,
+                    release=(request.release or "logit") if request.kind == "score" else None,
+                    bands=request.bands if request.kind == "score" else None,
                 ),
                 tx=tx,
                 consent=registry.checker(tx) if registry is not None else None,
@@ -447,6 +463,7 @@ def authorize_use(
                         "entities_commitment": entities_commitment,
                         "epsilon": request.epsilon,
                         "model": _model_entry(request),
+                        "release": _release_entry(request),
                         "decision": decision.ledger_index,
                     },
                     time=at,

@@ -114,6 +114,14 @@ def score_command(
             hidden=True,
         ),
     ] = None,
+    band_edge: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--band-edge",
+            help="An edge on the logit (repeat, increasing; additive only): only the band of "
+            "each logit is released, never the logit (writes id,band).",
+        ),
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the result.")] = None,
     node: NodeOpt = None,
     node_dir: NodeDirOpt = None,
@@ -136,6 +144,8 @@ def score_command(
         extra["id_kind"] = id_kind
         if feature_bound is not None:
             extra["feature_bound"] = feature_bound
+        if band_edge:
+            extra["band_edges"] = tuple(band_edge)
         with (
             analyst_client(node, node_dir, token_file) as client,
             progress_bar(True) as progress,

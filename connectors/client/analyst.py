@@ -93,11 +93,14 @@ class QueryProgress:
 
 def score_result_from_json(doc: Mapping[str, Any]) -> ScoreResult:
     """A :class:`ScoreResult` from its JSON (``ScoreResult.to_json``)."""
+    bands = doc.get("bands")
     return ScoreResult(
         query_id=str(doc["query"]),
         entities=tuple(str(e) for e in doc["entities"]),
-        logits=np.asarray(doc["logits"], dtype=np.float64),
-        outputs=np.asarray(doc["outputs"], dtype=np.float64),
+        logits=np.asarray(doc.get("logits", []), dtype=np.float64),
+        outputs=np.asarray(doc.get("outputs", []), dtype=np.float64),
+        bands=None if bands is None else np.asarray(bands, dtype=np.int64),
+        band_edges=tuple(float(e) for e in doc.get("bandEdges", [])),
         missing={str(p): tuple(m) for p, m in dict(doc.get("missing", {})).items()},
         receipts={str(p): dict(r) for p, r in dict(doc.get("receipts", {})).items()},
         timings={str(k): float(v) for k, v in dict(doc.get("timings", {})).items()},

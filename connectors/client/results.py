@@ -104,15 +104,25 @@ def output_column(link: Any) -> str:
 
 
 def write_scores(path: Path, result: dict[str, Any]) -> int:
-    """Write ``id,logit,<probability|points|score>``; returns the rows written."""
+    """Write ``id,logit,<probability|points|score>`` (a band release: ``id,band``).
+
+    Returns the rows written.
+    """
     column = output_column(result.get("link"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["id", "logit", column])
-        for e, z, y in zip(result["entities"], result["logits"], result["outputs"], strict=True):
-            out.writerow([e, repr(float(z)), repr(float(y))])
+        if "bands" in result:
+            out.writerow(["id", "band"])
+            for e, band in zip(result["entities"], result["bands"], strict=True):
+                out.writerow([e, int(band)])
+        else:
+            out.writerow(["id", "logit", column])
+            for e, z, y in zip(
+                result["entities"], result["logits"], result["outputs"], strict=True
+            ):
+                out.writerow([e, repr(float(z)), repr(float(y))])
     tmp.replace(path)
     return len(result["entities"])
 

@@ -393,6 +393,16 @@ def write_report(run: DemoRun, path: Path) -> Path:
                 [[g, agg["counts"].get(g), agg["expected"].get(g)] for g in agg["expected"]],
             )
         )
+    if "monitoring" in facts:
+        mon = facts["monitoring"]
+        sections.append(
+            f"<h2>Risk monitoring: bands only</h2><p>{_e(mon['what'])}; with "
+            f"{_e(', '.join(mon['providers']))}, edges on the logit {_e(mon['edges'])}.</p>"
+            + _table(
+                ["band", "applicants (secure)", "applicants (float64)"],
+                [[b, mon["counts"].get(b), mon["expected"].get(b)] for b in mon["expected"]],
+            )
+        )
     for refusal in run.refusals:
         sections.append(
             f"<h2>Refused: {_e(refusal['case'])}</h2><p>{_e(refusal['refusedBy'])} refused: "

@@ -29,9 +29,14 @@ flow is simulated; the demo does what the institutions' staff would do, over the
 6. **Pre-loan review**: the applicants are scored jointly with each protocol (``paillier``,
    ``ckks``, ``additive``) from the bank's node, and each result is compared with float64
    plaintext (largest logit error; AUC against what happened next). An aggregate (a histogram of
-   tax credit grades over the applicants, aligned by PSI) runs too.
-7. **Refusals**: a query for the wrong purpose (refused with the provider's policy trace) and a
-   query naming an applicant without consent (refused, naming the entity).
+   tax credit grades over the applicants, aligned by PSI, with the noise the tax bureau's policy
+   requires) runs too. **Risk monitoring** scores them again for ``risk-monitoring``, where the
+   tax bureau lets only a risk band leave (``release eq band``): the additive protocol compares
+   the shared logit with the band edges and the bank receives bands, never a logit.
+7. **Refusals**: a query for the wrong purpose (refused with the provider's policy trace), a
+   query naming an applicant without consent (refused, naming the entity), the column read (a
+   weight of 1 on one tax column, refused by the model binding) and a Paillier monitoring score
+   (refused: only a band may leave, and Paillier decrypts the logit at the bank).
 8. **Audit**: every node submits a checkpoint to the operator's witness; every node's ledger is
    verified from outside (:func:`connectors.client.verify.verify_node`), with its key as registered
    at
@@ -55,6 +60,7 @@ through their ``space.json`` before their directories are replaced.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import signal
@@ -116,6 +122,8 @@ __all__ = [
     "TOLERANCE",
     "DemoOptions",
     "DemoRun",
+    "MONITORING",
+    "RISK_BANDS",
     "run",
     "space_files",
 ]
@@ -123,6 +131,9 @@ __all__ = [
 OPERATOR: Final = "city-centre"
 BASE_PORT: Final = 18800
 PURPOSE: Final = "pre-loan-review"
+MONITORING: Final = "risk-monitoring"
+RISK_BANDS: Final = (0.05, 0.15, 0.40)
+"""The probabilities of default that separate the risk bands of the monitoring step (A … D)."""
 TOLERANCE: Final[Mapping[str, float]] = {"paillier": 1e-6, "ckks": 1e-3, "additive": 1e-3}
 """Largest |logit - float64 logit| accepted per protocol (docs/protocols.md, Accuracy)."""
 DATASET_IDS: Final[Mapping[str, str]] = {
@@ -151,8 +162,14 @@ TRAIN_PARAMS: Final[Mapping[str, Any]] = {"epochs": 5, "batch_size": 512, "learn
 # -- catalog: datasets and offers ---------------------------------------------------------------
 
 
-def _field(name: str, kind: str, grade: int, description: str) -> dict[str, Any]:
-    return {"name": name, "type": kind, "grade": grade, "description": description}
+def _field(
+    name: str, kind: str, grade: int, description: str, bound: float | None = None
+) -> dict[str, Any]:
+    """A catalog field; ``bound``: the declared range of a numeric one (no query probes it)."""
+    out: dict[str, Any] = {"name": name, "type": kind, "grade": grade, "description": description}
+    if bound is not None:
+        out["bound"] = bound
+    return out
 
 
 _USCC_FIELD: Final = _field("uscc", "string", 1, "unified social credit code (GB 32100-2015)")
@@ -169,10 +186,10 @@ def _loan_fields() -> list[dict[str, Any]]:
     """The bank's loan-history fields, shared by its scoring and its training datasets."""
     return [
         _USCC_FIELD,
-        _field("prior_loans", "int", 4, "earlier loans with the bank"),
-        _field("max_overdue_days", "int", 4, "most days overdue, last 24 months"),
-        _field("overdue_30", "int", 4, "1: ever 30+ days overdue"),
-        _field("utilisation", "float", 4, "credit-line utilisation"),
+        _field("prior_loans", "int", 4, "earlier loans with the bank", 20.0),
+        _field("max_overdue_days", "int", 4, "most days overdue, last 24 months", 360.0),
+        _field("overdue_30", "int", 4, "1: ever 30+ days overdue", 1.0),
+        _field("utilisation", "float", 4, "credit-line utilisation", 1.5),
     ]
 
 
@@ -202,10 +219,12 @@ def _datasets() -> dict[str, dict[str, Any]]:
                     _USCC_FIELD,
                     _field("status", "category", 1, "active, revoked or cancelled"),
                     _field("established", "date", 1, "date of establishment"),
-                    _field("age_years", "float", 1, "years since establishment"),
-                    _field("registered_capital", "float", 1, "registered capital, 10k CNY"),
-                    _field("paid_in_ratio", "float", 1, "paid-in / registered capital"),
-                    _field("abnormal_operation", "int", 1, "1: on the abnormal-operation list"),
+                    _field("age_years", "float", 1, "years since establishment", 40.0),
+                    _field("registered_capital", "float", 1, "registered capital, 10k CNY", 1e5),
+                    _field("paid_in_ratio", "float", 1, "paid-in / registered capital", 1.0),
+                    _field(
+                        "abnormal_operation", "int", 1, "1: on the abnormal-operation list", 1.0
+                    ),
                 ],
             },
         },
@@ -230,11 +249,11 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "fields": [
                     _USCC_FIELD,
                     _field("credit_grade", "category", 3, "tax credit grade A, B, M, C or D"),
-                    _field("credit_rank", "int", 3, "the grade as 0 (A) … 4 (D); M = 2"),
-                    _field("tax_paid", "float", 3, "tax paid, 10k CNY"),
-                    _field("log_tax_paid", "float", 3, "log10 of tax paid in CNY"),
-                    _field("tax_growth", "float", 3, "year-on-year growth of tax paid"),
-                    _field("tax_arrears", "int", 3, "1: tax in arrears"),
+                    _field("credit_rank", "int", 3, "the grade as 0 (A) … 4 (D); M = 2", 4.0),
+                    _field("tax_paid", "float", 3, "tax paid, 10k CNY", 1e5),
+                    _field("log_tax_paid", "float", 3, "log10 of tax paid in CNY", 9.0),
+                    _field("tax_growth", "float", 3, "year-on-year growth of tax paid", 3.0),
+                    _field("tax_arrears", "int", 3, "1: tax in arrears", 1.0),
                 ],
             },
         },
@@ -258,10 +277,12 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "description": "one row per employer",
                 "fields": [
                     _USCC_FIELD,
-                    _field("insured_staff", "int", 3, "employees insured"),
-                    _field("log_insured_staff", "float", 3, "log10(1 + insured staff)"),
-                    _field("contribution_years", "float", 3, "years of continuous contributions"),
-                    _field("arrears_months", "int", 3, "months of contributions in arrears"),
+                    _field("insured_staff", "int", 3, "employees insured", 5000.0),
+                    _field("log_insured_staff", "float", 3, "log10(1 + insured staff)", 4.0),
+                    _field(
+                        "contribution_years", "float", 3, "years of continuous contributions", 15.0
+                    ),
+                    _field("arrears_months", "int", 3, "months of contributions in arrears", 24.0),
                 ],
             },
         },
@@ -285,10 +306,12 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "description": "one row per enterprise",
                 "fields": [
                     _USCC_FIELD,
-                    _field("dishonest_debtor", "int", 1, "1: on the dishonest-debtor list"),
+                    _field("dishonest_debtor", "int", 1, "1: on the dishonest-debtor list", 1.0),
                     _field("enforcement_amount", "float", 2, "amount under enforcement, 10k CNY"),
-                    _field("log_enforcement", "float", 2, "log10(1 + amount under enforcement)"),
-                    _field("lawsuits", "int", 2, "lawsuits as defendant, last 3 years"),
+                    _field(
+                        "log_enforcement", "float", 2, "log10(1 + amount under enforcement)", 16.0
+                    ),
+                    _field("lawsuits", "int", 2, "lawsuits as defendant, last 3 years", 40.0),
                 ],
             },
         },
@@ -390,7 +413,7 @@ def _offers() -> dict[str, dict[str, Any]]:
     ``minCohort``).
     """
     protocols = list(PROTOCOLS)
-    purposes = [PURPOSE, "risk-monitoring"]
+    purposes = [PURPOSE, MONITORING]
     train = (
         _constraint("computation", "eq", "train"),
         _constraint("protocol", "eq", "additive"),
@@ -401,12 +424,24 @@ def _offers() -> dict[str, dict[str, Any]]:
         TAX: _offer(
             "tax-credit",
             _permission(
-                _constraint("purpose", "isAnyOf", purposes),
+                _constraint("purpose", "eq", PURPOSE),
                 _constraint("computation", "eq", "score"),
                 _constraint("protocol", "isAnyOf", protocols),
                 _constraint("output", "eq", "score"),
                 _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
                 _constraint("modelMinColumns", "gteq", _integer(2)),
+                _constraint("count", "lteq", _integer(100)),
+            ),
+            # monitoring existing borrowers: only a risk band leaves, never the logit
+            _permission(
+                _constraint("purpose", "eq", MONITORING),
+                _constraint("computation", "eq", "score"),
+                _constraint("protocol", "eq", "additive"),
+                _constraint("output", "eq", "score"),
+                _constraint("model", "isAnyOf", list(_SCORE_MODELS)),
+                _constraint("modelMinColumns", "gteq", _integer(2)),
+                _constraint("release", "eq", "band"),
+                _constraint("releaseBands", "lteq", _integer(len(RISK_BANDS) + 1)),
                 _constraint("count", "lteq", _integer(100)),
             ),
             _permission(
@@ -971,6 +1006,77 @@ def _score(
         )
 
 
+def _monitor(
+    run: DemoRun, data: DemoData, bound: Model, model: Model, agreements: Mapping[str, str]
+) -> None:
+    """Risk monitoring under the tax bureau's band-only permission: bands leave, logits do not.
+
+    The bank scores its applicants again, now for ``risk-monitoring`` with the tax bureau and the
+    court, asking for the bands of ``RISK_BANDS``; the additive protocol compares the shared logit
+    with the edges, so the bank receives one band per applicant and never the logit.
+    """
+    applicants = data.ids_at(data.applicants)
+    providers = [TAX, COURT]
+    edges = tuple(float(np.log(p / (1 - p))) for p in RISK_BANDS)
+    parties = [BANK, *providers]
+    plain = np.full(len(applicants), model.intercept)
+    for p in parties:
+        plain += data.matrix(p, model.columns(p))[data.applicants] @ model.weights_of(p)
+    with (
+        run.step("monitor", f"risk monitoring of {len(applicants):,}: risk bands only"),
+        run.analyst() as bank,
+    ):
+        query = dataclasses.replace(
+            _bound_query(
+                bound, applicants, agreements, providers, protocol="additive", purpose=MONITORING
+            ),
+            band_edges=edges,
+        )
+        result = bank.score_json(query, timeout=run.options.timeout)
+    position = {e: i for i, e in enumerate(applicants)}
+    order = np.array([position[e] for e in result["entities"]], dtype=np.int64)
+    bands = np.asarray(result.get("bands", []), dtype=np.int64)
+    expected = np.searchsorted(edges, plain[order], side="left")
+    # A logit within the protocol's precision of an edge may fall either side of it.
+    near = (
+        np.min(np.abs(plain[order][:, None] - np.array(edges)[None, :]), axis=1)
+        <= (TOLERANCE["additive"])
+    )
+    wrong = int(np.sum((bands != expected) & ~near)) if len(bands) == len(order) else len(order)
+    receipts = _verify_receipts(run, result.get("receipts", {}))
+    names = "ABCD"
+    run.facts["monitoring"] = {
+        "what": "risk bands of the applicants (probability of default below 5%, 15%, 40%, "
+        "above), computed inside the additive protocol: the tax bureau's policy lets only a "
+        "band leave for risk monitoring",
+        "purpose": MONITORING,
+        "providers": providers,
+        "edges": [round(e, 6) for e in edges],
+        "counts": {names[b]: int(np.sum(bands == b)) for b in range(len(edges) + 1)},
+        "expected": {names[b]: int(np.sum(expected == b)) for b in range(len(edges) + 1)},
+        "wrongBands": wrong,
+        "nearEdge": int(np.sum(near)),
+        "logitsReleased": "logits" in result,
+        "receipts": receipts,
+    }
+    run.check(
+        "monitoring: only bands leave",
+        "logits" not in result and "outputs" not in result and len(bands) == len(applicants),
+        f"{len(bands)} bands, no logit in the result",
+    )
+    run.check(
+        "monitoring: bands equal the float64 bands",
+        wrong == 0,
+        f"{wrong} of {len(order)} differ ({int(np.sum(near))} within {TOLERANCE['additive']:.0e} "
+        "of an edge not counted)",
+    )
+    run.check(
+        "monitoring: every receipt verifies",
+        set(receipts) == set(providers) and all(r["verified"] for r in receipts.values()),
+        f"receipts from {', '.join(sorted(receipts))}",
+    )
+
+
 def _aggregate(run: DemoRun, data: DemoData, agreements: Mapping[str, str]) -> None:
     applicants = data.ids_at(data.applicants)
     edges = [-0.5, 0.5, 1.5, 2.5, 3.5, 4.5]
@@ -1080,8 +1186,15 @@ def _refusals(run: DemoRun, data: DemoData, bound: Model, agreements: Mapping[st
             None,
             "model",
         ),
+        (
+            "logit where a band is required",
+            _bound_query(bound, sample, agreements, [TAX], protocol="paillier", purpose=MONITORING),
+            TAX,
+            None,
+            "release",
+        ),
     ]
-    with run.step("refusals", "three queries the providers must refuse"), run.analyst() as bank:
+    with run.step("refusals", "four queries the providers must refuse"), run.analyst() as bank:
         for name, query, provider, entity, operand in cases:
             purpose = query.purpose
             try:
@@ -1221,6 +1334,7 @@ def run(
                 bound, model, alone = _train(demo, data, agreements)
                 consents.result()
             _score(demo, data, bound, model, alone, agreements)
+            _monitor(demo, data, bound, model, agreements)
             _aggregate(demo, data, agreements)
             _refusals(demo, data, bound, agreements)
         _audit(demo)

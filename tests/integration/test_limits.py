@@ -9,7 +9,12 @@ whose blocking step names the rule:
 * an aggregate over one held entity plus nine made-up ids with ``missing: impute``
   (``minCohort``: the cohort is the held entities);
 * the exact aggregate against a policy that requires noise (``epsilon``);
-* a use after the provider suspended the agreement (``standing``), allowed again once resumed.
+* a use after the provider suspended the agreement (``standing``), allowed again once resumed;
+* scoring one entity more often than ``entityCount`` allows in the period, also across a
+  renegotiation (``entityCount``; the trace says how many entities were over, never which);
+* the bound oracle: probing a column's magnitude with the ranges a query declares (the
+  provider scales by its catalog's declared range, so the answer is the same for a column whose
+  values fit the probe and one whose values do not).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import pytest
 from typer.testing import CliRunner
 
 from connectors.cli.main import app
+from connectors.client.analyst import AnalystClient, QueryFailed
 from connectors.client.http import SignedClient
 from connectors.node.compute import COMPUTE_CONTENT_TYPE
 from connectors.spaces.space import (
@@ -45,6 +51,7 @@ from trusted_space.transport import frame, unframe
 pytestmark = pytest.mark.integration
 
 DATASET = "tax-limits"
+RANGED = "tax-ranged"
 PURPOSE = "pre-loan-review"
 STATS = "risk-monitoring"
 QUIET = {"log_level": "warning"}
@@ -76,12 +83,22 @@ def _noisy_offer() -> dict[str, Any]:
     }
 
 
+def _ranged_records() -> dict[str, Any]:
+    """A zone dataset whose two columns declare the same range, 1024, in the catalog."""
+    doc = tax_records(RANGED, "Tax (declared ranges)", ["small", "large"])
+    for field in doc["table"]["fields"][1:]:
+        field["bound"] = 1024.0
+    return doc
+
+
 @dataclasses.dataclass
 class Space:
     space: RunningSpace
     scores: str  # offer id, count <= 2
     noisy: str  # offer id, noise required
     credential: str
+    entity: str  # offer id, each entity scored at most twice per 30 days
+    ranged: str  # offer id on the dataset with declared ranges
     signed: SignedClient | None = None
 
     @property
@@ -99,11 +116,11 @@ class Space:
             self.signed = SignedClient("bank-a", key, lambda: credential, timeout=60)
         return self.signed
 
-    def negotiate(self, offer_id: str) -> str:
+    def negotiate(self, offer_id: str, dataset: str = DATASET) -> str:
         with self.bank.admin(timeout=60) as admin:
             started = admin.post(
                 "/management/negotiations",
-                {"provider": "tax-bureau", "datasetId": DATASET, "offerId": offer_id},
+                {"provider": "tax-bureau", "datasetId": dataset, "offerId": offer_id},
             )
             view = settled(admin.get, started["id"], 60)
         assert view["state"] == "FINALIZED", view
@@ -121,6 +138,28 @@ class Space:
         if response.status_code == 200:
             return 200, unframe(response.content)[0]
         return response.status_code, response.json()
+
+    def score(
+        self,
+        agreement: str,
+        dataset: str,
+        weights: dict[str, float],
+        entities: list[str],
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """A real additive score through bank-a's node (analyst-held ``weights``)."""
+        model = {"intercept": 0.0, "link": "identity", "weights": {"tax-bureau": weights}}
+        with AnalystClient.from_dir(self.bank.dir, timeout=60) as bank:
+            query = bank.score_query(
+                model,
+                entities,
+                protocol="additive",
+                purpose=PURPOSE,
+                agreements={"tax-bureau": agreement},
+                datasets={"tax-bureau": dataset},
+                **kw,
+            )
+            return bank.score_json(query, timeout=60)
 
     def score_use(self, agreement: str) -> tuple[int, Any]:
         header = {
@@ -177,11 +216,36 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     model = {"leftOperand": "model", "operator": "eq", "rightOperand": "analyst-held"}
     scores["permission"][0]["constraint"].append(model)
     noisy = _noisy_offer()
+    per_entity = count_limited_offer(
+        100,
+        purpose=PURPOSE,
+        protocols=["additive"],
+        models=["analyst-held"],
+        rules=[
+            {"leftOperand": "entityCount", "operator": "lteq", "rightOperand": "2"},
+            {"leftOperand": "entityPeriod", "operator": "eq", "rightOperand": "P30D"},
+        ],
+    )
     ds = DatasetConfig(
         file=root / "tax.json",
         dataset=tax_records(DATASET, "Tax paid (limits)", ["tax_paid"]),
         source=SourceConfig("csv", rows),
-        offers=(scores, noisy),
+        offers=(scores, noisy, per_entity),
+    )
+    ranged_rows = root / "ranged.csv"
+    ranged_rows.write_text(  # small within 32, large up to 1000: both within the declared 1024
+        "entity,small,large\n"
+        + "".join(f"{e},{i + 1}.5,{1000 - 7 * i}.25\n" for i, e in enumerate(HELD)),
+        encoding="utf-8",
+    )
+    ranged_offer = count_limited_offer(
+        100, purpose=PURPOSE, protocols=["additive"], models=["analyst-held"]
+    )
+    ranged = DatasetConfig(
+        file=root / "ranged.json",
+        dataset=_ranged_records(),
+        source=SourceConfig("csv", ranged_rows),
+        offers=(ranged_offer,),
     )
     config = SpaceConfig(
         path=root / "space.toml",
@@ -191,7 +255,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
         base_port=0,
         nodes=(
             NodeConfig("city-centre", ("operator",)),
-            NodeConfig("tax-bureau", ("provider",), settings=QUIET, datasets=(ds,)),
+            NodeConfig("tax-bureau", ("provider",), settings=QUIET, datasets=(ds, ranged)),
             NodeConfig("bank-a", ("consumer",), settings=QUIET),
         ),
     )
@@ -199,7 +263,14 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
         bank, operator = running["bank-a"], running.operator
         key = SigningKey.load(bank.layout.node_key)
         credential = member_credential("bank-a", key, operator.url, operator.name)
-        limits = Space(running, str(scores["@id"]), str(noisy["@id"]), credential)
+        limits = Space(
+            running,
+            str(scores["@id"]),
+            str(noisy["@id"]),
+            credential,
+            str(per_entity["@id"]),
+            str(ranged_offer["@id"]),
+        )
         yield limits
         if limits.signed is not None:
             limits.signed.close()
@@ -371,3 +442,52 @@ def test_the_cli_suspends_resumes_and_shows_budgets(space: Space) -> None:
     assert shown.exit_code == 0 and json.loads(shown.output)["member"] == "bank-a"
     refused = runner.invoke(app, ["grants", "approve", "no-such-request", *staff])
     assert refused.exit_code == 1
+
+
+def test_an_entity_is_scored_at_most_entity_count_times_across_agreements(space: Space) -> None:
+    agreement = space.negotiate(space.entity)
+    weights = {"tax_paid": 0.01}
+    bound = {"feature_bound": 256.0}  # the column declares no range
+    for _ in range(2):
+        space.score(agreement, DATASET, weights, HELD[:2], **bound)
+
+    with pytest.raises(QueryFailed) as third:  # HELD[0] a third time, beside a fresh one
+        space.score(agreement, DATASET, weights, [HELD[0], HELD[5]], **bound)
+    renegotiated = space.negotiate(space.entity)
+    with pytest.raises(QueryFailed) as again:  # a new agreement from the same offer: same account
+        space.score(renegotiated, DATASET, weights, [HELD[1]], **bound)
+    fresh = space.score(renegotiated, DATASET, weights, HELD[5:7], **bound)
+
+    for refused, entities in ((third.value, 2), (again.value, 1)):
+        assert refused.peer == "tax-bureau", refused.problem
+        blocking = [s for s in refused.trace if s["blocking"]]
+        assert [s["left_operand"] for s in blocking] == ["entityCount"], blocking
+        assert blocking[0]["seen"] == {"entities": entities, "over": 1}
+        assert not any(e in json.dumps(refused.problem) for e in HELD)  # never which entity
+    assert fresh["entities"] == HELD[5:7] and len(fresh["logits"]) == 2
+
+
+def test_a_refusal_does_not_depend_on_the_columns_values(space: Space) -> None:
+    agreement = space.negotiate(space.ranged, RANGED)
+    outcomes: dict[tuple[str, float], str] = {}
+    for column in ("small", "large"):
+        for probe in (16.0, 64.0, 1024.0):  # small fits 64, large fits only 1024
+            try:
+                space.score(
+                    agreement,
+                    RANGED,
+                    {column: 0.001},
+                    HELD[:4],
+                    ranges={"tax-bureau": {column: probe}},
+                )
+                outcomes[column, probe] = "answered"
+            except QueryFailed as failed:
+                outcomes[column, probe] = str(failed.problem.get("detail")).replace(column, "<c>")
+        # a featureBound probe is ignored for a column whose catalog declares its range
+        answered = space.score(agreement, RANGED, {column: 0.001}, HELD[:4], feature_bound=1.0)
+        assert len(answered["logits"]) == 4
+
+    for probe in (16.0, 64.0, 1024.0):
+        assert outcomes["small", probe] == outcomes["large", probe], outcomes
+    assert outcomes["small", 1024.0] == "answered"
+    assert "not the catalog's declared range" in outcomes["small", 64.0]

@@ -16,6 +16,12 @@ Party-held models are owned: bank-a submits its model part, the provider's staff
 (a record in both ledgers, by digest), and bank-a scores with it; bank-b can neither score with
 bank-a's model nor replace it by submitting under the same id; a model part that breaks a rule
 is refused at submission with the trace naming the rule.
+
+Release granularity: a second tax dataset lets only a band leave (``release eq band``,
+``releaseBands lteq 4``). An additive band score gives bank-a the bands of the float64 logits
+and no logit (its node's job result, and the provider's ``query.use`` records a band release);
+a Paillier score of the same model is refused with a trace naming ``release`` and the protocol
+to use.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from trusted_space.queries.score import Model, ScoreQuery
 pytestmark = pytest.mark.integration
 
 DATASET = "tax-binding"
+BANDS = "tax-bands"
+EDGES = (1.5, 3.0, 6.0)
 PURPOSE = "pre-loan-review"
 QUIET = {"log_level": "warning"}
 COLUMNS = ("a", "b", "c", "d")
@@ -92,16 +100,19 @@ class Space:
         with self.bank(name) as bank:
             return bank.score_json(query, timeout=60)
 
-    def submit(self, name: str, model_id: str, weights: dict[str, float]) -> tuple[int, Any]:
+    def submit(
+        self, name: str, model_id: str, weights: dict[str, float], *, dataset: str = DATASET
+    ) -> tuple[int, Any]:
         """``name``'s node submits a model part: (status, body or problem document)."""
+        agreement = self.agreements[name] if dataset == DATASET else self.agreements[dataset]
         with self.running[name].admin(timeout=60) as admin:
             try:
                 body = admin.post(
                     "/management/models/submit",
                     {
                         "provider": "tax-bureau",
-                        "agreement": self.agreements[name],
-                        "dataset": DATASET,
+                        "agreement": agreement,
+                        "dataset": dataset,
                         "model": model_id,
                         "weights": weights,
                     },
@@ -167,6 +178,19 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
         source=SourceConfig("csv", rows),
         offers=(offer,),
     )
+    band_offer = count_limited_offer(
+        1000,
+        purpose=PURPOSE,
+        protocols=["additive", "paillier"],
+        models=["party-held"],
+        rules=[_rule("release", "eq", "band"), _rule("releaseBands", "lteq", "4")],
+    )
+    bands = DatasetConfig(
+        file=root / "bands.json",
+        dataset=tax_records(BANDS, "Tax columns (bands only)", COLUMNS),
+        source=SourceConfig("csv", rows),
+        offers=(band_offer,),
+    )
     config = SpaceConfig(
         path=root / "space.toml",
         name="binding",
@@ -175,22 +199,30 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
         base_port=0,
         nodes=(
             NodeConfig("city-centre", ("operator",)),
-            NodeConfig("tax-bureau", ("provider",), settings=QUIET, datasets=(ds,)),
+            NodeConfig("tax-bureau", ("provider",), settings=QUIET, datasets=(ds, bands)),
             NodeConfig("bank-a", ("consumer",), settings=QUIET),
             NodeConfig("bank-b", ("consumer",), settings=QUIET),
         ),
     )
     with up(config, timeout=90) as running:
         agreements = {}
-        for bank in ("bank-a", "bank-b"):
+        for bank, dataset, offered in (
+            ("bank-a", DATASET, offer),
+            ("bank-b", DATASET, offer),
+            ("bank-a", BANDS, band_offer),
+        ):
             with running[bank].admin(timeout=60) as admin:
                 started = admin.post(
                     "/management/negotiations",
-                    {"provider": "tax-bureau", "datasetId": DATASET, "offerId": str(offer["@id"])},
+                    {
+                        "provider": "tax-bureau",
+                        "datasetId": dataset,
+                        "offerId": str(offered["@id"]),
+                    },
                 )
                 view = settled(admin.get, started["id"], 60)
             assert view["state"] == "FINALIZED", view
-            agreements[bank] = str(view["agreementId"])
+            agreements[bank if dataset == DATASET else dataset] = str(view["agreementId"])
         yield Space(running, agreements["bank-a"], agreements)
 
 
@@ -353,3 +385,58 @@ def test_the_cli_submits_a_model_part_and_the_staff_approve_it(
     assert approved.exit_code == 0 and json.loads(approved.output)["state"] == "approved"
     assert status.exit_code == 0 and json.loads(status.output)["state"] == "approved"
     assert len(space.party_held("bank-a", "cli-part")["logits"]) == len(HELD)
+
+
+def _band_query(space: Space, protocol: str, edges: tuple[float, ...] = ()) -> dict[str, Any]:
+    """bank-a's party-held score of every held entity on the bands-only dataset."""
+    model = Model.from_json(
+        {"intercept": 0.0, "link": "logistic", "weights": {}, "id": "credit-bands"}
+    )
+    query = ScoreQuery(
+        purpose=PURPOSE,
+        protocol=protocol,
+        model=model,
+        agreements={"tax-bureau": space.agreements[BANDS]},
+        datasets={"tax-bureau": BANDS},
+        entities=tuple(HELD),
+        id_kind="opaque",
+        mode="party-held",
+        band_edges=edges,
+    )
+    with space.bank("bank-a") as bank:
+        return bank.score_json(query, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def band_model(space: Space) -> None:
+    status, sent = space.submit("bank-a", "credit-bands", BALANCED, dataset=BANDS)
+    assert status == 200, sent
+    assert space.staff("approve", "bank-a", "credit-bands")["state"] == "approved"
+
+
+def test_only_the_band_leaves_under_a_band_policy(space: Space, band_model: None) -> None:
+    expected = np.array(_plain(BALANCED))
+    assert np.min(np.abs(expected[:, None] - np.array(EDGES)[None, :])) > 1e-3  # no near tie
+
+    result = _band_query(space, "additive", EDGES)
+
+    assert result["bands"] == np.searchsorted(EDGES, expected, side="left").tolist()
+    assert set(np.unique(result["bands"])) == {0, 1, 2, 3}  # every band occurs
+    assert "logits" not in result and "outputs" not in result
+    use = [e for e in space.uses() if e.body["query"] == result["query"]]
+    assert [e.body["release"] for e in use] == [{"kind": "band", "bands": 4}]
+
+
+def test_a_protocol_that_opens_the_logit_is_refused_naming_the_release_rule(
+    space: Space, band_model: None
+) -> None:
+    before = len(space.uses())
+
+    with pytest.raises(QueryFailed) as info:
+        _band_query(space, "paillier")
+
+    blocking = [s for s in info.value.trace if s["blocking"]]
+    assert {s["left_operand"] for s in blocking} == {"release", "releaseBands"}, blocking
+    release = next(s for s in blocking if s["left_operand"] == "release")
+    assert release["seen"] == "logit" and "'additive'" in release["message"]
+    assert len(space.uses()) == before  # refused before anything was read

@@ -565,6 +565,40 @@ def test_the_analyst_never_receives_a_providers_partial(
     assert len(result.logits) == N
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_band_release_never_sends_the_analyst_a_logit(
+    mode: str, rng: np.random.Generator
+) -> None:
+    rec = recorded_space(rng)
+    logits = 0.25 + sum(rec.partial(p) for p in PROVIDERS)
+    z = np.sort(logits)
+    widest = np.argsort(np.diff(z))[-2:]  # edges in the two widest gaps: no logit near one
+    edges = tuple(sorted(float((z[i] + z[i + 1]) / 2) for i in widest))
+
+    result = run_score(
+        rec.space.transport(ANALYST),
+        ANALYST,
+        OPERATOR,
+        rec.query("additive", mode, band_edges=edges),
+    )
+
+    assert result.bands is not None and result.logits.size == 0
+    assert np.array_equal(result.bands, np.searchsorted(edges, logits, side="left"))
+    to_analyst = rec.to(ANALYST)
+    # Neither the logit nor any provider's partial reaches the analyst in any searched form.
+    assert leaked(logits, to_analyst) == []
+    for p in PROVIDERS:
+        assert leaked(rec.partial(p), to_analyst) == []
+    # The aggregator's sums go to the comparer, never to the analyst.
+    assert not [m for m in to_analyst if m.operation == "aggregate.take"]
+    assert {m.operation for m in to_analyst if m.reply and m.payload} <= {
+        "score.run",
+        "score.compare",
+        "dealer.bits",
+        *({"score.beaver", "dealer.triple"} if mode == "analyst-held" else ()),
+    }
+
+
 def test_ckks_contexts_sent_hold_no_secret_key(
     ckks_context: ckks.SecretContext, rng: np.random.Generator
 ) -> None:

@@ -61,6 +61,7 @@ from trusted_space.policy.vocabulary import (
     OUTPUT_KINDS,
     PROTOCOLS,
     QUERY_KINDS,
+    RELEASE_KINDS,
     TIERS,
     ProtocolName,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "LEFT_OPERANDS",
     "MODEL_MODES",
     "MODEL_RULES",
+    "RELEASE_KINDS",
     "ODRL_PROFILE",
     "OPERATORS",
     "OUTPUT_KINDS",

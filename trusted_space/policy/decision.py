@@ -71,6 +71,10 @@ class UsageRequest:
         model_stats: for party-held weights, what the provider measured of them on its own
             data when it stored them: ``columns`` (how many carry weight), ``maxWeight``
             (largest |w|) and ``maxShare`` (largest Var(w_j x_j) / Var(sum_j w_j x_j)).
+        release: for a score, what leaves to the analyst: ``logit`` (the exact logit) or
+            ``band`` (only the band it falls in, computed inside the protocol); ``None`` for
+            other kinds.
+        bands: for a ``band`` release, how many bands (edges + 1).
     """
 
     assignee: str
@@ -88,9 +92,17 @@ class UsageRequest:
     epsilon: float | None = None
     model: str | None = None
     model_stats: Mapping[str, float] | None = None
+    release: str | None = None
+    bands: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", frozenset(self.roles))
+        if self.release is not None and self.release not in ("logit", "band"):
+            raise ValidationError(f"UsageRequest.release: bad value {self.release!r}")
+        if (self.release == "band") != (self.bands is not None) or (
+            self.bands is not None and (isinstance(self.bands, bool) or self.bands < 2)
+        ):
+            raise ValidationError("UsageRequest.bands: a band release names 2 or more bands")
         if self.model is not None and self.model not in ("analyst-held", "trained", "approved"):
             raise ValidationError(f"UsageRequest.model: bad value {self.model!r}")
         if self.epsilon is not None and (

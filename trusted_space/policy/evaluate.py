@@ -151,6 +151,9 @@ def _check(c: Constraint, ctx: _Ctx, rule: str, index: int, rule_id: str | None)
     if lo == "model" or lo in MODEL_RULES:
         return _check_model(c, req, done)
 
+    if lo in ("release", "releaseBands"):
+        return _check_release(c, req, done)
+
     if lo == "dateTime":
         limit = datetime.fromisoformat(str(c.right_operand))
         holds = _ordered(op, ctx.now, limit)
@@ -315,6 +318,43 @@ def _check_model(c: Constraint, req: UsageRequest, done: Callable[..., TraceStep
         f"is {relation} {c.right_operand}" if holds else f"breaks {lo} {relation} {c.right_operand}"
     )
     return done(shown, "satisfied" if holds else "violated", msg)
+
+
+_BAND_PROTOCOLS: Final = ("additive",)
+"""Protocols that compute a band inside the protocol (:mod:`trusted_space.protocols.score.band`)."""
+
+
+def _check_release(c: Constraint, req: UsageRequest, done: Callable[..., TraceStep]) -> TraceStep:
+    """``release`` (what of a score leaves) and ``releaseBands`` (at most how many bands).
+
+    A refusal says which protocol computes a band: Paillier and CKKS decrypt the logit at the
+    analyst, so under ``release eq band`` they are refused whatever the query asks.
+    """
+    lo = c.left_operand
+    if req.query_kind != "score":
+        return done(req.release, "not_applicable", f"{lo} applies to scores only")
+    release = req.release or "logit"
+    hint = (
+        f"; protocol {req.protocol!r} opens the exact logit at the analyst, only "
+        f"{' or '.join(repr(p) for p in _BAND_PROTOCOLS)} computes a band inside the protocol "
+        "(query with bands and protocol 'additive')"
+        if req.protocol not in _BAND_PROTOCOLS
+        else "; query with bands (edges) so that only the band leaves"
+    )
+    if lo == "release":
+        holds = _compare_set(c.operator, release, c.right_operand)
+        word = _SET_WORDS[c.operator][0 if holds else 1]
+        msg = f"release {release!r} {word} {_fmt(c.right_operand)}" + ("" if holds else hint)
+        return done(release, "satisfied" if holds else "violated", msg)
+    limit = int(c.right_operand)  # type: ignore[arg-type]
+    if req.bands is None:
+        msg = f"releaseBands: an exact logit is not a release of at most {limit} bands" + hint
+        return done(None, "violated", msg)
+    holds = req.bands <= limit
+    msg = f"{req.bands} bands " + (
+        f"are within releaseBands <= {limit}" if holds else f"exceed releaseBands <= {limit}"
+    )
+    return done(req.bands, "satisfied" if holds else "violated", msg)
 
 
 def _zone_opt_in(rule_constraints: Sequence[Constraint], req: UsageRequest, tier: str) -> bool:

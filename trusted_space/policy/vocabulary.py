@@ -22,6 +22,7 @@ __all__ = [
     "LEFT_OPERANDS",
     "MODEL_MODES",
     "MODEL_RULES",
+    "RELEASE_KINDS",
     "ODRL_PROFILE",
     "OPERATORS",
     "OUTPUT_KINDS",
@@ -77,6 +78,12 @@ A request's model is ``analyst-held`` (encrypted or shared weights the provider 
 the right operand ``party-held`` matches both ``trained`` and ``approved``."""
 MODEL_RULES: Final = ("modelMinColumns", "modelMaxWeight", "modelMaxShare")
 """Approval rules on party-held weights, checked by the provider on the weights it holds."""
+RELEASE_KINDS: Final = ("logit", "band")
+"""Values of ``release``: what of a score leaves to the analyst.
+
+``logit`` is the exact total logit (every protocol); ``band`` is only the band among ``k`` the
+logit falls in, computed inside the protocol so that the logit is never in clear at the analyst
+(the ``additive`` protocol only: :mod:`trusted_space.protocols.score.band`)."""
 DUTY_ACTIONS: Final = ("log", "notify", "delete")
 
 _SET_OPS: Final = ("eq", "neq", "isAnyOf", "isNoneOf")
@@ -140,6 +147,8 @@ LEFT_OPERANDS: Final[Mapping[str, _OperandSpec]] = {
     "modelMinColumns": _OperandSpec(("gteq",), "int", in_prohibition=False, unique=True),
     "modelMaxWeight": _OperandSpec(("lteq",), "decimal", in_prohibition=False, unique=True),
     "modelMaxShare": _OperandSpec(("lteq",), "decimal", in_prohibition=False, unique=True),
+    "release": _OperandSpec((*_SET_OPS,), "enum", RELEASE_KINDS),
+    "releaseBands": _OperandSpec(("lteq",), "int", in_prohibition=False, unique=True),
 }
 """Left operands understood in permissions and prohibitions, with their allowed operators."""
 

@@ -41,7 +41,8 @@ class ProviderJob:
 
     ``values`` holds the provider's feature blocks (party-held: its partial logits) from
     ``score.run`` until each block is computed; it never leaves the provider. ``weights`` holds
-    the analyst's loaded (encrypted) weights in analyst-held mode.
+    the analyst's loaded (encrypted) weights in analyst-held mode. ``recipient``: in a band
+    release, the contributor the aggregator hands the sums to (never the analyst).
     """
 
     node: ComputeNode
@@ -56,6 +57,7 @@ class ProviderJob:
     completed: set[int] = field(default_factory=set)
     weights: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    recipient: str | None = None
 
     def claim(self, block: int) -> FloatArray:
         """Take block ``block``'s values, once (a second claim of a block is refused).
@@ -130,6 +132,16 @@ class AnalystSide(ABC):
     @abstractmethod
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
         """The providers' summed partial logits of one block, from the aggregator's sum."""
+
+    def band_share(
+        self, block: int, count: int, edges: tuple[float, ...], shift: FloatArray
+    ) -> npt.NDArray[np.uint64]:
+        """A band release: the analyst's share of ``t - z`` per entity and edge, for one block.
+
+        Only a protocol whose aggregated sum is an additive share of the logit can compute a
+        band without opening the logit (:mod:`trusted_space.protocols.score.band`).
+        """
+        raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (process pools)."""

@@ -54,10 +54,10 @@ from trusted_space.events import record_event
 from trusted_space.protocols._common import (
     crypto_errors,
     header_int,
-    header_str,
     ring_from_bytes,
     ring_to_bytes,
 )
+from trusted_space.protocols.compare import AND_WORDS, deal_and_triples
 from trusted_space.protocols.operator_wire import (
     AggregateAdd,
     AggregateAdded,
@@ -65,6 +65,8 @@ from trusted_space.protocols.operator_wire import (
     AggregateOpened,
     AggregateTake,
     AggregateTaken,
+    BitsDealt,
+    DealerBits,
     DealerTriple,
     TripleDealt,
 )
@@ -81,6 +83,7 @@ __all__ = [
     "PaillierVectorCodec",
     "Ring64Codec",
     "add_to_aggregate",
+    "fetch_and_triples",
     "fetch_triple",
     "open_aggregation",
     "register_operator",
@@ -257,6 +260,7 @@ def _aggregate_open(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
                 "contributors": list(contributors),
                 "counts": counts,
                 "params": params,
+                "recipient": message.recipient,
                 "material_sha256": hashlib.sha256(payload).hexdigest(),
             },
         )
@@ -298,6 +302,8 @@ def _aggregate_add(ctx: CallContext, header: dict[str, Any], payload: bytes) -> 
     message = AggregateAdd.from_header(header, counts)
     if list(message.contributors) != record["contributors"]:
         raise ConflictError("the contributors named by the provider differ from the aggregation's")
+    if message.recipient != record.get("recipient"):
+        raise ConflictError("the recipient named by the provider differs from the aggregation's")
     block, count = message.block, message.count
     codec: AggregateCodec = state["codec"]
     value = codec.load(payload, count)
@@ -324,12 +330,16 @@ def _aggregate_add(ctx: CallContext, header: dict[str, Any], payload: bytes) -> 
 
 
 def _aggregate_take(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    query = header_str(header, "query")
-    key = _agg_key(ctx.sender, query)  # only the analyst that opened it finds it
+    query, named = AggregateTake.key(header)
+    analyst = named or ctx.sender  # only the analyst that opened it finds it unless named
+    key = _agg_key(analyst, query)
     record, state = _load_aggregation(ctx, key)
+    if record.get("recipient", None) != (None if named is None else ctx.sender):
+        # A band release's sums go to its recipient only; an ordinary one's to the analyst.
+        raise NotFoundError("no such aggregation")
     counts: list[int] = record["counts"]
     block = AggregateTake.from_header(header, len(counts)).block
-    bkey = _block_key(ctx.sender, query, block)
+    bkey = _block_key(analyst, query, block)
     with state["lock"]:
         with ctx.node.store.transaction() as tx:
             doc = tx.get(AGGREGATE_BLOCK_NAMESPACE, bkey)
@@ -354,10 +364,11 @@ def _aggregate_take(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
                 tx,
                 "aggregate.released",
                 {
-                    "analyst": ctx.sender,
+                    "analyst": analyst,
                     "query": query,
                     "block": block,
                     "contributors": contributed,
+                    "to": ctx.sender,
                 },
             )
         del state["sums"][block]
@@ -372,32 +383,79 @@ def _aggregate_take(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
 
 def _dealer_triple(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     message = DealerTriple.from_header(header)
-    session, batch, parties = message.session, message.batch, list(message.parties)
     left, right = message.left, message.right
+    spec: dict[str, Any] = {"left": list(left), "right": list(right)}
+
+    def make(key: str, parties: list[str]) -> Any:
+        dealer = sharing.TripleDealer(len(parties))
+        with crypto_errors("triple"):
+            return dealer.matmul_triple(left, right, triple_id=_triple_id(key))
+
+    party, triple = _deal(ctx, message.session, message.batch, list(message.parties), spec, make)
+    return Reply(TripleDealt(party, triple.triple_id).to_header(), triple.to_bytes())
+
+
+def _dealer_bits(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """``dealer.bits``: a party's share of the XOR triples of ``values`` comparisons, once."""
+    message = DealerBits.from_header(header)
+
+    def make(key: str, parties: list[str]) -> Any:
+        return _BitBatch(deal_and_triples(message.values))
+
+    party, share = _deal(
+        ctx, message.session, message.batch, list(message.parties), {"values": message.values}, make
+    )
+    return Reply(BitsDealt(party, message.values).to_header(), ring_to_bytes(share))
+
+
+class _BitBatch:
+    """Both parties' shares of one batch of XOR triples; each taken once."""
+
+    def __init__(self, shares: tuple[Any, Any]) -> None:
+        self._shares: dict[int, Any] = dict(enumerate(shares))
+
+    def take(self, party: int) -> Any:
+        share = self._shares.pop(party, None)
+        if share is None:  # pragma: no cover - the store record refuses first
+            raise TripleReuseError(f"party {party}'s share was already taken")
+        return share
+
+
+def _deal(
+    ctx: CallContext,
+    session: str,
+    batch: str,
+    parties: list[str],
+    shape: Mapping[str, Any],
+    make: Callable[[str, list[str]], Any],
+) -> tuple[int, Any]:
+    """Deal the caller its share of batch ``(session, batch)``, at most once.
+
+    The first call makes the batch (``make(key, parties)``, an object with ``take(party)``);
+    the dealt record is written before a share leaves, so a restart never deals it again.
+    """
     if ctx.sender not in parties:
         raise ConflictError(f"{ctx.sender} is not a party of this batch")
     party = parties.index(ctx.sender)
     key = f"{session}/{batch}"
-    spec: dict[str, Any] = {"parties": parties, "left": list(left), "right": list(right)}
+    spec: dict[str, Any] = {"parties": parties, **shape}
     node = ctx.node
     with node.store.transaction() as tx:
         doc = tx.get(DEALER_NAMESPACE, key)
         if doc is None:
             state = node.sessions.open(_DEALER_SESSION, key)
-            dealer = sharing.TripleDealer(len(parties))
-            with crypto_errors("triple"):
-                state["batch"] = dealer.matmul_triple(left, right, triple_id=_triple_id(key))
+            state["batch"] = make(key, parties)
             body: dict[str, Any] = {**spec, "dealt": []}
         else:
             body = dict(doc.body)
-            if {k: body[k] for k in spec} != spec:
+            if {k: body.get(k) for k in spec} != spec:
                 raise ConflictError("batch exists with other parties or shapes")
         dealt: list[str] = list(body["dealt"])
         if ctx.sender in dealt:
             raise ConflictError(f"batch {batch!r} was already dealt to {ctx.sender}")
         try:
             state = node.sessions.get(_DEALER_SESSION, key)
-            triple = state["batch"].take(party)
+            share = state["batch"].take(party)
         except NotFoundError as exc:
             raise ConflictError("batch was lost (dealer restart); use a new batch") from exc
         except TripleReuseError as exc:  # pragma: no cover - the store record refuses first
@@ -412,7 +470,7 @@ def _dealer_triple(ctx: CallContext, header: dict[str, Any], payload: bytes) -> 
         )
     if len(dealt) == len(parties):
         node.sessions.close(_DEALER_SESSION, key)
-    return Reply(TripleDealt(party, triple.triple_id).to_header(), triple.to_bytes())
+    return party, share
 
 
 def _triple_id(key: str) -> str:
@@ -420,11 +478,12 @@ def _triple_id(key: str) -> str:
 
 
 def register_operator(node: ComputeNode) -> None:
-    """Register ``aggregate.open|add|take`` and ``dealer.triple`` on the operator's node."""
+    """Register ``aggregate.open|add|take`` and ``dealer.triple|bits`` on the operator's node."""
     node.register("aggregate.open", _aggregate_open)
     node.register("aggregate.add", _aggregate_add)
     node.register("aggregate.take", _aggregate_take)
     node.register("dealer.triple", _dealer_triple)
+    node.register("dealer.bits", _dealer_bits)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,9 +501,15 @@ def open_aggregation(
     counts: list[int],
     params: Mapping[str, Any] | None = None,
     material: bytes = b"",
+    recipient: str | None = None,
 ) -> None:
-    """As the analyst: open an aggregation of ``contributors``' blocks of ``counts`` values."""
-    message = AggregateOpen(query, codec, tuple(sorted(contributors)), tuple(counts), params or {})
+    """As the analyst: open an aggregation of ``contributors``' blocks of ``counts`` values.
+
+    ``recipient``: the contributor that takes the sums instead of the analyst (band release).
+    """
+    message = AggregateOpen(
+        query, codec, tuple(sorted(contributors)), tuple(counts), params or {}, recipient
+    )
     transport.call(operator, "aggregate.open", message.to_header(), material)
 
 
@@ -458,16 +523,19 @@ def add_to_aggregate(
     block: int,
     count: int,
     payload: bytes,
+    recipient: str | None = None,
 ) -> None:
     """As a provider: add one block of its partial to the analyst's aggregation."""
-    message = AggregateAdd(query, analyst, tuple(sorted(contributors)), block, count)
+    message = AggregateAdd(query, analyst, tuple(sorted(contributors)), block, count, recipient)
     transport.call(operator, "aggregate.add", message.to_header(), payload)
 
 
-def take_aggregate(transport: Transport, operator: str, *, query: str, block: int) -> bytes:
-    """As the analyst: take the complete sum of one block (once)."""
+def take_aggregate(
+    transport: Transport, operator: str, *, query: str, block: int, analyst: str | None = None
+) -> bytes:
+    """As the analyst (or, naming the ``analyst``, its declared recipient): take one block's sum."""
     return transport.call(
-        operator, "aggregate.take", AggregateTake(query, block).to_header()
+        operator, "aggregate.take", AggregateTake(query, block, analyst).to_header()
     ).payload
 
 
@@ -489,3 +557,21 @@ def fetch_triple(
     if share.a.shape != tuple(left) or share.b.shape != tuple(right):
         raise ValidationError("the dealer's triple share has other shapes than requested")
     return share
+
+
+def fetch_and_triples(
+    transport: Transport,
+    operator: str,
+    *,
+    session: str,
+    batch: str,
+    parties: tuple[str, str],
+    values: int,
+) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """As a party: its share of the XOR triples for ``values`` comparisons (``dealer.bits``)."""
+    message = DealerBits(session, batch, parties, values)
+    reply = transport.call(operator, "dealer.bits", message.to_header())
+    dealt = BitsDealt.from_header(reply.header)
+    if dealt.values != values:
+        raise ValidationError("the dealer's triples are not the ones requested")
+    return ring_from_bytes(reply.payload, 3 * AND_WORDS * values)

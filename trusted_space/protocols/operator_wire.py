@@ -1,4 +1,4 @@
-"""The operator's messages as typed headers: ``aggregate.open|add|take`` and ``dealer.triple``.
+"""The operator's messages as typed headers: ``aggregate.open|add|take``, ``dealer.triple|bits``.
 
 One frozen dataclass per message (requests and their replies), each with ``to_header()`` for the
 sender beside ``from_header(header)`` for the receiver, so keys and checks live in one place
@@ -23,6 +23,7 @@ from trusted_space.protocols._common import (
 )
 
 __all__ = [
+    "MAX_COMPARISONS",
     "MAX_BLOCKS",
     "MAX_DIM",
     "AggregateAdd",
@@ -31,6 +32,8 @@ __all__ = [
     "AggregateOpened",
     "AggregateTake",
     "AggregateTaken",
+    "BitsDealt",
+    "DealerBits",
     "DealerTriple",
     "TripleDealt",
 ]
@@ -46,6 +49,8 @@ class AggregateOpen:
     """``aggregate.open`` (analyst): sum ``contributors``' blocks of ``counts`` values.
 
     ``codec`` names how blocks are added; the payload is the public material it needs.
+    ``recipient``: the contributor that takes the sums instead of the analyst (a band release:
+    the sum is its share of the logit, which the analyst must never hold whole).
     """
 
     query: str
@@ -53,15 +58,19 @@ class AggregateOpen:
     contributors: tuple[str, ...]
     counts: tuple[int, ...]
     params: Mapping[str, Any] = field(default_factory=dict)
+    recipient: str | None = None
 
     def to_header(self) -> dict[str, Any]:
-        return {
+        header = {
             "query": self.query,
             "codec": self.codec,
             "contributors": list(self.contributors),
             "counts": list(self.counts),
             "params": dict(self.params),
         }
+        if self.recipient is not None:
+            header["recipient"] = self.recipient
+        return header
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any]) -> Self:
@@ -81,7 +90,17 @@ class AggregateOpen:
         params = header.get("params", {})
         if not isinstance(params, dict):
             raise ValidationError("header.params: expected an object")
-        return cls(query, codec, contributors, tuple(counts), params)
+        recipient = _recipient(header, contributors)
+        return cls(query, codec, contributors, tuple(counts), params, recipient)
+
+
+def _recipient(header: Mapping[str, Any], contributors: Sequence[str]) -> str | None:
+    if "recipient" not in header:
+        return None
+    recipient = header_str(header, "recipient")
+    if recipient not in contributors:
+        raise ValidationError("header.recipient: not one of the contributors")
+    return recipient
 
 
 @dataclass(frozen=True)
@@ -102,7 +121,8 @@ class AggregateOpened:
 class AggregateAdd:
     """``aggregate.add`` (provider): one block of its partial (the payload).
 
-    For ``analyst``'s aggregation, naming the contributors the provider was told of.
+    For ``analyst``'s aggregation, naming the contributors and the sums' recipient (``None``:
+    the analyst) the provider was told of.
     """
 
     query: str
@@ -110,15 +130,19 @@ class AggregateAdd:
     contributors: tuple[str, ...]
     block: int
     count: int
+    recipient: str | None = None
 
     def to_header(self) -> dict[str, Any]:
-        return {
+        header = {
             "query": self.query,
             "analyst": self.analyst,
             "contributors": list(self.contributors),
             "block": self.block,
             "count": self.count,
         }
+        if self.recipient is not None:
+            header["recipient"] = self.recipient
+        return header
 
     @staticmethod
     def key(header: Mapping[str, Any]) -> tuple[str, str]:
@@ -132,7 +156,8 @@ class AggregateAdd:
         contributors = header_participants(header, "contributors")
         block = header_int(header, "block", 0, len(counts) - 1)
         count = header_int(header, "count", counts[block], counts[block])
-        return cls(query, analyst, contributors, block, count)
+        recipient = _recipient(header, contributors)
+        return cls(query, analyst, contributors, block, count, recipient)
 
 
 @dataclass(frozen=True)
@@ -155,18 +180,33 @@ class AggregateAdded:
 
 @dataclass(frozen=True)
 class AggregateTake:
-    """``aggregate.take`` (analyst): the complete sum of one block, once."""
+    """``aggregate.take``: the complete sum of one block, once.
+
+    By the analyst that opened the aggregation, or (``analyst`` named) by the recipient it
+    declared.
+    """
 
     query: str
     block: int
+    analyst: str | None = None
 
     def to_header(self) -> dict[str, Any]:
-        return {"query": self.query, "block": self.block}
+        header: dict[str, Any] = {"query": self.query, "block": self.block}
+        if self.analyst is not None:
+            header["analyst"] = self.analyst
+        return header
+
+    @staticmethod
+    def key(header: Mapping[str, Any]) -> tuple[str, str | None]:
+        """``(query, analyst or None)``: which aggregation the message is for (checked)."""
+        analyst = header_str(header, "analyst") if "analyst" in header else None
+        return header_str(header, "query"), analyst
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], blocks: int) -> Self:
         """The message, for an aggregation of ``blocks`` blocks."""
-        return cls(header_str(header, "query"), header_int(header, "block", 0, blocks - 1))
+        query, analyst = cls.key(header)
+        return cls(query, header_int(header, "block", 0, blocks - 1), analyst)
 
 
 @dataclass(frozen=True)
@@ -262,3 +302,58 @@ class TripleDealt:
     @classmethod
     def from_header(cls, header: Mapping[str, Any]) -> Self:
         return cls(header_int(header, "party", 0, 15), header_str(header, "triple"))
+
+
+MAX_COMPARISONS: Final = 1 << 17
+"""Comparisons per ``dealer.bits`` batch: twelve XOR triples of three words each per party, so a
+share is at most 36 MiB (under the compute message limit)."""
+
+
+@dataclass(frozen=True)
+class DealerBits:
+    """``dealer.bits`` (a party): its share of the XOR triples for ``values`` comparisons.
+
+    Of batch ``batch`` in ``session``, dealt to the two ``parties`` (index = position).
+    """
+
+    session: str
+    batch: str
+    parties: tuple[str, str]
+    values: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "batch": self.batch,
+            "parties": list(self.parties),
+            "values": self.values,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        session = header_str(header, "session")
+        batch = header_str(header, "batch")
+        value = header.get("parties")
+        if not isinstance(value, list) or len(value) != 2 or not _distinct(value):
+            raise ValidationError("header.parties: expected 2 distinct participant ids")
+        first, second = (header_str({"p": p}, "p") for p in value)
+        return cls(
+            session, batch, (first, second), header_int(header, "values", 1, MAX_COMPARISONS)
+        )
+
+
+@dataclass(frozen=True)
+class BitsDealt:
+    """The ``dealer.bits`` reply: the receiver's party index (the payload is its share)."""
+
+    party: int
+    values: int
+
+    def to_header(self) -> dict[str, Any]:
+        return {"party": self.party, "values": self.values}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        return cls(
+            header_int(header, "party", 0, 1), header_int(header, "values", 1, MAX_COMPARISONS)
+        )

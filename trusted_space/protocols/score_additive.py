@@ -65,7 +65,9 @@ from trusted_space.protocols.base import (
     ProviderSide,
     ScoreProtocol,
 )
+from trusted_space.protocols.compare import edge_shares
 from trusted_space.protocols.operator import add_to_aggregate, fetch_triple
+from trusted_space.protocols.operator_wire import MAX_COMPARISONS
 from trusted_space.protocols.scaling import (
     ADDITIVE_FEATURE_BITS,
     additive_weight_bits,
@@ -167,6 +169,22 @@ class AdditiveAnalyst(AnalystSide):
             opening = sharing.beaver_open([mine, theirs])
             self._accumulate(block, sharing.beaver_finish(triple, opening))
 
+    def band_share(
+        self, block: int, count: int, edges: tuple[float, ...], shift: FloatArray
+    ) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        # Every |z| at this fixed point must stay below 2^62 so that no t - z wraps.
+        if not self.limit * 2.0**self.frac_bits < 2.0**62:
+            raise ValidationError(
+                f"a band release needs partialBound times providers below 2^30; got {self.limit:g}"
+            )
+        with self._lock:
+            local = self._local.pop(block, None)
+        if local is None:
+            local = np.zeros(count, dtype=np.uint64)
+        if local.shape != (count,):
+            raise ValidationError(f"block {block}: local share of the wrong size")
+        return edge_shares(edges, shift, self.frac_bits, local)
+
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
         total = ring_from_bytes(payload, count)
         with self._lock:
@@ -241,6 +259,7 @@ class AdditiveProvider(ProviderSide):
             block=block,
             count=n,
             payload=ring_to_bytes(share),
+            recipient=job.recipient,
         )
         return mine.to_bytes()
 
@@ -254,6 +273,8 @@ class AdditiveScore(ScoreProtocol):
         rows = super().block_rows(query, terms)
         # One Beaver message carries n·k + k ring elements; keep it under half the limit.
         fit = (MAX_MESSAGE_BYTES // 2) // (8 * max(terms, 1))
+        if query.band_edges:  # one dealer batch of comparisons per block
+            fit = min(fit, MAX_COMPARISONS // len(query.band_edges))
         return max(1, min(rows, fit))
 
     def analyst(

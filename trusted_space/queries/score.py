@@ -27,6 +27,7 @@ the query listing them; ``impute`` uses the provider's published per-column defa
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,8 +49,10 @@ from trusted_space.policy import PROTOCOLS
 from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES, check_entities
 
 __all__ = [
+    "BAND_PROTOCOLS",
     "ID_KINDS",
     "LINKS",
+    "MAX_BAND_EDGES",
     "MISSING_RULES",
     "MODES",
     "QUERY_VERSION",
@@ -258,6 +261,33 @@ def _check_ranges(doc: object) -> dict[str, dict[str, float]]:
     return out
 
 
+MAX_BAND_EDGES: Final = 15
+"""Edges of a band release (16 bands): each edge is one secure comparison per entity."""
+BAND_PROTOCOLS: Final = ("additive",)
+"""Protocols that compute a band inside the protocol."""
+
+
+def _check_edges(edges: object, protocol: str) -> tuple[float, ...]:
+    if not isinstance(edges, tuple | list):
+        raise path_error("$.bandEdges", "expected an array of numbers")
+    values = tuple(float(check_number(e, f"$.bandEdges[{i}]")) for i, e in enumerate(edges))
+    if not values:
+        return ()
+    if len(values) > MAX_BAND_EDGES:
+        raise path_error("$.bandEdges", f"at most {MAX_BAND_EDGES} edges")
+    if any(abs(v) > 2.0**40 for v in values):
+        raise path_error("$.bandEdges", "edges must lie within ±2^40")
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        raise path_error("$.bandEdges", "edges must be strictly increasing")
+    if protocol not in BAND_PROTOCOLS:
+        raise path_error(
+            "$.bandEdges",
+            f"protocol {protocol!r} opens the exact logit at the analyst; a band is computed "
+            f"inside the protocol by {' or '.join(repr(p) for p in BAND_PROTOCOLS)} only",
+        )
+    return values
+
+
 @dataclass(frozen=True)
 class ScoreQuery:
     """A joint score query, as the analyst submits it.
@@ -282,6 +312,10 @@ class ScoreQuery:
         ranges: provider → column → declared ``|x|`` range, as the catalog publishes it
             (clients fill it from the catalog); each column is scaled by the least power of
             two at or above its range.
+        band_edges: when given, only the band each logit falls in leaves (the number of edges
+            strictly below it, ``0 … len(band_edges)``), computed inside the protocol so that the
+            logit is never in clear at the analyst (``additive`` only; the policy operand
+            ``release``). Strictly increasing, at most :data:`MAX_BAND_EDGES`.
     """
 
     purpose: str
@@ -298,9 +332,11 @@ class ScoreQuery:
     feature_bound: float = 64.0
     partial_bound: float = 4096.0
     ranges: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    band_edges: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_text(self.id, "$.id")
+        object.__setattr__(self, "band_edges", _check_edges(self.band_edges, self.protocol))
         check_text(self.purpose, "$.purpose")
         check_choice(self.protocol, PROTOCOLS, "$.protocol")
         check_choice(self.mode, MODES, "$.mode")
@@ -381,7 +417,13 @@ class ScoreQuery:
             "featureBound": self.feature_bound,
             "partialBound": self.partial_bound,
             **({"ranges": {p: dict(c) for p, c in self.ranges.items()}} if self.ranges else {}),
+            **({"bandEdges": list(self.band_edges)} if self.band_edges else {}),
         }
+
+    @property
+    def release(self) -> str:
+        """What leaves to the analyst: ``band`` when edges are given, else ``logit``."""
+        return "band" if self.band_edges else "logit"
 
     @classmethod
     def from_json(cls, doc: object) -> ScoreQuery:
@@ -404,6 +446,7 @@ class ScoreQuery:
                 "featureBound",
                 "partialBound",
                 "ranges",
+                "bandEdges",
             },
         )
         if d.get("v", QUERY_VERSION) != QUERY_VERSION:
@@ -428,6 +471,10 @@ class ScoreQuery:
             kw["partial_bound"] = check_number(d["partialBound"], "$.partialBound")
         if "ranges" in d:
             kw["ranges"] = d["ranges"]
+        if "bandEdges" in d:
+            if not isinstance(d["bandEdges"], list):
+                raise path_error("$.bandEdges", "expected an array of numbers")
+            kw["band_edges"] = tuple(d["bandEdges"])
         return cls(
             purpose=d["purpose"],
             protocol=d["protocol"],
@@ -456,6 +503,9 @@ class ScoreResult:
         receipts: provider id → its ``query.use`` receipt (``Receipt.to_json()`` plus ``vkey`` and
             ``participant``), checked by the driver against the query.
         timings: seconds per phase.
+        bands: for a band release, the band of each entity (``0 … len(band_edges)``); the
+            logits and outputs are then empty: the analyst never had them.
+        band_edges: the edges of a band release.
     """
 
     query_id: str
@@ -465,14 +515,23 @@ class ScoreResult:
     missing: Mapping[str, tuple[str, ...]]
     receipts: Mapping[str, dict[str, Any]]
     timings: Mapping[str, float]
+    bands: npt.NDArray[np.int64] | None = None
+    band_edges: tuple[float, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        released: dict[str, Any] = (
+            {"bands": [int(b) for b in self.bands], "bandEdges": list(self.band_edges)}
+            if self.bands is not None
+            else {
+                "logits": [float(v) for v in self.logits],
+                "outputs": [float(v) for v in self.outputs],
+            }
+        )
         return {
             "v": QUERY_VERSION,
             "query": self.query_id,
             "entities": list(self.entities),
-            "logits": [float(v) for v in self.logits],
-            "outputs": [float(v) for v in self.outputs],
+            **released,
             "missing": {p: list(m) for p, m in self.missing.items()},
             "receipts": dict(self.receipts),
             "timings": dict(self.timings),

@@ -122,7 +122,12 @@ def test_demo_runs_a_space_passes_every_check_and_stops_on_sigterm(tmp_path: Pat
     bound = 64 * max(aggregate["noiseScales"]) + 1e-3
     assert set(aggregate["counts"]) == set(aggregate["expected"])
     assert all(abs(aggregate["counts"][g] - c) <= bound for g, c in aggregate["expected"].items())
-    # The three refusals, each with the provider's trace.
+    # Risk monitoring under the tax bureau's band-only permission: bands, never a logit.
+    monitoring = summary["monitoring"]
+    assert monitoring["logitsReleased"] is False and monitoring["wrongBands"] == 0
+    assert sum(monitoring["counts"].values()) == 200
+    assert set(monitoring["receipts"]) == {TAX, "court"}
+    # The four refusals, each with the provider's trace.
     refusals = {r["case"]: r for r in summary["refusals"]}
     assert refusals["wrong purpose"]["refusedBy"] == TAX
     assert any(s["left_operand"] == "purpose" for s in refusals["wrong purpose"]["blocking"])
@@ -131,6 +136,10 @@ def test_demo_runs_a_space_passes_every_check_and_stops_on_sigterm(tmp_path: Pat
     # The column read (weight 1 on one tax column, analyst-held): the tax bureau binds the model.
     assert refusals["column read"]["refusedBy"] == TAX
     assert "model" in {s["left_operand"] for s in refusals["column read"]["blocking"]}
+    # A Paillier monitoring score would open the logit at the bank: refused naming ``release``.
+    logit = refusals["logit where a band is required"]
+    assert logit["refusedBy"] == TAX
+    assert "release" in {s["left_operand"] for s in logit["blocking"]}
     # Ledgers verified from outside and witnessed.
     assert {entry["node"] for entry in summary["ledgers"]} == set(summary["nodes"])
     assert all(e["ok"] and e["cosignedCheckpoints"] >= 1 for e in summary["ledgers"])

@@ -454,6 +454,22 @@ def test_query_cli_scores_aggregates_and_reports(
     logits = np.array([float(line.split(",")[1]) for line in lines[1:]])
     assert float(np.max(np.abs(logits - joint.plaintext(joint.ids[:12])))) <= 1e-3
 
+    banded = runner.invoke(
+        cli_app,
+        [
+            "query", "score", *node, "--model", str(model), "--entities", str(ids),
+            "--protocol", "additive", "--purpose", PURPOSE, "--feature-bound", "8",
+            "--band-edge", "-1", "--band-edge", "1", "--out", str(tmp_path / "bands.csv"),
+        ],
+    )  # fmt: skip
+    assert banded.exit_code == 0, banded.output
+    band_lines = (tmp_path / "bands.csv").read_text(encoding="utf-8").splitlines()
+    assert band_lines[0] == "id,band"
+    near = np.min(np.abs(logits[:, None] - np.array([-1.0, 1.0])[None, :]), axis=1) < 1e-3
+    bands = np.array([int(line.split(",")[1]) for line in band_lines[1:]])
+    expected = np.searchsorted([-1.0, 1.0], logits, side="left")
+    assert np.array_equal(bands[~near], expected[~near])
+
     status = runner.invoke(cli_app, ["query", "status", summary["query"], *node])
     assert status.exit_code == 0 and "done" in status.stdout
 

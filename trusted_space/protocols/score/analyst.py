@@ -3,7 +3,8 @@
 It aligns a cohort by PSI when asked (:func:`psi_aligner`), opens the aggregation at the
 operator, sends each provider its part in blocks (several in flight when the transport allows),
 checks every provider's ``query.use`` receipt (:func:`check_use_receipt`) and takes the sum
-from the operator once.
+from the operator once — or, for a band release, never: the first provider takes it and compares
+with the analyst's share, block by block (:mod:`trusted_space.protocols.score.band`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from trusted_space.commitments import verify_opening
 from trusted_space.compute import DataAccess
@@ -29,6 +31,7 @@ from trusted_space.protocols.base import FloatArray, ScoreProtocol
 from trusted_space.protocols.operator import open_aggregation, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol
 from trusted_space.protocols.scaling import check_precision, scaled_query
+from trusted_space.protocols.score.band import comparer_of, run_compare
 from trusted_space.protocols.score.wire import (
     ENTITY_CHUNK,
     ScoreBlock,
@@ -340,6 +343,27 @@ def run_score(
     blocks = block_ranges(len(entities), proto.block_rows(query, max(terms.values(), default=1)))
     side = proto.analyst(query, providers, terms)
     receipts: dict[str, dict[str, Any]] = {}
+    band = bool(query.band_edges)
+    comparer = comparer_of(providers) if band else None
+    bands: dict[int, npt.NDArray[np.int64]] = {}
+    own_first: tuple[FloatArray, list[str]] | None = None
+    if band:  # the edges are shifted by the analyst's own part before any comparison
+        own_first = _own_partial(query, analyst_id, analyst_data, entities, analyst_impute)
+        shift = query.model.intercept + own_first[0]
+
+    def finish(b: int) -> FloatArray:
+        """Block ``b``: its summed partials, or (band release) its bands, the sum never seen."""
+        start, stop = blocks[b]
+        if not band:
+            return side.decode(
+                b, stop - start, take_aggregate(transport, operator_id, query=query.id, block=b)
+            )
+        share = side.band_share(b, stop - start, query.band_edges, shift[start:stop])
+        bands[b] = run_compare(
+            transport, analyst_id, operator_id, str(comparer), query.id, b, share
+        )
+        return np.zeros(0)
+
     try:
         timings["setup"] = time.perf_counter() - started - timings["align"]
         material = side.material()
@@ -353,6 +377,7 @@ def run_score(
             counts=[stop - start for start, stop in blocks],
             params=params,
             material=material,
+            recipient=comparer,
         )
         mark = time.perf_counter()
         # Work every provider shares, done once: the id uploads and the digest receipts carry.
@@ -386,6 +411,8 @@ def run_score(
                 columns=tuple(query.model.columns(p)) if analyst_held else None,
                 model=None if analyst_held else query.model.id,
                 scales=exponents[p] if analyst_held else None,
+                band_edges=query.band_edges or None,
+                comparer=comparer,
             )
             transport.call(p, "score.open", opening.to_header(), check_size(material, "material"))
             for start, stop, ids in uploads:
@@ -442,18 +469,17 @@ def run_score(
                 missing[p].extend(gone)
             timings["providers"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            for b, (start, stop) in enumerate(blocks):
-                sums[b] = side.decode(
-                    b, stop - start, take_aggregate(transport, operator_id, query=query.id, block=b)
-                )
+            for b in range(len(blocks)):
+                sums[b] = finish(b)
             decode_s = time.perf_counter() - mark
         else:
             with ThreadPoolExecutor(workers + 1, thread_name_prefix="score") as pool:
                 futures = {pool.submit(serve, p): p for p in providers}
                 # The analyst's own partial needs nobody: it is read while the providers work.
-                own_future = pool.submit(
-                    _own_partial, query, analyst_id, analyst_data, entities, analyst_impute
-                )
+                if own_first is None:
+                    own_future = pool.submit(
+                        _own_partial, query, analyst_id, analyst_data, entities, analyst_impute
+                    )
 
                 def failed(done: Future[Any]) -> None:
                     if done.exception() is not None:
@@ -467,13 +493,8 @@ def run_score(
                         ready = progress.next()
                         if ready is None:
                             break
-                        start, stop = blocks[ready]
                         taken = time.perf_counter()
-                        sums[ready] = side.decode(
-                            ready,
-                            stop - start,
-                            take_aggregate(transport, operator_id, query=query.id, block=ready),
-                        )
+                        sums[ready] = finish(ready)
                         decode_s += time.perf_counter() - taken
                 finally:
                     stop_event.set()
@@ -486,14 +507,28 @@ def run_score(
         timings["aggregate"] = decode_s
     finally:
         side.close()
-    if own_future is None:
+    if own_first is not None:
+        own, own_missing = own_first
+    elif own_future is None:
         own, own_missing = _own_partial(query, analyst_id, analyst_data, entities, analyst_impute)
     else:
         own, own_missing = own_future.result()
     if own_missing:
         missing[analyst_id] = own_missing
-    logits = query.model.intercept + np.concatenate([sums[b] for b in range(len(blocks))]) + own
     timings["total"] = time.perf_counter() - started
+    if band:
+        return ScoreResult(
+            query_id=query.id,
+            entities=tuple(entities),
+            logits=np.zeros(0),
+            outputs=np.zeros(0),
+            missing={p: tuple(m) for p, m in missing.items() if m},
+            receipts=receipts,
+            timings=timings,
+            bands=np.concatenate([bands[b] for b in range(len(blocks))]),
+            band_edges=query.band_edges,
+        )
+    logits = query.model.intercept + np.concatenate([sums[b] for b in range(len(blocks))]) + own
     return ScoreResult(
         query_id=query.id,
         entities=tuple(entities),

@@ -8,6 +8,7 @@ receipt and the entities it does not hold. The wire limits it enforces (:data:`E
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -17,11 +18,18 @@ import numpy.typing as npt
 from trusted_space.compute import CallContext, ComputeNode, DataAccess
 from trusted_space.enforcement import UseRequest, authorize_use
 from trusted_space.errors import ConflictError, NotFoundError, RefusedError, ValidationError
-from trusted_space.protocols._common import block_ranges, check_size, decode_ids, header_str
+from trusted_space.protocols._common import (
+    block_ranges,
+    check_size,
+    decode_ids,
+    header_str,
+    ring_from_bytes,
+)
 from trusted_space.protocols.base import FloatArray, ProviderJob, ProviderSide
-from trusted_space.protocols.operator import add_to_aggregate
+from trusted_space.protocols.operator import add_to_aggregate, fetch_and_triples, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol
 from trusted_space.protocols.scaling import check_party_partials, unscaled_features
+from trusted_space.protocols.score.band import COMPARE_OPERATION, Comparer, band_batch
 from trusted_space.protocols.score.weights import PartyModel, load_party_weights
 from trusted_space.protocols.score.wire import (
     ENTITY_CHUNK,
@@ -35,12 +43,14 @@ from trusted_space.protocols.score.wire import (
     ScoreRan,
     ScoreRun,
 )
+from trusted_space.queries.score import BAND_PROTOCOLS
 from trusted_space.transport import Reply
 
 __all__ = ["ENTITY_CHUNK", "MAX_ENTITIES", "register_provider"]
 
 _MISSING_LISTED: Final = 1000
 _SESSION_PREFIX: Final = "score/"
+_BAND_PREFIX: Final = "band/"
 # ----------------------------------------------------------------------------------------------
 # Provider operations
 # ----------------------------------------------------------------------------------------------
@@ -54,6 +64,14 @@ def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
         raise ValidationError(f"header.operator: {spec.operator!r} is not this space's operator")
     if node.participant_id not in spec.contributors:
         raise ValidationError("header.contributors: does not include this provider")
+    if spec.band_edges is not None:
+        if spec.protocol not in BAND_PROTOCOLS:
+            raise ValidationError(
+                f"header.release: protocol {spec.protocol!r} opens the logit at the analyst; "
+                f"a band is computed by {list(BAND_PROTOCOLS)} only"
+            )
+        if spec.comparer == ctx.sender:
+            raise ValidationError("header.release.comparer: the analyst cannot compare")
     weights: dict[str, float] | None = None
     model: PartyModel | None = None
     if spec.columns is not None:
@@ -222,14 +240,25 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
                 protocol=spec.protocol,
                 entities=tuple(entities),
                 **_model_fields(spec, state["model"]),
+                release=spec.release,
+                bands=None if spec.band_edges is None else len(spec.band_edges) + 1,
             ),
             roles=node.sender_roles(ctx.sender),
         )
         x, missing = _read(node, state, entities, grant.dataset, grant.decision_index)
         blocks = block_ranges(len(entities), spec.block)
         job = ProviderJob(
-            node, query, ctx.sender, spec.operator, list(spec.contributors), spec.mode, blocks
+            node,
+            query,
+            ctx.sender,
+            spec.operator,
+            list(spec.contributors),
+            spec.mode,
+            blocks,
+            recipient=spec.comparer,
         )
+        if spec.comparer == node.participant_id:
+            _open_band(ctx, spec, blocks)
         if spec.mode == "analyst-held":
             if spec.scales is None:  # an analyst that does not scale: its featureBound for all
                 _check_bound(x, spec.feature_bound, "featureBound", state["columns"])
@@ -281,6 +310,7 @@ def _send(job: ProviderJob, block: int, count: int, payload: bytes) -> None:
         block=block,
         count=count,
         payload=check_size(payload, "partial block"),
+        recipient=job.recipient,
     )
 
 
@@ -332,10 +362,74 @@ def _score_beaver(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
     return Reply(BlockDone(query, block).to_header(), out)
 
 
+def _open_band(ctx: CallContext, spec: ScoreOpen, blocks: list[tuple[int, int]]) -> None:
+    """As the comparer of a band release: wait for the analyst's comparisons, block by block."""
+    state = ctx.node.sessions.open(ctx.sender, _BAND_PREFIX + spec.query)
+    if state:
+        raise ConflictError(f"query {spec.query!r} is already comparing here")
+    edges = len(spec.band_edges or ())
+    state.update({"spec": spec, "blocks": blocks, "edges": edges, "running": {}, "finished": set()})
+    state["lock"] = threading.Lock()
+
+
+def _score_compare(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """``score.compare``: one exchange of a block's comparison (the comparer of a band release).
+
+    The first exchange of a block takes the block's sum from the aggregator — the comparer's
+    share of the logit, handed to it and to nobody else — and its triples from the dealer.
+    """
+    node = ctx.node
+    query = header_str(header, "query")
+    state = ctx.node.sessions.get(ctx.sender, _BAND_PREFIX + query)
+    spec: ScoreOpen = state["spec"]
+    blocks: list[tuple[int, int]] = state["blocks"]
+    block = ScoreBlock.from_header(header, len(blocks)).block
+    try:
+        with state["lock"]:
+            if block in state["finished"]:
+                raise ConflictError(f"block {block} was already compared")
+            comparer: Comparer | None = state["running"].get(block)
+            if comparer is None:
+                if node.transport is None:
+                    raise ValidationError(f"{node.participant_id} has no transport")
+                start, stop = blocks[block]
+                rows = stop - start
+                total = ring_from_bytes(
+                    take_aggregate(
+                        node.transport, spec.operator, query=query, block=block, analyst=ctx.sender
+                    ),
+                    rows,
+                )
+                triples = fetch_and_triples(
+                    node.transport,
+                    spec.operator,
+                    session=query,
+                    batch=band_batch(block),
+                    parties=(ctx.sender, node.participant_id),
+                    values=rows * state["edges"],
+                )
+                mine = np.subtract(np.uint64(0), total, dtype=np.uint64)  # a share of -z
+                share = np.repeat(mine[:, None], state["edges"], axis=1)
+                comparer = Comparer(share, triples)
+                state["running"][block] = comparer
+        out, finished = comparer.answer(payload)
+    except BaseException:
+        ctx.node.sessions.close(ctx.sender, _BAND_PREFIX + query)  # fail closed
+        raise
+    if finished:
+        with state["lock"]:
+            state["running"].pop(block, None)
+            state["finished"].add(block)
+            if len(state["finished"]) == len(blocks):
+                ctx.node.sessions.close(ctx.sender, _BAND_PREFIX + query)
+    return Reply(BlockDone(query, block).to_header(), out)
+
+
 def register_provider(node: ComputeNode) -> None:
-    """Register ``score.open|entities|run|block|beaver`` on a provider's node (every protocol)."""
+    """Register ``score.open|entities|run|block|beaver|compare`` on a provider's node."""
     node.register("score.open", _score_open)
     node.register("score.entities", _score_entities)
     node.register("score.run", _score_run)
     node.register("score.block", _score_block)
     node.register("score.beaver", _score_beaver)
+    node.register(COMPARE_OPERATION, _score_compare)

@@ -14,6 +14,7 @@ Requests (analyst → provider): :class:`ScoreOpen`, :class:`ScoreEntities`, :cl
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Self
@@ -28,6 +29,7 @@ from trusted_space.protocols._common import (
     header_str,
 )
 from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
+from trusted_space.queries.score import MAX_BAND_EDGES
 
 __all__ = [
     "ENTITY_CHUNK",
@@ -94,6 +96,14 @@ class ScoreOpen:
     model: str | None = None
     scales: tuple[int, ...] | None = None
     """Analyst-held: the power-of-two exponent of each column's declared range (column order)."""
+    band_edges: tuple[float, ...] | None = None
+    """A band release: the edges; only the band of each logit leaves (``None``: the logit)."""
+    comparer: str | None = None
+    """A band release: the contributor that takes the sums and compares with the analyst."""
+
+    @property
+    def release(self) -> str:
+        return "logit" if self.band_edges is None else "band"
 
     def to_header(self) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -119,6 +129,8 @@ class ScoreOpen:
             header["model"] = self.model
         if self.scales is not None:
             header["scales"] = list(self.scales)
+        if self.band_edges is not None:
+            header["release"] = {"edges": list(self.band_edges), "comparer": self.comparer}
         return header
 
     @classmethod
@@ -159,6 +171,7 @@ class ScoreOpen:
                     "header.scales: expected one integer exponent in [-60, 60] per column"
                 )
             scales = tuple(raw)
+        band_edges, comparer = _release(header, contributors)
         return cls(
             query=query,
             protocol=protocol,
@@ -178,7 +191,37 @@ class ScoreOpen:
             columns=columns,
             model=model,
             scales=scales,
+            band_edges=band_edges,
+            comparer=comparer,
         )
+
+
+def _release(
+    header: Mapping[str, Any], contributors: Sequence[str]
+) -> tuple[tuple[float, ...] | None, str | None]:
+    """``header.release``: a band release's edges and comparing contributor, or none."""
+    if "release" not in header:
+        return None, None
+    value = header["release"]
+    if not isinstance(value, dict) or set(value) != {"edges", "comparer"}:
+        raise ValidationError("header.release: expected {edges, comparer}")
+    edges = value["edges"]
+    if (
+        not isinstance(edges, list)
+        or not 1 <= len(edges) <= MAX_BAND_EDGES
+        or not all(
+            isinstance(e, int | float) and not isinstance(e, bool) and abs(e) <= 2.0**40
+            for e in edges
+        )
+        or any(b <= a for a, b in itertools.pairwise(edges))
+    ):
+        raise ValidationError(
+            f"header.release.edges: expected 1-{MAX_BAND_EDGES} increasing numbers within ±2^40"
+        )
+    comparer = header_str(value, "comparer")
+    if comparer not in contributors:
+        raise ValidationError("header.release.comparer: not one of the contributors")
+    return tuple(float(e) for e in edges), comparer
 
 
 @dataclass(frozen=True)

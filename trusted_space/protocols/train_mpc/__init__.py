@@ -77,7 +77,13 @@ from trusted_space.protocols.train_mpc.material import (
     update_scale,
 )
 from trusted_space.protocols.train_mpc.pair import Exchange, run_pair
-from trusted_space.protocols.train_mpc.party import MaterialSource, Party, PartyProgram
+from trusted_space.protocols.train_mpc.party import (
+    MaterialSource,
+    Party,
+    PartyProgram,
+    and_shares,
+    level_mask,
+)
 from trusted_space.protocols.train_mpc.ring import (
     CMP_FRAC_BITS,
     FRAC_BITS,
@@ -103,12 +109,14 @@ __all__ = [
     "PartyProgram",
     "Segment",
     "Sigmoid",
+    "and_shares",
     "batch_sizes",
     "dealer_correction",
     "decode_ring",
     "encode_ring",
     "expand",
     "layout_for",
+    "level_mask",
     "material_share",
     "pack_messages",
     "run_pair",

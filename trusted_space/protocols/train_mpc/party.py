@@ -24,12 +24,12 @@ from trusted_space.protocols.train_mpc.ring import (
 )
 from trusted_space.protocols.train_mpc.sigmoid import Sigmoid
 
-__all__ = ["MaterialSource", "Party", "PartyProgram"]
+__all__ = ["MaterialSource", "Party", "PartyProgram", "and_shares", "level_mask"]
 
 _LOW32: Final = np.uint64((1 << 32) - 1)
 
 
-def _level_mask(level: int) -> np.uint64:
+def level_mask(level: int) -> np.uint64:
     """Bits at positions that are multiples of ``2^level`` (level 5: bits 0 and 32)."""
     step = 1 << level
     value = 0
@@ -38,7 +38,7 @@ def _level_mask(level: int) -> np.uint64:
     return np.uint64(value)
 
 
-_MASKS: Final = tuple(_level_mask(j) for j in range(CARRY_LEVELS + 1))
+_MASKS: Final = tuple(level_mask(j) for j in range(CARRY_LEVELS + 1))
 
 
 Message = Ring
@@ -63,6 +63,30 @@ def _u64(x: Any) -> Ring:
 
 def _trunc(x: Ring, party: int, bits: int) -> Ring:
     return truncate_2pc(np.ascontiguousarray(x, dtype=np.uint64), party, bits)
+
+
+def and_shares(
+    party: int, x: Ring, y: Ring, triples: Sequence[tuple[Ring, Ring, Ring]]
+) -> Generator[Message, Message, Ring]:
+    """Party ``party``'s share of the XOR-shared AND of ``x`` and ``y``, one opening round.
+
+    ``triples`` are its shares ``(u, v, w)`` of XOR Beaver triples ``w = u AND v`` covering ``x``
+    (each split into ``len(triples)`` equal parts). The opened ``x XOR u`` and ``y XOR v`` are
+    uniform: the triple words are known to neither party.
+    """
+    u = np.concatenate([t[0].ravel() for t in triples])
+    v = np.concatenate([t[1].ravel() for t in triples])
+    w = np.concatenate([t[2].ravel() for t in triples])
+    mine_d = x.ravel() ^ u
+    mine_e = y.ravel() ^ v
+    size = mine_d.size
+    theirs = yield from _exchange(np.concatenate([mine_d, mine_e]), 2 * size)
+    d = mine_d ^ theirs[:size]
+    e = mine_e ^ theirs[size:]
+    out = (d & v) ^ (e & u) ^ w
+    if party == 0:
+        out = out ^ (d & e)
+    return _u64(out.reshape(x.shape))
 
 
 @dataclass
@@ -176,19 +200,7 @@ class Party:
         self, x: Ring, y: Ring, triples: Sequence[tuple[Ring, Ring, Ring]]
     ) -> Generator[Message, Message, Ring]:
         """XOR-shared AND of ``x`` and ``y`` (each split into ``len(triples)`` equal parts)."""
-        u = np.concatenate([t[0].ravel() for t in triples])
-        v = np.concatenate([t[1].ravel() for t in triples])
-        w = np.concatenate([t[2].ravel() for t in triples])
-        mine_d = x.ravel() ^ u
-        mine_e = y.ravel() ^ v
-        size = mine_d.size
-        theirs = yield from _exchange(np.concatenate([mine_d, mine_e]), 2 * size)
-        d = mine_d ^ theirs[:size]
-        e = mine_e ^ theirs[size:]
-        out = (d & v) ^ (e & u) ^ w
-        if self.party == 0:
-            out = out ^ (d & e)
-        return _u64(out.reshape(x.shape))
+        return (yield from and_shares(self.party, x, y, triples))
 
     def _compare(self, zc: Ring, mat: dict[str, Ring]) -> Generator[Message, Message, Ring]:
         """R2-R8: arithmetic shares of ``[z > t_k]`` for every knot, ``(m, K)``."""
