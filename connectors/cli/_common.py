@@ -7,6 +7,8 @@ with ``--token-file``): :func:`admin_client` and :func:`analyst_client` build th
 from __future__ import annotations
 
 import csv
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,12 +120,39 @@ def pairs(values: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
+PROGRESS_LINE_SECONDS = 5.0
+"""When stderr is not a terminal: a progress line at each new stage, else at most this often."""
+
+
+def progress_lines(
+    write: Callable[[str], None], *, every: float = PROGRESS_LINE_SECONDS
+) -> Callable[[QueryProgress], None]:
+    """A progress callback that writes one plain line per stage change (or every ``every`` s).
+
+    For pipes, CI logs and files: a bar redraws in place, which a log cannot show, so a long
+    query would print nothing for minutes.
+    """
+    last: dict[str, Any] = {"stage": None, "at": 0.0}
+
+    def update(p: QueryProgress) -> None:
+        now = time.monotonic()
+        if p.stage == last["stage"] and now - last["at"] < every:
+            return
+        last.update(stage=p.stage, at=now)
+        write(f"[{p.fraction:4.0%}] {p.stage}")
+
+    return update
+
+
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[QueryProgress], None]]:
-    """A progress bar on stderr (only on a terminal); yields the callback for the client."""
+    """Progress on stderr: a bar on a terminal, plain lines otherwise; yields the callback."""
     console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
+    if not enabled:
         yield lambda _: None
+        return
+    if not console.is_terminal:
+        yield progress_lines(lambda line: print(line, file=sys.stderr, flush=True))
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -139,6 +168,47 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[QueryProgress], None]]:
             bar.update(task, completed=p.fraction, description=p.stage)
 
         yield update
+
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def follow_query(
+    client: AnalystClient,
+    view: dict[str, Any],
+    progress: Callable[[QueryProgress], None],
+    *,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """Print a submitted query's id at once, follow it to its result; Ctrl-C offers to cancel.
+
+    On a terminal the user is asked whether to cancel the query at every party (the default);
+    otherwise it is cancelled and the line says so. Either way the command then exits 130.
+    """
+    query_id = str(view["id"])
+    err = Console(stderr=True)
+    err.print(f"query {query_id} submitted", highlight=False)
+    try:
+        return client.wait(query_id, progress=progress, timeout=timeout)
+    except KeyboardInterrupt:
+        cancel = True
+        if sys.stdin.isatty() and err.is_terminal:
+            try:
+                cancel = typer.confirm(f"\ncancel query {query_id} at every party?", default=True)
+            except (KeyboardInterrupt, typer.Abort):
+                cancel = True
+        if cancel:
+            try:
+                ended = client.cancel(query_id, by="cli")
+                err.print(f"query {query_id} {ended['state']} at every party", highlight=False)
+            except CLI_ERRORS as exc:
+                err.print(f"query {query_id} could not be cancelled: {exc}", highlight=False)
+        else:
+            err.print(f"query {query_id} runs on (see: query status {query_id})", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def fail(exc: BaseException) -> typer.Exit:

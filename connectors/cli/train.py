@@ -40,6 +40,7 @@ from connectors.cli._common import (
     analyst_client,
     check_choices,
     fail,
+    follow_query,
     local_app,
     pairs,
     progress_bar,
@@ -214,7 +215,7 @@ def train_command(
             if model_id is not None:
                 doc["modelId"] = model_id
             view = client.submit_train(doc)
-            result = client.wait(view["id"], progress=progress, timeout=timeout)
+            result = follow_query(client, view, progress, timeout=timeout)
         _write_model(out, result)
     except CLI_ERRORS as exc:
         raise fail(exc) from exc

@@ -15,6 +15,11 @@
   holds the answer up to ``S`` seconds (at most 30) until the query finishes: a client polls with
   few requests and learns the end at once.
 - ``GET /management/queries``: every query kept, without results.
+- ``DELETE /management/queries/{id}[?by=NAME]``: cancel a queued or running query at every
+  party (its providers and the operator stop their work for it and record the cancellation);
+  ``200`` with the job ``cancelled`` (``cancelledBy``, each party's answer in ``parties``), or
+  ``202`` if its worker has not stopped yet (read it again). A query that has already ended is
+  ``409``; an unknown id ``404``.
 
 Mounted on consumer nodes only. Query bodies may be large (a million entity ids), so
 ``/management/queries`` takes the larger compute body limit; it is still staff only.
@@ -30,9 +35,11 @@ from fastapi.responses import JSONResponse
 from connectors.node.deps import AdminDep, RuntimeDep
 from connectors.node.queries import QueryJob, runner_for
 from connectors.node.wire.queries import AggregateRequest, QueryView
+from trusted_space.errors import ConflictError
 
 __all__ = [
     "MAX_WAIT_SECONDS",
+    "cancel_query",
     "get_query",
     "list_queries",
     "router",
@@ -106,3 +113,33 @@ def get_query(
     job = runner_for(runtime).wait(query_id, wait)
     # Results can hold millions of numbers: serialised once, without a second validation pass.
     return JSONResponse(job.view().model_dump(mode="json"))
+
+
+@router.delete(
+    "/{query_id}",
+    response_model=QueryView,
+    responses={
+        202: {"description": "Cancelling: its worker has not stopped yet."},
+        409: {"description": "The query has already ended."},
+    },
+)
+def cancel_query(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    query_id: str,
+    by: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=80,
+            pattern=r"^[\w.@ -]+$",
+            description="Who cancels (kept in the job's record on this node only).",
+        ),
+    ] = "staff",
+) -> Response:
+    """Cancel a queued or running query here and at every party taking part."""
+    job = runner_for(runtime).cancel(query_id, by, timeout=MAX_WAIT_SECONDS)
+    if job.finished.is_set() and job.state != "cancelled":
+        raise ConflictError(f"query {query_id!r} ended ({job.state}) before it could be cancelled")
+    view = job.view(with_result=False).model_dump(mode="json")
+    return JSONResponse(view, status_code=200 if job.finished.is_set() else 202)
