@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from connectors.common.logs import outgoing_headers
 from trusted_space.errors import NotReadyError, RemoteError
 from trusted_space.identity import issue_request_token
 from trusted_space.keys import SigningKey
@@ -161,7 +162,7 @@ class SignedClient:
             raise ValueError("give json_body or content, not both")
         target = httpx.URL(url, params=params) if params else httpx.URL(url)
         body = encode_json(json_body) if json_body is not None else (content or b"")
-        send_headers = dict(headers or {})
+        send_headers = {**outgoing_headers(), **(headers or {})}
         if body or method.upper() in {"POST", "PUT", "PATCH"}:
             send_headers.setdefault("Content-Type", content_type)
         send_headers.update(self.headers_for(audience, method, str(target), body))
@@ -188,7 +189,7 @@ class SignedClient:
         a small problem document), :class:`NotReadyError` when the peer cannot be reached.
         """
         target = httpx.URL(url)
-        send_headers = dict(headers or {})
+        send_headers = {**outgoing_headers(), **(headers or {})}
         send_headers.update(self.headers_for(audience, "GET", str(target), b""))
         try:
             with self._http.stream("GET", target, headers=send_headers) as response:

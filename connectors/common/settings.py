@@ -158,6 +158,8 @@ class NodeSettings(BaseSettings):
             log is flagged ``not-submitting`` (in ``GET /operator/witness/logs`` and as a
             ``witness.silent`` event on the operator's ledger).
         log_level: ``debug`` … ``error``.
+        log_format: ``text`` (default) or ``json``: one JSON object per line with the request
+            id (:mod:`connectors.common.logs`).
         data_cache_mb: ``TS_DATA_CACHE_MB``, the bound of the node's column cache in MiB (``0``
             disables it; see :attr:`data_cache_bytes`).
         ckks_workers: ``TS_CKKS_WORKERS``, worker processes of a provider's CKKS session (one
@@ -186,6 +188,7 @@ class NodeSettings(BaseSettings):
     witness_interval: float = Field(default=60.0, ge=0)
     witness_silence: float = Field(default=300.0, gt=0)
     log_level: str = "info"
+    log_format: str = "text"
     data_cache_mb: float = DEFAULT_DATA_CACHE_MB
     ckks_workers: int = 1
     psi_workers: int = 1
@@ -211,6 +214,13 @@ class NodeSettings(BaseSettings):
     def _level(cls, value: str) -> str:
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("log_level must be debug, info, warning or error")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.lower() not in {"text", "json"}:
+            raise ValueError("log_format must be text or json")
         return value.lower()
 
     @field_validator("data_cache_mb", mode="before")

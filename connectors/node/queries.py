@@ -35,6 +35,7 @@ worker stops before its next call, so no block starts after the cancellation. Th
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import logging
@@ -49,6 +50,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from connectors.client.catalog import declared_ranges, fetch_catalog
+from connectors.common.logs import request_id
 from connectors.node.compute import compute_node
 from connectors.node.problems import problem, problem_for
 from connectors.node.runtime import NodeRuntime
@@ -198,13 +200,18 @@ class QueryJob:
 
 
 class ProgressTransport(Transport):
-    """A transport that reports each call to ``observe`` (before and after) and passes it on."""
+    """A transport that reports each call to ``observe`` (before and after) and passes it on.
+
+    Calls carry the request id of the request that submitted the query, from whichever thread
+    the protocol makes them (its lanes do not inherit the worker's context).
+    """
 
     def __init__(
         self, inner: Transport, observe: Callable[[str, str, bool], None], sender: str
     ) -> None:
         self._inner = inner
         self._observe = observe
+        self._request_id = request_id.get()
         self.sender = sender
         # The inner transport's (``observe`` must then be thread-safe: see _CallCounter).
         self.max_concurrency = inner.max_concurrency
@@ -213,7 +220,11 @@ class ProgressTransport(Transport):
         self, peer: str, operation: str, header: Mapping[str, Any], payload: bytes = b""
     ) -> Reply:
         self._observe(peer, operation, False)
-        reply = self._inner.call(peer, operation, header, payload)
+        token = request_id.set(self._request_id)
+        try:
+            reply = self._inner.call(peer, operation, header, payload)
+        finally:
+            request_id.reset(token)
         self._observe(peer, operation, True)
         return reply
 
@@ -474,7 +485,8 @@ class QueryRunner:
                 tx.insert(JOB_NAMESPACE, job.id, job.record())  # a ConflictError if known
             self._jobs[job.id] = job
             self._trim()
-            self._pool.submit(self._run, job, work)
+            # In the submitting request's context: its request id goes on the job's calls.
+            self._pool.submit(contextvars.copy_context().run, self._run, job, work)
         return job
 
     def _trim(self) -> None:

@@ -1,4 +1,4 @@
-"""Cancelling a running query stops it at every party (issue 17), across real node processes.
+"""Cancel and follow a query across real node processes (issue 17): Ctrl-C, JSON logs.
 
 A local space (operator, bank, tax bureau: one node process each) scores 20,000 entities with
 Paillier, long enough to be cancelled mid-way. ``trusted-space query score`` runs as a separate
@@ -11,6 +11,10 @@ query and says so, and exits 130. What must hold:
 * the provider dropped the query's session and recorded the cancellation on its ledger;
 * any later call of that query at the provider is refused (``409``): no block starts after it;
 * cancelling it again is a ``409`` problem, an unknown id a ``404``.
+
+The nodes log JSON lines (``TS_LOG_FORMAT=json``): a query submitted with an ``X-Request-Id`` is
+answered with it, and its lines carry it at the analyst and at the provider its node called; no
+line of any node holds an admin token or a key.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +84,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSpace
         "firm",
         work_dir=root / "work",
     )
-    with space:
+    with pytest.MonkeyPatch.context() as env, space:
+        env.setenv("TS_LOG_FORMAT", "json")  # the node processes inherit it
         space.start()
         yield space, model, ids
 
@@ -178,3 +184,72 @@ def test_ctrl_c_on_query_score_cancels_the_query_at_every_party(
         )
     assert answer.status_code == 409
     assert "cancelled by its analyst" in answer.json()["detail"]
+
+
+def _log_lines(path: Path) -> list[dict[str, object]]:
+    """A node's JSON log lines (the space tool's own start marker lines left out)."""
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if not line.startswith("--- ")]
+
+
+def test_a_request_id_follows_a_query_across_nodes_and_no_log_holds_a_secret(
+    local: tuple[LocalSpace, Path, Path],
+) -> None:
+    space, _, _ = local
+    assert space.space is not None
+    bank, tax = space.space["bank"], space.space["tax"]
+    token = bank.layout.admin_token.read_text(encoding="utf-8").strip()
+    rid = f"follow-{uuid.uuid4().hex}"
+    doc = {
+        "purpose": "local-trial",
+        "protocol": "ckks",
+        "mode": "analyst-held",
+        "model": space.model.to_json(),
+        "agreements": dict(space.agreements),
+        "datasets": {p.name: p.dataset_id for p in space.parties},
+        "entities": space.entities()[:40],
+    }
+
+    # Act: submit with our id (and a malformed one, which the node replaces).
+    with httpx.Client(base_url=bank.url, timeout=60) as http:
+        auth = {"Authorization": f"Bearer {token}"}
+        answer = http.post(
+            "/management/queries/score", json=doc, headers={**auth, "X-Request-Id": rid}
+        )
+        malformed = http.get("/management/queries", headers={**auth, "X-Request-Id": "a b"})
+    assert answer.status_code == 202, answer.text
+    with space.client(timeout=60) as client:
+        client.wait(answer.json()["id"])
+
+    # Assert: the id comes back, and is on the query's lines at both nodes.
+    assert answer.headers["X-Request-Id"] == rid
+    assert malformed.headers["X-Request-Id"] != "a b"
+    assert len(malformed.headers["X-Request-Id"]) == 32
+    at_bank = [line for line in _log_lines(bank.log) if line["request_id"] == rid]
+    at_tax = [line for line in _log_lines(tax.log) if line["request_id"] == rid]
+    submitted = [line for line in at_bank if line["logger"] == "trusted_space.access"]
+    assert submitted and submitted[0]["method"] == "POST"
+    assert submitted[0]["path"] == "/management/queries/score"
+    assert submitted[0]["status"] == 202
+    assert isinstance(submitted[0]["duration_ms"], float)
+    assert {"time", "level", "logger", "message"} <= set(submitted[0])
+    tax_paths = {line.get("path") for line in at_tax}
+    assert {"/compute/score.open", "/compute/score.run", "/compute/score.block"} <= tax_paths
+    # ... and no node's log holds an admin token or a private key.
+    nodes = list(space.space.nodes.values())
+    secrets = {
+        n.name: [
+            n.layout.admin_token.read_text(encoding="utf-8").strip(),
+            *(
+                line
+                for line in n.layout.node_key.read_text(encoding="utf-8").splitlines()
+                if line and not line.startswith("-----")
+            ),
+        ]
+        for n in nodes
+    }
+    for node in nodes:
+        text = node.log.read_text(encoding="utf-8")
+        for name, values in secrets.items():
+            for value in values:
+                assert value not in text, f"{name}'s secret in {node.name}'s log"
