@@ -15,6 +15,8 @@ problem document; transport failures (refused connection, timeout) become :class
 
 **Admin calls.** The institution's own staff (CLI, scripts) call ``/management`` with the node's
 admin token as ``Authorization: Bearer``; :class:`AdminClient` reads it from the node directory.
+A list comes in pages (:mod:`connectors.node.pagination`): :meth:`AdminClient.get` follows each
+``Link: <...>; rel="next"`` and returns the whole list.
 """
 
 from __future__ import annotations
@@ -251,7 +253,18 @@ class AdminClient:
         return raise_for_problem(response, self.base_url)
 
     def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs).json()
+        """The JSON at ``path``; a paged list whole (every ``next`` link followed)."""
+        response = self.request("GET", path, **kwargs)
+        doc = response.json()
+        if not isinstance(doc, list):
+            return doc
+        items = list(doc)
+        seen: set[str] = set()
+        while (link := response.links.get("next", {}).get("url")) and link not in seen:
+            seen.add(link)  # a server that sends the same link twice does not loop us
+            response = self.request("GET", link)
+            items.extend(response.json())
+        return items
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
         response = self.request("POST", path, json=body, **kwargs)

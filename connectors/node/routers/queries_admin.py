@@ -33,6 +33,7 @@ from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse
 
 from connectors.node.deps import AdminDep, RuntimeDep
+from connectors.node.pagination import PagerDep
 from connectors.node.queries import QueryJob, runner_for
 from connectors.node.wire.queries import AggregateRequest, QueryView
 from trusted_space.errors import ConflictError
@@ -95,9 +96,14 @@ def submit_aggregate(_: AdminDep, runtime: RuntimeDep, body: AggregateRequest) -
 
 
 @router.get("", response_model=list[QueryView])
-def list_queries(_: AdminDep, runtime: RuntimeDep) -> list[QueryView]:
-    """The queries this node keeps (results left out; read one query for its result)."""
-    return [job.view(with_result=False) for job in runner_for(runtime).jobs()]
+def list_queries(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[QueryView]:
+    """The queries this node keeps, oldest first (results left out; read one for its result)."""
+    jobs = pages(runner_for(runtime).jobs(), lambda j: (j.submitted_at.isoformat(), j.id))
+    return [job.view(with_result=False) for job in jobs]
 
 
 @router.get("/{query_id}", response_model=QueryView)
