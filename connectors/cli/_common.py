@@ -2,11 +2,19 @@
 
 Commands that act as a node's staff need its URL and admin token (``--node-dir``, or ``--node``
 with ``--token-file``): :func:`admin_client` and :func:`analyst_client` build the clients.
+
+**Exit codes**, the same for every command: :data:`EXIT_OK` 0 done; :data:`EXIT_FAILED` 1
+refused or failed (a policy refusal, a peer or node error, a check that did not hold);
+:data:`EXIT_USAGE` 2 the command line or a config file is wrong (nothing was done);
+:data:`EXIT_INTERRUPTED` 130 interrupted (Ctrl-C). With ``--json`` a command prints one JSON
+document on stdout whether it succeeds or fails (:func:`fail`: ``{"ok": false, "problem":
+{...}}``); messages for people go to stderr.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -182,11 +190,13 @@ def follow_query(
     progress: Callable[[QueryProgress], None],
     *,
     timeout: float | None,
+    json_output: bool = False,
 ) -> dict[str, Any]:
     """Print a submitted query's id at once, follow it to its result; Ctrl-C offers to cancel.
 
     On a terminal the user is asked whether to cancel the query at every party (the default);
-    otherwise it is cancelled and the line says so. Either way the command then exits 130.
+    otherwise it is cancelled and the line says so. Either way the command then exits 130
+    (with ``json_output``, after an ``interrupted`` problem document on stdout).
     """
     query_id = str(view["id"])
     err = Console(stderr=True)
@@ -208,10 +218,39 @@ def follow_query(
                 err.print(f"query {query_id} could not be cancelled: {exc}", highlight=False)
         else:
             err.print(f"query {query_id} runs on (see: query status {query_id})", highlight=False)
+        if json_output:
+            state = "cancelled" if cancel else "left running"
+            print_json(
+                {
+                    "ok": False,
+                    "problem": {
+                        "title": "Interrupted",
+                        "detail": f"interrupted; query {query_id} {state}",
+                        "query": query_id,
+                    },
+                }
+            )
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def fail(exc: BaseException) -> typer.Exit:
+def problem_of(exc: BaseException) -> dict[str, Any]:
+    """An error as a problem document (RFC 9457 fields) for ``--json`` output."""
+    if isinstance(exc, QueryFailed):
+        return {**exc.problem, "query": exc.query_id}
+    if isinstance(exc, RemoteError):
+        return {**exc.problem, "peer": exc.peer, "status": exc.status}
+    return {"title": type(exc).__name__, "detail": str(exc)}
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout (indented)."""
+    typer.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+
+
+def fail(exc: BaseException, json_output: bool = False, code: int = EXIT_FAILED) -> typer.Exit:
+    """Report ``exc`` (stderr; with ``json_output`` also a JSON document on stdout); the exit."""
+    if json_output:
+        print_json({"ok": False, "problem": problem_of(exc)})
     err = Console(stderr=True)
     if isinstance(exc, QueryFailed):
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
@@ -223,7 +262,7 @@ def fail(exc: BaseException) -> typer.Exit:
         err.print(f"[red]error:[/red] {detail}", markup=True, highlight=False)
     else:
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-    return typer.Exit(1)
+    return typer.Exit(code)
 
 
 CLI_ERRORS = (

@@ -156,10 +156,10 @@ def score_command(
                 **extra,
             )
             view = client.submit_score(query)
-            result = follow_query(client, view, progress, timeout=timeout)
+            result = follow_query(client, view, progress, timeout=timeout, json_output=json_output)
         rows = write_scores(out, result)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     summary = _summary(result, out, rows)
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
@@ -221,9 +221,9 @@ def aggregate_command(
             if epsilon is not None:
                 body["epsilon"] = epsilon
             view = client.submit_aggregate(body)
-            result = follow_query(client, view, progress, timeout=timeout)
+            result = follow_query(client, view, progress, timeout=timeout, json_output=json_output)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     summary = {k: v for k, v in result.items() if k != "receipts"}
     summary["receipts"] = [receipt_summary(dict(r)) for r in result.get("receipts", [])]
     if json_output:
@@ -252,7 +252,7 @@ def status_command(
         with analyst_client(node, node_dir, token_file) as client:
             view = client.status(query_id)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     if json_output:
         typer.echo(json.dumps(view, indent=2))
     else:
@@ -274,7 +274,7 @@ def cancel_command(
         with analyst_client(node, node_dir, token_file) as client:
             view = client.cancel(query_id, by="cli")
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     if json_output:
         typer.echo(json.dumps(view, indent=2))
     else:
@@ -328,7 +328,7 @@ def local_score_command(
             receipts = local.verify_receipts(result)
         rows = write_scores(out, result)
     except (LocalSpaceError, *CLI_ERRORS) as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     query_seconds = local.timings.get(f"query.{protocol}", 0.0)
     summary = {
         "query": result.get("query"),

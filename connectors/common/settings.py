@@ -47,6 +47,7 @@ __all__ = [
     "OperatorAnchor",
     "init_node",
     "load_settings",
+    "update_node_config",
     "write_secret",
 ]
 
@@ -384,3 +385,31 @@ def init_node(
         lines.append(f"{field_name} = {_toml_value(values[field_name])}")
     layout.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return settings
+
+
+def update_node_config(directory: str | Path, **values: Any) -> NodeSettings:
+    """Set ``values`` in ``<directory>/node.toml`` (other lines kept) and return the settings.
+
+    Raises:
+        ValidationError: no node there, or a value is invalid (nothing is written then).
+    """
+    layout = NodeLayout(Path(directory).resolve())
+    try:
+        lines = layout.config.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValidationError(f"{layout.config}: cannot read ({exc})") from exc
+    left = dict(values)
+    out = []
+    for line in lines:
+        name = line.split("=", 1)[0].strip() if "=" in line and not line.startswith("#") else ""
+        if name in left:
+            out.append(f"{name} = {_toml_value(left.pop(name))}")
+        else:
+            out.append(line)
+    out.extend(f"{name} = {_toml_value(value)}" for name, value in left.items())
+    current = load_settings(layout.root)
+    NodeSettings(  # validates before anything is written
+        **{**current.model_dump(), **values}
+    )
+    layout.config.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return load_settings(layout.root)

@@ -164,6 +164,12 @@ def test_ctrl_c_on_query_score_cancels_the_query_at_every_party(
         with pytest.raises(RemoteError) as unknown:
             client.cancel("no-such-query")
         assert unknown.value.status == 404
+    # ... and the CLI says so as a JSON problem document with --json (exit 1).
+    again_cli = _cli("query", "cancel", query_id, "--node-dir", str(bank.dir), "--json")
+    out, _ = again_cli.communicate(timeout=HANG_GUARD)
+    assert again_cli.returncode == 1
+    problem = json.loads(out)["problem"]
+    assert problem["status"] == 409 and "already ended" in problem["detail"]
 
     # The provider dropped the query's session and recorded who cancelled it.
     with httpx.Client(timeout=30) as http:
