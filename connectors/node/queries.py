@@ -550,11 +550,12 @@ class QueryRunner:
     # -- running ---------------------------------------------------------------------------
     def _run(self, job: QueryJob, work: Callable[[QueryJob], dict[str, Any]]) -> None:
         with job._lock:
+            if job.cancelling.is_set():
+                return  # cancelled while queued: already ended by cancel()
             job.state = "running"
             job.stage = "starting"
             job.started_at = self.runtime.clock()
         try:
-            job.progress("starting")  # cancelled while queued: it never starts
             self._save(job)
             result = work(job)
         except BaseException as exc:  # a job never raises into the pool
@@ -645,15 +646,20 @@ class QueryRunner:
                 )
             if job.cancelling.is_set():
                 raise ConflictError(f"query {query_id!r} is already being cancelled")
-            with job._lock:
+            with job._lock:  # the worker decides under this lock whether the job starts
                 job.cancelled_by = by
-                job.stage = "cancelling"
-            job.cancelling.set()
-            started = job.started_at is not None
-        if started:
-            job.parties = self._tell_parties(job)
-        else:
-            job.parties = {}
+                job.cancelling.set()
+                queued = job.started_at is None
+                if queued:  # no party has heard of it: it ends here and never starts
+                    job.state, job.stage, job.parties = "cancelled", "cancelled", {}
+                    job.finished_at = self.runtime.clock()
+                else:
+                    job.stage = "cancelling"
+        if queued:
+            self._save(job)
+            job.finished.set()
+            return job
+        job.parties = self._tell_parties(job)
         if job.finished.wait(timeout) and job.state == "cancelled":
             self._save(job)  # with the parties' answers, which may arrive after the worker ended
         return job
