@@ -277,9 +277,16 @@ CLI_ERRORS = (
 
 
 def start_local(local: LocalSpace, quiet: bool) -> None:
-    """Start a local space, with a spinner on a terminal unless ``quiet`` (``--json``)."""
+    """Start a local space, showing its steps on stderr.
+
+    A spinner on a terminal unless ``quiet`` (``--json``); off a terminal a line per step, so a
+    log shows what a minute of starting was spent on.
+    """
     err = Console(stderr=True)
-    if quiet or not err.is_terminal:
+    if not err.is_terminal:
+        local.start(lambda step: print(f"space: {step}", file=sys.stderr, flush=True))
+        return
+    if quiet:
         local.start()
         return
     with err.status("starting the local space") as status:

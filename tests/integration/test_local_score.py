@@ -89,6 +89,7 @@ def test_local_score_writes_scores_and_verifiable_receipts(tmp_path: Path) -> No
     # Not a terminal: progress as plain lines on stderr.
     progress = [line for line in run.stderr.splitlines() if line.startswith("[")]
     assert progress and progress[-1] == "[100%] done", run.stderr[-3000:]
+    assert "space: agreement with tax" in run.stderr.splitlines()
 
     with out.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))
