@@ -17,13 +17,16 @@ What a node touches is behind small interfaces, each with an in-memory twin for 
   operator's aggregator or dealer).
 
 Session state (keys received, PSI order, shares) lives in :attr:`ComputeNode.sessions`, in memory,
-with an expiry; a session is bound to the sender that opened it.
+with an expiry; a session is bound to the sender that opened it. Session keys are
+``<kind>/<query id>[/...]``, so a query its analyst cancelled (:meth:`SessionStore.cancel`) has
+every session dropped at once, and none of that query can be opened or used again.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trusted_space.consent import ConsentRegistry
-from trusted_space.errors import NotFoundError, ValidationError
+from trusted_space.errors import ConflictError, NotFoundError, ValidationError
 from trusted_space.ledger import Ledger
 from trusted_space.store import Store
 from trusted_space.transport import Reply, Transport, check_operation
@@ -50,6 +53,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 SESSION_TTL_SECONDS = 3600.0
+_CANCELLED_KEPT = 4096
 
 
 class DataAccess(Protocol):
@@ -137,12 +141,29 @@ class SessionStore:
     def __init__(self, ttl: float = SESSION_TTL_SECONDS) -> None:
         self.ttl = ttl
         self._items: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._cancelled: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
+    @staticmethod
+    def query_of(session_id: str) -> str:
+        """The query a session key belongs to (``score/q1`` and ``align/q1/ds`` → ``q1``)."""
+        parts = session_id.split("/")
+        return parts[1] if len(parts) > 1 else session_id
+
+    def _refuse_cancelled(self, sender: str, session_id: str) -> None:
+        query = self.query_of(session_id)
+        if (sender, query) in self._cancelled:
+            raise ConflictError(f"query {query!r} was cancelled by its analyst")
+
     def open(self, sender: str, session_id: str) -> dict[str, Any]:
-        """Create (or return) the state of a session opened by ``sender``."""
+        """Create (or return) the state of a session opened by ``sender``.
+
+        Raises:
+            ConflictError: ``sender`` cancelled the session's query.
+        """
         with self._lock:
             self._expire()
+            self._refuse_cancelled(sender, session_id)
             key = (sender, session_id)
             if key not in self._items:
                 self._items[key] = (time.monotonic() + self.ttl, {})
@@ -153,9 +174,11 @@ class SessionStore:
 
         Raises:
             NotFoundError: no such session for this sender (or it expired).
+            ConflictError: ``sender`` cancelled the session's query.
         """
         with self._lock:
             self._expire()
+            self._refuse_cancelled(sender, session_id)
             item = self._items.get((sender, session_id))
         if item is None:
             raise NotFoundError(f"no compute session {session_id!r}")
@@ -165,10 +188,28 @@ class SessionStore:
         with self._lock:
             self._items.pop((sender, session_id), None)
 
+    def cancel(self, sender: str, query: str) -> list[dict[str, Any]]:
+        """Drop every session of ``sender``'s query ``query`` and refuse any later one.
+
+        Returns the dropped sessions' states (the caller releases what they hold). The mark
+        lasts as long as a session would (``ttl``); the newest :data:`_CANCELLED_KEPT` are kept.
+        """
+        with self._lock:
+            self._expire()
+            dropped = [k for k in self._items if k[0] == sender and self.query_of(k[1]) == query]
+            states = [self._items.pop(k)[1] for k in dropped]
+            self._cancelled[(sender, query)] = time.monotonic() + self.ttl
+            self._cancelled.move_to_end((sender, query))
+            while len(self._cancelled) > _CANCELLED_KEPT:
+                self._cancelled.popitem(last=False)
+        return states
+
     def _expire(self) -> None:
         now = time.monotonic()
         for key in [k for k, (until, _) in self._items.items() if until < now]:
             del self._items[key]
+        for mark in [k for k, until in self._cancelled.items() if until < now]:
+            del self._cancelled[mark]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ Event kinds used across the product (``kind`` field): ``policy.decision``,
 ``credential.issued``, ``credential.revoked``, ``auth.refused``,
 ``dataset.published``, ``policy.published``, ``triple.consumed``, ``checkpoint.cosigned``,
 ``checkpoint.refused``, ``witness.silent``, ``agreement.standing``, ``contracts.grant_mode``,
-``budget.charged``, ``budget.limit``, ``budget.reset``.
+``budget.charged``, ``budget.limit``, ``budget.reset``, ``query.cancelled``.
 
 Entries are public: none names a data subject, a consent subject or a member's customers; where
 one must refer to them it carries a salted commitment (:mod:`trusted_space.commitments`).
@@ -26,7 +26,8 @@ only by :func:`trusted_space.policy.record_decision`, ``query.use`` by
 :class:`trusted_space.ledger.Witness` (``cosign``, ``record_witness_refusal``, ``flag_silent``),
 ``agreement.standing`` by :mod:`trusted_space.contracts.standing`, ``contracts.grant_mode`` by
 :mod:`trusted_space.contracts.granting`, ``budget.charged``, ``budget.limit`` and
-``budget.reset`` by :mod:`trusted_space.budget`.
+``budget.reset`` by :mod:`trusted_space.budget`, ``query.cancelled`` by
+:mod:`trusted_space.protocols.cancel`.
 """
 
 from __future__ import annotations

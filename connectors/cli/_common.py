@@ -2,12 +2,22 @@
 
 Commands that act as a node's staff need its URL and admin token (``--node-dir``, or ``--node``
 with ``--token-file``): :func:`admin_client` and :func:`analyst_client` build the clients.
+
+**Exit codes**, the same for every command: :data:`EXIT_OK` 0 done; :data:`EXIT_FAILED` 1
+refused or failed (a policy refusal, a peer or node error, a check that did not hold);
+:data:`EXIT_USAGE` 2 the command line or a config file is wrong (nothing was done);
+:data:`EXIT_INTERRUPTED` 130 interrupted (Ctrl-C). With ``--json`` a command prints one JSON
+document on stdout whether it succeeds or fails (:func:`fail`: ``{"ok": false, "problem":
+{...}}``); messages for people go to stderr.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import ssl
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,12 +141,39 @@ def pairs(values: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
+PROGRESS_LINE_SECONDS = 5.0
+"""When stderr is not a terminal: a progress line at each new stage, else at most this often."""
+
+
+def progress_lines(
+    write: Callable[[str], None], *, every: float = PROGRESS_LINE_SECONDS
+) -> Callable[[QueryProgress], None]:
+    """A progress callback that writes one plain line per stage change (or every ``every`` s).
+
+    For pipes, CI logs and files: a bar redraws in place, which a log cannot show, so a long
+    query would print nothing for minutes.
+    """
+    last: dict[str, Any] = {"stage": None, "at": 0.0}
+
+    def update(p: QueryProgress) -> None:
+        now = time.monotonic()
+        if p.stage == last["stage"] and now - last["at"] < every:
+            return
+        last.update(stage=p.stage, at=now)
+        write(f"[{p.fraction:4.0%}] {p.stage}")
+
+    return update
+
+
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[QueryProgress], None]]:
-    """A progress bar on stderr (only on a terminal); yields the callback for the client."""
+    """Progress on stderr: a bar on a terminal, plain lines otherwise; yields the callback."""
     console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
+    if not enabled:
         yield lambda _: None
+        return
+    if not console.is_terminal:
+        yield progress_lines(lambda line: print(line, file=sys.stderr, flush=True))
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -154,7 +191,79 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[QueryProgress], None]]:
         yield update
 
 
-def fail(exc: BaseException) -> typer.Exit:
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def follow_query(
+    client: AnalystClient,
+    view: dict[str, Any],
+    progress: Callable[[QueryProgress], None],
+    *,
+    timeout: float | None,
+    json_output: bool = False,
+) -> dict[str, Any]:
+    """Print a submitted query's id at once, follow it to its result; Ctrl-C offers to cancel.
+
+    On a terminal the user is asked whether to cancel the query at every party (the default);
+    otherwise it is cancelled and the line says so. Either way the command then exits 130
+    (with ``json_output``, after an ``interrupted`` problem document on stdout).
+    """
+    query_id = str(view["id"])
+    err = Console(stderr=True)
+    err.print(f"query {query_id} submitted", highlight=False)
+    try:
+        return client.wait(query_id, progress=progress, timeout=timeout)
+    except KeyboardInterrupt:
+        cancel = True
+        if sys.stdin.isatty() and err.is_terminal:
+            try:
+                cancel = typer.confirm(f"\ncancel query {query_id} at every party?", default=True)
+            except (KeyboardInterrupt, typer.Abort):
+                cancel = True
+        if cancel:
+            try:
+                ended = client.cancel(query_id, by="cli")
+                err.print(f"query {query_id} {ended['state']} at every party", highlight=False)
+            except CLI_ERRORS as exc:
+                err.print(f"query {query_id} could not be cancelled: {exc}", highlight=False)
+        else:
+            err.print(f"query {query_id} runs on (see: query status {query_id})", highlight=False)
+        if json_output:
+            state = "cancelled" if cancel else "left running"
+            print_json(
+                {
+                    "ok": False,
+                    "problem": {
+                        "title": "Interrupted",
+                        "detail": f"interrupted; query {query_id} {state}",
+                        "query": query_id,
+                    },
+                }
+            )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def problem_of(exc: BaseException) -> dict[str, Any]:
+    """An error as a problem document (RFC 9457 fields) for ``--json`` output."""
+    if isinstance(exc, QueryFailed):
+        return {**exc.problem, "query": exc.query_id}
+    if isinstance(exc, RemoteError):
+        return {**exc.problem, "peer": exc.peer, "status": exc.status}
+    return {"title": type(exc).__name__, "detail": str(exc)}
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout (indented)."""
+    typer.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+
+
+def fail(exc: BaseException, json_output: bool = False, code: int = EXIT_FAILED) -> typer.Exit:
+    """Report ``exc`` (stderr; with ``json_output`` also a JSON document on stdout); the exit."""
+    if json_output:
+        print_json({"ok": False, "problem": problem_of(exc)})
     err = Console(stderr=True)
     if isinstance(exc, QueryFailed):
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
@@ -166,7 +275,7 @@ def fail(exc: BaseException) -> typer.Exit:
         err.print(f"[red]error:[/red] {detail}", markup=True, highlight=False)
     else:
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-    return typer.Exit(1)
+    return typer.Exit(code)
 
 
 CLI_ERRORS = (
@@ -181,9 +290,16 @@ CLI_ERRORS = (
 
 
 def start_local(local: LocalSpace, quiet: bool) -> None:
-    """Start a local space, with a spinner on a terminal unless ``quiet`` (``--json``)."""
+    """Start a local space, showing its steps on stderr.
+
+    A spinner on a terminal unless ``quiet`` (``--json``); off a terminal a line per step, so a
+    log shows what a minute of starting was spent on.
+    """
     err = Console(stderr=True)
-    if quiet or not err.is_terminal:
+    if not err.is_terminal:
+        local.start(lambda step: print(f"space: {step}", file=sys.stderr, flush=True))
+        return
+    if quiet:
         local.start()
         return
     with err.status("starting the local space") as status:

@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connectors.cli._common import admin_client
+from connectors.cli._common import admin_client, print_json, problem_of
 from connectors.client.catalog import FINAL_STATES, catalog_rows, fetch_catalog, follow_negotiation
 from connectors.client.http import SignedClient
 from trusted_space.errors import NotReadyError, RemoteError, TrustedSpaceError
@@ -107,6 +107,8 @@ def list_command(
             audience = str(httpx.get(node.rstrip("/") + "/identity", timeout=10).json()["id"])
         catalog = fetch_catalog(url, federated=node is None, signer=signer, audience=audience)
     except (RemoteError, NotReadyError, TrustedSpaceError, httpx.HTTPError, OSError) as exc:
+        if json_output:
+            print_json({"ok": False, "problem": problem_of(exc)})
         typer.echo(f"error: {_describe(exc)}", err=True)
         raise typer.Exit(1) from exc
     finally:
@@ -151,6 +153,8 @@ def negotiate_command(
                 on_state=lambda s: status.update(f"negotiation {s}"),
             )
     except (RemoteError, NotReadyError, OSError) as exc:
+        if json_output:
+            print_json({"ok": False, "problem": problem_of(exc)})
         typer.echo(f"error: {_describe(exc)}", err=True)
         raise typer.Exit(1) from exc
     state = view["state"]

@@ -8,7 +8,8 @@
 - ``trusted-space budget show|set|reset``: a member's epsilon account on a dataset.
 
 Each calls the provider node's management API with its admin token (``--node-dir``, or
-``--node`` with ``--token-file``) and prints the node's answer as JSON.
+``--node`` with ``--token-file``) and prints the node's answer as JSON (a failure as ``{"ok": false,
+"problem": ...}``, exit 1).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _call(
             else:
                 result = client.post(path, body)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output=True) from exc  # the answer is JSON either way
     typer.echo(json.dumps(result, indent=2))
 
 

@@ -9,7 +9,8 @@
   submitted; ``model approve|reject --owner M --model ID --reason R``: decide one.
 
 Each calls the node's management API with its admin token (``--node-dir``, or ``--node`` with
-``--token-file``) and prints the node's answer as JSON.
+``--token-file``) and prints the node's answer as JSON (a failure as ``{"ok": false,
+"problem": ...}``, exit 1).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _call(
         with admin_client(node, node_dir, token) as client:
             result = client.get(path) if method == "GET" else client.post(path, body)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output=True) from exc  # the answer is JSON either way
     typer.echo(json.dumps(result, indent=2))
 
 

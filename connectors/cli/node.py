@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +10,7 @@ import httpx
 import typer
 
 from connectors.cli._common import admin_client
+from connectors.common.logs import configure_logging
 from connectors.common.settings import NodeLayout, OperatorAnchor, init_node, load_settings
 from connectors.common.tls import server_context
 from connectors.spaces.space import admit
@@ -20,8 +19,6 @@ from trusted_space.errors import NotReadyError, RemoteError, ValidationError
 __all__ = ["fetch_anchor", "init", "register", "serve"]
 
 node_app = typer.Typer(help="Create, run and admit a connector node.", no_args_is_help=True)
-
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def fetch_anchor(operator_url: str, *, timeout: float = 10.0) -> OperatorAnchor:
@@ -73,7 +70,12 @@ def init(
     typer.echo(f"start it with: trusted-space node serve --dir {layout.root}")
 
 
-def serve(directory: Path, host: str | None = None, port: int | None = None) -> None:
+def serve(
+    directory: Path,
+    host: str | None = None,
+    port: int | None = None,
+    log_format: str | None = None,
+) -> None:
     """Run the node in the foreground until interrupted."""
     import uvicorn
 
@@ -84,8 +86,10 @@ def serve(directory: Path, host: str | None = None, port: int | None = None) -> 
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    if log_format is not None:
+        overrides["log_format"] = log_format
     settings = load_settings(directory, **overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(settings.log_level, settings.log_format)
     tls = server_context(settings)  # checked before the app opens its store
     app = create_app(settings)
     uvicorn.run(
@@ -94,6 +98,7 @@ def serve(directory: Path, host: str | None = None, port: int | None = None) -> 
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
+        access_log=settings.log_format == "text",  # JSON: the node writes its own access line
         timeout_graceful_shutdown=5,
         ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
@@ -104,10 +109,14 @@ def _serve(
     directory: Annotated[Path, typer.Option("--dir", help="The node directory.")],
     host: Annotated[str | None, typer.Option(help="Listen address (overrides node.toml).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (overrides node.toml).")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text | json (one JSON object per line; overrides node.toml)."),
+    ] = None,
 ) -> None:
     """Run the node (FastAPI under uvicorn); OpenAPI at /docs; HTTPS when node.toml has tls_cert."""
     try:
-        serve(directory, host, port)
+        serve(directory, host, port, log_format)
     except ValidationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

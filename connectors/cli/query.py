@@ -6,6 +6,9 @@
   A progress bar follows the query; the scores go to ``--out`` as ``id,logit,<output>``.
 - ``query aggregate``: a statistic of one provider column over a cohort (PSI) or explicit ids.
 - ``query status ID``: one query's state, progress and (``--json``) result.
+- ``query cancel ID``: stop a queued or running query at every party. ``query score``,
+  ``aggregate`` and ``train`` print the query's id as soon as the node accepts it; Ctrl-C then
+  offers to cancel it (on a terminal; otherwise it is cancelled, and the message says so).
 - ``local score``: the same score over local files through a real space started for it and
   stopped after (:class:`connectors.spaces.local.LocalSpace`): first ``--party`` = the analyst.
 
@@ -38,6 +41,7 @@ from connectors.cli._common import (
     analyst_client,
     check_choices,
     fail,
+    follow_query,
     local_app,
     pairs,
     progress_bar,
@@ -52,6 +56,7 @@ from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
 
 __all__ = [
     "aggregate_command",
+    "cancel_command",
     "local_score_command",
     "score_command",
     "status_command",
@@ -160,10 +165,11 @@ def score_command(
                 providers=provider or (),
                 **extra,
             )
-            result = client.score_json(query, progress=progress, timeout=timeout)
+            view = client.submit_score(query)
+            result = follow_query(client, view, progress, timeout=timeout, json_output=json_output)
         rows = write_scores(out, result)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     summary = _summary(result, out, rows)
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
@@ -225,9 +231,9 @@ def aggregate_command(
             if epsilon is not None:
                 body["epsilon"] = epsilon
             view = client.submit_aggregate(body)
-            result = client.wait(view["id"], progress=progress, timeout=timeout)
+            result = follow_query(client, view, progress, timeout=timeout, json_output=json_output)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     summary = {k: v for k, v in result.items() if k != "receipts"}
     summary["receipts"] = [receipt_summary(dict(r)) for r in result.get("receipts", [])]
     if json_output:
@@ -256,13 +262,35 @@ def status_command(
         with analyst_client(node, node_dir, token_file) as client:
             view = client.status(query_id)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     if json_output:
         typer.echo(json.dumps(view, indent=2))
     else:
         typer.echo(f"{view['id']}: {view['state']} ({view['stage']}, {view['fraction']:.0%})")
         if view.get("error"):
             typer.echo(f"  error: {view['error'].get('detail')}")
+
+
+@query_app.command("cancel")
+def cancel_command(
+    query_id: Annotated[str, typer.Argument(help="The query id.")],
+    node: NodeOpt = None,
+    node_dir: NodeDirOpt = None,
+    token_file: TokenOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Cancel a queued or running query at every party taking part."""
+    try:
+        with analyst_client(node, node_dir, token_file) as client:
+            view = client.cancel(query_id, by="cli")
+    except CLI_ERRORS as exc:
+        raise fail(exc, json_output) from exc
+    if json_output:
+        typer.echo(json.dumps(view, indent=2))
+    else:
+        typer.echo(f"{view['id']}: {view['state']}")
+        for party, answer in sorted(dict(view.get("parties") or {}).items()):
+            typer.echo(f"  {party}: {answer}")
 
 
 # -- local ----------------------------------------------------------------------------------------
@@ -310,7 +338,7 @@ def local_score_command(
             receipts = local.verify_receipts(result)
         rows = write_scores(out, result)
     except (LocalSpaceError, *CLI_ERRORS) as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     query_seconds = local.timings.get(f"query.{protocol}", 0.0)
     summary = {
         "query": result.get("query"),

@@ -34,7 +34,12 @@ space_app = typer.Typer(
 )
 
 
-def _fail(exc: Exception, code: int) -> typer.Exit:
+def _fail(exc: Exception, code: int, json_output: bool = False) -> typer.Exit:
+    if json_output:
+        problem = {"title": type(exc).__name__, "detail": str(exc)}
+        if getattr(exc, "node", None):
+            problem["node"] = str(getattr(exc, "node"))  # noqa: B009 - not every error has it
+        typer.echo(json.dumps({"ok": False, "problem": problem}, separators=(",", ":")))
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     err.print(f"error: {exc}", style="bold red", markup=False)
     tail = getattr(exc, "log_tail", "")
@@ -61,7 +66,7 @@ def _up(
     try:
         config = load_config(config_path)
     except SpaceConfigError as exc:
-        raise _fail(exc, 2) from exc
+        raise _fail(exc, 2, json_output) from exc
     err = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
@@ -80,9 +85,9 @@ def _up(
                 progress=lambda what: bar.update(task, advance=1, description=what),
             )
         except SpaceConfigError as exc:
-            raise _fail(exc, 2) from exc
+            raise _fail(exc, 2, json_output) from exc
         except SpaceError as exc:
-            raise _fail(exc, 1) from exc
+            raise _fail(exc, 1, json_output) from exc
     summary = space.to_json()
     if json_output:
         typer.echo(json.dumps(summary, separators=(",", ":")))

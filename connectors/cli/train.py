@@ -40,6 +40,7 @@ from connectors.cli._common import (
     analyst_client,
     check_choices,
     fail,
+    follow_query,
     local_app,
     pairs,
     progress_bar,
@@ -214,10 +215,10 @@ def train_command(
             if model_id is not None:
                 doc["modelId"] = model_id
             view = client.submit_train(doc)
-            result = client.wait(view["id"], progress=progress, timeout=timeout)
+            result = follow_query(client, view, progress, timeout=timeout, json_output=json_output)
         _write_model(out, result)
     except CLI_ERRORS as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     summary = _summary(result, out)
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
@@ -282,7 +283,7 @@ def local_train_command(
             receipts = verify_train_receipts(result, local.ledger_vkeys())
         _write_model(out, result)
     except (LocalSpaceError, *CLI_ERRORS) as exc:
-        raise fail(exc) from exc
+        raise fail(exc, json_output) from exc
     summary = _summary(result, out)
     summary |= {
         "bank": parties[0].name,

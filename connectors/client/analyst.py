@@ -46,6 +46,7 @@ from trusted_space.queries.score import Model, ScoreQuery, ScoreResult
 
 __all__ = [
     "AnalystClient",
+    "QueryCancelled",
     "QueryFailed",
     "QueryProgress",
     "aggregate_result_from_json",
@@ -79,6 +80,18 @@ class QueryFailed(ConnectorError):
     def trace(self) -> list[dict[str, Any]]:
         trace = self.problem.get("trace")
         return [dict(s) for s in trace] if isinstance(trace, list) else []
+
+
+class QueryCancelled(QueryFailed):
+    """A query ended ``cancelled``: ``by`` who cancelled it, ``parties`` each party's answer."""
+
+    def __init__(self, query_id: str, by: str, parties: Mapping[str, str]) -> None:
+        self.by = by
+        self.parties = dict(parties)
+        super().__init__(
+            query_id,
+            {"title": "Cancelled", "status": 409, "detail": f"cancelled by {by}"},
+        )
 
 
 @dataclass(frozen=True)
@@ -311,6 +324,18 @@ class AnalystClient:
         path = f"/management/queries/{quote(query_id, safe=':')}"
         return dict(self._http.get(path, params={"wait": wait} if wait else None))
 
+    def cancel(self, query_id: str, *, by: str = "staff") -> dict[str, Any]:
+        """Cancel a queued or running query at every party; its view (``cancelled``).
+
+        Raises:
+            RemoteError: ``404`` unknown id; ``409`` it has already ended.
+        """
+        path = f"/management/queries/{quote(query_id, safe=':')}"
+        view = dict(self._http.delete(path, params={"by": by}))
+        if view["state"] != "cancelled":  # its worker was still finishing a step: follow it
+            view = self.status(query_id, wait=self.poll)
+        return view
+
     def wait(
         self,
         query_id: str,
@@ -335,6 +360,10 @@ class AnalystClient:
                 return dict(view["result"])
             if view["state"] == "failed":
                 raise QueryFailed(query_id, view.get("error") or {})
+            if view["state"] == "cancelled":
+                raise QueryCancelled(
+                    query_id, str(view.get("cancelledBy")), view.get("parties") or {}
+                )
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"query {query_id} still {view['state']} ({view['stage']})")
 

@@ -15,6 +15,8 @@ problem document; transport failures (refused connection, timeout) become :class
 
 **Admin calls.** The institution's own staff (CLI, scripts) call ``/management`` with the node's
 admin token as ``Authorization: Bearer``; :class:`AdminClient` reads it from the node directory.
+A list comes in pages (:mod:`connectors.node.pagination`): :meth:`AdminClient.get` follows each
+``Link: <...>; rel="next"`` and returns the whole list.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from connectors.common.logs import outgoing_headers
 from connectors.common.settings import load_settings
 from connectors.common.tls import client_context
 from trusted_space.errors import NotReadyError, RemoteError
@@ -169,7 +172,7 @@ class SignedClient:
             raise ValueError("give json_body or content, not both")
         target = httpx.URL(url, params=params) if params else httpx.URL(url)
         body = encode_json(json_body) if json_body is not None else (content or b"")
-        send_headers = dict(headers or {})
+        send_headers = {**outgoing_headers(), **(headers or {})}
         if body or method.upper() in {"POST", "PUT", "PATCH"}:
             send_headers.setdefault("Content-Type", content_type)
         send_headers.update(self.headers_for(audience, method, str(target), body))
@@ -196,7 +199,7 @@ class SignedClient:
         a small problem document), :class:`NotReadyError` when the peer cannot be reached.
         """
         target = httpx.URL(url)
-        send_headers = dict(headers or {})
+        send_headers = {**outgoing_headers(), **(headers or {})}
         send_headers.update(self.headers_for(audience, "GET", str(target), b""))
         try:
             with self._http.stream("GET", target, headers=send_headers) as response:
@@ -263,7 +266,18 @@ class AdminClient:
         return raise_for_problem(response, self.base_url)
 
     def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs).json()
+        """The JSON at ``path``; a paged list whole (every ``next`` link followed)."""
+        response = self.request("GET", path, **kwargs)
+        doc = response.json()
+        if not isinstance(doc, list):
+            return doc
+        items = list(doc)
+        seen: set[str] = set()
+        while (link := response.links.get("next", {}).get("url")) and link not in seen:
+            seen.add(link)  # a server that sends the same link twice does not loop us
+            response = self.request("GET", link)
+            items.extend(response.json())
+        return items
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
         response = self.request("POST", path, json=body, **kwargs)

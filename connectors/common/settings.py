@@ -49,6 +49,7 @@ __all__ = [
     "OperatorAnchor",
     "init_node",
     "load_settings",
+    "update_node_config",
     "write_secret",
 ]
 
@@ -160,6 +161,8 @@ class NodeSettings(BaseSettings):
             log is flagged ``not-submitting`` (in ``GET /operator/witness/logs`` and as a
             ``witness.silent`` event on the operator's ledger).
         log_level: ``debug`` … ``error``.
+        log_format: ``text`` (default) or ``json``: one JSON object per line with the request
+            id (:mod:`connectors.common.logs`).
         data_cache_mb: ``TS_DATA_CACHE_MB``, the bound of the node's column cache in MiB (``0``
             disables it; see :attr:`data_cache_bytes`).
         ckks_workers: ``TS_CKKS_WORKERS``, worker processes of a provider's CKKS session (one
@@ -194,6 +197,7 @@ class NodeSettings(BaseSettings):
     witness_interval: float = Field(default=60.0, ge=0)
     witness_silence: float = Field(default=300.0, gt=0)
     log_level: str = "info"
+    log_format: str = "text"
     data_cache_mb: float = DEFAULT_DATA_CACHE_MB
     ckks_workers: int = 1
     psi_workers: int = 1
@@ -223,6 +227,13 @@ class NodeSettings(BaseSettings):
     def _level(cls, value: str) -> str:
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("log_level must be debug, info, warning or error")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.lower() not in {"text", "json"}:
+            raise ValueError("log_format must be text or json")
         return value.lower()
 
     @field_validator("data_cache_mb", mode="before")
@@ -399,3 +410,31 @@ def init_node(
         lines.append(f"{field_name} = {_toml_value(values[field_name])}")
     layout.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return settings
+
+
+def update_node_config(directory: str | Path, **values: Any) -> NodeSettings:
+    """Set ``values`` in ``<directory>/node.toml`` (other lines kept) and return the settings.
+
+    Raises:
+        ValidationError: no node there, or a value is invalid (nothing is written then).
+    """
+    layout = NodeLayout(Path(directory).resolve())
+    try:
+        lines = layout.config.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValidationError(f"{layout.config}: cannot read ({exc})") from exc
+    left = dict(values)
+    out = []
+    for line in lines:
+        name = line.split("=", 1)[0].strip() if "=" in line and not line.startswith("#") else ""
+        if name in left:
+            out.append(f"{name} = {_toml_value(left.pop(name))}")
+        else:
+            out.append(line)
+    out.extend(f"{name} = {_toml_value(value)}" for name, value in left.items())
+    current = load_settings(layout.root)
+    NodeSettings(  # validates before anything is written
+        **{**current.model_dump(), **values}
+    )
+    layout.config.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return load_settings(layout.root)

@@ -33,6 +33,7 @@ import httpx
 from fastapi import FastAPI
 
 from connectors import __version__
+from connectors.common.logs import RequestIds
 from connectors.common.settings import NodeSettings
 from connectors.node import negotiation, queries
 from connectors.node.apidocs import install_api_docs
@@ -126,6 +127,8 @@ def create_app(
         return settings.max_body_bytes
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    # Outermost: the request id is set before anything else runs and is on every answer.
+    app.add_middleware(RequestIds, access_log=settings.log_format == "json")
 
     app.include_router(node.router)
     app.include_router(dsp_catalog.router)

@@ -32,7 +32,7 @@ registers the operations its roles serve:
   operator id (a provider sends partials and
   fetches triples only there, whatever an analyst names). Operations by role: the operator serves
   the key-less aggregator and the Beaver dealers (scores, training); a provider serves score, PSI
-  alignment, aggregate and training operations.
+  alignment, aggregate and training operations; every node serves ``query.cancel``.
 
 Threats: the sender of every operation is the participant that signed the HTTP request (the
 router passes ``verified.participant_id``), never a header claim; the data interface exposes only
@@ -84,6 +84,7 @@ from trusted_space.errors import (
 )
 from trusted_space.protocols.aggregate import register_aggregate
 from trusted_space.protocols.align import register_align
+from trusted_space.protocols.cancel import register_cancel
 from trusted_space.protocols.operator import register_operator
 from trusted_space.protocols.score import register_approval, register_provider
 from trusted_space.protocols.train_ops import register_train, register_train_dealer
@@ -623,6 +624,7 @@ def build_compute_node(runtime: NodeRuntime) -> ComputeNode:
         consents=runtime.consents,
         score_workers=settings.ckks_workers,
     )
+    register_cancel(node)
     if runtime.is_operator:
         register_operator(node)
         register_train_dealer(node)

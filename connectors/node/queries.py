@@ -24,10 +24,18 @@ beside it (``query.result``). After a restart the node finds every job it had: f
 they ended, and those that were queued or running end as ``failed`` with an ``interrupted``
 problem saying so (their providers' ledgers keep the uses they made). At most
 :data:`KEEP_FINISHED` finished jobs are also kept in memory.
+
+A queued or running job can be cancelled (:meth:`QueryRunner.cancel`, ``DELETE
+/management/queries/{id}``): every party taking part (its providers and the operator) is told at
+once (``query.cancel``, :mod:`trusted_space.protocols.cancel`: each drops the query's sessions,
+refuses any later call of it and records the cancellation on its ledger), and the job's own
+worker stops before its next call, so no block starts after the cancellation. The job ends
+``cancelled``, naming who cancelled it and what each party answered.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import logging
@@ -42,6 +50,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from connectors.client.catalog import declared_ranges, fetch_catalog
+from connectors.common.logs import request_id
 from connectors.node.compute import compute_node
 from connectors.node.problems import problem, problem_for
 from connectors.node.runtime import NodeRuntime
@@ -64,6 +73,7 @@ from trusted_space.errors import (
 )
 from trusted_space.protocols._common import block_ranges
 from trusted_space.protocols.aggregate import run_aggregate
+from trusted_space.protocols.cancel import cancel_at
 from trusted_space.protocols.registry import get_score_protocol
 from trusted_space.protocols.score import ENTITY_CHUNK, run_score
 from trusted_space.queries.aggregate import AggregateQuery
@@ -89,6 +99,12 @@ KEEP_FINISHED: Final = 64
 JOB_NAMESPACE: Final = "query.job"
 RESULT_NAMESPACE: Final = "query.result"
 _WORKERS: Final = 2
+ENDED: Final = frozenset({"done", "failed", "cancelled"})
+"""The states a job never leaves."""
+
+
+class _Cancelled(Exception):
+    """Raised inside a job's worker at its next step once the job is cancelled (not an error)."""
 
 
 # -- jobs ---------------------------------------------------------------------------------------
@@ -111,11 +127,20 @@ class QueryJob:
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    cancelled_by: str | None = None
+    parties: dict[str, str] | None = None
     finished: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancelling: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def progress(self, stage: str, fraction: float | None = None) -> None:
-        """Record what the query is doing; fractions only grow and stay below 1 until done."""
+        """Record what the query is doing; fractions only grow and stay below 1 until done.
+
+        Every protocol step reports here before it calls a party, so this is where a cancelled
+        job stops (:class:`_Cancelled`, caught by the runner).
+        """
+        if self.cancelling.is_set():
+            raise _Cancelled(self.id)
         with self._lock:
             self.stage = stage
             if fraction is not None:
@@ -146,8 +171,10 @@ class QueryJob:
             finished_at=when(doc.get("finishedAt")),
             result=result,
             error=doc.get("error"),
+            cancelled_by=doc.get("cancelledBy"),
+            parties=doc.get("parties"),
         )
-        if job.state in ("done", "failed"):
+        if job.state in ENDED:
             job.finished.set()
         return job
 
@@ -167,17 +194,24 @@ class QueryJob:
                 finishedAt=None if self.finished_at is None else self.finished_at.isoformat(),
                 result=self.result if with_result else None,
                 error=self.error,
+                cancelledBy=self.cancelled_by,
+                parties=self.parties,
             )
 
 
 class ProgressTransport(Transport):
-    """A transport that reports each call to ``observe`` (before and after) and passes it on."""
+    """A transport that reports each call to ``observe`` (before and after) and passes it on.
+
+    Calls carry the request id of the request that submitted the query, from whichever thread
+    the protocol makes them (its lanes do not inherit the worker's context).
+    """
 
     def __init__(
         self, inner: Transport, observe: Callable[[str, str, bool], None], sender: str
     ) -> None:
         self._inner = inner
         self._observe = observe
+        self._request_id = request_id.get()
         self.sender = sender
         # The inner transport's (``observe`` must then be thread-safe: see _CallCounter).
         self.max_concurrency = inner.max_concurrency
@@ -186,7 +220,11 @@ class ProgressTransport(Transport):
         self, peer: str, operation: str, header: Mapping[str, Any], payload: bytes = b""
     ) -> Reply:
         self._observe(peer, operation, False)
-        reply = self._inner.call(peer, operation, header, payload)
+        token = request_id.set(self._request_id)
+        try:
+            reply = self._inner.call(peer, operation, header, payload)
+        finally:
+            request_id.reset(token)
         self._observe(peer, operation, True)
         return reply
 
@@ -397,7 +435,7 @@ class QueryRunner:
         runtime = self.runtime
         with runtime.transaction() as tx:
             for doc in tx.scan(JOB_NAMESPACE):
-                if doc.body.get("state") in ("done", "failed"):
+                if doc.body.get("state") in ENDED:
                     continue
                 was = doc.body.get("state")
                 body = dict(doc.body)
@@ -447,7 +485,8 @@ class QueryRunner:
                 tx.insert(JOB_NAMESPACE, job.id, job.record())  # a ConflictError if known
             self._jobs[job.id] = job
             self._trim()
-            self._pool.submit(self._run, job, work)
+            # In the submitting request's context: its request id goes on the job's calls.
+            self._pool.submit(contextvars.copy_context().run, self._run, job, work)
         return job
 
     def _trim(self) -> None:
@@ -511,6 +550,8 @@ class QueryRunner:
     # -- running ---------------------------------------------------------------------------
     def _run(self, job: QueryJob, work: Callable[[QueryJob], dict[str, Any]]) -> None:
         with job._lock:
+            if job.cancelling.is_set():
+                return  # cancelled while queued: already ended by cancel()
             job.state = "running"
             job.stage = "starting"
             job.started_at = self.runtime.clock()
@@ -518,14 +559,22 @@ class QueryRunner:
             self._save(job)
             result = work(job)
         except BaseException as exc:  # a job never raises into the pool
-            if isinstance(exc, TrustedSpaceError):
+            if job.cancelling.is_set():
+                # Whatever the step in flight raised (a party that already dropped the query
+                # answers 409), the job ends as its staff asked.
+                log.info("query %s cancelled by %s", job.id, job.cancelled_by)
+                with job._lock:
+                    job.state, job.stage = "cancelled", "cancelled"
+                    job.finished_at = self.runtime.clock()
+            elif isinstance(exc, TrustedSpaceError):
                 log.info("query %s failed: %s", job.id, exc)
             else:
                 log.exception("query %s failed", job.id)
-            error = _problem_of(exc)
-            with job._lock:
-                job.state, job.error = "failed", error
-                job.finished_at = self.runtime.clock()
+            if not job.cancelling.is_set():
+                error = _problem_of(exc)
+                with job._lock:
+                    job.state, job.error = "failed", error
+                    job.finished_at = self.runtime.clock()
         else:
             with job._lock:
                 job.state, job.stage, job.fraction, job.result = "done", "done", 1.0, result
@@ -576,6 +625,54 @@ class QueryRunner:
         job.progress("preparing keys")
         result = run_aggregate(transport, self.runtime.id, query)
         return aggregate_result_json(result)
+
+    # -- cancelling ------------------------------------------------------------------------
+    def cancel(self, query_id: str, by: str, *, timeout: float) -> QueryJob:
+        """Cancel a queued or running job; the job, after up to ``timeout`` s for it to stop.
+
+        The parties taking part are told at once (their in-flight step finishes; nothing of the
+        query starts after), then the job's worker stops before its next call.
+
+        Raises:
+            NotFoundError: no such query on this node.
+            ConflictError: the query has already ended (done, failed or cancelled).
+        """
+        ended = self.get(query_id)  # NotFoundError
+        with self._lock:
+            job = self._jobs.get(query_id)
+            if job is None or job.finished.is_set():
+                raise ConflictError(
+                    f"query {query_id!r} has already ended ({ended.state}): nothing to cancel"
+                )
+            if job.cancelling.is_set():
+                raise ConflictError(f"query {query_id!r} is already being cancelled")
+            with job._lock:  # the worker decides under this lock whether the job starts
+                job.cancelled_by = by
+                job.cancelling.set()
+                queued = job.started_at is None
+                if queued:  # no party has heard of it: it ends here and never starts
+                    job.state, job.stage, job.parties = "cancelled", "cancelled", {}
+                    job.finished_at = self.runtime.clock()
+                else:
+                    job.stage = "cancelling"
+        if queued:
+            self._save(job)
+            job.finished.set()
+            return job
+        job.parties = self._tell_parties(job)
+        if job.finished.wait(timeout) and job.state == "cancelled":
+            self._save(job)  # with the parties' answers, which may arrive after the worker ended
+        return job
+
+    def _tell_parties(self, job: QueryJob) -> dict[str, str]:
+        runtime = self.runtime
+        transport = compute_node(runtime).transport
+        if transport is None:  # pragma: no cover - always set by build_compute_node
+            return {}
+        parties = list(job.providers)
+        if runtime.anchor is not None:
+            parties.append(runtime.anchor.operator_id)
+        return cancel_at(transport, parties, job.id)
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, query_id: str) -> QueryJob:

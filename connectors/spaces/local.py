@@ -344,6 +344,7 @@ class LocalSpace:
         if self.work_dir is None:
             self.work_dir = Path(tempfile.mkdtemp(prefix="trusted-space-local-"))
             self._made_dir = True
+        self.work_dir = self.work_dir.resolve()  # once, against the caller's directory
         self.work_dir.mkdir(parents=True, exist_ok=True)
         mark = time.perf_counter()
         try:

@@ -54,6 +54,7 @@ it stops every process it started and names the node that failed with the end of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -80,6 +81,7 @@ from connectors.common.settings import (
     OperatorAnchor,
     init_node,
     load_settings,
+    update_node_config,
 )
 from connectors.common.tls import client_context
 from connectors.spaces.certs import CertificateAuthority
@@ -914,9 +916,23 @@ def _prepare(config: SpaceConfig) -> list[RunningNode]:
     taken: set[int] = set()
     anchor: OperatorAnchor | None = None
     out: list[RunningNode] = []
+
+    def free_port() -> int:
+        port = _free_port(config.host)
+        while port in taken:
+            port = _free_port(config.host)
+        return port
+
     for node in ordered:
         directory = config.dir / node.name
         layout = NodeLayout(directory)
+        wanted = (
+            node.port
+            if node.port is not None
+            else config.base_port + index[node.name]
+            if config.base_port
+            else None
+        )
         if layout.config.exists():
             settings = load_settings(directory)
             if settings.name != node.name or sorted(settings.roles) != sorted(node.roles):
@@ -926,21 +942,14 @@ def _prepare(config: SpaceConfig) -> list[RunningNode]:
                     "remove the directory or fix the config",
                     node=node.name,
                 )
+            settings = _refresh_address(config, node.name, settings, wanted, free_port)
         else:
-            if node.port is not None:
-                port = node.port
-            elif config.base_port:
-                port = config.base_port + index[node.name]
-            else:
-                port = _free_port(config.host)
-                while port in taken:
-                    port = _free_port(config.host)
             settings = init_node(
                 directory,
                 name=node.name,
                 roles=list(node.roles),
                 host=config.host,
-                port=port,
+                port=free_port() if wanted is None else wanted,
                 operator=anchor,
                 extra={**node.settings, **_tls_settings(config)},
             )
@@ -953,7 +962,13 @@ def _prepare(config: SpaceConfig) -> list[RunningNode]:
             )
         if node.is_operator:
             anchor = OperatorAnchor.load(layout.operator)
-        elif not layout.operator.exists() and anchor is not None:
+            if anchor.url != settings.url:  # its address was refreshed (never started)
+                anchor = dataclasses.replace(anchor, url=settings.url)
+                anchor.save(layout.operator)
+        elif anchor is not None and (
+            not layout.operator.exists()
+            or (not _ever_started(layout) and OperatorAnchor.load(layout.operator) != anchor)
+        ):
             anchor.save(layout.operator)
         if settings.port in taken or not _port_free(settings.host, settings.port):
             raise SpaceError(
@@ -987,6 +1002,45 @@ def _issue_certificate(config: SpaceConfig, settings: NodeSettings) -> None:
     ca_dir.mkdir(mode=0o700, exist_ok=True)
     ca = CertificateAuthority.open(ca_dir, f"{config.name} space CA")
     ca.issue(settings.name, [settings.host], cert, key)
+
+
+def _ever_started(layout: NodeLayout) -> bool:
+    """Whether a node directory's node was ever started (its log is made when it is)."""
+    return layout.logs.exists()
+
+
+def _refresh_address(
+    config: SpaceConfig,
+    name: str,
+    settings: NodeSettings,
+    wanted: int | None,
+    free_port: Callable[[], int],
+) -> NodeSettings:
+    """A reused node directory's settings, its host and port brought to what the config says.
+
+    A ``space up`` that failed before its nodes started (a port in use) leaves directories
+    whose ``node.toml`` holds the old ports: without this, changing ``base_port`` would repeat
+    the old error until the directories were removed by hand. A node that was ever started is
+    not moved (its URL is in the operator's registry and its peers'): that is refused, naming
+    both ports and what to do.
+    """
+    if wanted is None and settings.host == config.host and _port_free(config.host, settings.port):
+        return settings  # free ports asked for, and the one it has is free
+    port = free_port() if wanted is None else wanted
+    if (settings.host, settings.port) == (config.host, port):
+        return settings
+    if _ever_started(NodeLayout(settings.dir)):
+        raise SpaceError(
+            f"{name} in {settings.dir} was started at {settings.host}:{settings.port}, but "
+            f"the config now gives it {config.host}:{port}; a node that ran keeps its "
+            f"address (members and the operator know it): restore the config's port, or "
+            f"remove {config.dir} to start the space afresh",
+            node=name,
+        )
+    try:
+        return update_node_config(settings.dir, host=config.host, port=port, public_url="")
+    except ValidationError as exc:
+        raise SpaceError(f"cannot refresh {name}'s address: {exc}", node=name) from exc
 
 
 def _admit_node(operator: RunningNode, node: RunningNode) -> None:
@@ -1048,6 +1102,9 @@ def up(
             and ``node``/``log_tail`` say what failed.
     """
     step = progress or (lambda _: None)
+    # Resolved once, here: each node runs in its own directory, where a relative path would
+    # name another place.
+    config = dataclasses.replace(config, dir=config.dir.resolve())
     existing = read_space_file(config.dir) if (config.dir / SPACE_FILE).exists() else None
     if existing:
         alive = [n["name"] for n in existing.get("nodes", []) if _owned_pid(n) is not None]

@@ -63,7 +63,9 @@ def bank(space: RunningSpace) -> Iterator[SignedClient]:
         yield client
 
 
-def cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, timeout: float = CLI_TIMEOUT, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``trusted-space ARGS`` as a separate process (the console script of this venv)."""
     script = Path(sys.executable).with_name("trusted-space")
     argv = (
@@ -73,7 +75,13 @@ def cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess
     )
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.run(
-        [*argv, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        [*argv, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+        cwd=cwd,
     )
 
 

@@ -442,6 +442,7 @@ def test_the_cli_suspends_resumes_and_shows_budgets(space: Space) -> None:
     assert shown.exit_code == 0 and json.loads(shown.output)["member"] == "bank-a"
     refused = runner.invoke(app, ["grants", "approve", "no-such-request", *staff])
     assert refused.exit_code == 1
+    assert json.loads(refused.stdout)["problem"]["status"] == 404  # JSON on failure too
 
 
 def test_an_entity_is_scored_at_most_entity_count_times_across_agreements(space: Space) -> None:

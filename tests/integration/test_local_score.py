@@ -2,7 +2,9 @@
 
 Runs the CLI as a subprocess (it starts an operator and one node process per party, publishes the
 files, negotiates, scores from the analyst's node and stops everything), then checks the scores
-against plaintext and verifies every receipt of the ``--json`` summary by hand.
+against plaintext and verifies every receipt of the ``--json`` summary by hand. The run keeps
+its nodes in a *relative* ``--work-dir`` (resolved once, against the directory it runs in) and
+writes to pipes, so its progress must come as lines; a failing run's ``--json`` is a problem.
 """
 
 from __future__ import annotations
@@ -68,11 +70,26 @@ def test_local_score_writes_scores_and_verifiable_receipts(tmp_path: Path) -> No
         "additive",
         "--out",
         str(out),
+        "--work-dir",
+        "work",
         "--json",
         timeout=120,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout)
+    # The relative work directory was resolved once: node directories right under it.
+    assert sorted(p.name for p in (tmp_path / "work" / "space").iterdir() if p.is_dir()) == [
+        "bank",
+        "court",
+        "local-operator",
+        "tax",
+    ]
+    assert not list((tmp_path / "work" / "space").glob("*/work"))
+    # Not a terminal: progress as plain lines on stderr.
+    progress = [line for line in run.stderr.splitlines() if line.startswith("[")]
+    assert progress and progress[-1] == "[100%] done", run.stderr[-3000:]
+    assert "space: agreement with tax" in run.stderr.splitlines()
 
     with out.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))
@@ -137,7 +154,11 @@ def test_local_score_reports_a_bad_model(tmp_path: Path) -> None:
         "ckks",
         "--out",
         str(tmp_path / "scores.csv"),
+        "--json",
     )
     assert run.returncode == 1
     assert "nobody" in run.stderr
     assert not (tmp_path / "scores.csv").exists()
+    failed = json.loads(run.stdout)
+    assert failed["ok"] is False
+    assert "nobody" in failed["problem"]["detail"]

@@ -9,6 +9,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,6 +32,15 @@ def write_config(directory: Path, extra: str = "") -> Path:
         encoding="utf-8",
     )
     return path
+
+
+@contextmanager
+def busy_port() -> Iterator[int]:
+    """A loopback port some other program listens on, for the ``with`` block."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
 
 
 def alive(pid: int) -> bool:
@@ -87,10 +98,7 @@ def test_config_error_exit_2_names_the_line(tmp_path: Path) -> None:
 
 
 def test_port_in_use_fails_before_starting(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         config = write_config(tmp_path, f"port = {port}\n")
 
         with pytest.raises(SpaceError, match=f"port {port}") as info:
@@ -111,3 +119,47 @@ def test_node_that_dies_is_named_with_its_log(tmp_path: Path) -> None:
     assert "nowhere:" in result.stderr  # from the tail of its log
     doc = read_space_file(tmp_path / "out")
     assert [n["pid"] for n in doc["nodes"]] == [None, None]  # the operator was stopped too
+
+
+def test_a_changed_base_port_after_a_failed_start_is_taken_up(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    with busy_port() as port:
+        config.write_text(
+            config.read_text(encoding="utf-8").replace("base_port = 0", f"base_port = {port}"),
+            encoding="utf-8",
+        )
+        failed = cli("space", "up", str(config), "--json")
+        assert failed.returncode == 1
+        problem = json.loads(failed.stdout)["problem"]
+        assert f"port {port}" in problem["detail"] and problem["node"] == "city-centre"
+
+        # Act: the user changes base_port (here: free ports) and starts again.
+        config.write_text(
+            config.read_text(encoding="utf-8").replace(f"base_port = {port}", "base_port = 0"),
+            encoding="utf-8",
+        )
+        with up(load_config(config), timeout=60) as running:
+            # Assert: the stale directory took the new address; members found the operator there.
+            url = running.urls["city-centre"]
+            assert not url.endswith(f":{port}")
+            assert httpx.get(f"{running.urls['bank-x']}/readyz", timeout=10).status_code == 200
+            anchor = json.loads((tmp_path / "out" / "bank-x" / "operator.json").read_text())
+            assert anchor["url"] == url
+
+
+def test_a_node_that_ran_keeps_its_address_and_the_refusal_says_why(tmp_path: Path) -> None:
+    with busy_port() as port:
+        config = write_config(tmp_path, f"port = {port}\n")
+        with pytest.raises(SpaceError, match=f"port {port}"):
+            up(load_config(config))
+    (tmp_path / "out" / "bank-x" / "logs").mkdir()  # as if it had been started
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        moved = other.getsockname()[1]
+    config = write_config(tmp_path, f"port = {moved}\n")
+
+    with pytest.raises(SpaceError, match=f"was started at 127.0.0.1:{port}") as info:
+        up(load_config(config))
+
+    assert info.value.node == "bank-x"
+    assert f"127.0.0.1:{moved}" in str(info.value)

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trusted_space.compute import ComputeNode
+from trusted_space.errors import ConflictError
 from trusted_space.queries.score import ScoreQuery
 from trusted_space.transport import Transport
 
@@ -56,6 +57,7 @@ class ProviderJob:
     done: set[int] = field(default_factory=set)
     completed: set[int] = field(default_factory=set)
     weights: Any = None
+    cancelled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     recipient: str | None = None
 
@@ -64,22 +66,37 @@ class ProviderJob:
 
         Raises:
             KeyError: the block was already claimed (or does not exist).
+            ConflictError: the analyst cancelled the query (no block starts after that).
         """
         with self.lock:
+            if self.cancelled:
+                raise ConflictError(f"query {self.query!r} was cancelled by its analyst")
             if block in self.done:
                 raise KeyError(block)
             self.done.add(block)
             return self.values.pop(block)
 
     def complete(self, block: int) -> bool:
-        """Record block ``block`` as computed; whether every block now is.
+        """Record block ``block`` as computed; whether the job is over (its state may go).
 
+        Over: every block computed, or the query cancelled and no other block in flight.
         Claimed is not computed: with blocks on several threads, the last block claimed may
         finish before an earlier one, whose work must not be torn down under it.
         """
         with self.lock:
             self.completed.add(block)
-            return len(self.completed) == len(self.blocks)
+            return len(self.completed) == len(self.blocks) or (
+                self.cancelled and self.done <= self.completed
+            )
+
+    def cancel(self) -> bool:
+        """Refuse any further block; whether none is in flight (its state may go now).
+
+        Otherwise the handler of the last block in flight releases it (:meth:`complete`).
+        """
+        with self.lock:
+            self.cancelled = True
+            return self.done <= self.completed
 
 
 class AnalystSide(ABC):

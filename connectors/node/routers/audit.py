@@ -75,9 +75,15 @@ def ledger_events(
         events.append(
             LedgerEventView(index=event.index, kind=event.kind, time=event.time, body=event.body)
         )
+    following = first + len(raw)
     if start is None:
         events.reverse()
-    return LedgerEventsPage(size=size, events=events)
+    more = start is not None and following < size
+    return LedgerEventsPage(
+        size=size,
+        events=events,
+        next=f"/management/ledger/events?start={following}&limit={limit}" if more else None,
+    )
 
 
 def _operator_url(runtime: NodeRuntime) -> tuple[str, str]:

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.node import negotiation
 from connectors.node.deps import AdminDep, RuntimeDep
+from connectors.node.pagination import PagerDep
 from connectors.node.runtime import NodeRuntime
 from connectors.node.wire.dsp import (
     AgreementView,
@@ -106,14 +107,16 @@ def create_negotiation(
 def list_negotiations(
     _: AdminDep,
     runtime: RuntimeDep,
+    pages: PagerDep,
     state: Annotated[NegotiationState | None, Query(description="Only this state")] = None,
 ) -> list[NegotiationView]:
-    """Every negotiation this node takes part in, as provider or consumer."""
+    """Every negotiation this node takes part in, as provider or consumer (paged by id)."""
     with runtime.transaction(readonly=True) as tx:
         records = [
             Negotiation.from_json(doc.body, doc.version) for doc in tx.scan(NEGOTIATION_NAMESPACE)
         ]
-    return [negotiation_view(r) for r in records if state is None or r.state is state]
+    views = [negotiation_view(r) for r in records if state is None or r.state is state]
+    return pages(views, lambda v: (v.id,))
 
 
 @router.get("/negotiations/{pid}", response_model=NegotiationView)
@@ -147,13 +150,16 @@ def _agreement(runtime: NodeRuntime, tx: Transaction, signed: SignedAgreement) -
 
 
 @router.get("/agreements", response_model=list[AgreementView])
-def list_agreements(_: AdminDep, runtime: RuntimeDep) -> list[AgreementView]:
-    """Every agreement signed by both parties with this node as one of them."""
+def list_agreements(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[AgreementView]:
+    """Every agreement signed by both parties with this node as one of them (paged by id)."""
     with runtime.transaction(readonly=True) as tx:
-        return [
-            _agreement(runtime, tx, SignedAgreement.from_json(doc.body))
-            for doc in tx.scan(AGREEMENT_NAMESPACE)
-        ]
+        docs = tx.scan(AGREEMENT_NAMESPACE)
+        chosen = pages(docs, lambda d: (d.key,))
+        return [_agreement(runtime, tx, SignedAgreement.from_json(d.body)) for d in chosen]
 
 
 @router.get("/agreements/{agreement_id}", response_model=AgreementView)
@@ -244,10 +250,14 @@ def set_mode(_: AdminDep, runtime: RuntimeDep, body: GrantModeChange) -> GrantMo
 
 
 @router.get("/grants/pending", response_model=list[HeldView])
-def list_held(_: AdminDep, runtime: RuntimeDep) -> list[HeldView]:
+def list_held(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[HeldView]:
     """The contract requests waiting for the staff, oldest first."""
     with runtime.transaction(readonly=True) as tx:
-        return [
+        views = [
             HeldView(
                 id=h.pid,
                 consumer=h.consumer,
@@ -258,6 +268,7 @@ def list_held(_: AdminDep, runtime: RuntimeDep) -> list[HeldView]:
             )
             for h in holds(tx)
         ]
+    return pages(views, lambda v: (v.since, v.id))
 
 
 @router.post("/grants/pending/{pid}/approve", response_model=NegotiationView)

@@ -45,6 +45,7 @@ from fastapi.exceptions import RequestValidationError
 
 from connectors.node import federation
 from connectors.node.deps import RuntimeDep, require_admin
+from connectors.node.pagination import PagerDep
 from connectors.node.runtime import PEER_NAMESPACE, NodeRuntime
 from connectors.node.sources import SOURCE_NAMESPACE, SourceSpec, open_source, validate_against
 from connectors.node.wire.management import (
@@ -282,12 +283,16 @@ def register_dataset(body: DatasetRegistration, runtime: RuntimeDep) -> DatasetR
 
 
 @router.get("/datasets")
-def datasets(runtime: RuntimeDep) -> list[DatasetSummary]:
-    """Every dataset this node publishes."""
+def datasets(
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[DatasetSummary]:
+    """Every dataset this node publishes (paged by id)."""
     with runtime.transaction(readonly=True) as tx:
         published = list_datasets(tx)
         sources = {d.key: d.body for d in tx.scan(SOURCE_NAMESPACE)}
-    return [dataset_summary(p, sources.get(p.dataset.id)) for p in published]
+    chosen = pages(published, lambda p: (p.dataset.id,))
+    return [dataset_summary(p, sources.get(p.dataset.id)) for p in chosen]
 
 
 @router.get("/datasets/{dataset_id}")
@@ -343,11 +348,15 @@ def withdraw_dataset(
 
 
 @router.get("/offers")
-def offers(runtime: RuntimeDep) -> list[OfferView]:
-    """Every offer of every published dataset, with its dataset id."""
+def offers(
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[OfferView]:
+    """Every offer of every published dataset, with its dataset id (paged by both ids)."""
     with runtime.transaction(readonly=True) as tx:
         published = list_datasets(tx)
-    return [OfferView(datasetId=p.dataset.id, offer=dict(o)) for p in published for o in p.offers]
+    views = [OfferView(datasetId=p.dataset.id, offer=dict(o)) for p in published for o in p.offers]
+    return pages(views, lambda v: (v.datasetId, str(v.offer.get("@id", ""))))
 
 
 # -- policies -----------------------------------------------------------------------------------
@@ -384,11 +393,15 @@ def store_policy(body: PolicyCreate, runtime: RuntimeDep) -> PolicyView:
 
 
 @router.get("/policies")
-def list_policies(runtime: RuntimeDep) -> list[PolicyView]:
-    """Every stored policy."""
+def list_policies(
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[PolicyView]:
+    """Every stored policy (paged by id)."""
     with runtime.transaction(readonly=True) as tx:
         docs = tx.scan(POLICY_NAMESPACE)
-    return [PolicyView(id=d.key, policy=d.body["policy"], version=d.version) for d in docs]
+    chosen = pages(docs, lambda d: (d.key,))
+    return [PolicyView(id=d.key, policy=d.body["policy"], version=d.version) for d in chosen]
 
 
 @router.get("/policies/{policy_id}")
@@ -490,11 +503,15 @@ def metering(
 
 
 @router.get("/peers")
-def peers(runtime: RuntimeDep) -> list[PeerView]:
+def peers(
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[PeerView]:
     """The members this node knows how to reach (from admission and the operator's registry)."""
     with runtime.transaction(readonly=True) as tx:
         docs = tx.scan(PEER_NAMESPACE)
+    chosen = pages(docs, lambda d: (d.key,))
     return [
         PeerView(id=d.key, url=str(d.body["url"]), roles=list(d.body.get("roles", [])))
-        for d in docs
+        for d in chosen
     ]

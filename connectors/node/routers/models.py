@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, Query
 
 from connectors.node.compute import compute_node
 from connectors.node.deps import RuntimeDep, require_admin
+from connectors.node.pagination import PagerDep
 from connectors.node.wire.models import (
     ModelDecision,
     ModelStatusRequest,
@@ -84,9 +85,12 @@ def submission_status(runtime: RuntimeDep, body: ModelStatusRequest) -> dict[str
 
 
 @router.get("", response_model=list[PartyModelView])
-def list_models(runtime: RuntimeDep) -> list[PartyModelView]:
+def list_models(
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[PartyModelView]:
     """The party-held models stored at this node (its staff's view: its own columns' weights)."""
-    return [
+    views = [
         PartyModelView(
             owner=m.owner,
             model=m.model_id,
@@ -97,15 +101,18 @@ def list_models(runtime: RuntimeDep) -> list[PartyModelView]:
         )
         for m in party_models(runtime.store)
     ]
+    return pages(views, lambda v: (v.owner, v.model))
 
 
 @router.get("/submissions", response_model=list[SubmissionView])
 def list_submissions(
     runtime: RuntimeDep,
+    pages: PagerDep,
     state: Annotated[Literal["pending", "approved", "rejected"] | None, Query()] = None,
 ) -> list[SubmissionView]:
     """Model parts members submitted to this provider (all, or in ``state``)."""
-    return [SubmissionView.of(s.to_json(weights=True)) for s in submissions(runtime.store, state)]
+    views = [SubmissionView.of(s.to_json(weights=True)) for s in submissions(runtime.store, state)]
+    return pages(views, lambda v: (v.owner, v.model))
 
 
 @router.post("/submissions/{action}", response_model=SubmissionView)

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends
 
 from connectors.node.deps import RuntimeDep, require_admin
 from connectors.node.federation import plain_client
+from connectors.node.pagination import PagerDep
 from connectors.node.runtime import NodeRuntime
 from connectors.node.wire.console import MemberStatus
 from trusted_space.errors import ConflictError, TrustedSpaceError
@@ -57,8 +58,11 @@ def _current_size(runtime: NodeRuntime, url: str | None) -> int | None:
 
 
 @router.get("/members")
-def members(runtime: RuntimeDep) -> list[MemberStatus]:
-    """Every member with its state and witness record (sizes probed concurrently)."""
+def members(
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[MemberStatus]:
+    """Every member with its state and witness record (sizes probed concurrently; paged by id)."""
     if runtime.authority is None:
         raise ConflictError("this node is not an operator")
     directory = runtime.authority.directory
@@ -75,6 +79,7 @@ def members(runtime: RuntimeDep) -> list[MemberStatus]:
             forks = len(tx.scan(FORK_NAMESPACE, f"{body.get('origin', pid)}/"))
             revoked = directory.is_revoked(tx, credential.credential_id)
             rows.append((pid, credential, body, forks, revoked))
+    rows = pages(rows, lambda r: (r[0],))
     urls = [str(b["url"]) if b.get("url") and not r else None for _, _, b, _, r in rows]
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = list(pool.map(lambda u: _current_size(runtime, u), urls))

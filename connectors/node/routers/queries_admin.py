@@ -15,6 +15,11 @@
   holds the answer up to ``S`` seconds (at most 30) until the query finishes: a client polls with
   few requests and learns the end at once.
 - ``GET /management/queries``: every query kept, without results.
+- ``DELETE /management/queries/{id}[?by=NAME]``: cancel a queued or running query at every
+  party (its providers and the operator stop their work for it and record the cancellation);
+  ``200`` with the job ``cancelled`` (``cancelledBy``, each party's answer in ``parties``), or
+  ``202`` if its worker has not stopped yet (read it again). A query that has already ended is
+  ``409``; an unknown id ``404``.
 
 Mounted on consumer nodes only. Query bodies may be large (a million entity ids), so
 ``/management/queries`` takes the larger compute body limit; it is still staff only.
@@ -28,11 +33,14 @@ from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse
 
 from connectors.node.deps import AdminDep, RuntimeDep
+from connectors.node.pagination import PagerDep
 from connectors.node.queries import QueryJob, runner_for
 from connectors.node.wire.queries import AggregateRequest, QueryView
+from trusted_space.errors import ConflictError
 
 __all__ = [
     "MAX_WAIT_SECONDS",
+    "cancel_query",
     "get_query",
     "list_queries",
     "router",
@@ -88,9 +96,14 @@ def submit_aggregate(_: AdminDep, runtime: RuntimeDep, body: AggregateRequest) -
 
 
 @router.get("", response_model=list[QueryView])
-def list_queries(_: AdminDep, runtime: RuntimeDep) -> list[QueryView]:
-    """The queries this node keeps (results left out; read one query for its result)."""
-    return [job.view(with_result=False) for job in runner_for(runtime).jobs()]
+def list_queries(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[QueryView]:
+    """The queries this node keeps, oldest first (results left out; read one for its result)."""
+    jobs = pages(runner_for(runtime).jobs(), lambda j: (j.submitted_at.isoformat(), j.id))
+    return [job.view(with_result=False) for job in jobs]
 
 
 @router.get("/{query_id}", response_model=QueryView)
@@ -106,3 +119,33 @@ def get_query(
     job = runner_for(runtime).wait(query_id, wait)
     # Results can hold millions of numbers: serialised once, without a second validation pass.
     return JSONResponse(job.view().model_dump(mode="json"))
+
+
+@router.delete(
+    "/{query_id}",
+    response_model=QueryView,
+    responses={
+        202: {"description": "Cancelling: its worker has not stopped yet."},
+        409: {"description": "The query has already ended."},
+    },
+)
+def cancel_query(
+    _: AdminDep,
+    runtime: RuntimeDep,
+    query_id: str,
+    by: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=80,
+            pattern=r"^[\w.@ -]+$",
+            description="Who cancels (kept in the job's record on this node only).",
+        ),
+    ] = "staff",
+) -> Response:
+    """Cancel a queued or running query here and at every party taking part."""
+    job = runner_for(runtime).cancel(query_id, by, timeout=MAX_WAIT_SECONDS)
+    if job.finished.is_set() and job.state != "cancelled":
+        raise ConflictError(f"query {query_id!r} ended ({job.state}) before it could be cancelled")
+    view = job.view(with_result=False).model_dump(mode="json")
+    return JSONResponse(view, status_code=200 if job.finished.is_set() else 202)

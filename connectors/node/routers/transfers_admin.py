@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends
 
 from connectors.node import transfer
 from connectors.node.deps import RuntimeDep, require_admin
+from connectors.node.pagination import PagerDep
 from connectors.node.wire.transfer import (
     PullResult,
     TransferCreate,
@@ -51,11 +52,15 @@ def create_transfer(body: TransferCreate, runtime: RuntimeDep) -> TransferView:
 
 
 @router.get("")
-def list_transfers(runtime: RuntimeDep) -> list[TransferView]:
-    """Every transfer of this node, as provider and as consumer."""
+def list_transfers(
+    runtime: RuntimeDep,
+    pages: PagerDep,
+) -> list[TransferView]:
+    """Every transfer of this node, as provider and as consumer (paged by id)."""
     with runtime.transaction(readonly=True) as tx:
         records = stored_transfers(tx)
-    return [transfer_view(r) for r in records]
+    views = [transfer_view(r) for r in records]
+    return pages(views, lambda v: (v.id,))
 
 
 @router.get("/{pid}")

@@ -135,6 +135,11 @@ class LedgerEventView(BaseModel):
 class LedgerEventsPage(BaseModel):
     size: int
     events: list[LedgerEventView]
+    next: str | None = Field(
+        default=None,
+        description="The next page (forward from `start`; an append-only log's index is a "
+        "stable cursor), while entries remain.",
+    )
 
 
 class LedgerVerifyRequest(BaseModel):

@@ -117,7 +117,7 @@ class QueryView(BaseModel):
     protocol: str
     providers: list[str]
     entities: int = Field(description="Entities named in the query (or candidate ids).")
-    state: Literal["queued", "running", "done", "failed"]
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
     stage: str = Field(description="What it is doing now, e.g. `computing at tax-bureau`.")
     fraction: float = Field(ge=0, le=1, description="Estimated progress.")
     submittedAt: str
@@ -132,4 +132,12 @@ class QueryView(BaseModel):
         default=None,
         description="When failed: a problem document; a provider's refusal keeps its `trace` "
         "and names the provider in `peer`.",
+    )
+    cancelledBy: str | None = Field(
+        default=None, description="When cancelled: who asked (the staff's `by`, or `staff`)."
+    )
+    parties: dict[str, str] | None = Field(
+        default=None,
+        description="When cancelled: each party told to stop and its answer "
+        "(`cancelled (ledger entry N)` or why it could not be told).",
     )

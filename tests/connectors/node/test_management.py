@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors.client.http import AdminClient
 from connectors.common.errors import PROBLEM_MEDIA_TYPE
 from connectors.node.wire.management import ID_PATTERN
 from tests._seeding import random_for
@@ -751,3 +752,71 @@ def test_the_clock_is_the_runtime_clock(tax: Node) -> None:
     assert tax.client.post("/management/datasets", json=body, headers=tax.admin_headers).is_success
     one = tax.client.get("/management/datasets/tax-paid", headers=tax.admin_headers).json()
     assert one["source"]["validatedAt"] == stamp.isoformat()
+
+
+# -- pagination ---------------------------------------------------------------------------------
+
+
+def test_a_list_longer_than_a_page_comes_back_whole_and_stable_under_inserts(
+    space: InProcessSpace, tax: Node
+) -> None:
+    ids = [f"urn:uuid:p{i:02d}" for i in range(7)]
+    for policy_id in ids:
+        store_policy(tax, policy_id)
+
+    # A page of 3: a next link while more remain.
+    first = tax.client.get("/management/policies?limit=3", headers=tax.admin_headers)
+    assert [p["id"] for p in first.json()] == ids[:3]
+    link = first.links["next"]["url"]
+    assert link.startswith("/management/policies?") and "limit=3" in link
+
+    # An insert before the cursor is neither repeated nor makes another item skipped.
+    store_policy(tax, "urn:uuid:p00a")
+    second = tax.client.get(link, headers=tax.admin_headers)
+    assert [p["id"] for p in second.json()] == ids[3:6]
+
+    # The client follows every next link: the whole list (with the insert), in order.
+    with AdminClient(tax.url, tax.runtime.admin_token, transport=space.transport) as client:
+        whole = client.get("/management/policies", params={"limit": 2})
+    assert [p["id"] for p in whole] == sorted([*ids, "urn:uuid:p00a"])
+    last = tax.client.get(f"/management/policies?limit={len(whole)}", headers=tax.admin_headers)
+    assert "next" not in last.links
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not a cursor!",
+        "e30",  # {} : no key
+        # a cursor of another list (the datasets'), handed to the policies
+        "eyJsIjoiL21hbmFnZW1lbnQvZGF0YXNldHMiLCJrIjpbImEiXX0",
+        # this list's path with a key of another shape
+        "eyJsIjoiL21hbmFnZW1lbnQvcG9saWNpZXMiLCJrIjpbMSwyXX0",
+    ],
+)
+def test_a_bad_cursor_is_a_400_problem(tax: Node, cursor: str) -> None:
+    store_policy(tax, "urn:uuid:one")
+    problem = assert_problem(
+        tax.client.get(
+            "/management/policies", params={"cursor": cursor}, headers=tax.admin_headers
+        ),
+        400,
+        "invalid-input",
+    )
+    assert problem["detail"].startswith("cursor:")
+
+
+def test_every_staff_list_route_takes_limit_and_cursor(tax: Node) -> None:
+    schema = tax.client.get("/openapi.json").json()
+    lists = [
+        path
+        for path, item in schema["paths"].items()
+        if path.startswith("/management")
+        and "get" in item
+        and item["get"]["responses"]["200"]["content"]["application/json"]["schema"].get("type")
+        == "array"
+    ]
+    assert "/management/policies" in lists and "/management/transfers" in lists
+    for path in lists:
+        names = {p["name"] for p in schema["paths"][path]["get"].get("parameters", [])}
+        assert {"limit", "cursor"} <= names, path

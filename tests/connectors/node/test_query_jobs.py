@@ -79,3 +79,41 @@ def test_restarted_node_finds_finished_running_and_queued_jobs(tmp_path: Path) -
         release.set()
         runner.shutdown()
         first.close()
+
+
+def test_a_queued_query_cancelled_ends_at_once_and_never_starts(tmp_path: Path) -> None:
+    settings = init_node(tmp_path / "bank", name="bank-a", roles=["consumer"], port=0)
+    runtime = NodeRuntime(settings)
+    runner = QueryRunner(runtime, workers=1)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def blocked(job: QueryJob) -> dict[str, Any]:
+        started.set()
+        release.wait(HANG_GUARD)
+        return {}
+
+    try:
+        runner._add(_job("q-running"), blocked)
+        assert started.wait(HANG_GUARD)
+        runner._add(_job("q-queued"), lambda j: ran.append(j.id) or {})
+
+        cancelled = runner.cancel("q-queued", "alice", timeout=0)
+
+        assert (cancelled.state, cancelled.cancelled_by, cancelled.parties) == (
+            "cancelled",
+            "alice",
+            {},
+        )
+        with pytest.raises(ConflictError, match="already ended"):
+            runner.cancel("q-queued", "alice", timeout=0)
+        with pytest.raises(NotFoundError):
+            runner.cancel("q-unknown", "alice", timeout=0)
+    finally:
+        release.set()
+    assert runner.wait("q-running", HANG_GUARD).state == "done"
+    runner.shutdown()
+    runner._pool.shutdown(wait=True)
+    assert ran == []  # the cancelled job never ran
+    stored = QueryRunner(NodeRuntime(settings), workers=1).get("q-queued")
+    assert (stored.state, stored.cancelled_by) == ("cancelled", "alice")

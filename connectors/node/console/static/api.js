@@ -39,6 +39,11 @@ export async function api(method, path, body) {
     }
     throw new ApiError(response.status, doc || {});
   }
+  // A paged list: follow its `next` link (RFC 8288) and return the whole list.
+  const next = /<([^>]+)>;\s*rel="next"/.exec(response.headers.get("Link") || "");
+  if (method === "GET" && Array.isArray(doc) && next && next[1] !== path) {
+    return doc.concat(await api("GET", next[1]));
+  }
   return doc;
 }
 
