@@ -270,30 +270,40 @@ def bucket_block(
     """One packed block ``prod_j E(w_j)**(sum_i x_ij * 2**(i*s))`` by the bucket method.
 
     ``table`` is the flattened ``[sign][j][slot][t]`` list of :func:`fixed_base_table` outputs for
-    every term ``j``; ``features`` has shape ``(rows, terms)`` with ``rows <= slots``. Every
-    non-zero ``window``-bit digit ``d`` of ``|x_ij|`` multiplies its precomputed base into
-    bucket ``d`` (no squarings at all); the buckets are then folded as ``prod_d B_d**d`` with two
-    running products, i.e. ``2 * 2**window`` multiplications per block.
+    every term ``j``; ``features`` has shape ``(rows, terms)`` with ``rows <= slots``. ``|x_ij|``
+    is written in balanced base ``2**window`` (digits in ``(-2**(window-1), 2**(window-1)]``, so
+    ``windows * window`` must exceed its bit length); every non-zero digit ``d`` multiplies its
+    precomputed base, or the inverse base when ``d`` and ``x_ij`` differ in sign, into bucket
+    ``|d|`` (no squarings at all). The buckets are then folded as ``prod_d B_d**d`` with two
+    running products: ``2**window`` multiplications per block, half of what unsigned digits
+    need for the same window.
     """
     n2_m = gmpy2.mpz(n2)
     rows, terms = features.shape
     mask = (1 << window) - 1
-    neg = (features < 0).astype(np.int64)
+    half = 1 << (window - 1)
+    neg = features < 0
     mag = np.abs(features)
     slot_idx = np.arange(rows, dtype=np.int64)[:, None]
     term_idx = np.arange(terms, dtype=np.int64)[None, :]
-    base_idx = ((neg * terms + term_idx) * slots + slot_idx) * windows
-    buckets: list[gmpy2.mpz | None] = [None] * (mask + 1)
+    base_idx = (term_idx * slots + slot_idx) * windows
+    flip = terms * slots * windows
+    buckets: list[gmpy2.mpz | None] = [None] * (half + 1)
+    carry = np.zeros_like(mag)
     for t in range(windows):
-        digits = (mag >> (t * window)) & mask
+        digits = ((mag >> (t * window)) & mask) + carry
+        carry = (digits > half).astype(np.int64)
+        digits -= carry << window
         nz = np.nonzero(digits)
-        for d, b in zip(digits[nz].tolist(), (base_idx[nz] + t).tolist(), strict=True):
+        picked = digits[nz]
+        index = base_idx[nz] + t + flip * (neg[nz] ^ (picked < 0))
+        for d, b in zip(np.abs(picked).tolist(), index.tolist(), strict=True):
             cur = buckets[d]
             base = table[b]
             buckets[d] = gmpy2.mpz(base) if cur is None else cur * base % n2_m
     running: gmpy2.mpz | None = None
     acc: gmpy2.mpz | None = None
-    for d in range(mask, 0, -1):
+    for d in range(half, 0, -1):
         bucket = buckets[d]
         if bucket is not None:
             running = bucket if running is None else running * bucket % n2_m

@@ -812,10 +812,15 @@ def _chunks(seq: Sequence[Any], parts: int) -> list[Sequence[Any]]:
 
 
 def _best_window(bits: int, terms_per_block: int) -> int:
-    def cost(w: int) -> int:
-        return terms_per_block * (-(-bits // w)) + (2 << w)
+    def cost(w: int) -> int:  # balanced digits: one more bit, 2**(w-1) buckets folded
+        return terms_per_block * _windows(bits, w) + (1 << w)
 
     return min(range(2, 13), key=cost)
+
+
+def _windows(bits: int, window: int) -> int:
+    """Balanced base-``2**window`` digits of a ``bits``-bit magnitude (one bit for the carry)."""
+    return -(-(bits + 1) // window)
 
 
 class PaillierEngine:
@@ -1169,7 +1174,7 @@ class PaillierEngine:
         k = len(weights)
         bits = max(1, layout.value_limit.bit_length())
         window = _best_window(bits, layout.slots * k)
-        windows = -(-bits // window)
+        windows = _windows(bits, window)
         args = (layout.slots, layout.slot_bits, windows, window)
         ex = self.executor
         if ex is None:

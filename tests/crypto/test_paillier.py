@@ -190,6 +190,25 @@ def test_packed_weighted_sum_equals_unpacked(
         assert np.allclose(got, unpacked, rtol=0, atol=1e-12)
 
 
+@settings(max_examples=50)
+@given(
+    st.integers(2, 8),
+    st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=6),
+    st.sampled_from([2, 3, 1013 * 7 + 1]),
+)
+def test_bucket_block_with_balanced_digits_is_the_multi_exponentiation(
+    window: int, xs: list[int], base: int
+) -> None:
+    n = 1009 * 1013
+    n2, slot_bits = n * n, 22
+    windows = -(-(21 + 1) // window)  # |x| < 2**21, one more bit for the carry
+    pos, neg = _paillier_kernels.fixed_base_table(n2, base, len(xs), slot_bits, windows, window)
+    column = np.asarray(xs, dtype=np.int64).reshape(-1, 1)
+    got = _paillier_kernels.bucket_block(n2, pos + neg, column, windows, window, len(xs))
+    packed = sum(x << (i * slot_bits) for i, x in enumerate(xs))
+    assert got == _paillier_kernels.multiexp_powmod(n2, [base], [packed])
+
+
 @settings(max_examples=20)
 @given(st.lists(st.tuples(bounded, bounded, bounded), min_size=1, max_size=70))
 def test_packed_sum_equals_unpacked(
