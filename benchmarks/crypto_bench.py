@@ -19,6 +19,7 @@ from _harness import run_isolated
 
 SUITE: list[tuple[str, str, str]] = [
     ("cases_paillier", "paillier_weighted_sum_10k", ">= 25x naive phe loop; error <= 1e-6"),
+    ("cases_paillier", "paillier_obfuscators", ">= 5x full r**n per second"),
     ("cases_ckks", "ckks_weighted_sum_1m", ">= 200,000 entities/s; error <= 1e-4"),
     ("cases_sharing", "additive_dot_1m", ">= 2,000,000 entities/s online; <= 50x plaintext"),
     ("cases_sharing", "truncation_failure_rate", "measured rate matches |x|/2^64"),

@@ -8,12 +8,14 @@ without pickling any object of ours or of ``phe``; nothing here checks its input
 public module :mod:`crypto.paillier` validates them before they get here.
 
 Notation: ``n`` the public modulus, ``n2 = n**2``, generator ``g = n + 1`` so that
-``g**m = 1 + m*n (mod n2)``; an obfuscator is ``r**n mod n2`` for a fresh uniform unit ``r``.
+``g**m = 1 + m*n (mod n2)``; a full obfuscator is ``r**n mod n2`` for a fresh uniform unit ``r``,
+a fixed-base one ``h**s * prod(subset of Y) mod n2`` (:func:`djn_obfuscators`).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Sequence
 
 import gmpy2
@@ -21,9 +23,11 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "DjnTables",
     "bucket_block",
     "bucket_blocks",
     "crt_decrypt_many",
+    "djn_obfuscators",
     "encrypt_many",
     "fixed_base_table",
     "make_obfuscators",
@@ -63,6 +67,94 @@ def make_obfuscators(n: int, count: int, p: int = 0, q: int = 0) -> list[int]:
     for _ in range(count):
         out.append(int(gmpy2.powmod(_random_unit(n), n_m, n2)))
     return out
+
+
+_DJN_WINDOW = 8
+_SUBSET_GROUP = 8
+
+
+class DjnTables:
+    """Fixed-base obfuscators ``h**s * prod_{i in S} Y_i mod n**2`` for one key, base and subset.
+
+    ``h`` and every ``Y_i`` are full obfuscators (``x**n``, ``y_i**n`` for uniform units) drawn
+    once by the caller. Per obfuscator, ``s`` is uniform in ``[0, 2**exponent_bits)`` and ``S``
+    a uniform subset (``secrets``). ``h**s`` costs one multiplication per 8-bit window of ``s``,
+    from a table of ``h**(d * 2**(8*i))`` (about 16 MB for a 1024-bit ``s`` under a 2048-bit key,
+    built once), and the subset one per group of 8 ``Y_i``, from a table of their 256 products.
+    :class:`crypto.paillier.ObfuscatorPool` says why both parts are there.
+    """
+
+    def __init__(self, n: int, h: int, subset: Sequence[int], exponent_bits: int) -> None:
+        n_m = gmpy2.mpz(n)
+        self.n2 = n2 = n_m * n_m
+        self.exponent_bits = exponent_bits
+        size = 1 << _DJN_WINDOW
+        self.windows: list[list[gmpy2.mpz]] = []
+        base = gmpy2.mpz(h)
+        for _ in range(-(-exponent_bits // _DJN_WINDOW)):
+            row = [gmpy2.mpz(1), base]
+            for _d in range(2, size):
+                row.append(row[-1] * base % n2)
+            self.windows.append(row)
+            base = row[-1] * base % n2
+        self.groups: list[list[gmpy2.mpz]] = []
+        for start in range(0, len(subset), _SUBSET_GROUP):
+            products = [gmpy2.mpz(1)]
+            for y in subset[start : start + _SUBSET_GROUP]:
+                products += [v * gmpy2.mpz(y) % n2 for v in products]
+            self.groups.append(products)
+
+    @property
+    def subset_bits(self) -> int:
+        """Bits of the subset mask: one per ``Y_i``, rounded up to whole groups of 8."""
+        return _SUBSET_GROUP * len(self.groups)
+
+    def compose(self, s: int, pick: int) -> int:
+        """``h**s * prod_{i : bit i of pick is set} Y_i mod n**2`` for ``0 <= s < 2**bits``."""
+        n2 = self.n2
+        window_mask = (1 << _DJN_WINDOW) - 1
+        group_mask = (1 << _SUBSET_GROUP) - 1
+        acc = gmpy2.mpz(1)
+        for row in self.windows:
+            digit = s & window_mask
+            if digit:
+                acc = acc * row[digit] % n2
+            s >>= _DJN_WINDOW
+        for products in self.groups:
+            chosen = pick & group_mask
+            if chosen:
+                acc = acc * products[chosen] % n2
+            pick >>= _SUBSET_GROUP
+        return int(acc)
+
+    def draw(self, count: int) -> list[int]:
+        """Return ``count`` fresh obfuscators (``s`` and the subset from ``secrets``)."""
+        bits, subset_bits = self.exponent_bits, self.subset_bits
+        return [
+            self.compose(secrets.randbits(bits), secrets.randbits(subset_bits))
+            for _ in range(count)
+        ]
+
+
+_WORKER_TABLES: dict[tuple[int, int, tuple[int, ...], int], DjnTables] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def djn_obfuscators(
+    n: int, h: int, subset: Sequence[int], count: int, exponent_bits: int
+) -> list[int]:
+    """:meth:`DjnTables.draw` in a worker process, whose tables are built on its first call.
+
+    A worker keeps the tables of the last (key, base, subset) only: a pool's workers live as long
+    as its engine, which serves one key.
+    """
+    key = (n, h, tuple(subset), exponent_bits)
+    with _WORKER_LOCK:
+        tables = _WORKER_TABLES.get(key)
+        if tables is None:
+            _WORKER_TABLES.clear()
+            tables = _WORKER_TABLES[key] = DjnTables(n, h, subset, exponent_bits)
+    return tables.draw(count)
 
 
 def encrypt_many(n: int, plaintexts: Sequence[int], obfuscators: Sequence[int]) -> list[int]:
@@ -178,30 +270,40 @@ def bucket_block(
     """One packed block ``prod_j E(w_j)**(sum_i x_ij * 2**(i*s))`` by the bucket method.
 
     ``table`` is the flattened ``[sign][j][slot][t]`` list of :func:`fixed_base_table` outputs for
-    every term ``j``; ``features`` has shape ``(rows, terms)`` with ``rows <= slots``. Every
-    non-zero ``window``-bit digit ``d`` of ``|x_ij|`` multiplies its precomputed base into
-    bucket ``d`` (no squarings at all); the buckets are then folded as ``prod_d B_d**d`` with two
-    running products, i.e. ``2 * 2**window`` multiplications per block.
+    every term ``j``; ``features`` has shape ``(rows, terms)`` with ``rows <= slots``. ``|x_ij|``
+    is written in balanced base ``2**window`` (digits in ``(-2**(window-1), 2**(window-1)]``, so
+    ``windows * window`` must exceed its bit length); every non-zero digit ``d`` multiplies its
+    precomputed base, or the inverse base when ``d`` and ``x_ij`` differ in sign, into bucket
+    ``|d|`` (no squarings at all). The buckets are then folded as ``prod_d B_d**d`` with two
+    running products: ``2**window`` multiplications per block, half of what unsigned digits
+    need for the same window.
     """
     n2_m = gmpy2.mpz(n2)
     rows, terms = features.shape
     mask = (1 << window) - 1
-    neg = (features < 0).astype(np.int64)
+    half = 1 << (window - 1)
+    neg = features < 0
     mag = np.abs(features)
     slot_idx = np.arange(rows, dtype=np.int64)[:, None]
     term_idx = np.arange(terms, dtype=np.int64)[None, :]
-    base_idx = ((neg * terms + term_idx) * slots + slot_idx) * windows
-    buckets: list[gmpy2.mpz | None] = [None] * (mask + 1)
+    base_idx = (term_idx * slots + slot_idx) * windows
+    flip = terms * slots * windows
+    buckets: list[gmpy2.mpz | None] = [None] * (half + 1)
+    carry = np.zeros_like(mag)
     for t in range(windows):
-        digits = (mag >> (t * window)) & mask
+        digits = ((mag >> (t * window)) & mask) + carry
+        carry = (digits > half).astype(np.int64)
+        digits -= carry << window
         nz = np.nonzero(digits)
-        for d, b in zip(digits[nz].tolist(), (base_idx[nz] + t).tolist(), strict=True):
+        picked = digits[nz]
+        index = base_idx[nz] + t + flip * (neg[nz] ^ (picked < 0))
+        for d, b in zip(np.abs(picked).tolist(), index.tolist(), strict=True):
             cur = buckets[d]
             base = table[b]
             buckets[d] = gmpy2.mpz(base) if cur is None else cur * base % n2_m
     running: gmpy2.mpz | None = None
     acc: gmpy2.mpz | None = None
-    for d in range(mask, 0, -1):
+    for d in range(half, 0, -1):
         bucket = buckets[d]
         if bucket is not None:
             running = bucket if running is None else running * bucket % n2_m

@@ -16,8 +16,9 @@ Threats and how they are handled here:
   (:class:`~crypto.errors.SerializationError`).
 * **Linkability / learning the provider's inputs from randomness.** A result computed from the
   analyst's ciphertexts carries randomness the analyst could partly predict; every outbound result
-  is therefore multiplied by a fresh obfuscator ``r**n mod n**2`` (:class:`ObfuscatorPool`, each
-  obfuscator used once).
+  is therefore multiplied by a fresh obfuscator, an encryption of zero (:class:`ObfuscatorPool`:
+  ``r**n mod n**2`` for small batches, the fixed-base ``h**s * prod Y_i`` of Damgård-Jurik-Nielsen
+  with a subset product after that; each obfuscator used once).
 * **Hostile bytes.** Keys and ciphertexts are JSON, never pickle. Malformed, truncated, oversized
   or wrongly typed input raises :class:`~crypto.errors.SerializationError`; a ciphertext outside
   ``[1, n**2)`` or sharing a factor with ``n`` is refused; a ciphertext whose key id is not the
@@ -682,13 +683,32 @@ class PackedCiphertexts:
 # --------------------------------------------------------------------------- obfuscators
 
 
-class ObfuscatorPool:
-    """A stock of precomputed obfuscators ``r**n mod n**2``, each handed out exactly once.
+_SUBSET_SIZE: Final = 64
+_FIXED_BASE_FROM: Final = 2 * (_SUBSET_SIZE + 1)
 
-    An obfuscator is the expensive half of an encryption (a full-size exponentiation). Computing
-    them ahead of time, or in the background while other work runs, takes them off the critical
-    path. Obfuscators are secret randomness: they are removed from the pool when taken and never
-    reused (reuse would let anyone divide two ciphertexts and cancel the randomness).
+
+class ObfuscatorPool:
+    """A stock of obfuscators (encryptions of zero), each handed out exactly once.
+
+    An obfuscator multiplies a ciphertext into a fresh-looking one with the same plaintext. A full
+    one, ``r**n mod n**2`` for a uniform unit ``r``, is one exponentiation with a 2048-bit
+    exponent modulo a 4096-bit number (~9 ms). After its first batch of at least
+    ``2 * (64 + 1)`` obfuscators a pool draws them by fixed-base exponentiation instead
+    (Damgård-Jurik-Nielsen, as production Paillier libraries do, ~1 ms): once, it draws full
+    ``h = x**n`` and ``Y_1 .. Y_64 = y_i**n`` itself (at least one ``y_i`` with Jacobi symbol
+    ``-1``), never from another party; then each obfuscator is ``h**s * prod_{i in S} Y_i``
+    with ``s`` uniform in ``[0, 2**ceil(bits(n)/2))`` and ``S`` a uniform subset of the 64.
+
+    Threats: against anyone without the private key (the aggregator, an eavesdropper) results
+    stay semantically secure: ``s`` of half the modulus' length is as good as a full-length one
+    while factoring ``n`` is hard (the argument DJN give), and the plaintext is hidden under DCR.
+    The key owner can factor ``n`` and so look at the randomness modulo the small subgroups of
+    ``Z*_n``, where ``h`` alone may not reach (``Z*_n`` is never cyclic); there the subset product
+    of independent ``Y_i`` is statistically close to uniform (distance about ``2**-40``), so what
+    the key owner put into its own ciphertexts' randomness does not show through a result.
+    ``docs/crypto.md`` §2 gives the argument. ``h``, the ``Y_i`` and the tables never leave the
+    process and its workers; obfuscators are removed from the pool when taken and never reused
+    (reuse would let anyone divide two ciphertexts and cancel the randomness).
     """
 
     def __init__(
@@ -698,7 +718,8 @@ class ObfuscatorPool:
 
         Args:
             public_key: Key the obfuscators are for.
-            private_key: If the caller owns the key, its factors make generation ~3x faster.
+            private_key: If the caller owns the key, its factors make full obfuscators ~3x
+                faster.
         """
         if private_key is not None and private_key.public_key != public_key:
             raise KeyMismatchError("private key does not belong to the public key")
@@ -706,20 +727,57 @@ class ObfuscatorPool:
         self._factors = (private_key.p, private_key.q) if private_key is not None else (0, 0)
         self._stock: deque[int] = deque()
         self._lock = threading.Lock()
+        self._base_lock = threading.Lock()
+        self._base: tuple[int, tuple[int, ...]] | None = None
+        self._tables: _k.DjnTables | None = None
 
     def __len__(self) -> int:
         return len(self._stock)
+
+    @property
+    def fixed_base(self) -> bool:
+        """Whether the pool has drawn its base and now makes fixed-base obfuscators."""
+        return self._base is not None
+
+    @property
+    def exponent_bits(self) -> int:
+        """Length of the short exponent ``s``: ``ceil(bits(n) / 2)``, as in DJN."""
+        return -(-self.public_key.bits // 2)
 
     def generate(self, count: int, executor: Executor | None = None) -> list[int]:
         """Compute ``count`` fresh obfuscators (in ``executor`` if given) without storing them."""
         if count <= 0:
             return []
+        if self._base is None and count < _FIXED_BASE_FROM:
+            return self._full(count, executor)
+        h, subset = self._fixed_base(executor)
+        n, bits = self.public_key.n, self.exponent_bits
+        if executor is None:
+            with self._base_lock:
+                if self._tables is None:
+                    self._tables = _k.DjnTables(n, h, subset, bits)
+                tables = self._tables
+            return tables.draw(count)
+        chunks = _split(count, 4 * max(1, os.cpu_count() or 1))
+        futures = [executor.submit(_k.djn_obfuscators, n, h, subset, c, bits) for c in chunks if c]
+        return [o for fut in futures for o in fut.result()]
+
+    def _full(self, count: int, executor: Executor | None) -> list[int]:
         n, (p, q) = self.public_key.n, self._factors
         if executor is None:
             return _k.make_obfuscators(n, count, p, q)
         chunks = _split(count, 4 * max(1, os.cpu_count() or 1))
         futures = [executor.submit(_k.make_obfuscators, n, c, p, q) for c in chunks if c]
         return [o for fut in futures for o in fut.result()]
+
+    def _fixed_base(self, executor: Executor | None) -> tuple[int, tuple[int, ...]]:
+        n = self.public_key.n
+        with self._base_lock:
+            while self._base is None:
+                h, *subset = self._full(_SUBSET_SIZE + 1, executor)
+                if any(gmpy2.jacobi(y % n, n) == -1 for y in subset):
+                    self._base = (h, tuple(subset))
+            return self._base
 
     def fill(self, count: int, executor: Executor | None = None) -> None:
         """Top the pool up by ``count`` obfuscators."""
@@ -754,10 +812,15 @@ def _chunks(seq: Sequence[Any], parts: int) -> list[Sequence[Any]]:
 
 
 def _best_window(bits: int, terms_per_block: int) -> int:
-    def cost(w: int) -> int:
-        return terms_per_block * (-(-bits // w)) + (2 << w)
+    def cost(w: int) -> int:  # balanced digits: one more bit, 2**(w-1) buckets folded
+        return terms_per_block * _windows(bits, w) + (1 << w)
 
     return min(range(2, 13), key=cost)
+
+
+def _windows(bits: int, window: int) -> int:
+    """Balanced base-``2**window`` digits of a ``bits``-bit magnitude (one bit for the carry)."""
+    return -(-(bits + 1) // window)
 
 
 class PaillierEngine:
@@ -1046,7 +1109,7 @@ class PaillierEngine:
         """Packed encrypted logits ``E(sum_i (sum_j w_j x_ij) 2**(i*s))``, one per block of rows.
 
         Each block of ``layout.slots`` rows costs one multi-exponentiation and, at the analyst, one
-        decryption. Results are obfuscated (fresh ``r**n`` from the pool) before they leave.
+        decryption. Results are obfuscated (fresh ones from the pool) before they leave.
 
         Args:
             weights: ``E(w_j)``, exponent ``-f`` (the protocol's fixed exponent).
@@ -1111,7 +1174,7 @@ class PaillierEngine:
         k = len(weights)
         bits = max(1, layout.value_limit.bit_length())
         window = _best_window(bits, layout.slots * k)
-        windows = -(-bits // window)
+        windows = _windows(bits, window)
         args = (layout.slots, layout.slot_bits, windows, window)
         ex = self.executor
         if ex is None:

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Iterator
 
+import gmpy2
 import numpy as np
 import phe
 import phe.command_line
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crypto import _paillier_kernels
 from crypto.errors import (
     CryptoError,
     KeyMismatchError,
@@ -24,6 +26,7 @@ from crypto.errors import (
 from crypto.paillier import (
     CiphertextVector,
     IntegerCodec,
+    ObfuscatorPool,
     PackedCiphertexts,
     PackingLayout,
     PaillierEngine,
@@ -33,6 +36,7 @@ from crypto.paillier import (
 )
 
 F = 32
+FIXED_BASE_FROM = 2 * (64 + 1)
 reals = st.floats(min_value=-1000.0, max_value=1000.0, allow_nan=False, allow_infinity=False)
 
 
@@ -186,6 +190,25 @@ def test_packed_weighted_sum_equals_unpacked(
         assert np.allclose(got, unpacked, rtol=0, atol=1e-12)
 
 
+@settings(max_examples=50)
+@given(
+    st.integers(2, 8),
+    st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=6),
+    st.sampled_from([2, 3, 1013 * 7 + 1]),
+)
+def test_bucket_block_with_balanced_digits_is_the_multi_exponentiation(
+    window: int, xs: list[int], base: int
+) -> None:
+    n = 1009 * 1013
+    n2, slot_bits = n * n, 22
+    windows = -(-(21 + 1) // window)  # |x| < 2**21, one more bit for the carry
+    pos, neg = _paillier_kernels.fixed_base_table(n2, base, len(xs), slot_bits, windows, window)
+    column = np.asarray(xs, dtype=np.int64).reshape(-1, 1)
+    got = _paillier_kernels.bucket_block(n2, pos + neg, column, windows, window, len(xs))
+    packed = sum(x << (i * slot_bits) for i, x in enumerate(xs))
+    assert got == _paillier_kernels.multiexp_powmod(n2, [base], [packed])
+
+
 @settings(max_examples=20)
 @given(st.lists(st.tuples(bounded, bounded, bounded), min_size=1, max_size=70))
 def test_packed_sum_equals_unpacked(
@@ -319,4 +342,116 @@ def test_engine_with_process_pool(
     with PaillierEngine(pub, priv, workers=2) as eng:
         layout = eng.weighted_sum_layout(8.0, 8.0, 3)
         got = eng.decrypt_packed(eng.packed_linear_combination(eng.encrypt(w), x, layout))
+    assert np.all(np.abs(got - x @ w) <= 1e-6)
+
+
+# --------------------------------------------------------------------------- fixed-base obfuscators
+
+
+@pytest.fixture(scope="module")
+def fixed_pool(keys: tuple[PaillierPublicKey, PaillierPrivateKey]) -> ObfuscatorPool:
+    """A provider's pool (public key only) past its first batch: fixed-base from then on."""
+    pool = ObfuscatorPool(keys[0])
+    pool.fill(FIXED_BASE_FROM)
+    return pool
+
+
+@pytest.fixture(scope="module")
+def fixed_engine(
+    keys: tuple[PaillierPublicKey, PaillierPrivateKey], fixed_pool: ObfuscatorPool
+) -> Iterator[PaillierEngine]:
+    pub, priv = keys
+    with PaillierEngine(pub, priv, codec=IntegerCodec(F), workers=0, obfuscators=fixed_pool) as eng:
+        yield eng
+
+
+def test_a_small_first_batch_is_full_and_a_large_one_switches_to_fixed_base(
+    keys: tuple[PaillierPublicKey, PaillierPrivateKey], fixed_pool: ObfuscatorPool
+) -> None:
+    pool = ObfuscatorPool(keys[0])
+    pool.fill(3)
+    assert not pool.fixed_base
+    assert fixed_pool.fixed_base
+    assert fixed_pool.exponent_bits == 1024
+
+
+def test_fixed_base_obfuscators_encrypt_zero_for_us_and_for_phe(
+    keys: tuple[PaillierPublicKey, PaillierPrivateKey], fixed_pool: ObfuscatorPool
+) -> None:
+    pub, priv = keys
+    drawn = fixed_pool.generate(6)
+    with PaillierEngine(pub, priv, workers=0) as eng:
+        assert eng.decrypt_ints(CiphertextVector(tuple(drawn), pub.key_id, 0)) == [0] * 6
+    assert [priv.to_phe().raw_decrypt(o) for o in drawn] == [0] * 6
+    assert len(set(drawn)) == 6
+    assert all(0 < o < pub.n_square for o in drawn)
+
+
+@pytest.fixture(scope="module")
+def small_tables() -> tuple[int, list[int], _paillier_kernels.DjnTables]:
+    """Tables over a small odd modulus: the composition law does not depend on the size."""
+    n = 1009 * 1013
+    h, subset = 5**n % n**2, [pow(y, n, n**2) for y in range(2, 18)]
+    return h, subset, _paillier_kernels.DjnTables(n, h, subset, exponent_bits=64)
+
+
+@settings(max_examples=50)
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**16 - 1))
+def test_fixed_base_composition_is_h_to_the_s_times_the_chosen_subset(
+    small_tables: tuple[int, list[int], _paillier_kernels.DjnTables], s: int, pick: int
+) -> None:
+    h, subset, tables = small_tables
+    n2 = tables.n2
+    expected = gmpy2.powmod(h, s, n2)
+    for i, y in enumerate(subset):
+        if pick >> i & 1:
+            expected = expected * y % n2
+    assert tables.compose(s, pick) == expected
+
+
+@given(st.lists(reals, min_size=1, max_size=8))
+def test_fixed_base_encryption_round_trips(fixed_engine: PaillierEngine, xs: list[float]) -> None:
+    out = fixed_engine.decrypt(fixed_engine.encrypt(xs))
+    assert np.all(np.abs(out - np.asarray(xs)) <= 2.0**-F)
+
+
+@settings(max_examples=25)
+@given(st.lists(st.tuples(reals, reals), min_size=1, max_size=4))
+def test_homomorphic_add_and_scalar_mul_of_rerandomised_ciphertexts(
+    fixed_engine: PaillierEngine, pairs: list[tuple[float, float]]
+) -> None:
+    a, x = (np.asarray(v) for v in zip(*pairs, strict=True))
+    ea = fixed_engine.obfuscate(fixed_engine.encrypt(a))
+    ex = fixed_engine.obfuscate(fixed_engine.encrypt(x))
+    total = fixed_engine.decrypt(fixed_engine.add(ea, ex))
+    product = fixed_engine.decrypt(fixed_engine.mul_scalar(ea, x))
+    assert np.all(np.abs(total - (a + x)) <= 2.0 ** (1 - F))
+    assert np.all(np.abs(product - a * x) <= 2.0 ** (-F) * (np.abs(a) + np.abs(x) + 1))
+
+
+def test_rerandomised_ciphertexts_differ_from_the_input_and_from_each_other(
+    fixed_engine: PaillierEngine,
+) -> None:
+    ct = fixed_engine.encrypt([1.5, -2.0, 0.0])
+    first, second = fixed_engine.obfuscate(ct), fixed_engine.obfuscate(ct)
+    values = ct.values + first.values + second.values
+    assert len(set(values)) == len(values)
+    assert fixed_engine.decrypt(first).tolist() == fixed_engine.decrypt(second).tolist()
+    assert fixed_engine.decrypt(first).tolist() == [1.5, -2.0, 0.0]
+
+
+def test_fixed_base_obfuscators_from_worker_processes_decrypt(
+    keys: tuple[PaillierPublicKey, PaillierPrivateKey], rng: np.random.Generator
+) -> None:
+    pub, priv = keys
+    w, x = rng.normal(size=3), rng.normal(size=(40, 3))
+    with (
+        PaillierEngine(pub, priv, codec=IntegerCodec(F), workers=0) as analyst,
+        PaillierEngine(pub, codec=IntegerCodec(F), workers=2) as provider,
+    ):
+        provider.prefill(FIXED_BASE_FROM)
+        layout = provider.weighted_sum_layout(8.0, 8.0, 3)
+        packed = provider.packed_linear_combination(analyst.encrypt(w), x, layout)
+        got = analyst.decrypt_packed(packed)
+    assert provider.obfuscators.fixed_base
     assert np.all(np.abs(got - x @ w) <= 1e-6)

@@ -41,9 +41,9 @@ __all__ = ["PaillierAnalyst", "PaillierProvider", "PaillierScore"]
 
 _POOL_ROWS = 8192  # blocks at least this large use the engine's process pool
 _BLOCK_ROWS = 1 << 14
-"""Entities per block: one ``score.block`` call re-randomises ~630 packed ciphertexts (a full
-``r^n mod n^2`` each), seconds of work, so no call nears the request timeout whatever the query
-size, and the analyst decrypts each block while the providers compute the next."""
+"""Entities per block: one ``score.block`` call computes and re-randomises ~630 packed
+ciphertexts, seconds of work, so no call nears the request timeout whatever the query size, and
+the analyst decrypts each block while the providers compute the next."""
 
 
 def _layout_from(params: Mapping[str, Any]) -> paillier.PackingLayout:
