@@ -40,7 +40,7 @@ from connectors.client.results import verify_train_receipts
 from connectors.client.verify import Check
 from connectors.demo.stats import auc, fit_logistic
 from connectors.spaces.local import LOCAL_PURPOSE, LocalParty, LocalSpace
-from connectors.spaces.local_train import feature_bound, local_training
+from connectors.spaces.local_train import local_training
 from trusted_space.errors import ValidationError
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols.train import train_plaintext
@@ -203,7 +203,6 @@ def _train_jointly(
         "features": features,
         "label": _LABEL,
         "entities": list(ids),
-        "featureBound": feature_bound(local.parties, _ID, features),
         "params": params.to_json(),
     }
     with local.client(timeout=timeout) as client:

@@ -2,8 +2,9 @@
 
 The default-credit subset is put back on raw UCI scales (credit limits and bills to ~10^6 yuan,
 repayments, ages, codes; whole numbers), so training on it as it is would need a feature bound
-far beyond what the fixed-point training accepts. Each party standardises its own large columns,
-the secure SGD runs on those, and the released model is expressed on the raw scale: its test AUC
+far beyond what the fixed-point training accepts. Each party's node standardises its own columns
+over the cohort, the secure SGD runs on those, and the released model is folded back to the raw
+scale inside the protocol (neither a mean nor a scale leaves its party): its test AUC
 on the *raw* rows must be within 0.005 of plaintext logistic regression fitted on the same raw
 rows. Skipped when the data set is not there.
 """

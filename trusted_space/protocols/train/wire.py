@@ -14,9 +14,10 @@ Requests (a compute party → the operator): :class:`DealSeed` (``op: seed``, wi
 The bank's :class:`TrainOpen` to each provider, with the replies :class:`TrainReceived` (a part
 that was not the last) and :class:`TrainOpened`; then :class:`TrainEpoch` (:class:`EpochStarted`),
 :class:`TrainFetch`, :class:`TrainStep` (:class:`StepDone`), :class:`TrainReveal`
-(:class:`Revealed`), :class:`TrainFinish` (:class:`ModelRecorded`) and :class:`TrainRef`
-(``train.abort`` and its reply); between parties :class:`TrainShare` (:class:`ShareReceived`)
-and :class:`TrainWeights` (replied with a :class:`TrainRef`).
+(:class:`Revealed`), :class:`TrainFold` (:class:`Folded`), :class:`TrainFinish`
+(:class:`ModelRecorded`) and :class:`TrainRef` (``train.intercept``, ``train.abort`` and their
+replies); between parties :class:`TrainShare` (:class:`ShareReceived`), :class:`TrainWeights`
+and :class:`TrainOffset` (replied with a :class:`TrainRef`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ __all__ = [
     "StepDone",
     "TrainEpoch",
     "TrainFetch",
+    "Folded",
     "TrainFinish",
+    "TrainFold",
+    "TrainOffset",
     "TrainOpen",
     "TrainOpened",
     "TrainReceived",
@@ -569,9 +573,90 @@ class Revealed:
 
 @dataclass(frozen=True)
 class TrainWeights:
-    """``train.weights`` (the compute party → a sharing provider, party-held).
+    """``train.weights`` (the compute party → a sharing provider, at the release).
 
     For ``analyst``'s training; the payload is the compute party's share of its weights.
+    """
+
+    query: str
+    analyst: str
+
+    def to_header(self) -> dict[str, Any]:
+        return {"query": self.query, "analyst": self.analyst}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Self:
+        analyst = check_participant_id(header.get("analyst"), "header.analyst")
+        return cls(header_str(header, "query"), analyst)
+
+
+def _json_object(header: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = header.get(name)
+    if not isinstance(value, dict):
+        raise ValidationError(f"header.{name}: expected an object")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainFold:
+    """``train.fold`` (the bank → each provider): fold its weights back to the raw scale.
+
+    Sent to every provider, the compute party included (:mod:`trusted_space.protocols.train.fold`).
+    The payload is the bank's share of the provider's weights (party-held) or that share masked
+    (analyst-held); analyst-held, ``key`` is the bank's Paillier public key (JWK) and ``masks``
+    the encrypted masks (a ``paillier.ciphertexts`` document).
+    """
+
+    query: str
+    key: Mapping[str, Any] | None = None
+    masks: Mapping[str, Any] | None = None
+
+    def to_header(self) -> dict[str, Any]:
+        header: dict[str, Any] = {"query": self.query}
+        if self.key is not None and self.masks is not None:
+            header.update({"key": dict(self.key), "masks": dict(self.masks)})
+        return header
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], mode: str) -> Self:
+        """The message, for a training in ``mode`` (only analyst-held carries key and masks)."""
+        query = header_str(header, "query")
+        if mode != "analyst-held":
+            return cls(query)
+        return cls(query, _json_object(header, "key"), _json_object(header, "masks"))
+
+
+@dataclass(frozen=True)
+class Folded:
+    """The ``train.fold`` reply.
+
+    Analyst-held, ``folded`` (the folded weights and the masked correction, encrypted under the
+    bank's key); party-held, the payload is the bank's share of the provider's correction.
+    """
+
+    query: str
+    folded: Mapping[str, Any] | None = None
+
+    def to_header(self) -> dict[str, Any]:
+        header: dict[str, Any] = {"query": self.query}
+        if self.folded is not None:
+            header["folded"] = dict(self.folded)
+        return header
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], mode: str) -> Self:
+        query = header_str(header, "query")
+        if mode != "analyst-held":
+            return cls(query)
+        return cls(query, _json_object(header, "folded"))
+
+
+@dataclass(frozen=True)
+class TrainOffset:
+    """``train.offset`` (a provider → the compute party): a share of its correction.
+
+    The compute party adds it (the payload) to its share of the intercept. For ``analyst``'s
+    training.
     """
 
     query: str
