@@ -102,7 +102,7 @@ def _bank_data(
     if not np.all((y == 0) | (y == 1)):
         raise ValidationError(f"the label column {query.label!r} must hold 0 or 1")
     standard = standardise(x)
-    check_standardised(standard.z, query.features[query.bank], query.feature_bound)
+    check_standardised(standard, query.features[query.bank], query.feature_bound)
     return standard, y
 
 

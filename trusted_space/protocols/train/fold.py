@@ -48,6 +48,7 @@ from trusted_space.protocols.train_mpc import FRAC_BITS, encode_ring
 
 __all__ = [
     "FOLD_BITS",
+    "MAX_CENTRES",
     "OFFSET_MASK_BITS",
     "WEIGHT_BITS",
     "MaskedRequest",
@@ -68,6 +69,8 @@ FOLD_BITS: Final = 128
 """Fractional bits of ``1/s_j`` and ``m_j/s_j`` in the Paillier plaintext."""
 WEIGHT_BITS: Final = FRAC_BITS + 20
 """Trained weights stay below ``2^20`` (``check_weights`` refuses beyond 1e6): ``|W| < 2^K``."""
+MAX_CENTRES: Final = 2.0**20
+"""``Σ_j |m_j|/s_j`` per party: with weights below ``2^20`` its correction stays below ``2^40``."""
 OFFSET_MASK_BITS: Final = 64 + 40
 """The bank's view of a provider's correction is masked by ``μ`` of this many bits."""
 _RING: Final = 1 << 64
@@ -85,8 +88,9 @@ class Standardised:
 def standardise(x: npt.ArrayLike) -> Standardised:
     """Standardise each column of ``x`` (``n by k``): mean 0, population sd 1.
 
-    A constant column is centred only. The one formula every party and the plaintext reference
-    use.
+    A constant column carries nothing to learn: its scale is infinite, so it standardises to 0
+    and folds to weight 0 (and no correction). The one formula every party and the plaintext
+    reference use.
     """
     values = np.asarray(x, dtype=np.float64)
     if values.ndim != 2:
@@ -94,26 +98,35 @@ def standardise(x: npt.ArrayLike) -> Standardised:
     if not values.shape[0]:
         k = values.shape[1]
         return Standardised(values.copy(), np.zeros(k), np.ones(k))
-    mean = np.mean(values, axis=0)
-    sd = np.std(values, axis=0)
-    scale = np.where(sd > 0, sd, 1.0)
+    constant = np.ptp(values, axis=0) == 0
+    mean = np.where(constant, 0.0, np.mean(values, axis=0))
+    scale = np.where(constant, np.inf, np.std(values, axis=0))
     return Standardised((values - mean) / scale, mean, scale)
 
 
-def check_standardised(z: FloatArray, columns: Sequence[str], bound: float) -> None:
-    """Refuse standardised values beyond the training's ``featureBound`` (naming the column).
+def check_standardised(standard: Standardised, columns: Sequence[str], bound: float) -> None:
+    """Refuse what the fixed-point training cannot hold, naming the column, never a value.
 
-    A standardised value is at most ``sqrt(n)`` in magnitude (n rows), so only a tiny bound or
-    a column with extreme outliers over a large cohort is refused; never a value.
+    A standardised value beyond the training's ``featureBound`` (at most ``sqrt(n)`` for ``n``
+    rows: only extreme outliers in a large cohort reach it), and columns whose means lie more
+    than :data:`MAX_CENTRES` standard deviations from zero in all (a column that barely
+    varies around a large value): the party's correction of the intercept must fit the ring.
     """
-    if not z.size:
-        return
-    largest = np.max(np.abs(z), axis=0)
-    if float(np.max(largest)) > bound:
-        worst = columns[int(np.argmax(largest))]
+    z = standard.z
+    if z.size:
+        largest = np.max(np.abs(z), axis=0)
+        if float(np.max(largest)) > bound:
+            worst = columns[int(np.argmax(largest))]
+            raise ValidationError(
+                f"column {worst!r}: its standardised values exceed the training's featureBound "
+                f"{bound:g}"
+            )
+    centres = np.abs(standard.mean) / standard.scale
+    if float(np.sum(centres)) > MAX_CENTRES:
+        worst = columns[int(np.argmax(centres))]
         raise ValidationError(
-            f"column {worst!r}: its standardised values exceed the training's featureBound "
-            f"{bound:g}"
+            f"column {worst!r} varies too little around its mean to be trained on in fixed point "
+            f"(the columns' means total more than {MAX_CENTRES:g} standard deviations)"
         )
 
 

@@ -243,7 +243,7 @@ def _read_features(node: ComputeNode, state: dict[str, Any], grant: Any) -> Floa
         x[holes] = np.broadcast_to(fill, x.shape)[holes]
     standard = standardise(x)
     state.update({"mean": standard.mean, "scale": standard.scale})
-    check_standardised(standard.z, spec["columns"], spec["featureBound"])
+    check_standardised(standard, spec["columns"], spec["featureBound"])
     return standard.z
 
 
