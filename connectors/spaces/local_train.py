@@ -74,10 +74,14 @@ def train_local(
     mode: str = "analyst-held",
     compute_party: str | None = None,
     model_id: str | None = None,
+    entities: Sequence[str] | None = None,
     progress: Callable[[QueryProgress], None] | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Train from the local space's bank node; returns the result JSON."""
+    """Train from the local space's bank node; returns the result JSON.
+
+    ``entities``: the bank's ids to train on (default: every id of its file).
+    """
     if local.label is None:
         raise ValidationError("the local space was not set up for training (no label)")
     bank = local.analyst.name
@@ -91,7 +95,7 @@ def train_local(
         "datasets": {p.name: p.dataset_id for p in local.parties},
         "features": features,
         "label": local.label,
-        "entities": local.entities(),
+        "entities": list(entities) if entities is not None else local.entities(),
         "idKind": local.id_kind,
         "missing": local.missing,
         "params": params.to_json(),

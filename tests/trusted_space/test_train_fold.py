@@ -72,7 +72,7 @@ def test_the_fold_keeps_every_logit(case: Any) -> None:
     )
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(case=columns(), seed=st.integers(0, 2**32 - 1))
 def test_the_masked_fold_gives_the_bank_the_folded_weights_only(
     case: Any, seed: int, engine: paillier.PaillierEngine
