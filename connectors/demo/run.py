@@ -81,6 +81,7 @@ from connectors.common.settings import load_settings
 from connectors.demo.data import (
     BANK,
     BANK_OUTCOMES,
+    COLUMN_BOUNDS,
     COURT,
     LABEL,
     MARKET,
@@ -152,7 +153,11 @@ TRAIN_PARAMS: Final[Mapping[str, Any]] = {"epochs": 5, "batch_size": 512, "learn
 
 
 def _field(name: str, kind: str, grade: int, description: str) -> dict[str, Any]:
-    return {"name": name, "type": kind, "grade": grade, "description": description}
+    """A catalog field; a numeric one declares its range (its values are raw magnitudes)."""
+    field = {"name": name, "type": kind, "grade": grade, "description": description}
+    if name in COLUMN_BOUNDS:
+        field["bound"] = COLUMN_BOUNDS[name]
+    return field
 
 
 _USCC_FIELD: Final = _field("uscc", "string", 1, "unified social credit code (GB 32100-2015)")
@@ -203,7 +208,7 @@ def _datasets() -> dict[str, dict[str, Any]]:
                     _field("status", "category", 1, "active, revoked or cancelled"),
                     _field("established", "date", 1, "date of establishment"),
                     _field("age_years", "float", 1, "years since establishment"),
-                    _field("registered_capital", "float", 1, "registered capital, 10k CNY"),
+                    _field("registered_capital", "float", 1, "registered capital, CNY"),
                     _field("paid_in_ratio", "float", 1, "paid-in / registered capital"),
                     _field("abnormal_operation", "int", 1, "1: on the abnormal-operation list"),
                 ],
@@ -231,7 +236,7 @@ def _datasets() -> dict[str, dict[str, Any]]:
                     _USCC_FIELD,
                     _field("credit_grade", "category", 3, "tax credit grade A, B, M, C or D"),
                     _field("credit_rank", "int", 3, "the grade as 0 (A) … 4 (D); M = 2"),
-                    _field("tax_paid", "float", 3, "tax paid, 10k CNY"),
+                    _field("tax_paid", "float", 3, "tax paid, CNY"),
                     _field("log_tax_paid", "float", 3, "log10 of tax paid in CNY"),
                     _field("tax_growth", "float", 3, "year-on-year growth of tax paid"),
                     _field("tax_arrears", "int", 3, "1: tax in arrears"),
@@ -286,8 +291,8 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "fields": [
                     _USCC_FIELD,
                     _field("dishonest_debtor", "int", 1, "1: on the dishonest-debtor list"),
-                    _field("enforcement_amount", "float", 2, "amount under enforcement, 10k CNY"),
-                    _field("log_enforcement", "float", 2, "log10(1 + amount under enforcement)"),
+                    _field("enforcement_amount", "float", 2, "amount under enforcement, CNY"),
+                    _field("log_enforcement", "float", 2, "log10(1 + amount, 10k CNY)"),
                     _field("lawsuits", "int", 2, "lawsuits as defendant, last 3 years"),
                 ],
             },
@@ -761,7 +766,6 @@ def _train(
         "label": LABEL,
         "entities": training_ids,
         "idKind": "uscc",
-        "featureBound": 64.0,
         "params": params.to_json(),
     }
     label = (
@@ -1040,7 +1044,7 @@ def _refusals(run: DemoRun, data: DemoData, bound: Model, agreements: Mapping[st
     # The column read: weights of the bank's choice, one weight of 1 on one tax column and the
     # identity link, would return that column for every entity. The tax bureau binds the model.
     column_read = Model.from_json(
-        {"intercept": 0.0, "link": "identity", "weights": {TAX: {"log_tax_paid": 1.0}}}
+        {"intercept": 0.0, "link": "identity", "weights": {TAX: {"credit_rank": 1.0}}}
     )
     cases: list[tuple[str, ScoreQuery, str, str | None, str | None]] = [
         (
