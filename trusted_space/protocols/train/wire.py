@@ -590,11 +590,22 @@ class TrainWeights:
         return cls(header_str(header, "query"), analyst)
 
 
-def _json_object(header: Mapping[str, Any], name: str) -> dict[str, Any]:
-    value = header.get(name)
-    if not isinstance(value, dict):
-        raise ValidationError(f"header.{name}: expected an object")
-    return value
+def _held_header(query: str, objects: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+    """``{"query": ...}`` plus the JSON objects that are set (analyst-held only)."""
+    header: dict[str, Any] = {"query": query}
+    header.update({name: dict(value) for name, value in objects.items() if value is not None})
+    return header
+
+
+def _held_objects(header: Mapping[str, Any], mode: str, *names: str) -> list[Any]:
+    """The JSON objects ``names`` of an analyst-held message (``None`` in party-held mode)."""
+    if mode != "analyst-held":
+        return [None] * len(names)
+    values = [header.get(name) for name in names]
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(value, dict):
+            raise ValidationError(f"header.{name}: expected an object")
+    return values
 
 
 @dataclass(frozen=True)
@@ -612,18 +623,12 @@ class TrainFold:
     masks: Mapping[str, Any] | None = None
 
     def to_header(self) -> dict[str, Any]:
-        header: dict[str, Any] = {"query": self.query}
-        if self.key is not None and self.masks is not None:
-            header.update({"key": dict(self.key), "masks": dict(self.masks)})
-        return header
+        return _held_header(self.query, {"key": self.key, "masks": self.masks})
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], mode: str) -> Self:
         """The message, for a training in ``mode`` (only analyst-held carries key and masks)."""
-        query = header_str(header, "query")
-        if mode != "analyst-held":
-            return cls(query)
-        return cls(query, _json_object(header, "key"), _json_object(header, "masks"))
+        return cls(header_str(header, "query"), *_held_objects(header, mode, "key", "masks"))
 
 
 @dataclass(frozen=True)
@@ -638,37 +643,20 @@ class Folded:
     folded: Mapping[str, Any] | None = None
 
     def to_header(self) -> dict[str, Any]:
-        header: dict[str, Any] = {"query": self.query}
-        if self.folded is not None:
-            header["folded"] = dict(self.folded)
-        return header
+        return _held_header(self.query, {"folded": self.folded})
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], mode: str) -> Self:
-        query = header_str(header, "query")
-        if mode != "analyst-held":
-            return cls(query)
-        return cls(query, _json_object(header, "folded"))
+        return cls(header_str(header, "query"), *_held_objects(header, mode, "folded"))
 
 
 @dataclass(frozen=True)
-class TrainOffset:
+class TrainOffset(TrainWeights):
     """``train.offset`` (a provider → the compute party): a share of its correction.
 
     The compute party adds it (the payload) to its share of the intercept. For ``analyst``'s
-    training.
+    training; the same fields as :class:`TrainWeights`.
     """
-
-    query: str
-    analyst: str
-
-    def to_header(self) -> dict[str, Any]:
-        return {"query": self.query, "analyst": self.analyst}
-
-    @classmethod
-    def from_header(cls, header: Mapping[str, Any]) -> Self:
-        analyst = check_participant_id(header.get("analyst"), "header.analyst")
-        return cls(header_str(header, "query"), analyst)
 
 
 @dataclass(frozen=True)
