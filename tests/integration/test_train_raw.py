@@ -4,9 +4,13 @@ The default-credit subset is put back on raw UCI scales (credit limits and bills
 repayments, ages, codes; whole numbers), so training on it as it is would need a feature bound
 far beyond what the fixed-point training accepts. Each party's node standardises its own columns
 over the cohort, the secure SGD runs on those, and the released model is folded back to the raw
-scale inside the protocol (neither a mean nor a scale leaves its party): its test AUC
-on the *raw* rows must be within 0.005 of plaintext logistic regression fitted on the same raw
-rows. Skipped when the data set is not there.
+scale inside the protocol (neither a mean nor a scale leaves its party): its test AUC on the
+*raw* rows must be within 0.005 of plaintext logistic regression (float64, exact sigmoid) fitted
+on the same raw rows with the same hyper-parameters. Not Newton's fully converged fit: 20 epochs
+of SGD and the optimum differ by up to 0.0085 AUC over 30 splits of these rows (measured; a gap of
+the schedule, not of the protocol), while the piecewise-sigmoid reference stays within 0.0013 of
+the exact one (30 splits; 0.0014 over 100 for the party-held test's sizes). Skipped when the data
+set is not there.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.demo.stats import fit_logistic
 from connectors.spaces.local import LOCAL_PURPOSE, LocalParty
 from connectors.spaces.local_train import local_training, train_local
 from trusted_space.protocols.train import auc, train_plaintext
@@ -116,9 +119,10 @@ def test_local_train_on_raw_magnitudes_matches_plaintext(
     x = np.hstack([xb, xh])
     weights = np.concatenate([model.weights_of("bank"), model.weights_of("gov")])
     secure_auc = auc(model.intercept + x[test] @ weights, y[test])
-    plain = fit_logistic(x[train], y[train])
+    plain = train_plaintext(x[train], y[train], TrainParams(epochs=EPOCHS))
     plain_auc = auc(plain.logits(x[test]), y[test])
     assert abs(secure_auc - plain_auc) <= 0.005, (secure_auc, plain_auc)
+    assert abs(weights[0]) < 1e-4  # the credit limit's weight, per yuan: the raw scale
 
 
 def test_party_held_training_on_raw_magnitudes_through_real_nodes(
