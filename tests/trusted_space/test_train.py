@@ -183,6 +183,7 @@ def _setup(
     n: int = N,
     seed: int | None = None,
     raw: bool = False,
+    scales: dict[str, list[tuple[float, float]]] | None = None,
 ) -> Setup:
     """A space with the bank and two providers over ``n`` random entities (the session's seed,
     tests._seeding, unless ``seed`` is given); ``raw``: the columns on :data:`RAW_SCALES`."""
@@ -196,8 +197,8 @@ def _setup(
     z = x[ANALYST] @ [0.6, -0.4] + x[TAX] @ [0.9, 0.3, -0.6] + x[COURT] @ [0.4, 0.2] - 0.7
     y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
     if raw:
-        for p, scales in RAW_SCALES.items():
-            mean, sd = np.array(scales).T
+        for p, columns in (scales or RAW_SCALES).items():
+            mean, sd = np.array(columns).T
             x[p] = np.round(x[p] * sd + mean, 3)
     space = build_space((TAX, COURT))
     wire = Wire()
@@ -463,6 +464,19 @@ def test_a_constant_column_is_centred_and_gets_no_weight_beyond_its_intercept() 
     # t1 is the constant year column: it standardises to 0 and folds to weight 0
     assert model.weights_of(TAX)[1] == 0.0
     assert np.all(np.isfinite(model.weights_of(TAX))) and math.isfinite(model.intercept)
+
+
+def test_a_column_barely_varying_around_a_large_value_is_refused_naming_it() -> None:
+    # 1e12 yuan give or take 1e3: its mean lies 1e9 standard deviations from zero, beyond what
+    # the provider's correction of the intercept can hold in the ring
+    scales = {**RAW_SCALES, TAX: [(1e12, 1e3), (2_014.0, 0.0), (0.013, 0.004)]}
+    setup = _setup(n=64, raw=True, scales=scales)
+
+    with pytest.raises(RemoteError) as refused:
+        setup.train(setup.query(entities=setup.keys[:64]))
+
+    assert "column 't0' varies too little around its mean" in str(refused.value)
+    assert "1e+12" not in str(refused.value) and "1000000000000" not in str(refused.value)
 
 
 # ----------------------------------------------------------------------------------------------
