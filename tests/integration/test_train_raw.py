@@ -22,6 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from connectors.demo.example import (
+    GUEST_FILE,
+    HOST_FILE,
+    RAW_SCALES,
+    find_data,
+    read_default_credit,
+)
 from connectors.spaces.local import LOCAL_PURPOSE, LocalParty
 from connectors.spaces.local_train import local_training, train_local
 from trusted_space.protocols.train import auc, train_plaintext
@@ -32,52 +39,23 @@ from .conftest import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GUEST, HOST = "default_credit_hetero_guest.csv", "default_credit_hetero_host.csv"
 ROWS, TRAIN, EPOCHS = 3000, 2100, 20
 PARTY_ROWS, PARTY_EPOCHS = 1200, 3
-# (mean, sd) of each standardised column in the UCI set's description: the raw scales.
-GUEST_SCALES = [
-    (167484, 129748),
-    (51223, 73636), (49179, 71174), (47013, 69349), (43263, 64333), (40311, 60797), (38872, 59554),
-    (5664, 16563), (5921, 23041), (5226, 17607), (4826, 15666), (4799, 15278), (5216, 17777),
-]  # fmt: skip
-HOST_SCALES = [
-    (1.6037, 0.4891), (1.8531, 0.7903), (1.5519, 0.5220), (35.49, 9.218),
-    (-0.0167, 1.1238), (-0.1338, 1.1972), (-0.1662, 1.1969), (-0.2207, 1.1691),
-    (-0.2662, 1.1332), (-0.2911, 1.1500),
-]  # fmt: skip
-
-
-def _data_dir() -> Path | None:
-    for candidate in (
-        Path(__file__).resolve().parents[2] / "../shared/data/default_credit",
-        Path("/work/shared/data/default_credit"),
-    ):
-        if (candidate / GUEST).is_file() and (candidate / HOST).is_file():
-            return candidate
-    return None
-
-
-def _raw(path: Path, scales: list[tuple[float, float]], skip: int) -> tuple[list[str], np.ndarray]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle))[1 : ROWS + 1]
-    z = np.array([[float(v) for v in r[skip:]] for r in rows])
-    mean = np.array([m for m, _ in scales])
-    sd = np.array([s for _, s in scales])
-    return [r[0] for r in rows], np.rint(z * sd + mean)
 
 
 def _default_credit_raw() -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Ids, the bank's and the government's raw columns, and the label (first ``ROWS``)."""
-    data = _data_dir()
-    if data is None:
+    """Ids, the bank's and the government's columns on their raw scales, and the label (the
+    first ``ROWS`` rows)."""
+    directory = find_data(None)
+    if directory is None:
         pytest.skip("default_credit is not available (../shared/data/default_credit)")
-    ids, xb = _raw(data / GUEST, GUEST_SCALES, 2)
-    with (data / GUEST).open(encoding="utf-8", newline="") as handle:
-        y = np.array([float(r[1]) for r in list(csv.reader(handle))[1 : ROWS + 1]])
-    host_ids, xh = _raw(data / HOST, HOST_SCALES, 1)
-    assert ids == host_ids and float(np.max(np.abs(xb))) > 5e5
-    return ids, xb, xh, y
+    data = read_default_credit(directory)
+    raw = []
+    for name, x in ((GUEST_FILE, data.guest_x), (HOST_FILE, data.host_x)):
+        scales = np.array(RAW_SCALES[name])
+        raw.append(np.rint(x[:ROWS] * scales[:, 1] + scales[:, 0]))
+    assert float(np.max(np.abs(raw[0]))) > 5e5
+    return list(data.ids[:ROWS]), raw[0], raw[1], data.labels[:ROWS].astype(np.float64)
 
 
 def test_local_train_on_raw_magnitudes_matches_plaintext(
