@@ -268,7 +268,6 @@ def local_train_command(
             id_column,
             label,
             features=_features(features) or None,
-            standardise=mode == "analyst-held",
             id_kind=id_kind,
             missing=missing,
             work_dir=work_dir,

@@ -49,6 +49,7 @@ __all__ = [
     "BANK",
     "BANK_OUTCOMES",
     "COURT",
+    "COLUMN_BOUNDS",
     "CREDIT_GRADES",
     "DEMO_DATE",
     "LABEL",
@@ -82,11 +83,37 @@ DEMO_DATE: Final = date(2025, 6, 30)
 MODEL_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
     BANK: ("prior_loans", "overdue_30", "utilisation"),
     MARKET: ("age_years", "paid_in_ratio", "abnormal_operation"),
-    TAX: ("credit_rank", "log_tax_paid", "tax_growth", "tax_arrears"),
-    SOCIAL: ("log_insured_staff", "contribution_years", "arrears_months"),
-    COURT: ("dishonest_debtor", "log_enforcement", "lawsuits"),
+    TAX: ("credit_rank", "tax_paid", "tax_growth", "tax_arrears"),
+    SOCIAL: ("insured_staff", "contribution_years", "arrears_months"),
+    COURT: ("dishonest_debtor", "enforcement_amount", "lawsuits"),
 }
-"""The columns of each party a scoring model may use (all within ±64, the default bound)."""
+"""The columns of each party a scoring model may use: raw yuan amounts, counts, years, ratios
+and flags, as the owners keep them (each within its :data:`COLUMN_BOUNDS`)."""
+
+COLUMN_BOUNDS: Final[Mapping[str, float]] = {
+    "prior_loans": 20.0,
+    "max_overdue_days": 360.0,
+    "overdue_30": 1.0,
+    "utilisation": 1.5,
+    "age_years": 40.0,
+    "registered_capital": 1e9,
+    "paid_in_ratio": 1.0,
+    "abnormal_operation": 1.0,
+    "credit_rank": 4.0,
+    "tax_paid": 1e9,
+    "log_tax_paid": 9.0,
+    "tax_growth": 3.0,
+    "tax_arrears": 1.0,
+    "insured_staff": 5000.0,
+    "log_insured_staff": 4.0,
+    "contribution_years": 15.0,
+    "arrears_months": 24.0,
+    "dishonest_debtor": 1.0,
+    "enforcement_amount": 1e9,
+    "log_enforcement": 6.0,
+    "lawsuits": 40.0,
+}
+"""Each numeric column's declared range (the catalog's ``bound``): the generator's own limits."""
 
 TRUTH: Final[Mapping[str, float]] = {
     "intercept": -3.3,
@@ -184,7 +211,9 @@ def generate(
     age_years = np.clip(np.exp(1.45 + 0.55 * noise() + 0.12 * health + 0.1 * size), 0.2, 40.0)
     age_days = np.round(age_years * 365.25).astype(np.int64)
     age_years = np.round(age_days / 365.25, 2)
-    registered_capital = np.round(np.clip(10 ** (2.0 + 0.6 * size + 0.3 * noise()), 1, 1e5), 1)
+    registered_capital = np.round(  # CNY
+        np.clip(10 ** (6.0 + 0.6 * size + 0.3 * noise()), 1e4, 1e9), -3
+    )
     paid_in_ratio = np.round(np.clip(logistic(0.6 + 0.8 * health + 0.6 * noise()), 0, 1), 3)
     abnormal = (rng.random(n) < logistic(-3.1 - 1.1 * health)).astype(np.int64)
     status_draw = rng.random(n)
@@ -207,9 +236,9 @@ def generate(
     credit_rank = np.where(age_years < 1.0, 2, credit_rank)  # newly established: M
     credit_grade = np.array([CREDIT_GRADES[r] for r in credit_rank], dtype=object)
     tax_paid = np.round(
-        np.clip(10 ** (0.8 + 0.75 * size + 0.3 * health + 0.35 * noise()), 0.05, 1e5), 2
-    )  # 10k CNY
-    log_tax_paid = np.round(np.log10(tax_paid * 1e4), 4)
+        np.clip(10 ** (4.8 + 0.75 * size + 0.3 * health + 0.35 * noise()), 500.0, 1e9), 2
+    )  # CNY
+    log_tax_paid = np.round(np.log10(tax_paid), 4)
     tax_growth = np.round(np.clip(0.05 + 0.14 * health + 0.22 * noise(), -0.95, 3.0), 4)
     tax_arrears = (rng.random(n) < logistic(-2.9 - 1.2 * health)).astype(np.int64)
 
@@ -230,9 +259,9 @@ def generate(
     dishonest = (rng.random(n) < logistic(-4.4 - 1.5 * health)).astype(np.int64)
     enforced = (dishonest == 1) | (rng.random(n) < logistic(-3.2 - 0.9 * health))
     enforcement_amount = np.where(
-        enforced, np.round(10 ** (1.0 + 0.5 * size + 0.5 * noise()), 2), 0.0
-    )  # 10k CNY
-    log_enforcement = np.round(np.log10(1.0 + enforcement_amount), 4)
+        enforced, np.round(np.clip(10 ** (5.0 + 0.5 * size + 0.5 * noise()), 0.0, 1e9)), 0.0
+    )  # CNY
+    log_enforcement = np.round(np.log10(1.0 + enforcement_amount / 1e4), 4)
 
     # -- bank: its own customers only --------------------------------------------------------------
     customer = rng.random(n) < logistic(0.2 + 0.6 * size)

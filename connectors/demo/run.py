@@ -87,6 +87,7 @@ from connectors.common.settings import load_settings
 from connectors.demo.data import (
     BANK,
     BANK_OUTCOMES,
+    COLUMN_BOUNDS,
     COURT,
     LABEL,
     MARKET,
@@ -162,14 +163,12 @@ TRAIN_PARAMS: Final[Mapping[str, Any]] = {"epochs": 5, "batch_size": 512, "learn
 # -- catalog: datasets and offers ---------------------------------------------------------------
 
 
-def _field(
-    name: str, kind: str, grade: int, description: str, bound: float | None = None
-) -> dict[str, Any]:
-    """A catalog field; ``bound``: the declared range of a numeric one (no query probes it)."""
-    out: dict[str, Any] = {"name": name, "type": kind, "grade": grade, "description": description}
-    if bound is not None:
-        out["bound"] = bound
-    return out
+def _field(name: str, kind: str, grade: int, description: str) -> dict[str, Any]:
+    """A catalog field; a numeric one declares its range (its values are raw magnitudes)."""
+    field = {"name": name, "type": kind, "grade": grade, "description": description}
+    if name in COLUMN_BOUNDS:
+        field["bound"] = COLUMN_BOUNDS[name]
+    return field
 
 
 _USCC_FIELD: Final = _field("uscc", "string", 1, "unified social credit code (GB 32100-2015)")
@@ -186,10 +185,10 @@ def _loan_fields() -> list[dict[str, Any]]:
     """The bank's loan-history fields, shared by its scoring and its training datasets."""
     return [
         _USCC_FIELD,
-        _field("prior_loans", "int", 4, "earlier loans with the bank", 20.0),
-        _field("max_overdue_days", "int", 4, "most days overdue, last 24 months", 360.0),
-        _field("overdue_30", "int", 4, "1: ever 30+ days overdue", 1.0),
-        _field("utilisation", "float", 4, "credit-line utilisation", 1.5),
+        _field("prior_loans", "int", 4, "earlier loans with the bank"),
+        _field("max_overdue_days", "int", 4, "most days overdue, last 24 months"),
+        _field("overdue_30", "int", 4, "1: ever 30+ days overdue"),
+        _field("utilisation", "float", 4, "credit-line utilisation"),
     ]
 
 
@@ -219,12 +218,10 @@ def _datasets() -> dict[str, dict[str, Any]]:
                     _USCC_FIELD,
                     _field("status", "category", 1, "active, revoked or cancelled"),
                     _field("established", "date", 1, "date of establishment"),
-                    _field("age_years", "float", 1, "years since establishment", 40.0),
-                    _field("registered_capital", "float", 1, "registered capital, 10k CNY", 1e5),
-                    _field("paid_in_ratio", "float", 1, "paid-in / registered capital", 1.0),
-                    _field(
-                        "abnormal_operation", "int", 1, "1: on the abnormal-operation list", 1.0
-                    ),
+                    _field("age_years", "float", 1, "years since establishment"),
+                    _field("registered_capital", "float", 1, "registered capital, CNY"),
+                    _field("paid_in_ratio", "float", 1, "paid-in / registered capital"),
+                    _field("abnormal_operation", "int", 1, "1: on the abnormal-operation list"),
                 ],
             },
         },
@@ -249,11 +246,11 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "fields": [
                     _USCC_FIELD,
                     _field("credit_grade", "category", 3, "tax credit grade A, B, M, C or D"),
-                    _field("credit_rank", "int", 3, "the grade as 0 (A) … 4 (D); M = 2", 4.0),
-                    _field("tax_paid", "float", 3, "tax paid, 10k CNY", 1e5),
-                    _field("log_tax_paid", "float", 3, "log10 of tax paid in CNY", 9.0),
-                    _field("tax_growth", "float", 3, "year-on-year growth of tax paid", 3.0),
-                    _field("tax_arrears", "int", 3, "1: tax in arrears", 1.0),
+                    _field("credit_rank", "int", 3, "the grade as 0 (A) … 4 (D); M = 2"),
+                    _field("tax_paid", "float", 3, "tax paid, CNY"),
+                    _field("log_tax_paid", "float", 3, "log10 of tax paid in CNY"),
+                    _field("tax_growth", "float", 3, "year-on-year growth of tax paid"),
+                    _field("tax_arrears", "int", 3, "1: tax in arrears"),
                 ],
             },
         },
@@ -277,12 +274,10 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "description": "one row per employer",
                 "fields": [
                     _USCC_FIELD,
-                    _field("insured_staff", "int", 3, "employees insured", 5000.0),
-                    _field("log_insured_staff", "float", 3, "log10(1 + insured staff)", 4.0),
-                    _field(
-                        "contribution_years", "float", 3, "years of continuous contributions", 15.0
-                    ),
-                    _field("arrears_months", "int", 3, "months of contributions in arrears", 24.0),
+                    _field("insured_staff", "int", 3, "employees insured"),
+                    _field("log_insured_staff", "float", 3, "log10(1 + insured staff)"),
+                    _field("contribution_years", "float", 3, "years of continuous contributions"),
+                    _field("arrears_months", "int", 3, "months of contributions in arrears"),
                 ],
             },
         },
@@ -306,12 +301,10 @@ def _datasets() -> dict[str, dict[str, Any]]:
                 "description": "one row per enterprise",
                 "fields": [
                     _USCC_FIELD,
-                    _field("dishonest_debtor", "int", 1, "1: on the dishonest-debtor list", 1.0),
-                    _field("enforcement_amount", "float", 2, "amount under enforcement, 10k CNY"),
-                    _field(
-                        "log_enforcement", "float", 2, "log10(1 + amount under enforcement)", 16.0
-                    ),
-                    _field("lawsuits", "int", 2, "lawsuits as defendant, last 3 years", 40.0),
+                    _field("dishonest_debtor", "int", 1, "1: on the dishonest-debtor list"),
+                    _field("enforcement_amount", "float", 2, "amount under enforcement, CNY"),
+                    _field("log_enforcement", "float", 2, "log10(1 + amount, 10k CNY)"),
+                    _field("lawsuits", "int", 2, "lawsuits as defendant, last 3 years"),
                 ],
             },
         },
@@ -796,7 +789,6 @@ def _train(
         "label": LABEL,
         "entities": training_ids,
         "idKind": "uscc",
-        "featureBound": 64.0,
         "params": params.to_json(),
     }
     label = (
@@ -1146,7 +1138,7 @@ def _refusals(run: DemoRun, data: DemoData, bound: Model, agreements: Mapping[st
     # The column read: weights of the bank's choice, one weight of 1 on one tax column and the
     # identity link, would return that column for every entity. The tax bureau binds the model.
     column_read = Model.from_json(
-        {"intercept": 0.0, "link": "identity", "weights": {TAX: {"log_tax_paid": 1.0}}}
+        {"intercept": 0.0, "link": "identity", "weights": {TAX: {"credit_rank": 1.0}}}
     )
     cases: list[tuple[str, ScoreQuery, str, str | None, str | None]] = [
         (

@@ -258,8 +258,6 @@ class LocalSpace:
     agreements: dict[str, str] = field(default_factory=dict)
     space: RunningSpace | None = None
     _made_dir: bool = False
-    standardised: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
-    """Training: party → column → (mean, scale) each party applied to its own raw column."""
     _ranges: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -1,8 +1,9 @@
 """Raw magnitudes in joint scores: per-column scaling, the stated precision, honest refusals.
 
 Every protocol and mode is checked against float64 plaintext on columns of any magnitude
-(``±10^-3`` … ``±10^12``), zero and constant columns, weights from ``10^-12`` to ``10^3`` (and
-zero), one to a few dozen entities: each logit is within the protocol's stated precision
+(``±10^-12`` … ``±10^12``), zero and constant columns, weights from ``10^-12`` to ``10^3`` (and
+zero), one to a few dozen entities, a provider that holds none of them (its published defaults
+imputed): each logit is within the protocol's stated precision
 (absolute for ``Σ|w·x| ≤ 100``, relative beyond), or the query is refused with a reason that
 names a column — never a wrong number.
 """
@@ -65,16 +66,18 @@ class Column:
 
 @dataclass(frozen=True)
 class Case:
-    """Provider -> its columns, over ``n`` entities (every provider holds every entity)."""
+    """Provider -> its columns, over ``n`` entities (every provider holds every entity but
+    ``absent``, which holds none: each of its columns is its imputed default, a constant)."""
 
     n: int
     columns: dict[str, list[Column]]
+    absent: str | None = None
 
 
 @st.composite
 def column(draw: st.DrawFn, n: int) -> Column:
     kind = draw(st.sampled_from(["raw", "raw", "raw", "integer", "zero", "constant"]))
-    magnitude = 10.0 ** draw(st.integers(-3, 12))
+    magnitude = 10.0 ** draw(st.integers(-12, 12))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     if kind == "raw":
@@ -100,7 +103,13 @@ def column(draw: st.DrawFn, n: int) -> Column:
 def cases(draw: st.DrawFn) -> Case:
     n = draw(st.sampled_from([1, 1, 2, 3, 9, 40]))
     providers = draw(st.sampled_from([["tax-bureau"], ["tax-bureau", "court"]]))
-    return Case(n, {p: draw(st.lists(column(n), min_size=1, max_size=3)) for p in providers})
+    columns = {p: draw(st.lists(column(n), min_size=1, max_size=3)) for p in providers}
+    absent = "court" if len(providers) == 2 and draw(st.booleans()) else None
+    if absent is not None:  # its default: the column's first value, for every entity
+        columns[absent] = [
+            Column(np.full(n, c.values[0]), c.weight, c.bound) for c in columns[absent]
+        ]
+    return Case(n, columns, absent)
 
 
 def _names(party: str, count: int) -> list[str]:
@@ -123,7 +132,11 @@ def _run(case: Case, protocol: str, mode: str, proto: ScoreProtocol) -> tuple[An
         names = _names(p, len(cols))
         x = np.column_stack([c.values for c in cols])
         bounds = {name: c.bound for name, c in zip(names, cols, strict=True)}
-        ds, ag = provide(space, p, names, keys, x, ds_id=f"ds-{p}", bounds=bounds)
+        held, rows, impute = keys, x, None
+        if p == case.absent:  # one row of someone else; every entity's values imputed
+            held, rows = ["someone-else"], x[:1]
+            impute = {name: float(c.values[0]) for name, c in zip(names, cols, strict=True)}
+        ds, ag = provide(space, p, names, held, rows, ds_id=f"ds-{p}", bounds=bounds, impute=impute)
         assert ag is not None
         w = np.array([c.weight for c in cols])
         store_party_weights(
@@ -143,6 +156,7 @@ def _run(case: Case, protocol: str, mode: str, proto: ScoreProtocol) -> tuple[An
         datasets=datasets,
         entities=tuple(keys),
         ranges=ranges,
+        missing="fail" if case.absent is None else "impute",
     )
     try:
         result: Any = run_score(space.transport(ANALYST), ANALYST, OPERATOR, query, protocol=proto)
@@ -189,6 +203,8 @@ def test_logits_meet_the_stated_precision_or_the_query_names_the_column(
         terms_count = sum(len(c) for c in case.columns.values())
         assert logit_error_bound(protocol, bound, terms_count) > STATED_PRECISION[protocol]
         return
+    if case.absent is not None:
+        assert result.missing == {case.absent: tuple(f"ent-{i:05d}" for i in range(case.n))}
     error = np.abs(result.logits - expected)
     allowed = np.maximum(STATED_PRECISION[protocol], RELATIVE[protocol] * terms)
     assert bool(np.all(error <= allowed)), (error, allowed)

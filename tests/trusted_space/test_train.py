@@ -10,6 +10,7 @@ block reaches another party in the clear, the operator sees shapes only), refusa
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,6 +41,7 @@ from trusted_space.protocols.train import (
     train_plaintext,
     weights_sha256,
 )
+from trusted_space.protocols.train.fold import standardise
 from trusted_space.protocols.train_mpc import encode_ring
 from trusted_space.protocols.train_ops import register_train, register_train_dealer
 from trusted_space.queries.score import Model, ScoreQuery
@@ -167,11 +169,24 @@ class Setup:
         return out
 
 
+# Raw magnitudes: (mean, sd) per column — yuan amounts, a year, a count, a rate, a constant.
+RAW_SCALES: dict[str, list[tuple[float, float]]] = {
+    ANALYST: [(167_484.0, 129_748.0), (35.5, 9.2)],
+    TAX: [(51_223.0, 73_636.0), (2_014.0, 0.0), (0.013, 0.004)],
+    COURT: [(2.0, 1.5), (4.2e5, 2.6e5)],
+}
+
+
 def _setup(
-    *, offers: dict[str, dict[str, Any]] | None = None, n: int = N, seed: int | None = None
+    *,
+    offers: dict[str, dict[str, Any]] | None = None,
+    n: int = N,
+    seed: int | None = None,
+    raw: bool = False,
+    scales: dict[str, list[tuple[float, float]]] | None = None,
 ) -> Setup:
     """A space with the bank and two providers over ``n`` random entities (the session's seed,
-    tests._seeding, unless ``seed`` is given)."""
+    tests._seeding, unless ``seed`` is given); ``raw``: the columns on :data:`RAW_SCALES`."""
     rng = rng_for(f"{__name__}._setup", seed)
     keys = [f"ent-{i:05d}" for i in range(n)]
     x = {
@@ -181,6 +196,10 @@ def _setup(
     }
     z = x[ANALYST] @ [0.6, -0.4] + x[TAX] @ [0.9, 0.3, -0.6] + x[COURT] @ [0.4, 0.2] - 0.7
     y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    if raw:
+        for p, columns in (scales or RAW_SCALES).items():
+            mean, sd = np.array(columns).T
+            x[p] = np.round(x[p] * sd + mean, 3)
     space = build_space((TAX, COURT))
     wire = Wire()
     register_operator(space.operator.node)
@@ -387,6 +406,77 @@ def test_party_held_weights_stay_with_their_party_and_score() -> None:
         [result.model.weights_of(ANALYST), list(stored[COURT].values()), list(stored[TAX].values())]
     )
     assert np.allclose(scored.logits, result.model.intercept + design @ weights, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Raw magnitudes: standardised by each party, folded back
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["analyst-held", "party-held"])
+def test_raw_columns_train_standardised_and_the_model_is_on_the_raw_scale(mode: str) -> None:
+    setup = _setup(n=240, raw=True)
+    query = setup.query(mode=mode, model_id=f"raw-{mode}", entities=setup.keys[:240])
+    design = setup.design()
+
+    result = setup.train(query)
+
+    plain = train_plaintext(design, setup.y, query.params, sigmoid=query.params.sigmoid)
+    model = result.model
+    if mode == "analyst-held":
+        joint = np.array([w for _, cols in model.weights for _, w in cols])
+    else:
+        stores = [setup.space.providers[p].node.store for p in (COURT, TAX)]
+        stored = [
+            list(load_party_weights(store, ANALYST, f"raw-{mode}").weights.values())
+            for store in stores
+        ]
+        joint = np.concatenate([model.weights_of(ANALYST), *stored])
+    # the weights are on the raw scale: times each column's sd they are the standardised ones
+    scale = standardise(design).scale
+    scale = np.where(np.isfinite(scale), scale, 1.0)  # a constant column folds to 0
+    assert np.allclose(joint * scale, plain.weights * scale, atol=2e-3)
+    assert np.allclose(model.intercept + design @ joint, plain.logits(design), atol=1e-2)
+    assert float(np.max(np.abs(design))) > 1e5 and abs(joint[0]) < 1e-4
+    # the bank never received a provider's standardised weights, mean or scale
+    for p, (s, t) in ((COURT, (2, 4)), (TAX, (4, 7))):
+        standard = standardise(setup.x[p])
+        finite = np.where(np.isfinite(standard.scale), standard.scale, 0.0)
+        secrets_of_p = [
+            encode_ring(plain.weights[s:t] * finite),
+            standard.mean.astype("<f8"),
+            standard.scale.astype("<f8"),
+        ]
+        for value in secrets_of_p:
+            for word in np.atleast_1d(value):
+                if 1 < abs(float(word)) < np.inf:  # a 0 or a 1 appears in any message
+                    assert not any(
+                        np.asarray(word).tobytes() in b for b in setup.wire.received_by(ANALYST)
+                    )
+
+
+def test_a_constant_column_is_centred_and_gets_no_weight_beyond_its_intercept() -> None:
+    setup = _setup(n=160, raw=True)
+    query = setup.query(entities=setup.keys[:160])
+
+    model = setup.train(query).model
+
+    # t1 is the constant year column: it standardises to 0 and folds to weight 0
+    assert model.weights_of(TAX)[1] == 0.0
+    assert np.all(np.isfinite(model.weights_of(TAX))) and math.isfinite(model.intercept)
+
+
+def test_a_column_barely_varying_around_a_large_value_is_refused_naming_it() -> None:
+    # 1e12 yuan give or take 1e3: its mean lies 1e9 standard deviations from zero, beyond what
+    # the provider's correction of the intercept can hold in the ring
+    scales = {**RAW_SCALES, TAX: [(1e12, 1e3), (2_014.0, 0.0), (0.013, 0.004)]}
+    setup = _setup(n=64, raw=True, scales=scales)
+
+    with pytest.raises(RemoteError) as refused:
+        setup.train(setup.query(entities=setup.keys[:64]))
+
+    assert "column 't0' varies too little around its mean" in str(refused.value)
+    assert "1e+12" not in str(refused.value) and "1000000000000" not in str(refused.value)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from trusted_space.protocols.train.wire import (
     DealMaterial,
     DealSeed,
     EpochStarted,
+    Folded,
     MaterialDealt,
     ModelRecorded,
     Revealed,
@@ -22,6 +23,8 @@ from trusted_space.protocols.train.wire import (
     TrainEpoch,
     TrainFetch,
     TrainFinish,
+    TrainFold,
+    TrainOffset,
     TrainOpen,
     TrainOpened,
     TrainReceived,
@@ -82,6 +85,7 @@ MESSAGES = [
     StepDone("urn:uuid:q-1", True),
     Revealed("urn:uuid:q-1", 3),
     TrainWeights("urn:uuid:q-1", "bank"),
+    TrainOffset("urn:uuid:q-1", "bank"),
 ]
 
 
@@ -229,6 +233,13 @@ def test_the_step_messages_read_back_with_their_context() -> None:
     assert TrainFinish.from_header(wire(finish), "analyst-held") == finish
     assert TrainFinish.from_header(wire(TrainFinish("q")), "party-held") == TrainFinish("q")
     assert "modelSha256" not in TrainFinish("q").to_header()
+    fold = TrainFold("q", {"kty": "DAJ", "n": "AQAB"}, {"type": "paillier.ciphertexts"})
+    assert TrainFold.from_header(wire(fold), "analyst-held") == fold
+    assert TrainFold.from_header(wire(TrainFold("q")), "party-held") == TrainFold("q")
+    assert list(fold.to_header()) == ["query", "key", "masks"]
+    folded = Folded("q", {"type": "paillier.ciphertexts"})
+    assert Folded.from_header(wire(folded), "analyst-held") == folded
+    assert Folded.from_header(wire(Folded("q")), "party-held") == Folded("q")
     recorded = ModelRecorded("q", "ab" * 32, 7, "weights")
     assert ModelRecorded.from_header(wire(recorded), "tax-bureau") == recorded
     assert list(recorded.to_header()) == ["query", "sha256", "ledgerIndex", "of"]
@@ -264,6 +275,22 @@ def test_the_step_messages_read_back_with_their_context() -> None:
             "header.modelSha256: expected a non-empty string",
         ),
         (lambda h: StepDone.from_header(h), {"query": "q", "done": 1}, "header.done"),
+        (
+            lambda h: TrainFold.from_header(h, "analyst-held"),
+            {"query": "q", "key": {"kty": "DAJ"}},
+            "header.masks: expected an object",
+        ),
+        (
+            lambda h: TrainFold.from_header(h, "analyst-held"),
+            {"query": "q", "key": "n", "masks": {}},
+            "header.key: expected an object",
+        ),
+        (
+            lambda h: Folded.from_header(h, "analyst-held"),
+            {"query": "q", "folded": []},
+            "header.folded: expected an object",
+        ),
+        (lambda h: TrainOffset.from_header(h), {"query": "q"}, "header.analyst"),
         (
             lambda h: ModelRecorded.from_header(h, "court"),
             {"query": "q", "sha256": "ab", "ledgerIndex": True, "of": "model"},

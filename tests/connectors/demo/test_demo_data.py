@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 from connectors.demo.data import (
     BANK,
     BANK_OUTCOMES,
+    COLUMN_BOUNDS,
+    COURT,
     LABEL,
     MODEL_COLUMNS,
     PARTIES,
+    TAX,
     DemoData,
     generate,
     write_tables,
@@ -53,11 +56,15 @@ def test_ids_are_unique_valid_usccs_and_the_splits_do_not_overlap(data: DemoData
     assert (data.tables["market-registration"]["status"][data.applicants] == "active").all()
 
 
-def test_model_columns_stay_within_the_default_feature_bound(data: DemoData) -> None:
+def test_model_columns_are_raw_and_within_their_declared_ranges(data: DemoData) -> None:
     for party in PARTIES:
         x = data.matrix(party)
+        bounds = np.array([COLUMN_BOUNDS[c] for c in MODEL_COLUMNS[party]])
         assert np.isfinite(x).all()
-        assert np.abs(x).max() <= 64
+        assert np.all(np.abs(x) <= bounds)
+    for party, column in ((TAX, "tax_paid"), (COURT, "enforcement_amount")):
+        yuan = data.tables[party][column]
+        assert float(np.max(yuan)) > 1e6  # yuan amounts, not standardised or logged
 
 
 def test_government_data_genuinely_improve_prediction() -> None:

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from crypto import paillier
 from trusted_space.compute import DataAccess
 from trusted_space.errors import (
     ConflictError,
@@ -23,7 +24,7 @@ from trusted_space.errors import (
     VerificationError,
 )
 from trusted_space.events import record_event
-from trusted_space.protocols._common import encode_ids
+from trusted_space.protocols._common import crypto_errors, encode_ids
 from trusted_space.protocols._parts import fetch_rest, send_in_parts
 from trusted_space.protocols.align import align
 from trusted_space.protocols.score import check_use_receipt
@@ -33,9 +34,18 @@ from trusted_space.protocols.train.common import (
     model_sha256,
     weight_block,
 )
+from trusted_space.protocols.train.fold import (
+    Standardised,
+    check_standardised,
+    fold,
+    masked_request,
+    masked_result,
+    standardise,
+)
 from trusted_space.protocols.train.reference import (
     FloatArray,
     Progress,
+    Ring,
     epoch_order,
     should_stop,
     split_rows,
@@ -43,11 +53,14 @@ from trusted_space.protocols.train.reference import (
 from trusted_space.protocols.train.wire import (
     DealSeed,
     EpochStarted,
+    Folded,
     ModelRecorded,
+    Revealed,
     SeedDealt,
     StepDone,
     TrainEpoch,
     TrainFinish,
+    TrainFold,
     TrainOpen,
     TrainRef,
     TrainReveal,
@@ -76,7 +89,7 @@ _MAX_LOSS: Final = 1e6
 
 def _bank_data(
     query: TrainQuery, data: DataAccess, cohort: Sequence[str]
-) -> tuple[FloatArray, FloatArray]:
+) -> tuple[Standardised, FloatArray]:
     columns = [*query.features[query.bank], query.label]
     found, values = data.lookup(query.datasets[query.bank], cohort, columns)
     bad = np.flatnonzero(~found | np.isnan(values).any(axis=1))
@@ -88,9 +101,9 @@ def _bank_data(
     x, y = values[:, :-1], values[:, -1]
     if not np.all((y == 0) | (y == 1)):
         raise ValidationError(f"the label column {query.label!r} must hold 0 or 1")
-    if x.size and float(np.max(np.abs(x))) > query.feature_bound:
-        raise ValidationError(f"the bank's features exceed the featureBound {query.feature_bound}")
-    return x, y
+    standard = standardise(x)
+    check_standardised(standard, query.features[query.bank], query.feature_bound)
+    return standard, y
 
 
 def _call_steps(transport: Transport, peer: str, query: str, epoch: int, exchange: Exchange) -> Any:
@@ -174,7 +187,7 @@ def run_train(
             raise ValidationError(f"the aligned cohort has {len(cohort)} entities: too few")
         timings["align"] = time.perf_counter() - started
         mark = time.perf_counter()
-        x_bank, y = _bank_data(query, analyst_data, cohort)
+        own, y = _bank_data(query, analyst_data, cohort)
         n = len(cohort)
         d = query.columns
         offsets = query.offsets()
@@ -182,7 +195,7 @@ def run_train(
         x0 = np.zeros((n, d), dtype=np.uint64)
         x0[:, 0] = encode_ring(np.ones(n), FRAC_BITS)
         start, stop = offsets[analyst_id]
-        x0[:, start:stop] = encode_ring(x_bank, FRAC_BITS)
+        x0[:, start:stop] = encode_ring(own.z, FRAC_BITS)
         deal = DealSeed(
             session=query.id,
             analyst=analyst_id,
@@ -302,7 +315,7 @@ def run_train(
         mark = time.perf_counter()
         report("releasing the model", 0.97)
         model, records = _release(
-            transport, analyst_id, query, bank.history[best], best, offsets, compute
+            transport, analyst_id, query, bank.history[best], best, offsets, own
         )
         timings["finish"] = time.perf_counter() - mark
     except BaseException:
@@ -353,46 +366,79 @@ def _release(
     transport: Transport,
     analyst_id: str,
     query: TrainQuery,
-    share: np.ndarray[Any, np.dtype[np.uint64]],
+    share: Ring,
     epoch: int,
     offsets: Mapping[str, tuple[int, int]],
-    compute: str,
+    own: Standardised,
 ) -> tuple[Model, dict[str, dict[str, Any]]]:
-    """Reveal the weights the mode releases, build the model file, have providers record it."""
-    records: dict[str, dict[str, Any]] = {}
-    if query.mode == "analyst-held":
-        reply = transport.call(compute, "train.reveal", TrainReveal(query.id, epoch).to_header())
-        (theirs,) = unpack_messages(reply.payload, max_messages=1)
-        if theirs.shape != share.shape:
-            raise ValidationError(f"{compute} revealed a share of the wrong size")
-        w = check_weights(decode_ring(share + theirs))
-        weights = tuple(
-            (p, tuple(zip(cols, (float(v) for v in w[offsets[p][0] : offsets[p][1]]), strict=True)))
-            for p, cols in query.layout
-        )
-        model = Model(float(w[0]), Link("logistic"), weights, id=query.model_id)
-        digest = model_sha256(model)
-        for p in query.providers:
-            finish = TrainFinish(query.id, digest).to_header()
-            reply = transport.call(p, "train.finish", finish)
-            records[p] = _record_of(p, reply, digest)
-        return model, records
-    mine = pack_messages([weight_block(share, offsets[compute])])
+    """Open the weights the mode releases on the raw scale; the providers record the model.
+
+    The fold: :mod:`trusted_space.protocols.train.fold`.
+    """
+    compute = str(query.compute_party)
     reveal = TrainReveal(query.id, epoch).to_header()
-    reply = transport.call(compute, "train.reveal", reveal, mine)
+    reply = transport.call(compute, "train.reveal", reveal)
+    Revealed.from_header(reply.header)
     (theirs,) = unpack_messages(reply.payload, max_messages=1)
-    bank = offsets[analyst_id]
-    own = np.concatenate([share[:1], weight_block(share, bank)])
-    if theirs.shape != own.shape:
+    bank = weight_block(share, offsets[analyst_id])
+    if theirs.shape != bank.shape:
         raise ValidationError(f"{compute} revealed a share of the wrong size")
-    w = check_weights(decode_ring(own + theirs))
-    cols = query.features[analyst_id]
-    weights = ((analyst_id, tuple(zip(cols, (float(v) for v in w[1:]), strict=True))),)
-    model = Model(float(w[0]), Link("logistic"), weights if cols else (), id=query.model_id)
-    for p in [compute, *query.others]:
-        payload = b"" if p == compute else pack_messages([weight_block(share, offsets[p])])
-        reply = transport.call(p, "train.finish", TrainFinish(query.id).to_header(), payload)
-        records[p] = _record_of(p, reply, None)
+    bank_weights, correction = fold(check_weights(decode_ring(bank + theirs)), own.mean, own.scale)
+    intercept = share[:1].copy()
+    folded: dict[str, FloatArray] = {analyst_id: bank_weights}
+    held = query.mode == "analyst-held"
+    engine = None
+    if held:
+        public, private = paillier.generate_keypair()
+        engine = paillier.PaillierEngine(public, private, workers=0)
+    try:
+        for p in query.providers:
+            block = weight_block(share, offsets[p])
+            if engine is None:
+                message = TrainFold(query.id)
+                payload = pack_messages([block])
+            else:
+                request = masked_request(block, engine)
+                message = TrainFold(
+                    query.id, engine.public_key.to_jwk(), request.encrypted.to_json()
+                )
+                payload = pack_messages([request.masked])
+            reply = transport.call(p, "train.fold", message.to_header(), payload)
+            answer = Folded.from_header(reply.header, query.mode)
+            if engine is None or answer.folded is None:
+                (mine,) = unpack_messages(reply.payload, max_messages=1)
+                if mine.shape != (1,):
+                    raise ValidationError(f"{p} sent no share of its correction")
+                offset = mine[0]
+            else:
+                with crypto_errors(f"{p}'s folded weights"):
+                    ciphertexts = paillier.CiphertextVector.load(
+                        answer.folded, engine.public_key, exponent=0
+                    )
+                    folded[p], offset = masked_result(ciphertexts, len(block), engine)
+            intercept = (intercept + np.uint64(offset)).astype(np.uint64)
+    finally:
+        if engine is not None:
+            engine.close()
+    reply = transport.call(compute, "train.intercept", TrainRef(query.id).to_header())
+    (theirs,) = unpack_messages(reply.payload, max_messages=1)
+    if theirs.shape != (1,):
+        raise ValidationError(f"{compute} sent no share of the intercept")
+    b = float(decode_ring(intercept + theirs)[0]) - correction
+    if not math.isfinite(b):
+        raise ConflictError("the trained intercept is out of range: nothing was released: rerun")
+    records: dict[str, dict[str, Any]] = {}
+    parties = query.layout if held else [(analyst_id, query.features[analyst_id])]
+    weights = tuple(
+        (p, tuple(zip(cols, (float(v) for v in folded[p]), strict=True)))
+        for p, cols in parties
+        if cols
+    )
+    model = Model(b, Link("logistic"), weights, id=query.model_id)
+    digest = model_sha256(model) if held else None
+    for p in query.providers:
+        reply = transport.call(p, "train.finish", TrainFinish(query.id, digest).to_header())
+        records[p] = _record_of(p, reply, digest)
     return model, records
 
 

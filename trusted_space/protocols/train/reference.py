@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trusted_space.errors import ValidationError
+from trusted_space.protocols.train.fold import fold, standardise
 from trusted_space.queries.score import logistic
 from trusted_space.queries.train import TrainParams
 
@@ -125,6 +126,10 @@ def train_plaintext(
 ) -> PlainTraining:
     """Logistic regression in float64 with the joint protocol's schedule (the reference).
 
+    As in the protocol, each column is standardised over the ``n`` rows
+    (:func:`~trusted_space.protocols.train.fold.standardise`), the SGD runs on those, and the
+    returned model is folded back to the raw scale.
+
     Args:
         x: features ``(n, k)`` in the joint layout's column order (no intercept column).
         y: labels 0/1.
@@ -148,7 +153,8 @@ def train_plaintext(
     if keep_epoch is not None and not 1 <= keep_epoch <= params.epochs:
         raise ValidationError(f"keep_epoch must be in 1..{params.epochs}, not {keep_epoch}")
     last_epoch = params.epochs if keep_epoch is None else keep_epoch
-    design = np.hstack([np.ones((n, 1)), features])
+    standard = standardise(features)
+    design = np.hstack([np.ones((n, 1)), standard.z])
     train_rows, valid_rows = split_rows(n, params.validation, params.seed)
     w = np.zeros(design.shape[1])
     decay = np.full(design.shape[1], params.l2)
@@ -175,9 +181,10 @@ def train_plaintext(
     else:
         best = int(np.argmin(losses)) if losses else len(history) - 1
     chosen = history[best]
+    weights, correction = fold(chosen[1:], standard.mean, standard.scale)
     return PlainTraining(
-        intercept=float(chosen[0]),
-        weights=chosen[1:].copy(),
+        intercept=float(chosen[0]) - correction,
+        weights=weights,
         losses=tuple(losses),
         epochs_run=len(history),
         best_epoch=best + 1,

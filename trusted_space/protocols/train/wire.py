@@ -14,9 +14,10 @@ Requests (a compute party → the operator): :class:`DealSeed` (``op: seed``, wi
 The bank's :class:`TrainOpen` to each provider, with the replies :class:`TrainReceived` (a part
 that was not the last) and :class:`TrainOpened`; then :class:`TrainEpoch` (:class:`EpochStarted`),
 :class:`TrainFetch`, :class:`TrainStep` (:class:`StepDone`), :class:`TrainReveal`
-(:class:`Revealed`), :class:`TrainFinish` (:class:`ModelRecorded`) and :class:`TrainRef`
-(``train.abort`` and its reply); between parties :class:`TrainShare` (:class:`ShareReceived`)
-and :class:`TrainWeights` (replied with a :class:`TrainRef`).
+(:class:`Revealed`), :class:`TrainFold` (:class:`Folded`), :class:`TrainFinish`
+(:class:`ModelRecorded`) and :class:`TrainRef` (``train.intercept``, ``train.abort`` and their
+replies); between parties :class:`TrainShare` (:class:`ShareReceived`), :class:`TrainWeights`
+and :class:`TrainOffset` (replied with a :class:`TrainRef`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ __all__ = [
     "StepDone",
     "TrainEpoch",
     "TrainFetch",
+    "Folded",
     "TrainFinish",
+    "TrainFold",
+    "TrainOffset",
     "TrainOpen",
     "TrainOpened",
     "TrainReceived",
@@ -569,7 +573,7 @@ class Revealed:
 
 @dataclass(frozen=True)
 class TrainWeights:
-    """``train.weights`` (the compute party → a sharing provider, party-held).
+    """``train.weights`` (the compute party → a sharing provider, at the release).
 
     For ``analyst``'s training; the payload is the compute party's share of its weights.
     """
@@ -584,6 +588,75 @@ class TrainWeights:
     def from_header(cls, header: Mapping[str, Any]) -> Self:
         analyst = check_participant_id(header.get("analyst"), "header.analyst")
         return cls(header_str(header, "query"), analyst)
+
+
+def _held_header(query: str, objects: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+    """``{"query": ...}`` plus the JSON objects that are set (analyst-held only)."""
+    header: dict[str, Any] = {"query": query}
+    header.update({name: dict(value) for name, value in objects.items() if value is not None})
+    return header
+
+
+def _held_objects(header: Mapping[str, Any], mode: str, *names: str) -> list[Any]:
+    """The JSON objects ``names`` of an analyst-held message (``None`` in party-held mode)."""
+    if mode != "analyst-held":
+        return [None] * len(names)
+    values = [header.get(name) for name in names]
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(value, dict):
+            raise ValidationError(f"header.{name}: expected an object")
+    return values
+
+
+@dataclass(frozen=True)
+class TrainFold:
+    """``train.fold`` (the bank → each provider): fold its weights back to the raw scale.
+
+    Sent to every provider, the compute party included (:mod:`trusted_space.protocols.train.fold`).
+    The payload is the bank's share of the provider's weights (party-held) or that share masked
+    (analyst-held); analyst-held, ``key`` is the bank's Paillier public key (JWK) and ``masks``
+    the encrypted masks (a ``paillier.ciphertexts`` document).
+    """
+
+    query: str
+    key: Mapping[str, Any] | None = None
+    masks: Mapping[str, Any] | None = None
+
+    def to_header(self) -> dict[str, Any]:
+        return _held_header(self.query, {"key": self.key, "masks": self.masks})
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], mode: str) -> Self:
+        """The message, for a training in ``mode`` (only analyst-held carries key and masks)."""
+        return cls(header_str(header, "query"), *_held_objects(header, mode, "key", "masks"))
+
+
+@dataclass(frozen=True)
+class Folded:
+    """The ``train.fold`` reply.
+
+    Analyst-held, ``folded`` (the folded weights and the masked correction, encrypted under the
+    bank's key); party-held, the payload is the bank's share of the provider's correction.
+    """
+
+    query: str
+    folded: Mapping[str, Any] | None = None
+
+    def to_header(self) -> dict[str, Any]:
+        return _held_header(self.query, {"folded": self.folded})
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], mode: str) -> Self:
+        return cls(header_str(header, "query"), *_held_objects(header, mode, "folded"))
+
+
+@dataclass(frozen=True)
+class TrainOffset(TrainWeights):
+    """``train.offset`` (a provider → the compute party): a share of its correction.
+
+    The compute party adds it (the payload) to its share of the intercept. For ``analyst``'s
+    training; the same fields as :class:`TrainWeights`.
+    """
 
 
 @dataclass(frozen=True)

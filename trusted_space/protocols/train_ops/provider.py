@@ -14,6 +14,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from crypto import paillier
 from trusted_space.compute import CallContext, ComputeNode
 from trusted_space.enforcement import UseRequest, authorize_use
 from trusted_space.errors import (
@@ -24,16 +25,24 @@ from trusted_space.errors import (
     ValidationError,
 )
 from trusted_space.events import record_event
-from trusted_space.protocols._common import decode_ids
+from trusted_space.protocols._common import crypto_errors, decode_ids
 from trusted_space.protocols._parts import receive_part, reply_part
 from trusted_space.protocols.align import sender_roles
 from trusted_space.protocols.score import store_party_weights, weight_stats
 from trusted_space.protocols.train import check_weights, dealer_spec, weights_sha256
 from trusted_space.protocols.train.common import weight_block
+from trusted_space.protocols.train.fold import (
+    check_standardised,
+    fold,
+    masked_fold,
+    split_offset,
+    standardise,
+)
 from trusted_space.protocols.train.wire import (
     DealMaterial,
     DealSeed,
     EpochStarted,
+    Folded,
     MaterialDealt,
     ModelRecorded,
     Revealed,
@@ -43,6 +52,8 @@ from trusted_space.protocols.train.wire import (
     TrainEpoch,
     TrainFetch,
     TrainFinish,
+    TrainFold,
+    TrainOffset,
     TrainOpen,
     TrainOpened,
     TrainReceived,
@@ -80,6 +91,9 @@ TRAIN_OPERATIONS: Final = (
     "train.step",
     "train.reveal",
     "train.weights",
+    "train.fold",
+    "train.offset",
+    "train.intercept",
     "train.finish",
     "train.abort",
 )
@@ -194,7 +208,10 @@ def _missing_refusal(
 
 
 def _read_features(node: ComputeNode, state: dict[str, Any], grant: Any) -> FloatArray:
-    """The provider's columns for the cohort (after the use was allowed), missing rule applied."""
+    """The provider's columns for the cohort (after the use was allowed), standardised.
+
+    The missing rule applied; the mean and scale stay in the session, for the fold at the release.
+    """
     spec = state["spec"]
     ids: list[str] = state["ids"]
     if node.data is None:
@@ -224,13 +241,10 @@ def _read_features(node: ComputeNode, state: dict[str, Any], grant: Any) -> Floa
             )
         fill = np.array([0.0 if v is None else v for v in defaults])
         x[holes] = np.broadcast_to(fill, x.shape)[holes]
-    bound = spec["featureBound"]
-    if x.size and float(np.max(np.abs(x))) > bound:
-        worst = spec["columns"][int(np.argmax(np.max(np.abs(x), axis=0)))]
-        raise ValidationError(
-            f"column {worst!r} has values beyond the query's featureBound {bound}"
-        )
-    return x
+    standard = standardise(x)
+    state.update({"mean": standard.mean, "scale": standard.scale})
+    check_standardised(standard, spec["columns"], spec["featureBound"])
+    return standard.z
 
 
 def _train_epoch(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
@@ -470,12 +484,17 @@ def _train_step(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
 
 
 def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    """At the compute party: its share of the released weights (and, party-held, its own)."""
+    """At the compute party: its shares of the weights go to their parties.
+
+    Each other provider gets its block, the bank its own; the intercept waits for every fold.
+    """
     node = ctx.node
     state = _state(ctx, TrainRef.from_header(header).query)
     spec = state["spec"]
     if spec["compute"] != node.participant_id:
         raise ConflictError("this node is not the training's compute party")
+    if payload:
+        raise ValidationError("train.reveal takes no payload")
     with state["lock"]:
         if state.get("revealed"):
             raise ConflictError("the weights were already revealed")
@@ -485,18 +504,15 @@ def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
         epoch = TrainReveal.from_header(header, state["epoch"]).epoch
         party: Party = state["party"]
         share = party.history[epoch]
-        state["revealed"] = True
-    offsets = _offsets(spec["layout"])
-    if spec["mode"] == "analyst-held":
-        if payload:
-            raise ValidationError("analyst-held: train.reveal takes no payload")
-        return Reply(Revealed(spec["query"], epoch).to_header(), pack_messages([share]))
-    own = offsets[node.participant_id]
-    (theirs,) = unpack_messages(payload, max_messages=1)
-    if theirs.shape != (own[1] - own[0],):
-        raise ValidationError("payload: the bank's share of this provider's weights")
-    values = check_weights(decode_ring(theirs + weight_block(share, own)))
-    state["weights"] = dict(zip(spec["columns"], (float(v) for v in values), strict=True))
+        offsets = _offsets(spec["layout"])
+        state.update(
+            {
+                "revealed": True,
+                "shareC": weight_block(share, offsets[node.participant_id]),
+                "intercept": share[:1].copy(),
+                "offsetFrom": set(),
+            }
+        )
     if node.transport is None:
         raise ValidationError(f"{node.participant_id} has no transport")
     for p, _ in spec["layout"][2:]:
@@ -507,16 +523,17 @@ def _train_reveal(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
             pack_messages([weight_block(share, offsets[p])]),
         )
     bank = offsets[spec["layout"][0][0]]
-    mine = np.concatenate([share[:1], weight_block(share, bank)])
-    return Reply(Revealed(spec["query"], epoch).to_header(), pack_messages([mine]))
+    return Reply(
+        Revealed(spec["query"], epoch).to_header(), pack_messages([weight_block(share, bank)])
+    )
 
 
 def _train_weights(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
-    """At a sharing provider (party-held): the compute party's share of its weights."""
+    """At a sharing provider: the compute party's share of its weights."""
     message = TrainWeights.from_header(header)
     state = _state(ctx, message.query, message.analyst)
     spec = state["spec"]
-    if ctx.sender != spec["compute"] or spec["mode"] != "party-held":
+    if ctx.sender != spec["compute"]:
         raise ConflictError(f"{ctx.sender} sends no weights in this training")
     if "shareC" in state:
         raise ConflictError("the compute party's share already arrived")
@@ -527,12 +544,105 @@ def _train_weights(ctx: CallContext, header: dict[str, Any], payload: bytes) -> 
     return Reply(TrainRef(spec["query"]).to_header())
 
 
+def _train_fold(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """At every provider: fold its weights back to its raw scale.
+
+    Its correction goes into the intercept's shares (:mod:`trusted_space.protocols.train.fold`).
+    """
+    node = ctx.node
+    state = _state(ctx, TrainRef.from_header(header).query)
+    spec = state["spec"]
+    message = TrainFold.from_header(header, spec["mode"])
+    k = len(spec["columns"])
+    with state["lock"]:
+        share_c = state.get("shareC")
+        if share_c is None or "mean" not in state:
+            raise ConflictError("the compute party's share has not arrived")
+        if state.get("folded"):
+            raise ConflictError("this provider's weights were already folded")
+        (share_b,) = unpack_messages(payload, max_messages=1)
+        if share_b.shape != (k,):
+            raise ValidationError("payload: the bank's share of this provider's weights")
+        state["folded"] = True
+    mean, scale = state["mean"], state["scale"]
+    if message.key is None or message.masks is None:
+        standard = check_weights(decode_ring(share_b + share_c))
+        weights, correction = fold(standard, mean, scale)
+        state["weights"] = dict(zip(spec["columns"], (float(v) for v in weights), strict=True))
+        offset, mine = split_offset(correction)
+        reply = Reply(Folded(spec["query"]).to_header(), pack_messages([np.array([mine])]))
+    else:
+        with crypto_errors("header.key"):
+            key = paillier.PaillierPublicKey.from_jwk(message.key)
+        with crypto_errors("header.masks"):
+            masks = paillier.CiphertextVector.load(message.masks, key, exponent=0)
+        with paillier.PaillierEngine(key, workers=0) as engine:
+            folded, offset = masked_fold(share_b, share_c, masks, mean, scale, engine)
+        reply = Reply(Folded(spec["query"], folded.to_json()).to_header())
+    if spec["compute"] == node.participant_id:
+        _add_offset(state, node.participant_id, offset)
+    else:
+        if node.transport is None:
+            raise ValidationError(f"{node.participant_id} has no transport")
+        node.transport.call(
+            spec["compute"],
+            "train.offset",
+            TrainOffset(spec["query"], ctx.sender).to_header(),
+            pack_messages([np.array([offset])]),
+        )
+    return reply
+
+
+def _add_offset(state: dict[str, Any], provider: str, offset: np.uint64) -> None:
+    with state["lock"]:
+        if "offsetFrom" not in state:
+            raise ConflictError("the weights were not revealed yet")
+        if provider in state["offsetFrom"]:
+            raise ConflictError(f"{provider} already sent its share of the intercept")
+        state["offsetFrom"].add(provider)
+        state["intercept"] = (state["intercept"] + np.uint64(offset)).astype(np.uint64)
+
+
+def _train_offset(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """At the compute party: a sharing provider's share of its correction."""
+    message = TrainOffset.from_header(header)
+    state = _state(ctx, message.query, message.analyst)
+    spec = state["spec"]
+    if spec["compute"] != ctx.node.participant_id:
+        raise ConflictError("this node is not the training's compute party")
+    if ctx.sender not in {p for p, _ in spec["layout"][2:]}:
+        raise ConflictError(f"{ctx.sender} is not a sharing provider of this training")
+    (offset,) = unpack_messages(payload, max_messages=1)
+    if offset.shape != (1,):
+        raise ValidationError("payload: one ring element")
+    _add_offset(state, ctx.sender, offset[0])
+    return Reply(TrainRef(spec["query"]).to_header())
+
+
+def _train_intercept(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
+    """At the compute party: its share of the intercept, once every provider folded."""
+    state = _state(ctx, TrainRef.from_header(header).query)
+    spec = state["spec"]
+    if spec["compute"] != ctx.node.participant_id:
+        raise ConflictError("this node is not the training's compute party")
+    if payload:
+        raise ValidationError("train.intercept takes no payload")
+    providers = {p for p, _ in spec["layout"][1:]}
+    with state["lock"]:
+        if state.get("offsetFrom") != providers:
+            raise ConflictError("not every provider has folded its weights yet")
+        if state.get("interceptSent"):
+            raise ConflictError("the intercept share was already sent")
+        state["interceptSent"] = True
+        intercept = state["intercept"]
+    return Reply(TrainRef(spec["query"]).to_header(), pack_messages([intercept]))
+
+
 def _train_finish(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """At every provider: record the trained model by hash (party-held: store its weights)."""
     node = ctx.node
     state = _state(ctx, TrainRef.from_header(header).query)
     spec = state["spec"]
-    compute = spec["compute"] == node.participant_id
     if state["epoch"] < 1:
         raise ConflictError("no epoch ran")
     if spec["mode"] == "analyst-held":
@@ -541,21 +651,11 @@ def _train_finish(ctx: CallContext, header: dict[str, Any], payload: bytes) -> R
         digest = TrainFinish.from_header(header, spec["mode"]).model_sha256 or ""
         of = "model"
     else:
-        if compute:
-            weights = state.get("weights")
-            if not isinstance(weights, dict):
-                raise ConflictError("the weights were not revealed yet")
-            if payload:
-                raise ValidationError("train.finish takes no payload at the compute party")
-        else:
-            share_c = state.get("shareC")
-            if share_c is None:
-                raise ConflictError("the compute party's share has not arrived")
-            (share_b,) = unpack_messages(payload, max_messages=1)
-            if share_b.shape != share_c.shape:
-                raise ValidationError("payload: the bank's share of this provider's weights")
-            values = check_weights(decode_ring(share_b + share_c))
-            weights = dict(zip(spec["columns"], (float(v) for v in values), strict=True))
+        weights = state.get("weights")
+        if not isinstance(weights, dict):
+            raise ConflictError("the weights were not folded yet")
+        if payload:
+            raise ValidationError("train.finish takes no payload")
         stats = (
             weight_stats(weights, (x for _, x in node.data.scan(spec["dataset"], list(weights))))
             if node.data is not None
@@ -603,5 +703,8 @@ def register_train(node: ComputeNode) -> None:
     node.register("train.step", _train_step)
     node.register("train.reveal", _train_reveal)
     node.register("train.weights", _train_weights)
+    node.register("train.fold", _train_fold)
+    node.register("train.offset", _train_offset)
+    node.register("train.intercept", _train_intercept)
     node.register("train.finish", _train_finish)
     node.register("train.abort", _train_abort)
