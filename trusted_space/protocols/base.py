@@ -120,9 +120,11 @@ class AnalystSide(ABC):
         weights: FloatArray | None,
         block: int,
         count: int,
+        skip: tuple[str, ...] = (),
     ) -> None:
         """One interactive round with ``provider`` for ``block`` (``interactive`` protocols).
 
+        ``skip``: a served run's requests whose rows the provider zeroes (``ScoreBlock.skip``).
         May be called from several threads at once (one per provider).
         """
         raise NotImplementedError

@@ -136,6 +136,7 @@ class AdditiveAnalyst(AnalystSide):
         weights: FloatArray | None,
         block: int,
         count: int,
+        skip: tuple[str, ...] = (),
     ) -> None:
         if weights is None:  # pragma: no cover - analyst-held always has weights
             raise ValidationError("analyst-held additive needs weights")
@@ -158,7 +159,10 @@ class AdditiveAnalyst(AnalystSide):
         from trusted_space.protocols.score.wire import ScoreBlock
 
         answer = transport.call(
-            provider, "score.beaver", ScoreBlock(self.query.id, block).to_header(), mine.to_bytes()
+            provider,
+            "score.beaver",
+            ScoreBlock(self.query.id, block, skip).to_header(),
+            mine.to_bytes(),
         )
         with crypto_errors(f"{provider}'s beaver message"):
             theirs = sharing.BeaverMessage.from_bytes(answer.payload)

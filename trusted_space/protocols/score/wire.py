@@ -32,6 +32,7 @@ from trusted_space.queries.common import ID_KINDS, MISSING_RULES, MODES
 __all__ = [
     "ENTITY_CHUNK",
     "MAX_ENTITIES",
+    "MAX_REQUESTS",
     "BlockDone",
     "EntitiesReceived",
     "ScoreBlock",
@@ -45,7 +46,36 @@ __all__ = [
 ENTITY_CHUNK: Final = 1 << 18
 """Entity ids per ``score.entities`` call (at most 129 bytes each: 34 MB, under the limit)."""
 MAX_ENTITIES: Final = 10_000_000
-_RAN_KEYS: Final = frozenset({"query", "receipt", "rows", "missing"})
+MAX_REQUESTS: Final = 1024
+"""Requests one served run may carry (:attr:`ScoreOpen.requests`)."""
+_RAN_KEYS: Final = frozenset({"query", "receipt", "rows", "missing", "uses", "refused"})
+
+
+def _requests(header: Mapping[str, Any], entities: int) -> tuple[tuple[str, int], ...] | None:
+    """``header.requests``: ``[{"id", "count"}, ...]`` covering the entities in order."""
+    if "requests" not in header:
+        return None
+    value = header["requests"]
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_REQUESTS:
+        raise ValidationError(f"header.requests: expected a list of 1 to {MAX_REQUESTS} requests")
+    out = tuple(
+        (header_str(r, "id"), header_int(r, "count", 1, MAX_ENTITIES))
+        if isinstance(r, dict)
+        else ("", 0)
+        for r in value
+    )
+    if any(not i for i, _ in out) or len({i for i, _ in out}) != len(out):
+        raise ValidationError("header.requests: expected objects with distinct ids")
+    if sum(c for _, c in out) != entities:
+        raise ValidationError("header.requests: the counts do not add up to header.entities")
+    return out
+
+
+def _documents(header: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    value = header.get(name, {})
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValidationError(f"header.{name}: expected an object of objects")
+    return {str(k): dict(v) for k, v in value.items()}
 
 
 def _choice(header: Mapping[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -94,6 +124,10 @@ class ScoreOpen:
     model: str | None = None
     scales: tuple[int, ...] | None = None
     """Analyst-held: the power-of-two exponent of each column's declared range (column order)."""
+    requests: tuple[tuple[str, int], ...] | None = None
+    """A served run (:mod:`trusted_space.protocols.score.serving`): the requests it carries, as
+    ``(request id, entity count)`` in entity order; each is authorised and recorded as a use
+    of its own (its own ``query.use`` and receipt), and a refused one is left out."""
 
     def to_header(self) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -119,6 +153,8 @@ class ScoreOpen:
             header["model"] = self.model
         if self.scales is not None:
             header["scales"] = list(self.scales)
+        if self.requests is not None:
+            header["requests"] = [{"id": i, "count": c} for i, c in self.requests]
         return header
 
     @classmethod
@@ -178,6 +214,7 @@ class ScoreOpen:
             columns=columns,
             model=model,
             scales=scales,
+            requests=_requests(header, entities),
         )
 
 
@@ -251,6 +288,10 @@ class ScoreRan:
     The payload is the missing-entity bitmap. ``extras`` are the protocol's own fields
     (:meth:`~trusted_space.protocols.base.ProviderSide.reply_extras`, e.g. the additive mask
     seed), at the top level of the header beside the others.
+
+    A served run (``ScoreOpen.requests``) answers per request instead of one ``receipt``:
+    ``uses`` maps each allowed request id to its receipt, ``refused`` each refused one to its
+    refusal's problem document (with the trace).
     """
 
     query: str
@@ -258,15 +299,22 @@ class ScoreRan:
     rows: int
     missing: int
     extras: Mapping[str, Any] = field(default_factory=dict)
+    uses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    refused: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def to_header(self) -> dict[str, Any]:
-        return {
+        header: dict[str, Any] = {
             "query": self.query,
-            "receipt": dict(self.receipt),
             "rows": self.rows,
             "missing": self.missing,
             **self.extras,
         }
+        if self.receipt:
+            header["receipt"] = dict(self.receipt)
+        if self.uses or self.refused:
+            header["uses"] = {k: dict(v) for k, v in self.uses.items()}
+            header["refused"] = {k: dict(v) for k, v in self.refused.items()}
+        return header
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], provider: str) -> Self:
@@ -276,8 +324,9 @@ class ScoreRan:
             VerificationError: no receipt.
             ValidationError: the missing count is not a count.
         """
-        receipt = header.get("receipt")
-        if not isinstance(receipt, dict):
+        receipt = header.get("receipt", {})
+        served = "uses" in header
+        if not isinstance(receipt, dict) or not ("receipt" in header or served):
             raise VerificationError(f"{provider} returned no receipt")
         missing = header.get("missing")
         if isinstance(missing, bool) or not isinstance(missing, int) or missing < 0:
@@ -288,23 +337,42 @@ class ScoreRan:
             rows=header_int(header, "rows", 0, MAX_ENTITIES),
             missing=missing,
             extras={k: v for k, v in header.items() if k not in _RAN_KEYS},
+            uses=_documents(header, "uses"),
+            refused=_documents(header, "refused"),
         )
 
 
 @dataclass(frozen=True)
 class ScoreBlock:
-    """``score.block`` (and ``score.beaver``): compute block ``block`` of the query."""
+    """``score.block`` (and ``score.beaver``): compute block ``block`` of the query.
+
+    ``skip``: in a served run, the requests another provider refused; their rows count as
+    zero here, so no partial of theirs reaches the analyst.
+    """
 
     query: str
     block: int
+    skip: tuple[str, ...] = ()
 
     def to_header(self) -> dict[str, Any]:
-        return {"query": self.query, "block": self.block}
+        header: dict[str, Any] = {"query": self.query, "block": self.block}
+        if self.skip:
+            header["skip"] = list(self.skip)
+        return header
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], blocks: int) -> Self:
         """Block numbers run over the ``blocks`` of the receiver's session."""
-        return cls(header_str(header, "query"), header_int(header, "block", 0, blocks - 1))
+        skip = header.get("skip", [])
+        if (
+            not isinstance(skip, list)
+            or len(skip) > MAX_REQUESTS
+            or not all(isinstance(i, str) and i for i in skip)
+        ):
+            raise ValidationError("header.skip: expected a list of request ids")
+        return cls(
+            header_str(header, "query"), header_int(header, "block", 0, blocks - 1), tuple(skip)
+        )
 
 
 @dataclass(frozen=True)
