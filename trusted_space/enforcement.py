@@ -458,10 +458,10 @@ def _decide(
     return (*grant, entities_salt)
 
 
-def _grant(node: ComputeNode, granted: _Granted) -> UseGrant:
+def _grant(node: ComputeNode, granted: _Granted, checkpoint: str) -> UseGrant:
     """The grant of a committed use, with its receipt (built after the commit: durable first)."""
     published_ds, decision_index, use_index, entities, epsilon_total, entities_salt = granted
-    receipt = node.ledger.receipt(use_index).to_json()
+    receipt = node.ledger.receipt(use_index, checkpoint).to_json()
     receipt |= {"vkey": node.ledger.vkey, "participant": node.participant_id}
     if entities_salt is not None:  # the analyst's opening: it recomputes from its own ids
         receipt["openings"] = {"entities_commitment": entities_salt}
@@ -498,7 +498,8 @@ def authorize_uses(
 
     Why: the serving path answers many small requests per protocol run; each is still its own
     use (its own decision, ``query.use`` entry, budget charge and receipt naming its own
-    entities), but one commit makes them all durable at once. Nothing is returned before that
+    entities), but one commit makes them all durable at once and one signed checkpoint covers
+    all their receipts. Nothing is returned before that
     commit, so no receipt is handed out for a use that could still be lost. A refusal of one
     request does not touch the others: it is returned in its place (its ``policy.decision``
     committed with the rest).
@@ -508,4 +509,7 @@ def authorize_uses(
     with node.store.transaction() as tx:
         for request in requests:
             outcomes.append(_decide(tx, node, request, at, roles))
-    return [o if isinstance(o, RefusedError) else _grant(node, o) for o in outcomes]
+    if all(isinstance(o, RefusedError) for o in outcomes):
+        return [o for o in outcomes if isinstance(o, RefusedError)]
+    checkpoint = node.ledger.checkpoint()  # one signed head covers every use of the group
+    return [o if isinstance(o, RefusedError) else _grant(node, o, checkpoint) for o in outcomes]

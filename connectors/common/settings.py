@@ -164,6 +164,9 @@ class NodeSettings(BaseSettings):
             pool per query; at most the host's cores; default 1: in-process).
         psi_workers: ``TS_PSI_WORKERS``, worker processes for a provider's PSI scalar
             multiplications, shared by the node's queries (default 1: in-process).
+        score_key_rotation: ``TS_SCORE_KEY_ROTATION``, seconds a standing scoring session
+            keeps its keys (Paillier pair, CKKS context) before fresh ones replace them
+            (default 3600; staff rotate at once with ``POST /management/score/sessions/rotate``).
 
     The three tuning settings are lenient, as they were when read from the environment by the
     code that used them: a value that is not a number is logged and the default used, so a typo
@@ -189,6 +192,7 @@ class NodeSettings(BaseSettings):
     data_cache_mb: float = DEFAULT_DATA_CACHE_MB
     ckks_workers: int = 1
     psi_workers: int = 1
+    score_key_rotation: float = Field(default=3600.0, gt=0)
 
     @field_validator("name")
     @classmethod

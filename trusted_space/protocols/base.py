@@ -129,6 +129,23 @@ class AnalystSide(ABC):
         """
         raise NotImplementedError
 
+    def prefetch(
+        self,
+        transport: Transport,
+        analyst: str,
+        operator: str,
+        provider: str,
+        block: int,
+        count: int,
+        terms: int,
+    ) -> None:
+        """Fetch now what :meth:`round` will need, while other messages travel.
+
+        The additive protocol fetches the dealer's triple; one without such material does
+        nothing. May be called from several threads at once (one per provider).
+        """
+        return None
+
     @abstractmethod
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
         """The providers' summed partial logits of one block, from the aggregator's sum."""

@@ -102,6 +102,7 @@ class AdditiveAnalyst(AnalystSide):
         self._local: dict[int, np.ndarray[Any, np.dtype[np.uint64]]] = {}
         self._ledger = sharing.TripleLedger(0)
         self._lock = threading.Lock()  # providers are served from several threads
+        self._fetched: dict[tuple[str, int], Any] = {}
 
     def params(self) -> dict[str, Any]:
         return {"fracBits": FRAC_BITS}
@@ -142,15 +143,12 @@ class AdditiveAnalyst(AnalystSide):
             raise ValidationError("analyst-held additive needs weights")
         k = weights.shape[0]
         w = encode_ring(weights, self.weight_bits)
-        triple = fetch_triple(
-            transport,
-            operator,
-            session=self.query.id,
-            batch=_batch(provider, block),
-            parties=[analyst, provider],
-            left=(count, k),
-            right=(k,),
-        )
+        with self._lock:
+            triple = self._fetched.pop((provider, block), None)
+        if triple is None:
+            self.prefetch(transport, analyst, operator, provider, block, count, k)
+            with self._lock:
+                triple = self._fetched.pop((provider, block))
         with crypto_errors("beaver round"), self._lock:
             mine = sharing.beaver_mask(
                 np.zeros((count, k), dtype=np.uint64), w, triple, self._ledger
@@ -170,6 +168,28 @@ class AdditiveAnalyst(AnalystSide):
                 raise ValidationError(f"{provider}: beaver message of the wrong party")
             opening = sharing.beaver_open([mine, theirs])
             self._accumulate(block, sharing.beaver_finish(triple, opening))
+
+    def prefetch(
+        self,
+        transport: Transport,
+        analyst: str,
+        operator: str,
+        provider: str,
+        block: int,
+        count: int,
+        terms: int,
+    ) -> None:
+        triple = fetch_triple(
+            transport,
+            operator,
+            session=self.query.id,
+            batch=_batch(provider, block),
+            parties=[analyst, provider],
+            left=(count, terms),
+            right=(terms,),
+        )
+        with self._lock:
+            self._fetched[(provider, block)] = triple
 
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
         total = ring_from_bytes(payload, count)

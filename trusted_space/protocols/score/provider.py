@@ -81,7 +81,7 @@ def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
             "columns": columns,
             "weights": weights,
             "model": model,
-            "entities": [],
+            "entities": list(spec.ids or ()),
         }
     )
     return Reply(ScoreOpened(spec.query, len(columns)).to_header())

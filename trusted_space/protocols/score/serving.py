@@ -38,7 +38,7 @@ import numpy as np
 from trusted_space.compute import DataAccess
 from trusted_space.enforcement import entities_digest
 from trusted_space.errors import ValidationError, problem_document
-from trusted_space.protocols._common import block_ranges, check_size, encode_ids
+from trusted_space.protocols._common import block_ranges, check_size
 from trusted_space.protocols.base import FloatArray, ScoreProtocol
 from trusted_space.protocols.operator import open_aggregation, take_aggregate
 from trusted_space.protocols.registry import get_score_protocol
@@ -51,7 +51,6 @@ from trusted_space.protocols.score.analyst import (
 )
 from trusted_space.protocols.score.wire import (
     ScoreBlock,
-    ScoreEntities,
     ScoreOpen,
     ScoreRan,
     ScoreRun,
@@ -239,17 +238,19 @@ def serve_batch(
     try:
         material = side.material()
         params = side.params()
-        open_aggregation(
-            transport,
-            operator_id,
-            query=run.id,
-            codec=side.codec,
-            contributors=providers,
-            counts=[stop - start for start, stop in blocks],
-            params=params,
-            material=material,
-        )
-        ids = check_size(encode_ids(entities), "entity ids")
+
+        def aggregation() -> None:
+            open_aggregation(
+                transport,
+                operator_id,
+                query=run.id,
+                codec=side.codec,
+                contributors=providers,
+                counts=[stop - start for start, stop in blocks],
+                params=params,
+                material=material,
+            )
+
         weights = {p: run.model.weights_of(p) for p in providers} if analyst_held else {}
         payloads = {p: side.weights_payload(p, w) for p, w in weights.items()}
         digests = {r.id: entities_digest(r.entities) for r in requests}
@@ -275,10 +276,9 @@ def serve_batch(
                 model=None if analyst_held else run.model.id,
                 scales=exponents[p] if analyst_held else None,
                 requests=tuple((r.id, len(r.entities)) for r in requests),
+                ids=tuple(entities),
             )
             transport.call(p, "score.open", opening.to_header(), check_size(material, "material"))
-            header = ScoreEntities(run.id, 0, len(entities)).to_header()
-            transport.call(p, "score.entities", header, ids)
             reply = transport.call(
                 p, "score.run", ScoreRun(run.id).to_header(), payloads.get(p, b"")
             )
@@ -303,10 +303,31 @@ def serve_batch(
             return ran, gone
 
         workers = min(len(providers), _concurrency(transport))
-        with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="serve") as pool:
-            started = {p: pool.submit(start, p) for p in providers}
+
+        def fetch() -> None:
+            for p in providers if side.interactive else ():
+                for b, (lo, hi) in enumerate(blocks):
+                    side.prefetch(transport, analyst_id, operator_id, p, b, hi - lo, terms[p])
+
+        def prepare() -> None:
+            aggregation()
+            fetch()
+
+        if workers == 1:  # a transport that carries one call at a time: one after the other
+            prepare()
+            answers = {p: start(p) for p in providers}
             own = {r.id: _own(run, r, analyst_id, analyst_data, analyst_impute) for r in requests}
-            answers = {p: f.result() for p, f in started.items()}
+        else:
+            # What needs no other answer travels at once: every provider's session, and the
+            # aggregation followed by the material the rounds will need (the dealer's triples).
+            with ThreadPoolExecutor(workers + 1, thread_name_prefix="serve") as pool:
+                opened = pool.submit(prepare)
+                started = {p: pool.submit(start, p) for p in providers}
+                own = {
+                    r.id: _own(run, r, analyst_id, analyst_data, analyst_impute) for r in requests
+                }
+                opened.result()
+                answers = {p: f.result() for p, f in started.items()}
         for p, (ran, gone) in answers.items():
             lost = set(gone)
             for rid, receipt in ran.uses.items():
