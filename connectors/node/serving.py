@@ -6,7 +6,8 @@ per (protocol, model, purpose, agreements and datasets) — the model's declared
 providers' ledger keys looked up once, the analyst's keys kept and rotated
 (:class:`~trusted_space.protocols.score.StandingKeys`, every ``score_key_rotation`` seconds and
 on demand), the node's signed HTTP client and its connections — and runs the requests that
-arrive while a run is in flight together as the next run
+arrive while a run is in flight (``score_runs_in_flight`` at once, default 1) together as the
+next run
 (:func:`~trusted_space.protocols.score.serve_batch`). Each request is still authorised, charged,
 recorded and receipted by every provider on its own, and gets only its own scores.
 
@@ -53,7 +54,6 @@ from trusted_space.queries.score import ScoreQuery
 
 __all__ = [
     "MAX_REQUEST_ENTITIES",
-    "RUNS_IN_FLIGHT",
     "ScoreServer",
     "ServedRefusal",
     "server_for",
@@ -64,8 +64,6 @@ log = logging.getLogger("trusted_space.serving")
 
 MAX_REQUEST_ENTITIES: Final = 64
 """Entities one synchronous request may name (larger lists belong on the batch path)."""
-RUNS_IN_FLIGHT: Final = 2
-"""Runs a session keeps in flight at once (one computes while the other's messages travel)."""
 MAX_SESSIONS: Final = 32
 """Standing sessions a node keeps (the least recently used is dropped beyond)."""
 
@@ -116,6 +114,7 @@ class _Session:
         impute: dict[str, float],
         vkeys: dict[str, str],
         rotate_after: float,
+        runs_in_flight: int,
     ) -> None:
         self.server = server
         self.key = key
@@ -134,7 +133,7 @@ class _Session:
         self.last_used = time.monotonic()
         self.threads = [
             threading.Thread(target=self._loop, name=f"serve-{key[:8]}-{i}", daemon=True)
-            for i in range(RUNS_IN_FLIGHT)
+            for i in range(runs_in_flight)
         ]
         for t in self.threads:
             t.start()
@@ -293,7 +292,14 @@ class ScoreServer:
         shared = with_catalog_ranges(self.runtime, query)
         vkeys = provider_vkeys(self.runtime, query.providers)
         fresh = _Session(
-            self, key, shared, plan.analyst_data, plan.impute, vkeys, self.rotate_after
+            self,
+            key,
+            shared,
+            plan.analyst_data,
+            plan.impute,
+            vkeys,
+            self.rotate_after,
+            self.runtime.settings.score_runs_in_flight,
         )
         with self._lock:
             session = self._sessions.setdefault(key, fresh)
