@@ -56,6 +56,7 @@ from trusted_space.contracts import (
 from trusted_space.contracts.states import OFFER_PROPERTY
 from trusted_space.errors import NotFoundError, RefusedError, ValidationError
 from trusted_space.events import canonical_json, record_event
+from trusted_space.ledger import Receipt
 from trusted_space.metering import record_use
 from trusted_space.policy import (
     COMPUTATIONS,
@@ -458,10 +459,10 @@ def _decide(
     return (*grant, entities_salt)
 
 
-def _grant(node: ComputeNode, granted: _Granted, checkpoint: str) -> UseGrant:
+def _grant(node: ComputeNode, granted: _Granted, proof: Receipt) -> UseGrant:
     """The grant of a committed use, with its receipt (built after the commit: durable first)."""
     published_ds, decision_index, use_index, entities, epsilon_total, entities_salt = granted
-    receipt = node.ledger.receipt(use_index, checkpoint).to_json()
+    receipt = proof.to_json()
     receipt |= {"vkey": node.ledger.vkey, "participant": node.participant_id}
     if entities_salt is not None:  # the analyst's opening: it recomputes from its own ids
         receipt["openings"] = {"entities_commitment": entities_salt}
@@ -511,5 +512,7 @@ def authorize_uses(
             outcomes.append(_decide(tx, node, request, at, roles))
     if all(isinstance(o, RefusedError) for o in outcomes):
         return [o for o in outcomes if isinstance(o, RefusedError)]
-    checkpoint = node.ledger.checkpoint()  # one signed head covers every use of the group
-    return [o if isinstance(o, RefusedError) else _grant(node, o, checkpoint) for o in outcomes]
+    granted = [o for o in outcomes if not isinstance(o, RefusedError)]
+    # One signed head covers every use of the group; their proofs read the log once.
+    proofs = iter(node.ledger.receipts([g[2] for g in granted]))
+    return [o if isinstance(o, RefusedError) else _grant(node, o, next(proofs)) for o in outcomes]

@@ -40,6 +40,7 @@ from trusted_space.errors import (
 from trusted_space.events import EVENT_LOG, record_event
 from trusted_space.keys import SigningKey
 from trusted_space.merkle import (
+    TILE_LEVEL,
     MerkleTree,
     leaf_hash,
     root_hash,
@@ -280,6 +281,28 @@ class Ledger:
         with self._store.transaction() as tx:
             tx.put(CHECKPOINT_NAMESPACE, f"{self._log}/{size:020d}", {"note": note})
         return note
+
+    def receipts(self, indices: Sequence[int], checkpoint: str | None = None) -> list[Receipt]:
+        """:meth:`receipt` for each of ``indices``, against one checkpoint (default: a fresh one).
+
+        The entries and the leaf hashes their proofs read are read once for all of them.
+        """
+        note = self.checkpoint() if checkpoint is None else checkpoint
+        head = open_checkpoint(note, self.verifier)
+        if not indices:
+            return []
+        if not all(0 <= i < head.size for i in indices):
+            raise ValidationError(f"an entry is not covered by a checkpoint of size {head.size}")
+        low, high = min(indices), max(indices) + 1
+        start = (low >> TILE_LEVEL) << TILE_LEVEL
+        with self._store.transaction(readonly=True) as tx:
+            entries = tx.log_entries(self._log, low, high)
+            hashes = tx.log_leaf_hashes(self._log, start, head.size)
+        tree = self._tree.with_tail(start, hashes)
+        return [
+            Receipt(note, i, entries[i - low], tuple(tree.inclusion_proof(i, head.size)))
+            for i in indices
+        ]
 
     def receipt(self, index: int, checkpoint: str | None = None) -> Receipt:
         """A :class:`Receipt` for entry ``index`` against ``checkpoint`` (default: a fresh one)."""

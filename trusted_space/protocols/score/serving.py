@@ -316,7 +316,7 @@ def serve_batch(
         if workers == 1:  # a transport that carries one call at a time: one after the other
             prepare()
             answers = {p: start(p) for p in providers}
-            own = {r.id: _own(run, r, analyst_id, analyst_data, analyst_impute) for r in requests}
+            own = _own_all(run, requests, spans, analyst_id, analyst_data, analyst_impute)
         else:
             # What needs no other answer travels at once: every provider's session, and the
             # aggregation followed by the material the rounds will need (the dealer's triples).
@@ -375,6 +375,31 @@ def serve_batch(
         outcome.logits = logits
         outcome.outputs = run.model.apply_link(logits)
     return [outcomes[r.id] for r in requests]
+
+
+def _own_all(
+    run: ScoreQuery,
+    requests: Sequence[ServedRequest],
+    spans: Mapping[str, tuple[int, int]],
+    analyst_id: str,
+    data: DataAccess | None,
+    impute: Mapping[str, float] | None,
+) -> dict[str, tuple[FloatArray, tuple[str, ...], dict[str, Any] | None]]:
+    """Every request's own partial: one lookup for the run, per request only if one lacks data."""
+    entities = [e for r in requests for e in r.entities]
+    try:
+        partial, missing = _own_partial(run, analyst_id, data, entities, impute)
+    except ValidationError:  # some request lacks the analyst's data: find which, alone
+        return {r.id: _own(run, r, analyst_id, data, impute) for r in requests}
+    gone = set(missing)
+    return {
+        r.id: (
+            partial[spans[r.id][0] : spans[r.id][1]],
+            tuple(e for e in r.entities if e in gone),
+            None,
+        )
+        for r in requests
+    }
 
 
 def _own(
