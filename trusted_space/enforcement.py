@@ -38,6 +38,7 @@ the commitment under ``openings``) that the analyst can check with
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -414,7 +415,6 @@ def _decide(
         if not decision.allowed:
             refusal = Checks.refused(decision, participant=node.participant_id)
         else:
-            record_use(tx, request.agreement_id, request.analyst, request.kind)
             entities_commitment, entities_salt = (
                 commit(
                     tx,
@@ -510,6 +510,14 @@ def authorize_uses(
     with node.store.transaction() as tx:
         for request in requests:
             outcomes.append(_decide(tx, node, request, at, roles))
+        # Metered per call, counted once per kind of call in the group (the same totals).
+        calls = Counter(
+            (r.agreement_id, r.analyst, r.kind)
+            for r, o in zip(requests, outcomes, strict=True)
+            if not isinstance(o, RefusedError)
+        )
+        for (agreement, analyst, kind), count in calls.items():
+            record_use(tx, agreement, analyst, kind, count=count)
     if all(isinstance(o, RefusedError) for o in outcomes):
         return [o for o in outcomes if isinstance(o, RefusedError)]
     granted = [o for o in outcomes if not isinstance(o, RefusedError)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trusted_space.events import EVENT_LOG, decode_event
+from trusted_space.metering import usage
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols import register_operator, register_provider, run_score
 from trusted_space.protocols.base import ScoreProtocol
@@ -157,6 +158,9 @@ def test_a_request_refused_by_one_provider_is_answered_alone(
         assert abs(float(outcome.logits[0]) - expected) <= TOLERANCE[protocol]
     court_uses = [u["query"] for u in _uses(space.providers["court"].node.store)]
     assert court_uses == ["urn:uuid:a", "urn:uuid:c"]
+    for p, metered in (("court", 2), ("tax-bureau", 3)):  # every allowed use counted once
+        with space.providers[p].node.store.transaction(readonly=True) as tx:
+            assert usage(tx, agreement_id=agreements[p]).total == metered
 
 
 def test_served_runs_refuse_what_they_cannot_carry(
