@@ -55,6 +55,12 @@ _SESSION_PREFIX: Final = "score/"
 def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
     spec = ScoreOpen.from_header(header)
+    run_payload = b""
+    if spec.run_bytes is not None:  # a served run: open and run in one call
+        if spec.run_bytes > len(payload):
+            raise ValidationError("header.runBytes: longer than the payload")
+        cut = len(payload) - spec.run_bytes
+        payload, run_payload = payload[:cut], payload[cut:]
     protocol = get_score_protocol(spec.protocol)
     if node.operator is not None and spec.operator != node.operator:
         raise ValidationError(f"header.operator: {spec.operator!r} is not this space's operator")
@@ -84,6 +90,8 @@ def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
             "entities": list(spec.ids or ()),
         }
     )
+    if spec.run_bytes is not None:
+        return _score_run(ctx, ScoreRun(spec.query).to_header(), run_payload)
     return Reply(ScoreOpened(spec.query, len(columns)).to_header())
 
 

@@ -53,7 +53,6 @@ from trusted_space.protocols.score.wire import (
     ScoreBlock,
     ScoreOpen,
     ScoreRan,
-    ScoreRun,
 )
 from trusted_space.queries.score import ScoreQuery
 from trusted_space.transport import Transport
@@ -277,11 +276,11 @@ def serve_batch(
                 scales=exponents[p] if analyst_held else None,
                 requests=tuple((r.id, len(r.entities)) for r in requests),
                 ids=tuple(entities),
+                run_bytes=len(payloads.get(p, b"")),
             )
-            transport.call(p, "score.open", opening.to_header(), check_size(material, "material"))
-            reply = transport.call(
-                p, "score.run", ScoreRun(run.id).to_header(), payloads.get(p, b"")
-            )
+            # One call opens and runs: the public material, then the encrypted weights.
+            body = check_size(material + payloads.get(p, b""), "material and weights")
+            reply = transport.call(p, "score.open", opening.to_header(), body)
             ran = ScoreRan.from_header(reply.header, p)
             if set(ran.uses) | set(ran.refused) != set(spans) or set(ran.uses) & set(ran.refused):
                 raise ValidationError(f"{p}: the reply does not answer every request once")

@@ -146,6 +146,10 @@ class ScoreOpen:
     ids: tuple[str, ...] | None = None
     """A served run's entity ids, carried here instead of in ``score.entities`` calls (at most
     :data:`MAX_SERVED_IDS`): one message fewer on the path a loan officer waits on."""
+    run_bytes: int | None = None
+    """A served run: ``score.open`` also runs (no ``score.run`` call); the last ``run_bytes``
+    bytes of its payload are ``score.run``'s payload (the encrypted weights) and its reply is
+    ``score.run``'s (:class:`ScoreRan`)."""
 
     def to_header(self) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -175,6 +179,8 @@ class ScoreOpen:
             header["requests"] = [{"id": i, "count": c} for i, c in self.requests]
         if self.ids is not None:
             header["ids"] = encode_ids(self.ids).decode("utf-8")
+        if self.run_bytes is not None:
+            header["runBytes"] = self.run_bytes
         return header
 
     @classmethod
@@ -215,6 +221,13 @@ class ScoreOpen:
                     "header.scales: expected one integer exponent in [-60, 60] per column"
                 )
             scales = tuple(raw)
+        requests = _requests(header, entities)
+        ids = _ids(header, entities, id_kind)
+        run_bytes: int | None = None
+        if "runBytes" in header:
+            if requests is None or ids is None:
+                raise ValidationError("header.runBytes: only a served run with its ids runs here")
+            run_bytes = header_int(header, "runBytes", 0, MAX_ENTITIES)
         return cls(
             query=query,
             protocol=protocol,
@@ -234,8 +247,9 @@ class ScoreOpen:
             columns=columns,
             model=model,
             scales=scales,
-            requests=_requests(header, entities),
-            ids=_ids(header, entities, id_kind),
+            requests=requests,
+            ids=ids,
+            run_bytes=run_bytes,
         )
 
 
