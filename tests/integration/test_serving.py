@@ -25,6 +25,7 @@ from connectors.client.analyst import QueryFailed
 from connectors.client.results import verify_receipts
 from connectors.spaces.local import LOCAL_PURPOSE, LocalParty, LocalSpace
 from tests._seeding import rng_for
+from trusted_space.errors import RemoteError
 from trusted_space.events import decode_event
 from trusted_space.queries.score import Model
 
@@ -135,6 +136,12 @@ def test_a_few_applicants_in_one_request(served: dict[str, Any]) -> None:
     entities = served["ids"][3:6]
     with served["local"].client() as client:
         result = client.score_now(_doc(served, "additive", entities))
+        with pytest.raises(RemoteError) as too_many:
+            client.score_now(_doc(served, "additive", [f"x{i}" for i in range(65)]))
+        with pytest.raises(RemoteError) as cohort:
+            client.score_now({**_doc(served, "additive", entities), "cohort": True})
+    assert too_many.value.status == 400 and "$.entities" in too_many.value.problem["detail"]
+    assert cohort.value.status == 400 and "$.cohort" in cohort.value.problem["detail"]
     assert result["entities"] == entities
     assert np.max(np.abs(np.array(result["logits"]) - _plain(served, entities))) <= 1e-4
     _check_own_receipts(served, result)
