@@ -290,6 +290,23 @@ def test_ledger_refuses_to_sign_over_a_rewritten_store() -> None:
         fresh.checkpoint()
 
 
+def test_a_store_from_before_the_head_is_still_checked_against_its_newest_checkpoint() -> None:
+    store = MemoryStore()
+    ledger = Ledger(store, NODE_KEY, ORIGIN)
+    append(store, 4)
+    first = ledger.checkpoint()
+    append(store, 3)
+    second = ledger.checkpoint()
+    assert ledger.latest_checkpoint() == second == ledger.checkpoints()[-1]
+    with store.transaction() as tx:  # as a store written before the head was kept
+        assert tx.delete("ledger_checkpoint_head", ledger._log)
+    assert Ledger(store, NODE_KEY, ORIGIN).latest_checkpoint() == second
+    store._logs[EVENT_LOG][5] = (b"forged", leaf_hash(b"forged"))  # after `first`, before `second`
+    with pytest.raises(ConflictError):
+        Ledger(store, NODE_KEY, ORIGIN).checkpoint()
+    assert first in ledger.checkpoints()
+
+
 def test_a_rotated_key_keeps_signing_and_still_refuses_a_rewritten_store() -> None:
     store = MemoryStore()
     Ledger(store, NODE_KEY, ORIGIN).checkpoint()
