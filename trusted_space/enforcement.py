@@ -38,6 +38,7 @@ the commitment under ``openings``) that the analyst can check with
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ from trusted_space.contracts import (
 from trusted_space.contracts.states import OFFER_PROPERTY
 from trusted_space.errors import NotFoundError, RefusedError, ValidationError
 from trusted_space.events import canonical_json, record_event
+from trusted_space.ledger import Receipt
 from trusted_space.metering import record_use
 from trusted_space.policy import (
     COMPUTATIONS,
@@ -75,6 +77,7 @@ __all__ = [
     "UseGrant",
     "UseRequest",
     "authorize_use",
+    "authorize_uses",
     "entities_digest",
 ]
 
@@ -361,6 +364,128 @@ def _check_dataset(tx: Transaction, request: UseRequest, checks: Checks) -> Publ
     return published
 
 
+_Granted = tuple[PublishedDataset, int, int, tuple[str, ...], float | None, str | None]
+
+
+def _decide(
+    tx: Transaction,
+    node: ComputeNode,
+    request: UseRequest,
+    at: datetime,
+    roles: frozenset[str],
+) -> RefusedError | _Granted:
+    """One use decided and recorded inside ``tx``: its refusal, or what the grant needs."""
+    registry = node.consents
+    refusal: RefusedError | None = None
+    entities_salt: str | None = None
+    grant: tuple[PublishedDataset, int, int, tuple[str, ...], float | None] | None = None
+    checks = Checks(
+        DecisionSubject(
+            assignee=request.analyst,
+            query_kind=request.kind,
+            at=at,
+            agreement=request.agreement_id,
+            target=request.dataset_id,
+            purpose=request.purpose,
+            output=request.output,
+            query=request.query_id,
+        )
+    )
+    signed = _check_agreement(tx, node, request, at, checks)
+    published = _check_dataset(tx, request, checks) if signed is not None else None
+    if checks.failed is not None or signed is None or published is None:
+        refusal = checks.refusal(tx, participant=node.participant_id)
+    else:
+        policy = from_odrl(_strip_extensions(signed.agreement))
+        decision = evaluate(
+            policy,
+            UsageRequest(
+                assignee=request.analyst,
+                purpose=request.purpose,
+                query_kind=request.kind,
+                output=str(request.output),
+                at=at,
+                roles=roles,
+                protocol=request.protocol,
+                agreement_id=request.agreement_id,
+                cohort_size=request.cohort_size
+                if request.cohort_size is not None
+                else (len(request.entities) if request.entities else None),
+                entities=request.entities,
+                query_id=request.query_id,
+                offer_id=_offer_of(signed),
+                epsilon=request.epsilon if request.kind == "aggregate" else None,
+                model=request.model if request.kind == "score" else None,
+                model_stats=request.model_stats,
+                release=(request.release or "logit") if request.kind == "score" else None,
+                bands=request.bands if request.kind == "score" else None,
+            ),
+            tx=tx,
+            consent=registry.checker(tx) if registry is not None else None,
+            tier=published.dataset.tier.value,
+            max_grade=published.dataset.max_grade,
+            prior=checks.steps,
+        )
+        if decision.ledger_index is None:  # pragma: no cover - evaluate always records
+            raise ValueError("policy decision was not recorded")
+        if not decision.allowed:
+            refusal = Checks.refused(decision, participant=node.participant_id)
+        else:
+            entities_commitment, entities_salt = (
+                commit(
+                    tx,
+                    "entities",
+                    entities_digest(request.entities),
+                    detail=list(request.entities),
+                )
+                if request.entities
+                else (None, None)
+            )
+            use_index = record_event(
+                tx,
+                "query.use",
+                {
+                    "query": request.query_id,
+                    "analyst": request.analyst,
+                    "agreement": request.agreement_id,
+                    "dataset": request.dataset_id,
+                    "columns": list(request.columns),
+                    "protocol": request.protocol,
+                    "kind": request.kind,
+                    "purpose": request.purpose,
+                    "entities": request.size,
+                    "entities_commitment": entities_commitment,
+                    "epsilon": request.epsilon,
+                    "model": _model_entry(request),
+                    "release": _release_entry(request),
+                    "decision": decision.ledger_index,
+                },
+                time=at,
+            )
+            grant = (
+                published,
+                decision.ledger_index,
+                use_index,
+                tuple(decision.permitted_entities),
+                _epsilon_total(policy, decision.permission_index),
+            )
+    if refusal is not None:
+        return refusal
+    if grant is None:  # pragma: no cover - one of the two is always set
+        raise ValueError("no decision")
+    return (*grant, entities_salt)
+
+
+def _grant(node: ComputeNode, granted: _Granted, proof: Receipt) -> UseGrant:
+    """The grant of a committed use, with its receipt (built after the commit: durable first)."""
+    published_ds, decision_index, use_index, entities, epsilon_total, entities_salt = granted
+    receipt = proof.to_json()
+    receipt |= {"vkey": node.ledger.vkey, "participant": node.participant_id}
+    if entities_salt is not None:  # the analyst's opening: it recomputes from its own ids
+        receipt["openings"] = {"entities_commitment": entities_salt}
+    return UseGrant(published_ds, decision_index, use_index, receipt, entities, epsilon_total)
+
+
 def authorize_use(
     node: ComputeNode, request: UseRequest, *, roles: frozenset[str] = frozenset()
 ) -> UseGrant:
@@ -378,110 +503,41 @@ def authorize_use(
         RefusedError: refused (agreement, dataset, columns or policy); the refusal's
             ``policy.decision`` entry is committed before this is raised.
     """
+    outcome = authorize_uses(node, [request], roles=roles)[0]
+    if isinstance(outcome, RefusedError):
+        raise outcome
+    return outcome
+
+
+def authorize_uses(
+    node: ComputeNode, requests: Sequence[UseRequest], *, roles: frozenset[str] = frozenset()
+) -> list[UseGrant | RefusedError]:
+    """Decide several uses in one store transaction (group commit), each on its own.
+
+    Why: the serving path answers many small requests per protocol run; each is still its own
+    use (its own decision, ``query.use`` entry, budget charge and receipt naming its own
+    entities), but one commit makes them all durable at once and one signed checkpoint covers
+    all their receipts. Nothing is returned before that
+    commit, so no receipt is handed out for a use that could still be lost. A refusal of one
+    request does not touch the others: it is returned in its place (its ``policy.decision``
+    committed with the rest).
+    """
     at = node.clock()
-    registry = node.consents
-    refusal: RefusedError | None = None
-    entities_salt: str | None = None
-    grant: tuple[PublishedDataset, int, int, tuple[str, ...], float | None] | None = None
+    outcomes: list[RefusedError | _Granted] = []
     with node.store.transaction() as tx:
-        checks = Checks(
-            DecisionSubject(
-                assignee=request.analyst,
-                query_kind=request.kind,
-                at=at,
-                agreement=request.agreement_id,
-                target=request.dataset_id,
-                purpose=request.purpose,
-                output=request.output,
-                query=request.query_id,
-            )
+        for request in requests:
+            outcomes.append(_decide(tx, node, request, at, roles))
+        # Metered per call, counted once per kind of call in the group (the same totals).
+        calls = Counter(
+            (r.agreement_id, r.analyst, r.kind)
+            for r, o in zip(requests, outcomes, strict=True)
+            if not isinstance(o, RefusedError)
         )
-        signed = _check_agreement(tx, node, request, at, checks)
-        published = _check_dataset(tx, request, checks) if signed is not None else None
-        if checks.failed is not None or signed is None or published is None:
-            refusal = checks.refusal(tx, participant=node.participant_id)
-        else:
-            policy = from_odrl(_strip_extensions(signed.agreement))
-            decision = evaluate(
-                policy,
-                UsageRequest(
-                    assignee=request.analyst,
-                    purpose=request.purpose,
-                    query_kind=request.kind,
-                    output=str(request.output),
-                    at=at,
-                    roles=roles,
-                    protocol=request.protocol,
-                    agreement_id=request.agreement_id,
-                    cohort_size=request.cohort_size
-                    if request.cohort_size is not None
-                    else (len(request.entities) if request.entities else None),
-                    entities=request.entities,
-                    query_id=request.query_id,
-                    offer_id=_offer_of(signed),
-                    epsilon=request.epsilon if request.kind == "aggregate" else None,
-                    model=request.model if request.kind == "score" else None,
-                    model_stats=request.model_stats,
-                    release=(request.release or "logit") if request.kind == "score" else None,
-                    bands=request.bands if request.kind == "score" else None,
-                ),
-                tx=tx,
-                consent=registry.checker(tx) if registry is not None else None,
-                tier=published.dataset.tier.value,
-                max_grade=published.dataset.max_grade,
-                prior=checks.steps,
-            )
-            if decision.ledger_index is None:  # pragma: no cover - evaluate always records
-                raise ValueError("policy decision was not recorded")
-            if not decision.allowed:
-                refusal = Checks.refused(decision, participant=node.participant_id)
-            else:
-                record_use(tx, request.agreement_id, request.analyst, request.kind)
-                entities_commitment, entities_salt = (
-                    commit(
-                        tx,
-                        "entities",
-                        entities_digest(request.entities),
-                        detail=list(request.entities),
-                    )
-                    if request.entities
-                    else (None, None)
-                )
-                use_index = record_event(
-                    tx,
-                    "query.use",
-                    {
-                        "query": request.query_id,
-                        "analyst": request.analyst,
-                        "agreement": request.agreement_id,
-                        "dataset": request.dataset_id,
-                        "columns": list(request.columns),
-                        "protocol": request.protocol,
-                        "kind": request.kind,
-                        "purpose": request.purpose,
-                        "entities": request.size,
-                        "entities_commitment": entities_commitment,
-                        "epsilon": request.epsilon,
-                        "model": _model_entry(request),
-                        "release": _release_entry(request),
-                        "decision": decision.ledger_index,
-                    },
-                    time=at,
-                )
-                grant = (
-                    published,
-                    decision.ledger_index,
-                    use_index,
-                    tuple(decision.permitted_entities),
-                    _epsilon_total(policy, decision.permission_index),
-                )
-    if refusal is not None:
-        raise refusal
-    if grant is None:  # pragma: no cover - one of the two is always set
-        raise ValueError("no decision")
-    published_ds, decision_index, use_index, entities, epsilon_total = grant
-    receipt = node.ledger.receipt(use_index).to_json()
-    receipt |= {"vkey": node.ledger.vkey, "participant": node.participant_id}
-    if entities_salt is not None:  # the analyst's opening: it recomputes from its own ids
-        receipt["openings"] = {"entities_commitment": entities_salt}
-    return UseGrant(published_ds, decision_index, use_index, receipt, entities, epsilon_total)
+        for (agreement, analyst, kind), count in calls.items():
+            record_use(tx, agreement, analyst, kind, count=count)
+    if all(isinstance(o, RefusedError) for o in outcomes):
+        return [o for o in outcomes if isinstance(o, RefusedError)]
+    granted = [o for o in outcomes if not isinstance(o, RefusedError)]
+    # One signed head covers every use of the group; their proofs read the log once.
+    proofs = iter(node.ledger.receipts([g[2] for g in granted]))
+    return [o if isinstance(o, RefusedError) else _grant(node, o, next(proofs)) for o in outcomes]

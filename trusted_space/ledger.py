@@ -40,6 +40,7 @@ from trusted_space.errors import (
 from trusted_space.events import EVENT_LOG, record_event
 from trusted_space.keys import SigningKey
 from trusted_space.merkle import (
+    TILE_LEVEL,
     MerkleTree,
     leaf_hash,
     root_hash,
@@ -79,6 +80,9 @@ __all__ = [
 ]
 
 CHECKPOINT_NAMESPACE = "ledger_checkpoint"
+_HEAD_NAMESPACE = "ledger_checkpoint_head"
+"""Per log: the newest checkpoint published (what every new one is checked against), so a
+checkpoint costs one read however many were published before it."""
 WITNESS_NAMESPACE = "witness_state"
 FORK_NAMESPACE = "witness_fork"
 WATCH_NAMESPACE = "witness_watch"
@@ -250,10 +254,19 @@ class Ledger:
             docs = tx.scan(CHECKPOINT_NAMESPACE, f"{self._log}/")
         return [str(d.body["note"]) for d in docs]
 
+    def _newest_published(self) -> str | None:
+        """The newest checkpoint this node published (``None``: none yet)."""
+        with self._store.transaction(readonly=True) as tx:
+            head = tx.get(_HEAD_NAMESPACE, self._log)
+            if head is not None:
+                return str(head.body["note"])
+            docs = tx.scan(CHECKPOINT_NAMESPACE, f"{self._log}/")  # a store from before the head
+        return str(docs[-1].body["note"]) if docs else None
+
     def latest_checkpoint(self) -> str:
         """The newest published checkpoint, signing a fresh one if none was published yet."""
-        published = self.checkpoints()
-        return published[-1] if published else self.checkpoint()
+        newest = self._newest_published()
+        return newest if newest is not None else self.checkpoint()
 
     def checkpoint(self) -> str:
         """Sign, store and return a checkpoint note for the current size.
@@ -266,12 +279,12 @@ class Ledger:
             ConflictError: the log no longer matches a checkpoint this node published.
         """
         size = self.size()
-        published = self.checkpoints()
-        if published:
+        newest = self._newest_published()
+        if newest is not None:
             # Our own store's record of what we published: read it without checking the
             # signature, so a node whose key was rotated (re-admission with a new key) still
             # refuses to sign a fork of a head it signed with the old key.
-            last = parse_checkpoint(parse_note(published[-1]).text)
+            last = parse_checkpoint(parse_note(newest).text)
             if last.size > size or self._tree.root(last.size) != last.root:
                 raise ConflictError("the log no longer matches a checkpoint already published")
         note = sign_note(
@@ -279,7 +292,34 @@ class Ledger:
         )
         with self._store.transaction() as tx:
             tx.put(CHECKPOINT_NAMESPACE, f"{self._log}/{size:020d}", {"note": note})
+            head = tx.get(_HEAD_NAMESPACE, self._log)
+            if (
+                head is None or int(head.body["size"]) <= size
+            ):  # a larger one signed meanwhile stays
+                tx.put(_HEAD_NAMESPACE, self._log, {"note": note, "size": size})
         return note
+
+    def receipts(self, indices: Sequence[int], checkpoint: str | None = None) -> list[Receipt]:
+        """:meth:`receipt` for each of ``indices``, against one checkpoint (default: a fresh one).
+
+        The entries and the leaf hashes their proofs read are read once for all of them.
+        """
+        note = self.checkpoint() if checkpoint is None else checkpoint
+        head = open_checkpoint(note, self.verifier)
+        if not indices:
+            return []
+        if not all(0 <= i < head.size for i in indices):
+            raise ValidationError(f"an entry is not covered by a checkpoint of size {head.size}")
+        low, high = min(indices), max(indices) + 1
+        start = (low >> TILE_LEVEL) << TILE_LEVEL
+        with self._store.transaction(readonly=True) as tx:
+            entries = tx.log_entries(self._log, low, high)
+            hashes = tx.log_leaf_hashes(self._log, start, head.size)
+        tree = self._tree.with_tail(start, hashes)
+        return [
+            Receipt(note, i, entries[i - low], tuple(tree.inclusion_proof(i, head.size)))
+            for i in indices
+        ]
 
     def receipt(self, index: int, checkpoint: str | None = None) -> Receipt:
         """A :class:`Receipt` for entry ``index`` against ``checkpoint`` (default: a fresh one)."""

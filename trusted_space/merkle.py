@@ -118,6 +118,25 @@ class MerkleTree:
         snapshot = list(hashes)
         return cls(lambda start, end: snapshot[start:end])
 
+    def with_tail(self, start: int, hashes: Sequence[bytes]) -> MerkleTree:
+        """This tree with leaves ``[start, start + len(hashes))`` read from ``hashes``.
+
+        For many proofs against one tree size: the leaves a proof reads beyond the cached
+        subtrees are read once. The subtree cache is shared (both read the same append-only
+        log, so a hash cached by either is right for both).
+        """
+        tail = list(hashes)
+        source = self._source
+
+        def read(a: int, b: int) -> Sequence[bytes]:
+            if a >= start and b <= start + len(tail):
+                return tail[a - start : b - start]
+            return source(a, b)
+
+        view = MerkleTree(read, tile_level=self._tile)
+        view._cache = self._cache
+        return view
+
     # -- subtree hashes --------------------------------------------------------------------
     def _leaves(self, start: int, end: int) -> Sequence[bytes]:
         hashes = self._source(start, end)

@@ -59,9 +59,9 @@ def _check_id(name: str, value: str) -> None:
         raise ValidationError(f"{name} must be a non-empty string, got {value!r}")
 
 
-def _bump(tx: Transaction, subject: Subject, subject_id: str, kind: str) -> None:
-    tx.increment(f"metering.{subject}", subject_id)
-    if tx.increment(f"metering.{subject}.kind", f"{subject_id}#{kind}") == 1:
+def _bump(tx: Transaction, subject: Subject, subject_id: str, kind: str, count: int) -> None:
+    tx.increment(f"metering.{subject}", subject_id, count)
+    if tx.increment(f"metering.{subject}.kind", f"{subject_id}#{kind}", count) == count:
         key = f"{subject}:{subject_id}"
         doc = tx.get(_INDEX_NS, key)
         kinds = set(doc.body["kinds"]) if doc else set()
@@ -69,8 +69,10 @@ def _bump(tx: Transaction, subject: Subject, subject_id: str, kind: str) -> None
         tx.put(_INDEX_NS, key, {"kinds": sorted(kinds)})
 
 
-def record_use(tx: Transaction, agreement_id: str, participant: str, kind: str) -> None:
-    """Count one data-service call against its agreement and its participant.
+def record_use(
+    tx: Transaction, agreement_id: str, participant: str, kind: str, *, count: int = 1
+) -> None:
+    """Count ``count`` data-service calls (default one) against their agreement and participant.
 
     Args:
         tx: the transaction doing the metered work.
@@ -78,16 +80,19 @@ def record_use(tx: Transaction, agreement_id: str, participant: str, kind: str) 
         participant: the calling participant.
         kind: what was called, e.g. ``score``, ``aggregate``, ``train``, ``transfer``, ``catalog``
             (lower case, ``[a-z][a-z0-9._-]*``).
+        count: how many such calls (a group of uses decided together counts each of them).
 
     Raises:
-        ValidationError: an id is empty or ``kind`` is malformed.
+        ValidationError: an id is empty, ``kind`` is malformed or ``count`` is below 1.
     """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValidationError(f"count must be a positive integer, got {count!r}")
     _check_id("agreement_id", agreement_id)
     _check_id("participant", participant)
     if not isinstance(kind, str) or not _KIND_RE.match(kind):
         raise ValidationError(f"kind must match {_KIND_RE.pattern}, got {kind!r}")
-    _bump(tx, "agreement", agreement_id, kind)
-    _bump(tx, "participant", participant, kind)
+    _bump(tx, "agreement", agreement_id, kind, count)
+    _bump(tx, "participant", participant, kind, count)
 
 
 def usage(

@@ -5,6 +5,9 @@
   datasets are found among the node's agreements unless named with ``--agreement``/``--dataset``.
   A progress bar follows the query; the scores go to ``--out`` as ``id,logit,<output>``.
 - ``query aggregate``: a statistic of one provider column over a cohort (PSI) or explicit ids.
+- ``query score-now``: one or a few entities (``--entity``, repeated) scored at once through the
+  node's standing sessions (``POST /management/score``): the scores and the receipts in one round
+  trip, printed (``--json``: the whole answer).
 - ``query status ID``: one query's state, progress and (``--json``) result.
 - ``query cancel ID``: stop a queued or running query at every party. ``query score``,
   ``aggregate`` and ``train`` print the query's id as soon as the node accepts it; Ctrl-C then
@@ -59,6 +62,7 @@ __all__ = [
     "cancel_command",
     "local_score_command",
     "score_command",
+    "score_now_command",
     "status_command",
 ]
 
@@ -178,6 +182,70 @@ def score_command(
         for p, n in summary["missing"].items():
             typer.echo(f"  {p}: {n} entities missing ({missing})")
         typer.echo(f"  receipts from {', '.join(sorted(summary['receipts'])) or 'nobody'}")
+
+
+@query_app.command("score-now")
+def score_now_command(
+    model: Annotated[Path, typer.Option(help="The model file (JSON).", exists=True)],
+    entity: Annotated[list[str], typer.Option(help="An id to score (repeat, at most 64).")],
+    protocol: Annotated[str, typer.Option(help="paillier | ckks | additive")],
+    purpose: Annotated[str, typer.Option(help="The declared purpose.")] = "pre-loan-review",
+    agreement: Annotated[
+        list[str] | None, typer.Option(help="PROVIDER=AGREEMENT_ID (default: the one usable).")
+    ] = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option(help="PARTY=DATASET_ID (e.g. your own dataset).")
+    ] = None,
+    missing: MissingOpt = "fail",
+    mode: Annotated[str, typer.Option(help="analyst-held | party-held")] = "analyst-held",
+    provider: Annotated[
+        list[str] | None,
+        typer.Option("--provider", help="A provider holding its part of a party-held model."),
+    ] = None,
+    id_kind: IdKindOpt = "opaque",
+    node: NodeOpt = None,
+    node_dir: NodeDirOpt = None,
+    token_file: TokenOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Score one or a few entities now (a loan officer waits): scores and receipts at once."""
+    check_choices(
+        (
+            (protocol, PROTOCOLS, "--protocol"),
+            (missing, MISSING_RULES, "--missing"),
+            (mode, MODES, "--mode"),
+            (id_kind, ID_KINDS, "--id-kind"),
+        )
+    )
+    try:
+        with analyst_client(node, node_dir, token_file) as client:
+            query = client.score_query(
+                load_model(model),
+                entity,
+                protocol=protocol,
+                purpose=purpose,
+                agreements=pairs(agreement, "--agreement"),
+                datasets=pairs(dataset, "--dataset"),
+                providers=provider or (),
+                missing=missing,
+                mode=mode,
+                id_kind=id_kind,
+            )
+            result = client.score_now(query)
+    except CLI_ERRORS as exc:
+        raise fail(exc) from exc
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for e, logit, output in zip(
+        result["entities"], result["logits"], result["outputs"], strict=True
+    ):
+        typer.echo(f"{e},{logit:.6f},{output:.6f}")
+    typer.echo(
+        f"  query {result['query']}: receipts from {', '.join(sorted(result['receipts']))}"
+        f" (run of {result['run']})",
+        err=True,
+    )
 
 
 @query_app.command("aggregate")

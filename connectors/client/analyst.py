@@ -41,6 +41,7 @@ from connectors.client.http import AdminClient
 from connectors.common.errors import ConnectorError
 from connectors.common.settings import load_settings
 from connectors.common.tls import client_context
+from trusted_space.errors import RemoteError
 from trusted_space.queries.aggregate import AggregateResult
 from trusted_space.queries.score import Model, ScoreQuery, ScoreResult
 
@@ -388,6 +389,37 @@ class AnalystClient:
         """As :meth:`score`, returning the result JSON (with ``protocol`` and ``link``)."""
         view = self.submit_score(query)
         return self.wait(view["id"], progress=progress, timeout=timeout)
+
+    def score_now(self, query: ScoreQuery | Mapping[str, Any]) -> dict[str, Any]:
+        """Score one or a few entities and wait (``POST /management/score``, one round trip).
+
+        The node runs the request in a standing session, together with others that arrive at
+        the same time; the answer is this request's alone: ``query`` (its id, which its
+        providers' uses name), ``entities``, ``logits``, ``outputs``, ``missing``, ``receipts``
+        (one per provider, checked by the node), ``run`` (requests in its run), ``timings``.
+
+        Raises:
+            QueryFailed: refused (``peer``, ``trace``; every refusal under
+                ``problem["refusals"]``, receipts of the providers that recorded a use under
+                ``problem["receipts"]``).
+            RemoteError: a bad request (400) or a failed run (a provider's status or 502).
+        """
+        doc = query.to_json() if isinstance(query, ScoreQuery) else dict(query)
+        try:
+            return dict(self._http.post("/management/score", doc))
+        except RemoteError as exc:
+            if exc.status == 403 and "refusals" in exc.problem:
+                raise QueryFailed(str(exc.problem.get("query", "")), exc.problem) from exc
+            raise
+
+    def serving_sessions(self) -> list[dict[str, Any]]:
+        """The node's standing scoring sessions (``GET /management/score/sessions``)."""
+        return list(self._http.get("/management/score/sessions"))
+
+    def rotate_keys(self, session: str | None = None) -> list[dict[str, Any]]:
+        """Fresh keys for one standing session (its id) or all, from their next run."""
+        params = {"session": session} if session else None
+        return list(self._http.post("/management/score/sessions/rotate", None, params=params))
 
     def aggregate(
         self,

@@ -175,6 +175,13 @@ class NodeSettings(BaseSettings):
         tls_client_ca: mutual TLS: clients must present a certificate issued by this CA (PEM).
         tls_ca: the CA bundle (PEM) this node trusts for ``https`` peers (default: the system's
             trust store).
+        score_key_rotation: ``TS_SCORE_KEY_ROTATION``, seconds a standing scoring session
+            keeps its keys (Paillier pair, CKKS context) before fresh ones replace them
+            (default 3600; staff rotate at once with ``POST /management/score/sessions/rotate``).
+        score_runs_in_flight: ``TS_SCORE_RUNS_IN_FLIGHT``, protocol runs a standing scoring
+            session keeps in flight at once (default 1: requests that arrive meanwhile wait and
+            share the next run, the fewest runs for the load; 2 or more trade CPU for latency
+            on an idle host).
 
     The three tuning settings are lenient, as they were when read from the environment by the
     code that used them: a value that is not a number is logged and the default used, so a typo
@@ -205,6 +212,8 @@ class NodeSettings(BaseSettings):
     tls_key: str = ""
     tls_client_ca: str = ""
     tls_ca: str = ""
+    score_key_rotation: float = Field(default=3600.0, gt=0)
+    score_runs_in_flight: int = Field(default=1, ge=1, le=8)
 
     @field_validator("name")
     @classmethod

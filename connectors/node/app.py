@@ -16,6 +16,7 @@ usage, audit           every node             the node's staff (dry run, usage, 
 console                every node             anyone (the page); staff after sign-in
 operator               operator               admin (admission), members, anyone (anchor)
 queries_admin          consumer               the node's staff (run joint queries as analyst)
+score_admin            consumer               the node's staff (score one or a few, synchronously)
 operator_admin         operator               the node's staff (members, witness record)
 =====================  =====================  ==============================================
 
@@ -35,7 +36,7 @@ from fastapi import FastAPI
 from connectors import __version__
 from connectors.common.logs import RequestIds
 from connectors.common.settings import NodeSettings
-from connectors.node import negotiation, queries
+from connectors.node import negotiation, queries, serving
 from connectors.node.apidocs import install_api_docs
 from connectors.node.background import Background
 from connectors.node.console import router as console
@@ -57,6 +58,7 @@ from connectors.node.routers import (
     operator,
     operator_admin,
     queries_admin,
+    score_admin,
     transfers_admin,
     usage,
 )
@@ -103,6 +105,7 @@ def create_app(
             background.stop()
             negotiation.shutdown(rt)
             queries.shutdown(rt)
+            serving.shutdown(rt)
             if runtime is None:  # we built it, so we close it (checkpoints the SQLite WAL)
                 rt.close()
 
@@ -147,6 +150,7 @@ def create_app(
         app.include_router(transfers_admin.router)
     if "consumer" in rt.roles:
         app.include_router(queries_admin.router)
+        app.include_router(score_admin.router)
     if rt.is_operator:
         app.include_router(operator.router)
         app.include_router(operator_admin.router)

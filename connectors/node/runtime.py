@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import httpx
 
@@ -58,6 +59,8 @@ __all__ = ["PEER_NAMESPACE", "NodeRuntime"]
 log = logging.getLogger("trusted_space.node")
 
 PEER_NAMESPACE = "peer"
+_LEARNED_CREDENTIALS: Final = 1024
+"""Credential tokens a node remembers having stored (the oldest forgotten first)."""
 
 _S = TypeVar("_S")
 
@@ -136,6 +139,10 @@ class NodeRuntime:
         )
         self._services: dict[type[Any], Any] = {}
         self._services_lock = threading.RLock()
+        # Credentials already verified and stored: a member sends the same one with every
+        # request, and storing it again would cost a verification and a commit each time.
+        self._learned: OrderedDict[str, None] = OrderedDict()
+        self._learned_lock = threading.Lock()
         if self.is_operator:
             self._admit_self()
 
@@ -261,12 +268,26 @@ class NodeRuntime:
             raise
 
     def _learn_credential(self, directory: MemberDirectory, token: str, now: datetime) -> None:
+        """Store a member's credential once; the same token again is already known.
+
+        Skipping a known token skips nothing that protects: the request's own verification
+        still checks the stored credential's window and its revocation every time.
+        """
+        with self._learned_lock:
+            if token in self._learned:
+                self._learned.move_to_end(token)
+                return
         try:
             with self.store.transaction() as tx:
                 directory.add(tx, token, now=now)
         except VerificationError as exc:
             if exc.reason != "credential-superseded":
                 raise
+            return
+        with self._learned_lock:
+            self._learned[token] = None
+            while len(self._learned) > _LEARNED_CREDENTIALS:
+                self._learned.popitem(last=False)
 
     # -- peers ----------------------------------------------------------------------------------
     def remember_peer(self, participant_id: str, url: str, roles: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -113,8 +113,11 @@ def local_offer(
     purpose: str = LOCAL_PURPOSE,
     kinds: Sequence[str] = ("score",),
     models: Sequence[str] = ("analyst-held", "party-held"),
+    rules: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """An ODRL offer permitting joint ``kinds`` with ``protocols`` for ``purpose`` only.
+
+    ``rules``: more constraints of the permission (e.g. a per-entity budget, ``entityCount``).
 
     ``models``: the weights a score may apply (policy operand ``model``). A local space is the
     user's own trial on its own files, so it opts in to analyst-held weights explicitly (zone
@@ -146,6 +149,7 @@ def local_offer(
                     },
                     {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": outputs},
                     {"leftOperand": "model", "operator": "isAnyOf", "rightOperand": list(models)},
+                    *(dict(r) for r in rules),
                 ],
             }
         ],
@@ -243,6 +247,7 @@ class LocalSpace:
         keep: keep the work directory.
         label: a label column the analyst also publishes (for ``local train``).
         kinds: the computations the offers permit.
+        rules: party → more constraints of its offer (e.g. a per-entity budget).
     """
 
     parties: Sequence[LocalParty]
@@ -254,6 +259,7 @@ class LocalSpace:
     keep: bool = False
     label: str | None = None
     kinds: tuple[str, ...] = ("score",)
+    rules: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     agreements: dict[str, str] = field(default_factory=dict)
     space: RunningSpace | None = None
@@ -320,7 +326,7 @@ class LocalSpace:
                         file=p.path,
                         dataset=doc,
                         source=SourceConfig(p.kind, p.path),
-                        offers=(local_offer(kinds=self.kinds),),
+                        offers=(local_offer(kinds=self.kinds, rules=self.rules.get(p.name, ())),),
                     ),
                 )
             roles = ("consumer", "provider") if i == 0 else ("provider",)

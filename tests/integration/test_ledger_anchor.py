@@ -114,8 +114,11 @@ def test_an_honest_log_verifies_from_the_operator_alone(
 @pytest.mark.parametrize(
     "hide",
     [
-        pytest.param(("ledger_checkpoint",), id="edited-and-re-signed"),
-        pytest.param(("ledger_checkpoint", "ledger_cosigned"), id="cosignatures-deleted-too"),
+        pytest.param(("ledger_checkpoint", "ledger_checkpoint_head"), id="edited-and-re-signed"),
+        pytest.param(
+            ("ledger_checkpoint", "ledger_checkpoint_head", "ledger_cosigned"),
+            id="cosignatures-deleted-too",
+        ),
     ],
 )
 def test_a_rewritten_log_is_caught_from_the_operator_alone(

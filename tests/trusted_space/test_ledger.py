@@ -239,6 +239,27 @@ def test_ledger_checkpoint_receipt_and_whole_log() -> None:
         verify_log(tampered, second, ledger.vkey, [first])
 
 
+@pytest.mark.parametrize("warm", [False, True])
+def test_receipts_of_a_group_equal_one_receipt_each(warm: bool) -> None:
+    store = MemoryStore()
+    ledger = Ledger(store, NODE_KEY, ORIGIN)
+    append(store, 700)  # several tiles of 2**TILE_LEVEL leaves and a partial one
+    note = ledger.checkpoint()
+    if warm:
+        ledger.receipt(0, note)  # the subtree cache filled by an earlier proof
+    fresh = Ledger(store, NODE_KEY, ORIGIN) if not warm else ledger
+    indices = [699, 3, 256, 511, 640]
+
+    group = fresh.receipts(indices, note)
+
+    assert [r.to_json() for r in group] == [ledger.receipt(i, note).to_json() for i in indices]
+    for i, receipt in zip(indices, group, strict=True):
+        assert receipt.index == i and receipt.verify(ledger.vkey).size == 700
+    assert fresh.receipts([], note) == []
+    with pytest.raises(ValidationError):
+        fresh.receipts([700], note)
+
+
 def test_ledger_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "node.db"
     store = SQLiteStore(path)
@@ -267,6 +288,23 @@ def test_ledger_refuses_to_sign_over_a_rewritten_store() -> None:
     fresh = Ledger(store, NODE_KEY, ORIGIN)
     with pytest.raises(ConflictError):
         fresh.checkpoint()
+
+
+def test_a_store_from_before_the_head_is_still_checked_against_its_newest_checkpoint() -> None:
+    store = MemoryStore()
+    ledger = Ledger(store, NODE_KEY, ORIGIN)
+    append(store, 4)
+    first = ledger.checkpoint()
+    append(store, 3)
+    second = ledger.checkpoint()
+    assert ledger.latest_checkpoint() == second == ledger.checkpoints()[-1]
+    with store.transaction() as tx:  # as a store written before the head was kept
+        assert tx.delete("ledger_checkpoint_head", ledger._log)
+    assert Ledger(store, NODE_KEY, ORIGIN).latest_checkpoint() == second
+    store._logs[EVENT_LOG][5] = (b"forged", leaf_hash(b"forged"))  # after `first`, before `second`
+    with pytest.raises(ConflictError):
+        Ledger(store, NODE_KEY, ORIGIN).checkpoint()
+    assert first in ledger.checkpoints()
 
 
 def test_a_rotated_key_keeps_signing_and_still_refuses_a_rewritten_store() -> None:

@@ -41,6 +41,21 @@ def test_counts_per_agreement_and_participant(store: Store) -> None:
     assert (unknown.total, unknown.by_kind) == (0, ())
 
 
+def test_a_group_counts_as_its_calls_one_by_one(store: Store) -> None:
+    with store.transaction() as tx:
+        record_use(tx, "ag-1", "bank-a", "score", count=3)
+        record_use(tx, "ag-1", "bank-a", "score")
+        with pytest.raises(ValidationError):
+            record_use(tx, "ag-1", "bank-a", "score", count=0)
+
+    with store.transaction() as tx:
+        ag1 = usage(tx, agreement_id="ag-1")
+        bank_a = usage(tx, participant="bank-a")
+
+    assert (ag1.total, ag1.by_kind) == (4, (("score", 4),))
+    assert bank_a.total == 4
+
+
 def test_rolled_back_work_is_not_counted(store: Store) -> None:
     with pytest.raises(RuntimeError), store.transaction() as tx:
         record_use(tx, "ag-1", "bank-a", "score")

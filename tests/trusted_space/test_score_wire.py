@@ -61,6 +61,12 @@ def _over_the_wire(header: dict[str, Any]) -> dict[str, Any]:
 MESSAGES = [
     _open(),
     _open(mode="party-held", columns=None, model="urn:uuid:m-1"),
+    _open(
+        entities=3,
+        requests=(("urn:uuid:r-1", 1), ("urn:uuid:r-2", 2)),
+        ids=("e1", "e2", "e3"),
+        run_bytes=17,
+    ),
     ScoreOpened("urn:uuid:q-1", 2),
     ScoreEntities("urn:uuid:q-1", 0, 10),
     EntitiesReceived(10),
@@ -82,6 +88,39 @@ def test_block_and_run_reply_read_back_with_their_context() -> None:
     header = _over_the_wire(ran.to_header())
     assert header["maskSeed"] == "ab"  # a protocol's extras sit at the top level, as before
     assert ScoreRan.from_header(header, "tax-bureau") == ran
+
+
+def test_a_served_run_reads_back_its_requests_uses_and_skips() -> None:
+    ran = ScoreRan(
+        "urn:uuid:q-1",
+        {},
+        3,
+        0,
+        uses={"urn:uuid:r-1": {"index": 4}},
+        refused={"urn:uuid:r-2": {"status": 403, "trace": []}},
+    )
+    assert ScoreRan.from_header(_over_the_wire(ran.to_header()), "court") == ran
+    block = ScoreBlock("urn:uuid:q-1", 0, ("urn:uuid:r-2",))
+    assert ScoreBlock.from_header(_over_the_wire(block.to_header()), 1) == block
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"requests": [{"id": "r", "count": 3}, {"id": "r", "count": 7}]}, "requests"),
+        ({"requests": [{"id": "r", "count": 9}]}, "requests"),
+        ({"requests": "r"}, "requests"),
+        ({"ids": "e1\ne2"}, "payload"),
+        ({"ids": 5}, "ids"),
+        ({"runBytes": 4}, "runBytes"),
+    ],
+)
+def test_bad_served_fields_are_refused_naming_them(changes: dict[str, Any], field: str) -> None:
+    header = {**_open().to_header(), **changes}
+    with pytest.raises(ValidationError, match=field):
+        ScoreOpen.from_header(header)
+    with pytest.raises(ValidationError, match="skip"):
+        ScoreBlock.from_header({"query": "q", "block": 0, "skip": [""]}, 1)
 
 
 def test_the_open_header_keeps_its_wire_keys() -> None:

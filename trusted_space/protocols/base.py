@@ -139,12 +139,31 @@ class AnalystSide(ABC):
         weights: FloatArray | None,
         block: int,
         count: int,
+        skip: tuple[str, ...] = (),
     ) -> None:
         """One interactive round with ``provider`` for ``block`` (``interactive`` protocols).
 
+        ``skip``: a served run's requests whose rows the provider zeroes (``ScoreBlock.skip``).
         May be called from several threads at once (one per provider).
         """
         raise NotImplementedError
+
+    def prefetch(
+        self,
+        transport: Transport,
+        analyst: str,
+        operator: str,
+        provider: str,
+        block: int,
+        count: int,
+        terms: int,
+    ) -> None:
+        """Fetch now what :meth:`round` will need, while other messages travel.
+
+        The additive protocol fetches the dealer's triple; one without such material does
+        nothing. May be called from several threads at once (one per provider).
+        """
+        return None
 
     @abstractmethod
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:

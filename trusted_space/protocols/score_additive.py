@@ -104,6 +104,7 @@ class AdditiveAnalyst(AnalystSide):
         self._local: dict[int, np.ndarray[Any, np.dtype[np.uint64]]] = {}
         self._ledger = sharing.TripleLedger(0)
         self._lock = threading.Lock()  # providers are served from several threads
+        self._fetched: dict[tuple[str, int], Any] = {}
 
     def params(self) -> dict[str, Any]:
         return {"fracBits": FRAC_BITS}
@@ -138,20 +139,18 @@ class AdditiveAnalyst(AnalystSide):
         weights: FloatArray | None,
         block: int,
         count: int,
+        skip: tuple[str, ...] = (),
     ) -> None:
         if weights is None:  # pragma: no cover - analyst-held always has weights
             raise ValidationError("analyst-held additive needs weights")
         k = weights.shape[0]
         w = encode_ring(weights, self.weight_bits)
-        triple = fetch_triple(
-            transport,
-            operator,
-            session=self.query.id,
-            batch=_batch(provider, block),
-            parties=[analyst, provider],
-            left=(count, k),
-            right=(k,),
-        )
+        with self._lock:
+            triple = self._fetched.pop((provider, block), None)
+        if triple is None:
+            self.prefetch(transport, analyst, operator, provider, block, count, k)
+            with self._lock:
+                triple = self._fetched.pop((provider, block))
         with crypto_errors("beaver round"), self._lock:
             mine = sharing.beaver_mask(
                 np.zeros((count, k), dtype=np.uint64), w, triple, self._ledger
@@ -160,7 +159,10 @@ class AdditiveAnalyst(AnalystSide):
         from trusted_space.protocols.score.wire import ScoreBlock
 
         answer = transport.call(
-            provider, "score.beaver", ScoreBlock(self.query.id, block).to_header(), mine.to_bytes()
+            provider,
+            "score.beaver",
+            ScoreBlock(self.query.id, block, skip).to_header(),
+            mine.to_bytes(),
         )
         with crypto_errors(f"{provider}'s beaver message"):
             theirs = sharing.BeaverMessage.from_bytes(answer.payload)
@@ -184,6 +186,28 @@ class AdditiveAnalyst(AnalystSide):
         if local.shape != (count,):
             raise ValidationError(f"block {block}: local share of the wrong size")
         return edge_shares(edges, shift, self.frac_bits, local)
+
+    def prefetch(
+        self,
+        transport: Transport,
+        analyst: str,
+        operator: str,
+        provider: str,
+        block: int,
+        count: int,
+        terms: int,
+    ) -> None:
+        triple = fetch_triple(
+            transport,
+            operator,
+            session=self.query.id,
+            batch=_batch(provider, block),
+            parties=[analyst, provider],
+            left=(count, terms),
+            right=(terms,),
+        )
+        with self._lock:
+            self._fetched[(provider, block)] = triple
 
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
         total = ring_from_bytes(payload, count)

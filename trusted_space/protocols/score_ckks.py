@@ -21,8 +21,10 @@ worker loading the public context and the weights once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
@@ -58,13 +60,44 @@ def _pool_task(x: FloatArray) -> bytes:
     return ckks.weighted_sum(_POOL_STATE["ctx"], _POOL_STATE["w"], x).serialize()
 
 
+_LOADED_MAX: Final = 4
+_loaded_contexts: OrderedDict[bytes, tuple[ckks.PublicContext, threading.Lock]] = OrderedDict()
+_loaded_guard = threading.Lock()
+
+
+def _loaded(material: bytes) -> tuple[ckks.PublicContext, threading.Lock]:
+    """The public context of ``material`` and its lock, loaded once for the sessions using it.
+
+    An analyst's standing session sends the same public context with every run; loading it
+    takes longer than a small run's arithmetic, so a provider keeps the last few it loaded, by
+    digest. One TenSEAL operation on a context at a time (the lock): the weighted sum switches
+    the context's auto-rescaling off and back on, so two blocks computed at once would rescale
+    each other's products (TenSEAL holds the GIL meanwhile anyway).
+    """
+    digest = hashlib.sha256(material).digest()
+    with _loaded_guard:
+        found = _loaded_contexts.get(digest)
+        if found is not None:
+            _loaded_contexts.move_to_end(digest)
+            return found
+    with crypto_errors("the analyst's ckks context"):
+        context = ckks.PublicContext.load(material)
+    with _loaded_guard:
+        found = _loaded_contexts.setdefault(digest, (context, threading.Lock()))
+        while len(_loaded_contexts) > _LOADED_MAX:
+            _loaded_contexts.popitem(last=False)
+    return found
+
+
 class CkksAnalyst(AnalystSide):
     codec = "ckks.vector"
 
-    def __init__(self, secret: ckks.SecretContext) -> None:
+    def __init__(self, secret: ckks.SecretContext, public: bytes | None = None) -> None:
         self.secret = secret
-        with crypto_errors("ckks public context"):
-            self._public = secret.public_context().serialize()
+        if public is None:
+            with crypto_errors("ckks public context"):
+                public = secret.public_context().serialize()
+        self._public = public
 
     def params(self) -> dict[str, Any]:
         return {"preset": self.secret.preset.name}
@@ -93,21 +126,16 @@ class CkksProvider(ProviderSide):
     def __init__(
         self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
     ) -> None:
-        with crypto_errors("the analyst's ckks context"):
-            self.context = ckks.PublicContext.load(material)
+        self.context, self._context_lock = _loaded(material)
         if params.get("preset") != self.context.preset.name:
             raise ValidationError("params.preset: does not match the context")
         self.mode = mode
         self.material = material
         self.workers = max(1, min(workers, os.cpu_count() or 1))
         self._pool: ProcessPoolExecutor | None = None
-        # One TenSEAL operation on the context at a time: the weighted sum switches the
-        # context's auto-rescaling off and back on, so two blocks computed at once on two
-        # threads would rescale each other's products (TenSEAL holds the GIL meanwhile anyway).
-        self._context_lock = threading.Lock()
 
     def load_weights(self, payload: bytes, terms: int) -> ckks.EncryptedVector:
-        with crypto_errors("the analyst's encrypted weights"):
+        with crypto_errors("the analyst's encrypted weights"), self._context_lock:
             weights = self.context.load_vector(payload)
         if not weights.replicated or weights.length != terms:
             raise ValidationError(f"expected {terms} replicated encrypted weights")
@@ -170,6 +198,18 @@ class CkksScore(ScoreProtocol):
     ) -> None:
         self.context = context
         self.preset = preset
+        self._public: bytes | None = None
+        self._public_lock = threading.Lock()
+
+    def _public_material(self) -> bytes | None:
+        """A held context's public part, serialised once (``None`` without a held context)."""
+        if self.context is None:
+            return None
+        with self._public_lock:
+            if self._public is None:
+                with crypto_errors("ckks public context"):
+                    self._public = self.context.public_context().serialize()
+            return self._public
 
     def block_rows(self, query: ScoreQuery, terms: int) -> int:
         slots = (self.context.preset if self.context else self.preset).slots
@@ -181,7 +221,7 @@ class CkksScore(ScoreProtocol):
     ) -> CkksAnalyst:
         with crypto_errors("ckks context"):
             secret = self.context or ckks.SecretContext.generate(self.preset)
-        return CkksAnalyst(secret)
+        return CkksAnalyst(secret, self._public_material())
 
     def provider(
         self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1

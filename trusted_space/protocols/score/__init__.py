@@ -34,7 +34,8 @@ Layout: :mod:`.weights` (party-held weights, owned), :mod:`.approval` (submitted
 checked against the provider's model rules and decided by its staff), :mod:`.wire` (the
 ``score.*`` headers as typed messages, each with ``to_header``/``from_header``, and the wire
 limits), :mod:`.provider` (the ``score.*`` operations), :mod:`.analyst` (:func:`run_score`,
-PSI alignment, receipt checks).
+PSI alignment, receipt checks), :mod:`.serving` (:func:`serve_batch`: several small requests in
+one run, each its own use, under :class:`StandingKeys`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ from trusted_space.protocols.score.provider import (
     MAX_ENTITIES,
     register_provider,
 )
+from trusted_space.protocols.score.serving import (
+    MAX_SERVED_ENTITIES,
+    ServedOutcome,
+    ServedRequest,
+    StandingKeys,
+    serve_batch,
+)
 from trusted_space.protocols.score.weights import (
     MODEL_NAMESPACE,
     PartyModel,
@@ -81,6 +89,7 @@ __all__ = [
     "BLOCKS_IN_FLIGHT",
     "ENTITY_CHUNK",
     "MAX_ENTITIES",
+    "MAX_SERVED_ENTITIES",
     "MODEL_NAMESPACE",
     "PSI_POOL_MIN_IDS",
     "PSI_WORKERS_MAX",
@@ -88,6 +97,9 @@ __all__ = [
     "SUBMISSION_NAMESPACE",
     "Aligner",
     "PartyModel",
+    "ServedOutcome",
+    "ServedRequest",
+    "StandingKeys",
     "Submission",
     "check_use_receipt",
     "clean_weights",
@@ -102,6 +114,7 @@ __all__ = [
     "register_provider",
     "run_score",
     "send_model",
+    "serve_batch",
     "store_party_weights",
     "submissions",
     "submit_model",

@@ -16,8 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from trusted_space.compute import CallContext, ComputeNode, DataAccess
-from trusted_space.enforcement import UseRequest, authorize_use
-from trusted_space.errors import ConflictError, NotFoundError, RefusedError, ValidationError
+from trusted_space.enforcement import UseRequest, authorize_use, authorize_uses
+from trusted_space.errors import (
+    ConflictError,
+    NotFoundError,
+    RefusedError,
+    ValidationError,
+    problem_document,
+)
 from trusted_space.protocols._common import (
     block_ranges,
     check_size,
@@ -59,6 +65,12 @@ _BAND_PREFIX: Final = "band/"
 def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     node = ctx.node
     spec = ScoreOpen.from_header(header)
+    run_payload = b""
+    if spec.run_bytes is not None:  # a served run: open and run in one call
+        if spec.run_bytes > len(payload):
+            raise ValidationError("header.runBytes: longer than the payload")
+        cut = len(payload) - spec.run_bytes
+        payload, run_payload = payload[:cut], payload[cut:]
     protocol = get_score_protocol(spec.protocol)
     if node.operator is not None and spec.operator != node.operator:
         raise ValidationError(f"header.operator: {spec.operator!r} is not this space's operator")
@@ -93,9 +105,11 @@ def _score_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Rep
             "columns": columns,
             "weights": weights,
             "model": model,
-            "entities": [],
+            "entities": list(spec.ids or ()),
         }
     )
+    if spec.run_bytes is not None:
+        return _score_run(ctx, ScoreRun(spec.query).to_header(), run_payload)
     return Reply(ScoreOpened(spec.query, len(columns)).to_header())
 
 
@@ -207,6 +221,85 @@ def _model_fields(spec: ScoreOpen, model: PartyModel | None) -> dict[str, Any]:
     }
 
 
+def _prepare(spec: ScoreOpen, state: dict[str, Any], published: Any, x: FloatArray) -> FloatArray:
+    """What the blocks compute on: scaled features (analyst-held) or partial logits (party-held).
+
+    Raises:
+        ValidationError: a value beyond its column's declared range (naming the column).
+    """
+    columns: list[str] = state["columns"]
+    table = published.dataset.table
+    declared = {c: table.field(c).bound for c in columns}
+    if spec.mode == "analyst-held":
+        if spec.scales is None:  # an analyst that does not scale: its featureBound for all
+            _check_bound(x, spec.feature_bound, "featureBound", columns)
+            return x
+        return unscaled_features(x, columns, spec.scales, declared)
+    check_party_partials(x, state["weights"], declared, spec.partial_bound)
+    z = x @ np.array(list(state["weights"].values()), dtype=np.float64)
+    _check_bound(z, spec.partial_bound, "partialBound", columns)
+    return z
+
+
+def _served_values(
+    ctx: CallContext,
+    state: dict[str, Any],
+    requests: Sequence[tuple[str, int]],
+) -> tuple[FloatArray, npt.NDArray[np.bool_], dict[str, Any], dict[str, Any]]:
+    """A served run's values: every request authorised and read on its own, in one commit.
+
+    Returns the values (a refused request's rows are zero), the missing mask, the receipts of
+    the allowed requests and the problem documents of the refused ones. A request refused by
+    the policy, lacking an entity (``missing: fail``) or holding a value beyond its column's
+    range is refused alone; the others go on.
+    """
+    node = ctx.node
+    spec: ScoreOpen = state["spec"]
+    entities: list[str] = state["entities"]
+    spans: dict[str, tuple[int, int]] = {}
+    start = 0
+    for rid, count in requests:
+        spans[rid] = (start, start + count)
+        start += count
+    state["spans"] = spans
+    outcomes = authorize_uses(
+        node,
+        [
+            UseRequest(
+                query_id=rid,
+                analyst=ctx.sender,
+                agreement_id=spec.agreement,
+                dataset_id=spec.dataset,
+                columns=tuple(state["columns"]),
+                kind="score",
+                purpose=spec.purpose,
+                protocol=spec.protocol,
+                entities=tuple(entities[a:b]),
+                **_model_fields(spec, state["model"]),
+            )
+            for rid, (a, b) in spans.items()
+        ],
+        roles=node.sender_roles(ctx.sender),
+    )
+    width = () if spec.mode == "party-held" else (len(state["columns"]),)
+    values: FloatArray = np.zeros((len(entities), *width))
+    missing = np.zeros(len(entities), dtype=bool)
+    uses: dict[str, Any] = {}
+    refused: dict[str, Any] = {}
+    for (rid, (a, b)), outcome in zip(spans.items(), outcomes, strict=True):
+        try:
+            if isinstance(outcome, RefusedError):
+                raise outcome
+            x, gone = _read(node, state, entities[a:b], outcome.dataset, outcome.decision_index)
+            values[a:b] = _prepare(spec, state, outcome.dataset, x)
+        except (RefusedError, ValidationError) as exc:
+            refused[rid] = problem_document(exc)
+            continue
+        missing[a:b] = gone
+        uses[rid] = outcome.receipt
+    return values, missing, uses, refused
+
+
 def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
     """Enforce, read every entity once, and reply with the receipt and the missing bitmap.
 
@@ -227,6 +320,10 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
     state["job"] = None  # from here on the session cannot run again
     close = True
     try:
+        if spec.requests is not None:
+            served = _served_run(ctx, state, payload)
+            close = False
+            return served
         grant = authorize_use(
             node,
             UseRequest(
@@ -259,23 +356,10 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
         )
         if spec.comparer == node.participant_id:
             _open_band(ctx, spec, blocks)
-        if spec.mode == "analyst-held":
-            if spec.scales is None:  # an analyst that does not scale: its featureBound for all
-                _check_bound(x, spec.feature_bound, "featureBound", state["columns"])
-            else:
-                table = grant.dataset.dataset.table
-                declared = {c: table.field(c).bound for c in state["columns"]}
-                x = unscaled_features(x, state["columns"], spec.scales, declared)
-            if not side.interactive:
-                job.weights = side.load_weights(payload, len(state["columns"]))
-            job.values = {b: x[start:stop] for b, (start, stop) in enumerate(blocks)}
-        else:
-            table = grant.dataset.dataset.table
-            declared = {c: table.field(c).bound for c in state["columns"]}
-            check_party_partials(x, state["weights"], declared, spec.partial_bound)
-            z = x @ np.array(list(state["weights"].values()), dtype=np.float64)
-            _check_bound(z, spec.partial_bound, "partialBound", state["columns"])
-            job.values = {b: z[start:stop] for b, (start, stop) in enumerate(blocks)}
+        values = _prepare(spec, state, grant.dataset, x)
+        if spec.mode == "analyst-held" and not side.interactive:
+            job.weights = side.load_weights(payload, len(state["columns"]))
+        job.values = {b: values[start:stop] for b, (start, stop) in enumerate(blocks)}
         state["job"] = job
         close = False
         reply = ScoreRan(
@@ -290,6 +374,49 @@ def _score_run(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Repl
     finally:
         if close:
             _close(ctx, query, side)
+
+
+def _served_run(ctx: CallContext, state: dict[str, Any], payload: bytes) -> Reply:
+    """``score.run`` of a served run (``ScoreOpen.requests``): a use per request."""
+    spec: ScoreOpen = state["spec"]
+    side: ProviderSide = state["side"]
+    values, missing, uses, refused = _served_values(ctx, state, spec.requests or ())
+    blocks = block_ranges(len(values), spec.block)
+    job = ProviderJob(
+        ctx.node,
+        spec.query,
+        ctx.sender,
+        spec.operator,
+        list(spec.contributors),
+        spec.mode,
+        blocks,
+    )
+    if spec.mode == "analyst-held" and not side.interactive:
+        job.weights = side.load_weights(payload, len(state["columns"]))
+    job.values = {b: values[start:stop] for b, (start, stop) in enumerate(blocks)}
+    state["job"] = job
+    reply = ScoreRan(
+        query=spec.query,
+        receipt={},
+        rows=len(values),
+        missing=int(missing.sum()),
+        extras=side.reply_extras(),
+        uses=uses,
+        refused=refused,
+    )
+    return Reply(reply.to_header(), np.packbits(missing).tobytes())
+
+
+def _skip(state: dict[str, Any], message: ScoreBlock, start: int, values: FloatArray) -> None:
+    """Zero the rows of the requests the analyst skips (refused at another provider)."""
+    spans: dict[str, tuple[int, int]] = state.get("spans", {})
+    for rid in message.skip:
+        if rid not in spans:
+            raise ValidationError(f"header.skip: no request {rid!r} in this run")
+        a, b = spans[rid]
+        lo, hi = max(a - start, 0), min(b - start, values.shape[0])
+        if lo < hi:
+            values[lo:hi] = 0.0
 
 
 def _close(ctx: CallContext, query: str, side: ProviderSide) -> None:
@@ -325,11 +452,13 @@ def _job(
     if job is None or side.interactive != interactive:
         what = "interactive rounds" if interactive else "blocks"
         raise ConflictError(f"query {query!r} is not waiting for {what}")
-    block = ScoreBlock.from_header(header, len(job.blocks)).block
+    message = ScoreBlock.from_header(header, len(job.blocks))
+    block = message.block
     try:
         values = job.claim(block)
     except KeyError:
         raise ConflictError(f"block {block} was already computed") from None
+    _skip(state, message, job.blocks[block][0], values)
     return query, job, side, block, values
 
 

@@ -23,6 +23,8 @@ from trusted_space.errors import ValidationError, VerificationError
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols._common import (
     MAX_BLOCK_ROWS,
+    decode_ids,
+    encode_ids,
     header_float,
     header_int,
     header_participants,
@@ -34,6 +36,8 @@ from trusted_space.queries.score import MAX_BAND_EDGES
 __all__ = [
     "ENTITY_CHUNK",
     "MAX_ENTITIES",
+    "MAX_REQUESTS",
+    "MAX_SERVED_IDS",
     "BlockDone",
     "EntitiesReceived",
     "ScoreBlock",
@@ -47,7 +51,48 @@ __all__ = [
 ENTITY_CHUNK: Final = 1 << 18
 """Entity ids per ``score.entities`` call (at most 129 bytes each: 34 MB, under the limit)."""
 MAX_ENTITIES: Final = 10_000_000
-_RAN_KEYS: Final = frozenset({"query", "receipt", "rows", "missing"})
+MAX_REQUESTS: Final = 1024
+"""Requests one served run may carry (:attr:`ScoreOpen.requests`)."""
+MAX_SERVED_IDS: Final = 4096
+"""Entity ids ``score.open`` may carry itself (:attr:`ScoreOpen.ids`)."""
+_RAN_KEYS: Final = frozenset({"query", "receipt", "rows", "missing", "uses", "refused"})
+
+
+def _requests(header: Mapping[str, Any], entities: int) -> tuple[tuple[str, int], ...] | None:
+    """``header.requests``: ``[{"id", "count"}, ...]`` covering the entities in order."""
+    if "requests" not in header:
+        return None
+    value = header["requests"]
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_REQUESTS:
+        raise ValidationError(f"header.requests: expected a list of 1 to {MAX_REQUESTS} requests")
+    out = tuple(
+        (header_str(r, "id"), header_int(r, "count", 1, MAX_ENTITIES))
+        if isinstance(r, dict)
+        else ("", 0)
+        for r in value
+    )
+    if any(not i for i, _ in out) or len({i for i, _ in out}) != len(out):
+        raise ValidationError("header.requests: expected objects with distinct ids")
+    if sum(c for _, c in out) != entities:
+        raise ValidationError("header.requests: the counts do not add up to header.entities")
+    return out
+
+
+def _ids(header: Mapping[str, Any], entities: int, id_kind: str) -> tuple[str, ...] | None:
+    """``header.ids``: the entity ids of a small run, one per line."""
+    if "ids" not in header:
+        return None
+    value = header["ids"]
+    if not isinstance(value, str) or entities > MAX_SERVED_IDS:
+        raise ValidationError(f"header.ids: expected at most {MAX_SERVED_IDS} ids, one per line")
+    return tuple(decode_ids(value.encode("utf-8"), entities, id_kind))
+
+
+def _documents(header: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    value = header.get(name, {})
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValidationError(f"header.{name}: expected an object of objects")
+    return {str(k): dict(v) for k, v in value.items()}
 
 
 def _choice(header: Mapping[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -100,6 +145,17 @@ class ScoreOpen:
     """A band release: the edges; only the band of each logit leaves (``None``: the logit)."""
     comparer: str | None = None
     """A band release: the contributor that takes the sums and compares with the analyst."""
+    requests: tuple[tuple[str, int], ...] | None = None
+    """A served run (:mod:`trusted_space.protocols.score.serving`): the requests it carries, as
+    ``(request id, entity count)`` in entity order; each is authorised and recorded as a use
+    of its own (its own ``query.use`` and receipt), and a refused one is left out."""
+    ids: tuple[str, ...] | None = None
+    """A served run's entity ids, carried here instead of in ``score.entities`` calls (at most
+    :data:`MAX_SERVED_IDS`): one message fewer on the path a loan officer waits on."""
+    run_bytes: int | None = None
+    """A served run: ``score.open`` also runs (no ``score.run`` call); the last ``run_bytes``
+    bytes of its payload are ``score.run``'s payload (the encrypted weights) and its reply is
+    ``score.run``'s (:class:`ScoreRan`)."""
 
     @property
     def release(self) -> str:
@@ -131,6 +187,12 @@ class ScoreOpen:
             header["scales"] = list(self.scales)
         if self.band_edges is not None:
             header["release"] = {"edges": list(self.band_edges), "comparer": self.comparer}
+        if self.requests is not None:
+            header["requests"] = [{"id": i, "count": c} for i, c in self.requests]
+        if self.ids is not None:
+            header["ids"] = encode_ids(self.ids).decode("utf-8")
+        if self.run_bytes is not None:
+            header["runBytes"] = self.run_bytes
         return header
 
     @classmethod
@@ -172,6 +234,13 @@ class ScoreOpen:
                 )
             scales = tuple(raw)
         band_edges, comparer = _release(header, contributors)
+        requests = _requests(header, entities)
+        ids = _ids(header, entities, id_kind)
+        run_bytes: int | None = None
+        if "runBytes" in header:
+            if requests is None or ids is None:
+                raise ValidationError("header.runBytes: only a served run with its ids runs here")
+            run_bytes = header_int(header, "runBytes", 0, MAX_ENTITIES)
         return cls(
             query=query,
             protocol=protocol,
@@ -193,6 +262,9 @@ class ScoreOpen:
             scales=scales,
             band_edges=band_edges,
             comparer=comparer,
+            requests=requests,
+            ids=ids,
+            run_bytes=run_bytes,
         )
 
 
@@ -294,6 +366,10 @@ class ScoreRan:
     The payload is the missing-entity bitmap. ``extras`` are the protocol's own fields
     (:meth:`~trusted_space.protocols.base.ProviderSide.reply_extras`, e.g. the additive mask
     seed), at the top level of the header beside the others.
+
+    A served run (``ScoreOpen.requests``) answers per request instead of one ``receipt``:
+    ``uses`` maps each allowed request id to its receipt, ``refused`` each refused one to its
+    refusal's problem document (with the trace).
     """
 
     query: str
@@ -301,15 +377,22 @@ class ScoreRan:
     rows: int
     missing: int
     extras: Mapping[str, Any] = field(default_factory=dict)
+    uses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    refused: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def to_header(self) -> dict[str, Any]:
-        return {
+        header: dict[str, Any] = {
             "query": self.query,
-            "receipt": dict(self.receipt),
             "rows": self.rows,
             "missing": self.missing,
             **self.extras,
         }
+        if self.receipt:
+            header["receipt"] = dict(self.receipt)
+        if self.uses or self.refused:
+            header["uses"] = {k: dict(v) for k, v in self.uses.items()}
+            header["refused"] = {k: dict(v) for k, v in self.refused.items()}
+        return header
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], provider: str) -> Self:
@@ -319,8 +402,9 @@ class ScoreRan:
             VerificationError: no receipt.
             ValidationError: the missing count is not a count.
         """
-        receipt = header.get("receipt")
-        if not isinstance(receipt, dict):
+        receipt = header.get("receipt", {})
+        served = "uses" in header
+        if not isinstance(receipt, dict) or not ("receipt" in header or served):
             raise VerificationError(f"{provider} returned no receipt")
         missing = header.get("missing")
         if isinstance(missing, bool) or not isinstance(missing, int) or missing < 0:
@@ -331,23 +415,42 @@ class ScoreRan:
             rows=header_int(header, "rows", 0, MAX_ENTITIES),
             missing=missing,
             extras={k: v for k, v in header.items() if k not in _RAN_KEYS},
+            uses=_documents(header, "uses"),
+            refused=_documents(header, "refused"),
         )
 
 
 @dataclass(frozen=True)
 class ScoreBlock:
-    """``score.block`` (and ``score.beaver``): compute block ``block`` of the query."""
+    """``score.block`` (and ``score.beaver``): compute block ``block`` of the query.
+
+    ``skip``: in a served run, the requests another provider refused; their rows count as
+    zero here, so no partial of theirs reaches the analyst.
+    """
 
     query: str
     block: int
+    skip: tuple[str, ...] = ()
 
     def to_header(self) -> dict[str, Any]:
-        return {"query": self.query, "block": self.block}
+        header: dict[str, Any] = {"query": self.query, "block": self.block}
+        if self.skip:
+            header["skip"] = list(self.skip)
+        return header
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], blocks: int) -> Self:
         """Block numbers run over the ``blocks`` of the receiver's session."""
-        return cls(header_str(header, "query"), header_int(header, "block", 0, blocks - 1))
+        skip = header.get("skip", [])
+        if (
+            not isinstance(skip, list)
+            or len(skip) > MAX_REQUESTS
+            or not all(isinstance(i, str) and i for i in skip)
+        ):
+            raise ValidationError("header.skip: expected a list of request ids")
+        return cls(
+            header_str(header, "query"), header_int(header, "block", 0, blocks - 1), tuple(skip)
+        )
 
 
 @dataclass(frozen=True)
