@@ -20,10 +20,11 @@ import httpx
 import pytest
 
 from connectors.spaces.space import RunningNode, RunningSpace
+from tests._backups import sqlite_backup as backup
 from trusted_space.merkle import leaf_hash
 
 from .conftest import cli, ledger_events, signed_client
-from .test_ledger import backup, restore
+from .test_ledger import restore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
