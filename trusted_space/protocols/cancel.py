@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Self
 
 from trusted_space.compute import CallContext, ComputeNode
-from trusted_space.errors import TrustedSpaceError
+from trusted_space.errors import TrustedSpaceError, ValidationError
 from trusted_space.events import record_event
 from trusted_space.protocols._common import header_int, header_str
 from trusted_space.protocols.base import AnalystSide, ProviderJob, ProviderSide
@@ -51,6 +51,9 @@ class QueryCancel:
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any]) -> Self:
+        unknown = sorted(set(header) - {"query"})
+        if unknown:  # a cancel names its query and nothing else
+            raise ValidationError(f"header.{unknown[0]}: not a member of query.cancel")
         return cls(header_str(header, "query"))
 
 
