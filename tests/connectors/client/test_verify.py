@@ -101,7 +101,10 @@ def test_an_entry_edited_in_the_store_is_caught(space: InProcessSpace, tax: Node
 def test_a_log_cut_after_a_witnessed_checkpoint_is_caught(space: InProcessSpace, tax: Node) -> None:
     # cut below the witnessed size and hide the node's own checkpoints, so it signs a new head
     sql(tax, "DELETE FROM log_entries WHERE log = 'events' AND idx >= 12")
-    sql(tax, "DELETE FROM documents WHERE namespace = 'ledger_checkpoint'")
+    sql(
+        tax,
+        "DELETE FROM documents WHERE namespace IN ('ledger_checkpoint', 'ledger_checkpoint_head')",
+    )
     report = run(space, tax)
     assert not report.ok
     problems = failed(report)
@@ -118,7 +121,10 @@ def test_a_cut_without_hiding_checkpoints_is_caught(space: InProcessSpace, tax: 
 
 def test_a_rewritten_history_is_caught(space: InProcessSpace, tax: Node) -> None:
     sql(tax, "DELETE FROM log_entries WHERE log = 'events' AND idx >= 12")
-    sql(tax, "DELETE FROM documents WHERE namespace = 'ledger_checkpoint'")
+    sql(
+        tax,
+        "DELETE FROM documents WHERE namespace IN ('ledger_checkpoint', 'ledger_checkpoint_head')",
+    )
     grow(tax, 40)  # longer than before, but a different history
     report = run(space, tax)
     assert not report.ok

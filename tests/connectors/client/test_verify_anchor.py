@@ -97,7 +97,10 @@ def test_receipts_after_a_rollback_fail(space: InProcessSpace, tax: Node) -> Non
     grow(tax, 4)
     docs = receipts(tax, [12])  # issued at size 14
     sql(tax, "DELETE FROM log_entries WHERE log = 'events' AND idx >= 11")
-    sql(tax, "DELETE FROM documents WHERE namespace = 'ledger_checkpoint'")
+    sql(
+        tax,
+        "DELETE FROM documents WHERE namespace IN ('ledger_checkpoint', 'ledger_checkpoint_head')",
+    )
 
     report = check(space, docs)
 
@@ -107,7 +110,10 @@ def test_receipts_after_a_rollback_fail(space: InProcessSpace, tax: Node) -> Non
 def test_receipts_after_a_rewrite_fail(space: InProcessSpace, tax: Node) -> None:
     docs = receipts(tax, [3])
     sql(tax, "DELETE FROM log_entries WHERE log = 'events' AND idx >= 2")
-    sql(tax, "DELETE FROM documents WHERE namespace = 'ledger_checkpoint'")
+    sql(
+        tax,
+        "DELETE FROM documents WHERE namespace IN ('ledger_checkpoint', 'ledger_checkpoint_head')",
+    )
     grow(tax, 20)  # longer than the receipt's head, but another history
 
     report = check(space, docs)
@@ -130,7 +136,10 @@ def test_a_log_signed_by_another_key_is_reported_re_signed(
     # The node swaps in a key of its own choosing (same origin) and serves heads signed by it.
     rogue = SigningKey.generate()
     tax.runtime.ledger = Ledger(tax.runtime.store, rogue, tax.runtime.ledger.origin)
-    sql(tax, "DELETE FROM documents WHERE namespace = 'ledger_checkpoint'")
+    sql(
+        tax,
+        "DELETE FROM documents WHERE namespace IN ('ledger_checkpoint', 'ledger_checkpoint_head')",
+    )
     grow(tax, 1)  # a new head, which only the rogue key signs
 
     with httpx.Client(transport=space.transport) as client:
@@ -184,7 +193,10 @@ def test_cli_checks_a_receipts_file(
 
     good = runner.invoke(app, [*args, str(result_file)])
     sql(tax, "DELETE FROM log_entries WHERE log = 'events' AND idx >= 1")
-    sql(tax, "DELETE FROM documents WHERE namespace = 'ledger_checkpoint'")
+    sql(
+        tax,
+        "DELETE FROM documents WHERE namespace IN ('ledger_checkpoint', 'ledger_checkpoint_head')",
+    )
     bad = runner.invoke(app, [*args, str(result_file)])
     unreadable = runner.invoke(app, [*args, str(garbage)])
 
