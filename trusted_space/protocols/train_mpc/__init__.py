@@ -83,6 +83,7 @@ from trusted_space.protocols.train_mpc.party import (
     PartyProgram,
     and_shares,
     level_mask,
+    with_opening,
 )
 from trusted_space.protocols.train_mpc.ring import (
     CMP_FRAC_BITS,
@@ -122,4 +123,5 @@ __all__ = [
     "run_pair",
     "unpack_messages",
     "update_scale",
+    "with_opening",
 ]

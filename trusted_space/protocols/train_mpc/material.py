@@ -101,11 +101,10 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
         spec += [
             ("Bg", (m,), False, False),
             ("Cg", (d,), False, True),
-            ("sa", (m,), False, False),
             ("sb", (m,), False, False),
-            ("sc", (m,), False, True),
             ("rb", (m, words), True, False),
             ("ra", (m, knots), False, True),
+            ("rz", (m, knots), False, True),
         ]
         ands = (
             ["leaf"]
@@ -143,10 +142,10 @@ def _derive(layout: Layout, value: dict[str, Ring]) -> dict[str, Ring]:
     out: dict[str, Ring] = {"Cz": value["A"] @ value["Bw"]}
     if layout.kind == "t":
         out["Cg"] = value["A"].T @ value["Bg"]
-        out["sc"] = value["sa"] * value["sb"]
         rb = value["rb"] & MASK_SIGN_BITS
         bits = np.stack([rb & RING_ONE, (rb >> 32) & RING_ONE], axis=2).reshape(layout.rows, -1)
         out["ra"] = np.ascontiguousarray(bits[:, : layout.knots])
+        out["rz"] = out["ra"] * value["sb"][:, None]
         for s in layout.segments:
             if s.name.endswith(".w"):
                 stem = s.name[:-2]

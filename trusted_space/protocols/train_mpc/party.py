@@ -24,7 +24,7 @@ from trusted_space.protocols.train_mpc.ring import (
 )
 from trusted_space.protocols.train_mpc.sigmoid import Sigmoid
 
-__all__ = ["MaterialSource", "Party", "PartyProgram", "and_shares", "level_mask"]
+__all__ = ["MaterialSource", "Party", "PartyProgram", "and_shares", "level_mask", "with_opening"]
 
 _LOW32: Final = np.uint64((1 << 32) - 1)
 
@@ -55,6 +55,31 @@ def _receive(theirs: Message, size: int) -> Ring:
 def _exchange(mine: Ring, expect: int) -> Generator[Message, Message, Ring]:
     theirs = yield np.ascontiguousarray(mine, dtype=np.uint64).ravel()
     return _receive(theirs, expect)
+
+
+def with_opening(
+    program: Generator[Message, Message, Any], extra: Ring
+) -> Generator[Message, Message, tuple[Any, Ring]]:
+    """Run ``program`` with ``extra`` opened in its first round: ``(its result, extra opened)``.
+
+    ``extra`` (this party's share) travels after the program's first message, and the other
+    party's share of it after theirs, so an opening that is ready early costs no round of its own.
+    """
+    mine = np.ascontiguousarray(extra, dtype=np.uint64).ravel()
+    first = next(program)
+    theirs = yield np.concatenate([first, mine])
+    if not isinstance(theirs, np.ndarray) or theirs.dtype != np.uint64:
+        raise ValidationError("the other party's message has the wrong type")
+    if theirs.shape[0] < mine.size:
+        raise ValidationError("the other party's message is too short")
+    split = theirs.shape[0] - mine.size
+    opened = mine + _receive(theirs[split:], mine.size)
+    message = theirs[:split]
+    while True:
+        try:
+            message = yield program.send(message)
+        except StopIteration as stop:
+            return stop.value, opened.reshape(np.shape(extra))
 
 
 def _u64(x: Any) -> Ring:
@@ -202,8 +227,13 @@ class Party:
         """XOR-shared AND of ``x`` and ``y`` (each split into ``len(triples)`` equal parts)."""
         return (yield from and_shares(self.party, x, y, triples))
 
-    def _compare(self, zc: Ring, mat: dict[str, Ring]) -> Generator[Message, Message, Ring]:
-        """R2-R8: arithmetic shares of ``[z > t_k]`` for every knot, ``(m, K)``."""
+    def _compare(
+        self, zc: Ring, mat: dict[str, Ring]
+    ) -> Generator[Message, Message, tuple[Ring, Ring]]:
+        """R2-R8: arithmetic shares of ``[z > t_k]`` for every knot, ``(m, K)``.
+
+        Returns them and the opened ``c = bit XOR r`` (for :meth:`_bits_times_z`).
+        """
         p0 = self.party == 0
         m = zc.shape[0]
         k = len(self.sigmoid.knots)
@@ -249,7 +279,17 @@ class Party:
         bits = ra * (RING_ONE - (c_bits << 1))
         if p0:
             bits = bits + c_bits
-        return np.asarray(bits, dtype=np.uint64)
+        return np.asarray(bits, dtype=np.uint64), c_bits
+
+    @staticmethod
+    def _bits_times_z(c: Ring, z16: Ring, e: Ring, mat: dict[str, Ring]) -> Ring:
+        """Shares of ``[z > t_k]·z``, ``(m, K)`` at ``2^16``, without a round.
+
+        With the opened ``c = bit XOR r`` and ``e = z - b``, and the dealer's ``r`` and ``r·b``:
+        ``bit·z = c·z + (1 - 2c)·r·z`` and ``r·z = e·r + r·b``.
+        """
+        r_z = e[:, None] * mat["ra"] + mat["rz"]
+        return np.asarray(c * z16[:, None] + (RING_ONE - (c << 1)) * r_z, dtype=np.uint64)
 
     def _train_batch(
         self, rows: npt.NDArray[np.int64], mat: dict[str, Ring]
@@ -259,19 +299,12 @@ class Party:
         big_d, z32 = yield from self._forward(rows, mat)
         z16 = _trunc(z32, self.party, FRAC_BITS)
         zc = _trunc(z32, self.party, 2 * FRAC_BITS - CMP_FRAC_BITS)
-        bits = yield from self._compare(zc, mat)
+        # R2 also opens e = z - b, so that each [z > t_k]·z is local once the bit is (R8).
+        (bits, c), e = yield from with_opening(self._compare(zc, mat), z16 - mat["sb"])
         alpha = bits @ self._d_alpha
-        beta = bits @ self._d_beta
-        # R9: β(z)·z (β carries 2^16, z 2^16: truncate once).
-        mine_d = beta - mat["sa"]
-        mine_e = z16 - mat["sb"]
-        theirs = yield from _exchange(np.concatenate([mine_d, mine_e]), 2 * m)
-        d = mine_d + theirs[:m]
-        e = mine_e + theirs[m:]
-        prod = d * mat["sb"] + mat["sa"] * e + mat["sc"]
-        if p0:
-            prod = prod + d * e
-        delta = alpha + _trunc(prod, self.party, FRAC_BITS)
+        # β(z)·z = Σ_k Δβ_k·[z > t_k]·z (β carries 2^16, z 2^16: truncate once).
+        bits_z = self._bits_times_z(c, z16, e, mat)
+        delta = alpha + _trunc(bits_z @ self._d_beta, self.party, FRAC_BITS)
         if self.y is not None:
             delta = delta - self.y[rows]
         # R10: g = X_Sᵀ·δ with the same mask A (X_S - A is already open).
