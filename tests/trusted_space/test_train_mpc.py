@@ -83,10 +83,14 @@ def test_dealer_material_reconstructs(kind: str, m: int, d: int, knots: int) -> 
                 stem = seg.name[:-2]
                 assert np.array_equal(value(seg.name), value(f"{stem}.u") & value(f"{stem}.v"))
         rb = value("rb") & T.MASK_SIGN_BITS
-        ra = value("ra")
-        assert np.array_equal(ra[:, 0::2], rb[:, : (knots + 1) // 2] & np.uint64(1))
-        assert set(np.unique(ra)) <= {0, 1}
-        assert np.array_equal(value("rz"), ra * value("sb")[:, None])
+        r_s, r_x, r_y = (T.sign_bits(value(n), knots) for n in ("rb", "last.u", "last.v"))
+        assert np.array_equal(r_s[:, 0::2], rb[:, : (knots + 1) // 2] & np.uint64(1))
+        assert set(np.unique(np.concatenate([r_s, r_x, r_y]))) <= {0, 1}
+        mono = value("mono")
+        expected = {"s": r_s, "x": r_x, "y": r_y}
+        for i, name in enumerate(T.MONOMIALS):
+            assert np.array_equal(mono[:, :, i], np.prod([expected[c] for c in name], axis=0))
+        assert np.array_equal(value("monob"), mono * value("sb")[:, None, None])
     else:
         assert np.array_equal(value("qa2"), value("qa") * value("qa"))
         assert value("dc")[0] == (value("da")[None, :] @ value("db"))[0]
@@ -233,22 +237,22 @@ def test_an_epoch_matches_plaintext_sgd_and_two_rounds_travel_per_exchange(
         rows = order[s : s + 50]
         w = _plain_step(x[rows], y[rows], w, 0.2, 0.01, p0.sigmoid)
     assert np.allclose(_weights(p0, p1), w, atol=1e-3)
-    assert calls == 6 * 9 // 2 + 1  # 9 rounds per batch, two per exchange, one to close
+    assert calls == 6 * 8 // 2 + 1  # 8 rounds per batch, two per exchange, one to close
 
 
 @pytest.mark.parametrize(("n", "valid", "batch"), [(300, 0, 50), (330, 40, 64), (21000, 0, 256)])
 def test_round_trips_per_epoch(n: int, valid: int, batch: int, rng: np.random.Generator) -> None:
-    """The exchanges an epoch takes (the bank's train.step calls): nine rounds per training
+    """The exchanges an epoch takes (the bank's train.step calls): eight rounds per training
     batch, two per validation batch and one for the loss, two rounds per exchange."""
     x = rng.normal(size=(n, 2))
     y = (rng.random(n) < 0.5).astype(float)
     p0, p1 = _parties(x, y)
     order, held = np.arange(n - valid), np.arange(n - valid, n)
     _, _, calls = T.run_pair(p0.epoch(1, order, held, batch), p1.epoch(1, order, held, batch))
-    rounds = 9 * -(-(n - valid) // batch) + (2 * -(-valid // batch) + 1 if valid else 0)
+    rounds = 8 * -(-(n - valid) // batch) + (2 * -(-valid // batch) + 1 if valid else 0)
     assert calls == rounds // 2 + 1
     if (n, valid, batch) == (21000, 0, 256):  # default_credit's training rows
-        assert calls == 374  # 415 with a round of its own for beta(z)*z
+        assert calls == 333  # 416 with rounds of their own for the bits' B2A and beta(z)*z
 
 
 def test_with_opening_rides_on_the_first_round(rng: np.random.Generator) -> None:

@@ -24,16 +24,21 @@ from trusted_space.protocols.train_mpc.ring import (
 from trusted_space.protocols.train_mpc.sigmoid import MAX_KNOTS
 
 __all__ = [
+    "MONOMIALS",
     "Layout",
     "Segment",
     "batch_sizes",
     "dealer_correction",
     "layout_for",
     "material_share",
+    "sign_bits",
     "update_scale",
 ]
 
 _PRECISION_BITS: Final = 12  # relative precision of the public update constants
+
+MONOMIALS: Final = ("s", "x", "y", "xy", "sx", "sy", "sxy")
+"""The products of the last carry round's three mask bits, in the order of ``mono``/``monob``."""
 
 
 @dataclass(frozen=True)
@@ -103,20 +108,19 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
             ("Cg", (d,), False, True),
             ("sb", (m,), False, False),
             ("rb", (m, words), True, False),
-            ("ra", (m, knots), False, True),
-            ("rz", (m, knots), False, True),
         ]
-        ands = (
-            ["leaf"]
-            + [f"l{j}{x}" for j in range(1, CARRY_LEVELS) for x in "ab"]
-            + [f"l{CARRY_LEVELS}a"]
-        )
-        for name in ands:
+        for name in ["leaf"] + [f"l{j}{x}" for j in range(1, CARRY_LEVELS) for x in "ab"]:
             spec += [
                 (f"{name}.u", (m, words), True, False),
                 (f"{name}.v", (m, words), True, False),
                 (f"{name}.w", (m, words), True, True),
             ]
+        spec += [
+            ("last.u", (m, words), True, False),
+            ("last.v", (m, words), True, False),
+            ("mono", (m, knots, len(MONOMIALS)), False, True),
+            ("monob", (m, knots, len(MONOMIALS)), False, True),
+        ]
     else:
         spec += [
             ("qa", (m,), False, False),
@@ -133,6 +137,13 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
     return Layout(kind, rows, columns, knots, tuple(segments))
 
 
+def sign_bits(words: Ring, knots: int) -> Ring:
+    """The comparison bits (bits 0 and 32 of each word) as ring 0/1 values, ``(m, knots)``."""
+    packed = np.asarray(words, dtype=np.uint64) & MASK_SIGN_BITS
+    bits = np.stack([packed & RING_ONE, (packed >> 32) & RING_ONE], axis=2)
+    return np.ascontiguousarray(bits.reshape(packed.shape[0], -1)[:, :knots])
+
+
 def _views(layout: Layout, flat: Ring) -> dict[str, Ring]:
     return {s.name: flat[s.offset : s.offset + s.size].reshape(s.shape) for s in layout.segments}
 
@@ -142,10 +153,13 @@ def _derive(layout: Layout, value: dict[str, Ring]) -> dict[str, Ring]:
     out: dict[str, Ring] = {"Cz": value["A"] @ value["Bw"]}
     if layout.kind == "t":
         out["Cg"] = value["A"].T @ value["Bg"]
-        rb = value["rb"] & MASK_SIGN_BITS
-        bits = np.stack([rb & RING_ONE, (rb >> 32) & RING_ONE], axis=2).reshape(layout.rows, -1)
-        out["ra"] = np.ascontiguousarray(bits[:, : layout.knots])
-        out["rz"] = out["ra"] * value["sb"][:, None]
+        r_s, r_x, r_y = (
+            sign_bits(value[name], layout.knots) for name in ("rb", "last.u", "last.v")
+        )
+        r_xy = r_x * r_y
+        mono = np.stack([r_s, r_x, r_y, r_xy, r_s * r_x, r_s * r_y, r_s * r_xy], axis=2)
+        out["mono"] = mono
+        out["monob"] = mono * value["sb"][:, None, None]
         for s in layout.segments:
             if s.name.endswith(".w"):
                 stem = s.name[:-2]

@@ -11,7 +11,14 @@ import numpy.typing as npt
 
 from crypto.sharing import truncate_2pc
 from trusted_space.errors import ValidationError
-from trusted_space.protocols.train_mpc.material import Layout, batch_sizes, layout_for, update_scale
+from trusted_space.protocols.train_mpc.material import (
+    MONOMIALS,
+    Layout,
+    batch_sizes,
+    layout_for,
+    sign_bits,
+    update_scale,
+)
 from trusted_space.protocols.train_mpc.ring import (
     CARRY_LEVELS,
     CMP_FRAC_BITS,
@@ -112,6 +119,27 @@ def and_shares(
     if party == 0:
         out = out ^ (d & e)
     return _u64(out.reshape(x.shape))
+
+
+def _bit_polynomial(opened: Sequence[Ring], one: Any, mono: Ring) -> Ring:
+    """Shares of ``one·bit`` for ``bit = S XOR (X AND Y)``, ``(m, K)``, from the opened bits.
+
+    ``opened`` is ``(D_s, D_x, D_y)``, each ``D = B XOR r`` with the dealer's mask bit ``r``, so
+    ``B = D + (1 - 2D)·r`` is linear in ``r`` and the bit is a polynomial in ``(r_s, r_x, r_y)``
+    with public coefficients. ``mono`` holds shares of
+    ``one`` times each monomial (:data:`MONOMIALS` order); ``one`` is the share of the constant
+    term (party 0: 1, party 1: 0, for the bit itself; both parties' shares of ``z`` for ``bit·z``).
+    """
+    d_s, d_x, d_y = opened
+    a_s, a_x, a_y = (RING_ONE - (d << 1) for d in opened)
+    u_s, u_x, u_y, u_xy, u_sx, u_sy, u_sxy = (mono[:, :, i] for i in range(len(MONOMIALS)))
+    # W = X·Y, S·W and S, each as one·(public) + Σ (public)·monomial.
+    w = one * (d_x * d_y) + (d_x * a_y) * u_y + (d_y * a_x) * u_x + (a_x * a_y) * u_xy
+    sw = d_s * w + a_s * (
+        (d_x * d_y) * u_s + (d_x * a_y) * u_sy + (d_y * a_x) * u_sx + (a_x * a_y) * u_sxy
+    )
+    s = one * d_s + a_s * u_s
+    return np.asarray(s + w - (sw << 1), dtype=np.uint64)
 
 
 @dataclass
@@ -229,10 +257,10 @@ class Party:
 
     def _compare(
         self, zc: Ring, mat: dict[str, Ring]
-    ) -> Generator[Message, Message, tuple[Ring, Ring]]:
-        """R2-R8: arithmetic shares of ``[z > t_k]`` for every knot, ``(m, K)``.
+    ) -> Generator[Message, Message, tuple[Ring, list[Ring]]]:
+        """R2-R7: arithmetic shares of ``[z > t_k]`` for every knot, ``(m, K)``.
 
-        Returns them and the opened ``c = bit XOR r`` (for :meth:`_bits_times_z`).
+        Returns them and the last round's opened bits (for :func:`_bit_polynomial` on ``z``).
         """
         p0 = self.party == 0
         m = zc.shape[0]
@@ -253,43 +281,34 @@ class Party:
         # Leaves: g = a AND b with a = party 0's low word, b = party 1's; p = a XOR b.
         g = yield from self._and(low_w if p0 else zero, zero if p0 else low_w, [triple("leaf")])
         p = low_w
-        for level in range(1, CARRY_LEVELS + 1):
+        for level in range(1, CARRY_LEVELS):
             shift = 1 << (level - 1)
             mask = _MASKS[level]
             p_hi = _u64(p >> shift)
-            if level < CARRY_LEVELS:
-                both = yield from self._and(
-                    np.concatenate([p_hi, p_hi]),
-                    np.concatenate([g, p]),
-                    [triple(f"l{level}a"), triple(f"l{level}b")],
-                )
-                g = _u64(((g >> shift) ^ both[:m]) & mask)
-                p = _u64(both[m:] & mask)
-            else:
-                last = yield from self._and(p_hi, g, [triple(f"l{level}a")])
-                g = _u64(((g >> shift) ^ last) & mask)
-        msb = _u64((top_w ^ g) & MASK_SIGN_BITS)
-        # R8: XOR-shared bits to additive shares with the dealer's random bit r.
-        mine_c = msb ^ (mat["rb"] & MASK_SIGN_BITS)
-        theirs = yield from _exchange(mine_c, mine_c.size)
-        c = (mine_c ^ theirs.reshape(mine_c.shape)) & MASK_SIGN_BITS
-        c_bits = np.stack([c & RING_ONE, (c >> 32) & RING_ONE], axis=2).reshape(m, -1)[:, :k]
-        ra = mat["ra"]
-        # bit = c + r - 2cr = c + r·(1 - 2c)
-        bits = ra * (RING_ONE - (c_bits << 1))
-        if p0:
-            bits = bits + c_bits
-        return np.asarray(bits, dtype=np.uint64), c_bits
-
-    @staticmethod
-    def _bits_times_z(c: Ring, z16: Ring, e: Ring, mat: dict[str, Ring]) -> Ring:
-        """Shares of ``[z > t_k]·z``, ``(m, K)`` at ``2^16``, without a round.
-
-        With the opened ``c = bit XOR r`` and ``e = z - b``, and the dealer's ``r`` and ``r·b``:
-        ``bit·z = c·z + (1 - 2c)·r·z`` and ``r·z = e·r + r·b``.
-        """
-        r_z = e[:, None] * mat["ra"] + mat["rz"]
-        return np.asarray(c * z16[:, None] + (RING_ONE - (c << 1)) * r_z, dtype=np.uint64)
+            both = yield from self._and(
+                np.concatenate([p_hi, p_hi]),
+                np.concatenate([g, p]),
+                [triple(f"l{level}a"), triple(f"l{level}b")],
+            )
+            g = _u64(((g >> shift) ^ both[:m]) & mask)
+            p = _u64(both[m:] & mask)
+        # R7: the last carry level and the bits' arithmetic form in one round. With
+        # s = top XOR (g >> 16), x = p_hi, y = g: bit = s XOR (x AND y). Open s, x, y masked by the
+        # dealer's bits r_s, r_x, r_y; then bit is a polynomial in the opened values and the masks
+        # whose monomials' arithmetic shares the dealer sent (``mono``).
+        shift = 1 << (CARRY_LEVELS - 1)
+        mine = [
+            _u64(((top_w ^ (g >> shift)) & MASK_SIGN_BITS) ^ mat["rb"]),
+            _u64((p >> shift) ^ mat["last.u"]),
+            _u64(g ^ mat["last.v"]),
+        ]
+        size = mine[0].size
+        theirs = yield from _exchange(np.concatenate([w.ravel() for w in mine]), 3 * size)
+        c = [
+            sign_bits(w ^ theirs[i * size : (i + 1) * size].reshape(w.shape), k)
+            for i, w in enumerate(mine)
+        ]
+        return _bit_polynomial(c, RING_ONE if p0 else np.uint64(0), mat["mono"]), c
 
     def _train_batch(
         self, rows: npt.NDArray[np.int64], mat: dict[str, Ring]
@@ -299,15 +318,17 @@ class Party:
         big_d, z32 = yield from self._forward(rows, mat)
         z16 = _trunc(z32, self.party, FRAC_BITS)
         zc = _trunc(z32, self.party, 2 * FRAC_BITS - CMP_FRAC_BITS)
-        # R2 also opens e = z - b, so that each [z > t_k]·z is local once the bit is (R8).
-        (bits, c), e = yield from with_opening(self._compare(zc, mat), z16 - mat["sb"])
+        # R2 also opens e = z - b, so that each [z > t_k]·z is local once the bit is (R7):
+        # monomial·z = e·monomial + monomial·b, with the dealer's monomial·b (``monob``).
+        (bits, opened), e = yield from with_opening(self._compare(zc, mat), z16 - mat["sb"])
         alpha = bits @ self._d_alpha
         # β(z)·z = Σ_k Δβ_k·[z > t_k]·z (β carries 2^16, z 2^16: truncate once).
-        bits_z = self._bits_times_z(c, z16, e, mat)
+        mono_z = e[:, None, None] * mat["mono"] + mat["monob"]
+        bits_z = _bit_polynomial(opened, z16[:, None], mono_z)
         delta = alpha + _trunc(bits_z @ self._d_beta, self.party, FRAC_BITS)
         if self.y is not None:
             delta = delta - self.y[rows]
-        # R10: g = X_Sᵀ·δ with the same mask A (X_S - A is already open).
+        # R8: g = X_Sᵀ·δ with the same mask A (X_S - A is already open).
         mine_f = delta - mat["Bg"]
         theirs = yield from _exchange(mine_f, m)
         big_f = mine_f + theirs
