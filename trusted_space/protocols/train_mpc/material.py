@@ -37,6 +37,8 @@ __all__ = [
 
 _PRECISION_BITS: Final = 12  # relative precision of the public update constants
 
+FIRST_LEVEL_ANDS: Final = 5
+"""ANDs of the carry tree's first round (the leaves and the first level together)."""
 MONOMIALS: Final = ("s", "x", "y", "xy", "sx", "sy", "sxy")
 """The products of the last carry round's three mask bits, in the order of ``mono``/``monob``."""
 
@@ -109,7 +111,8 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
             ("sb", (m,), False, False),
             ("rb", (m, words), True, False),
         ]
-        for name in ["leaf"] + [f"l{j}{x}" for j in range(1, CARRY_LEVELS) for x in "ab"]:
+        first = [f"l1.t{i}" for i in range(FIRST_LEVEL_ANDS)]
+        for name in first + [f"l{j}{x}" for j in range(2, CARRY_LEVELS) for x in "ab"]:
             spec += [
                 (f"{name}.u", (m, words), True, False),
                 (f"{name}.v", (m, words), True, False),

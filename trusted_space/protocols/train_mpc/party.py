@@ -278,10 +278,27 @@ class Party:
         def triple(name: str) -> tuple[Ring, Ring, Ring]:
             return mat[f"{name}.u"], mat[f"{name}.v"], mat[f"{name}.w"]
 
-        # Leaves: g = a AND b with a = party 0's low word, b = party 1's; p = a XOR b.
-        g = yield from self._and(low_w if p0 else zero, zero if p0 else low_w, [triple("leaf")])
-        p = low_w
-        for level in range(1, CARRY_LEVELS):
+        # R2: the leaves and the first level in one round. With a = party 0's low word and b =
+        # party 1's (each known to one party), a pair of bits (q+1, q) has
+        #   G = a1·b1 ⊕ (a1·a0)·b0 ⊕ a0·(b1·b0),  P = a1·a0 ⊕ b1·b0 ⊕ a1·b0 ⊕ a0·b1,
+        # five ANDs of a value party 0 knows with one party 1 knows, all in the same round.
+        own_hi = _u64(low_w >> 1)
+        own_pair = _u64(own_hi & low_w)
+        mine = (
+            [own_hi, own_pair, low_w, own_hi, low_w]
+            if p0
+            else [own_hi, low_w, own_pair, low_w, own_hi]
+        )
+        zeros = [zero] * len(mine)
+        first = yield from self._and(
+            np.concatenate(mine if p0 else zeros),
+            np.concatenate(zeros if p0 else mine),
+            [triple(f"l1.t{i}") for i in range(len(mine))],
+        )
+        t = [first[i * m : (i + 1) * m] for i in range(len(mine))]
+        g = _u64((t[0] ^ t[1] ^ t[2]) & _MASKS[1])
+        p = _u64((own_pair ^ t[3] ^ t[4]) & _MASKS[1])
+        for level in range(2, CARRY_LEVELS):
             shift = 1 << (level - 1)
             mask = _MASKS[level]
             p_hi = _u64(p >> shift)
@@ -292,7 +309,7 @@ class Party:
             )
             g = _u64(((g >> shift) ^ both[:m]) & mask)
             p = _u64(both[m:] & mask)
-        # R7: the last carry level and the bits' arithmetic form in one round. With
+        # R6: the last carry level and the bits' arithmetic form in one round. With
         # s = top XOR (g >> 16), x = p_hi, y = g: bit = s XOR (x AND y). Open s, x, y masked by the
         # dealer's bits r_s, r_x, r_y; then bit is a polynomial in the opened values and the masks
         # whose monomials' arithmetic shares the dealer sent (``mono``).
