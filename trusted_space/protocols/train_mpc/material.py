@@ -24,11 +24,13 @@ from trusted_space.protocols.train_mpc.ring import (
 from trusted_space.protocols.train_mpc.sigmoid import MAX_KNOTS
 
 __all__ = [
+    "FIRST_LEVELS",
     "MONOMIALS",
     "Layout",
     "Segment",
     "batch_sizes",
     "dealer_correction",
+    "first_round_ands",
     "layout_for",
     "material_share",
     "sign_bits",
@@ -37,8 +39,23 @@ __all__ = [
 
 _PRECISION_BITS: Final = 12  # relative precision of the public update constants
 
-FIRST_LEVEL_ANDS: Final = 5
-"""ANDs of the carry tree's first round (the leaves and the first level together)."""
+FIRST_LEVELS: Final = 2
+"""Levels of the carry tree evaluated with the leaves, in one round."""
+
+
+def first_round_ands(levels: int = FIRST_LEVELS) -> int:
+    """ANDs of the carry tree's first round: the products of the first levels' sums.
+
+    A bit's ``g`` is one product and ``p`` two (``a·1 ⊕ 1·b``); a level makes ``G`` of
+    ``g + p·g`` products and ``P`` of ``p²``; the two products of ``P`` with a side of 1 on both
+    levels are local (31 - 2 = 29 for two levels).
+    """
+    g, p = 1, 2
+    for _ in range(levels):
+        g, p = g + p * g, p * p
+    return g + p - 2
+
+
 MONOMIALS: Final = ("s", "x", "y", "xy", "sx", "sy", "sxy")
 """The products of the last carry round's three mask bits, in the order of ``mono``/``monob``."""
 
@@ -111,8 +128,9 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
             ("sb", (m,), False, False),
             ("rb", (m, words), True, False),
         ]
-        first = [f"l1.t{i}" for i in range(FIRST_LEVEL_ANDS)]
-        for name in first + [f"l{j}{x}" for j in range(2, CARRY_LEVELS) for x in "ab"]:
+        first = [f"first.t{i}" for i in range(first_round_ands())]
+        tree = [f"l{j}{x}" for j in range(FIRST_LEVELS + 1, CARRY_LEVELS) for x in "ab"]
+        for name in first + tree:
             spec += [
                 (f"{name}.u", (m, words), True, False),
                 (f"{name}.v", (m, words), True, False),

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from crypto.sharing import truncate_2pc
 from trusted_space.errors import ValidationError
 from trusted_space.protocols.train_mpc.material import (
+    FIRST_LEVELS,
     MONOMIALS,
     Layout,
     batch_sizes,
@@ -119,6 +120,49 @@ def and_shares(
     if party == 0:
         out = out ^ (d & e)
     return _u64(out.reshape(x.shape))
+
+
+Term = tuple[bool | None, Ring]
+"""One product ``X·Y`` of a value ``X`` party 0 knows with a value ``Y`` party 1 knows, seen by
+one party: ``(local, its side)``. ``local`` is ``None`` for a product that needs an AND round;
+``True`` when the other side is 1 (this party holds the product), ``False`` when its own is."""
+
+
+def _first_terms(low: Ring, p0: bool) -> tuple[list[Term], list[Term]]:
+    """The carry tree's first :data:`FIRST_LEVELS` levels as sums of products of private values.
+
+    With ``a`` party 0's low word and ``b`` party 1's, a bit's generate ``g = a·b`` and propagate
+    ``p = a ⊕ b = a·1 ⊕ 1·b`` are XOR-sums of products ``X·Y`` (``X`` from ``a``'s bits, ``Y``
+    from ``b``'s). A level's ``G = G_hi ⊕ P_hi·G_lo`` and ``P = P_hi·P_lo`` stay such sums (a
+    product of two terms is the term of the products), so every product of the first levels is
+    one AND of a value one party knows with one the other knows: all in one round.
+    """
+    ones = np.full_like(low, np.uint64(0xFFFF_FFFF_FFFF_FFFF))
+    # (x is 1, y is 1, this party's side)
+    g: list[tuple[bool, bool, Ring]] = [(False, False, low)]
+    p: list[tuple[bool, bool, Ring]] = [(False, True, low if p0 else ones)]
+    p.append((True, False, ones if p0 else low))
+    for level in range(1, FIRST_LEVELS + 1):
+        shift = 1 << (level - 1)
+
+        def times(
+            hi: list[tuple[bool, bool, Ring]], lo: list[tuple[bool, bool, Ring]], shift: int = shift
+        ) -> list[tuple[bool, bool, Ring]]:
+            return [
+                (xh and xl, yh and yl, _u64((wh >> shift) & wl))
+                for xh, yh, wh in hi
+                for xl, yl, wl in lo
+            ]
+
+        g = [(x, y, _u64(w >> shift)) for x, y, w in g] + times(p, g)
+        p = times(p, p)
+
+    def term(x_one: bool, y_one: bool, word: Ring) -> Term:
+        if not (x_one or y_one):
+            return None, word
+        return (y_one if p0 else x_one), word
+
+    return [term(*t) for t in g], [term(*t) for t in p]
 
 
 def _bit_polynomial(opened: Sequence[Ring], one: Any, mono: Ring) -> Ring:
@@ -278,27 +322,31 @@ class Party:
         def triple(name: str) -> tuple[Ring, Ring, Ring]:
             return mat[f"{name}.u"], mat[f"{name}.v"], mat[f"{name}.w"]
 
-        # R2: the leaves and the first level in one round. With a = party 0's low word and b =
-        # party 1's (each known to one party), a pair of bits (q+1, q) has
-        #   G = a1·b1 ⊕ (a1·a0)·b0 ⊕ a0·(b1·b0),  P = a1·a0 ⊕ b1·b0 ⊕ a1·b0 ⊕ a0·b1,
-        # five ANDs of a value party 0 knows with one party 1 knows, all in the same round.
-        own_hi = _u64(low_w >> 1)
-        own_pair = _u64(own_hi & low_w)
-        mine = (
-            [own_hi, own_pair, low_w, own_hi, low_w]
-            if p0
-            else [own_hi, low_w, own_pair, low_w, own_hi]
-        )
-        zeros = [zero] * len(mine)
+        # R2: the leaves and the first FIRST_LEVELS levels in one round (see _first_terms).
+        g_terms, p_terms = _first_terms(low_w, p0)
+        cross = [t for t in g_terms + p_terms if t[0] is None]
+        zeros = [zero] * len(cross)
+        own = [t[1] for t in cross]
         first = yield from self._and(
-            np.concatenate(mine if p0 else zeros),
-            np.concatenate(zeros if p0 else mine),
-            [triple(f"l1.t{i}") for i in range(len(mine))],
+            np.concatenate(own if p0 else zeros),
+            np.concatenate(zeros if p0 else own),
+            [triple(f"first.t{i}") for i in range(len(cross))],
         )
-        t = [first[i * m : (i + 1) * m] for i in range(len(mine))]
-        g = _u64((t[0] ^ t[1] ^ t[2]) & _MASKS[1])
-        p = _u64((own_pair ^ t[3] ^ t[4]) & _MASKS[1])
-        for level in range(2, CARRY_LEVELS):
+        g, p = zero, zero
+        at = 0
+        for i, (local, word) in enumerate(g_terms + p_terms):
+            if local is None:
+                value = first[at * m : (at + 1) * m]
+                at += 1
+            else:
+                value = word if local else zero
+            if i < len(g_terms):
+                g = _u64(g ^ value)
+            else:
+                p = _u64(p ^ value)
+        g = _u64(g & _MASKS[FIRST_LEVELS])
+        p = _u64(p & _MASKS[FIRST_LEVELS])
+        for level in range(FIRST_LEVELS + 1, CARRY_LEVELS):
             shift = 1 << (level - 1)
             mask = _MASKS[level]
             p_hi = _u64(p >> shift)
