@@ -70,6 +70,8 @@ class Segment:
         boolean: XOR-shared (words of bits) rather than additively shared.
         derived: computed by the dealer from random segments (party 1 receives it explicitly).
         offset: position in the party's flat stream.
+        owner: the party whose stream alone holds the value (the other's words there are
+            unused), or ``None`` for a value shared between both streams.
     """
 
     name: str
@@ -77,6 +79,7 @@ class Segment:
     boolean: bool
     derived: bool
     offset: int
+    owner: int | None = None
 
     @property
     def size(self) -> int:
@@ -128,9 +131,16 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
             ("sb", (m,), False, False),
             ("rb", (m, words), True, False),
         ]
-        first = [f"first.t{i}" for i in range(first_round_ands())]
+        # The first round's ANDs have one private input on each side: party 0 masks its input
+        # with u, which only its stream holds, party 1 with v, only in its own.
+        first = (first_round_ands() * m, words)
+        spec += [
+            ("first.u", first, True, False),
+            ("first.v", first, True, False),
+            ("first.w", first, True, True),
+        ]
         tree = [f"l{j}{x}" for j in range(FIRST_LEVELS + 1, CARRY_LEVELS) for x in "ab"]
-        for name in first + tree:
+        for name in tree:
             spec += [
                 (f"{name}.u", (m, words), True, False),
                 (f"{name}.v", (m, words), True, False),
@@ -152,8 +162,9 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
         ]
     segments = []
     offset = 0
+    owners = {"first.u": 0, "first.v": 1}
     for name, shape, boolean, derived in spec:
-        segments.append(Segment(name, shape, boolean, derived, offset))
+        segments.append(Segment(name, shape, boolean, derived, offset, owners.get(name)))
         offset += math.prod(shape)
     return Layout(kind, rows, columns, knots, tuple(segments))
 
@@ -201,7 +212,9 @@ def dealer_correction(seeds: tuple[bytes, bytes], epoch: int, batch: int, layout
     s1 = _views(layout, expand(seeds[1], epoch, batch, layout.words))
     value: dict[str, Ring] = {}
     for s in layout.segments:
-        if not s.derived:
+        if s.owner is not None:
+            value[s.name] = (s0, s1)[s.owner][s.name]
+        elif not s.derived:
             value[s.name] = s0[s.name] ^ s1[s.name] if s.boolean else s0[s.name] + s1[s.name]
     derived = _derive(layout, value)
     parts = []

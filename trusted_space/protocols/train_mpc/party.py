@@ -122,6 +122,21 @@ def and_shares(
     return _u64(out.reshape(x.shape))
 
 
+def _private_and(party: int, own: Ring, mat: dict[str, Ring]) -> Generator[Message, Message, Ring]:
+    """XOR shares of ``X AND Y`` for ``X`` party 0 knows and ``Y`` party 1 knows, one round.
+
+    Party 0 opens ``X ⊕ u`` with ``u`` only it holds, party 1 ``Y ⊕ v`` with ``v`` only it
+    holds (``first.u``, ``first.v``); the dealer shares ``u AND v`` (``first.w``). Then
+    ``X·Y = X·(Y⊕v) ⊕ (X⊕u)·v ⊕ u·v``: party 0 takes the first term, party 1 the second.
+    """
+    mask = mat["first.u"] if party == 0 else mat["first.v"]
+    mine = _u64(own ^ mask)
+    theirs = yield from _exchange(mine, mine.size)
+    theirs = theirs.reshape(mine.shape)
+    out = (own & theirs) if party == 0 else (theirs & mask)
+    return _u64(out ^ mat["first.w"])
+
+
 Term = tuple[bool | None, Ring]
 """One product ``X·Y`` of a value ``X`` party 0 knows with a value ``Y`` party 1 knows, seen by
 one party: ``(local, its side)``. ``local`` is ``None`` for a product that needs an AND round;
@@ -324,14 +339,8 @@ class Party:
 
         # R2: the leaves and the first FIRST_LEVELS levels in one round (see _first_terms).
         g_terms, p_terms = _first_terms(low_w, p0)
-        cross = [t for t in g_terms + p_terms if t[0] is None]
-        zeros = [zero] * len(cross)
-        own = [t[1] for t in cross]
-        first = yield from self._and(
-            np.concatenate(own if p0 else zeros),
-            np.concatenate(zeros if p0 else own),
-            [triple(f"first.t{i}") for i in range(len(cross))],
-        )
+        own = np.concatenate([t[1] for t in g_terms + p_terms if t[0] is None])
+        first = yield from _private_and(self.party, own, mat)
         g, p = zero, zero
         at = 0
         for i, (local, word) in enumerate(g_terms + p_terms):
