@@ -44,7 +44,8 @@ party 0's low word and ``b`` party 1's — five levels over the leaves (two comp
 64-bit word: the tree never crosses bit 32). The leaves and the first two levels take one round:
 a bit's ``g = a·b`` and ``p = a·1 ⊕ 1·b`` are sums of products of a value party 0 knows with one
 party 1 knows, and a level's ``G = G_hi ⊕ P_hi·G_lo``, ``P = P_hi·P_lo`` keep that form, so every
-product is one AND of private inputs (29 for two levels). The last level's AND, the XOR
+product is one AND of private inputs (29 for two levels), one-sided: each party masks its
+input with bits only its own stream holds. The last level's AND, the XOR
 with the top bits and the conversion to additive shares take one round together: ``s``, ``x``
 and ``y`` are opened masked by dealer bits ``r``, each is ``D + (1 - 2D)·r`` in the ring, and the
 bit is ``S + X·Y - 2·S·X·Y``, linear in the seven products of the three ``r`` (:data:`MONOMIALS`),
