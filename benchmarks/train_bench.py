@@ -12,7 +12,9 @@ the bank's node exactly as ``trusted-space local train`` runs it (two-party secu
 government node being the compute party, the operator the dealer). Reported:
 
 - ``joint.seconds_per_epoch`` (and each epoch's seconds): wall time of an epoch at the bank's
-  node, HTTP included; ``joint.total_s``: submission to model, PSI alignment included;
+  node, HTTP included; ``joint.steps_per_epoch``: the bank's ``train.step`` calls (round trips
+  to the compute party) in each epoch; ``joint.total_s``: submission to model, PSI alignment
+  included;
 - ``plaintext.seconds_per_epoch``: the numpy reference (:func:`train_plaintext`) with the same
   hyper-parameters, schedule and initialisation, in this process on matrices in memory;
 - test AUC of the joint model, of the plaintext reference (exact sigmoid), of the plaintext with
@@ -159,6 +161,8 @@ def main() -> int:
         "joint": {
             "seconds_per_epoch": float(np.mean(per_epoch)),
             "epoch_seconds": per_epoch,
+            # the bank's train.step calls (round trips to the compute party) in each epoch
+            "steps_per_epoch": [e.get("steps") for e in epochs],
             "align_s": result["timings"].get("align"),
             "total_s": joint_s,
             "space_up_s": up,
@@ -198,7 +202,8 @@ def main() -> int:
         )
         print(
             f"  joint (real nodes, loopback): {out['joint']['seconds_per_epoch']:.2f} s/epoch, "
-            f"{joint_s:.1f} s in all (PSI {out['joint']['align_s']:.2f} s)"
+            f"{joint_s:.1f} s in all (PSI {out['joint']['align_s']:.2f} s), "
+            f"{out['joint']['steps_per_epoch'][0]} train.step calls per epoch"
         )
         print(
             f"  plaintext numpy:              {out['plaintext']['seconds_per_epoch']:.4f} s/epoch"

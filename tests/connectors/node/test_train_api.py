@@ -117,6 +117,8 @@ def test_training_through_the_banks_node_reports_epochs(
     assert np.allclose(joint, plain.weights, atol=2e-3)
     assert model.intercept == pytest.approx(plain.intercept, abs=2e-3)
     assert result["epochsRun"] == 2
+    # Round trips to the compute party: 3 batches of 6 rounds, two rounds per call, one to close.
+    assert [e["steps"] for e in result["timings"]["epochs"]] == [10, 10]
     assert "epoch 1/2 done" in stages and "epoch 2/2 done" in stages
     assert {p: len(r["epochs"]) for p, r in result["receipts"].items()} == {
         "tax-bureau": 2,

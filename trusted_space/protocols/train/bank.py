@@ -106,8 +106,13 @@ def _bank_data(
     return standard, y
 
 
-def _call_steps(transport: Transport, peer: str, query: str, epoch: int, exchange: Exchange) -> Any:
-    """Drive one epoch's program against the compute party's (two rounds per call)."""
+def _call_steps(
+    transport: Transport, peer: str, query: str, epoch: int, exchange: Exchange
+) -> tuple[Any, int]:
+    """Drive one epoch's program against the compute party's (two rounds per call).
+
+    Returns the program's result and the number of ``train.step`` calls it took.
+    """
     pending = exchange.start()
     seq = 0
     peer_done = False
@@ -121,7 +126,7 @@ def _call_steps(transport: Transport, peer: str, query: str, epoch: int, exchang
         pending = exchange.feed(unpack_messages(reply.payload, max_messages=8))
         if exchange.done and not peer_done and not pending:
             raise ValidationError(f"{peer} did not finish the epoch")
-    return exchange.result
+    return exchange.result, seq
 
 
 def run_train(
@@ -285,14 +290,18 @@ def run_train(
                 f"epoch {epoch}/{params.epochs}: training with {compute}",
                 0.1 + 0.85 * (epoch - 0.5) / params.epochs,
             )
-            total = _call_steps(
+            total, steps = _call_steps(
                 transport,
                 compute,
                 query.id,
                 epoch,
                 Exchange(bank.epoch(epoch, order, valid_rows, params.batch_size)),
             )
-            entry: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - mark}
+            entry: dict[str, Any] = {
+                "epoch": epoch,
+                "seconds": time.perf_counter() - mark,
+                "steps": steps,  # train.step calls: the epoch's round trips
+            }
             if len(valid_rows):
                 loss = math.log(2.0) + float(decode_ring(total, 32)[0]) / (8 * len(valid_rows))
                 if not math.isfinite(loss) or abs(loss) > _MAX_LOSS:

@@ -14,14 +14,18 @@ party 1 only. The weights ``w`` start as shares of zero and never leave their sh
 end. The operator is the **dealer**: it hands out correlated randomness and is never a compute
 party (with a party's shares it could unmask everything: dealer and party must not collude).
 
-One mini-batch (``m`` rows ``S``, ``d`` columns including the intercept column of ones), ten
-opening rounds, each party sending one message per round::
+One mini-batch (``m`` rows ``S``, ``d`` columns including the intercept column of ones), six
+opening rounds, each party sending one message per round (two rounds per call: three calls)::
 
     R1      open D = X_S - A, F = w - Bw          z = X_S·w      (matrix triple A, Bw, A·Bw)
-    R2-R7   carry circuit on the low 32 bits      [z > t_k] for each knot t_k, XOR-shared
-    R8      open c = bit XOR r                    the bits as arithmetic shares (B2A)
-    R9      open beta - a, z - b                  beta(z)·z         (elementwise triple)
-    R10     open F' = δ - Bg                      g = X_Sᵀ·δ      (triple Aᵀ, Bg, Aᵀ·Bg; same A)
+    R2      leaves and carry levels 1-2 at once   29 ANDs of a value one party knows with one
+            also opens e = z - b                  the other knows; b: a dealer mask, for beta(z)·z
+    R3-R4   carry levels 3 and 4                  XOR-shared ANDs
+    R5      open s, x, y XOR dealer bits          the last level and the bits' arithmetic form:
+                                                  [z > t_k] = s XOR (x AND y), a polynomial in
+                                                  the dealer's bits (monomials dealt, and their
+                                                  products with b for [z > t_k]·z)
+    R6      open F' = δ - Bg                      g = X_Sᵀ·δ      (triple Aᵀ, Bg, Aᵀ·Bg; same A)
     local   w ← w - (lr/m)·g - lr·λ·w             (public constants at 2^-12 relative precision)
 
 **Sigmoid.** ``sigmoid(z)`` is replaced by the piecewise-linear interpolation of the sigmoid at
@@ -36,8 +40,16 @@ where any low-degree polynomial explodes (``docs/protocols.md`` has the measurem
 **Comparison** ``[z > t] = MSB(t - z)``. With ``|t - z| < 2^32`` at ``2^-8`` resolution the sign
 is bit 32 of ``(x₀ mod 2^33) + (x₁ mod 2^33)``: the two top bits XOR the carry out of the low 32
 bits, ``carry = G`` of a Kogge-Stone-style prefix over ``g = a∧b``, ``p = a⊕b`` where ``a`` is
-party 0's low word and ``b`` party 1's — one AND round for the leaves, five for the tree (two
-comparisons share one 64-bit word: the tree never crosses bit 32). ANDs use XOR-shared Beaver
+party 0's low word and ``b`` party 1's — five levels over the leaves (two comparisons share one
+64-bit word: the tree never crosses bit 32). The leaves and the first two levels take one round:
+a bit's ``g = a·b`` and ``p = a·1 ⊕ 1·b`` are sums of products of a value party 0 knows with one
+party 1 knows, and a level's ``G = G_hi ⊕ P_hi·G_lo``, ``P = P_hi·P_lo`` keep that form, so every
+product is one AND of private inputs (29 for two levels), one-sided: each party masks its
+input with bits only its own stream holds. The last level's AND, the XOR
+with the top bits and the conversion to additive shares take one round together: ``s``, ``x``
+and ``y`` are opened masked by dealer bits ``r``, each is ``D + (1 - 2D)·r`` in the ring, and the
+bit is ``S + X·Y - 2·S·X·Y``, linear in the seven products of the three ``r`` (:data:`MONOMIALS`),
+whose additive shares the dealer deals. ANDs use XOR-shared Beaver
 triples; every opened word is masked by a uniform triple word, so openings are uniform.
 
 **Truncation** is SecureML's local 2-party truncation (:func:`crypto.sharing.truncate_2pc`). It
@@ -68,12 +80,14 @@ program), :mod:`.pair` (running two programs against each other).
 from __future__ import annotations
 
 from trusted_space.protocols.train_mpc.material import (
+    MONOMIALS,
     Layout,
     Segment,
     batch_sizes,
     dealer_correction,
     layout_for,
     material_share,
+    sign_bits,
     update_scale,
 )
 from trusted_space.protocols.train_mpc.pair import Exchange, run_pair
@@ -83,6 +97,7 @@ from trusted_space.protocols.train_mpc.party import (
     PartyProgram,
     and_shares,
     level_mask,
+    with_opening,
 )
 from trusted_space.protocols.train_mpc.ring import (
     CMP_FRAC_BITS,
@@ -101,6 +116,7 @@ __all__ = [
     "CMP_FRAC_BITS",
     "FRAC_BITS",
     "MASK_SIGN_BITS",
+    "MONOMIALS",
     "SEED_BYTES",
     "Exchange",
     "Layout",
@@ -120,6 +136,8 @@ __all__ = [
     "material_share",
     "pack_messages",
     "run_pair",
+    "sign_bits",
     "unpack_messages",
     "update_scale",
+    "with_opening",
 ]

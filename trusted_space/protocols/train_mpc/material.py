@@ -24,16 +24,40 @@ from trusted_space.protocols.train_mpc.ring import (
 from trusted_space.protocols.train_mpc.sigmoid import MAX_KNOTS
 
 __all__ = [
+    "FIRST_LEVELS",
+    "MONOMIALS",
     "Layout",
     "Segment",
     "batch_sizes",
     "dealer_correction",
+    "first_round_ands",
     "layout_for",
     "material_share",
+    "sign_bits",
     "update_scale",
 ]
 
 _PRECISION_BITS: Final = 12  # relative precision of the public update constants
+
+FIRST_LEVELS: Final = 2
+"""Levels of the carry tree evaluated with the leaves, in one round."""
+
+
+def first_round_ands(levels: int = FIRST_LEVELS) -> int:
+    """ANDs of the carry tree's first round: the products of the first levels' sums.
+
+    A bit's ``g`` is one product and ``p`` two (``a·1 ⊕ 1·b``); a level makes ``G`` of
+    ``g + p·g`` products and ``P`` of ``p²``; the two products of ``P`` with a side of 1 on both
+    levels are local (31 - 2 = 29 for two levels).
+    """
+    g, p = 1, 2
+    for _ in range(levels):
+        g, p = g + p * g, p * p
+    return g + p - 2
+
+
+MONOMIALS: Final = ("s", "x", "y", "xy", "sx", "sy", "sxy")
+"""The products of the last carry round's three mask bits, in the order of ``mono``/``monob``."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,8 @@ class Segment:
         boolean: XOR-shared (words of bits) rather than additively shared.
         derived: computed by the dealer from random segments (party 1 receives it explicitly).
         offset: position in the party's flat stream.
+        owner: the party whose stream alone holds the value (the other's words there are
+            unused), or ``None`` for a value shared between both streams.
     """
 
     name: str
@@ -53,6 +79,7 @@ class Segment:
     boolean: bool
     derived: bool
     offset: int
+    owner: int | None = None
 
     @property
     def size(self) -> int:
@@ -101,23 +128,30 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
         spec += [
             ("Bg", (m,), False, False),
             ("Cg", (d,), False, True),
-            ("sa", (m,), False, False),
             ("sb", (m,), False, False),
-            ("sc", (m,), False, True),
             ("rb", (m, words), True, False),
-            ("ra", (m, knots), False, True),
         ]
-        ands = (
-            ["leaf"]
-            + [f"l{j}{x}" for j in range(1, CARRY_LEVELS) for x in "ab"]
-            + [f"l{CARRY_LEVELS}a"]
-        )
-        for name in ands:
+        # The first round's ANDs have one private input on each side: party 0 masks its input
+        # with u, which only its stream holds, party 1 with v, only in its own.
+        first = (first_round_ands() * m, words)
+        spec += [
+            ("first.u", first, True, False),
+            ("first.v", first, True, False),
+            ("first.w", first, True, True),
+        ]
+        tree = [f"l{j}{x}" for j in range(FIRST_LEVELS + 1, CARRY_LEVELS) for x in "ab"]
+        for name in tree:
             spec += [
                 (f"{name}.u", (m, words), True, False),
                 (f"{name}.v", (m, words), True, False),
                 (f"{name}.w", (m, words), True, True),
             ]
+        spec += [
+            ("last.u", (m, words), True, False),
+            ("last.v", (m, words), True, False),
+            ("mono", (m, knots, len(MONOMIALS)), False, True),
+            ("monob", (m, knots, len(MONOMIALS)), False, True),
+        ]
     else:
         spec += [
             ("qa", (m,), False, False),
@@ -128,10 +162,18 @@ def layout_for(kind: str, rows: int, columns: int, knots: int) -> Layout:
         ]
     segments = []
     offset = 0
+    owners = {"first.u": 0, "first.v": 1}
     for name, shape, boolean, derived in spec:
-        segments.append(Segment(name, shape, boolean, derived, offset))
+        segments.append(Segment(name, shape, boolean, derived, offset, owners.get(name)))
         offset += math.prod(shape)
     return Layout(kind, rows, columns, knots, tuple(segments))
+
+
+def sign_bits(words: Ring, knots: int) -> Ring:
+    """The comparison bits (bits 0 and 32 of each word) as ring 0/1 values, ``(m, knots)``."""
+    packed = np.asarray(words, dtype=np.uint64) & MASK_SIGN_BITS
+    bits = np.stack([packed & RING_ONE, (packed >> 32) & RING_ONE], axis=2)
+    return np.ascontiguousarray(bits.reshape(packed.shape[0], -1)[:, :knots])
 
 
 def _views(layout: Layout, flat: Ring) -> dict[str, Ring]:
@@ -143,10 +185,13 @@ def _derive(layout: Layout, value: dict[str, Ring]) -> dict[str, Ring]:
     out: dict[str, Ring] = {"Cz": value["A"] @ value["Bw"]}
     if layout.kind == "t":
         out["Cg"] = value["A"].T @ value["Bg"]
-        out["sc"] = value["sa"] * value["sb"]
-        rb = value["rb"] & MASK_SIGN_BITS
-        bits = np.stack([rb & RING_ONE, (rb >> 32) & RING_ONE], axis=2).reshape(layout.rows, -1)
-        out["ra"] = np.ascontiguousarray(bits[:, : layout.knots])
+        r_s, r_x, r_y = (
+            sign_bits(value[name], layout.knots) for name in ("rb", "last.u", "last.v")
+        )
+        r_xy = r_x * r_y
+        mono = np.stack([r_s, r_x, r_y, r_xy, r_s * r_x, r_s * r_y, r_s * r_xy], axis=2)
+        out["mono"] = mono
+        out["monob"] = mono * value["sb"][:, None, None]
         for s in layout.segments:
             if s.name.endswith(".w"):
                 stem = s.name[:-2]
@@ -167,7 +212,9 @@ def dealer_correction(seeds: tuple[bytes, bytes], epoch: int, batch: int, layout
     s1 = _views(layout, expand(seeds[1], epoch, batch, layout.words))
     value: dict[str, Ring] = {}
     for s in layout.segments:
-        if not s.derived:
+        if s.owner is not None:
+            value[s.name] = (s0, s1)[s.owner][s.name]
+        elif not s.derived:
             value[s.name] = s0[s.name] ^ s1[s.name] if s.boolean else s0[s.name] + s1[s.name]
     derived = _derive(layout, value)
     parts = []

@@ -11,7 +11,15 @@ import numpy.typing as npt
 
 from crypto.sharing import truncate_2pc
 from trusted_space.errors import ValidationError
-from trusted_space.protocols.train_mpc.material import Layout, batch_sizes, layout_for, update_scale
+from trusted_space.protocols.train_mpc.material import (
+    FIRST_LEVELS,
+    MONOMIALS,
+    Layout,
+    batch_sizes,
+    layout_for,
+    sign_bits,
+    update_scale,
+)
 from trusted_space.protocols.train_mpc.ring import (
     CARRY_LEVELS,
     CMP_FRAC_BITS,
@@ -24,7 +32,7 @@ from trusted_space.protocols.train_mpc.ring import (
 )
 from trusted_space.protocols.train_mpc.sigmoid import Sigmoid
 
-__all__ = ["MaterialSource", "Party", "PartyProgram", "and_shares", "level_mask"]
+__all__ = ["MaterialSource", "Party", "PartyProgram", "and_shares", "level_mask", "with_opening"]
 
 _LOW32: Final = np.uint64((1 << 32) - 1)
 
@@ -57,6 +65,31 @@ def _exchange(mine: Ring, expect: int) -> Generator[Message, Message, Ring]:
     return _receive(theirs, expect)
 
 
+def with_opening(
+    program: Generator[Message, Message, Any], extra: Ring
+) -> Generator[Message, Message, tuple[Any, Ring]]:
+    """Run ``program`` with ``extra`` opened in its first round: ``(its result, extra opened)``.
+
+    ``extra`` (this party's share) travels after the program's first message, and the other
+    party's share of it after theirs, so an opening that is ready early costs no round of its own.
+    """
+    mine = np.ascontiguousarray(extra, dtype=np.uint64).ravel()
+    first = next(program)
+    theirs = yield np.concatenate([first, mine])
+    if not isinstance(theirs, np.ndarray) or theirs.dtype != np.uint64:
+        raise ValidationError("the other party's message has the wrong type")
+    if theirs.shape[0] < mine.size:
+        raise ValidationError("the other party's message is too short")
+    split = theirs.shape[0] - mine.size
+    opened = mine + _receive(theirs[split:], mine.size)
+    message = theirs[:split]
+    while True:
+        try:
+            message = yield program.send(message)
+        except StopIteration as stop:
+            return stop.value, opened.reshape(np.shape(extra))
+
+
 def _u64(x: Any) -> Ring:
     return np.asarray(x, dtype=np.uint64)
 
@@ -87,6 +120,85 @@ def and_shares(
     if party == 0:
         out = out ^ (d & e)
     return _u64(out.reshape(x.shape))
+
+
+def _private_and(party: int, own: Ring, mat: dict[str, Ring]) -> Generator[Message, Message, Ring]:
+    """XOR shares of ``X AND Y`` for ``X`` party 0 knows and ``Y`` party 1 knows, one round.
+
+    Party 0 opens ``X ⊕ u`` with ``u`` only it holds, party 1 ``Y ⊕ v`` with ``v`` only it
+    holds (``first.u``, ``first.v``); the dealer shares ``u AND v`` (``first.w``). Then
+    ``X·Y = X·(Y⊕v) ⊕ (X⊕u)·v ⊕ u·v``: party 0 takes the first term, party 1 the second.
+    """
+    mask = mat["first.u"] if party == 0 else mat["first.v"]
+    mine = _u64(own ^ mask)
+    theirs = yield from _exchange(mine, mine.size)
+    theirs = theirs.reshape(mine.shape)
+    out = (own & theirs) if party == 0 else (theirs & mask)
+    return _u64(out ^ mat["first.w"])
+
+
+Term = tuple[bool | None, Ring]
+"""One product ``X·Y`` of a value ``X`` party 0 knows with a value ``Y`` party 1 knows, seen by
+one party: ``(local, its side)``. ``local`` is ``None`` for a product that needs an AND round;
+``True`` when the other side is 1 (this party holds the product), ``False`` when its own is."""
+
+
+def _first_terms(low: Ring, p0: bool) -> tuple[list[Term], list[Term]]:
+    """The carry tree's first :data:`FIRST_LEVELS` levels as sums of products of private values.
+
+    With ``a`` party 0's low word and ``b`` party 1's, a bit's generate ``g = a·b`` and propagate
+    ``p = a ⊕ b = a·1 ⊕ 1·b`` are XOR-sums of products ``X·Y`` (``X`` from ``a``'s bits, ``Y``
+    from ``b``'s). A level's ``G = G_hi ⊕ P_hi·G_lo`` and ``P = P_hi·P_lo`` stay such sums (a
+    product of two terms is the term of the products), so every product of the first levels is
+    one AND of a value one party knows with one the other knows: all in one round.
+    """
+    ones = np.full_like(low, np.uint64(0xFFFF_FFFF_FFFF_FFFF))
+    # (x is 1, y is 1, this party's side)
+    g: list[tuple[bool, bool, Ring]] = [(False, False, low)]
+    p: list[tuple[bool, bool, Ring]] = [(False, True, low if p0 else ones)]
+    p.append((True, False, ones if p0 else low))
+    for level in range(1, FIRST_LEVELS + 1):
+        shift = 1 << (level - 1)
+
+        def times(
+            hi: list[tuple[bool, bool, Ring]], lo: list[tuple[bool, bool, Ring]], shift: int = shift
+        ) -> list[tuple[bool, bool, Ring]]:
+            return [
+                (xh and xl, yh and yl, _u64((wh >> shift) & wl))
+                for xh, yh, wh in hi
+                for xl, yl, wl in lo
+            ]
+
+        g = [(x, y, _u64(w >> shift)) for x, y, w in g] + times(p, g)
+        p = times(p, p)
+
+    def term(x_one: bool, y_one: bool, word: Ring) -> Term:
+        if not (x_one or y_one):
+            return None, word
+        return (y_one if p0 else x_one), word
+
+    return [term(*t) for t in g], [term(*t) for t in p]
+
+
+def _bit_polynomial(opened: Sequence[Ring], one: Any, mono: Ring) -> Ring:
+    """Shares of ``one·bit`` for ``bit = S XOR (X AND Y)``, ``(m, K)``, from the opened bits.
+
+    ``opened`` is ``(D_s, D_x, D_y)``, each ``D = B XOR r`` with the dealer's mask bit ``r``, so
+    ``B = D + (1 - 2D)·r`` is linear in ``r`` and the bit is a polynomial in ``(r_s, r_x, r_y)``
+    with public coefficients. ``mono`` holds shares of
+    ``one`` times each monomial (:data:`MONOMIALS` order); ``one`` is the share of the constant
+    term (party 0: 1, party 1: 0, for the bit itself; both parties' shares of ``z`` for ``bit·z``).
+    """
+    d_s, d_x, d_y = opened
+    a_s, a_x, a_y = (RING_ONE - (d << 1) for d in opened)
+    u_s, u_x, u_y, u_xy, u_sx, u_sy, u_sxy = (mono[:, :, i] for i in range(len(MONOMIALS)))
+    # W = X·Y, S·W and S, each as one·(public) + Σ (public)·monomial.
+    w = one * (d_x * d_y) + (d_x * a_y) * u_y + (d_y * a_x) * u_x + (a_x * a_y) * u_xy
+    sw = d_s * w + a_s * (
+        (d_x * d_y) * u_s + (d_x * a_y) * u_sy + (d_y * a_x) * u_sx + (a_x * a_y) * u_sxy
+    )
+    s = one * d_s + a_s * u_s
+    return np.asarray(s + w - (sw << 1), dtype=np.uint64)
 
 
 @dataclass
@@ -202,8 +314,13 @@ class Party:
         """XOR-shared AND of ``x`` and ``y`` (each split into ``len(triples)`` equal parts)."""
         return (yield from and_shares(self.party, x, y, triples))
 
-    def _compare(self, zc: Ring, mat: dict[str, Ring]) -> Generator[Message, Message, Ring]:
-        """R2-R8: arithmetic shares of ``[z > t_k]`` for every knot, ``(m, K)``."""
+    def _compare(
+        self, zc: Ring, mat: dict[str, Ring]
+    ) -> Generator[Message, Message, tuple[Ring, list[Ring]]]:
+        """R2-R7: arithmetic shares of ``[z > t_k]`` for every knot, ``(m, K)``.
+
+        Returns them and the last round's opened bits (for :func:`_bit_polynomial` on ``z``).
+        """
         p0 = self.party == 0
         m = zc.shape[0]
         k = len(self.sigmoid.knots)
@@ -220,36 +337,52 @@ class Party:
         def triple(name: str) -> tuple[Ring, Ring, Ring]:
             return mat[f"{name}.u"], mat[f"{name}.v"], mat[f"{name}.w"]
 
-        # Leaves: g = a AND b with a = party 0's low word, b = party 1's; p = a XOR b.
-        g = yield from self._and(low_w if p0 else zero, zero if p0 else low_w, [triple("leaf")])
-        p = low_w
-        for level in range(1, CARRY_LEVELS + 1):
+        # R2: the leaves and the first FIRST_LEVELS levels in one round (see _first_terms).
+        g_terms, p_terms = _first_terms(low_w, p0)
+        own = np.concatenate([t[1] for t in g_terms + p_terms if t[0] is None])
+        first = yield from _private_and(self.party, own, mat)
+        g, p = zero, zero
+        at = 0
+        for i, (local, word) in enumerate(g_terms + p_terms):
+            if local is None:
+                value = first[at * m : (at + 1) * m]
+                at += 1
+            else:
+                value = word if local else zero
+            if i < len(g_terms):
+                g = _u64(g ^ value)
+            else:
+                p = _u64(p ^ value)
+        g = _u64(g & _MASKS[FIRST_LEVELS])
+        p = _u64(p & _MASKS[FIRST_LEVELS])
+        for level in range(FIRST_LEVELS + 1, CARRY_LEVELS):
             shift = 1 << (level - 1)
             mask = _MASKS[level]
             p_hi = _u64(p >> shift)
-            if level < CARRY_LEVELS:
-                both = yield from self._and(
-                    np.concatenate([p_hi, p_hi]),
-                    np.concatenate([g, p]),
-                    [triple(f"l{level}a"), triple(f"l{level}b")],
-                )
-                g = _u64(((g >> shift) ^ both[:m]) & mask)
-                p = _u64(both[m:] & mask)
-            else:
-                last = yield from self._and(p_hi, g, [triple(f"l{level}a")])
-                g = _u64(((g >> shift) ^ last) & mask)
-        msb = _u64((top_w ^ g) & MASK_SIGN_BITS)
-        # R8: XOR-shared bits to additive shares with the dealer's random bit r.
-        mine_c = msb ^ (mat["rb"] & MASK_SIGN_BITS)
-        theirs = yield from _exchange(mine_c, mine_c.size)
-        c = (mine_c ^ theirs.reshape(mine_c.shape)) & MASK_SIGN_BITS
-        c_bits = np.stack([c & RING_ONE, (c >> 32) & RING_ONE], axis=2).reshape(m, -1)[:, :k]
-        ra = mat["ra"]
-        # bit = c + r - 2cr = c + r·(1 - 2c)
-        bits = ra * (RING_ONE - (c_bits << 1))
-        if p0:
-            bits = bits + c_bits
-        return np.asarray(bits, dtype=np.uint64)
+            both = yield from self._and(
+                np.concatenate([p_hi, p_hi]),
+                np.concatenate([g, p]),
+                [triple(f"l{level}a"), triple(f"l{level}b")],
+            )
+            g = _u64(((g >> shift) ^ both[:m]) & mask)
+            p = _u64(both[m:] & mask)
+        # R6: the last carry level and the bits' arithmetic form in one round. With
+        # s = top XOR (g >> 16), x = p_hi, y = g: bit = s XOR (x AND y). Open s, x, y masked by the
+        # dealer's bits r_s, r_x, r_y; then bit is a polynomial in the opened values and the masks
+        # whose monomials' arithmetic shares the dealer sent (``mono``).
+        shift = 1 << (CARRY_LEVELS - 1)
+        mine = [
+            _u64(((top_w ^ (g >> shift)) & MASK_SIGN_BITS) ^ mat["rb"]),
+            _u64((p >> shift) ^ mat["last.u"]),
+            _u64(g ^ mat["last.v"]),
+        ]
+        size = mine[0].size
+        theirs = yield from _exchange(np.concatenate([w.ravel() for w in mine]), 3 * size)
+        c = [
+            sign_bits(w ^ theirs[i * size : (i + 1) * size].reshape(w.shape), k)
+            for i, w in enumerate(mine)
+        ]
+        return _bit_polynomial(c, RING_ONE if p0 else np.uint64(0), mat["mono"]), c
 
     def _train_batch(
         self, rows: npt.NDArray[np.int64], mat: dict[str, Ring]
@@ -259,22 +392,17 @@ class Party:
         big_d, z32 = yield from self._forward(rows, mat)
         z16 = _trunc(z32, self.party, FRAC_BITS)
         zc = _trunc(z32, self.party, 2 * FRAC_BITS - CMP_FRAC_BITS)
-        bits = yield from self._compare(zc, mat)
+        # R2 also opens e = z - b, so that each [z > t_k]·z is local once the bit is (R7):
+        # monomial·z = e·monomial + monomial·b, with the dealer's monomial·b (``monob``).
+        (bits, opened), e = yield from with_opening(self._compare(zc, mat), z16 - mat["sb"])
         alpha = bits @ self._d_alpha
-        beta = bits @ self._d_beta
-        # R9: β(z)·z (β carries 2^16, z 2^16: truncate once).
-        mine_d = beta - mat["sa"]
-        mine_e = z16 - mat["sb"]
-        theirs = yield from _exchange(np.concatenate([mine_d, mine_e]), 2 * m)
-        d = mine_d + theirs[:m]
-        e = mine_e + theirs[m:]
-        prod = d * mat["sb"] + mat["sa"] * e + mat["sc"]
-        if p0:
-            prod = prod + d * e
-        delta = alpha + _trunc(prod, self.party, FRAC_BITS)
+        # β(z)·z = Σ_k Δβ_k·[z > t_k]·z (β carries 2^16, z 2^16: truncate once).
+        mono_z = e[:, None, None] * mat["mono"] + mat["monob"]
+        bits_z = _bit_polynomial(opened, z16[:, None], mono_z)
+        delta = alpha + _trunc(bits_z @ self._d_beta, self.party, FRAC_BITS)
         if self.y is not None:
             delta = delta - self.y[rows]
-        # R10: g = X_Sᵀ·δ with the same mask A (X_S - A is already open).
+        # R8: g = X_Sᵀ·δ with the same mask A (X_S - A is already open).
         mine_f = delta - mat["Bg"]
         theirs = yield from _exchange(mine_f, m)
         big_f = mine_f + theirs
