@@ -164,13 +164,14 @@ def result_from_arrow(data: bytes) -> dict[str, Any]:
     return read_stream(data, RESULT_COLUMNS, "result")
 
 
-def stored_result(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The form a node stores a score result in: its Arrow stream, base64, in one JSON field.
+def stored_result(stream: bytes) -> dict[str, Any]:
+    """How a node stores a score result: its Arrow stream, base64, in one JSON field.
 
-    A JSON document of a million ids and two million floats costs the store seconds to encode
-    and check; one string of the same columns costs milliseconds.
+    ``stream`` is :func:`result_to_arrow`'s. A JSON document of a million ids and two million
+    floats costs the store seconds to encode and check; one string of the same columns costs
+    milliseconds.
     """
-    return {STORED_KEY: base64.b64encode(result_to_arrow(result)).decode("ascii")}
+    return {STORED_KEY: base64.b64encode(stream).decode("ascii")}
 
 
 def result_of_stored(doc: Mapping[str, Any]) -> dict[str, Any]:

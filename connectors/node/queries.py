@@ -51,7 +51,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from connectors.client.catalog import declared_ranges, fetch_catalog
-from connectors.common.columnar import result_of_stored, stored_result
+from connectors.common.columnar import result_of_stored, result_to_arrow, stored_result
 from connectors.common.logs import request_id
 from connectors.node.compute import compute_node
 from connectors.node.problems import problem, problem_for
@@ -128,6 +128,7 @@ class QueryJob:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
+    result_stream: bytes | None = field(default=None, repr=False)  # a score's, as Arrow IPC
     error: dict[str, Any] | None = None
     cancelled_by: str | None = None
     parties: dict[str, str] | None = None
@@ -466,7 +467,10 @@ class QueryRunner:
         with self.runtime.transaction() as tx:
             tx.put(JOB_NAMESPACE, job.id, record)
             if job.result is not None:
-                stored = stored_result(job.result) if job.kind == "score" else job.result
+                stored = job.result
+                if job.kind == "score":  # encoded once: stored, and served as it is
+                    job.result_stream = job.result_stream or result_to_arrow(job.result)
+                    stored = stored_result(job.result_stream)
                 tx.put(RESULT_NAMESPACE, job.id, stored)
 
     @property

@@ -209,6 +209,8 @@ def get_result(
     if job.state != "done" or job.result is None:
         raise ConflictError(f"query {query_id!r} is {job.state}: it has no result")
     if media == ARROW_STREAM and job.kind == "score":
+        if job.result_stream is not None:  # encoded when the job was stored
+            return Response(job.result_stream, media_type=ARROW_STREAM)
         return StreamingResponse(iter_result_stream(job.result), media_type=ARROW_STREAM)
     return JSONResponse(job.result)
 
