@@ -130,8 +130,12 @@ _SCORE_BODY = {
 )
 async def submit_score(_: AdminDep, runtime: RuntimeDep, request: Request) -> Response:
     """Check and queue a joint score run by this node as the analyst."""
-    doc = score_body(request.headers.get("content-type"), await request.body())
-    return _accepted(await run_in_threadpool(runner_for(runtime).submit_score, doc))
+    media, body = request.headers.get("content-type"), await request.body()
+
+    def submit() -> QueryJob:  # parsing a million ids is work: off the event loop, as checking
+        return runner_for(runtime).submit_score(score_body(media, body))
+
+    return _accepted(await run_in_threadpool(submit))
 
 
 @router.post("/train", status_code=202, response_model=QueryView)
