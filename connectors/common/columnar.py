@@ -128,6 +128,7 @@ def read_stream(data: bytes, columns: Mapping[str, pa.DataType], what: str) -> d
     """
     try:
         table = pa.ipc.open_stream(data).read_all()
+        table.validate(full=True)  # offsets and lengths inside their buffers before any read
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ValidationError(f"the {what} is not an Arrow IPC stream: {exc}") from exc
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
