@@ -37,8 +37,9 @@ def _naive_seconds(sk: SecretContext, w: np.ndarray, x: np.ndarray, n: int) -> t
     return per_entity * n, note
 
 
-def ckks_weighted_sum(quick: bool) -> dict[str, Any]:
-    n = 100_000 if quick else 1_000_000
+def ckks_weighted_sum(quick: bool, n: int | None = None) -> dict[str, Any]:
+    """E(w) . X for n x 20 plaintext features (``n``: 100k quick, else 1M; or the query's)."""
+    n = n or (100_000 if quick else 1_000_000)
     workers = min(2, os.cpu_count() or 1)
     rng = np.random.default_rng(2024)
     x = rng.normal(size=(n, FEATURES))

@@ -49,9 +49,12 @@ def _median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def additive_dot(quick: bool) -> dict[str, Any]:
-    """2-party shared X (n x 20) @ shared w (20) with one matrix Beaver triple and truncation."""
-    n = 100_000 if quick else 1_000_000
+def additive_dot(quick: bool, n: int | None = None) -> dict[str, Any]:
+    """2-party shared X (n x 20) @ shared w (20) with one matrix Beaver triple and truncation.
+
+    ``n`` (default 100k quick, else 1M): ``joint_bench`` runs it at the query's size.
+    """
+    n = n or (100_000 if quick else 1_000_000)
     fp = FixedPoint(frac_bits=FRAC_BITS)
     data_rng = np.random.default_rng(20240601)
     features = data_rng.standard_normal((n, FEATURES))  # standardised features

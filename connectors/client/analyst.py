@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 
 from connectors.client.http import AdminClient
+from connectors.common.columnar import ARROW_STREAM, query_to_arrow, result_from_arrow
 from connectors.common.errors import ConnectorError
 from connectors.common.settings import load_settings
 from connectors.common.tls import client_context
@@ -150,6 +151,8 @@ class AnalystClient:
         transport: an httpx transport (tests).
         verify: how an ``https`` node is checked (as for
             :class:`~connectors.client.http.SignedClient`).
+        binary: send a score's ids and read its result as Arrow IPC streams
+            (:mod:`connectors.common.columnar`); ``False``: JSON throughout.
     """
 
     def __init__(
@@ -161,9 +164,11 @@ class AnalystClient:
         poll: float = _POLL_WAIT,
         transport: httpx.BaseTransport | None = None,
         verify: ssl.SSLContext | bool = True,
+        binary: bool = True,
     ) -> None:
         self.node_url = node_url.rstrip("/")
         self.poll = poll
+        self.binary = binary
         self._http = AdminClient(
             self.node_url,
             admin_token,
@@ -310,7 +315,15 @@ class AnalystClient:
     def submit_score(self, query: ScoreQuery | Mapping[str, Any]) -> dict[str, Any]:
         """Queue a score query at the node; returns its view (``state`` ``queued``)."""
         doc = query.to_json() if isinstance(query, ScoreQuery) else dict(query)
-        return dict(self._http.post("/management/queries/score", doc))
+        if not self.binary:
+            return dict(self._http.post("/management/queries/score", doc))
+        response = self._http.request(
+            "POST",
+            "/management/queries/score",
+            content=query_to_arrow(doc),
+            headers={"Content-Type": ARROW_STREAM},
+        )
+        return dict(response.json())
 
     def submit_train(self, doc: Mapping[str, Any]) -> dict[str, Any]:
         """Queue a joint training (:class:`trusted_space.protocols.train.TrainQuery` JSON)."""
@@ -320,10 +333,24 @@ class AnalystClient:
         """Queue an aggregate (:class:`~connectors.node.wire.queries.AggregateRequest` JSON)."""
         return dict(self._http.post("/management/queries/aggregate", dict(body)))
 
-    def status(self, query_id: str, *, wait: float = 0.0) -> dict[str, Any]:
-        """The query's view, after waiting up to ``wait`` seconds for it to end."""
+    def status(self, query_id: str, *, wait: float = 0.0, result: bool = True) -> dict[str, Any]:
+        """The query's view after up to ``wait`` seconds (``result``: its result once done)."""
         path = f"/management/queries/{quote(query_id, safe=':')}"
-        return dict(self._http.get(path, params={"wait": wait} if wait else None))
+        params: dict[str, Any] = {"wait": wait} if wait else {}
+        if not result:
+            params["result"] = "false"
+        return dict(self._http.get(path, params=params or None))
+
+    def result(self, query_id: str) -> dict[str, Any]:
+        """A finished query's result JSON; a score's read as an Arrow stream when ``binary``."""
+        path = f"/management/queries/{quote(query_id, safe=':')}/result"
+        if not self.binary:
+            return dict(self._http.get(path))
+        accept = f"{ARROW_STREAM}, application/json;q=0.5"
+        response = self._http.request("GET", path, headers={"Accept": accept})
+        if response.headers.get("content-type", "").startswith(ARROW_STREAM):
+            return result_from_arrow(response.content)
+        return dict(response.json())
 
     def cancel(self, query_id: str, *, by: str = "staff") -> dict[str, Any]:
         """Cancel a queued or running query at every party; its view (``cancelled``).
@@ -352,13 +379,13 @@ class AnalystClient:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            view = self.status(query_id, wait=self.poll)
+            view = self.status(query_id, wait=self.poll, result=not self.binary)
             if progress is not None:
                 progress(
                     QueryProgress(query_id, view["state"], view["stage"], float(view["fraction"]))
                 )
             if view["state"] == "done":
-                return dict(view["result"])
+                return self.result(query_id) if self.binary else dict(view["result"])
             if view["state"] == "failed":
                 raise QueryFailed(query_id, view.get("error") or {})
             if view["state"] == "cancelled":

@@ -20,10 +20,11 @@ that runs it, so a query cannot resume after a restart.
 
 Jobs are durable: each job's record (``query.job``, without its result) is written to the node's
 store when it is queued, when it starts and when it ends, and a finished job's result is kept
-beside it (``query.result``). After a restart the node finds every job it had: finished ones as
-they ended, and those that were queued or running end as ``failed`` with an ``interrupted``
-problem saying so (their providers' ledgers keep the uses they made). At most
-:data:`KEEP_FINISHED` finished jobs are also kept in memory.
+beside it (``query.result``; a score's as an Arrow stream, ``columnar.stored_result``).
+After a restart the node finds every job it had: finished ones as they ended, and those that
+were queued or running end as ``failed`` with an ``interrupted`` problem saying so (their
+providers' ledgers keep the uses they made). At most :data:`KEEP_FINISHED` finished jobs are also
+kept in memory.
 
 A queued or running job can be cancelled (:meth:`QueryRunner.cancel`, ``DELETE
 /management/queries/{id}``): every party taking part (its providers and the operator) is told at
@@ -50,6 +51,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from connectors.client.catalog import declared_ranges, fetch_catalog
+from connectors.common.columnar import result_of_stored, result_to_arrow, stored_result
 from connectors.common.logs import request_id
 from connectors.node.compute import compute_node
 from connectors.node.problems import problem, problem_for
@@ -126,6 +128,7 @@ class QueryJob:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
+    result_stream: bytes | None = field(default=None, repr=False)  # a score's, as Arrow IPC
     error: dict[str, Any] | None = None
     cancelled_by: str | None = None
     parties: dict[str, str] | None = None
@@ -464,7 +467,11 @@ class QueryRunner:
         with self.runtime.transaction() as tx:
             tx.put(JOB_NAMESPACE, job.id, record)
             if job.result is not None:
-                tx.put(RESULT_NAMESPACE, job.id, job.result)
+                stored = job.result
+                if job.kind == "score":  # encoded once: stored, and served as it is
+                    job.result_stream = job.result_stream or result_to_arrow(job.result)
+                    stored = stored_result(job.result_stream)
+                tx.put(RESULT_NAMESPACE, job.id, stored)
 
     @property
     def runtime(self) -> NodeRuntime:
@@ -685,7 +692,9 @@ class QueryRunner:
             result = tx.get(RESULT_NAMESPACE, query_id)
         if doc is None:
             raise NotFoundError(f"no query {query_id!r} on this node")
-        return QueryJob.from_record(doc.body, None if result is None else result.body)
+        return QueryJob.from_record(
+            doc.body, None if result is None else result_of_stored(result.body)
+        )
 
     def jobs(self) -> list[QueryJob]:
         """Every job this node has run or runs, oldest first (without results)."""

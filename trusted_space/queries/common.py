@@ -20,6 +20,7 @@ __all__ = [
     "ID_KINDS",
     "MISSING_RULES",
     "MODES",
+    "CheckedEntities",
     "check_entities",
     "check_entity",
 ]
@@ -68,7 +69,19 @@ def _all_clean(values: tuple[object, ...], id_kind: str) -> bool:
     )
 
 
+class CheckedEntities(tuple[str, ...]):
+    """Ids :func:`check_entities` passed for ``id_kind``: checked once per query.
+
+    A copy of the query made later (``dataclasses.replace``) keeps them and does not check a
+    million ids again.
+    """
+
+    id_kind: str
+
+
 def check_entities(entities: Sequence[str], id_kind: str, path: str) -> tuple[str, ...]:
+    if isinstance(entities, CheckedEntities) and entities.id_kind == id_kind:
+        return entities
     out = tuple(entities)
     if not _all_clean(out, id_kind):  # one by one: names the first bad id, normalises USCCs
         out = tuple(check_entity(e, id_kind, f"{path}[{i}]") for i, e in enumerate(out))
@@ -78,4 +91,6 @@ def check_entities(entities: Sequence[str], id_kind: str, path: str) -> tuple[st
             if e in seen:
                 raise path_error(f"{path}[{i}]", f"entity {e!r} appears twice")
             seen.add(e)
-    return out
+    checked = CheckedEntities(out)
+    checked.id_kind = id_kind
+    return checked

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from connectors.cli import query as query_commands
 from connectors.cli.main import app as cli_app
 from connectors.client.analyst import AnalystClient, QueryFailed, QueryProgress
+from connectors.common.columnar import ARROW_STREAM, query_to_arrow, result_from_arrow
 from connectors.node import queries
 from connectors.node.compute import (
     COMPUTE_CONTENT_TYPE,
@@ -506,3 +507,79 @@ def test_a_receipt_under_another_key_fails_the_query(
         client.score(joint.query_doc("additive"))
     assert caught.value.problem["type"].endswith("/invalid-receipt")
     assert "signature" in caught.value.problem["detail"]
+
+
+def test_the_client_reads_the_same_numbers_as_arrow_and_as_json(joint: Joint) -> None:
+    doc = joint.query_doc("additive")
+    with _analyst(joint) as client:  # binary: ids and result as Arrow IPC streams
+        binary = client.score_json(doc)
+        as_json = client.result(binary["query"])
+        client.binary = False
+        assert client.result(binary["query"]) == binary  # the JSON the node serves
+        typed = client.score(doc)
+    assert binary == as_json
+    assert binary["entities"] == joint.ids == list(typed.entities)
+    assert np.array_equal(
+        np.asarray(binary["logits"]).view(np.uint64), typed.logits.view(np.uint64)
+    )
+    assert float(np.max(np.abs(typed.logits - joint.plaintext()))) <= 1e-3
+
+
+def test_the_result_api_negotiates_its_format(joint: Joint) -> None:
+    bank = joint.bank
+    with _analyst(joint) as client:
+        done = client.score_json(joint.query_doc("ckks", entities=joint.ids[:8]))
+    path = f"/management/queries/{done['query']}/result"
+    polled = bank.client.get(
+        f"/management/queries/{done['query']}",
+        params={"result": "false"},
+        headers=bank.admin_headers,
+    )
+    assert polled.json()["state"] == "done" and polled.json()["result"] is None
+    arrow = bank.client.get(path, headers={**bank.admin_headers, "Accept": ARROW_STREAM})
+    assert arrow.headers["content-type"] == ARROW_STREAM
+    assert result_from_arrow(arrow.content) == done
+    assert bank.client.get(path, headers=bank.admin_headers).json() == done
+    refused = bank.client.get(path, headers={**bank.admin_headers, "Accept": "text/csv"})
+    assert refused.status_code == 406
+    assert refused.json()["type"].endswith("/not-acceptable")
+    assert ARROW_STREAM in refused.json()["detail"]
+    unknown = bank.client.get(
+        "/management/queries/urn:uuid:nope/result", headers=bank.admin_headers
+    )
+    assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "named"),
+    [
+        (ARROW_STREAM, b"not arrow", 400, "not an Arrow IPC stream"),
+        (ARROW_STREAM, b"", 400, "not an Arrow IPC stream"),
+        ("text/csv", b"id\na\n", 415, ARROW_STREAM),
+        ("application/json", b"{nope", 400, "not JSON"),
+        ("application/json", b"[1]", 400, "a JSON object"),
+    ],
+)
+def test_a_bad_query_body_is_a_clear_problem(
+    joint: Joint, content_type: str, body: bytes, status: int, named: str
+) -> None:
+    bank = joint.bank
+    response = bank.client.post(
+        "/management/queries/score",
+        content=body,
+        headers={**bank.admin_headers, "Content-Type": content_type},
+    )
+    assert response.status_code == status, response.text
+    assert named in response.json()["detail"]
+
+
+def test_an_arrow_query_is_checked_like_a_json_one(joint: Joint) -> None:
+    bank = joint.bank
+    doc = joint.query_doc("ckks", entities=[joint.ids[0], joint.ids[0]])
+    response = bank.client.post(
+        "/management/queries/score",
+        content=query_to_arrow(doc),
+        headers={**bank.admin_headers, "Content-Type": ARROW_STREAM},
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("$.entities[1]")
