@@ -115,14 +115,6 @@ def score_command(
     cohort: Annotated[bool, typer.Option(help="Align by PSI; score the intersection.")] = False,
     id_kind: IdKindOpt = "opaque",
     id_column: Annotated[str | None, typer.Option(help="Id column of --entities.")] = None,
-    feature_bound: Annotated[
-        float | None,
-        typer.Option(
-            help="Compatibility only: the range of a provider column whose catalog declares "
-            "none (declared ranges come from the catalog; default 64).",
-            hidden=True,
-        ),
-    ] = None,
     band_edge: Annotated[
         list[float] | None,
         typer.Option(
@@ -151,8 +143,6 @@ def score_command(
         parsed = load_model(model)
         extra: dict[str, Any] = {"missing": missing, "mode": mode, "cohort": cohort}
         extra["id_kind"] = id_kind
-        if feature_bound is not None:
-            extra["feature_bound"] = feature_bound
         if band_edge:
             extra["band_edges"] = tuple(band_edge)
         with (

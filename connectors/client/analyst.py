@@ -288,8 +288,7 @@ class AnalystClient:
                 file names only the analyst's own part, the providers hold theirs.
             **kw: other :class:`ScoreQuery` fields (``mode``, ``cohort``, ``id_kind``,
                 ``missing``, ...). No bound is needed: the node scales each provider column by
-                the range its catalog declares (``feature_bound`` is kept for columns that
-                declare none).
+                the range its catalog declares (a column that declares none is refused).
         """
         parsed = model if isinstance(model, Model) else Model.from_json(model)
         me = self.participant_id

@@ -296,6 +296,7 @@ def with_catalog_ranges(runtime: NodeRuntime, query: ScoreQuery) -> ScoreQuery:
 
     Raises:
         NotReadyError: no operator anchor, or the operator cannot be reached.
+        ValidationError: a model column whose catalog declares no range (named).
     """
     if query.mode != "analyst-held":
         return query
@@ -316,6 +317,14 @@ def with_catalog_ranges(runtime: NodeRuntime, query: ScoreQuery) -> ScoreQuery:
     ranges = {p: dict(r) for p, r in query.ranges.items()}
     for p, found in declared.items():
         ranges[p] = {**found, **ranges.get(p, {})}
+    for p in lacking:
+        for column in query.model.columns(p):
+            if column not in ranges.get(p, {}):
+                raise ValidationError(
+                    f"column {column!r} of {p}'s dataset {query.datasets[p]!r} declares no "
+                    "range in the catalog: a score cannot use it until its provider declares "
+                    "the field's bound"
+                )
     return dataclasses.replace(query, ranges=ranges)
 
 

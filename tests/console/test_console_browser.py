@@ -230,7 +230,7 @@ def _provider_files(tmp: Path) -> tuple[Path, Path, dict[str, Any], dict[str, An
             "name": "tax_risk",
             "fields": [
                 {"name": "uscc", "type": "string", "grade": 1},
-                {"name": "risk_index", "type": "float", "grade": 3},
+                {"name": "risk_index", "type": "float", "grade": 3, "bound": 4.0},
             ],
         },
     }

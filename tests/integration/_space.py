@@ -33,12 +33,19 @@ def member_credential(
 
 
 def tax_records(
-    dataset_id: str, title: str, columns: Sequence[str], **extra: str
+    dataset_id: str,
+    title: str,
+    columns: Sequence[str],
+    *,
+    bound: float | None = None,
+    **extra: str,
 ) -> dict[str, Any]:
     """The tax bureau's zone dataset: opaque ``entity`` keys and a float column per ``columns``.
 
-    ``extra`` adds top-level fields (a ``description``, say).
+    ``bound``: the declared range of every column (a score needs one); ``extra`` adds
+    top-level fields (a ``description``, say).
     """
+    declared = {} if bound is None else {"bound": bound}
     return {
         "id": dataset_id,
         "title": title,
@@ -52,7 +59,7 @@ def tax_records(
             "name": "tax_paid",
             "fields": [
                 {"name": "entity", "type": "string", "grade": 1},
-                *({"name": c, "type": "float", "grade": 3} for c in columns),
+                *({"name": c, "type": "float", "grade": 3, **declared} for c in columns),
             ],
         },
     }

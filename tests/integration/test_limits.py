@@ -228,7 +228,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     )
     ds = DatasetConfig(
         file=root / "tax.json",
-        dataset=tax_records(DATASET, "Tax paid (limits)", ["tax_paid"]),
+        dataset=tax_records(DATASET, "Tax paid (limits)", ["tax_paid"], bound=256.0),
         source=SourceConfig("csv", rows),
         offers=(scores, noisy, per_entity),
     )
@@ -448,16 +448,15 @@ def test_the_cli_suspends_resumes_and_shows_budgets(space: Space) -> None:
 def test_an_entity_is_scored_at_most_entity_count_times_across_agreements(space: Space) -> None:
     agreement = space.negotiate(space.entity)
     weights = {"tax_paid": 0.01}
-    bound = {"feature_bound": 256.0}  # the column declares no range
     for _ in range(2):
-        space.score(agreement, DATASET, weights, HELD[:2], **bound)
+        space.score(agreement, DATASET, weights, HELD[:2])
 
     with pytest.raises(QueryFailed) as third:  # HELD[0] a third time, beside a fresh one
-        space.score(agreement, DATASET, weights, [HELD[0], HELD[5]], **bound)
+        space.score(agreement, DATASET, weights, [HELD[0], HELD[5]])
     renegotiated = space.negotiate(space.entity)
     with pytest.raises(QueryFailed) as again:  # a new agreement from the same offer: same account
-        space.score(renegotiated, DATASET, weights, [HELD[1]], **bound)
-    fresh = space.score(renegotiated, DATASET, weights, HELD[5:7], **bound)
+        space.score(renegotiated, DATASET, weights, [HELD[1]])
+    fresh = space.score(renegotiated, DATASET, weights, HELD[5:7])
 
     for refused, entities in ((third.value, 2), (again.value, 1)):
         assert refused.peer == "tax-bureau", refused.problem
@@ -484,9 +483,6 @@ def test_a_refusal_does_not_depend_on_the_columns_values(space: Space) -> None:
                 outcomes[column, probe] = "answered"
             except QueryFailed as failed:
                 outcomes[column, probe] = str(failed.problem.get("detail")).replace(column, "<c>")
-        # a featureBound probe is ignored for a column whose catalog declares its range
-        answered = space.score(agreement, RANGED, {column: 0.001}, HELD[:4], feature_bound=1.0)
-        assert len(answered["logits"]) == 4
 
     for probe in (16.0, 64.0, 1024.0):
         assert outcomes["small", probe] == outcomes["large", probe], outcomes

@@ -174,7 +174,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     )
     ds = DatasetConfig(
         file=root / "tax.json",
-        dataset=tax_records(DATASET, "Tax columns (model binding)", COLUMNS),
+        dataset=tax_records(DATASET, "Tax columns (model binding)", COLUMNS, bound=16.0),
         source=SourceConfig("csv", rows),
         offers=(offer,),
     )
@@ -187,7 +187,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     )
     bands = DatasetConfig(
         file=root / "bands.json",
-        dataset=tax_records(BANDS, "Tax columns (bands only)", COLUMNS),
+        dataset=tax_records(BANDS, "Tax columns (bands only)", COLUMNS, bound=16.0),
         source=SourceConfig("csv", rows),
         offers=(band_offer,),
     )

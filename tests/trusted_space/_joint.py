@@ -7,7 +7,7 @@ ledger, all on one :class:`InMemoryTransport` network; datasets published with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,6 +92,10 @@ def offer(
     }
 
 
+DEFAULT_BOUND = 64.0
+"""The declared range of a numeric test column unless ``bounds`` gives another."""
+
+
 def dataset(
     owner: str,
     columns: Sequence[str],
@@ -103,7 +107,7 @@ def dataset(
     key_kind: KeyKind = KeyKind.OPAQUE,
     impute: dict[str, float] | None = None,
     extra_fields: Sequence[Field] = (),
-    bounds: dict[str, float] | None = None,
+    bounds: Mapping[str, float | None] | None = None,
 ) -> Dataset:
     grades = grades or {}
     types = types or {}
@@ -113,9 +117,13 @@ def dataset(
         kw: dict[str, Any] = {}
         if c in impute:
             kw["impute_default"] = impute[c]
+        kind = types.get(c, FieldType.FLOAT)
         if c in (bounds or {}):
-            kw["bound"] = (bounds or {})[c]
-        fields.append(Field(c, types.get(c, FieldType.FLOAT), grades.get(c, 3), **kw))
+            if (bounds or {})[c] is not None:  # None: the column declares no range
+                kw["bound"] = (bounds or {})[c]
+        elif kind in (FieldType.FLOAT, FieldType.INT, FieldType.BOOL):
+            kw["bound"] = DEFAULT_BOUND  # every score column declares its range
+        fields.append(Field(c, kind, grades.get(c, 3), **kw))
     fields.extend(extra_fields)
     return Dataset(
         id=ds_id or f"urn:uuid:ds-{owner}",

@@ -103,7 +103,7 @@ def test_logistic_is_monotone_and_symmetric(z: list[float]) -> None:
 
 
 def test_query_round_trip() -> None:
-    q = ScoreQuery.from_json(query_doc(id="urn:uuid:q-7", missing="impute", featureBound=16))
+    q = ScoreQuery.from_json(query_doc(id="urn:uuid:q-7", missing="impute", partialBound=16))
     assert q.providers == ("court", "tax-bureau")
     again = ScoreQuery.from_json(json.loads(json.dumps(q.to_json())))
     assert again == q
@@ -135,7 +135,7 @@ def test_uscc_entities_are_checked() -> None:
         (query_doc(mode="shared"), "$.mode"),
         (query_doc(missing="zero"), "$.missing"),
         (query_doc(idKind="lei"), "$.idKind"),
-        (query_doc(featureBound=0), "$.featureBound"),
+        (query_doc(featureBound=64), "$.featureBound: not a query parameter"),
         (query_doc(kind="aggregate"), "$.kind"),
         (query_doc(v=2), "$.v"),
         (query_doc(surprise=True), "$: unknown member surprise"),

@@ -27,6 +27,7 @@ from trusted_space.protocols import _common, register_operator, register_provide
 from trusted_space.protocols.base import ScoreProtocol
 from trusted_space.protocols.scaling import (
     STATED_PRECISION,
+    check_party_partials,
     check_precision,
     logit_error_bound,
     scale_exponent,
@@ -266,7 +267,7 @@ def test_the_scale_is_the_least_power_of_two_at_or_above_the_range(
 
 
 def _one_provider(
-    protocol: str, values: list[float], bound: float, query_range: float | None, **kw: Any
+    protocol: str, values: list[float], bound: float | None, query_range: float | None, **kw: Any
 ) -> tuple[Any, ScoreQuery]:
     space = build_space(["court"])
     register_operator(space.operator.node)
@@ -304,6 +305,29 @@ def test_a_value_outside_the_catalogs_range_is_refused_without_the_value() -> No
         assert info.value.status == 400
         details.add(info.value.problem["detail"])
     assert details == {"column 'fine' has values outside its declared range in the catalog"}
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_a_column_without_a_declared_range_is_refused_whatever_its_values(protocol: str) -> None:
+    """No bound oracle on an undeclared column: the analyst's range never meets a value."""
+    details = set()
+    for values in ([0.5, 1.5], [12.5, 7.0e6]):
+        for query_range in (16.0, 1024.0):
+            space, query = _one_provider(protocol, values, None, query_range)
+            with pytest.raises(RemoteError) as info:
+                run_score(space.transport(ANALYST), ANALYST, OPERATOR, query)
+            assert info.value.status == 400
+            details.add(info.value.problem["detail"])
+    assert details == {
+        "column 'fine' declares no range in the catalog: a score cannot use it until its "
+        "provider declares the field's bound"
+    }
+
+
+def test_a_party_held_column_without_a_declared_range_is_refused() -> None:
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(ValidationError, match="column 'b' declares no range in the catalog"):
+        check_party_partials(x, {"a": 0.5, "b": 0.25}, {"a": 8.0, "b": None}, 4096.0)
 
 
 def test_a_scale_other_than_the_catalogs_is_refused() -> None:

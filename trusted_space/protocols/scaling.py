@@ -2,16 +2,17 @@
 
 Raw columns hold yuan amounts next to flags: one fixed-point scale for every column loses either
 the small weights or the large features. So every provider column ``j`` has a *declared range*
-``R_j`` (the catalog field's ``bound``, or the query's ``ranges``, else its ``featureBound``) and
+``R_j`` (the catalog field's ``bound``, which the analyst's node puts in the query's ``ranges``) and
 a scale ``2^e_j``, the least power of two ``≥ R_j``. The analyst multiplies the column's weight by
 ``2^e_j``; the provider divides the column by ``2^e_j`` — both exact in float64 — so every
 protocol computes ``Σ_j (w_j·2^e_j)·(x_j·2^-e_j)`` over features in ``[-1, 1]``: each product at
 full relative precision whatever ``w`` and ``x`` are.
 
 What it reveals: ``e_j`` travels to the provider that published ``R_j``; nothing else. The
-provider refuses a scale that is not its catalog's (where the catalog declares one), so an
-analyst cannot vary a bound to learn ``max |x|``; a value outside the declared range is refused
-naming the column, never the value.
+provider refuses a scale that is not its catalog's and a column whose catalog declares no range
+(in both modes), so no bound the analyst chooses ever meets the data: an analyst cannot vary one
+to learn ``max |x|``. A value outside the declared range (the provider's own data disagreeing
+with its catalog) is refused naming the column, never the value.
 
 Precision: ``L = Σ_j |w_j|·2^e_j`` over every provider column bounds every logit the protocols
 compute (the analyst's own columns are added in float64). Each protocol's error is at most a
@@ -61,6 +62,12 @@ ADDITIVE_FEATURE_BITS: Final = 30
 
 CKKS_MAX_LOGIT: Final = 2.0**18
 """CKKS slots hold values below ``2^19`` at the presets' scales; logits stay below ``2^18``."""
+
+
+_NO_RANGE: Final = (
+    "column {column!r} declares no range in the catalog: a score cannot use it until its "
+    "provider declares the field's bound"
+)
 
 
 def scale_exponent(bound: float) -> int:
@@ -183,7 +190,9 @@ def unscaled_features(
         raise ValidationError(f"expected {len(columns)} column scales, got {len(exponents)}")
     for column, e in zip(columns, exponents, strict=True):
         bound = declared.get(column)
-        if bound is not None and scale_exponent(bound) != e:
+        if bound is None:
+            raise ValidationError(_NO_RANGE.format(column=column))
+        if scale_exponent(bound) != e:
             raise ValidationError(
                 f"column {column!r}: the query's scale 2^{e} is not the catalog's declared range"
             )
@@ -230,8 +239,9 @@ def check_party_partials(
                     f"column {column!r} has values outside its declared range in the catalog"
                 )
     ranges = [declared.get(c) for c in columns]
-    if any(r is None for r in ranges):
-        return
+    for column, r in zip(columns, ranges, strict=True):
+        if r is None:
+            raise ValidationError(_NO_RANGE.format(column=column))
     products = [abs(weights[c]) * float(r or 0.0) for c, r in zip(columns, ranges, strict=True)]
     if sum(products) > partial_bound:
         worst = columns[int(np.argmax(products))]

@@ -304,10 +304,10 @@ class ScoreQuery:
         id_kind: ``uscc`` (validated) or ``opaque``.
         missing: ``fail`` or ``impute``.
         id: the query id (a fresh UUID URN by default).
-        feature_bound: the declared ``|x|`` range of a provider column that neither ``ranges``
-            nor the provider's catalog declares (kept for compatibility; a column whose catalog
-            field declares a ``bound`` is scaled by that, see
-            :mod:`trusted_space.protocols.scaling`).
+        feature_bound: internal: the protocols' bound on a (scaled) feature, ``1`` once
+            :func:`trusted_space.protocols.scaling.scaled_query` has scaled every provider column
+            by the range its catalog declares. Not part of the query's JSON: an analyst gives
+            no bound, and a provider refuses a column whose catalog declares none.
         partial_bound: declared bound of a party-held partial logit.
         ranges: provider → column → declared ``|x|`` range, as the catalog publishes it
             (clients fill it from the catalog); each column is scaled by the least power of
@@ -414,7 +414,6 @@ class ScoreQuery:
             "cohort": self.cohort,
             "idKind": self.id_kind,
             "missing": self.missing,
-            "featureBound": self.feature_bound,
             "partialBound": self.partial_bound,
             **({"ranges": {p: dict(c) for p, c in self.ranges.items()}} if self.ranges else {}),
             **({"bandEdges": list(self.band_edges)} if self.band_edges else {}),
@@ -432,6 +431,12 @@ class ScoreQuery:
         Raises:
             ValidationError: anything malformed or unknown.
         """
+        if isinstance(doc, Mapping) and "featureBound" in doc:
+            raise path_error(
+                "$.featureBound",
+                "not a query parameter: each provider column is scaled by the range its "
+                "catalog declares (the field's bound); ask the provider to declare one",
+            )
         d = check_object(
             doc,
             "$",
@@ -443,7 +448,6 @@ class ScoreQuery:
                 "cohort",
                 "idKind",
                 "missing",
-                "featureBound",
                 "partialBound",
                 "ranges",
                 "bandEdges",
@@ -465,8 +469,6 @@ class ScoreQuery:
         kw: dict[str, Any] = {}
         if "id" in d:
             kw["id"] = check_text(d["id"], "$.id")
-        if "featureBound" in d:
-            kw["feature_bound"] = check_number(d["featureBound"], "$.featureBound")
         if "partialBound" in d:
             kw["partial_bound"] = check_number(d["partialBound"], "$.partialBound")
         if "ranges" in d:

@@ -20,9 +20,11 @@ from connectors.spaces.local import LocalParty, local_dataset, local_offer
 from tests.connectors._space import Node
 from trusted_space.contracts import NegotiationState
 
-__all__ = ["FINAL", "negotiate_features", "publish_table", "write_table"]
+__all__ = ["BOUND", "FINAL", "negotiate_features", "publish_table", "write_table"]
 
 FINAL = (NegotiationState.FINALIZED, NegotiationState.TERMINATED)
+BOUND = 8.0
+"""The declared range of every published test column."""
 
 
 def write_table(
@@ -39,9 +41,13 @@ def write_table(
 def publish_table(
     node: Node, path: Path, columns: list[str], *, purpose: str, kinds: tuple[str, ...]
 ) -> None:
-    """Register ``path`` as ``<node>-features`` on ``node``, under one offer for ``kinds``."""
+    """Register ``path`` as ``<node>-features`` on ``node``, under one offer for ``kinds``.
+
+    Every column declares the range :data:`BOUND` (the tests' values stay within it).
+    """
+    bounds = dict.fromkeys(columns, BOUND)
     body = {
-        "dataset": local_dataset(LocalParty(node.id, path), "entity", columns),
+        "dataset": local_dataset(LocalParty(node.id, path), "entity", columns, bounds=bounds),
         "source": {"kind": "csv", "path": str(path)},
         "offers": [local_offer(purpose=purpose, kinds=kinds)],
     }

@@ -80,7 +80,6 @@ class Joint:
             "agreements": dict(self.agreements),
             "datasets": {p: f"{p}-features" for p in COLUMNS},
             "entities": list(self.ids),
-            "featureBound": 8.0,
         }
         doc.update(kw)
         return doc
@@ -293,7 +292,6 @@ def test_paillier_score_through_the_analyst_client(joint: Joint) -> None:
             joint.ids[:20],
             protocol="paillier",
             purpose=PURPOSE,
-            feature_bound=8.0,
         )
         assert query.agreements == joint.agreements
         assert query.datasets["bank-a"] == "bank-a-features"
@@ -442,7 +440,7 @@ def test_query_cli_scores_aggregates_and_reports(
         cli_app,
         [
             "query", "score", *node, "--model", str(model), "--entities", str(ids),
-            "--protocol", "additive", "--purpose", PURPOSE, "--feature-bound", "8",
+            "--protocol", "additive", "--purpose", PURPOSE,
             "--out", str(out), "--json",
         ],
     )  # fmt: skip
@@ -459,7 +457,7 @@ def test_query_cli_scores_aggregates_and_reports(
         cli_app,
         [
             "query", "score", *node, "--model", str(model), "--entities", str(ids),
-            "--protocol", "additive", "--purpose", PURPOSE, "--feature-bound", "8",
+            "--protocol", "additive", "--purpose", PURPOSE,
             "--band-edge", "-1", "--band-edge", "1", "--out", str(tmp_path / "bands.csv"),
         ],
     )  # fmt: skip
@@ -478,7 +476,7 @@ def test_query_cli_scores_aggregates_and_reports(
         cli_app,
         [
             "query", "score", *node, "--model", str(model), "--entities", str(ids),
-            "--protocol", "ckks", "--purpose", "marketing", "--feature-bound", "8",
+            "--protocol", "ckks", "--purpose", "marketing",
             "--out", str(tmp_path / "no.csv"),
         ],
     )  # fmt: skip

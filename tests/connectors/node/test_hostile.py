@@ -279,7 +279,6 @@ class Hostile:
             "agreements": {"tax-bureau": self.agreement},
             "datasets": {p: f"{p}-features" for p in WEIGHTS},
             "entities": list(self.ids),
-            "featureBound": 8.0,
         }
 
     def train_doc(self) -> dict[str, Any]:

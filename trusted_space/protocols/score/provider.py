@@ -231,9 +231,10 @@ def _prepare(spec: ScoreOpen, state: dict[str, Any], published: Any, x: FloatArr
     table = published.dataset.table
     declared = {c: table.field(c).bound for c in columns}
     if spec.mode == "analyst-held":
-        if spec.scales is None:  # an analyst that does not scale: its featureBound for all
-            _check_bound(x, spec.feature_bound, "featureBound", columns)
-            return x
+        if spec.scales is None:  # scales come from the catalog; an analyst must send them
+            raise ValidationError(
+                "an analyst-held score carries each column's scale (header.scales)"
+            )
         return unscaled_features(x, columns, spec.scales, declared)
     check_party_partials(x, state["weights"], declared, spec.partial_bound)
     z = x @ np.array(list(state["weights"].values()), dtype=np.float64)
