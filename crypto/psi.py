@@ -251,14 +251,21 @@ def _split(points: bytes) -> list[bytes]:
 
 def _distinct(ids: Iterable[str]) -> tuple[list[str], list[int]]:
     """Distinct ids in first-occurrence order, with the input index of each."""
-    first: dict[str, int] = {}
-    for index, entity in enumerate(ids):
+    given = ids if isinstance(ids, list) else list(ids)
+    for entity in given:
         if not isinstance(entity, str):
             raise TypeError(f"ids must be str, not {type(entity).__name__}")
-        first.setdefault(entity, index)
-    if len(first) > MAX_SET_SIZE:
-        raise ParameterError(f"at most {MAX_SET_SIZE} distinct ids per side, got {len(first)}")
-    return list(first), list(first.values())
+    distinct = list(dict.fromkeys(given))
+    if len(distinct) == len(given):  # no duplicates: the common case, without a per-id lookup
+        indices = list(range(len(given)))
+    else:
+        first: dict[str, int] = {}
+        for index, entity in enumerate(given):
+            first.setdefault(entity, index)
+        indices = list(first.values())
+    if len(distinct) > MAX_SET_SIZE:
+        raise ParameterError(f"at most {MAX_SET_SIZE} distinct ids per side, got {len(distinct)}")
+    return distinct, indices
 
 
 def _pack(
