@@ -2,18 +2,23 @@
 
 Why: before a joint score or aggregate over a *cohort*, the analyst (a bank) must learn which of
 its candidate enterprises a provider (a tax bureau) holds, without either side handing over its
-list. This module runs :mod:`crypto.psi` (ECDH-PSI on X25519, one round trip, *align* mode) over a
-:class:`~trusted_space.transport.Transport`: the analyst is the :class:`~crypto.psi.PsiReceiver`,
-the provider the :class:`~crypto.psi.PsiSender`.
+list. This module runs PSI in *align* mode over a :class:`~trusted_space.transport.Transport`:
+:mod:`crypto.psi` (ECDH on X25519) or, for large sets, :mod:`crypto.psi_ot` (KKRT OT extension).
+The analyst is the receiver, the provider the sender, in both. The provider chooses KKRT when
+the analyst declares at least ``ot_min_ids`` ids (:data:`OT_MIN_IDS` by default) and names no
+method; ``align(..., psi_method=...)`` names one. With KKRT the ``align.open`` reply carries the
+provider's OT setup as its payload, and the request is the extended-OT rows (64 bytes per
+cuckoo bin) instead of points.
 
 Messages (operations registered on the provider by :func:`register_align`)::
 
     analyst                                                     provider
-    align.open     {query, agreement, dataset, purpose, kind, protocol, columns, size[, epsilon]}
+    align.open     {query, agreement, dataset, purpose, kind, protocol, columns, size[, epsilon][, psi]}
                    ──────────▶  authorize_use (policy, ledger: query.use) — refused: 403 + trace
                                 read its key column by scanning its dataset, start hashing and
                                 blinding its ids (in the background, while the analyst works)
-                   ◀──────────  {session (PSI session id, fresh, chosen by the provider), receipt}
+                   ◀──────────  {session (PSI session id, fresh, chosen by the provider), receipt,
+                                 psi: ecdh | ot} [+ OT setup]
     align.request  {query, dataset, part, parts, total} + PSI request bytes, in parts ≤ 16 MiB
                    ──────────▶  on the last part: PSI response (re-blinded request ‖ own points,
                                 shuffled); keeps its shuffled id order for the next step
