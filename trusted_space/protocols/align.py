@@ -13,7 +13,8 @@ cuckoo bin) instead of points.
 Messages (operations registered on the provider by :func:`register_align`)::
 
     analyst                                                     provider
-    align.open     {query, agreement, dataset, purpose, kind, protocol, columns, size[, epsilon][, psi]}
+    align.open     {query, agreement, dataset, purpose, kind, protocol, columns, size,
+                    [epsilon], [psi: ecdh | ot]}
                    ──────────▶  authorize_use (policy, ledger: query.use) — refused: 403 + trace
                                 read its key column by scanning its dataset, start hashing and
                                 blinding its ids (in the background, while the analyst works)
