@@ -255,9 +255,7 @@ def _output(
     buf = np.empty((n, 4 + _ROW), dtype=np.uint8)
     buf[:, :4] = bins.astype(">u4").view(np.uint8).reshape(n, 4)
     buf[:, 4:] = rows
-    step = _CHUNK * (4 + _ROW)
-    data = buf.tobytes()
-    chunks = [data[i : i + step] for i in range(0, len(data), step)]
+    chunks = [buf[i : i + _CHUNK].tobytes() for i in range(0, n, _CHUNK)]
     joined = _spread(executor, partial(_hash_chunk, key, size), chunks)
     return np.frombuffer(joined, dtype=f"S{size}")
 
@@ -470,9 +468,13 @@ class OtPsiSender:
         out_key = _key(self._session_id, b"out")
         where = _bins(seed, self._digests, m)
         values = []
-        for h in range(_HASHES):
-            rows = q[where[:, h]] ^ (_code(code_key, self._digests, h) & self._choices)
-            values.append(_output(out_key, where[:, h], rows, size, self._executor).tobytes())
+        for h in range(_HASHES):  # in slices of ids: MBs of temporaries, not GBs
+            for start in range(0, len(self._ids), 4 * _CHUNK):
+                at = where[start : start + 4 * _CHUNK, h]
+                code = _code(code_key, self._digests[start : start + 4 * _CHUNK], h)
+                rows = code & self._choices
+                rows ^= q[at]
+                values.append(_output(out_key, at, rows, size, self._executor).tobytes())
         head = _RESPONSE_HEAD.pack(
             n_receiver, len(self._ids), size, hashlib.sha256(bytes(request)).digest()
         )

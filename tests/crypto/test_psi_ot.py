@@ -183,3 +183,13 @@ def test_finish_before_request_and_bad_inputs() -> None:
     with pytest.raises(ParameterError):
         OtPsiReceiver(["a"], b"short")
     assert issubclass(SerializationError, CryptoError)
+
+
+def test_sliced_work_gives_the_same_intersection(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    monkeypatch.setattr(psi_ot, "_CHUNK", 64)  # hashes in slices of 64, sender rows of 256
+    pool = [f"id-{i}" for i in range(2000)]
+    receiver = [pool[i] for i in rng.choice(2000, 900, replace=False)]
+    sender = [pool[i] for i in rng.choice(2000, 1100, replace=False)]
+    assert list(intersect(receiver, sender).ids) == _expected(receiver, sender)
