@@ -546,17 +546,19 @@ class OtPsiReceiver:
             p1 = body[(2 * i + 1) * POINT_SIZE :][:POINT_SIZE]
             seeds0.append(_kdf(self._session_id, i, 0, ephemeral, p0, _exchange(ephemeral_key, p0)))
             seeds1.append(_kdf(self._session_id, i, 1, ephemeral, p1, _exchange(ephemeral_key, p1)))
-        g0 = _expand(seeds0, m)
-        rows_u = transpose_columns(g0 ^ _expand(seeds1, m))
         occupied = np.flatnonzero(table >= 0)
         items = table[occupied]
-        code_key = _key(self._session_id, b"code")
-        rows_u[occupied] ^= _code(code_key, digests[items], choice[items])
-        rows_t = transpose_columns(g0)
         bin_of = np.empty(n, dtype=np.int64)
         bin_of[items] = occupied
+        g0 = _expand(seeds0, m)
+        self._mine = transpose_columns(g0)[bin_of]  # t_j of the occupied bins only
+        columns = g0 ^ _expand(seeds1, m)
+        del g0
+        rows_u = transpose_columns(columns)
+        del columns
+        code_key = _key(self._session_id, b"code")
+        rows_u[occupied] ^= _code(code_key, digests[items], choice[items])
         self._bin_of, self._choice = bin_of, choice
-        self._mine = rows_t[bin_of]
         head = _REQUEST_HEAD.pack(n, m, hashlib.sha256(bytes(setup)).digest(), ephemeral, seed)
         self._request = _pack(_KIND_REQUEST, 0, self._session_id, head + rows_u.tobytes())
         return self._request
