@@ -24,6 +24,7 @@ SUITE: list[tuple[str, str, str]] = [
     ("cases_sharing", "additive_dot_1m", ">= 2,000,000 entities/s online; <= 50x plaintext"),
     ("cases_sharing", "truncation_failure_rate", "measured rate matches |x|/2^64"),
     ("cases_psi", "psi_1m", "<= 120 s total; >= 15,000 ids/s per core per step"),
+    ("cases_psi", "psi_ot_1m", "<= 2x SPU RR22 on the same ids; exact"),
 ]
 
 

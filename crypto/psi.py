@@ -81,10 +81,14 @@ __all__ = [
     "PsiReceiver",
     "PsiResult",
     "PsiSender",
+    "check_session_id",
+    "distinct_ids",
+    "encode_id",
     "hash_to_point",
     "intersect",
     "new_session_id",
     "psi_executor",
+    "random_permutation",
 ]
 
 POINT_SIZE = 32
@@ -128,7 +132,7 @@ def new_session_id() -> bytes:
     return os.urandom(32)
 
 
-def _check_session_id(session_id: bytes) -> bytes:
+def check_session_id(session_id: bytes) -> bytes:
     if not isinstance(session_id, bytes | bytearray):
         raise TypeError(f"session_id must be bytes, not {type(session_id).__name__}")
     if not _MIN_SESSION_ID <= len(session_id) <= _MAX_SESSION_ID:
@@ -174,11 +178,11 @@ def hash_to_point(session_id: bytes, entity_id: str) -> bytes:
     Returns:
         The canonical little-endian u-coordinate of a point of large prime order.
     """
-    base = hashlib.sha512(_hash_prefix(_check_session_id(session_id)))
-    return _hash_to_u(base, _encode_id(entity_id))
+    base = hashlib.sha512(_hash_prefix(check_session_id(session_id)))
+    return _hash_to_u(base, encode_id(entity_id))
 
 
-def _encode_id(entity_id: str) -> bytes:
+def encode_id(entity_id: str) -> bytes:
     if not isinstance(entity_id, str):
         raise TypeError(f"ids must be str, not {type(entity_id).__name__}")
     try:
@@ -235,7 +239,7 @@ def _blind(scalar: bytes, points: bytes, executor: Executor | None) -> bytes:
     return _run_chunks(executor, partial(_blind_chunk, scalar), chunks)
 
 
-def _random_permutation(n: int) -> np.ndarray:
+def random_permutation(n: int) -> np.ndarray:
     """A uniformly random permutation of ``range(n)`` from ``os.urandom``.
 
     Sorting by 128-bit random keys: a tie (probability below n²/2^129) would bias the order only
@@ -249,16 +253,23 @@ def _split(points: bytes) -> list[bytes]:
     return [points[i : i + POINT_SIZE] for i in range(0, len(points), POINT_SIZE)]
 
 
-def _distinct(ids: Iterable[str]) -> tuple[list[str], list[int]]:
+def distinct_ids(ids: Iterable[str]) -> tuple[list[str], list[int]]:
     """Distinct ids in first-occurrence order, with the input index of each."""
-    first: dict[str, int] = {}
-    for index, entity in enumerate(ids):
+    given = ids if isinstance(ids, list) else list(ids)
+    for entity in given:
         if not isinstance(entity, str):
             raise TypeError(f"ids must be str, not {type(entity).__name__}")
-        first.setdefault(entity, index)
-    if len(first) > MAX_SET_SIZE:
-        raise ParameterError(f"at most {MAX_SET_SIZE} distinct ids per side, got {len(first)}")
-    return list(first), list(first.values())
+    distinct = list(dict.fromkeys(given))
+    if len(distinct) == len(given):  # no duplicates: the common case, without a per-id lookup
+        indices = list(range(len(given)))
+    else:
+        first: dict[str, int] = {}
+        for index, entity in enumerate(given):
+            first.setdefault(entity, index)
+        indices = list(first.values())
+    if len(distinct) > MAX_SET_SIZE:
+        raise ParameterError(f"at most {MAX_SET_SIZE} distinct ids per side, got {len(distinct)}")
+    return distinct, indices
 
 
 def _pack(
@@ -364,9 +375,9 @@ class PsiReceiver:
     def __init__(
         self, ids: Iterable[str], session_id: bytes, *, executor: Executor | None = None
     ) -> None:
-        self._session_id = _check_session_id(session_id)
-        self._ids, self._first_index = _distinct(ids)
-        self._encoded = [_encode_id(entity) for entity in self._ids]
+        self._session_id = check_session_id(session_id)
+        self._ids, self._first_index = distinct_ids(ids)
+        self._encoded = [encode_id(entity) for entity in self._ids]
         self._scalar = X25519PrivateKey.generate().private_bytes_raw()
         self._executor = executor
         self._order: np.ndarray | None = None
@@ -384,7 +395,7 @@ class PsiReceiver:
     def request(self) -> bytes:
         """Return the request: this side's blinded ids, shuffled. Computed once, then cached."""
         if self._request is None:
-            order = _random_permutation(len(self._encoded))
+            order = random_permutation(len(self._encoded))
             shuffled = [self._encoded[i] for i in order]
             body = _hash_and_blind(self._scalar, self._session_id, shuffled, self._executor)
             self._order = order
@@ -460,8 +471,8 @@ class PsiSender:
         executor: Executor | None = None,
         align: bool = False,
     ) -> None:
-        self._session_id = _check_session_id(session_id)
-        self._ids, _ = _distinct(ids)
+        self._session_id = check_session_id(session_id)
+        self._ids, _ = distinct_ids(ids)
         self._scalar = X25519PrivateKey.generate().private_bytes_raw()
         self._executor = executor
         self._align = align
@@ -493,9 +504,9 @@ class PsiSender:
     def prepare(self) -> None:
         """Hash, blind and shuffle this side's ids; may run before the request arrives."""
         if self._blinded is None:
-            order = _random_permutation(len(self._ids))
+            order = random_permutation(len(self._ids))
             shuffled = [self._ids[i] for i in order]
-            encoded = [_encode_id(entity) for entity in shuffled]
+            encoded = [encode_id(entity) for entity in shuffled]
             self._blinded = _hash_and_blind(self._scalar, self._session_id, encoded, self._executor)
             self._shuffled = shuffled if self._align else None
 

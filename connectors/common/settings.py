@@ -40,6 +40,7 @@ from pydantic_settings import (
 from trusted_space.errors import ValidationError
 from trusted_space.identity import ROLES, check_participant_id
 from trusted_space.keys import SigningKey, VerifyKey
+from trusted_space.protocols.align import OT_MIN_IDS
 
 __all__ = [
     "CONFIG_FILE",
@@ -169,6 +170,9 @@ class NodeSettings(BaseSettings):
             pool per query; at most the host's cores; default 1: in-process).
         psi_workers: ``TS_PSI_WORKERS``, worker processes for a provider's PSI scalar
             multiplications, shared by the node's queries (default 1: in-process).
+        psi_ot_min_ids: ``TS_PSI_OT_MIN_IDS``, the analyst's declared number of ids from which
+            this provider aligns by OT-extension PSI rather than ECDH when the analyst names no
+            method (default :data:`trusted_space.protocols.align.OT_MIN_IDS`).
         tls_cert / tls_key: PEM certificate chain and private key: ``node serve`` speaks HTTPS
             (and :attr:`url` defaults to ``https://``); the node also presents this certificate
             to peers that require client certificates. Relative paths are in the node directory.
@@ -208,6 +212,7 @@ class NodeSettings(BaseSettings):
     data_cache_mb: float = DEFAULT_DATA_CACHE_MB
     ckks_workers: int = 1
     psi_workers: int = 1
+    psi_ot_min_ids: int = Field(default=OT_MIN_IDS, ge=1)
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""

@@ -631,7 +631,11 @@ def build_compute_node(runtime: NodeRuntime) -> ComputeNode:
     if "provider" in runtime.roles:
         register_provider(node)
         register_approval(node)
-        register_align(node, executor=_psi_pool(settings.psi_workers))
+        register_align(
+            node,
+            executor=_psi_pool(settings.psi_workers),
+            ot_min_ids=settings.psi_ot_min_ids,
+        )
         register_aggregate(node)
         register_train(node)
     return node

@@ -13,7 +13,7 @@ through the core (:func:`publish_dataset`) and send a request signed for one cal
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,11 +140,19 @@ class InProcessSpace:
     def anchor(self) -> OperatorAnchor:
         return OperatorAnchor.load(self.operator.settings.layout.operator)
 
-    def _start(self, name: str, roles: list[str], anchor: OperatorAnchor | None) -> Node:
+    def _start(
+        self,
+        name: str,
+        roles: list[str],
+        anchor: OperatorAnchor | None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Node:
         self._next_port += 1
         directory = self.root / name
         init_node(directory, name=name, roles=roles, port=self._next_port, operator=anchor)
         settings = load_settings(directory)
+        if overrides:
+            settings = settings.model_copy(update=dict(overrides))
         runtime = NodeRuntime(settings, transport=self.transport)
         app = create_app(settings, runtime=runtime)
         client = self._stack.enter_context(
@@ -161,12 +169,20 @@ class InProcessSpace:
         self.nodes[name] = node
         return node
 
-    def add(self, name: str, roles: list[str], *, anchored: bool = True) -> Node:
+    def add(
+        self,
+        name: str,
+        roles: list[str],
+        *,
+        anchored: bool = True,
+        settings: Mapping[str, Any] | None = None,
+    ) -> Node:
         """A new node anchored to this space's operator (not admitted yet).
 
-        ``anchored=False`` makes a node that knows no operator at all (not part of any space).
+        ``anchored=False`` makes a node that knows no operator at all (not part of any space);
+        ``settings`` overrides node settings (e.g. ``{"psi_ot_min_ids": 1}``).
         """
-        return self._start(name, roles, self.anchor if anchored else None)
+        return self._start(name, roles, self.anchor if anchored else None, settings)
 
     def admit_direct(self, node: Node) -> None:
         """Admit ``node`` through the core API (no operator routes needed)."""

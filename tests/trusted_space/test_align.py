@@ -14,12 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crypto.psi import PsiReceiver, hash_to_point
+from crypto.psi_ot import OtPsiReceiver
 from tests.trusted_space._joint import ANALYST, PURPOSE, Space, build_space, offer, provide
 from trusted_space.budget import set_budget
 from trusted_space.compute import ComputeNode, InMemoryData
 from trusted_space.errors import NotFoundError
 from trusted_space.protocols import _parts
-from trusted_space.protocols.align import align, aligned_order, register_align
+from trusted_space.protocols.align import OT_MIN_IDS, align, aligned_order, register_align
 from trusted_space.transport import RemoteError, Reply
 
 PROVIDER = "tax-bureau"
@@ -74,7 +75,7 @@ class Recorder:
 
 
 def _space(
-    keys: Sequence[str], *, offer_doc: dict[str, Any] | None = None
+    keys: Sequence[str], *, offer_doc: dict[str, Any] | None = None, ot_min_ids: int = OT_MIN_IDS
 ) -> tuple[Space, str, str, RecordingData, Recorder]:
     space = build_space((PROVIDER,))
     party = space.providers[PROVIDER]
@@ -89,7 +90,7 @@ def _space(
     assert ag is not None
     recording = RecordingData(party.data)
     party.node.data = recording
-    register_align(party.node)
+    register_align(party.node, ot_min_ids=ot_min_ids)
     recorder = Recorder(party.node)
     space.network.register(PROVIDER, recorder)
     return space, ds, ag, recording, recorder
@@ -110,13 +111,17 @@ def _align(space: Space, ds: str, ag: str, ids: Sequence[str], **kw: Any) -> Any
 ids_st = st.lists(st.sampled_from([f"e{i}" for i in range(40)]), max_size=25)
 
 
-@given(analyst=ids_st.filter(bool), provider=ids_st.map(lambda x: sorted(set(x))))
+@given(
+    analyst=ids_st.filter(bool),
+    provider=ids_st.map(lambda x: sorted(set(x))),
+    method=st.sampled_from(["ecdh", "ot"]),
+)
 def test_alignment_equals_set_intersection_and_positions_point_at_rows(
-    analyst: list[str], provider: list[str]
+    analyst: list[str], provider: list[str], method: str
 ) -> None:
     space, ds, ag, _, _ = _space(provider)
     query = _fresh()
-    result = _align(space, ds, ag, analyst, query=query)
+    result = _align(space, ds, ag, analyst, query=query, psi_method=method)
     expected = [e for e in dict.fromkeys(analyst) if e in set(provider)]
     assert list(result.ids) == expected
     assert result.provider_size == len(provider)
@@ -139,11 +144,12 @@ def test_positions_select_the_right_values_and_receipt_records_the_use() -> None
     assert order.receipt == result.receipt
 
 
-def test_the_provider_sees_no_analyst_id_nor_its_hash_unblinded() -> None:
+@pytest.mark.parametrize("method", ["ecdh", "ot"])
+def test_the_provider_sees_no_analyst_id_nor_its_hash_unblinded(method: str) -> None:
     keys = [f"enterprise-{i:06d}" for i in range(50)]
     space, ds, ag, _, recorder = _space(keys)
     secret_ids = [f"applicant-{i:06d}" for i in range(30)] + keys[1:3]
-    _align(space, ds, ag, secret_ids)
+    _align(space, ds, ag, secret_ids, psi_method=method)
     session = bytes.fromhex(recorder.calls[0][4].header["session"])
     blobs = recorder.blobs()
     for entity in secret_ids:
@@ -152,15 +158,17 @@ def test_the_provider_sees_no_analyst_id_nor_its_hash_unblinded() -> None:
         assert not any(point in b for b in blobs)
 
 
-def test_large_messages_travel_in_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("method", ["ecdh", "ot"])
+def test_large_messages_travel_in_parts(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
     monkeypatch.setattr(_parts, "PART_BYTES", 1024)
     keys = [f"e{i}" for i in range(300)]
     space, ds, ag, _, recorder = _space(keys)
-    result = _align(space, ds, ag, [f"e{i}" for i in range(0, 600, 3)])
+    result = _align(space, ds, ag, [f"e{i}" for i in range(0, 600, 3)], psi_method=method)
     assert len(result.ids) == 100
     ops = [op for _, op, _, _, _ in recorder.calls]
     assert ops.count("align.request") > 5 and ops.count("align.response") > 5
-    assert all(len(p) <= 1024 and len(r.payload) <= 1024 for _, _, _, p, r in recorder.calls)
+    parted = [c for c in recorder.calls if c[1] != "align.open"]  # open: the 32 KiB OT setup
+    assert all(len(p) <= 1024 and len(r.payload) <= 1024 for _, _, _, p, r in parted)
 
 
 def test_refusal_carries_the_trace_and_no_id_is_read() -> None:
@@ -231,5 +239,54 @@ def test_a_request_of_another_size_than_declared_is_refused() -> None:
     with pytest.raises(RemoteError) as info:
         _parts.send_in_parts(
             transport, PROVIDER, "align.request", {"query": "q-size", "dataset": ds}, request
+        )
+    assert info.value.status == 400
+
+
+def test_the_provider_chooses_ot_psi_from_its_threshold_unless_the_analyst_names_one() -> None:
+    keys = [f"e{i}" for i in range(40)]
+    space, ds, ag, _, recorder = _space(keys, ot_min_ids=10)
+    small = _align(space, ds, ag, ["e1", "e2", "zz"])
+    large = _align(space, ds, ag, [f"e{i}" for i in range(0, 80, 2)])
+    named = _align(space, ds, ag, [f"e{i}" for i in range(0, 80, 2)], psi_method="ecdh")
+    assert small.ids == ("e1", "e2")
+    assert large.ids == named.ids == tuple(f"e{i}" for i in range(0, 40, 2))
+    methods = [r.header["psi"] for _, op, _, _, r in recorder.calls if op == "align.open"]
+    assert methods == ["ecdh", "ot", "ecdh"]
+
+
+def test_an_ot_request_of_another_size_than_declared_is_refused() -> None:
+    space, ds, ag, _, _ = _space(["e1", "e2"])
+    transport = space.transport(ANALYST)
+    header = {
+        "query": "q-ot-size",
+        "agreement": ag,
+        "dataset": ds,
+        "purpose": PURPOSE,
+        "kind": "score",
+        "protocol": "ckks",
+        "columns": ["x"],
+        "size": 1,
+        "psi": "ot",
+    }
+    opened = transport.call(PROVIDER, "align.open", header)
+    session = bytes.fromhex(opened.header["session"])
+    request = OtPsiReceiver([f"a{i}" for i in range(500)], session).request(opened.payload)
+    with pytest.raises(RemoteError) as info:
+        _parts.send_in_parts(
+            transport, PROVIDER, "align.request", {"query": "q-ot-size", "dataset": ds}, request
+        )
+    assert info.value.status == 400
+    header["query"] = "q-ot-same-bins"  # 1 and 90 ids make requests of one length: counts differ
+    opened = transport.call(PROVIDER, "align.open", header)
+    session = bytes.fromhex(opened.header["session"])
+    request = OtPsiReceiver([f"a{i}" for i in range(90)], session).request(opened.payload)
+    with pytest.raises(RemoteError) as info:
+        _parts.send_in_parts(
+            transport,
+            PROVIDER,
+            "align.request",
+            {"query": "q-ot-same-bins", "dataset": ds},
+            request,
         )
     assert info.value.status == 400

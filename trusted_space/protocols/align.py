@@ -2,18 +2,24 @@
 
 Why: before a joint score or aggregate over a *cohort*, the analyst (a bank) must learn which of
 its candidate enterprises a provider (a tax bureau) holds, without either side handing over its
-list. This module runs :mod:`crypto.psi` (ECDH-PSI on X25519, one round trip, *align* mode) over a
-:class:`~trusted_space.transport.Transport`: the analyst is the :class:`~crypto.psi.PsiReceiver`,
-the provider the :class:`~crypto.psi.PsiSender`.
+list. This module runs PSI in *align* mode over a :class:`~trusted_space.transport.Transport`:
+:mod:`crypto.psi` (ECDH on X25519) or, for large sets, :mod:`crypto.psi_ot` (KKRT OT extension).
+The analyst is the receiver, the provider the sender, in both. The provider chooses KKRT when
+the analyst declares at least ``ot_min_ids`` ids (:data:`OT_MIN_IDS` by default) and names no
+method; ``align(..., psi_method=...)`` names one. With KKRT the ``align.open`` reply carries the
+provider's OT setup as its payload, and the request is the extended-OT rows (64 bytes per
+cuckoo bin) instead of points.
 
 Messages (operations registered on the provider by :func:`register_align`)::
 
     analyst                                                     provider
-    align.open     {query, agreement, dataset, purpose, kind, protocol, columns, size[, epsilon]}
+    align.open     {query, agreement, dataset, purpose, kind, protocol, columns, size,
+                    [epsilon], [psi: ecdh | ot]}
                    ──────────▶  authorize_use (policy, ledger: query.use) — refused: 403 + trace
                                 read its key column by scanning its dataset, start hashing and
                                 blinding its ids (in the background, while the analyst works)
-                   ◀──────────  {session (PSI session id, fresh, chosen by the provider), receipt}
+                   ◀──────────  {session (PSI session id, fresh, chosen by the provider), receipt,
+                                 psi: ecdh | ot} [+ OT setup]
     align.request  {query, dataset, part, parts, total} + PSI request bytes, in parts ≤ 16 MiB
                    ──────────▶  on the last part: PSI response (re-blinded request ‖ own points,
                                 shuffled); keeps its shuffled id order for the next step
@@ -57,7 +63,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from crypto import psi
+from crypto import psi, psi_ot
 from trusted_space.budget import check_budget, record_refusal
 from trusted_space.compute import CallContext, ComputeNode
 from trusted_space.enforcement import UseRequest, authorize_use
@@ -83,6 +89,7 @@ from trusted_space.transport import Reply, Transport
 
 __all__ = [
     "ALIGN_OPERATIONS",
+    "OT_MIN_IDS",
     "AlignedOrder",
     "Alignment",
     "align",
@@ -95,6 +102,9 @@ __all__ = [
 ]
 
 ALIGN_OPERATIONS: Final = ("align.open", "align.request", "align.response")
+OT_MIN_IDS: Final = 4096
+"""Declared analyst ids from which a provider runs OT-extension PSI (:mod:`crypto.psi_ot`)
+rather than ECDH when the analyst names no method: below it, ECDH's smaller fixed cost wins."""
 _SCAN_ROWS: Final = 100_000
 _MESSAGE_OVERHEAD: Final = 256
 
@@ -292,7 +302,9 @@ def _state(ctx: CallContext, query: str, dataset: str) -> dict[str, Any]:
     return ctx.node.sessions.get(ctx.sender, alignment_session(query, dataset))
 
 
-def _make_open(executor: Executor | None) -> Callable[[CallContext, dict[str, Any], bytes], Reply]:
+def _make_open(
+    executor: Executor | None, ot_min_ids: int
+) -> Callable[[CallContext, dict[str, Any], bytes], Reply]:
     def align_open(ctx: CallContext, header: dict[str, Any], payload: bytes) -> Reply:
         node = ctx.node
         message = AlignOpen.from_header(header)
@@ -351,10 +363,19 @@ def _make_open(executor: Executor | None) -> Callable[[CallContext, dict[str, An
             node.sessions.close(ctx.sender, alignment_session(query, dataset))
             raise
         session_id = psi.new_session_id()
-        sender = psi.PsiSender(_read_keys(node, dataset), session_id, executor=executor, align=True)
+        method = message.psi or ("ot" if size >= ot_min_ids else "ecdh")
+        ids = _read_keys(node, dataset)
+        sender: psi.PsiSender | psi_ot.OtPsiSender
+        setup = b""
+        if method == "ot":
+            sender = psi_ot.OtPsiSender(ids, session_id, executor=executor, align=True)
+            setup = sender.setup()
+        else:
+            sender = psi.PsiSender(ids, session_id, executor=executor, align=True)
         state.update(
             {
                 "size": size,
+                "session": session_id,
                 "psi": sender,
                 "prepare": _Background(sender.prepare),
                 "meta": AlignedOrder(
@@ -371,7 +392,7 @@ def _make_open(executor: Executor | None) -> Callable[[CallContext, dict[str, An
                 ),
             }
         )
-        return Reply(AlignOpened(session_id, grant.receipt).to_header())
+        return Reply(AlignOpened(session_id, grant.receipt, method).to_header(), setup)
 
     return align_open
 
@@ -380,21 +401,27 @@ def _align_request(ctx: CallContext, header: dict[str, Any], payload: bytes) -> 
     message = AlignRequest.from_header(header)
     state = _state(ctx, message.query, message.dataset)
     sender = state.get("psi")
-    if not isinstance(sender, psi.PsiSender):
+    if not isinstance(sender, psi.PsiSender | psi_ot.OtPsiSender):
         raise ConflictError("this alignment was already answered")
-    max_total = _MESSAGE_OVERHEAD + psi.POINT_SIZE * int(state["size"])
+    size = int(state["size"])
+    if isinstance(sender, psi_ot.OtPsiSender):
+        max_total = psi_ot.request_size(state["session"], size)
+    else:
+        max_total = _MESSAGE_OVERHEAD + psi.POINT_SIZE * size
     request = receive_part(state, "request", header, payload, max_total=max_total)
     if request is None:
         return Reply(AlignReceived(header["part"] + 1).to_header())
-    expected = _request_size(request, int(state["size"]))
+    expected = max_total if isinstance(sender, psi_ot.OtPsiSender) else _request_size(request, size)
     if len(request) != expected:
         raise ValidationError(
-            f"the PSI request is {len(request)} bytes; {state['size']} ids declared at open "
-            f"make {expected}"
+            f"the PSI request is {len(request)} bytes; {size} ids declared at open make {expected}"
         )
     state["prepare"].wait()
     with crypto_errors("PSI request"):
-        response = sender.respond(request)
+        if isinstance(sender, psi_ot.OtPsiSender):
+            response = sender.respond(request, receiver_size=size)
+        else:
+            response = sender.respond(request)
         order = sender.aligned_ids
     state.update(
         {
@@ -428,15 +455,19 @@ def _align_response(ctx: CallContext, header: dict[str, Any], payload: bytes) ->
     return _serve(_state(ctx, message.query, message.dataset), message.offset)
 
 
-def register_align(node: ComputeNode, *, executor: Executor | None = None) -> None:
+def register_align(
+    node: ComputeNode, *, executor: Executor | None = None, ot_min_ids: int = OT_MIN_IDS
+) -> None:
     """Register the provider's alignment operations (:data:`ALIGN_OPERATIONS`) on ``node``.
 
     Args:
         node: the provider's compute node.
-        executor: optional process pool for the provider's scalar multiplications
+        executor: optional process pool for the provider's scalar multiplications and hashes
             (:func:`crypto.psi.psi_executor`).
+        ot_min_ids: declared analyst ids from which an alignment that names no method runs
+            OT-extension PSI (:data:`OT_MIN_IDS`); smaller ones run ECDH.
     """
-    node.register("align.open", _make_open(executor))
+    node.register("align.open", _make_open(executor, ot_min_ids))
     node.register("align.request", _align_request)
     node.register("align.response", _align_response)
 
@@ -460,6 +491,7 @@ def align(
     columns: Sequence[str],
     epsilon: float | None = None,
     executor: Executor | None = None,
+    psi_method: str | None = None,
 ) -> Alignment:
     """As the analyst: align ``ids`` with ``provider``'s dataset by PSI.
 
@@ -475,7 +507,9 @@ def align(
         protocol: the query's protocol.
         columns: the provider columns the query will read.
         epsilon: the privacy budget the query will ask for (checked early by the provider).
-        executor: optional process pool for the analyst's scalar multiplications.
+        executor: optional process pool for the analyst's scalar multiplications and hashes.
+        psi_method: ``ecdh`` or ``ot`` (:data:`~trusted_space.protocols.align_wire.PSI_METHODS`)
+            to ask for one; by default the provider chooses by the number of ids.
 
     Returns:
         The :class:`Alignment`.
@@ -497,15 +531,24 @@ def align(
         columns=tuple(columns),
         size=len(distinct),
         epsilon=epsilon,
+        psi=psi_method,
     )
-    opened = AlignOpened.from_header(
-        transport.call(provider, "align.open", message.to_header()).header, provider
-    )
+    reply = transport.call(provider, "align.open", message.to_header())
+    opened = AlignOpened.from_header(reply.header, provider)
     session_id, receipt = opened.session, opened.receipt
     check_receipt(receipt, provider=provider, query_id=query_id, dataset_id=dataset_id)
+    if psi_method is not None and opened.psi != psi_method:
+        raise ValidationError(f"{provider} answered with {opened.psi} PSI, not {psi_method}")
+    receiver: psi.PsiReceiver | psi_ot.OtPsiReceiver
     with crypto_errors(f"{provider}: PSI"):
-        receiver = psi.PsiReceiver(distinct, session_id, executor=executor)
-        request = receiver.request()
+        if opened.psi == "ot":
+            receiver = psi_ot.OtPsiReceiver(distinct, session_id, executor=executor)
+            request = receiver.request(reply.payload)
+            max_total = psi_ot.response_limit(session_id, len(distinct))
+        else:
+            receiver = psi.PsiReceiver(distinct, session_id, executor=executor)
+            request = receiver.request()
+            max_total = _MESSAGE_OVERHEAD + psi.POINT_SIZE * (len(distinct) + psi.MAX_SET_SIZE)
     # The parts layer adds part/parts/total to the request and the offset of each AlignResponse.
     ref = AlignRequest(query_id, dataset_id).to_header()
     first = send_in_parts(transport, provider, "align.request", ref, request)
@@ -515,7 +558,7 @@ def align(
         "align.response",
         ref,
         first,
-        max_total=_MESSAGE_OVERHEAD + psi.POINT_SIZE * (len(distinct) + psi.MAX_SET_SIZE),
+        max_total=max_total,
     )
     with crypto_errors(f"{provider}: PSI response"):
         result = receiver.finish(response)

@@ -30,6 +30,7 @@ from trusted_space.protocols._common import header_int, header_str
 __all__ = [
     "MAX_COLUMNS",
     "MAX_OFFSET",
+    "PSI_METHODS",
     "AlignOpen",
     "AlignOpened",
     "AlignReceived",
@@ -42,6 +43,9 @@ MAX_COLUMNS: Final = 256
 MAX_OFFSET: Final = 1 << 40
 """Largest offset into a PSI response an ``align.response`` may ask for."""
 _MAX_PARTS: Final = 1 << 16
+PSI_METHODS: Final = ("ecdh", "ot")
+"""PSI constructions an alignment may run: ECDH on X25519 (:mod:`crypto.psi`) or KKRT OT
+extension (:mod:`crypto.psi_ot`)."""
 
 
 def _choice(header: Mapping[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -72,7 +76,8 @@ class AlignOpen:
     """``align.open``: the enclosing query's declared use, and the analyst's number of ids.
 
     ``epsilon`` (optional) is the privacy budget the query will ask for: the provider checks it
-    before reading any id. The call carries no payload.
+    before reading any id. ``psi`` (optional) asks for one of :data:`PSI_METHODS`; without it
+    the provider chooses by the declared size. The call carries no payload.
     """
 
     query: str
@@ -84,6 +89,7 @@ class AlignOpen:
     columns: tuple[str, ...]
     size: int
     epsilon: float | None = None
+    psi: str | None = None
 
     def to_header(self) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -98,6 +104,8 @@ class AlignOpen:
         }
         if self.epsilon is not None:
             header["epsilon"] = self.epsilon
+        if self.psi is not None:
+            header["psi"] = self.psi
         return header
 
     @classmethod
@@ -112,25 +120,32 @@ class AlignOpen:
             columns=_columns(header),
             size=header_int(header, "size", 1, psi.MAX_SET_SIZE),
             epsilon=_epsilon(header),
+            psi=None if header.get("psi") is None else _choice(header, "psi", PSI_METHODS),
         )
 
 
 @dataclass(frozen=True)
 class AlignOpened:
-    """The ``align.open`` reply: the fresh PSI session id and the ``query.use`` receipt."""
+    """The ``align.open`` reply: session id, ``query.use`` receipt and PSI method.
+
+    The session id is fresh, chosen by the provider; for the ``ot`` method the reply's payload
+    is the provider's OT-PSI setup (:meth:`crypto.psi_ot.OtPsiSender.setup`).
+    """
 
     session: bytes
     receipt: Mapping[str, Any]
+    psi: str = "ecdh"
 
     def to_header(self) -> dict[str, Any]:
-        return {"session": self.session.hex(), "receipt": dict(self.receipt)}
+        return {"session": self.session.hex(), "receipt": dict(self.receipt), "psi": self.psi}
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any], provider: str) -> Self:
         """The reply of ``provider`` (named in the errors: the analyst reports who failed).
 
         Raises:
-            ValidationError: no session id, one that is not hex, or no receipt.
+            ValidationError: no session id, one that is not hex, no receipt, or an unknown
+                PSI method.
         """
         session_hex = header_str(header, "session")
         try:
@@ -140,7 +155,7 @@ class AlignOpened:
         receipt = header.get("receipt")
         if not isinstance(receipt, dict):
             raise ValidationError(f"{provider}: no receipt for the alignment")
-        return cls(session, receipt)
+        return cls(session, receipt, _choice(header, "psi", PSI_METHODS))
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ def joint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joint]:
     with InProcessSpace(root, base_port=19400) as space:
         nodes = {
             "bank-a": space.add("bank-a", ["consumer", "provider"]),
-            "tax-bureau": space.add("tax-bureau", ["provider"]),
+            # tax-bureau aligns by OT-extension PSI from one id on; court keeps ECDH's default
+            "tax-bureau": space.add("tax-bureau", ["provider"], settings={"psi_ot_min_ids": 1}),
             "court": space.add("court", ["provider"]),
         }
         for node in nodes.values():
