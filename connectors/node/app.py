@@ -52,6 +52,7 @@ from connectors.node.routers import (
     dsp_negotiation,
     dsp_transfer,
     ledger,
+    lookup,
     management,
     models,
     node,
@@ -148,6 +149,7 @@ def create_app(
         app.include_router(contracts_admin.router)
         app.include_router(dsp_transfer.router)
         app.include_router(transfers_admin.router)
+        app.include_router(lookup.router)
     if "consumer" in rt.roles:
         app.include_router(queries_admin.router)
         app.include_router(score_admin.router)
