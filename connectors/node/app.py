@@ -53,6 +53,7 @@ from connectors.node.routers import (
     dsp_transfer,
     ledger,
     lookup,
+    lookup_admin,
     management,
     models,
     node,
@@ -153,6 +154,7 @@ def create_app(
     if "consumer" in rt.roles:
         app.include_router(queries_admin.router)
         app.include_router(score_admin.router)
+        app.include_router(lookup_admin.router)
     if rt.is_operator:
         app.include_router(operator.router)
         app.include_router(operator_admin.router)

@@ -14,7 +14,7 @@ import pytest
 
 from connectors.node import negotiation
 from tests._seeding import random_for
-from tests.connectors._space import InProcessSpace, Node, signed
+from tests.connectors._space import InProcessSpace, Node, admit_http, signed
 from tests.connectors.node._joint import FINAL
 from trusted_space.commitments import verify_opening
 from trusted_space.consent import sign_consent
@@ -56,6 +56,7 @@ class World:
         self.bank = space.add("bank-a", ["consumer"])
         self.other = space.add("bank-b", ["consumer"])
         nodes = [self.tax, self.bank, self.other]
+        admit_http(space, self.tax)  # its ledger key registered at the operator
         for node in nodes:
             space.admit_direct(node)
         for node in nodes:
@@ -267,3 +268,34 @@ def test_malformed_lookups_are_4xx(world: World) -> None:
 def test_lookup_needs_a_signed_member(world: World) -> None:
     r = world.tax.client.post("/data/lookup", json={})
     assert r.status_code == 401
+
+
+def test_the_banks_node_looks_up_and_checks_the_receipt(world: World) -> None:
+    def order(**changes: Any) -> Any:
+        body = {
+            "provider": world.tax.id,
+            "agreementId": world.agreement,
+            "datasetId": "tax-conditional",
+            "entities": [world.ids[2], world.ids[2]],
+            "columns": ["employees"],
+            "purpose": PURPOSE,
+            **changes,
+        }
+        return world.bank.client.post(
+            "/management/lookup", json=body, headers=world.bank.admin_headers
+        )
+
+    r = order()
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["provider"] == world.tax.id
+    assert view["rows"] == [
+        {
+            "entity": world.ids[2],
+            "found": True,
+            "values": {"employees": world.rows[world.ids[2]][1]},
+        }
+    ]
+    problem = _refused(order(entities=[world.ids[ROWS - 1]]), "consent")
+    assert problem["participant"] == world.tax.id
+    assert world.bank.client.post("/management/lookup", json={}).status_code == 401
