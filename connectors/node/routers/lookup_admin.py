@@ -36,7 +36,7 @@ from trusted_space.events import decode_event
 from trusted_space.identity import check_participant_id
 from trusted_space.ledger import Receipt, verify_receipt
 
-__all__ = ["LookupOrder", "lookup_now", "router"]
+__all__ = ["LookupOrder", "lookup_now", "router", "verified_answer"]
 
 router = APIRouter(prefix="/management/lookup", tags=["data"])
 
@@ -47,10 +47,20 @@ class LookupOrder(LookupBody):
     provider: str = Field(min_length=1, max_length=140)
 
 
-def _verified(answer: Any, provider: str, vkey: str, entities: list[str]) -> dict[str, Any]:
-    """The provider's answer, once its receipt is the ``query.use`` of these entities."""
+def _unverified(provider: str, why: str) -> RemoteError:
+    """A provider's answer whose receipt does not hold (``502 peer-error``)."""
+    return RemoteError(provider, 200, {"title": "Receipt not verified", "detail": why})
+
+
+def verified_answer(answer: Any, provider: str, vkey: str, entities: list[str]) -> dict[str, Any]:
+    """The provider's answer, once its receipt is the ``query.use`` of these entities.
+
+    Raises:
+        RemoteError: no receipt, a receipt ``vkey`` does not verify, or one that is not the
+            ``query.use`` committing to ``entities`` (answered ``502 peer-error``).
+    """
     if not isinstance(answer, dict) or not isinstance(answer.get("receipt"), dict):
-        raise VerificationError(f"{provider} answered a lookup without a receipt")
+        raise _unverified(provider, f"{provider} answered a lookup without a receipt")
     receipt: dict[str, Any] = answer["receipt"]
     try:
         proof = Receipt.from_json(
@@ -62,10 +72,10 @@ def _verified(answer: Any, provider: str, vkey: str, entities: list[str]) -> dic
         ok = use.kind == "query.use" and verify_opening(
             use.body["entities_commitment"], opening, entities_digest(entities)
         )
-    except (KeyError, TypeError, ValueError, ValidationError) as exc:
-        raise VerificationError(f"{provider}'s lookup receipt does not verify: {exc}") from exc
+    except (KeyError, TypeError, ValueError, ValidationError, VerificationError) as exc:
+        raise _unverified(provider, f"{provider}'s lookup receipt does not verify: {exc}") from exc
     if not ok:
-        raise VerificationError(f"{provider}'s lookup receipt is not the use of these entities")
+        raise _unverified(provider, f"{provider}'s lookup receipt is not the use of these entities")
     return answer
 
 
@@ -91,7 +101,7 @@ def _lookup(runtime: NodeRuntime, body: LookupOrder) -> dict[str, Any]:
                 decision_index=problem.get("decisionIndex"),
             ) from exc
         raise
-    return _verified(answer, provider, vkey, entities) | {"provider": provider}
+    return verified_answer(answer, provider, vkey, entities) | {"provider": provider}
 
 
 @router.post("")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from connectors.node import negotiation
+from connectors.node.routers.lookup_admin import verified_answer
 from tests._seeding import random_for
 from tests.connectors._space import InProcessSpace, Node, admit_http, signed
 from tests.connectors.node._joint import FINAL
@@ -20,6 +21,7 @@ from trusted_space.commitments import verify_opening
 from trusted_space.consent import sign_consent
 from trusted_space.contracts import NegotiationState
 from trusted_space.enforcement import entities_digest
+from trusted_space.errors import RemoteError
 from trusted_space.events import EVENT_LOG, Event, decode_event
 from trusted_space.ledger import Receipt, verify_receipt
 from trusted_space.uscc import generate_uscc
@@ -296,6 +298,13 @@ def test_the_banks_node_looks_up_and_checks_the_receipt(world: World) -> None:
             "values": {"employees": world.rows[world.ids[2]][1]},
         }
     ]
+    answer = {k: v for k, v in view.items() if k != "provider"}
+    vkey = world.tax.runtime.ledger.vkey
+    assert verified_answer(answer, world.tax.id, vkey, [world.ids[2]]) == answer
+    with pytest.raises(RemoteError, match="not the use of these entities"):
+        verified_answer(answer, world.tax.id, vkey, [world.ids[1]])
+    with pytest.raises(RemoteError, match="does not verify"):
+        verified_answer(answer, world.tax.id, world.bank.runtime.ledger.vkey, [world.ids[2]])
     problem = _refused(order(entities=[world.ids[ROWS - 1]]), "consent")
     assert problem["participant"] == world.tax.id
     assert world.bank.client.post("/management/lookup", json={}).status_code == 401
