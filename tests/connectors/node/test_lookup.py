@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from connectors.client.analyst import AnalystClient, QueryFailed
 from connectors.node import negotiation
 from connectors.node.routers.lookup_admin import verified_answer
 from tests._seeding import random_for
@@ -308,3 +309,31 @@ def test_the_banks_node_looks_up_and_checks_the_receipt(world: World) -> None:
     problem = _refused(order(entities=[world.ids[ROWS - 1]]), "consent")
     assert problem["participant"] == world.tax.id
     assert world.bank.client.post("/management/lookup", json={}).status_code == 401
+
+
+def test_the_python_client_looks_up_and_reports_a_refusal(world: World) -> None:
+    client = AnalystClient(
+        world.bank.url, world.bank.runtime.admin_token, transport=world.space.transport
+    )
+    with client:
+        answer = client.lookup(
+            world.tax.id,
+            world.agreement,
+            "tax-conditional",
+            [world.ids[0]],
+            ["tax_paid"],
+            purpose=PURPOSE,
+        )
+        assert answer["rows"][0]["values"] == {
+            "tax_paid": pytest.approx(world.rows[world.ids[0]][0])
+        }
+        with pytest.raises(QueryFailed) as refused:
+            client.lookup(
+                world.tax.id,
+                world.agreement,
+                "tax-conditional",
+                [world.ids[0]],
+                ["tax_paid"],
+                purpose="marketing",
+            )
+    assert "purpose" in {s["left_operand"] for s in refused.value.trace}
