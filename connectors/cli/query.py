@@ -64,6 +64,7 @@ __all__ = [
     "aggregate_command",
     "cancel_command",
     "local_score_command",
+    "lookup_command",
     "score_command",
     "score_now_command",
     "status_command",
