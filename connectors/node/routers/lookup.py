@@ -141,8 +141,9 @@ def _lookup(runtime: NodeRuntime, body: LookupBody, sender: VerifiedRequest) -> 
 @router.post(
     "/lookup",
     responses={
-        403: {"description": "Refused by the agreement or the provider's policy (with `trace`)."},
-        404: {"description": "No such dataset here."},
+        403: {
+            "description": "Refused: agreement, dataset, columns, tier or policy (with `trace`)."
+        },
     },
     response_model_by_alias=True,
 )
