@@ -72,6 +72,7 @@ from trusted_space.policy import (
 from trusted_space.store import Transaction
 
 __all__ = [
+    "LOOKUP",
     "NUMERIC_TYPES",
     "OUTPUT_OF_KIND",
     "UseGrant",
@@ -83,12 +84,18 @@ __all__ = [
 
 NUMERIC_TYPES: Final = frozenset({FieldType.INT, FieldType.FLOAT, FieldType.BOOL})
 """Field types a joint computation may read (as float64)."""
+LOOKUP: Final = "lookup"
+"""The kind of a raw read of a few entities' rows of a ``conditional`` dataset (``/data/lookup``).
+
+Its policy is a raw-row pull's: the policy sees ``computation: transfer``, ``output: raw`` and no
+protocol (decision 47); the ``query.use`` entry says ``lookup``."""
 OUTPUT_OF_KIND: Final[Mapping[str, str]] = {
     "score": "score",
     "aggregate": "aggregate",
     "train": "aggregate",
+    LOOKUP: "raw",
 }
-"""The policy ``output`` a computation kind releases (training releases gradient aggregates)."""
+"""The policy ``output`` a kind of use releases (training releases gradient aggregates)."""
 
 
 def entities_digest(entities: Sequence[str]) -> str:
@@ -107,9 +114,9 @@ class UseRequest:
         agreement_id: the agreement the analyst names for this provider.
         dataset_id: the dataset used.
         columns: the columns read.
-        kind: ``score``, ``aggregate`` or ``train``.
+        kind: ``score``, ``aggregate``, ``train`` or ``lookup`` (:data:`LOOKUP`).
         purpose: the declared purpose.
-        protocol: ``paillier``, ``ckks`` or ``additive``.
+        protocol: ``paillier``, ``ckks`` or ``additive``; ``None`` for a lookup (and only then).
         entities: explicit entity ids (empty for a PSI cohort the provider does not learn).
         cohort_size: the cohort size when known (aggregates; explicit lists default to their
             length).
@@ -134,7 +141,7 @@ class UseRequest:
     columns: tuple[str, ...]
     kind: str
     purpose: str
-    protocol: str
+    protocol: str | None
     entities: tuple[str, ...] = ()
     cohort_size: int | None = None
     epsilon: float | None = None
@@ -153,9 +160,16 @@ class UseRequest:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValidationError(f"UseRequest.{name} must be a non-empty string")
-        if self.kind not in COMPUTATIONS:
-            raise ValidationError(f"UseRequest.kind: {self.kind!r} not in {list(COMPUTATIONS)}")
-        if self.protocol not in PROTOCOLS:
+        if self.kind not in (*COMPUTATIONS, LOOKUP):
+            raise ValidationError(
+                f"UseRequest.kind: {self.kind!r} not in {[*COMPUTATIONS, LOOKUP]}"
+            )
+        if self.kind == LOOKUP:
+            if self.protocol is not None:
+                raise ValidationError("UseRequest.protocol: a lookup runs no protocol")
+            if not self.entities:
+                raise ValidationError("UseRequest.entities: a lookup names its entities")
+        elif self.protocol not in PROTOCOLS:
             raise ValidationError(
                 f"UseRequest.protocol: {self.protocol!r} not in {list(PROTOCOLS)}"
             )
@@ -364,6 +378,32 @@ def _check_dataset(tx: Transaction, request: UseRequest, checks: Checks) -> Publ
     return published
 
 
+def _policy_kind(request: UseRequest) -> str:
+    """The policy's ``computation`` for a use: a lookup is a raw-row pull (``transfer``)."""
+    return "transfer" if request.kind == LOOKUP else request.kind
+
+
+def _check_lookup_tier(published: PublishedDataset, checks: Checks) -> None:
+    """A lookup reads ``conditional`` data only.
+
+    Zone rows never leave raw; unconditional rows need no agreement (a transfer serves them).
+    """
+    tier = published.dataset.tier.value
+    why = {
+        "conditional": "is tier 'conditional': its rows may be looked up under an agreement",
+        "zone": "is tier 'zone': computation only, its rows never leave raw",
+        "unconditional": "is tier 'unconditional': it needs no agreement, pull it as a transfer",
+    }
+    checks.check(
+        "tier",
+        "conditional",
+        tier,
+        tier == "conditional",
+        f"dataset {published.dataset.id!r} {why.get(tier, f'is tier {tier!r}')}",
+        rule="floor",
+    )
+
+
 _Granted = tuple[PublishedDataset, int, int, tuple[str, ...], float | None, str | None]
 
 
@@ -382,7 +422,7 @@ def _decide(
     checks = Checks(
         DecisionSubject(
             assignee=request.analyst,
-            query_kind=request.kind,
+            query_kind=_policy_kind(request),
             at=at,
             agreement=request.agreement_id,
             target=request.dataset_id,
@@ -393,6 +433,8 @@ def _decide(
     )
     signed = _check_agreement(tx, node, request, at, checks)
     published = _check_dataset(tx, request, checks) if signed is not None else None
+    if request.kind == LOOKUP and published is not None:
+        _check_lookup_tier(published, checks)
     if checks.failed is not None or signed is None or published is None:
         refusal = checks.refusal(tx, participant=node.participant_id)
     else:
@@ -402,7 +444,7 @@ def _decide(
             UsageRequest(
                 assignee=request.analyst,
                 purpose=request.purpose,
-                query_kind=request.kind,
+                query_kind=_policy_kind(request),
                 output=str(request.output),
                 at=at,
                 roles=roles,

@@ -8,6 +8,9 @@
 - ``query score-now``: one or a few entities (``--entity``, repeated) scored at once through the
   node's standing sessions (``POST /management/score``): the scores and the receipts in one round
   trip, printed (``--json``: the whole answer).
+- ``query lookup``: one or a few entities' columns of a provider's conditional dataset under an
+  agreement (``POST /management/lookup``): one row per entity as CSV (``--json``: the answer
+  with its receipt).
 - ``query status ID``: one query's state, progress and (``--json``) result.
 - ``query cancel ID``: stop a queued or running query at every party. ``query score``,
   ``aggregate`` and ``train`` print the query's id as soon as the node accepts it; Ctrl-C then
@@ -61,6 +64,7 @@ __all__ = [
     "aggregate_command",
     "cancel_command",
     "local_score_command",
+    "lookup_command",
     "score_command",
     "score_now_command",
     "status_command",
@@ -234,6 +238,41 @@ def score_now_command(
     typer.echo(
         f"  query {result['query']}: receipts from {', '.join(sorted(result['receipts']))}"
         f" (run of {result['run']})",
+        err=True,
+    )
+
+
+@query_app.command("lookup")
+def lookup_command(
+    provider: Annotated[str, typer.Option(help="The provider's participant id.")],
+    agreement: Annotated[str, typer.Option(help="The agreement id.")],
+    dataset: Annotated[str, typer.Option(help="The provider's dataset id.")],
+    entity: Annotated[list[str], typer.Option(help="An id to look up (repeat, at most 16).")],
+    column: Annotated[list[str], typer.Option(help="A column to read (repeat).")],
+    purpose: Annotated[str, typer.Option(help="The declared purpose.")] = "pre-loan-review",
+    node: NodeOpt = None,
+    node_dir: NodeDirOpt = None,
+    token_file: TokenOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """One or a few entities' columns of a conditional dataset, with the provider's receipt."""
+    try:
+        with analyst_client(node, node_dir, token_file) as client:
+            result = client.lookup(provider, agreement, dataset, entity, column, purpose=purpose)
+    except CLI_ERRORS as exc:
+        raise fail(exc) from exc
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(",".join(["entity", *result["columns"]]))
+    for row in result["rows"]:
+        values = row["values"] or {}
+        cells = ["" if values.get(c) is None else str(values[c]) for c in result["columns"]]
+        typer.echo(",".join([row["entity"], *cells]))
+    missing = sum(1 for row in result["rows"] if not row["found"])
+    typer.echo(
+        f"  query {result['queryId']}: receipt from {result['provider']}"
+        + (f"; {missing} not held" if missing else ""),
         err=True,
     )
 

@@ -416,6 +416,44 @@ class AnalystClient:
         view = self.submit_score(query)
         return self.wait(view["id"], progress=progress, timeout=timeout)
 
+    def lookup(
+        self,
+        provider: str,
+        agreement_id: str,
+        dataset_id: str,
+        entities: Sequence[str],
+        columns: Sequence[str],
+        *,
+        purpose: str,
+        query_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A few entities' columns of a provider's conditional dataset, with its receipt.
+
+        The answer: ``queryId``, ``datasetId``, ``columns``, ``rows`` (``entity``, ``found``,
+        ``values``; one per distinct entity, in order), ``receipt`` (checked by the node against
+        the provider's key at the operator) and ``provider``.
+
+        Raises:
+            QueryFailed: refused by the provider (``trace`` in ``problem``).
+            RemoteError: a bad request (400), or the provider failed (502).
+        """
+        body: dict[str, Any] = {
+            "provider": provider,
+            "agreementId": agreement_id,
+            "datasetId": dataset_id,
+            "entities": list(entities),
+            "columns": list(columns),
+            "purpose": purpose,
+        }
+        if query_id is not None:
+            body["queryId"] = query_id
+        try:
+            return dict(self._http.post("/management/lookup", body))
+        except RemoteError as exc:
+            if exc.status == 403 and "trace" in exc.problem:
+                raise QueryFailed(query_id or "", exc.problem) from exc
+            raise
+
     def score_now(self, query: ScoreQuery | Mapping[str, Any]) -> dict[str, Any]:
         """Score one or a few entities and wait (``POST /management/score``, one round trip).
 

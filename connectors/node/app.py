@@ -52,6 +52,8 @@ from connectors.node.routers import (
     dsp_negotiation,
     dsp_transfer,
     ledger,
+    lookup,
+    lookup_admin,
     management,
     models,
     node,
@@ -148,9 +150,11 @@ def create_app(
         app.include_router(contracts_admin.router)
         app.include_router(dsp_transfer.router)
         app.include_router(transfers_admin.router)
+        app.include_router(lookup.router)
     if "consumer" in rt.roles:
         app.include_router(queries_admin.router)
         app.include_router(score_admin.router)
+        app.include_router(lookup_admin.router)
     if rt.is_operator:
         app.include_router(operator.router)
         app.include_router(operator_admin.router)
