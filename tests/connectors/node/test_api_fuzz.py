@@ -40,6 +40,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis import Case
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -54,6 +55,10 @@ from connectors.spaces.local import LocalParty, local_dataset, local_offer
 from tests.connectors._space import InProcessSpace, Node
 from tests.connectors.node._fuzz import SIGN_ME, SigningProxy
 from trusted_space.events import decode_event
+
+# The analyst's score route also takes an Arrow IPC stream (decision 55): fuzz it with arbitrary
+# bytes, which the node must answer with a 4xx problem, never a 500.
+schemathesis.openapi.media_type("application/vnd.apache.arrow.stream", st.binary(max_size=512))
 
 ROLES: dict[str, tuple[str, list[str]] | None] = {
     "operator": None,
