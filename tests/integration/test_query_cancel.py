@@ -1,14 +1,19 @@
 """Cancel and follow a query across real node processes (issue 17): Ctrl-C, JSON logs.
 
 A local space (operator, bank, tax bureau: one node process each) scores 20,000 entities with
-Paillier, long enough to be cancelled mid-way. ``trusted-space query score`` runs as a separate
-process, its stderr a pipe: it prints the query's id at once and plain progress lines; once the
-provider computes blocks, the command gets SIGINT (Ctrl-C). Not on a terminal, it cancels the
-query and says so, and exits 130. What must hold:
+Paillier. ``trusted-space query score`` runs as a separate process, its stderr a pipe: it prints
+the query's id at once and plain progress lines. The query is held mid-way by an event, never by
+a race against the clock: the tax bureau's node process is stopped (SIGSTOP) before the query is
+submitted, so the query waits at its first call there; the command then gets SIGINT (Ctrl-C),
+and the tax node resumes (SIGCONT) only once the analyst's node is cancelling. Not on a
+terminal, the command cancels the query and says so, and exits 130. What must hold:
 
 * at the analyst's node the job is ``cancelled``, naming who cancelled it, with each party's
   answer (the provider and the operator were told);
-* the provider dropped the query's session and recorded the cancellation on its ledger;
+* the provider dropped whatever session of the query it held and recorded the cancellation on
+  its ledger (which of the query's opening and the cancellation the resumed node takes first is
+  not fixed, so the entry counts 0 or 1 sessions; dropping open sessions is
+  ``tests/trusted_space/test_cancel.py``'s);
 * any later call of that query at the provider is refused (``409``): no block starts after it;
 * cancelling it again is a ``409`` problem, an unknown id a ``404``.
 
@@ -107,44 +112,55 @@ def test_ctrl_c_on_query_score_cancels_the_query_at_every_party(
     space, model, ids = local
     assert space.space is not None
     bank, tax = space.space["bank"], space.space["tax"]
-    command = _cli(
-        "query",
-        "score",
-        "--model",
-        str(model),
-        "--entities",
-        str(ids),
-        "--protocol",
-        "paillier",
-        "--purpose",
-        "local-trial",
-        "--out",
-        str(tmp_path / "scores.csv"),
-        "--node-dir",
-        str(bank.dir),
-    )
-    lines: list[str] = []
+    os.killpg(tax.pid, signal.SIGSTOP)  # the query will wait at its first call to the tax node
     try:
-        # Arrange: read stderr until the id is printed and the provider computes blocks.
-        assert command.stderr is not None
-        deadline = time.monotonic() + HANG_GUARD
-        while time.monotonic() < deadline:
-            line = command.stderr.readline()
-            if not line:
-                break
-            lines.append(line.rstrip())
-            if "computing at tax" in line:
-                break
-        assert any("computing at tax" in line for line in lines), lines
-        query_id = lines[0].split()[1]
-        assert lines[0] == f"query {query_id} submitted"
+        command = _cli(
+            "query",
+            "score",
+            "--model",
+            str(model),
+            "--entities",
+            str(ids),
+            "--protocol",
+            "paillier",
+            "--purpose",
+            "local-trial",
+            "--out",
+            str(tmp_path / "scores.csv"),
+            "--node-dir",
+            str(bank.dir),
+        )
+        lines: list[str] = []
+        try:
+            # Arrange: read stderr until the id is printed and the query waits at the tax node.
+            assert command.stderr is not None
+            deadline = time.monotonic() + HANG_GUARD
+            while time.monotonic() < deadline:
+                line = command.stderr.readline()
+                if not line:
+                    break
+                lines.append(line.rstrip())
+                if line.rstrip().endswith(" at tax"):
+                    break
+            assert any(line.endswith(" at tax") for line in lines), lines
+            query_id = lines[0].split()[1]
+            assert lines[0] == f"query {query_id} submitted"
 
-        # Act: Ctrl-C.
-        command.send_signal(signal.SIGINT)
-        _, rest = command.communicate(timeout=HANG_GUARD)
+            # Act: Ctrl-C; the tax node resumes once the analyst's node is cancelling.
+            command.send_signal(signal.SIGINT)
+            with space.client(timeout=60) as client:
+                while time.monotonic() < deadline:
+                    if client.status(query_id)["stage"] == "cancelling":
+                        break
+                    time.sleep(0.05)
+                assert client.status(query_id)["stage"] == "cancelling"
+            os.killpg(tax.pid, signal.SIGCONT)
+            _, rest = command.communicate(timeout=HANG_GUARD)
+        finally:
+            if command.poll() is None:
+                command.kill()
     finally:
-        if command.poll() is None:
-            command.kill()
+        os.killpg(tax.pid, signal.SIGCONT)
     lines += rest.splitlines()
 
     # Assert: the command cancelled it (not on a terminal: without asking) and exited 130.
@@ -174,7 +190,12 @@ def test_ctrl_c_on_query_score_cancels_the_query_at_every_party(
     # The provider dropped the query's session and recorded who cancelled it.
     with httpx.Client(timeout=30) as http:
         cancelled = [e.body for e in ledger_events(http, tax.url) if e.kind == "query.cancelled"]
-    assert cancelled == [{"query": query_id, "analyst": "bank", "sessions": 1}]
+    assert len(cancelled) == 1, cancelled
+    assert {k: v for k, v in cancelled[0].items() if k != "sessions"} == {
+        "query": query_id,
+        "analyst": "bank",
+    }
+    assert cancelled[0]["sessions"] in (0, 1)
 
     # No block of it starts any more: the provider refuses the query's next block.
     key = SigningKey.load(bank.layout.node_key)
