@@ -159,6 +159,10 @@ def test_ctrl_c_on_query_score_cancels_the_query_at_every_party(
         finally:
             if command.poll() is None:
                 command.kill()
+            for pipe in (command.stdout, command.stderr):
+                if pipe is not None:
+                    pipe.close()  # a failed assertion must not leave them to a later test
+            command.wait()
     finally:
         os.killpg(tax.pid, signal.SIGCONT)
     lines += rest.splitlines()
