@@ -142,9 +142,9 @@ class QueryJob:
         Every protocol step reports here before it calls a party, so this is where a cancelled
         job stops (:class:`_Cancelled`, caught by the runner).
         """
-        if self.cancelling.is_set():
-            raise _Cancelled(self.id)
-        with self._lock:
+        with self._lock:  # cancel() sets ``cancelling`` and its stage under this lock
+            if self.cancelling.is_set():
+                raise _Cancelled(self.id)
             self.stage = stage
             if fraction is not None:
                 self.fraction = max(self.fraction, min(0.99, max(0.0, fraction)))

@@ -149,11 +149,17 @@ def test_ctrl_c_on_query_score_cancels_the_query_at_every_party(
             # Act: Ctrl-C; the tax node resumes once the analyst's node is cancelling.
             command.send_signal(signal.SIGINT)
             with space.client(timeout=60) as client:
-                while time.monotonic() < deadline:
-                    if client.status(query_id)["stage"] == "cancelling":
-                        break
+                view = client.status(query_id)
+                while view["stage"] != "cancelling" and time.monotonic() < deadline:
                     time.sleep(0.05)
-                assert client.status(query_id)["stage"] == "cancelling"
+                    view = client.status(query_id)
+            if view["stage"] != "cancelling":
+                command.kill()
+                _, rest = command.communicate(timeout=HANG_GUARD)
+                pytest.fail(
+                    f"the analyst's node never showed the query cancelling: {view}; "
+                    f"the command wrote {lines + rest.splitlines()}"
+                )
             os.killpg(tax.pid, signal.SIGCONT)
             _, rest = command.communicate(timeout=HANG_GUARD)
         finally:
