@@ -172,12 +172,18 @@ class Store(ABC):
     """A transactional store. ``with store.transaction() as tx: ...`` commits on success."""
 
     @abstractmethod
-    def transaction(self, *, readonly: bool = False) -> Any:
+    def transaction(self, *, readonly: bool = False, durable: bool = True) -> Any:
         """Return a context manager yielding a :class:`Transaction`.
 
         ``readonly=True`` promises that the block only reads: on SQLite it starts a deferred
         transaction that does not take the writer lock (a consistent snapshot under WAL), so
         readers never queue behind writers. Writing inside it fails with :class:`StoreError`.
+
+        ``durable=False`` commits without waiting for the disk: the commit is visible at once,
+        survives a crash of the process, and reaches the disk with the next durable commit of
+        the same store (whose flush covers every earlier commit of the log) or the backend's own
+        flush. For records that only guard the durable work that follows them (the replay cache:
+        decision 58); never for anything acknowledged to a caller as kept.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook
@@ -293,7 +299,7 @@ class MemoryStore(Store):
         self._logs: dict[str, list[tuple[bytes, bytes]]] = {}
 
     @contextmanager
-    def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
+    def transaction(self, *, readonly: bool = False, durable: bool = True) -> Iterator[Transaction]:
         with self._lock:
             tx = _MemoryTx(self)
             try:
@@ -536,7 +542,7 @@ class _SQLStore(Store):
         return int(value or 0)
 
     @contextmanager
-    def transaction(self, *, readonly: bool = False) -> Iterator[Transaction]:
+    def transaction(self, *, readonly: bool = False, durable: bool = True) -> Iterator[Transaction]:
         if readonly:
             with self._transaction(readonly=True) as tx:
                 yield tx
@@ -544,24 +550,25 @@ class _SQLStore(Store):
         if not self._writer.acquire(timeout=self._busy_timeout):
             raise StoreError(f"store busy: no write turn within {self._busy_timeout:g} s")
         try:
-            with self._transaction(readonly=False) as tx:
+            with self._transaction(readonly=False, durable=durable) as tx:
                 yield tx
         finally:
             self._writer.release()
 
-    def _after(self, conn: Connection, readonly: bool) -> None:
-        """Undo per-transaction connection settings (SQLite's ``query_only``)."""
+    def _after(self, conn: Connection, readonly: bool, durable: bool) -> None:
+        """Undo per-transaction connection settings (SQLite's ``query_only``, ``synchronous``)."""
 
     @contextmanager
-    def _transaction(self, *, readonly: bool) -> Iterator[_SQLTx]:
+    def _transaction(self, *, readonly: bool, durable: bool = True) -> Iterator[_SQLTx]:
         try:
             with self._engine.connect() as conn:
                 conn.info["ts_readonly"] = readonly
+                conn.info["ts_durable"] = durable
                 try:
                     with conn.begin():
                         yield _SQLTx(conn)
                 finally:
-                    self._after(conn, readonly)
+                    self._after(conn, readonly, durable)
         except SQLAlchemyError as exc:
             if getattr(getattr(exc, "orig", None), "sqlstate", None) == _LOCK_NOT_AVAILABLE:
                 raise StoreError(
@@ -599,6 +606,7 @@ class SQLiteStore(_SQLStore):
         if synchronous not in ("FULL", "EXTRA", "NORMAL"):
             raise ValueError(f"synchronous must be FULL, EXTRA or NORMAL, not {synchronous!r}")
         self.path = Path(path)
+        self.synchronous = synchronous
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._where = str(self.path)
         self._busy_timeout = busy_timeout_ms / 1000
@@ -622,6 +630,10 @@ class SQLiteStore(_SQLStore):
         @event.listens_for(self._engine, "begin")
         def _on_begin(conn: Connection) -> None:
             readonly = conn.info.get("ts_readonly", False)
+            if not conn.info.get("ts_durable", True):
+                # WAL mode: this commit appends to the log without fsync; the next FULL commit's
+                # fsync of the same log file carries it to the disk (decision 58).
+                conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
             conn.exec_driver_sql("BEGIN DEFERRED" if readonly else "BEGIN IMMEDIATE")
             if readonly:
                 conn.exec_driver_sql("PRAGMA query_only=ON")
@@ -631,7 +643,12 @@ class SQLiteStore(_SQLStore):
         except StoreError as exc:
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
 
-    def _after(self, conn: Connection, readonly: bool) -> None:
+    def _after(self, conn: Connection, readonly: bool, durable: bool) -> None:
+        if not durable:  # outside any transaction (the driver runs in autocommit)
+            conn.info["ts_durable"] = True
+            driver = conn.connection.driver_connection
+            assert driver is not None  # a checked-out connection always has one
+            driver.execute(f"PRAGMA synchronous={self.synchronous}")
         if readonly:
             conn.exec_driver_sql("PRAGMA query_only=OFF")
             conn.commit()
@@ -690,6 +707,10 @@ class PostgresStore(_SQLStore):
                 return
             conn.exec_driver_sql("BEGIN ISOLATION LEVEL READ COMMITTED")
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
+            if not conn.info.get("ts_durable", True):
+                # The WAL flush of any later synchronous commit covers this one (decision 58);
+                # otherwise the WAL writer flushes it within 3 x wal_writer_delay.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_WRITER_LOCK})")
 
         try:

@@ -19,7 +19,8 @@
 
 Authentication of member calls happens in :meth:`NodeRuntime.authenticate`: the replay-cache
 insert commits in its own transaction *before* any handler runs (a handler failure does not free
-the ``jti``), and a refusal is written to the ledger with its real reason in a fresh transaction,
+the ``jti``), without waiting for the disk: the handler's own durable commit carries it there
+(decision 58); and a refusal is written to the ledger with its real reason in a fresh transaction,
 while the caller gets the same ``401`` whatever the reason.
 """
 
@@ -255,7 +256,9 @@ class NodeRuntime:
                 raise VerificationError("missing-token")
             if credential and len(credential) <= MAX_TOKEN_LENGTH:
                 self._learn_credential(directory, credential, now)
-            with self.store.transaction() as tx:
+            # The token's id is consumed without waiting for the disk: the request's own durable
+            # work commits after it, and that flush carries it (decision 58).
+            with self.store.transaction(durable=False) as tx:
                 return verifier.verify_request(
                     tx, token, body=body, method=method, path=path, now=now
                 )
@@ -343,6 +346,6 @@ class NodeRuntime:
             f"offer {offer.get('@id')!r} is not an offer published for dataset {target!r}"
         )
 
-    def transaction(self, *, readonly: bool = False) -> Any:
+    def transaction(self, *, readonly: bool = False, durable: bool = True) -> Any:
         """Shorthand for ``self.store.transaction``."""
-        return self.store.transaction(readonly=readonly)
+        return self.store.transaction(readonly=readonly, durable=durable)

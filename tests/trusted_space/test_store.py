@@ -167,6 +167,63 @@ def test_sqlite_durability_settings(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_commit_without_waiting_for_the_disk_is_seen_at_once_and_all_or_nothing(
+    store: Store,
+) -> None:
+    with store.transaction(durable=False) as tx:
+        tx.insert("replay", "bank/a", {"until": 1})
+    with pytest.raises(RuntimeError), store.transaction(durable=False) as tx:
+        tx.insert("replay", "bank/b", {"until": 1})
+        raise RuntimeError("the request failed")
+    with store.transaction(readonly=True) as tx:
+        assert tx.require("replay", "bank/a").body == {"until": 1}
+        assert tx.get("replay", "bank/b") is None
+    with pytest.raises(ConflictError), store.transaction(durable=False) as tx:
+        tx.insert("replay", "bank/a", {"until": 2})  # consumed once, whatever the flush
+
+
+def _setting(tx: object, sql: str) -> object:
+    return tx._c.exec_driver_sql(sql).scalar()  # type: ignore[attr-defined]
+
+
+def test_sqlite_lazy_commit_is_normal_for_itself_and_leaves_its_connection_full(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "lazy.db")
+    try:
+        with store.transaction(durable=False) as tx:
+            assert _setting(tx, "PRAGMA synchronous") == 1  # NORMAL: no fsync at this commit
+            tx.put("replay", "k", {"until": 1})
+        with pytest.raises(RuntimeError), store.transaction(durable=False) as tx:
+            raise RuntimeError("rolled back")
+        # One thread, one pooled connection: the next transactions run on the same one.
+        assert store._engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+        with store.transaction() as tx:
+            assert _setting(tx, "PRAGMA synchronous") == 2  # FULL again
+        assert store.pragma("synchronous") == 2
+    finally:
+        store.close()
+    reopened = SQLiteStore(tmp_path / "lazy.db")
+    try:
+        with reopened.transaction(readonly=True) as tx:
+            assert tx.require("replay", "k").body == {"until": 1}
+    finally:
+        reopened.close()
+
+
+def test_postgres_lazy_commit_is_asynchronous_for_itself_only(postgres: PostgresServer) -> None:
+    store = open_store(postgres.database())
+    try:
+        with store.transaction(durable=False) as tx:
+            assert _setting(tx, "SHOW synchronous_commit") == "off"
+            tx.put("replay", "k", {"until": 1})
+        with store.transaction() as tx:
+            assert _setting(tx, "SHOW synchronous_commit") == "on"
+            assert tx.require("replay", "k").body == {"until": 1}
+    finally:
+        store.close()
+
+
 def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     first = SQLiteStore(path)

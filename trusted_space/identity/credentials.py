@@ -26,6 +26,7 @@ __all__ = [
     "CREDENTIAL_TYP",
     "ROLES",
     "MembershipCredential",
+    "check_credential_window",
     "issue_credential",
     "verify_credential",
 ]
@@ -157,9 +158,20 @@ def verify_credential(
     if credential.issuer != operator_id:
         raise VerificationError("credential-issuer")
     if now is not None:
-        to_epoch(now)  # refuses a naive datetime with ValidationError
-        if now < credential.not_before - skew:
-            raise VerificationError("credential-not-yet-valid")
-        if now >= credential.expires_at + skew:
-            raise VerificationError("credential-expired")
+        check_credential_window(credential, now, skew=skew)
     return credential
+
+
+def check_credential_window(
+    credential: MembershipCredential, now: datetime, *, skew: timedelta = CLOCK_SKEW
+) -> None:
+    """Refuse a verified credential outside its validity window (``skew`` allowed either side).
+
+    Raises:
+        VerificationError: ``credential-not-yet-valid`` or ``credential-expired``.
+    """
+    to_epoch(now)  # refuses a naive datetime with ValidationError
+    if now < credential.not_before - skew:
+        raise VerificationError("credential-not-yet-valid")
+    if now >= credential.expires_at + skew:
+        raise VerificationError("credential-expired")

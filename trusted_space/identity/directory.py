@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import hmac
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +18,7 @@ from trusted_space.events import record_event
 from trusted_space.identity.credentials import (
     DEFAULT_CREDENTIAL_VALIDITY,
     MembershipCredential,
+    check_credential_window,
     issue_credential,
     verify_credential,
 )
@@ -36,6 +39,8 @@ _NS_ISSUED = "issued"
 _NS_REVOCATION = "revocation"
 _NS_REVOCATION_LIST = "revocation-list"
 _CURRENT = "current"
+_VERIFIED_MEMO = 4096
+"""Stored credential tokens whose signature this directory has checked, kept verified."""
 
 
 class MemberDirectory:
@@ -50,6 +55,26 @@ class MemberDirectory:
     def __init__(self, operator_id: str, operator_key: VerifyKey) -> None:
         self.operator_id = check_participant_id(operator_id)
         self.operator_key = operator_key
+        # token -> its verified claims. A token's signature and shape verify the same way every
+        # time under one operator key, so a stored credential is verified once, not at each of
+        # a member's calls; its window and revocation are still checked at every use.
+        self._verified: OrderedDict[str, MembershipCredential] = OrderedDict()
+        self._verified_lock = threading.Lock()
+
+    def _verify_stored(self, token: str) -> MembershipCredential:
+        with self._verified_lock:
+            credential = self._verified.get(token)
+            if credential is not None:
+                self._verified.move_to_end(token)
+                return credential
+        credential = verify_credential(
+            token, self.operator_key, operator_id=self.operator_id, now=None
+        )
+        with self._verified_lock:
+            self._verified[token] = credential
+            while len(self._verified) > _VERIFIED_MEMO:
+                self._verified.popitem(last=False)
+        return credential
 
     def add(self, tx: Transaction, token: str, *, now: datetime) -> MembershipCredential:
         """Verify a credential and make it the current one for its participant.
@@ -93,9 +118,7 @@ class MemberDirectory:
         doc = tx.get(_NS_MEMBER, participant_id)
         if doc is None:
             raise NotFoundError(f"no member {participant_id!r}")
-        return verify_credential(
-            doc.body["token"], self.operator_key, operator_id=self.operator_id, now=None
-        )
+        return self._verify_stored(doc.body["token"])
 
     def active(
         self, tx: Transaction, participant_id: str, *, now: datetime, skew: timedelta = CLOCK_SKEW
@@ -108,9 +131,8 @@ class MemberDirectory:
         doc = tx.get(_NS_MEMBER, participant_id)
         if doc is None:
             raise VerificationError("unknown-issuer")
-        credential = verify_credential(
-            doc.body["token"], self.operator_key, operator_id=self.operator_id, now=now, skew=skew
-        )
+        credential = self._verify_stored(doc.body["token"])
+        check_credential_window(credential, now, skew=skew)
         if self.is_revoked(tx, credential.credential_id):
             raise VerificationError("revoked")
         return credential
