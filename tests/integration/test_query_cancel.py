@@ -95,6 +95,16 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSpace
         yield space, model, ids
 
 
+def _ctrl_c_default() -> None:
+    """In the command's process: Ctrl-C as on a terminal, whatever the test run inherited.
+
+    A test run started as a background job of a non-interactive shell (``make test &``, a CI
+    runner's shell) inherits SIGINT ignored, its children too, and Python leaves an ignored
+    SIGINT ignored: the command would never see the Ctrl-C this test sends.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", "from connectors.cli.main import main; main()", *args],
@@ -103,6 +113,7 @@ def _cli(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        preexec_fn=_ctrl_c_default,
     )
 
 
