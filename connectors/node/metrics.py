@@ -23,10 +23,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors.node.deps import AdminDep, RuntimeDep
 from connectors.node.runtime import NodeRuntime
@@ -134,26 +134,46 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+class _CountRequests:
+    """Pure ASGI middleware: counts each HTTP request by route, status and time to answer.
+
+    Not ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` runs the rest of the app
+    in a task of its own and re-streams every response body through a memory channel, a fixed
+    cost on every call between nodes and a copy of every large result (decision 59).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers if the app raises before it starts a response
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            route: Any = scope.get("route")  # set by the router in this same scope
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(
+                str(scope["method"]), str(path), status, time.perf_counter() - started
+            )
+
+
 def install_metrics(app: FastAPI) -> None:
     """Count every request of ``app`` and serve ``GET /metrics``."""
     metrics = Metrics()
     app.state.metrics = metrics
-
-    @app.middleware("http")
-    async def _count(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route: Any = request.scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            metrics.observe(request.method, str(path), status, time.perf_counter() - started)
-
+    app.add_middleware(_CountRequests, metrics=metrics)
     app.include_router(router)
 
 

@@ -842,6 +842,10 @@ def test_metrics_count_requests_decisions_and_the_ledger(
     healthz = '{method="GET",route="/healthz",status="200"}'
     assert _metric(text, "ts_http_requests_total", healthz) >= 1
     assert _metric(text, "ts_http_request_duration_seconds_count", '{route="/healthz"}') >= 1
+    # A refusal is counted with its own status (read from the answer as it is sent).
+    assert (
+        _metric(text, "ts_http_requests_total", '{method="GET",route="/metrics",status="401"}') == 1
+    )
     assert "urn:uuid:ds-metrics" not in text  # routes are templates, ids are not labels
     bank = world.bank.client.get("/metrics", headers=world.bank.admin_headers).text
     assert "# TYPE ts_queries gauge" in bank
