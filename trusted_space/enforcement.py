@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 from trusted_space.catalog import TS_NAMESPACE, FieldType, PublishedDataset, load_dataset
 from trusted_space.commitments import commit
@@ -247,11 +247,62 @@ def _strip_extensions(agreement: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in agreement.items() if not k.startswith(TS_NAMESPACE)}
 
 
+_V = TypeVar("_V")
+
+
+class _Reads:
+    """What deciding a use reads and no decision writes, read once per group of uses.
+
+    The agreement, its negotiation's state, its standing, the dataset and the parsed policy are
+    the same for every use of a group (one transaction, one instant); parsing them again for
+    each use was most of a small use's cost. Each use still runs every check and writes its
+    own trace.
+    """
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+        self._memo: dict[tuple[str, str], tuple[Any, str | None]] = {}
+
+    def _once(self, kind: str, key: str, load: Callable[[], _V]) -> _V:
+        hit = self._memo.get((kind, key))
+        if hit is None:
+            try:
+                hit = (load(), None)
+            except NotFoundError as exc:
+                hit = (None, str(exc))
+            self._memo[(kind, key)] = hit
+        value, missing = hit
+        if missing is not None:
+            raise NotFoundError(missing)
+        return cast(_V, value)
+
+    def agreement(self, agreement_id: str) -> SignedAgreement:
+        return self._once("agreement", agreement_id, lambda: load_agreement(self.tx, agreement_id))
+
+    def state(self, provider_pid: str) -> Any:
+        return self._once(
+            "negotiation", provider_pid, lambda: load_negotiation(self.tx, provider_pid).state
+        )
+
+    def standing(self, agreement_id: str) -> Any:
+        return self._once(
+            "standing", agreement_id, lambda: agreement_standing(self.tx, agreement_id)
+        )
+
+    def dataset(self, dataset_id: str) -> PublishedDataset:
+        return self._once("dataset", dataset_id, lambda: load_dataset(self.tx, dataset_id))
+
+    def policy(self, signed: SignedAgreement) -> Policy:
+        return self._once(
+            "policy", signed.id, lambda: from_odrl(_strip_extensions(signed.agreement))
+        )
+
+
 def _check_agreement(
-    tx: Transaction, node: ComputeNode, request: UseRequest, at: datetime, checks: Checks
+    reads: _Reads, node: ComputeNode, request: UseRequest, at: datetime, checks: Checks
 ) -> SignedAgreement | None:
     try:
-        signed = load_agreement(tx, request.agreement_id)
+        signed = reads.agreement(request.agreement_id)
     except NotFoundError:
         checks.check(
             "agreement",
@@ -271,7 +322,7 @@ def _check_agreement(
     ):
         return None
     try:
-        state = load_negotiation(tx, signed.provider_pid).state
+        state = reads.state(signed.provider_pid)
     except NotFoundError:
         state = None
     finalized = state is not None and state.value == "FINALIZED"
@@ -296,7 +347,7 @@ def _check_agreement(
             + ("inside" if valid else "outside")
             + f" the agreement's validity window [{window[0]}, {window[1]})",
         )
-    standing = agreement_standing(tx, signed.id)
+    standing = reads.standing(signed.id)
     checks.check(
         "standing",
         "active",
@@ -347,9 +398,9 @@ def _epsilon_total(policy: Policy, permission: int | None) -> float | None:
     return None
 
 
-def _check_dataset(tx: Transaction, request: UseRequest, checks: Checks) -> PublishedDataset | None:
+def _check_dataset(reads: _Reads, request: UseRequest, checks: Checks) -> PublishedDataset | None:
     try:
-        published = load_dataset(tx, request.dataset_id)
+        published = reads.dataset(request.dataset_id)
     except NotFoundError:
         checks.check(
             "dataset", request.dataset_id, None, False, f"no dataset {request.dataset_id!r} here"
@@ -408,7 +459,7 @@ _Granted = tuple[PublishedDataset, int, int, tuple[str, ...], float | None, str 
 
 
 def _decide(
-    tx: Transaction,
+    reads: _Reads,
     node: ComputeNode,
     request: UseRequest,
     at: datetime,
@@ -431,14 +482,15 @@ def _decide(
             query=request.query_id,
         )
     )
-    signed = _check_agreement(tx, node, request, at, checks)
-    published = _check_dataset(tx, request, checks) if signed is not None else None
+    tx = reads.tx
+    signed = _check_agreement(reads, node, request, at, checks)
+    published = _check_dataset(reads, request, checks) if signed is not None else None
     if request.kind == LOOKUP and published is not None:
         _check_lookup_tier(published, checks)
     if checks.failed is not None or signed is None or published is None:
         refusal = checks.refusal(tx, participant=node.participant_id)
     else:
-        policy = from_odrl(_strip_extensions(signed.agreement))
+        policy = reads.policy(signed)
         decision = evaluate(
             policy,
             UsageRequest(
@@ -567,8 +619,9 @@ def authorize_uses(
     at = node.clock()
     outcomes: list[RefusedError | _Granted] = []
     with node.store.transaction() as tx:
+        reads = _Reads(tx)
         for request in requests:
-            outcomes.append(_decide(tx, node, request, at, roles))
+            outcomes.append(_decide(reads, node, request, at, roles))
         # Metered per call, counted once per kind of call in the group (the same totals).
         calls = Counter(
             (r.agreement_id, r.analyst, r.kind)

@@ -278,17 +278,22 @@ class Ledger:
         Raises:
             ConflictError: the log no longer matches a checkpoint this node published.
         """
-        size = self.size()
         newest = self._newest_published()
-        if newest is not None:
-            # Our own store's record of what we published: read it without checking the
-            # signature, so a node whose key was rotated (re-admission with a new key) still
-            # refuses to sign a fork of a head it signed with the old key.
-            last = parse_checkpoint(parse_note(newest).text)
-            if last.size > size or self._tree.root(last.size) != last.root:
-                raise ConflictError("the log no longer matches a checkpoint already published")
+        # Our own store's record of what we published: read it without checking the signature,
+        # so a node whose key was rotated (re-admission with a new key) still refuses to sign a
+        # fork of a head it signed with the old key.
+        last = parse_checkpoint(parse_note(newest).text) if newest is not None else None
+        with self._store.transaction(readonly=True) as tx:
+            size = tx.log_size(self._log)
+            # Both roots need only the leaves past the last complete tile below the older head:
+            # read them once, in the same snapshot as the size.
+            low = min(size, last.size) if last is not None else size
+            start = (low >> TILE_LEVEL) << TILE_LEVEL
+            tree = self._tree.with_tail(start, tx.log_leaf_hashes(self._log, start, size))
+        if last is not None and (last.size > size or tree.root(last.size) != last.root):
+            raise ConflictError("the log no longer matches a checkpoint already published")
         note = sign_note(
-            Checkpoint(self.origin, size, self._tree.root(size)).body(), self.origin, self._key
+            Checkpoint(self.origin, size, tree.root(size)).body(), self.origin, self._key
         )
         with self._store.transaction() as tx:
             tx.put(CHECKPOINT_NAMESPACE, f"{self._log}/{size:020d}", {"note": note})

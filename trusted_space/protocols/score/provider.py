@@ -155,24 +155,34 @@ def _missing_refusal(
     return RefusedError(message, [step], participant=node.participant_id, decision_index=decision)
 
 
-def _read(
-    node: ComputeNode,
-    state: dict[str, Any],
-    entities: list[str],
-    grant_dataset: Any,
-    decision: int,
-) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-    """One lookup of every entity; apply the missing rule. Returns (values, missing mask).
-
-    A single lookup for the whole list (then cut into blocks by the caller): a source that is
-    not cached is scanned once per query, never once per block.
-    """
+def _lookup(
+    node: ComputeNode, state: dict[str, Any], entities: list[str]
+) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+    """One lookup of every entity: (found mask, values with NaN where a cell is empty)."""
     spec: ScoreOpen = state["spec"]
-    columns: list[str] = state["columns"]
     data: DataAccess | None = node.data
     if data is None:
         raise NotFoundError(f"{node.participant_id} holds no data")
-    found, x = data.lookup(spec.dataset, entities, columns)
+    return data.lookup(spec.dataset, entities, state["columns"])
+
+
+def _fill(
+    node: ComputeNode,
+    state: dict[str, Any],
+    entities: list[str],
+    looked_up: tuple[npt.NDArray[np.bool_], FloatArray],
+    grant_dataset: Any,
+    decision: int,
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """Apply the missing rule to one use's rows (imputing in place). Returns (values, mask).
+
+    Raises:
+        RefusedError: an entity is missing and the rule is ``fail``, or a column with gaps
+            publishes no ``imputeDefault``.
+    """
+    spec: ScoreOpen = state["spec"]
+    columns: list[str] = state["columns"]
+    found, x = looked_up
     holes = np.isnan(x)
     mask = ~found | holes.any(axis=1)
     if not mask.any():
@@ -195,6 +205,22 @@ def _read(
     fill = np.array([0.0 if d is None else d for d in defaults])
     x[holes] = np.broadcast_to(fill, x.shape)[holes]
     return x, mask
+
+
+def _read(
+    node: ComputeNode,
+    state: dict[str, Any],
+    entities: list[str],
+    grant_dataset: Any,
+    decision: int,
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """One lookup of every entity; apply the missing rule. Returns (values, missing mask).
+
+    A single lookup for the whole list (then cut into blocks by the caller): a source that is
+    not cached is scanned once per query, never once per block.
+    """
+    looked_up = _lookup(node, state, entities)
+    return _fill(node, state, entities, looked_up, grant_dataset, decision)
 
 
 def _check_bound(values: FloatArray, bound: float, what: str, columns: Sequence[str]) -> None:
@@ -287,11 +313,37 @@ def _served_values(
     missing = np.zeros(len(entities), dtype=bool)
     uses: dict[str, Any] = {}
     refused: dict[str, Any] = {}
+    # One lookup for the rows of every allowed use (a refused use's rows are never read).
+    allowed = [
+        (a, b)
+        for (a, b), o in zip(spans.values(), outcomes, strict=True)
+        if not isinstance(o, RefusedError)
+    ]
+    rows = [entities[i] for a, b in allowed for i in range(a, b)]
+    found = np.zeros(0, dtype=bool)
+    looked: FloatArray = np.zeros((0, len(state["columns"])))
+    unreadable: ValidationError | None = None
+    try:
+        if rows:
+            found, looked = _lookup(node, state, rows)
+    except ValidationError as exc:  # refuses every use that needed the rows, as one by one
+        unreadable = exc
+    first = 0  # the current use's first row in the lookup
     for (rid, (a, b)), outcome in zip(spans.items(), outcomes, strict=True):
         try:
             if isinstance(outcome, RefusedError):
                 raise outcome
-            x, gone = _read(node, state, entities[a:b], outcome.dataset, outcome.decision_index)
+            if unreadable is not None:
+                raise unreadable
+            lo, first = first, first + (b - a)
+            x, gone = _fill(
+                node,
+                state,
+                entities[a:b],
+                (found[lo:first], looked[lo:first]),
+                outcome.dataset,
+                outcome.decision_index,
+            )
             values[a:b] = _prepare(spec, state, outcome.dataset, x)
         except (RefusedError, ValidationError) as exc:
             refused[rid] = problem_document(exc)

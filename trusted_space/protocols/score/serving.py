@@ -322,9 +322,7 @@ def serve_batch(
             with ThreadPoolExecutor(workers + 1, thread_name_prefix="serve") as pool:
                 opened = pool.submit(prepare)
                 started = {p: pool.submit(start, p) for p in providers}
-                own = {
-                    r.id: _own(run, r, analyst_id, analyst_data, analyst_impute) for r in requests
-                }
+                own = _own_all(run, requests, spans, analyst_id, analyst_data, analyst_impute)
                 opened.result()
                 answers = {p: f.result() for p, f in started.items()}
         for p, (ran, gone) in answers.items():
