@@ -249,7 +249,21 @@ def _own_partial(
             raise ValidationError(f"no impute default for the analyst's column(s) {lacking}")
         fill = np.array([defaults.get(c, 0.0) for c in columns])
         x[holes] = np.broadcast_to(fill, x.shape)[holes]
-    return x @ query.model.weights_of(analyst_id), missing
+    return _row_dot(x, query.model.weights_of(analyst_id)), missing
+
+
+def _row_dot(x: FloatArray, w: FloatArray) -> FloatArray:
+    """``x @ w`` computed the same way for a row whatever else is in ``x``.
+
+    A matrix product's rounding depends on the shape (the library picks its kernel and blocking
+    by size), so one applicant scored alone and the same applicant in a run of eight could
+    differ in the last bit; column by column, each row's sum is the same sequence of roundings.
+    """
+    weights = np.asarray(w, dtype=np.float64)
+    out = np.zeros(x.shape[0])
+    for j in range(weights.shape[0]):
+        out += x[:, j] * weights[j]
+    return out
 
 
 def _concurrency(transport: Transport) -> int:
