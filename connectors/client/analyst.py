@@ -65,17 +65,19 @@ class QueryFailed(ConnectorError):
         query_id: the query.
         problem: ``type``, ``title``, ``detail``; for a provider's refusal also ``peer`` (the
             provider), ``peerStatus`` and ``trace`` (its policy trace).
+        peer: the refusing provider (``peer``, or the refusal's ``participant``).
     """
 
     def __init__(self, query_id: str, problem: Mapping[str, Any]) -> None:
         self.query_id = query_id
         self.problem = dict(problem)
         where = f"{self.peer}: " if self.peer else ""
-        super().__init__(f"query {query_id} failed: {where}{self.problem.get('detail', '')}")
+        what = f"query {query_id} failed" if query_id else "refused"
+        super().__init__(f"{what}: {where}{self.problem.get('detail', '')}")
 
     @property
     def peer(self) -> str | None:
-        peer = self.problem.get("peer")
+        peer = self.problem.get("peer") or self.problem.get("participant")
         return peer if isinstance(peer, str) else None
 
     @property

@@ -22,8 +22,14 @@ import numpy as np
 import pytest
 
 from connectors.client.analyst import QueryFailed
+from connectors.client.catalog import follow_negotiation
 from connectors.client.results import verify_receipts
-from connectors.spaces.local import LOCAL_PURPOSE, LocalParty, LocalSpace
+from connectors.spaces.local import (
+    LOCAL_PURPOSE,
+    LocalParty,
+    LocalSpace,
+    local_dataset,
+)
 from tests._seeding import rng_for
 from trusted_space.errors import RemoteError
 from trusted_space.events import decode_event
@@ -246,3 +252,81 @@ def test_score_now_from_the_command_line(served: dict[str, Any], tmp_path: Path)
     assert result["entities"] == entities
     assert np.max(np.abs(np.array(result["logits"]) - _plain(served, entities))) <= 1e-4
     _check_own_receipts(served, result)
+
+
+def test_the_data_interface_service_across_processes(served: dict[str, Any]) -> None:
+    """``/management/lookup`` at the bank → ``/data/lookup`` at the tax bureau, real processes.
+
+    The tax bureau publishes its file again as a ``conditional`` dataset whose offer allows a
+    raw pull (``transfer``) for the local purpose three times; the bank negotiates it and looks
+    up two firms (the rows come back with a receipt its node verified), then is refused at the
+    fourth call by ``count``, with the trace naming it.
+    """
+    local: LocalSpace = served["local"]
+    assert local.space is not None
+    tax = next(p for p in local.parties if p.name == "tax")
+    dataset = local_dataset(tax, "firm", PARTIES["tax"])
+    dataset.update(id="tax-lookup", tier="conditional", title="tax: one firm at a time")
+    for f in dataset["table"]["fields"][1:]:
+        f["grade"] = 2
+    three = {"@value": "3", "@type": "xsd:integer"}
+    offer = {
+        "@id": "urn:uuid:offer-tax-lookup",
+        "@type": "Offer",
+        "permission": [
+            {
+                "action": "use",
+                "constraint": [
+                    {"leftOperand": "purpose", "operator": "eq", "rightOperand": LOCAL_PURPOSE},
+                    {
+                        "leftOperand": "computation",
+                        "operator": "isAnyOf",
+                        "rightOperand": ["transfer"],
+                    },
+                    {"leftOperand": "output", "operator": "isAnyOf", "rightOperand": ["raw"]},
+                    {"leftOperand": "count", "operator": "lteq", "rightOperand": three},
+                ],
+            }
+        ],
+    }
+    with local.space["tax"].admin() as http:
+        http.post(
+            "/management/datasets",
+            {
+                "dataset": dataset,
+                "source": {"kind": "csv", "path": str(tax.path)},
+                "offers": [offer],
+            },
+        )
+    with local.space["bank"].admin() as http:
+        view = follow_negotiation(http, "tax", "tax-lookup", timeout=60)
+    assert view["state"] == "FINALIZED", view
+    agreement = str(view["agreementId"])
+
+    asked = [served["ids"][7], served["ids"][3]]
+    with local.client() as client:
+        answers = [
+            client.lookup(
+                "tax", agreement, "tax-lookup", asked, PARTIES["tax"], purpose=LOCAL_PURPOSE
+            )
+            for _ in range(3)
+        ]
+        with pytest.raises(QueryFailed) as refused:
+            client.lookup(
+                "tax", agreement, "tax-lookup", asked, PARTIES["tax"], purpose=LOCAL_PURPOSE
+            )
+
+    for answer in answers:
+        assert [row["entity"] for row in answer["rows"]] == asked
+        for row in answer["rows"]:
+            expected = served["values"]["tax"][served["ids"].index(row["entity"])]
+            assert row["found"] is True
+            assert [row["values"][c] for c in PARTIES["tax"]] == pytest.approx(list(expected))
+        body = decode_event(
+            answer["receipt"]["index"], base64.b64decode(answer["receipt"]["entry"])
+        )
+        assert body.body["kind"] == "lookup" and body.body["entities"] == len(asked)
+        assert served["ids"][7] not in json.dumps(body.body)  # committed, not named
+    assert len({a["queryId"] for a in answers}) == 3
+    assert refused.value.peer == "tax"
+    assert [s["left_operand"] for s in refused.value.trace if s.get("blocking")] == ["count"]
