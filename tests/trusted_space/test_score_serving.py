@@ -193,3 +193,25 @@ def test_standing_keys_are_kept_then_rotated_on_schedule_and_on_demand() -> None
     assert keys.age == 0.0
     with pytest.raises(Exception, match="positive"):
         StandingKeys("additive", rotate_after=0)
+
+
+@pytest.mark.parametrize("protocol", ["ckks", "paillier"])
+def test_a_held_key_encrypts_the_same_weights_once(
+    protocol: str, protocols: dict[str, ScoreProtocol], rng: np.random.Generator
+) -> None:
+    setup = make_setup(4, {"tax-bureau": 3}, rng)
+    query = setup.query(protocol, "analyst-held")
+    weights = query.model.weights_of("tax-bureau")
+    held = protocols[protocol]  # holds its key, as a standing session's does
+    first = held.analyst(query, ["tax-bureau"], {"tax-bureau": 3})
+    again = held.analyst(query, ["tax-bureau"], {"tax-bureau": 3})
+    payload = first.weights_payload("tax-bureau", weights)
+
+    assert again.weights_payload("tax-bureau", weights) == payload  # made once, sent again
+    assert first.weights_payload("tax-bureau", weights + 0.5) != payload
+    # Without a held key every query encrypts afresh (its own key, its own ciphertext).
+    fresh = type(held)()
+    made = [fresh.analyst(query, ["tax-bureau"], {"tax-bureau": 3}) for _ in range(2)]
+    assert made[0].weights_payload("tax-bureau", weights) != made[1].weights_payload(
+        "tax-bureau", weights
+    )

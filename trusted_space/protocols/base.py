@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from trusted_space.transport import Transport
 
 __all__ = [
     "AnalystSide",
+    "EncryptedWeights",
     "ProviderJob",
     "ProviderSide",
     "ScoreProtocol",
@@ -97,6 +99,38 @@ class ProviderJob:
         with self.lock:
             self.cancelled = True
             return self.done <= self.completed
+
+
+class EncryptedWeights:
+    """A held key's encryptions of weights, made once per distinct weights (up to ``size``).
+
+    Why: a standing serving session runs the same model under the same key many times a
+    second; encrypting its weights again for every run was a large share of the analyst's work
+    (a Paillier ``r^n`` per weight, a CKKS encryption per provider). Sending the same ciphertext
+    again tells a provider only that the weights did not change, which the model digest in its
+    ``query.use`` entry already says; the analyst, who made the ciphertext, knows its noise
+    either way. Belongs to one key: the protocol object holding that key owns it, so a rotated
+    key starts empty.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._made: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes, make: Callable[[], bytes]) -> bytes:
+        """The payload kept for ``key``, or ``make()``'s (then kept)."""
+        with self._lock:
+            found = self._made.get(key)
+            if found is not None:
+                self._made.move_to_end(key)
+                return found
+        made = make()
+        with self._lock:
+            self._made[key] = made
+            while len(self._made) > self._size:
+                self._made.popitem(last=False)
+        return made
 
 
 class AnalystSide(ABC):

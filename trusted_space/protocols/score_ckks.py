@@ -29,12 +29,15 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
 
+import numpy as np
+
 from crypto import ckks
 from crypto.workers import worker_pool
 from trusted_space.errors import ValidationError
 from trusted_space.protocols._common import crypto_errors
 from trusted_space.protocols.base import (
     AnalystSide,
+    EncryptedWeights,
     FloatArray,
     ProviderJob,
     ProviderSide,
@@ -92,8 +95,14 @@ def _loaded(material: bytes) -> tuple[ckks.PublicContext, threading.Lock]:
 class CkksAnalyst(AnalystSide):
     codec = "ckks.vector"
 
-    def __init__(self, secret: ckks.SecretContext, public: bytes | None = None) -> None:
+    def __init__(
+        self,
+        secret: ckks.SecretContext,
+        public: bytes | None = None,
+        encrypted: EncryptedWeights | None = None,
+    ) -> None:
         self.secret = secret
+        self._encrypted = encrypted
         if public is None:
             with crypto_errors("ckks public context"):
                 public = secret.public_context().serialize()
@@ -106,8 +115,13 @@ class CkksAnalyst(AnalystSide):
         return self._public
 
     def weights_payload(self, provider: str, weights: FloatArray) -> bytes:
-        with crypto_errors("weights"):
-            return ckks.encrypt_weights(self.secret, weights).serialize()
+        def make() -> bytes:
+            with crypto_errors("weights"):
+                return ckks.encrypt_weights(self.secret, weights).serialize()
+
+        if self._encrypted is None:
+            return make()
+        return self._encrypted.get(np.asarray(weights, dtype=np.float64).tobytes(), make)
 
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
         with crypto_errors("aggregated ckks block"):
@@ -200,6 +214,7 @@ class CkksScore(ScoreProtocol):
         self.preset = preset
         self._public: bytes | None = None
         self._public_lock = threading.Lock()
+        self._encrypted = EncryptedWeights() if context is not None else None
 
     def _public_material(self) -> bytes | None:
         """A held context's public part, serialised once (``None`` without a held context)."""
@@ -221,7 +236,7 @@ class CkksScore(ScoreProtocol):
     ) -> CkksAnalyst:
         with crypto_errors("ckks context"):
             secret = self.context or ckks.SecretContext.generate(self.preset)
-        return CkksAnalyst(secret, self._public_material())
+        return CkksAnalyst(secret, self._public_material(), self._encrypted)
 
     def provider(
         self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1

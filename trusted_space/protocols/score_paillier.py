@@ -29,6 +29,7 @@ from trusted_space.errors import ValidationError
 from trusted_space.protocols._common import crypto_errors, header_int
 from trusted_space.protocols.base import (
     AnalystSide,
+    EncryptedWeights,
     FloatArray,
     ProviderJob,
     ProviderSide,
@@ -66,8 +67,10 @@ class PaillierAnalyst(AnalystSide):
         layout: paillier.PackingLayout,
         frac_bits: int,
         workers: int | None,
+        encrypted: EncryptedWeights | None = None,
     ) -> None:
         self.public_key, private_key = keypair
+        self._encrypted = encrypted
         self.layout = layout
         self.frac_bits = frac_bits
         self.engine = paillier.PaillierEngine(
@@ -84,8 +87,14 @@ class PaillierAnalyst(AnalystSide):
         return self.public_key.serialize()
 
     def weights_payload(self, provider: str, weights: FloatArray) -> bytes:
-        with crypto_errors("weights"):
-            return self.engine.encrypt(weights).serialize()
+        def make() -> bytes:
+            with crypto_errors("weights"):
+                return self.engine.encrypt(weights).serialize()
+
+        if self._encrypted is None:
+            return make()
+        key = self.frac_bits.to_bytes(4, "big") + np.asarray(weights, dtype=np.float64).tobytes()
+        return self._encrypted.get(key, make)
 
     def decode(self, block: int, count: int, payload: bytes) -> FloatArray:
         with crypto_errors("aggregated paillier block"):
@@ -177,6 +186,7 @@ class PaillierScore(ScoreProtocol):
         self.key_bits = key_bits
         self.frac_bits = frac_bits
         self.workers = workers
+        self._encrypted = EncryptedWeights() if keypair is not None else None
 
     def analyst(
         self, query: ScoreQuery, contributors: list[str], terms: Mapping[str, int]
@@ -213,7 +223,7 @@ class PaillierScore(ScoreProtocol):
         workers = self.workers
         if workers == "auto":
             workers = None if len(query.entities) >= _POOL_ROWS else 0
-        return PaillierAnalyst(keypair, layout, frac_bits, workers)
+        return PaillierAnalyst(keypair, layout, frac_bits, workers, self._encrypted)
 
     def provider(
         self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
