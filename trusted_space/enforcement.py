@@ -48,6 +48,8 @@ from trusted_space.catalog import TS_NAMESPACE, FieldType, PublishedDataset, loa
 from trusted_space.commitments import commit
 from trusted_space.compute import ComputeNode
 from trusted_space.contracts import (
+    AgreementStanding,
+    NegotiationState,
     SignedAgreement,
     agreement_authorises,
     agreement_standing,
@@ -279,12 +281,12 @@ class _Reads:
     def agreement(self, agreement_id: str) -> SignedAgreement:
         return self._once("agreement", agreement_id, lambda: load_agreement(self.tx, agreement_id))
 
-    def state(self, provider_pid: str) -> Any:
+    def state(self, provider_pid: str) -> NegotiationState:
         return self._once(
             "negotiation", provider_pid, lambda: load_negotiation(self.tx, provider_pid).state
         )
 
-    def standing(self, agreement_id: str) -> Any:
+    def standing(self, agreement_id: str) -> AgreementStanding:
         return self._once(
             "standing", agreement_id, lambda: agreement_standing(self.tx, agreement_id)
         )
