@@ -7,11 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trusted_space.errors import ValidationError
 from trusted_space.events import EVENT_LOG, decode_event
 from trusted_space.metering import usage
 from trusted_space.policy import PROTOCOLS
 from trusted_space.protocols import register_operator, register_provider, run_score
+from trusted_space.protocols._common import Memo, loaded_ckks_context
 from trusted_space.protocols.base import ScoreProtocol
+from trusted_space.protocols.operator import CkksVectorCodec
 from trusted_space.protocols.score import (
     MAX_SERVED_ENTITIES,
     ServedRequest,
@@ -19,6 +22,7 @@ from trusted_space.protocols.score import (
     check_use_receipt,
     serve_batch,
 )
+from trusted_space.protocols.score_ckks import CkksProvider
 from trusted_space.queries.common import MODES
 from trusted_space.queries.score import Link, Model, ScoreQuery
 
@@ -215,3 +219,49 @@ def test_a_held_key_encrypts_the_same_weights_once(
     assert made[0].weights_payload("tax-bureau", weights) != made[1].weights_payload(
         "tax-bureau", weights
     )
+
+
+def test_a_memo_keeps_the_last_values_made_and_the_first_of_each_key() -> None:
+    memo: Memo[str, object] = Memo(2)
+    a, b, c = object(), object(), object()
+    assert memo.get("a", lambda: a) is a
+    assert memo.get("a", lambda: b) is a  # kept: not made again
+    memo.get("b", lambda: b)
+    memo.get("a", lambda: c)  # "a" used last: "b" leaves first
+    memo.get("c", lambda: c)
+    assert len(memo) == 2
+    assert memo.get("a", object) is a
+    assert memo.get("b", lambda: c) is c  # "b" had left: made again
+    with pytest.raises(ValueError):
+        Memo(0)
+
+
+def test_a_ckks_context_is_loaded_once_and_shared_by_provider_and_aggregator(
+    protocols: dict[str, ScoreProtocol], rng: np.random.Generator
+) -> None:
+    setup = make_setup(4, {"tax-bureau": 3}, rng)
+    query = setup.query("ckks", "analyst-held")
+    side = protocols["ckks"].analyst(query, ["tax-bureau"], {"tax-bureau": 3})
+    material, params = side.material(), side.params()
+    first = CkksProvider("analyst-held", params, material)
+    again = CkksProvider("analyst-held", params, bytes(material))  # equal bytes, another object
+    codec = CkksVectorCodec(params, material)
+    assert first.context is again.context is codec.context
+    assert loaded_ckks_context(material)[1] is loaded_ckks_context(bytes(material))[1]
+    # Bytes that do not load are refused (a failed load keeps nothing to hand out).
+    with pytest.raises(ValidationError, match="ckks context"):
+        loaded_ckks_context(material[: len(material) // 2])
+
+    payload = side.weights_payload("tax-bureau", query.model.weights_of("tax-bureau"))
+    weights = first.load_weights(payload, 3)
+    assert again.load_weights(bytes(payload), 3) is weights  # loaded once per context and bytes
+    with pytest.raises(ValidationError, match="expected 4 replicated"):
+        first.load_weights(payload, 4)  # a kept vector is still checked against its use
+    # The products of a kept vector equal those of a freshly loaded one.
+    x = rng.uniform(-1, 1, (5, 3))
+    kept = side.decode(0, 5, first.weighted_partial(None, 0, x, weights))  # type: ignore[arg-type]
+    fresh = first.context.load_vector(payload)
+    direct = side.decode(0, 5, first.weighted_partial(None, 0, x, fresh))  # type: ignore[arg-type]
+    expected = x @ query.model.weights_of("tax-bureau")
+    assert np.max(np.abs(kept - expected)) <= TOLERANCE["ckks"]
+    assert np.max(np.abs(direct - expected)) <= TOLERANCE["ckks"]

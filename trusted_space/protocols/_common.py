@@ -1,4 +1,6 @@
-"""Helpers shared by the protocol modules: header parsing, blocks, ids on the wire, ring codecs.
+"""Helpers shared by the protocol modules: headers, blocks, ids on the wire, ring codecs, memos.
+
+The memos keep a standing session's repeated work (loading the same context) from being redone.
 
 Every header value read here comes from another node, so each is checked (type, range) and a bad
 one is a :class:`~trusted_space.errors.ValidationError` naming the field; errors raised by the
@@ -7,15 +9,19 @@ one is a :class:`~trusted_space.errors.ValidationError` naming the field; errors
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from crypto import ckks
 from crypto.errors import CryptoError
 from trusted_space.catalog import check_participant_id
 from trusted_space.errors import ValidationError
@@ -29,6 +35,7 @@ __all__ = [
     "MAX_BLOCK_ROWS",
     "MAX_MESSAGE_BYTES",
     "RING_FRAC_BITS",
+    "Memo",
     "block_ranges",
     "check_size",
     "crypto_errors",
@@ -40,6 +47,7 @@ __all__ = [
     "header_int",
     "header_participants",
     "header_str",
+    "loaded_ckks_context",
     "mask_stream",
     "ring_from_bytes",
     "ring_to_bytes",
@@ -52,6 +60,65 @@ DEFAULT_BLOCK_ROWS: Final = 1 << 16
 MAX_BLOCK_ROWS: Final = 1 << 20
 RING_FRAC_BITS: Final = 32
 """Fractional bits of every Z_2^64 value summed at the aggregator (a product of two f=16 values)."""
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class Memo(Generic[_K, _V]):
+    """A locked map keeping the last ``size`` values made, by key (least recently used leaves).
+
+    :meth:`get` makes a missing value outside the lock (two threads may both make it); the first
+    value stored is the one every caller gets, so a value that carries state of its own (a lock)
+    stays unique per key.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("a memo keeps at least one value")
+        self._size = size
+        self._kept: OrderedDict[_K, _V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _K, make: Callable[[], _V]) -> _V:
+        """The value kept for ``key``, or ``make()``'s (then kept)."""
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+                return found
+        made = make()
+        with self._lock:
+            kept = self._kept.setdefault(key, made)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self._size:
+                self._kept.popitem(last=False)
+        return kept
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._kept)
+
+
+_ckks_contexts: Memo[bytes, tuple[ckks.PublicContext, threading.Lock]] = Memo(4)
+
+
+def loaded_ckks_context(material: bytes) -> tuple[ckks.PublicContext, threading.Lock]:
+    """The CKKS public context serialised in ``material``, loaded once per process, and its lock.
+
+    Why: an analyst's standing session sends the same public context with every run, and loading
+    it (≈ 10 ms) costs more than a small run's arithmetic at a provider or the aggregator. Kept
+    by the SHA-256 of the bytes, the last few; loading is the check (bytes that do not load are a
+    ``ValidationError``, never kept). One TenSEAL operation on a context at a time (the lock): a
+    provider's weighted sum switches the context's auto-rescaling off and back on, so two blocks
+    computed at once would rescale each other's products.
+    """
+
+    def load() -> tuple[ckks.PublicContext, threading.Lock]:
+        with crypto_errors("the analyst's ckks context"):
+            return ckks.PublicContext.load(material), threading.Lock()
+
+    return _ckks_contexts.get(hashlib.sha256(material).digest(), load)
 
 
 @contextmanager

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy.typing as npt
 
 from trusted_space.compute import ComputeNode
 from trusted_space.errors import ConflictError
+from trusted_space.protocols._common import Memo
 from trusted_space.queries.score import ScoreQuery
 from trusted_space.transport import Transport
 
@@ -101,7 +101,7 @@ class ProviderJob:
             return self.done <= self.completed
 
 
-class EncryptedWeights:
+class EncryptedWeights(Memo[bytes, bytes]):
     """A held key's encryptions of weights, made once per distinct weights (up to ``size``).
 
     Why: a standing serving session runs the same model under the same key many times a
@@ -114,23 +114,7 @@ class EncryptedWeights:
     """
 
     def __init__(self, size: int = 64) -> None:
-        self._size = size
-        self._made: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes, make: Callable[[], bytes]) -> bytes:
-        """The payload kept for ``key``, or ``make()``'s (then kept)."""
-        with self._lock:
-            found = self._made.get(key)
-            if found is not None:
-                self._made.move_to_end(key)
-                return found
-        made = make()
-        with self._lock:
-            self._made[key] = made
-            while len(self._made) > self._size:
-                self._made.popitem(last=False)
-        return made
+        super().__init__(size)
 
 
 class AnalystSide(ABC):

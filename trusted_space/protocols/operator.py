@@ -54,6 +54,7 @@ from trusted_space.events import record_event
 from trusted_space.protocols._common import (
     crypto_errors,
     header_int,
+    loaded_ckks_context,
     ring_from_bytes,
     ring_to_bytes,
 )
@@ -179,25 +180,26 @@ class CkksVectorCodec(AggregateCodec):
     """CKKS vectors; material the analyst's *public* context (a secret one is refused)."""
 
     def __init__(self, params: Mapping[str, Any], material: bytes) -> None:
-        with crypto_errors("ckks aggregation context"):
-            self.context = ckks.PublicContext.load(material)
+        # A standing session sends the same context with every run: loaded once per process.
+        self.context, self._lock = loaded_ckks_context(material)
         preset = params.get("preset")
         if preset is not None and preset != self.context.preset.name:
             raise ValidationError(f"params.preset {preset!r} is not the context's")
 
     def load(self, payload: bytes, count: int) -> ckks.EncryptedVector:
-        with crypto_errors("ckks contribution"):
+        with crypto_errors("ckks contribution"), self._lock:
             vector = self.context.load_vector(payload)
         if vector.length != count or vector.replicated:
             raise ValidationError(f"contribution is not a vector of {count} values")
         return vector
 
     def add(self, a: Any, b: Any) -> ckks.EncryptedVector:
-        with crypto_errors("ckks sum"):
+        with crypto_errors("ckks sum"), self._lock:
             return ckks.add(a, b)
 
     def dump(self, value: Any) -> bytes:
-        return bytes(value.serialize())
+        with self._lock:
+            return bytes(value.serialize())
 
 
 class Ring64Codec(AggregateCodec):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
@@ -34,7 +33,7 @@ import numpy as np
 from crypto import ckks
 from crypto.workers import worker_pool
 from trusted_space.errors import ValidationError
-from trusted_space.protocols._common import crypto_errors
+from trusted_space.protocols._common import Memo, crypto_errors, loaded_ckks_context
 from trusted_space.protocols.base import (
     AnalystSide,
     EncryptedWeights,
@@ -63,33 +62,14 @@ def _pool_task(x: FloatArray) -> bytes:
     return ckks.weighted_sum(_POOL_STATE["ctx"], _POOL_STATE["w"], x).serialize()
 
 
-_LOADED_MAX: Final = 4
-_loaded_contexts: OrderedDict[bytes, tuple[ckks.PublicContext, threading.Lock]] = OrderedDict()
-_loaded_guard = threading.Lock()
+_loaded_weights: Memo[tuple[bytes, bytes], ckks.EncryptedVector] = Memo(16)
+"""Encrypted weights loaded at this provider, by their context and the SHA-256 of their bytes.
 
-
-def _loaded(material: bytes) -> tuple[ckks.PublicContext, threading.Lock]:
-    """The public context of ``material`` and its lock, loaded once for the sessions using it.
-
-    An analyst's standing session sends the same public context with every run; loading it
-    takes longer than a small run's arithmetic, so a provider keeps the last few it loaded, by
-    digest. One TenSEAL operation on a context at a time (the lock): the weighted sum switches
-    the context's auto-rescaling off and back on, so two blocks computed at once would rescale
-    each other's products (TenSEAL holds the GIL meanwhile anyway).
-    """
-    digest = hashlib.sha256(material).digest()
-    with _loaded_guard:
-        found = _loaded_contexts.get(digest)
-        if found is not None:
-            _loaded_contexts.move_to_end(digest)
-            return found
-    with crypto_errors("the analyst's ckks context"):
-        context = ckks.PublicContext.load(material)
-    with _loaded_guard:
-        found = _loaded_contexts.setdefault(digest, (context, threading.Lock()))
-        while len(_loaded_contexts) > _LOADED_MAX:
-            _loaded_contexts.popitem(last=False)
-    return found
+A standing session sends the same ciphertext with every run while its model and key stand
+(:class:`~trusted_space.protocols.base.EncryptedWeights`); loading it again cost a provider
+about as much as a one-applicant run's products. A loaded vector is only read (every product
+is a new ciphertext), under its context's lock.
+"""
 
 
 class CkksAnalyst(AnalystSide):
@@ -140,7 +120,8 @@ class CkksProvider(ProviderSide):
     def __init__(
         self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
     ) -> None:
-        self.context, self._context_lock = _loaded(material)
+        self.context, self._context_lock = loaded_ckks_context(material)
+        self._digest = hashlib.sha256(material).digest()
         if params.get("preset") != self.context.preset.name:
             raise ValidationError("params.preset: does not match the context")
         self.mode = mode
@@ -149,8 +130,11 @@ class CkksProvider(ProviderSide):
         self._pool: ProcessPoolExecutor | None = None
 
     def load_weights(self, payload: bytes, terms: int) -> ckks.EncryptedVector:
-        with crypto_errors("the analyst's encrypted weights"), self._context_lock:
-            weights = self.context.load_vector(payload)
+        def load() -> ckks.EncryptedVector:
+            with crypto_errors("the analyst's encrypted weights"), self._context_lock:
+                return self.context.load_vector(payload)
+
+        weights = _loaded_weights.get((self._digest, hashlib.sha256(payload).digest()), load)
         if not weights.replicated or weights.length != terms:
             raise ValidationError(f"expected {terms} replicated encrypted weights")
         return weights
