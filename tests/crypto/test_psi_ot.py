@@ -174,6 +174,24 @@ def test_malformed_responses_are_refused() -> None:
         run.receiver.finish(response)
 
 
+def test_messages_are_read_in_place_as_the_parts_layer_delivers_them() -> None:
+    # The node reassembles a large message into a bytearray; it is read through a view, not
+    # copied, and a changed byte anywhere is still caught by the digest.
+    run = _Run()
+    response = run.sender.respond(bytearray(run.request))
+    assert run.receiver.finish(memoryview(bytearray(response))).ids == ("b", "c")
+    run = _Run()
+    flipped = bytearray(run.request)
+    flipped[len(flipped) // 2] ^= 1
+    with pytest.raises(SerializationError, match="corrupted"):
+        run.sender.respond(flipped)
+    response = run.sender.respond(run.request)
+    flipped = bytearray(response)
+    flipped[len(flipped) // 2] ^= 1
+    with pytest.raises(SerializationError, match="corrupted"):
+        run.receiver.finish(flipped)
+
+
 def test_finish_before_request_and_bad_inputs() -> None:
     sid = new_session_id()
     with pytest.raises(KeyMismatchError):

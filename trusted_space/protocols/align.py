@@ -552,6 +552,7 @@ def align(
     # The parts layer adds part/parts/total to the request and the offset of each AlignResponse.
     ref = AlignRequest(query_id, dataset_id).to_header()
     first = send_in_parts(transport, provider, "align.request", ref, request)
+    del request  # sent: at 10^6 ids an OT request is ≈ 85 MB the rest of the session needs not
     response = fetch_rest(
         transport,
         provider,
