@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -62,6 +63,9 @@ log = logging.getLogger("trusted_space.node")
 PEER_NAMESPACE = "peer"
 _LEARNED_CREDENTIALS: Final = 1024
 """Credential tokens a node remembers having stored (the oldest forgotten first)."""
+_REMEMBER_SECONDS: Final = 10.0
+"""How long a peer's URL and this node's own credential are used from memory before the store
+is read again (a write through this runtime replaces them at once)."""
 
 _S = TypeVar("_S")
 
@@ -144,6 +148,11 @@ class NodeRuntime:
         # request, and storing it again would cost a verification and a commit each time.
         self._learned: OrderedDict[str, None] = OrderedDict()
         self._learned_lock = threading.Lock()
+        # Every signed call reads the peer's URL and this node's own credential; a served run
+        # makes 14-22 calls, so each would be two store transactions per call. Kept for
+        # _REMEMBER_SECONDS (monotonic), replaced by the writes below.
+        self._peer_urls: dict[str, tuple[float, str]] = {}
+        self._own_token: tuple[float, str | None] | None = None
         if self.is_operator:
             self._admit_self()
 
@@ -204,12 +213,18 @@ class NodeRuntime:
         return self.directory
 
     def credential_token(self) -> str | None:
-        """This node's own membership credential, once admitted."""
+        """This node's own membership credential, once admitted (read at most every 10 s)."""
         if self.directory is None:
             return None
+        now = time.monotonic()
+        kept = self._own_token
+        if kept is not None and now - kept[0] < _REMEMBER_SECONDS:
+            return kept[1]
         with self.store.transaction(readonly=True) as tx:
             doc = tx.get("member", self.id)
-        return None if doc is None else str(doc.body["token"])
+        token = None if doc is None else str(doc.body["token"])
+        self._own_token = (now, token) if token is not None else None
+        return token
 
     def install_credential(self, token: str) -> None:
         """Store this node's own credential (from the operator's admission); verified first.
@@ -225,6 +240,7 @@ class NodeRuntime:
                 raise ValidationError(f"the credential is for {credential.participant_id!r}")
             if credential.public_key.to_b64() != self.key.verify_key.to_b64():
                 raise ValidationError("the credential names another public key than this node's")
+        self._own_token = None
 
     def resolve_key(self, participant_id: str) -> VerifyKey:
         """A member's verify key, from its stored (verified) credential."""
@@ -296,6 +312,11 @@ class NodeRuntime:
     def remember_peer(self, participant_id: str, url: str, roles: list[str] | None = None) -> None:
         with self.store.transaction() as tx:
             tx.put(PEER_NAMESPACE, participant_id, {"url": url.rstrip("/"), "roles": roles or []})
+        self._peer_urls[participant_id] = (time.monotonic(), url.rstrip("/"))
+
+    def forget_peer(self, participant_id: str) -> None:
+        """Read ``participant_id``'s URL from the store next time (after a write elsewhere)."""
+        self._peer_urls.pop(participant_id, None)
 
     def peer_url(self, participant_id: str) -> str:
         """Where a member is reached: the local registry, else the operator's, then cached.
@@ -308,10 +329,16 @@ class NodeRuntime:
         check_participant_id(participant_id)
         if participant_id == self.id:
             return self.url
+        now = time.monotonic()
+        kept = self._peer_urls.get(participant_id)
+        if kept is not None and now - kept[0] < _REMEMBER_SECONDS:
+            return kept[1]
         with self.store.transaction(readonly=True) as tx:
             doc = tx.get(PEER_NAMESPACE, participant_id)
         if doc is not None:
-            return str(doc.body["url"])
+            url = str(doc.body["url"])
+            self._peer_urls[participant_id] = (now, url)
+            return url
         if self.anchor is None:
             raise NotReadyError(f"no URL known for {participant_id!r} and no operator to ask")
         if participant_id == self.anchor.operator_id:

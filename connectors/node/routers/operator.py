@@ -242,6 +242,7 @@ def admit(body: AdmissionRequest, runtime: RuntimeDep, _: AdminDep) -> Participa
         }
         tx.put(PARTICIPANT_NAMESPACE, body.id, record)
         tx.put(PEER_NAMESPACE, body.id, {"url": url, "roles": roles})
+    runtime.forget_peer(body.id)
     return participant_out(credential, record, revoked=False)
 
 

@@ -106,6 +106,42 @@ def test_admission_issues_a_credential_and_registers_the_node(tmp_path: Path) ->
         assert bank.runtime.peer_url("tax-bureau") == tax.url
 
 
+def test_a_peer_url_and_the_own_credential_are_read_once_and_replaced_by_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with InProcessSpace(tmp_path) as space:
+        tax = space.add("tax-bureau", ["provider"])
+        admit_http(space, tax)
+        bank = space.add("bank-a", ["consumer"])
+        admit_http(space, bank)
+        runtime = bank.runtime
+        assert runtime.peer_url("tax-bureau") == tax.url
+        token = runtime.credential_token()
+        assert token is not None
+        reads: list[bool] = []
+        original = runtime.store.transaction
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            reads.append(bool(kwargs.get("readonly")))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(runtime.store, "transaction", counting)
+        for _ in range(5):  # what every signed call asks: from memory
+            assert runtime.peer_url("tax-bureau") == tax.url
+            assert runtime.credential_token() == token
+        assert reads == []
+        # A write through the runtime is seen at once, not after the memory expires.
+        runtime.remember_peer("tax-bureau", "http://127.0.0.1:1/moved/")
+        assert runtime.peer_url("tax-bureau") == "http://127.0.0.1:1/moved"
+        # After the memory expires the store is read again.
+        later = time.monotonic() + 11.0
+        monkeypatch.setattr("connectors.node.runtime.time.monotonic", lambda: later)
+        reads.clear()
+        assert runtime.credential_token() == token
+        assert runtime.peer_url("tax-bureau") == "http://127.0.0.1:1/moved"
+        assert reads == [True, True]
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
