@@ -10,6 +10,7 @@ import httpx
 import typer
 
 from connectors.cli._common import admin_client
+from connectors.client.http import SERVER_KEEP_ALIVE
 from connectors.common.logs import configure_logging
 from connectors.common.settings import NodeLayout, OperatorAnchor, init_node, load_settings
 from connectors.common.tls import server_context
@@ -100,6 +101,7 @@ def serve(
         log_config=None,
         access_log=settings.log_format == "text",  # JSON: the node writes its own access line
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=SERVER_KEEP_ALIVE,  # outlives every client's idle connection
         ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
 

@@ -39,8 +39,10 @@ from trusted_space.identity import issue_request_token
 from trusted_space.keys import SigningKey
 
 __all__ = [
+    "CLIENT_KEEP_ALIVE",
     "CONNECT_TIMEOUT",
     "CREDENTIAL_HEADER",
+    "SERVER_KEEP_ALIVE",
     "REQUEST_HEADER",
     "AdminClient",
     "SignedClient",
@@ -52,6 +54,14 @@ REQUEST_HEADER = "TS-Request"
 CREDENTIAL_HEADER = "TS-Credential"
 CONNECT_TIMEOUT = 10.0
 """Seconds to open a connection to a node: a peer that does not accept one by then is down."""
+CLIENT_KEEP_ALIVE = 5.0
+"""Seconds a client reuses an idle connection to a node before opening a fresh one."""
+SERVER_KEEP_ALIVE = 30
+"""Seconds a node keeps an idle connection open. Longer than :data:`CLIENT_KEEP_ALIVE` on
+purpose: with equal limits a client could send a request on a connection the server is closing
+at that moment ("Server disconnected without sending a response"), a failed call that the
+client cannot safely repeat. A provider's block computed in about the limit hit it once."""
+_LIMITS = httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE)
 
 
 def encode_json(body: Any) -> bytes:
@@ -107,7 +117,11 @@ class SignedClient:
         # the read timeout that a long computation may need.
         limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
         self._http = httpx.Client(
-            timeout=limits, transport=transport, follow_redirects=False, verify=verify
+            timeout=limits,
+            limits=_LIMITS,
+            transport=transport,
+            follow_redirects=False,
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -235,6 +249,7 @@ class AdminClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
+            limits=_LIMITS,
             transport=transport,
             verify=verify,
             headers={"Authorization": f"Bearer {token}"},
