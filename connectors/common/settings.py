@@ -186,6 +186,12 @@ class NodeSettings(BaseSettings):
             session keeps in flight at once (default 1: requests that arrive meanwhile wait and
             share the next run, the fewest runs for the load; 2 or more trade CPU for latency
             on an idle host).
+        score_linger: ``TS_SCORE_LINGER``, seconds a session waits after a run, at most, for
+            the requests it just answered to come back before it starts the next run (default
+            0.05; 0: start at once). A loan system that asks again as soon as it is answered
+            then shares runs instead of splitting into two alternating halves; a request that
+            finds the expected requests already back, or a session that answered nobody,
+            does not wait.
 
     The three tuning settings are lenient, as they were when read from the environment by the
     code that used them: a value that is not a number is logged and the default used, so a typo
@@ -219,6 +225,7 @@ class NodeSettings(BaseSettings):
     tls_ca: str = ""
     score_key_rotation: float = Field(default=3600.0, gt=0)
     score_runs_in_flight: int = Field(default=1, ge=1, le=8)
+    score_linger: float = Field(default=0.05, ge=0, le=1)
 
     @field_validator("name")
     @classmethod

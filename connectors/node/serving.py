@@ -11,6 +11,12 @@ next run
 (:func:`~trusted_space.protocols.score.serve_batch`). Each request is still authorised, charged,
 recorded and receipted by every provider on its own, and gets only its own scores.
 
+After a run the session lingers (``score_linger``, default 50 ms, at most) until the requests it
+just answered are back: a loan system that asks again as soon as it is answered would otherwise
+split into two halves that alternate, each run carrying half the load and paying the whole
+per-run cost. It starts at once when they are all back, and never waits when it answered
+nobody, so one client alone is not slowed.
+
 A request waits for its run and is answered in the same HTTP exchange: its scores with one
 receipt per provider, or a refusal (``403`` with the refusing providers' problem documents and
 traces under ``refusals``, and the receipts of the providers that recorded a use). A failure of
@@ -115,6 +121,7 @@ class _Session:
         vkeys: dict[str, str],
         rotate_after: float,
         runs_in_flight: int,
+        linger: float = 0.0,
     ) -> None:
         self.server = server
         self.key = key
@@ -131,6 +138,10 @@ class _Session:
         self.failed_runs = 0
         self.largest_run = 0
         self.last_used = time.monotonic()
+        self.linger = linger
+        # After a run: how many requests to expect back, and until when to wait for them.
+        self._expect = 0
+        self._linger_until = 0.0
         self.threads = [
             threading.Thread(target=self._loop, name=f"serve-{key[:8]}-{i}", daemon=True)
             for i in range(runs_in_flight)
@@ -153,6 +164,16 @@ class _Session:
         with self.cond:
             while not self.pending and not self.closed:
                 self.cond.wait()
+            while (
+                not self.closed
+                and len(self.pending) < self._expect
+                and sum(len(p.request.entities) for p in self.pending) < MAX_SERVED_ENTITIES
+            ):
+                left = self._linger_until - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            self._expect = 0
             if self.closed:
                 return None
             taken: list[_Pending] = []
@@ -175,6 +196,13 @@ class _Session:
             if batch is None:
                 return
             self._run(batch)
+
+    def _expect_back(self, answered: int) -> None:
+        """Before answering: the next run waits (a little) for these requests to come back."""
+        if self.linger > 0:
+            with self.cond:
+                self._expect = len(self.pending) + answered
+                self._linger_until = time.monotonic() + self.linger
 
     def _run(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -201,6 +229,7 @@ class _Session:
                 self.failed_runs += 1
             if not isinstance(exc, TrustedSpaceError):
                 log.exception("a served run of session %s failed", self.key[:12])
+            self._expect_back(len(batch))
             for p in batch:
                 p.future.set_exception(exc)
             return
@@ -209,6 +238,7 @@ class _Session:
             self.runs += 1
             self.served += len(batch)
             self.largest_run = max(self.largest_run, len(batch))
+        self._expect_back(len(batch))
         for p, outcome in zip(batch, outcomes, strict=True):
             timings = {"queued": round(started - p.queued, 6), "run": round(ran, 6)}
             p.future.set_result((outcome, {"run": len(batch), **timings}))
@@ -300,6 +330,7 @@ class ScoreServer:
             vkeys,
             self.rotate_after,
             self.runtime.settings.score_runs_in_flight,
+            self.runtime.settings.score_linger,
         )
         with self._lock:
             session = self._sessions.setdefault(key, fresh)
