@@ -152,7 +152,9 @@ def _drive(
 def run_protocol(
     protocol: str, parties: list[LocalParty], model: Model, truth: dict[str, Any], args: Any
 ) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix=f"online-bench-{protocol}-"))
+    # Without --keep the space makes its own directory and removes it at the end (each run's
+    # node directories are ~170 MB); with --keep they stay under a name that says which run.
+    work = Path(tempfile.mkdtemp(prefix=f"online-bench-{protocol}-")) if args.keep else None
     local = LocalSpace(parties, model, "id", work_dir=work, keep=bool(args.keep))
     record: dict[str, Any] = {"protocol": protocol, "load_avg_before": os.getloadavg()}
     with local:
