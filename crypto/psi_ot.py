@@ -66,7 +66,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -135,20 +135,26 @@ def _key(session_id: bytes, label: bytes) -> bytes:
     return hashlib.blake2b(session_id, digest_size=16, key=_DOMAIN, person=label).digest()
 
 
+def _encrypt(cipher: Cipher[Any], data: bytes) -> bytes:
+    """``data`` through ``cipher``, without a second copy of a large output.
+
+    The tail ``finalize`` returns is empty for ECB on whole blocks and for CTR, so it is not
+    concatenated (which would copy the whole output).
+    """
+    encryptor = cipher.encryptor()
+    out = encryptor.update(data)
+    tail = encryptor.finalize()
+    return out + tail if tail else out
+
+
 def _aes_ecb(key: bytes, data: bytes) -> bytes:
     # ECB on purpose: AES as a keyed permutation of independent blocks, never to hide a message.
-    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305
-    out = encryptor.update(data)
-    tail = encryptor.finalize()  # empty for whole blocks: no second copy of a large output
-    return out + tail if tail else out
+    return _encrypt(Cipher(algorithms.AES(key), modes.ECB()), data)  # noqa: S305
 
 
 def _prg(seed: bytes, size: int) -> bytes:
     """``size`` pseudorandom bytes: AES-128-CTR keyed by ``seed`` from a zero counter."""
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    out = encryptor.update(bytes(size))
-    tail = encryptor.finalize()  # CTR keeps nothing back
-    return out + tail if tail else out
+    return _encrypt(Cipher(algorithms.AES(seed), modes.CTR(bytes(16))), bytes(size))
 
 
 def _digest_chunk(key: bytes, ids: Sequence[bytes]) -> bytes:
@@ -323,8 +329,8 @@ def _unpack(
 ) -> tuple[int, memoryview]:
     """Check one message's frame and digest; return its flags and a view of its body.
 
-    No copy: a request at 10^6 ids is ≈ 85 MB (the view keeps ``data`` alive; nothing here or
-    in the callers writes to it).
+    No copy: a request at 10^6 ids is ≈ 85 MB (the view keeps ``message`` alive; nothing here
+    or in the callers writes to it).
     """
     if not isinstance(message, bytes | bytearray | memoryview):
         raise SerializationError(f"a PSI message must be bytes, not {type(message).__name__}")

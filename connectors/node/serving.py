@@ -121,7 +121,7 @@ class _Session:
         vkeys: dict[str, str],
         rotate_after: float,
         runs_in_flight: int,
-        linger: float = 0.0,
+        linger: float,
     ) -> None:
         self.server = server
         self.key = key

@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_BLOCK_ROWS",
     "MAX_MESSAGE_BYTES",
     "RING_FRAC_BITS",
+    "LoadedContext",
     "Memo",
     "block_ranges",
     "check_size",
@@ -100,10 +102,19 @@ class Memo(Generic[_K, _V]):
             return len(self._kept)
 
 
-_ckks_contexts: Memo[bytes, tuple[ckks.PublicContext, threading.Lock]] = Memo(4)
+@dataclass(frozen=True)
+class LoadedContext:
+    """A loaded CKKS public context, the lock its users share, the SHA-256 of its bytes."""
+
+    context: ckks.PublicContext
+    digest: bytes
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
 
-def loaded_ckks_context(material: bytes) -> tuple[ckks.PublicContext, threading.Lock]:
+_ckks_contexts: Memo[bytes, LoadedContext] = Memo(4)
+
+
+def loaded_ckks_context(material: bytes) -> LoadedContext:
     """The CKKS public context serialised in ``material``, loaded once per process, and its lock.
 
     Why: an analyst's standing session sends the same public context with every run, and loading
@@ -113,12 +124,13 @@ def loaded_ckks_context(material: bytes) -> tuple[ckks.PublicContext, threading.
     provider's weighted sum switches the context's auto-rescaling off and back on, so two blocks
     computed at once would rescale each other's products.
     """
+    digest = hashlib.sha256(material).digest()
 
-    def load() -> tuple[ckks.PublicContext, threading.Lock]:
+    def load() -> LoadedContext:
         with crypto_errors("the analyst's ckks context"):
-            return ckks.PublicContext.load(material), threading.Lock()
+            return LoadedContext(ckks.PublicContext.load(material), digest)
 
-    return _ckks_contexts.get(hashlib.sha256(material).digest(), load)
+    return _ckks_contexts.get(digest, load)
 
 
 @contextmanager

@@ -181,7 +181,8 @@ class CkksVectorCodec(AggregateCodec):
 
     def __init__(self, params: Mapping[str, Any], material: bytes) -> None:
         # A standing session sends the same context with every run: loaded once per process.
-        self.context, self._lock = loaded_ckks_context(material)
+        loaded = loaded_ckks_context(material)
+        self.context, self._lock = loaded.context, loaded.lock
         preset = params.get("preset")
         if preset is not None and preset != self.context.preset.name:
             raise ValidationError(f"params.preset {preset!r} is not the context's")

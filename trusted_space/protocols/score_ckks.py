@@ -120,8 +120,8 @@ class CkksProvider(ProviderSide):
     def __init__(
         self, mode: str, params: Mapping[str, Any], material: bytes, *, workers: int = 1
     ) -> None:
-        self.context, self._context_lock = loaded_ckks_context(material)
-        self._digest = hashlib.sha256(material).digest()
+        loaded = loaded_ckks_context(material)
+        self.context, self._context_lock, self._digest = loaded.context, loaded.lock, loaded.digest
         if params.get("preset") != self.context.preset.name:
             raise ValidationError("params.preset: does not match the context")
         self.mode = mode
